@@ -1,0 +1,69 @@
+"""The pipeline author's API (the original AHGD framework's ``src.pipelines``).
+
+    from pipelines import (BasePipeline, PipelineContext, StageConfig,
+                           PipelineOrchestrator, PipelineDefinition,
+                           CheckpointManager, PipelineMonitor)
+
+Names are imported on first use (PEP 562), so ``import pipelines`` stays cheap
+for the CLI and for worker processes.  Imports nothing from ``ahgd_daemon``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "BasePipeline": "pipelines.base",
+    "PipelineContext": "pipelines.context",
+    "PipelineResult": "pipelines.base",
+    "PipelineState": "pipelines.base",
+    "StageConfig": "pipelines.stage",
+    "StageState": "pipelines.stage",
+    "ResourceUsage": "pipelines.stage",
+    "PipelineStage": "pipelines.stage",
+    "ExtractorStage": "pipelines.stage",
+    "TransformerStage": "pipelines.stage",
+    "ValidatorStage": "pipelines.stage",
+    "LoaderStage": "pipelines.stage",
+    "PipelineOrchestrator": "pipelines.orchestrator",
+    "PipelineDefinition": "pipelines.orchestrator",
+    "OrchestrationResult": "pipelines.orchestrator",
+    "ExecutionMode": "pipelines.orchestrator",
+    "CheckpointManager": "pipelines.checkpointing",
+    "CheckpointFormat": "pipelines.checkpointing",
+    "RecoveryStrategy": "pipelines.checkpointing",
+    "PipelineMonitor": "pipelines.monitoring",
+    "AlertSeverity": "pipelines.monitoring",
+    "ConfigError": "pipelines.errors",
+    "ValidationFailed": "pipelines.errors",
+    "ResumeRefused": "pipelines.errors",
+    "parse_duration": "pipelines.durations",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pipelines' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .base import BasePipeline, PipelineResult, PipelineState
+    from .checkpointing import CheckpointFormat, CheckpointManager, RecoveryStrategy
+    from .context import PipelineContext
+    from .durations import parse_duration
+    from .errors import ConfigError, ResumeRefused, ValidationFailed
+    from .monitoring import AlertSeverity, PipelineMonitor
+    from .orchestrator import ExecutionMode, OrchestrationResult, PipelineDefinition, PipelineOrchestrator
+    from .stage import (ExtractorStage, LoaderStage, PipelineStage, ResourceUsage, StageConfig,
+                        StageState, TransformerStage, ValidatorStage)

@@ -1,0 +1,51 @@
+"""Errors of the pipeline framework, named after the condition.
+
+All derive from :class:`state.errors.AhgdError`; messages name the thing,
+the value and the fix.
+"""
+
+from __future__ import annotations
+
+from state.errors import AhgdError
+
+
+class ConfigError(AhgdError):
+    """A pipeline, stage or YAML setting is invalid (raised before anything runs)."""
+
+
+class StageError(AhgdError):
+    """A stage could not do its work; carries whether a retry could help."""
+
+    retryable = True
+
+
+class StageOutputError(StageError):
+    """A stage returned something that cannot be stored (a generator, a socket, ...)."""
+
+    retryable = False
+
+
+class ValidationFailed(StageError):
+    """A validation rule found bad rows; retrying would find them again."""
+
+    retryable = False
+
+    def __init__(self, message: str, *, failures: list | None = None):
+        super().__init__(message)
+        self.failures = failures or []
+
+
+class ResumeRefused(AhgdError):
+    """``resume_from`` cannot be honoured (unknown stage, missing or altered output)."""
+
+
+class CheckpointError(AhgdError):
+    """Base for checkpoint problems."""
+
+
+class CheckpointNotFound(CheckpointError):
+    """No checkpoint matches the id, pipeline, stage or version asked for."""
+
+
+class CheckpointCorrupt(CheckpointError):
+    """A checkpoint file is missing, truncated or altered (checksum mismatch)."""

@@ -1,0 +1,41 @@
+"""ahgd's durable core: events, the pure state machine, the SQLite event log,
+its projections, and the DuckDB data store.
+
+Imports nothing from ``pipelines`` or ``ahgd_daemon``.
+"""
+
+from .errors import (
+    AhgdError,
+    DiskFull,
+    EventLogError,
+    IllegalTransition,
+    MigrationFailed,
+    OutputMissing,
+    SchemaTooNew,
+    StateDirError,
+    StoreError,
+)
+from .events import EVENT_TYPES, Event, EventType, new_event
+from .log import HISTORY_DB, CheckReport, DuplicateEvent, EventLog, format_ts, utc_now
+from .machine import (
+    Attempt,
+    FileRecord,
+    Orchestration,
+    Run,
+    RunState,
+    ScheduleRecord,
+    StageState,
+    aggregate_key,
+    apply,
+    fold,
+)
+from .migrations import MIGRATIONS, Migration
+
+__all__ = [
+    "AhgdError", "DiskFull", "EventLogError", "IllegalTransition", "MigrationFailed",
+    "OutputMissing", "SchemaTooNew", "StateDirError", "StoreError",
+    "EVENT_TYPES", "Event", "EventType", "new_event",
+    "HISTORY_DB", "CheckReport", "DuplicateEvent", "EventLog", "format_ts", "utc_now",
+    "Attempt", "FileRecord", "Orchestration", "Run", "RunState", "ScheduleRecord", "StageState",
+    "aggregate_key", "apply", "fold", "MIGRATIONS", "Migration",
+]

@@ -1,0 +1,51 @@
+"""The project's exceptions: one base, subclasses named after the condition.
+
+Messages name the thing, the value and the fix; the CLI and the daemon turn
+them into exit codes and log lines, nothing below them does.
+"""
+
+from __future__ import annotations
+
+
+class AhgdError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class IllegalTransition(AhgdError):
+    """An event that the state machine does not allow from the current state.
+
+    Raised before anything is written: the event log is left unchanged.
+    """
+
+    def __init__(self, message: str, *, event_type: str, current: str | None):
+        super().__init__(message)
+        self.event_type = event_type
+        self.current = current
+
+
+class EventLogError(AhgdError):
+    """The event log database could not be read or written."""
+
+
+class DiskFull(EventLogError):
+    """The disk holding the state directory is full; nothing was written."""
+
+
+class SchemaTooNew(EventLogError):
+    """The history database was written by a newer ahgd than this one."""
+
+
+class MigrationFailed(EventLogError):
+    """A schema migration step failed; the database stays at its old version."""
+
+
+class StateDirError(AhgdError):
+    """The state directory is unusable (missing permissions, wrong place, locked)."""
+
+
+class StoreError(AhgdError):
+    """A stage output could not be stored or read back."""
+
+
+class OutputMissing(StoreError):
+    """A recorded stage output is gone from disk or fails its checksum."""

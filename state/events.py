@@ -1,0 +1,90 @@
+"""Typed events: the vocabulary of the event log.
+
+The ``type`` strings are part of the public SQL interface (``events.type``);
+they never change meaning once released.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, NamedTuple
+
+
+class EventType(StrEnum):
+    # runs
+    RUN_REQUESTED = "run.requested"
+    RUN_STARTED = "run.started"
+    RUN_COMPLETED = "run.completed"
+    RUN_FAILED = "run.failed"
+    RUN_CANCELLED = "run.cancelled"
+    RUN_RECOVERED = "run.recovered"      # replay found it in flight after a crash
+    RUN_SUSPENDED = "run.suspended"      # the daemon stopped cleanly mid-run
+    RUN_PARKED = "run.parked"            # recovered too often: needs a human
+    RUN_RETRIED = "run.retried"          # a human asked for another go
+    # stage attempts
+    STAGE_STARTED = "stage.started"
+    STAGE_COMPLETED = "stage.completed"
+    STAGE_FAILED = "stage.failed"
+    STAGE_RETRYING = "stage.retrying"
+    STAGE_SKIPPED = "stage.skipped"
+    STAGE_REUSED = "stage.reused"        # output taken from an earlier run (resume)
+    STAGE_TIMED_OUT = "stage.timed_out"
+    STAGE_INTERRUPTED = "stage.interrupted"
+    # inputs and triggers
+    FILE_ARRIVED = "file.arrived"
+    FILE_DUPLICATE = "file.duplicate"
+    FILE_QUARANTINED = "file.quarantined"
+    SCHEDULE_FIRED = "schedule.fired"
+    # orchestrations (several pipelines run in dependency order)
+    ORCH_STARTED = "orchestration.started"
+    ORCH_PIPELINE_STARTED = "orchestration.pipeline_started"
+    ORCH_PIPELINE_FINISHED = "orchestration.pipeline_finished"
+    ORCH_PIPELINE_SKIPPED = "orchestration.pipeline_skipped"
+    ORCH_COMPLETED = "orchestration.completed"
+    ORCH_FAILED = "orchestration.failed"
+
+
+EVENT_TYPES: frozenset[str] = frozenset(t.value for t in EventType)
+
+
+class Event(NamedTuple):
+    """One row of the ``events`` table.
+
+    ``seq`` and ``ts`` are assigned by the log when the event is appended;
+    an event built by a caller has ``seq=None`` and ``ts=None``.  ``raw`` is
+    the payload's JSON text as stored, when known; replay leaves ``payload``
+    undecoded (``None``) for the event types whose fold only keeps that text.
+    """
+
+    type: str
+    run_id: str | None = None
+    stage: str | None = None
+    attempt: int | None = None
+    payload: dict[str, Any] = {}
+    idempotency_key: str | None = None
+    seq: int | None = None
+    ts: str | None = None
+    raw: str | None = None
+
+    def data(self) -> dict[str, Any]:
+        """The payload as a dict, decoding ``raw`` if replay left it undecoded."""
+        if self.payload is not None:
+            return self.payload
+        import json
+
+        return json.loads(self.raw or "{}")
+
+
+def new_event(
+    type: str,
+    run_id: str | None = None,
+    *,
+    stage: str | None = None,
+    attempt: int | None = None,
+    idempotency_key: str | None = None,
+    **payload: Any,
+) -> Event:
+    """Build an event, with its payload given as keyword arguments."""
+    if type not in EVENT_TYPES:
+        raise ValueError(f"unknown event type {type!r}; known types: {sorted(EVENT_TYPES)}")
+    return Event(type, run_id, stage, attempt, payload, idempotency_key)

@@ -1,0 +1,228 @@
+"""Ordered, named schema migrations of the history database.
+
+Each step runs in its own transaction together with its bookkeeping row in
+``schema_migrations``, so a failing step leaves the version where it was.
+Opening a database written by a newer ahgd (a version this list does not
+know) is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from datetime import datetime, timezone
+from typing import Callable, NamedTuple, Sequence
+
+from .db import write_transaction
+from .errors import MigrationFailed, SchemaTooNew
+
+
+class Migration(NamedTuple):
+    name: str
+    apply: Callable[[sqlite3.Connection], None]
+
+
+def _sql(script: str) -> Callable[[sqlite3.Connection], None]:
+    statements = [s.strip() for s in script.split(";\n") if s.strip()]
+
+    def run(conn: sqlite3.Connection) -> None:
+        for stmt in statements:
+            conn.execute(stmt)
+
+    return run
+
+
+_APPEND_ONLY = "events is append-only: {op} is refused (the event log is the source of truth; append a new event instead)"
+
+INITIAL = f"""
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY,
+    ts TEXT NOT NULL,
+    run_id TEXT,
+    stage TEXT,
+    attempt INTEGER,
+    type TEXT NOT NULL,
+    payload TEXT NOT NULL DEFAULT '{{}}',
+    idempotency_key TEXT
+);
+CREATE UNIQUE INDEX events_idempotency_key ON events(idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE INDEX events_by_run ON events(run_id, seq);
+CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY.format(op="UPDATE")}'); END;
+CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY.format(op="DELETE")}'); END;
+CREATE TABLE runs (
+    run_id TEXT PRIMARY KEY,
+    pipeline TEXT NOT NULL,
+    trigger TEXT NOT NULL,
+    state TEXT NOT NULL,
+    params TEXT NOT NULL,
+    stages TEXT NOT NULL,
+    requested_at TEXT NOT NULL,
+    started_at TEXT,
+    ended_at TEXT,
+    error TEXT,
+    failed_stage TEXT,
+    recoveries INTEGER NOT NULL,
+    retries INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL
+);
+CREATE INDEX runs_by_pipeline ON runs(pipeline, requested_at);
+CREATE INDEX runs_by_state ON runs(state);
+CREATE TABLE stage_runs (
+    run_id TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    started_at TEXT,
+    ended_at TEXT,
+    error TEXT,
+    detail TEXT NOT NULL,
+    rows INTEGER GENERATED ALWAYS AS (json_extract(detail, '$.rows')) VIRTUAL,
+    cpu_s REAL GENERATED ALWAYS AS (json_extract(detail, '$.cpu_s')) VIRTUAL,
+    wall_s REAL GENERATED ALWAYS AS (json_extract(detail, '$.wall_s')) VIRTUAL,
+    peak_rss_mb REAL GENERATED ALWAYS AS (json_extract(detail, '$.peak_rss_mb')) VIRTUAL,
+    output TEXT GENERATED ALWAYS AS (json_extract(detail, '$.output')) VIRTUAL,
+    PRIMARY KEY (run_id, stage, attempt)
+) WITHOUT ROWID;
+CREATE TABLE files (
+    pipeline TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    state TEXT NOT NULL,
+    name TEXT NOT NULL,
+    size INTEGER,
+    stored_path TEXT,
+    first_seen TEXT NOT NULL,
+    last_seen TEXT NOT NULL,
+    run_id TEXT,
+    duplicates INTEGER NOT NULL,
+    reason TEXT,
+    PRIMARY KEY (pipeline, sha256)
+) WITHOUT ROWID;
+CREATE TABLE schedules (
+    pipeline TEXT NOT NULL,
+    trigger TEXT NOT NULL,
+    last_fire_time TEXT NOT NULL,
+    fired INTEGER NOT NULL,
+    last_run_id TEXT,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (pipeline, trigger)
+) WITHOUT ROWID;
+CREATE TABLE orchestrations (
+    orch_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    planned TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    ended_at TEXT,
+    error TEXT,
+    last_seq INTEGER NOT NULL
+);
+CREATE TABLE orchestration_pipelines (
+    orch_id TEXT NOT NULL,
+    pipeline TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    run_id TEXT,
+    reason TEXT,
+    started_at TEXT,
+    ended_at TEXT,
+    PRIMARY KEY (orch_id, pipeline)
+) WITHOUT ROWID;
+CREATE VIEW run_history AS
+SELECT run_id, pipeline, trigger, state, started_at, ended_at,
+       ROUND((julianday(ended_at) - julianday(started_at)) * 86400.0, 3) AS duration_s,
+       error,
+       requested_at, failed_stage, recoveries, retries,
+       json_extract(params, '$.input_file') AS input_file,
+       json_extract(params, '$.input_sha256') AS input_sha256
+FROM runs;
+CREATE VIEW stage_timings AS
+SELECT s.run_id, r.pipeline, s.stage, s.attempt, s.state, s.started_at, s.ended_at,
+       ROUND((julianday(s.ended_at) - julianday(s.started_at)) * 86400.0, 3) AS duration_s,
+       s.error, s.rows, s.wall_s, s.cpu_s, s.peak_rss_mb
+FROM stage_runs s JOIN runs r ON r.run_id = s.run_id;
+CREATE VIEW failures AS
+SELECT 'run' AS kind, run_id, pipeline, failed_stage AS stage, NULL AS attempt, state,
+       ended_at AS failed_at, error
+FROM runs WHERE state IN ('FAILED', 'PARKED')
+UNION ALL
+SELECT 'stage' AS kind, s.run_id, r.pipeline, s.stage, s.attempt, s.state,
+       s.ended_at AS failed_at, s.error
+FROM stage_runs s JOIN runs r ON r.run_id = s.run_id
+WHERE s.state IN ('FAILED', 'TIMED_OUT');
+CREATE VIEW orchestration_history AS
+SELECT o.orch_id, o.name, o.state AS orchestration_state, p.position, p.pipeline,
+       p.state, p.run_id, p.reason, p.started_at, p.ended_at
+FROM orchestrations o JOIN orchestration_pipelines p ON p.orch_id = o.orch_id
+"""
+
+#: The schema, in order.  Append new steps; never edit or reorder released ones.
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration("0001_initial_event_log", _sql(INITIAL)),
+)
+
+
+def _ensure_bookkeeping(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+    )
+
+
+def current_version(conn: sqlite3.Connection) -> tuple[int, str | None]:
+    exists = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type='table' AND name='schema_migrations'"
+    ).fetchone()
+    if not exists:
+        return 0, None
+    row = conn.execute(
+        "SELECT version, name FROM schema_migrations ORDER BY version DESC LIMIT 1"
+    ).fetchone()
+    return (row[0], row[1]) if row else (0, None)
+
+
+def migrate(
+    conn: sqlite3.Connection,
+    path: str | os.PathLike[str],
+    migrations: Sequence[Migration] = MIGRATIONS,
+    *,
+    busy_timeout: float = 60.0,
+) -> int:
+    """Bring the database at ``path`` up to ``len(migrations)``; return the version."""
+    version, name = current_version(conn)
+    known = len(migrations)
+    if version > known:
+        newest = migrations[-1].name if migrations else "none"
+        raise SchemaTooNew(
+            f"{path} has schema version {version} ({name}), written by a newer ahgd; this "
+            f"ahgd knows versions up to {known} ({newest}). Upgrade ahgd-daemon, or point "
+            "--state-dir at another directory"
+        )
+    if version and migrations[version - 1].name != name:
+        raise SchemaTooNew(
+            f"{path} is at schema version {version} named {name!r}, but this ahgd calls that "
+            f"version {migrations[version - 1].name!r}; it was written by a different build. "
+            "Use the ahgd that created it, or another --state-dir"
+        )
+    for number in range(version + 1, known + 1):
+        step = migrations[number - 1]
+        try:
+            with write_transaction(conn, path, busy_timeout=busy_timeout, op=f"migration {step.name}"):
+                # another process may have migrated while we waited for the lock
+                now_version, _ = current_version(conn)
+                if now_version >= number:
+                    continue
+                _ensure_bookkeeping(conn)
+                step.apply(conn)
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (number, step.name, datetime.now(timezone.utc).isoformat()),
+                )
+        except sqlite3.Error as exc:
+            raise MigrationFailed(
+                f"migration {number} ({step.name}) of {path} failed: {exc}; the database "
+                f"stays at version {number - 1}. Report this with the output of `ahgd state check`"
+            ) from exc
+    return known

@@ -1,0 +1,290 @@
+"""Projection tables: aggregates <-> rows.
+
+The storage side of the fold.  It knows rows and aggregates, not pipelines:
+``load_*_txn`` read the aggregate an event addresses, ``save_txn`` writes what
+changed, and ``Projector`` folds a whole event stream into the rows a rebuild
+inserts (and ``check`` compares).  Functions ending in ``_txn`` run inside the
+caller's transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any, Iterable
+
+from .events import Event
+from .machine import (
+    Aggregate,
+    Attempt,
+    FileRecord,
+    Key,
+    RAW_ONLY_TYPES,
+    Orchestration,
+    OrchPipeline,
+    Run,
+    ScheduleRecord,
+    aggregate_key,
+    apply,
+)
+
+TABLES = ("runs", "stage_runs", "files", "schedules", "orchestrations", "orchestration_pipelines")
+
+_encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False).encode
+
+
+def dumps(value: Any) -> str:
+    """Canonical JSON: the same text for the same value, wherever it is written."""
+    return _encode(value)
+
+
+# --------------------------------------------------------------------------
+# rows
+
+RUN_COLUMNS = (
+    "run_id", "pipeline", "trigger", "state", "params", "stages", "requested_at",
+    "started_at", "ended_at", "error", "failed_stage", "recoveries", "retries", "last_seq",
+)
+STAGE_COLUMNS = Attempt._fields  # rows, cpu_s, output, ... are generated from detail
+FILE_COLUMNS = FileRecord._fields
+SCHEDULE_COLUMNS = ScheduleRecord._fields
+ORCH_COLUMNS = ("orch_id", "name", "state", "planned", "started_at", "ended_at", "error", "last_seq")
+ORCH_PIPELINE_COLUMNS = (
+    "orch_id", "pipeline", "position", "state", "run_id", "reason", "started_at", "ended_at",
+)
+
+PRIMARY_KEYS = {
+    "runs": ("run_id",),
+    "stage_runs": ("run_id", "stage", "attempt"),
+    "files": ("pipeline", "sha256"),
+    "schedules": ("pipeline", "trigger"),
+    "orchestrations": ("orch_id",),
+    "orchestration_pipelines": ("orch_id", "pipeline"),
+}
+COLUMNS = {
+    "runs": RUN_COLUMNS,
+    "stage_runs": STAGE_COLUMNS,
+    "files": FILE_COLUMNS,
+    "schedules": SCHEDULE_COLUMNS,
+    "orchestrations": ORCH_COLUMNS,
+    "orchestration_pipelines": ORCH_PIPELINE_COLUMNS,
+}
+
+
+def _insert_sql(table: str) -> str:
+    cols = COLUMNS[table]
+    return f"INSERT OR REPLACE INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+
+
+INSERT = {t: _insert_sql(t) for t in TABLES}
+
+
+def run_row(r: Run) -> tuple:
+    return (
+        r.run_id, r.pipeline, r.trigger, r.state, dumps(r.params), dumps(list(r.stages)),
+        r.requested_at, r.started_at, r.ended_at, r.error, r.failed_stage, r.recoveries,
+        r.retries, r.last_seq,
+    )
+
+
+def attempt_row(a: Attempt) -> tuple:
+    return tuple(a)
+
+
+def orch_row(o: Orchestration) -> tuple:
+    return (o.orch_id, o.name, o.state, dumps(list(o.planned)), o.started_at, o.ended_at,
+            o.error, o.last_seq)
+
+
+def orch_pipeline_rows(o: Orchestration) -> list[tuple]:
+    return [(o.orch_id, name, p.position, p.state, p.run_id, p.reason, p.started_at, p.ended_at)
+            for name, p in o.pipelines.items()]
+
+
+def run_from_rows(row: tuple, attempt_rows: Iterable[tuple]) -> Run:
+    latest: dict[str, Attempt] = {}
+    for a in attempt_rows:
+        att = attempt_from_row(a)
+        prev = latest.get(att.stage)
+        if prev is None or att.attempt > prev.attempt:
+            latest[att.stage] = att
+    return Run(
+        run_id=row[0], pipeline=row[1], trigger=row[2], state=row[3], params=json.loads(row[4]),
+        stages=tuple(json.loads(row[5])), requested_at=row[6], started_at=row[7],
+        ended_at=row[8], error=row[9], failed_stage=row[10], recoveries=row[11],
+        retries=row[12], last_seq=row[13], attempts=latest,
+    )
+
+
+def attempt_from_row(a: tuple) -> Attempt:
+    return Attempt(*a)
+
+
+# --------------------------------------------------------------------------
+# load / save inside a transaction
+
+
+def load_run_txn(conn: sqlite3.Connection, run_id: str) -> Run | None:
+    row = conn.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    if row is None:
+        return None
+    attempts = conn.execute(
+        f"SELECT {', '.join(STAGE_COLUMNS)} FROM stage_runs WHERE run_id = ?", (run_id,)
+    ).fetchall()
+    return run_from_rows(row, attempts)
+
+
+def run_version_txn(conn: sqlite3.Connection, run_id: str) -> int | None:
+    row = conn.execute("SELECT last_seq FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    return None if row is None else row[0]
+
+
+def load_txn(conn: sqlite3.Connection, key: Key) -> Aggregate | None:
+    kind, ident = key
+    if kind == "run":
+        return load_run_txn(conn, ident)
+    if kind == "file":
+        pipeline, sha = ident.split("\x1f", 1)
+        row = conn.execute(
+            f"SELECT {', '.join(FILE_COLUMNS)} FROM files WHERE pipeline = ? AND sha256 = ?",
+            (pipeline, sha),
+        ).fetchone()
+        return None if row is None else FileRecord(*row)
+    if kind == "schedule":
+        pipeline, trigger = ident.split("\x1f", 1)
+        row = conn.execute(
+            f"SELECT {', '.join(SCHEDULE_COLUMNS)} FROM schedules WHERE pipeline = ? AND trigger = ?",
+            (pipeline, trigger),
+        ).fetchone()
+        return None if row is None else ScheduleRecord(*row)
+    if kind == "orchestration":
+        row = conn.execute(
+            f"SELECT {', '.join(ORCH_COLUMNS)} FROM orchestrations WHERE orch_id = ?", (ident,)
+        ).fetchone()
+        if row is None:
+            return None
+        pipes = conn.execute(
+            f"SELECT {', '.join(ORCH_PIPELINE_COLUMNS)} FROM orchestration_pipelines WHERE orch_id = ?",
+            (ident,),
+        ).fetchall()
+        return Orchestration(
+            orch_id=row[0], name=row[1], state=row[2], planned=tuple(json.loads(row[3])),
+            started_at=row[4], ended_at=row[5], error=row[6], last_seq=row[7],
+            pipelines={p[1]: OrchPipeline(*p[2:]) for p in pipes},
+        )
+    raise ValueError(f"unknown aggregate kind {kind!r}")
+
+
+def save_txn(conn: sqlite3.Connection, old: Aggregate | None, new: Aggregate) -> None:
+    """Write the rows that changed between ``old`` and ``new``."""
+    if isinstance(new, Run):
+        _save_run_txn(conn, old, new)  # type: ignore[arg-type]
+    elif isinstance(new, FileRecord):
+        conn.execute(INSERT["files"], tuple(new))
+    elif isinstance(new, ScheduleRecord):
+        conn.execute(INSERT["schedules"], tuple(new))
+    elif isinstance(new, Orchestration):
+        conn.execute(INSERT["orchestrations"], orch_row(new))
+        olds = old.pipelines if isinstance(old, Orchestration) else {}
+        changed = [r for r in orch_pipeline_rows(new) if new.pipelines[r[1]] is not olds.get(r[1])]
+        if changed:
+            conn.executemany(INSERT["orchestration_pipelines"], changed)
+    else:  # pragma: no cover
+        raise TypeError(f"not an aggregate: {type(new).__name__}")
+
+
+def _save_run_txn(conn: sqlite3.Connection, old: Run | None, new: Run) -> None:
+    # fields 0..12 are the run's own columns; 13 is last_seq, 14 the attempts
+    if old is None or old[:13] != new[:13]:
+        conn.execute(INSERT["runs"], run_row(new))
+    else:
+        conn.execute("UPDATE runs SET last_seq = ? WHERE run_id = ?", (new.last_seq, new.run_id))
+    old_attempts = old.attempts if old is not None else {}
+    for stage, att in new.attempts.items():
+        if old_attempts.get(stage) is not att:
+            conn.execute(INSERT["stage_runs"], attempt_row(att))
+
+
+# --------------------------------------------------------------------------
+# whole-stream fold (rebuild and check)
+
+
+_FINAL_ATTEMPT_STATES = frozenset({"COMPLETED", "FAILED", "TIMED_OUT", "INTERRUPTED", "SKIPPED"})
+
+
+class Projector:
+    """Folds an event stream into every projection row, the way rebuild needs.
+
+    Runs keep only the latest attempt of each stage; earlier attempts are
+    remembered here as they are superseded, so that ``rows()`` holds them all.
+    With ``stream=True`` an attempt that reaches a final state (no event can
+    change that row again: a retry is a new attempt) moves to ``finished`` at
+    once, so that a rebuild can insert it while the fold goes on.
+    """
+
+    def __init__(self, *, stream: bool = False) -> None:
+        self.aggregates: dict[Key, Aggregate] = {}
+        self.attempts: dict[tuple[str, str, int], Attempt] = {}
+        self.finished: list[tuple] = []
+        self.stream = stream
+
+    def feed(self, events: Iterable[Event]) -> None:
+        aggs = self.aggregates
+        attempts = self.attempts
+        finished = self.finished if self.stream else None
+        final = _FINAL_ATTEMPT_STATES
+        for e in events:
+            k = aggregate_key(e)
+            new = apply(aggs.get(k), e)
+            aggs[k] = new
+            if e.stage is not None and k[0] == "run":
+                att = new.attempts[e.stage]  # type: ignore[union-attr]
+                key = (att.run_id, att.stage, att.attempt)
+                if finished is not None and att.state in final:
+                    attempts.pop(key, None)
+                    finished.append(att)
+                else:
+                    attempts[key] = att
+
+    def take_finished(self) -> list[tuple]:
+        rows, self.finished = self.finished, []
+        return rows
+
+    def rows(self) -> dict[str, list[tuple]]:
+        out: dict[str, list[tuple]] = {t: [] for t in TABLES}
+        for (kind, _), agg in self.aggregates.items():
+            if kind == "run":
+                out["runs"].append(run_row(agg))  # type: ignore[arg-type]
+            elif kind == "file":
+                out["files"].append(tuple(agg))
+            elif kind == "schedule":
+                out["schedules"].append(tuple(agg))
+            else:
+                out["orchestrations"].append(orch_row(agg))  # type: ignore[arg-type]
+                out["orchestration_pipelines"].extend(orch_pipeline_rows(agg))  # type: ignore[arg-type]
+        out["stage_runs"] = [attempt_row(a) for a in self.attempts.values()]
+        out["stage_runs"].extend(self.take_finished())
+        return out
+
+
+_decode = json.JSONDecoder().decode
+_NO_PAYLOAD: dict[str, Any] = {}  # shared, never mutated
+
+
+def event_from_row(row: tuple) -> Event:
+    """``(seq, ts, run_id, stage, attempt, type, payload, idempotency_key)`` -> Event."""
+    seq, ts, run_id, stage, attempt, type_, payload, key = row
+    return Event(type_, run_id, stage, attempt,
+                 _NO_PAYLOAD if payload == "{}" else _decode(payload), key, seq, ts, payload)
+
+
+def replay_event_from_row(row: tuple) -> Event:
+    """Like :func:`event_from_row`, leaving undecoded what the fold keeps as text."""
+    seq, ts, run_id, stage, attempt, type_, payload, key = row
+    if type_ in RAW_ONLY_TYPES:
+        return Event(type_, run_id, stage, attempt, None, key, seq, ts, payload)
+    return Event(type_, run_id, stage, attempt,
+                 _NO_PAYLOAD if payload == "{}" else _decode(payload), key, seq, ts, payload)
+
+
+EVENT_COLUMNS = "seq, ts, run_id, stage, attempt, type, payload, idempotency_key"
