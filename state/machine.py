@@ -43,13 +43,19 @@ class StageState(StrEnum):
 
 R, S = RunState, StageState
 
+
+def _plain(table: dict) -> dict[tuple[str | None, str], str]:
+    """Plain ``str`` keys and values: aggregates hold text, as the database does."""
+    return {(None if c is None else str(c), str(t)): str(v) for (c, t), v in table.items()}
+
+
 TERMINAL_RUN_STATES = frozenset({R.COMPLETED, R.FAILED, R.CANCELLED})
 DONE_STAGE_STATES = frozenset({S.COMPLETED, S.SKIPPED})
 #: attempts that ended without success and may be followed by another attempt
 ENDED_UNSUCCESSFULLY = frozenset({S.FAILED, S.TIMED_OUT, S.INTERRUPTED})
 
 # (current run state or None for "no such run", event type) -> new run state
-RUN_TRANSITIONS: dict[tuple[str | None, str], str] = {
+RUN_TRANSITIONS: dict[tuple[str | None, str], str] = _plain({
     (None, T.RUN_REQUESTED): R.PENDING,
     (R.PENDING, T.RUN_STARTED): R.RUNNING,
     (R.RUNNING, T.RUN_COMPLETED): R.COMPLETED,
@@ -65,11 +71,11 @@ RUN_TRANSITIONS: dict[tuple[str | None, str], str] = {
     (R.FAILED, T.RUN_RETRIED): R.PENDING,
     (R.PARKED, T.RUN_RETRIED): R.PENDING,
     (R.CANCELLED, T.RUN_RETRIED): R.PENDING,
-}
+})
 
 # (current state of the stage's latest attempt, None if never tried, event type)
 #   -> new state of the addressed attempt
-STAGE_TRANSITIONS: dict[tuple[str | None, str], str] = {
+STAGE_TRANSITIONS: dict[tuple[str | None, str], str] = _plain({
     (None, T.STAGE_STARTED): S.RUNNING,
     (S.RETRYING, T.STAGE_STARTED): S.RUNNING,
     (S.FAILED, T.STAGE_STARTED): S.RUNNING,
@@ -84,25 +90,25 @@ STAGE_TRANSITIONS: dict[tuple[str | None, str], str] = {
     (S.INTERRUPTED, T.STAGE_RETRYING): S.RETRYING,
     (None, T.STAGE_SKIPPED): S.SKIPPED,
     (None, T.STAGE_REUSED): S.COMPLETED,
-}
+})
 
-FILE_TRANSITIONS: dict[tuple[str | None, str], str] = {
+FILE_TRANSITIONS: dict[tuple[str | None, str], str] = _plain({
     (None, T.FILE_ARRIVED): "ARRIVED",
     ("QUARANTINED", T.FILE_ARRIVED): "ARRIVED",
     ("ARRIVED", T.FILE_DUPLICATE): "ARRIVED",
     (None, T.FILE_QUARANTINED): "QUARANTINED",
     ("ARRIVED", T.FILE_QUARANTINED): "QUARANTINED",
     ("QUARANTINED", T.FILE_QUARANTINED): "QUARANTINED",
-}
+})
 
-ORCH_TRANSITIONS: dict[tuple[str | None, str], str] = {
+ORCH_TRANSITIONS: dict[tuple[str | None, str], str] = _plain({
     (None, T.ORCH_STARTED): "RUNNING",
     ("RUNNING", T.ORCH_PIPELINE_STARTED): "RUNNING",
     ("RUNNING", T.ORCH_PIPELINE_FINISHED): "RUNNING",
     ("RUNNING", T.ORCH_PIPELINE_SKIPPED): "RUNNING",
     ("RUNNING", T.ORCH_COMPLETED): "COMPLETED",
     ("RUNNING", T.ORCH_FAILED): "FAILED",
-}
+})
 
 
 class Attempt(NamedTuple):
@@ -379,7 +385,7 @@ def _apply_run(run: Run | None, e: Event) -> Run:
             state=new_state,
             ended_at=e.ts,
             error=error,
-            failed_stage=p.get("stage") if t == T.RUN_FAILED else run.failed_stage,
+            failed_stage=(p.get("failed_stage") or e.stage) if t == T.RUN_FAILED else run.failed_stage,
             last_seq=e.seq,
         )
     if t == T.RUN_RECOVERED:

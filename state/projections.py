@@ -237,7 +237,7 @@ class Projector:
             k = aggregate_key(e)
             new = apply(aggs.get(k), e)
             aggs[k] = new
-            if e.stage is not None and k[0] == "run":
+            if e.stage is not None and e.type.startswith("stage."):
                 att = new.attempts[e.stage]  # type: ignore[union-attr]
                 key = (att.run_id, att.stage, att.attempt)
                 if finished is not None and att.state in final:

@@ -1,0 +1,248 @@
+"""The SQLite event log: append-only, concurrent, crash-safe, migrated."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from state import (
+    DuplicateEvent,
+    EventLog,
+    EventType as T,
+    IllegalTransition,
+    MigrationFailed,
+    SchemaTooNew,
+    new_event,
+)
+from state.migrations import MIGRATIONS, Migration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(log: EventLog, run_id: str = "r1") -> None:
+    log.append(new_event(T.RUN_REQUESTED, run_id, pipeline="p", trigger="manual"))
+    log.append(new_event(T.RUN_STARTED, run_id, stages=["a"]))
+    log.append(new_event(T.STAGE_STARTED, run_id, stage="a", attempt=1), durable=False)
+    log.append(new_event(T.STAGE_COMPLETED, run_id, stage="a", attempt=1, rows=7, wall_s=0.25))
+    log.append(new_event(T.RUN_COMPLETED, run_id))
+
+
+def test_pragmas_and_public_views(state_dir: Path):
+    with EventLog.open(state_dir) as log:
+        _run(log)
+        assert log.query("PRAGMA journal_mode")[0][0] == "wal"
+        assert log.query("PRAGMA synchronous")[0][0] == 2  # FULL
+        assert log.query("PRAGMA busy_timeout")[0][0] >= 30000
+        history = [dict(r) for r in log.query("SELECT * FROM run_history")]
+        assert list(history[0])[:8] == ["run_id", "pipeline", "trigger", "state", "started_at",
+                                         "ended_at", "duration_s", "error"]
+        assert history[0]["state"] == "COMPLETED" and history[0]["trigger"] == "manual"
+        assert history[0]["started_at"].endswith("Z") and "T" in history[0]["started_at"]
+        timings = [dict(r) for r in log.query("SELECT * FROM stage_timings")]
+        assert list(timings[0])[:9] == ["run_id", "pipeline", "stage", "attempt", "state",
+                                        "started_at", "ended_at", "duration_s", "error"]
+        assert timings[0]["rows"] == 7 and timings[0]["wall_s"] == 0.25
+    with EventLog(state_dir / "history.db", synchronous="NORMAL") as log:
+        assert log.query("PRAGMA synchronous")[0][0] == 1
+
+
+def test_failures_view_lists_failed_runs_and_attempts(state_dir: Path):
+    with EventLog.open(state_dir) as log:
+        log.append(new_event(T.RUN_REQUESTED, "r", pipeline="p"))
+        log.append(new_event(T.RUN_STARTED, "r", stages=["a"]))
+        log.append(new_event(T.STAGE_STARTED, "r", stage="a", attempt=1))
+        log.append(new_event(T.STAGE_TIMED_OUT, "r", stage="a", attempt=1, error="timed out after 1s"))
+        log.append(new_event(T.RUN_FAILED, "r", stage="a", error="stage 'a' timed out"))
+        rows = [tuple(r) for r in log.query(
+            "SELECT kind, run_id, pipeline, stage, attempt, state, error FROM failures ORDER BY kind")]
+    assert rows == [("run", "r", "p", "a", None, "FAILED", "stage 'a' timed out"),
+                    ("stage", "r", "p", "a", 1, "TIMED_OUT", "timed out after 1s")]
+
+
+def test_update_and_delete_on_events_are_refused_from_python(state_dir: Path):
+    with EventLog.open(state_dir) as log:
+        _run(log)
+    conn = sqlite3.connect(state_dir / "history.db")
+    for sql in ("UPDATE events SET type = 'run.failed'", "DELETE FROM events"):
+        with pytest.raises(sqlite3.IntegrityError, match="events is append-only"):
+            conn.execute(sql)
+    assert conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 5
+    conn.close()
+
+
+def test_update_and_delete_on_events_are_refused_from_the_sqlite3_shell(state_dir: Path):
+    with EventLog.open(state_dir) as log:
+        _run(log)
+    for sql in ("UPDATE events SET payload = '{}' WHERE seq = 1;", "DELETE FROM events WHERE seq = 1;"):
+        proc = subprocess.run(["sqlite3", str(state_dir / "history.db"), sql],
+                              capture_output=True, text=True, timeout=30)
+        assert proc.returncode != 0
+        assert "events is append-only" in proc.stderr
+    proc = subprocess.run(["sqlite3", str(state_dir / "history.db"), "SELECT COUNT(*) FROM events;"],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.stdout.strip() == "5"
+
+
+def test_illegal_event_writes_nothing_and_names_the_problem(state_dir: Path):
+    with EventLog.open(state_dir) as log:
+        _run(log)
+        before = log.last_seq()
+        with pytest.raises(IllegalTransition) as exc:
+            log.append_many([
+                new_event(T.RUN_REQUESTED, "r2", pipeline="p"),
+                new_event(T.RUN_COMPLETED, "r2"),
+            ])
+        assert str(exc.value) == "run 'r2' is PENDING; run.completed is only allowed from: RUNNING"
+        assert log.last_seq() == before
+        assert log.run("r2") is None  # the whole batch was rolled back
+
+
+def test_idempotency_key_means_already_done(state_dir: Path):
+    with EventLog.open(state_dir) as log:
+        first = log.append_many([
+            new_event(T.FILE_ARRIVED, "run-a", pipeline="p", sha256="abc", name="x.csv",
+                      idempotency_key="file:p:abc"),
+            new_event(T.RUN_REQUESTED, "run-a", pipeline="p", trigger="drop_folder"),
+        ])
+        with pytest.raises(DuplicateEvent) as exc:
+            log.append_many([
+                new_event(T.FILE_ARRIVED, "run-b", pipeline="p", sha256="abc", name="y.csv",
+                          idempotency_key="file:p:abc"),
+                new_event(T.RUN_REQUESTED, "run-b", pipeline="p", trigger="drop_folder"),
+            ])
+        assert exc.value.existing.seq == first[0].seq
+        assert log.run("run-b") is None
+
+
+def test_payloads_must_be_plain_json(state_dir: Path):
+    from datetime import datetime
+
+    with EventLog.open(state_dir) as log:
+        with pytest.raises(Exception, match="is not plain JSON"):
+            log.append(new_event(T.RUN_REQUESTED, "r", pipeline="p", when=datetime.now()))
+
+
+def test_several_processes_append_at_once_without_loss_or_lock_errors(state_dir: Path):
+    db = state_dir / "history.db"
+    EventLog(db).close()
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "tests.state.writer_proc", str(db), f"w{i}", "25"],
+                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(4)
+    ]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, err
+        assert "locked" not in err
+    acked = [int(line.split()[1]) for out, _ in outputs for line in out.splitlines()]
+    assert len(acked) == 4 * 25 * 7 == len(set(acked))
+    with EventLog(db) as log:
+        assert log.last_seq() == len(acked)
+        assert log.check().ok
+        assert log.query("SELECT COUNT(*) FROM runs WHERE state = 'COMPLETED'")[0][0] == 100
+
+
+def test_sigkill_while_appending_loses_no_acknowledged_event(state_dir: Path, ahgd, clean_env):
+    """A writer killed at random moments, 50 times: every acknowledged event survives
+    and `ahgd state check` passes after each kill."""
+    db = state_dir / "history.db"
+    EventLog(db).close()
+    rng = random.Random(20261126)
+    acked: set[int] = set()
+    deadline = time.monotonic() + 240
+    for i in range(50):
+        assert time.monotonic() < deadline, "crash loop took too long"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.state.writer_proc", str(db), f"k{i}", "1000"],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        # wait for the first acknowledgement, then kill at a random moment
+        first = proc.stdout.readline()
+        assert first.startswith("ok "), first
+        acked.add(int(first.split()[1]))
+        time.sleep(rng.uniform(0.0, 0.05))
+        proc.send_signal(signal.SIGKILL)
+        out, _ = proc.communicate(timeout=30)
+        acked.update(int(line.split()[1]) for line in out.splitlines() if line.startswith("ok "))
+        check = subprocess.run([*ahgd, "state", "check", "--state-dir", str(state_dir)],
+                               capture_output=True, text=True, timeout=60, env=clean_env)
+        assert check.returncode == 0, check.stderr
+    conn = sqlite3.connect(db)
+    present = {row[0] for row in conn.execute("SELECT seq FROM events")}
+    conn.close()
+    assert acked <= present
+
+
+def _failing_migrations():
+    def boom(conn):
+        conn.execute("CREATE TABLE half_done (x)")
+        raise sqlite3.OperationalError("simulated failure in step 2")
+
+    return (*MIGRATIONS, Migration("0002_will_fail", boom))
+
+
+def test_a_failing_migration_leaves_the_version_unchanged(state_dir: Path):
+    db = state_dir / "history.db"
+    EventLog(db).close()
+    with pytest.raises(MigrationFailed) as exc:
+        EventLog(db, migrations=_failing_migrations())
+    assert str(exc.value).startswith(
+        f"migration 2 (0002_will_fail) of {db} failed: simulated failure in step 2; "
+        "the database stays at version 1.")
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0] == 1
+    assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'half_done'").fetchone() is None
+    conn.close()
+    EventLog(db).close()  # still opens with the known migrations
+
+
+def test_an_older_database_is_upgraded(state_dir: Path):
+    db = state_dir / "history.db"
+    extra = (*MIGRATIONS, Migration("0002_add_notes", lambda c: c.execute("CREATE TABLE notes (x)")))
+    EventLog(db).close()
+    with EventLog(db, migrations=extra) as log:
+        assert log.version == 2
+        assert log.query("SELECT name FROM schema_migrations ORDER BY version")[1][0] == "0002_add_notes"
+
+
+def test_a_newer_database_is_refused(state_dir: Path):
+    db = state_dir / "history.db"
+    EventLog(db).close()
+    conn = sqlite3.connect(db)
+    conn.execute("INSERT INTO schema_migrations VALUES (2, '0002_from_the_future', 'x')")
+    conn.commit()
+    conn.close()
+    with pytest.raises(SchemaTooNew) as exc:
+        EventLog(db)
+    assert str(exc.value) == (
+        f"{db} has schema version 2 (0002_from_the_future), written by a newer ahgd; this ahgd "
+        "knows versions up to 1 (0001_initial_event_log). Upgrade ahgd-daemon, or point "
+        "--state-dir at another directory")
+
+
+def test_rebuild_restores_tampered_projections(state_dir: Path):
+    with EventLog.open(state_dir) as log:
+        _run(log)
+        log.query("UPDATE runs SET state = 'FAILED'")  # projections are not protected
+        report = log.check()
+        assert not report.ok
+        assert report.differences == ["runs['r1'].state: kept 'FAILED', the events say 'COMPLETED'"]
+        assert log.rebuild() == 5
+        assert log.check().ok
+
+
+def test_clock_is_injected(state_dir: Path):
+    from datetime import datetime, timezone
+
+    fixed = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc)
+    with EventLog.open(state_dir, clock=lambda: fixed) as log:
+        e = log.append(new_event(T.RUN_REQUESTED, "r", pipeline="p"))
+    assert e.ts == "2026-01-02T03:04:05.678901Z"
