@@ -18,7 +18,7 @@ import click
 
 from state.errors import AhgdError
 
-from .statedir import ENV_VAR, resolve_state_dir
+from state.statedir import ENV_VAR, resolve_state_dir
 
 
 def state_dir_option(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-from state.errors import StateDirError
+from .errors import StateDirError
 
 ENV_VAR = "AHGD_STATE_DIR"
 DEFAULT = "state"

@@ -1,0 +1,390 @@
+"""``BasePipeline``: subclass it, list the stages, say what each does.
+
+    class HealthDataPipeline(BasePipeline):
+        def define_stages(self):
+            return ["extract", "transform", "validate", "load"]
+
+        def execute_stage(self, stage_name, context):
+            ...
+
+    context = HealthDataPipeline("health", state_dir="var").run()
+    context.state, context.failed_stage, context.error, context.get_output("load")
+
+Every transition of every run goes to ``<state_dir>/history.db``; a run
+started here leaves the same history as one started by the daemon.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from enum import Enum
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from state import EventLog, EventType as T, new_event, store
+from state.errors import OutputMissing
+from state.locks import FileLock, run_lock_path
+from state.machine import DONE_STAGE_STATES, StageState
+from state.statedir import resolve_state_dir
+
+from .context import PipelineContext, result_from_attempt
+from .durations import parse_duration
+from .engine import Progress, RunEngine, RunPlan
+from .errors import ConfigError, ResumeRefused
+from .executors import Executor, make_executor
+from .resources import ResourceBudget
+from .stage import STAGE_NAME, StageConfig
+
+
+class PipelineState(str, Enum):
+    """Where a pipeline's current run is (the original AHGD states, plus the log's)."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    PAUSED = "PAUSED"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    RECOVERING = "RECOVERING"
+    CANCELLED = "CANCELLED"
+    PARKED = "PARKED"
+
+
+_RUNTIME_ATTRS = ("_progress", "_cancel", "_lock", "_executor_arg", "_log")
+
+
+class BasePipeline(ABC):
+    """A pipeline of named stages, run through the event log.
+
+    ``stage_configs`` maps stage names to :class:`StageConfig` (timeout,
+    retries, validation); ``max_retries`` and ``retry_delay`` apply to stages
+    that do not set their own.  ``executor`` is ``"process"`` (default: each
+    attempt in a warm worker process; timeouts really stop work),
+    ``"inprocess"`` (threads; cannot enforce timeouts), or an Executor
+    shared with other pipelines.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        enable_checkpoints: bool = True,
+        parallel_stages: bool = False,
+        max_workers: int = 4,
+        max_retries: int = 3,
+        retry_delay: Any = timedelta(seconds=5),
+        stage_configs: Mapping[str, StageConfig] | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
+        executor: str | Executor | None = "process",
+        duckdb_settings: Mapping[str, Any] | None = None,
+        timeout: Any = None,
+        description: str = "",
+        seed: int | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not name or "/" in name:
+            raise ConfigError(f"pipeline name {name!r} is not allowed; use letters, digits, _ and -")
+        if not isinstance(max_workers, int) or max_workers < 1:
+            raise ConfigError(f"pipeline {name!r}: max_workers is {max_workers!r}; use 1 or more")
+        if not isinstance(max_retries, int) or max_retries < 0:
+            raise ConfigError(f"pipeline {name!r}: max_retries is {max_retries!r}; use 0 or more")
+        self.name = name
+        self.description = description
+        self.enable_checkpoints = enable_checkpoints
+        self.parallel_stages = parallel_stages
+        self.max_workers = max_workers
+        self.max_retries = max_retries
+        self.retry_delay = parse_duration(retry_delay, what=f"pipeline {name!r}: retry_delay")
+        self.timeout = None if timeout is None else parse_duration(
+            timeout, what=f"pipeline {name!r}: timeout", positive=True)
+        self.stage_configs: dict[str, StageConfig] = dict(stage_configs or {})
+        for key, cfg in self.stage_configs.items():
+            if not isinstance(cfg, StageConfig):
+                raise ConfigError(f"pipeline {name!r}: stage_configs[{key!r}] is a "
+                                  f"{type(cfg).__name__}; use StageConfig(name={key!r}, ...)")
+        self.state_dir = resolve_state_dir(state_dir, os.environ)
+        self.duckdb_settings = dict(duckdb_settings or {})
+        self.duckdb_settings.setdefault("temp_directory", str(self.state_dir / "tmp" / "duckdb"))
+        self._executor_arg = executor
+        self._rng = random.Random(seed)
+        self._progress = Progress([])
+        self._cancel = threading.Event()
+        self._lock = threading.Lock()
+        self._log: EventLog | None = None
+
+    # -- what subclasses provide ------------------------------------------------------
+
+    @abstractmethod
+    def define_stages(self) -> list[str]:
+        """The stage names, in order."""
+
+    @abstractmethod
+    def execute_stage(self, stage_name: str, context: PipelineContext) -> Any:
+        """Do one stage's work; what it returns is the stage's output."""
+
+    def get_stage_dependencies(self, stage_name: str) -> set[str]:
+        """Stages that must complete before ``stage_name`` (default: the previous one)."""
+        stages = self.define_stages()
+        i = stages.index(stage_name)
+        return {stages[i - 1]} if i > 0 else set()
+
+    # -- configuration ------------------------------------------------------------------
+
+    def stage_config(self, stage: str) -> StageConfig:
+        """The effective config of a stage: its own, else the pipeline-wide defaults."""
+        cfg = self.stage_configs.get(stage)
+        if cfg is None:
+            return StageConfig(name=stage, retry_attempts=self.max_retries, retry_delay=self.retry_delay)
+        explicit = getattr(cfg, "_explicit", None)
+        changes: dict[str, Any] = {}
+        if explicit is not None:
+            if "retry_attempts" not in explicit:
+                changes["retry_attempts"] = self.max_retries
+            if "retry_delay" not in explicit:
+                changes["retry_delay"] = self.retry_delay
+        return replace(cfg, **changes) if changes else cfg
+
+    def _stages_and_deps(self) -> tuple[list[str], dict[str, set[str]]]:
+        stages = list(self.define_stages())
+        where = f"pipeline {self.name!r}"
+        if not stages:
+            raise ConfigError(f"{where} defines no stages; define_stages() must return names")
+        seen: set[str] = set()
+        for s in stages:
+            if not isinstance(s, str) or not STAGE_NAME.match(s):
+                raise ConfigError(f"{where}: stage name {s!r} is not allowed; use letters, digits "
+                                  "and _ (starting with a letter or _)")
+            if s in seen:
+                raise ConfigError(f"{where}: stage {s!r} is defined twice")
+            seen.add(s)
+        for key in self.stage_configs:
+            if key not in seen:
+                raise ConfigError(f"{where}: stage_configs names stage {key!r}, which "
+                                  f"define_stages() does not return ({', '.join(stages)})")
+        deps = {s: set(self.get_stage_dependencies(s) or ()) for s in stages}
+        for s, ds in deps.items():
+            unknown = ds - seen
+            if unknown:
+                raise ConfigError(f"{where}: stage {s!r} depends on unknown stage(s) "
+                                  f"{', '.join(sorted(unknown))}")
+        _check_acyclic(stages, deps, where)
+        return stages, deps
+
+    # -- running --------------------------------------------------------------------------
+
+    def run(
+        self,
+        resume_from: str | None = None,
+        skip_stages: Iterable[str] | None = None,
+        *,
+        params: Mapping[str, Any] | None = None,
+        input_file: str | os.PathLike[str] | None = None,
+        run_id: str | None = None,
+        trigger: str = "script",
+    ) -> PipelineContext:
+        """Run every stage (or resume); return the context carrying the outcome.
+
+        A stage failure does not raise: the run ends FAILED and
+        ``context.failed_stage`` / ``context.error`` say which stage and why.
+        Errors in how the run was asked for (an unknown ``resume_from``
+        stage, outputs that cannot be reused) raise before anything runs.
+        """
+        stages, deps = self._stages_and_deps()
+        skip = set(skip_stages or ())
+        unknown = skip - set(stages)
+        if unknown:
+            raise ConfigError(f"pipeline {self.name!r} has no stage(s) {', '.join(sorted(unknown))} "
+                              f"to skip (its stages: {', '.join(stages)})")
+        log = self._open_log()
+        reuse = self._resume_plan(log, stages, resume_from) if resume_from else {}
+        run_id = run_id or new_run_id(self.name)
+        run_params = dict(params or {})
+        if input_file is not None:
+            path = Path(input_file).resolve()
+            run_params.setdefault("input_file", str(path))
+            if "input_sha256" not in run_params and path.is_file():
+                run_params["input_sha256"] = store.sha256_file(path)
+        run_params.setdefault("keep_outputs", bool(self.enable_checkpoints))
+        if resume_from:
+            run_params["resume_from"] = resume_from
+        self._drop_unkept_outputs(log)
+        log.append(new_event(T.RUN_REQUESTED, run_id, pipeline=self.name, trigger=trigger,
+                             params=run_params, stages=stages))
+        return self.execute_run(run_id, log=log, skip=skip, reuse=reuse, stages=(stages, deps))
+
+    def execute_run(
+        self,
+        run_id: str,
+        *,
+        log: EventLog | None = None,
+        executor: Executor | None = None,
+        budget: ResourceBudget | None = None,
+        skip: set[str] | None = None,
+        reuse: dict[str, tuple[str, dict[str, Any]]] | None = None,
+        stop: threading.Event | None = None,
+        grace_deadline: Any = None,
+        stages: tuple[list[str], dict[str, set[str]]] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> PipelineContext:
+        """Execute an already requested (PENDING) run: the daemon's entry point."""
+        log = log or self._open_log()
+        stages_, deps = stages or self._stages_and_deps()
+        run = log.run(run_id)
+        if run is None:
+            raise ConfigError(f"run {run_id!r} was never requested")
+        own_executor = False
+        if executor is None:
+            parallel = self.max_workers if self.parallel_stages else 1
+            executor, own_executor = make_executor(self._executor_arg, parallel)
+        if cancel is None:
+            cancel = self._cancel
+            cancel.clear()
+        plan = RunPlan(
+            run_id=run_id,
+            pipeline=self,
+            pipeline_name=self.name,
+            stages=stages_,
+            deps=deps,
+            configs={s: self.stage_config(s) for s in stages_},
+            parallel=self.max_workers if self.parallel_stages else 1,
+            params=run.params,
+            duckdb_settings=self.duckdb_settings,
+            skip=skip or set(),
+            reuse=reuse or {},
+        )
+        self._progress = Progress(stages_)
+        lock = FileLock(run_lock_path(self.state_dir, run_id), {"role": "run", "run_id": run_id},
+                        remove_on_release=True)
+        lock.acquire()
+        try:
+            engine = RunEngine(log, self.state_dir, executor, budget=budget, rng=self._rng)
+            final = engine.execute(plan, stop=stop, cancel=cancel, grace_deadline=grace_deadline,
+                                   progress=self._progress)
+        finally:
+            lock.release()
+            if own_executor:
+                executor.shutdown()
+        return self._result(final)
+
+    def _result(self, run: Any) -> PipelineContext:
+        outputs = {s: a.output for s, a in run.attempts.items() if a.state in DONE_STAGE_STATES}
+        ctx = PipelineContext(run_id=run.run_id, pipeline_name=self.name, state_dir=self.state_dir,
+                              params=run.params, outputs=outputs, duckdb_settings=self.duckdb_settings)
+        ctx.state = run.state
+        ctx.error = run.error
+        ctx.failed_stage = run.failed_stage
+        ctx.started_at, ctx.ended_at = run.started_at, run.ended_at
+        ctx.stage_results = {s: result_from_attempt(s, a) for s, a in run.attempts.items()}
+        return ctx
+
+    def cancel(self) -> None:
+        """Ask the current run to stop (from another thread); it ends CANCELLED."""
+        self._cancel.set()
+
+    def get_progress(self) -> dict[str, Any]:
+        """State, current stage, completed stages and per-stage results; any thread."""
+        snap = self._progress.snapshot()
+        snap["pipeline"] = self.name
+        return snap
+
+    # -- resume ----------------------------------------------------------------------------
+
+    def _resume_plan(self, log: EventLog, stages: list[str], resume_from: str) -> dict[str, tuple[str, dict]]:
+        if resume_from not in stages:
+            raise ResumeRefused(f"pipeline {self.name!r} has no stage {resume_from!r} to resume from "
+                                f"(its stages: {', '.join(stages)})")
+        earlier = stages[: stages.index(resume_from)]
+        if not earlier:
+            return {}
+        if not self.enable_checkpoints:
+            raise ResumeRefused(f"pipeline {self.name!r} runs with enable_checkpoints=False, so no "
+                                "stage outputs are kept to resume from; run it from the start")
+        for run in reversed(log.runs(pipeline=self.name)):
+            done = {s: a for s, a in run.attempts.items() if a.state == StageState.COMPLETED}
+            if not all(s in done for s in earlier) or not run.params.get("keep_outputs", True):
+                continue
+            reuse = {}
+            for s in earlier:
+                ref = done[s].output
+                try:
+                    store.verify(self.state_dir, ref, what=f"output of stage {s!r} of run {run.run_id}")
+                except OutputMissing as exc:
+                    raise ResumeRefused(
+                        f"cannot resume pipeline {self.name!r} from {resume_from!r}: {exc}; "
+                        f"resume from {s!r} instead") from None
+                src = done[s].info().get("from_run") or run.run_id
+                reuse[s] = (src, ref)
+            return reuse
+        raise ResumeRefused(
+            f"cannot resume pipeline {self.name!r} from {resume_from!r}: no earlier run completed "
+            f"{', '.join(earlier)}; resume from {earlier[0]!r} instead (or run from the start)")
+
+    def _drop_unkept_outputs(self, log: EventLog) -> None:
+        rows = log.query(
+            "SELECT run_id FROM runs WHERE pipeline = ? AND state IN ('COMPLETED', 'FAILED', "
+            "'CANCELLED') AND json_extract(params, '$.keep_outputs') = 0", [self.name])
+        for (run_id,) in rows:
+            store.remove_run(self.state_dir, run_id)
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _open_log(self) -> EventLog:
+        with self._lock:
+            if self._log is None:
+                self._log = EventLog.open(self.state_dir)
+            return self._log
+
+    def close(self) -> None:
+        with self._lock:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # what a worker process needs: configuration, not this process's handles
+        return {k: v for k, v in self.__dict__.items() if k not in _RUNTIME_ATTRS}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._progress = Progress([])
+        self._cancel = threading.Event()
+        self._lock = threading.Lock()
+        self._executor_arg = "inprocess"
+        self._log = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+def new_run_id(pipeline: str) -> str:
+    now = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return f"{store.safe_name(pipeline)}-{now}-{secrets.token_hex(3)}"
+
+
+def _check_acyclic(stages: list[str], deps: dict[str, set[str]], where: str) -> None:
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(s: str) -> None:
+        if state.get(s) == 2:
+            return
+        if state.get(s) == 1:
+            cycle = path[path.index(s):] + [s]
+            raise ConfigError(f"{where}: stage dependency cycle {' -> '.join(cycle)}; remove one "
+                              "of these dependencies")
+        state[s] = 1
+        path.append(s)
+        for d in sorted(deps.get(s, ())):
+            visit(d)
+        path.pop()
+        state[s] = 2
+
+    for s in stages:
+        visit(s)
+
+
+__all__ = ["BasePipeline", "PipelineState", "new_run_id"]

@@ -1,0 +1,291 @@
+"""``PipelineContext``: what a stage sees, and what ``run()`` hands back.
+
+Inside a stage attempt the context owns a DuckDB connection to the attempt's
+own database file (``context.duckdb``); the outputs of earlier stages are
+attached to it read-only, one catalog per stage, so SQL reads them directly::
+
+    def transform(self, context):
+        return context.sql(f"SELECT * FROM {context.output_table('extract')} WHERE x > 0")
+
+After ``run()`` the same object carries the outcome (``state``, ``error``,
+``failed_stage``, ``stage_results``) and ``get_output(stage)`` still works,
+through a read-only connection.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pickle
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from state import store
+
+from .errors import StageOutputError
+
+RESERVED_CATALOGS = {"main", "temp", "system", "memory"}
+WAREHOUSE = "warehouse.duckdb"
+
+
+def catalog_for(stage: str) -> str:
+    """The catalog name under which a stage's output is attached."""
+    return f"stage_{stage}" if stage.lower() in RESERVED_CATALOGS else stage
+
+
+def quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+@dataclass
+class StageResult:
+    """How one stage of a finished run ended."""
+
+    stage: str
+    state: str
+    attempts: int = 0
+    error: str | None = None
+    rows: int | None = None
+    wall_s: float | None = None
+    output: dict[str, Any] | None = None
+
+
+class PipelineContext:
+    """Run identity, parameters, inputs, outputs, SQL and a bound logger."""
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        pipeline_name: str,
+        state_dir: Path,
+        params: Mapping[str, Any] | None = None,
+        outputs: Mapping[str, dict[str, Any] | None] | None = None,
+        stage_name: str | None = None,
+        attempt: int | None = None,
+        input_stages: tuple[str, ...] = (),
+        duckdb_settings: Mapping[str, Any] | None = None,
+        logger: Any = None,
+    ) -> None:
+        self.run_id = run_id
+        self.pipeline_name = pipeline_name
+        self.state_dir = Path(state_dir)
+        self.params: dict[str, Any] = dict(params or {})
+        self.stage_name = stage_name
+        self.attempt = attempt
+        self.duckdb_settings = dict(duckdb_settings or {})
+        self._outputs: dict[str, dict[str, Any] | None] = dict(outputs or {})
+        self._added: dict[str, Any] = {}
+        self._input_stages = input_stages
+        self._con = None
+        self._con_path: Path | None = None
+        self._attached: set[str] = set()
+        self._logger = logger
+        # the outcome, filled in when run() returns
+        self.state: str | None = None
+        self.error: str | None = None
+        self.failed_stage: str | None = None
+        self.stage_results: dict[str, StageResult] = {}
+        self.started_at: str | None = None
+        self.ended_at: str | None = None
+
+    # -- identity and inputs --------------------------------------------------
+
+    @property
+    def input_file(self) -> Path | None:
+        """The file that triggered this run (a drop-folder file, ``--input``), or None."""
+        p = self.params.get("input_file")
+        return None if p is None else Path(p)
+
+    @property
+    def input_sha256(self) -> str | None:
+        return self.params.get("input_sha256")
+
+    @property
+    def log(self) -> Any:
+        """A structlog logger bound to pipeline, run_id and stage."""
+        if self._logger is None:
+            import structlog
+
+            self._logger = structlog.get_logger("ahgd.stage").bind(
+                pipeline=self.pipeline_name, run_id=self.run_id, stage=self.stage_name,
+                attempt=self.attempt)
+        return self._logger
+
+    @property
+    def succeeded(self) -> bool:
+        return self.state == "COMPLETED"
+
+    def input_stage(self) -> str | None:
+        """The stage this one depends on (the last, if several)."""
+        return self._input_stages[-1] if self._input_stages else None
+
+    # -- outputs -----------------------------------------------------------------
+
+    def has_output(self, stage: str) -> bool:
+        return stage in self._added or self._outputs.get(stage) is not None
+
+    def output_ref(self, stage: str) -> dict[str, Any] | None:
+        return self._outputs.get(stage)
+
+    def add_output(self, stage: str, value: Any) -> None:
+        """Make ``value`` the output of ``stage`` for this context (in-process use)."""
+        self._added[stage] = value
+
+    def get_output(self, stage: str, table: str | None = None) -> Any:
+        """The output of an earlier stage.
+
+        Tables come back as a DuckDB relation (several tables: a dict of
+        relations, or the one named by ``table``); plain values as themselves;
+        a skipped stage or one that returned None gives None.
+        """
+        if stage in self._added:
+            return self._added[stage]
+        if stage not in self._outputs:
+            known = ", ".join(sorted(self._outputs)) or "none"
+            raise KeyError(f"no output of stage {stage!r} in run {self.run_id} "
+                           f"(stages with outputs here: {known})")
+        ref = self._outputs[stage]
+        if not ref or ref.get("kind") == "none":
+            return None
+        if ref["kind"] == "value":
+            return _load_value(self.state_dir, ref, stage)
+        tables = list(ref.get("tables") or {"output": None})
+        con = self.duckdb
+        self._attach(stage)
+        if table is not None:
+            if table not in tables:
+                raise KeyError(f"stage {stage!r} has no table {table!r} (its tables: {', '.join(tables)})")
+            return con.table(f"{quote(catalog_for(stage))}.{quote(table)}")
+        if len(tables) == 1:
+            return con.table(f"{quote(catalog_for(stage))}.{quote(tables[0])}")
+        return {t: con.table(f"{quote(catalog_for(stage))}.{quote(t)}") for t in tables}
+
+    def output_table(self, stage: str, table: str = "output") -> str:
+        """The quoted SQL name of an earlier stage's table, attached and ready to query."""
+        ref = self._outputs.get(stage)
+        if not ref or ref.get("kind") != "tables":
+            raise KeyError(f"stage {stage!r} has no table output in run {self.run_id}")
+        self._attach(stage)
+        return f"{quote(catalog_for(stage))}.{quote(table)}"
+
+    def passthrough(self, stage: str) -> "Passthrough":
+        """Return this from a stage to make its output that of ``stage``, without a copy."""
+        return Passthrough(stage)
+
+    # -- SQL ---------------------------------------------------------------------
+
+    @property
+    def duckdb(self):
+        """A DuckDB connection: the attempt's own database inside a stage; read-only after."""
+        if self._con is None:
+            import duckdb
+
+            if self.stage_name is not None and self.attempt is not None:
+                path = store.attempt_path(self.state_dir, self.run_id, self.stage_name,
+                                          self.attempt, ".duckdb")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                for stale in (path, path.with_name(path.name + ".wal")):
+                    stale.unlink(missing_ok=True)  # a killed earlier try of this attempt
+                self._con_path = path
+                self._con = duckdb.connect(str(path), config=_duckdb_config(self.duckdb_settings))
+            else:
+                self._con = duckdb.connect(":memory:", config=_duckdb_config(self.duckdb_settings))
+        return self._con
+
+    @property
+    def database_path(self) -> Path | None:
+        """The attempt's DuckDB file, once ``duckdb`` has been used inside a stage."""
+        return self._con_path
+
+    def sql(self, query: str, params: Any = None):
+        """``context.duckdb.sql(query, params=...)``: a lazy relation."""
+        return self.duckdb.sql(query, params=params)
+
+    def _attach(self, stage: str) -> None:
+        if stage in self._attached:
+            return
+        ref = self._outputs.get(stage)
+        if not ref or ref.get("kind") != "tables":
+            return
+        path = store.ref_path(self.state_dir, ref)
+        self.duckdb.execute(
+            f"ATTACH {_sql_string(str(path))} AS {quote(catalog_for(stage))} (READ_ONLY)")
+        self._attached.add(stage)
+
+    @contextmanager
+    def warehouse(self, path: str | os.PathLike[str] | None = None) -> Iterator[Any]:
+        """An exclusive connection to ``<state dir>/warehouse.duckdb`` for loaders.
+
+        DuckDB allows one writing process per file, so loaders of different
+        pipelines take turns on a lock file; write idempotently (delete the
+        rows of this source, then insert) inside one transaction.
+        """
+        import duckdb
+
+        target = Path(path) if path is not None else self.state_dir / WAREHOUSE
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target.with_name(target.name + ".lock"), "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            con = duckdb.connect(str(target), config=_duckdb_config(self.duckdb_settings))
+            try:
+                yield con
+            finally:
+                con.close()
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+            self._attached.clear()
+
+    def __repr__(self) -> str:
+        return (f"PipelineContext(run_id={self.run_id!r}, pipeline={self.pipeline_name!r}, "
+                f"state={self.state!r})")
+
+
+@dataclass(frozen=True)
+class Passthrough:
+    """Marks a stage output as the very output of an earlier stage."""
+
+    stage: str
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _duckdb_config(settings: Mapping[str, Any]) -> dict[str, Any]:
+    config: dict[str, Any] = {}
+    for key in ("memory_limit", "temp_directory", "threads", "max_temp_directory_size"):
+        if settings.get(key) is not None:
+            config[key] = str(settings[key]) if key != "threads" else int(settings[key])
+    if "temp_directory" in config:
+        Path(config["temp_directory"]).mkdir(parents=True, exist_ok=True)
+    return config
+
+
+def _load_value(state_dir: Path, ref: Mapping[str, Any], stage: str) -> Any:
+    fmt = ref.get("format")
+    if fmt == "inline":
+        return ref.get("value")
+    store.verify(state_dir, ref, what=f"output of stage {stage!r}")
+    path = store.ref_path(state_dir, ref)
+    if fmt == "json":
+        return json.loads(path.read_text())  # type: ignore[union-attr]
+    if fmt == "pickle":
+        return pickle.loads(path.read_bytes())  # type: ignore[union-attr]
+    raise StageOutputError(f"output of stage {stage!r} has unknown format {fmt!r}")
+
+
+def result_from_attempt(stage: str, attempt: Any) -> StageResult:
+    info = attempt.info() if attempt.detail != "{}" else {}
+    return StageResult(stage=stage, state=attempt.state, attempts=attempt.attempt,
+                       error=attempt.error, rows=info.get("rows"), wall_s=info.get("wall_s"),
+                       output=info.get("output"))
+
+
+__all__ = ["PipelineContext", "StageResult", "Passthrough", "catalog_for", "quote"]

@@ -1,0 +1,362 @@
+"""The run engine: drives one run's stages through the event log.
+
+Every transition is appended before (``stage.started``) or after
+(``stage.completed`` & co.) the work it describes, so the log always says
+what happened; the engine keeps nothing that replay could not rebuild.  The
+same engine serves ``BasePipeline.run()`` in a script and the daemon's
+runs, including resumed and recovered ones: it starts from whatever the log
+says the run has already done.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from state import EventLog, EventType as T, Run, new_event
+from state.errors import AhgdError
+from state.machine import DONE_STAGE_STATES, RunState, StageState
+
+from .executors import Executor
+from .resources import ResourceBudget
+from .runner import Outcome, StageTask
+from .stage import StageConfig
+
+#: how often a waiting engine looks at its stop/cancel flags
+POLL_S = 0.1
+
+
+class EngineError(AhgdError):
+    """The engine was asked to do something the run's state does not allow."""
+
+
+@dataclass
+class RunPlan:
+    """What to execute: one pipeline's stages, their dependencies and configs."""
+
+    run_id: str
+    pipeline: Any
+    pipeline_name: str
+    stages: list[str]
+    deps: dict[str, set[str]]
+    configs: dict[str, StageConfig]
+    parallel: int = 1
+    params: dict[str, Any] = field(default_factory=dict)
+    duckdb_settings: dict[str, Any] = field(default_factory=dict)
+    skip: set[str] = field(default_factory=set)
+    reuse: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+
+
+class Progress:
+    """A thread-safe picture of a run for ``get_progress()``."""
+
+    def __init__(self, stages: list[str]):
+        self._lock = threading.Lock()
+        self._state: dict[str, Any] = {
+            "state": "PENDING", "run_id": None, "current_stage": None, "running_stages": [],
+            "completed_stages": [], "total_stages": len(stages), "progress_percentage": 0.0,
+            "stages": {s: {"state": "PENDING", "attempts": 0, "error": None} for s in stages},
+        }
+
+    def update(self, **changes: Any) -> None:
+        with self._lock:
+            self._state.update(changes)
+
+    def stage(self, name: str, **changes: Any) -> None:
+        if "state" in changes:
+            changes["state"] = str(changes["state"])
+        with self._lock:
+            st = self._state["stages"].setdefault(name, {"state": "PENDING", "attempts": 0, "error": None})
+            st.update(changes)
+            stages = self._state["stages"]
+            done = [s for s, v in stages.items() if v["state"] in DONE_STAGE_STATES]
+            running = [s for s, v in stages.items() if v["state"] == StageState.RUNNING]
+            self._state["completed_stages"] = done
+            self._state["running_stages"] = running
+            self._state["current_stage"] = running[0] if running else self._state["current_stage"]
+            total = self._state["total_stages"] or 1
+            self._state["progress_percentage"] = round(100.0 * len(done) / total, 1)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            snap = dict(self._state)
+            snap["stages"] = {k: dict(v) for k, v in self._state["stages"].items()}
+            snap["completed_stages"] = list(self._state["completed_stages"])
+            snap["running_stages"] = list(self._state["running_stages"])
+            return snap
+
+
+@dataclass
+class _Running:
+    stage: str
+    attempt: int
+    future: Future
+
+
+class RunEngine:
+    """Executes :class:`RunPlan` objects against one event log and executor."""
+
+    def __init__(
+        self,
+        log: EventLog,
+        state_dir: Path,
+        executor: Executor,
+        *,
+        budget: ResourceBudget | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.log = log
+        self.state_dir = Path(state_dir)
+        self.executor = executor
+        self.budget = budget
+        self.rng = rng or random.Random()
+        self.clock = clock
+
+    def execute(
+        self,
+        plan: RunPlan,
+        *,
+        stop: threading.Event | None = None,
+        cancel: threading.Event | None = None,
+        grace_deadline: Callable[[], float | None] | None = None,
+        progress: Progress | None = None,
+    ) -> Run:
+        """Run ``plan`` to an end (completed, failed, cancelled, suspended); return the run.
+
+        ``stop`` asks for a clean pause (no new stages; running ones finish
+        until ``grace_deadline()``, then are interrupted; the run goes back to
+        PENDING to be resumed).  ``cancel`` stops everything at once.
+        """
+        return _Execution(self, plan, stop or threading.Event(), cancel or threading.Event(),
+                          grace_deadline or (lambda: None), progress or Progress(plan.stages)).go()
+
+
+class _Execution:
+    """One call of RunEngine.execute: the loop and its bookkeeping."""
+
+    def __init__(self, engine: RunEngine, plan: RunPlan, stop: threading.Event,
+                 cancel: threading.Event, grace: Callable[[], float | None], progress: Progress):
+        self.e, self.plan, self.stop, self.cancel, self.grace = engine, plan, stop, cancel, grace
+        self.progress = progress
+        self.log = engine.log
+        self.done: set[str] = set()
+        self.outputs: dict[str, dict[str, Any] | None] = {}
+        self.running: dict[Future, _Running] = {}
+        self.next_attempt: dict[str, int] = {}
+        self.tries: dict[str, int] = {}
+        self.retry_at: dict[str, float] = {}
+        self.failed: tuple[str, str] | None = None
+        #: a ready stage is waiting for a worker slot or resource budget
+        self.waiting = False
+
+    # -- the loop ------------------------------------------------------------------
+
+    def go(self) -> Run:
+        run = self._start()
+        while True:
+            if self.cancel.is_set():
+                self._interrupt_all("run cancelled")
+                return self._end(T.RUN_CANCELLED, reason="cancelled on request")
+            if self.stop.is_set():
+                deadline = self.grace()
+                if not self.running or (deadline is not None and self.e.clock() >= deadline):
+                    self._interrupt_all("the daemon is shutting down")
+                    return self._end(T.RUN_SUSPENDED, reason="the daemon stopped; the run resumes "
+                                                             "at its next start")
+            elif self.failed is None:
+                self._launch_ready()
+            if not self.running:
+                if self.failed is not None:
+                    stage, error = self.failed
+                    return self._end(T.RUN_FAILED, error=error, stage=stage)
+                if self.done >= set(self.plan.stages):
+                    return self._end(T.RUN_COMPLETED)
+                if not self.retry_at and not self.waiting and not self.stop.is_set():
+                    self._nothing_can_start()
+                    continue
+            self._wait()
+        return run  # pragma: no cover
+
+    def _start(self) -> Run:
+        run = self.log.run(self.plan.run_id)
+        if run is None:
+            raise EngineError(f"run {self.plan.run_id!r} was never requested")
+        if run.state == RunState.PENDING:
+            self.log.append(new_event(
+                T.RUN_STARTED, run.run_id, stages=self.plan.stages,
+                owner={"pid": os.getpid(), "host": socket.gethostname()}))
+        elif run.state != RunState.RUNNING:
+            raise EngineError(f"run {run.run_id!r} is {run.state}; only a PENDING run can start")
+        else:
+            raise EngineError(f"run {run.run_id!r} is already RUNNING; recover it first "
+                              "(the daemon does this at start-up)")
+        self.progress.update(state="RUNNING", run_id=run.run_id)
+        for stage, att in run.attempts.items():
+            if att.state in DONE_STAGE_STATES:
+                self.done.add(stage)
+                self.outputs[stage] = att.output
+                self.progress.stage(stage, state=att.state, attempts=att.attempt)
+            elif att.state == StageState.RETRYING:
+                self.next_attempt[stage] = att.attempt
+            else:  # failed, timed out or interrupted before this execution
+                self.next_attempt[stage] = att.attempt + 1
+        for stage in self.plan.stages:
+            if stage in self.done:
+                continue
+            if stage in self.plan.skip:
+                self.log.append(new_event(T.STAGE_SKIPPED, run.run_id, stage=stage, attempt=0,
+                                          reason="skipped on request"), durable=False)
+                self.done.add(stage)
+                self.outputs[stage] = None
+                self.progress.stage(stage, state=StageState.SKIPPED)
+            elif stage in self.plan.reuse:
+                from_run, ref = self.plan.reuse[stage]
+                rows = (ref.get("tables") or {}).get("output") if ref else None
+                self.log.append(new_event(T.STAGE_REUSED, run.run_id, stage=stage, attempt=0,
+                                          from_run=from_run, output=ref, rows=rows), durable=False)
+                self.done.add(stage)
+                self.outputs[stage] = ref
+                self.progress.stage(stage, state=StageState.COMPLETED)
+        return run
+
+    def _ready(self, stage: str) -> bool:
+        if stage in self.done or any(r.stage == stage for r in self.running.values()):
+            return False
+        if self.retry_at.get(stage, 0.0) > self.e.clock():
+            return False
+        return self.plan.deps.get(stage, set()) <= self.done
+
+    def _launch_ready(self) -> None:
+        self.waiting = False
+        for stage in self.plan.stages:
+            if len(self.running) >= self.plan.parallel:
+                return
+            if not self._ready(stage):
+                continue
+            cfg = self.plan.configs[stage]
+            budget = self.e.budget
+            key = (self.plan.run_id, stage)
+            # a worker slot first: a stage is only "started" when it really starts
+            if not self.e.executor.try_reserve():
+                self.waiting = True
+                return
+            if budget is not None and not budget.try_acquire(key, cfg.requirements()):
+                self.e.executor.release()
+                self.waiting = True
+                continue
+            self._launch(stage, cfg)
+
+    def _launch(self, stage: str, cfg: StageConfig) -> None:
+        attempt = self.next_attempt.get(stage, 1)
+        self.retry_at.pop(stage, None)
+        self.log.append(new_event(T.STAGE_STARTED, self.plan.run_id, stage=stage, attempt=attempt),
+                        durable=False)
+        self.tries[stage] = self.tries.get(stage, 0) + 1
+        deps = [s for s in self.plan.stages if s in self.plan.deps.get(stage, set())]
+        task = StageTask(
+            run_id=self.plan.run_id,
+            pipeline_name=self.plan.pipeline_name,
+            stage=stage,
+            attempt=attempt,
+            state_dir=str(self.e.state_dir),
+            params=self.plan.params,
+            upstream={s: self.outputs.get(s) for s in self.done},
+            input_stages=tuple(deps),
+            rules=cfg.validation_rules,
+            rules_base_dir=str(cfg.base_dir) if cfg.base_dir else None,
+            duckdb_settings=self.plan.duckdb_settings,
+            timeout=cfg.timeout_seconds,
+            requirements=cfg.requirements(),
+        )
+        future = self.e.executor.submit(self.plan.pipeline, task)
+        self.running[future] = _Running(stage, attempt, future)
+        self.progress.stage(stage, state=StageState.RUNNING, attempts=attempt)
+
+    def _wait(self) -> None:
+        now = self.e.clock()
+        timeout = POLL_S
+        if self.retry_at:
+            timeout = min(timeout, max(0.0, min(self.retry_at.values()) - now))
+        if not self.running:
+            self.e.executor.wait_for_slot(timeout)
+            return
+        finished, _ = wait(list(self.running), timeout=timeout, return_when=FIRST_COMPLETED)
+        for future in finished:
+            self._finish(self.running.pop(future), future.result())
+
+    # -- outcomes --------------------------------------------------------------------
+
+    def _finish(self, r: _Running, outcome: Outcome) -> None:
+        self.e.executor.release()
+        if self.e.budget is not None:
+            self.e.budget.release((self.plan.run_id, r.stage))
+        run_id, stage, attempt = self.plan.run_id, r.stage, r.attempt
+        payload = outcome.payload()
+        if outcome.ok:
+            self.log.append(new_event(T.STAGE_COMPLETED, run_id, stage=stage, attempt=attempt, **payload))
+            self.done.add(stage)
+            self.outputs[stage] = outcome.output
+            self.progress.stage(stage, state=StageState.COMPLETED, error=None)
+            return
+        if outcome.interrupted:
+            self.log.append(new_event(T.STAGE_INTERRUPTED, run_id, stage=stage, attempt=attempt, **payload))
+            self.next_attempt[stage] = attempt + 1
+            self.progress.stage(stage, state=StageState.INTERRUPTED, error=outcome.error)
+            return
+        kind = T.STAGE_TIMED_OUT if outcome.timed_out else T.STAGE_FAILED
+        self.log.append(new_event(kind, run_id, stage=stage, attempt=attempt, **payload))
+        cfg = self.plan.configs[stage]
+        tries = self.tries.get(stage, 1)
+        if outcome.retryable and tries <= cfg.retry_attempts and not (self.stop.is_set() or self.cancel.is_set()):
+            delay = cfg.retry_delay_for(tries, jitter=self.e.rng.uniform(0.8, 1.2))
+            self.log.append(new_event(T.STAGE_RETRYING, run_id, stage=stage, attempt=attempt + 1,
+                                      delay_s=round(delay, 3), after=kind, reason=outcome.error))
+            self.next_attempt[stage] = attempt + 1
+            self.retry_at[stage] = self.e.clock() + delay
+            self.progress.stage(stage, state=StageState.RETRYING, error=outcome.error)
+            return
+        self.next_attempt[stage] = attempt + 1
+        state = StageState.TIMED_OUT if outcome.timed_out else StageState.FAILED
+        self.progress.stage(stage, state=state, error=outcome.error)
+        if self.failed is None:
+            why = "" if outcome.retryable else " (not retryable)"
+            self.failed = (stage, f"stage {stage!r} failed after {tries} attempt(s){why}: {outcome.error}")
+
+    def _interrupt_all(self, reason: str) -> None:
+        for future in list(self.running):
+            self.e.executor.cancel(future, reason)
+        while self.running:
+            finished, _ = wait(list(self.running), timeout=30)
+            if not finished:  # pragma: no cover - an in-process stage that will not stop
+                raise EngineError(f"stage attempts of run {self.plan.run_id!r} did not stop: "
+                                  f"{sorted(r.stage for r in self.running.values())}")
+            for future in finished:
+                r = self.running.pop(future)
+                outcome = future.result()
+                if outcome.ok:
+                    self._finish(r, outcome)  # it finished just in time: keep the work
+                else:
+                    outcome.interrupted, outcome.timed_out = True, False
+                    outcome.error = outcome.error or reason
+                    self._finish(r, outcome)
+
+    def _nothing_can_start(self) -> None:
+        waiting = [s for s in self.plan.stages if s not in self.done]
+        self.failed = (waiting[0], f"stages {', '.join(waiting)} can never start: their "
+                       "prerequisites did not complete")
+
+    def _end(self, kind: str, **payload: Any) -> Run:
+        if kind == T.RUN_FAILED:
+            payload = {"error": payload["error"], "failed_stage": payload["stage"]}
+        self.log.append(new_event(kind, self.plan.run_id, **payload))
+        run = self.log.run(self.plan.run_id)
+        self.progress.update(state=str(run.state) if run else kind, current_stage=None)
+        return run  # type: ignore[return-value]

@@ -1,0 +1,462 @@
+"""Where stage attempts run: a warm pool of worker processes, or this process.
+
+``ProcessExecutor`` (the default) runs each attempt in a worker process, so
+a timeout really stops the work (the worker and its process group are
+killed), and a stage that segfaults, calls ``os._exit`` or is killed for
+memory fails that attempt and nothing else.  Workers stay warm between
+attempts: a stage does not pay for a fresh interpreter and its imports.
+
+``InProcessExecutor`` runs attempts on threads of this process.  It is for
+tests and tiny stages: **it cannot enforce timeouts** (Python cannot stop a
+thread), and a crashing stage takes the process with it.
+
+Both return ``concurrent.futures.Future`` objects that resolve to an
+:class:`~pipelines.runner.Outcome`; neither ever raises a stage's error.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any, Callable
+
+from .runner import Outcome, StageTask, run_task
+
+
+class Executor:
+    """What the engine needs: reserve a slot, submit an attempt, cancel it, shut down.
+
+    Slots are how "at most ``max_workers`` stages at once" holds across every
+    run sharing an executor: the engine reserves one before it records
+    ``stage.started`` and releases it when the attempt has ended.
+    """
+
+    max_workers: int = 1
+    enforces_timeouts: bool = False
+
+    def _init_slots(self) -> None:
+        self._free = self.max_workers
+        self._slots = threading.Condition()
+
+    def try_reserve(self) -> bool:
+        with self._slots:
+            if self._free <= 0:
+                return False
+            self._free -= 1
+            return True
+
+    def release(self) -> None:
+        with self._slots:
+            self._free = min(self.max_workers, self._free + 1)
+            self._slots.notify_all()
+
+    def wait_for_slot(self, timeout: float) -> None:
+        """Sleep until a slot is released or ``timeout`` passes."""
+        with self._slots:
+            self._slots.wait(timeout)
+
+    def in_use(self) -> int:
+        with self._slots:
+            return self.max_workers - self._free
+
+    def submit(self, pipeline: Any, task: StageTask) -> Future:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def cancel(self, future: Future, reason: str = "cancelled") -> None:
+        """Stop the attempt behind ``future`` if possible (it resolves as interrupted)."""
+
+    def shutdown(self) -> None:
+        """Release workers; pending attempts resolve as interrupted."""
+
+    def __enter__(self) -> "Executor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+
+class InProcessExecutor(Executor):
+    """Threads of this process.  Cannot enforce timeouts or survive a crashing stage."""
+
+    enforces_timeouts = False
+
+    def __init__(self, max_workers: int = 1):
+        self.max_workers = max(1, max_workers)
+        self._init_slots()
+        self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="ahgd-stage")
+
+    def submit(self, pipeline: Any, task: StageTask) -> Future:
+        return self._pool.submit(run_task, pipeline, task)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+# --------------------------------------------------------------------------- process pool
+
+
+@dataclass
+class _Worker:
+    proc: Any  # subprocess.Popen or a forked pid holder
+    conn: Connection
+    pid: int
+    fork: bool
+    pipeline_key: str | None = None
+    job: "_Job | None" = None
+    ready: bool = False
+
+    @property
+    def sentinel(self) -> int:
+        return self.conn.fileno()
+
+    def alive(self) -> bool:
+        if self.fork:
+            try:
+                pid, _ = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                return False
+            return pid == 0
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        for target in (lambda: os.killpg(self.pid, signal.SIGKILL), lambda: os.kill(self.pid, signal.SIGKILL)):
+            try:
+                target()
+            except (ProcessLookupError, PermissionError):
+                pass
+        self.reap()
+
+    def reap(self) -> int | None:
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+        if self.fork:
+            try:
+                _, status = os.waitpid(self.pid, 0)
+                return os.waitstatus_to_exitcode(status)
+            except ChildProcessError:
+                return None
+        try:
+            return self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL does not take this long
+            return None
+
+
+@dataclass
+class _Job:
+    task_id: int
+    pipeline: Any
+    key: str
+    blob: bytes
+    fork: bool
+    task: StageTask
+    future: Future
+    started: float | None = None
+    deadline: float | None = None
+    cancel_reason: str | None = None
+    worker: _Worker | None = field(default=None, repr=False)
+
+
+def _exit_description(code: int | None) -> str:
+    if code is None:
+        return "exited"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (the kernel kills with SIGKILL when memory runs out)" if -code == signal.SIGKILL else ""
+        return f"was killed by {name}{hint}"
+    return f"exited with code {code}"
+
+
+class ProcessExecutor(Executor):
+    """A warm pool of worker processes, shared by every run that uses it.
+
+    At most ``max_workers`` attempts run at once; further submissions queue.
+    A timeout counts from when the attempt starts in a worker, not from when
+    it was queued.
+    """
+
+    enforces_timeouts = True
+
+    def __init__(self, max_workers: int = 2, *, env: dict[str, str] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.max_workers = max(1, max_workers)
+        self._init_slots()
+        self._env = env
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._queue: deque[_Job] = deque()
+        self._workers: list[_Worker] = []
+        self._ids = itertools.count(1)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="ahgd-workers", daemon=True)
+        self._thread.start()
+
+    # -- public ------------------------------------------------------------------
+
+    def submit(self, pipeline: Any, task: StageTask) -> Future:
+        future: Future = Future()
+        fork = getattr(type(pipeline), "__module__", "") == "__main__"
+        try:
+            blob = pickle.dumps(pipeline, protocol=5)
+        except Exception as exc:
+            future.set_result(Outcome(
+                ok=False, retryable=False, error_type=type(exc).__name__,
+                error=(f"pipeline {task.pipeline_name!r} cannot be sent to a worker process "
+                       f"({type(exc).__name__}: {exc}); keep unpicklable objects (connections, "
+                       "locks, open files) out of the pipeline's attributes, or run it with "
+                       "executor='inprocess'")))
+            return future
+        key = f"{id(pipeline)}:{hash(blob)}"
+        job = _Job(next(self._ids), pipeline, key, blob, fork, task, future)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this ProcessExecutor has been shut down")
+            self._queue.append(job)
+        self._wake()
+        return future
+
+    def cancel(self, future: Future, reason: str = "cancelled") -> None:
+        with self._lock:
+            for job in list(self._queue):
+                if job.future is future:
+                    self._queue.remove(job)
+                    future.set_result(Outcome(ok=False, interrupted=True, error=reason))
+                    return
+            for w in self._workers:
+                if w.job is not None and w.job.future is future:
+                    w.job.cancel_reason = reason
+        self._wake()
+
+    def shutdown(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            pending = list(self._queue)
+            self._queue.clear()
+        for job in pending:
+            job.future.set_result(Outcome(ok=False, interrupted=True, error="executor shut down"))
+        self._wake()
+        self._thread.join(timeout=30)
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def prestart(self, count: int | None = None) -> None:
+        """Start workers now (daemon start-up, benchmarks) rather than at the first attempt."""
+        with self._lock:
+            while len(self._workers) < min(count or self.max_workers, self.max_workers):
+                self._workers.append(self._spawn(False))
+        self._wake()
+
+    def worker_pids(self) -> list[int]:
+        with self._lock:
+            return [w.pid for w in self._workers]
+
+    def busy(self) -> int:
+        with self._lock:
+            return sum(1 for w in self._workers if w.job is not None)
+
+    # -- the dispatcher thread -------------------------------------------------------
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+
+    def _loop(self) -> None:
+        # Everything but the wait itself runs under the lock: submit(), cancel()
+        # and prestart() on other threads see a consistent set of workers.
+        while True:
+            with self._lock:
+                if self._closed:
+                    self._stop_workers()
+                    return
+                self._dispatch()
+                timeout = self._nearest_deadline()
+                waitables: list[Any] = [self._wake_r] + [w.conn for w in self._workers]
+            try:
+                ready = wait(waitables, timeout=timeout)
+            except OSError:  # a connection closed under us: look at everything
+                ready = waitables[1:]
+            with self._lock:
+                for obj in ready:
+                    if obj is self._wake_r:
+                        try:
+                            self._wake_r.recv(4096)
+                        except OSError:
+                            pass
+                        continue
+                    worker = next((w for w in self._workers if w.conn is obj), None)
+                    if worker is not None:
+                        self._receive(worker)
+                self._enforce_deadlines()
+
+    def _nearest_deadline(self) -> float | None:
+        if any(w.job and w.job.cancel_reason for w in self._workers):
+            return 0.0
+        deadlines = [w.job.deadline for w in self._workers if w.job and w.job.deadline]
+        return max(0.0, min(deadlines) - self._clock()) if deadlines else None
+
+    def _dispatch(self) -> None:
+        while self._queue:
+            job = self._queue[0]
+            worker = self._idle_worker(job.fork)
+            if worker is None:
+                return
+            self._queue.popleft()
+            self._start_job(worker, job)
+
+    def _idle_worker(self, fork: bool) -> _Worker | None:
+        idle = [w for w in self._workers if w.job is None and w.fork == fork]
+        if idle:
+            return idle[0]
+        if len(self._workers) < self.max_workers:
+            worker = self._spawn(fork)
+            self._workers.append(worker)
+            return worker
+        # all slots taken: retire an idle worker of the other kind to make room
+        other = next((w for w in self._workers if w.job is None), None)
+        if other is not None:
+            self._retire(other)
+            worker = self._spawn(fork)
+            self._workers.append(worker)
+            return worker
+        return None
+
+    def _spawn(self, fork: bool) -> _Worker:
+        parent_sock, child_sock = socket.socketpair()
+        if fork:
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the child
+                code = 0
+                try:
+                    parent_sock.close()
+                    os.setpgrp()
+                    from .worker import serve
+
+                    serve(Connection(child_sock.detach()))
+                except BaseException:
+                    code = 1
+                finally:
+                    os._exit(code)
+            child_sock.close()
+            return _Worker(None, Connection(parent_sock.detach()), pid, True)
+        fd = child_sock.fileno()
+        env = dict(os.environ if self._env is None else self._env)
+        # the worker must import what this process imported, wherever it came from
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.worker", str(fd)],
+            pass_fds=(fd,), env=env, stdin=subprocess.DEVNULL, close_fds=True,
+        )
+        child_sock.close()
+        return _Worker(proc, Connection(parent_sock.detach()), proc.pid, False)
+
+    def _start_job(self, worker: _Worker, job: _Job) -> None:
+        blob = None if worker.pipeline_key == job.key else job.blob
+        try:
+            worker.conn.send(("run", job.task_id, job.key, blob, job.task))
+        except (OSError, BrokenPipeError):
+            self._worker_died(worker, job)
+            return
+        worker.pipeline_key = job.key
+        worker.job = job
+        job.worker = worker
+        job.started = self._clock()
+        if job.task.timeout:
+            job.deadline = job.started + job.task.timeout
+
+    def _receive(self, worker: _Worker) -> None:
+        try:
+            message = worker.conn.recv()
+        except (EOFError, OSError):
+            job = worker.job
+            self._worker_died(worker, job)
+            return
+        if message[0] == "ready":
+            worker.ready = True
+            return
+        _, task_id, outcome = message
+        job = worker.job
+        worker.job = None
+        if job is not None and job.task_id == task_id and not job.future.done():
+            job.future.set_result(outcome)
+
+    def _worker_died(self, worker: _Worker, job: _Job | None) -> None:
+        code = worker.reap()
+        self._workers.remove(worker)
+        if job is not None and not job.future.done():
+            job.future.set_result(Outcome(
+                ok=False, error_type="WorkerDied", worker_pid=worker.pid,
+                wall_s=self._clock() - (job.started or self._clock()),
+                error=(f"the worker process running stage {job.task.stage!r} "
+                       f"{_exit_description(code)}; the attempt failed and nothing else was affected")))
+
+    def _enforce_deadlines(self) -> None:
+        now = self._clock()
+        for worker in list(self._workers):
+            job = worker.job
+            if job is None:
+                continue
+            if job.cancel_reason is not None:
+                self._kill_job(worker, job, Outcome(ok=False, interrupted=True, error=job.cancel_reason))
+            elif job.deadline is not None and now >= job.deadline:
+                self._kill_job(worker, job, Outcome(
+                    ok=False, timed_out=True, error_type="Timeout", worker_pid=worker.pid,
+                    wall_s=now - (job.started or now),
+                    error=(f"stage {job.task.stage!r} timed out after "
+                           f"{job.task.timeout:g}s; its worker process (pid {worker.pid}) was killed")))
+
+    def _kill_job(self, worker: _Worker, job: _Job, outcome: Outcome) -> None:
+        worker.kill()
+        self._workers.remove(worker)
+        worker.job = None
+        if not job.future.done():
+            job.future.set_result(outcome)
+
+    def _retire(self, worker: _Worker) -> None:
+        try:
+            worker.conn.send(("stop",))
+        except (OSError, BrokenPipeError):
+            pass
+        worker.kill()
+        self._workers.remove(worker)
+
+    def _stop_workers(self) -> None:
+        for worker in list(self._workers):
+            job = worker.job
+            if job is not None and not job.future.done():
+                job.future.set_result(Outcome(ok=False, interrupted=True, error="executor shut down"))
+            self._retire(worker)
+
+
+def make_executor(kind: str | Executor | None, max_workers: int) -> tuple[Executor, bool]:
+    """An executor from a name; the bool says whether the caller owns (and closes) it."""
+    if isinstance(kind, Executor):
+        return kind, False
+    name = (kind or "process").lower()
+    if name in ("process", "processes", "worker", "workers"):
+        return ProcessExecutor(max_workers), True
+    if name in ("inprocess", "in-process", "thread", "threads"):
+        return InProcessExecutor(max_workers), True
+    from .errors import ConfigError
+
+    raise ConfigError(f"executor {kind!r} is not known; use 'process' (default: worker "
+                      "processes, real timeouts) or 'inprocess' (threads, no timeouts)")

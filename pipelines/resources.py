@@ -1,0 +1,79 @@
+"""Resource budgets: CPU cores and memory (MB) that work reserves before it starts.
+
+Work that does not fit waits; work that could never fit is refused up front
+(:meth:`ResourceBudget.check_fits`), so nothing hangs waiting for a machine
+it will never get.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+
+def machine_limits() -> dict[str, float]:
+    """What this machine has: logical CPUs and total memory in MB (psutil)."""
+    import psutil
+
+    return {"cpu": float(psutil.cpu_count() or 1),
+            "memory": psutil.virtual_memory().total / (1024 * 1024)}
+
+
+class ResourceBudget:
+    """A shared pool of ``cpu`` (cores) and ``memory`` (MB). Thread-safe."""
+
+    def __init__(self, limits: Mapping[str, float] | None = None):
+        limits = dict(limits) if limits else machine_limits()
+        for key in limits:
+            if key not in ("cpu", "memory"):
+                raise ConfigError(f"resource_limits has unknown key {key!r}; use cpu (cores) "
+                                  "and memory (MB)")
+        self.limits = {"cpu": float(limits.get("cpu", float("inf"))),
+                       "memory": float(limits.get("memory", float("inf")))}
+        self._used = {"cpu": 0.0, "memory": 0.0}
+        self._holders: dict[Any, dict[str, float]] = {}
+        self._changed = threading.Condition()
+
+    def check_fits(self, requirements: Mapping[str, float], *, what: str) -> None:
+        """Raise ConfigError if ``requirements`` exceed the whole budget."""
+        for key in ("cpu", "memory"):
+            need = float(requirements.get(key, 0) or 0)
+            if need > self.limits[key]:
+                unit = "cores" if key == "cpu" else "MB"
+                raise ConfigError(
+                    f"{what} needs {key} {need:g} {unit} but the budget has only "
+                    f"{self.limits[key]:g} {unit}; lower its resource_requirements.{key} or "
+                    f"raise resource_limits.{key}")
+
+    def try_acquire(self, holder: Any, requirements: Mapping[str, float]) -> bool:
+        need = {k: float(requirements.get(k, 0) or 0) for k in ("cpu", "memory")}
+        with self._changed:
+            if holder in self._holders:
+                return True
+            # work alone on an idle budget always starts, even if it asks for more
+            # than the limit (check_fits refuses that earlier, where it can)
+            idle = not self._holders
+            if not idle and any(self._used[k] + need[k] > self.limits[k] + 1e-9 for k in need):
+                return False
+            for k in need:
+                self._used[k] += need[k]
+            self._holders[holder] = need
+            return True
+
+    def release(self, holder: Any) -> None:
+        with self._changed:
+            need = self._holders.pop(holder, None)
+            if need:
+                for k in need:
+                    self._used[k] = max(0.0, self._used[k] - need[k])
+            self._changed.notify_all()
+
+    def wait_for_change(self, timeout: float) -> None:
+        with self._changed:
+            self._changed.wait(timeout)
+
+    def used(self) -> dict[str, float]:
+        with self._changed:
+            return dict(self._used)

@@ -1,0 +1,70 @@
+"""The worker process: receives stage attempts, runs them, sends back outcomes.
+
+Started by :class:`pipelines.executors.ProcessExecutor` either as a fresh
+interpreter (``python -m pipelines.worker FD``, the default: nothing of the
+parent's threads, SQLite or DuckDB handles comes along) or, for pipeline
+classes defined in a script's ``__main__``, by ``fork`` (a fresh interpreter
+could not import them).
+
+Protocol over a ``multiprocessing.connection.Connection``::
+
+    parent -> worker: ("run", task_id, pipeline_key, pipeline_blob_or_None, task)
+    worker -> parent: ("ready", pid) once, then ("done", task_id, outcome) per task
+    parent -> worker: ("stop",)
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+from multiprocessing.connection import Connection
+from typing import Any
+
+
+def serve(conn: Connection) -> None:
+    """Run tasks from ``conn`` until told to stop or the parent goes away."""
+    from .runner import Outcome, run_task
+
+    # the parent decides when work stops: Ctrl-C in a terminal reaches the
+    # whole process group, and a half-finished stage must not die of it
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    pipelines: dict[str, Any] = {}
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message[0] == "stop":
+            return
+        _, task_id, key, blob, task = message
+        try:
+            if blob is not None:
+                pipelines.clear()  # keep one pipeline object: workers are shared
+                pipelines[key] = pickle.loads(blob)
+            outcome = run_task(pipelines[key], task)
+        except Exception as exc:  # unpickling failed: report, keep serving
+            outcome = Outcome(ok=False, error=f"the worker could not load the pipeline: "
+                              f"{type(exc).__name__}: {exc}", error_type=type(exc).__name__,
+                              retryable=False)
+        try:
+            conn.send(("done", task_id, outcome))
+        except (EOFError, OSError, BrokenPipeError):
+            return
+
+
+def main(argv: list[str]) -> None:
+    fd = int(argv[1])
+    os.setpgrp()  # our own process group: a timeout kills the stage's children too
+    conn = Connection(fd)
+    try:
+        serve(conn)
+    finally:
+        conn.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,142 @@
+"""The data store: where stage outputs live, and how they are recorded and checked.
+
+Layout under the state directory::
+
+    data/<run_id>/<stage>-a<attempt>.duckdb   tables written by one stage attempt
+    data/<run_id>/<stage>-a<attempt>.json     a plain value (JSON)
+    data/<run_id>/<stage>-a<attempt>.pkl      a plain value (pickle)
+
+One file per stage attempt: DuckDB allows one writing process per database
+file, so concurrent stages never share a writable file; downstream stages
+attach their inputs read-only.  The ``stage.completed`` event records an
+*output reference* (a small dict, below) with the file's SHA-256; a file
+without such an event does not exist as far as ahgd is concerned and is
+removed by :func:`remove_unrecorded`.
+
+Output references::
+
+    {"kind": "none"}
+    {"kind": "value", "format": "inline", "value": <json>}
+    {"kind": "value", "format": "json" | "pickle", "path": "data/…", "sha256": "…", "bytes": n}
+    {"kind": "tables", "format": "duckdb", "path": "data/…", "sha256": "…", "bytes": n,
+     "tables": {"output": <rows>, …}}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from .errors import OutputMissing, StoreError
+
+DATA_DIR = "data"
+_SAFE = re.compile(r"[^A-Za-z0-9_.=-]")
+
+
+def safe_name(name: str) -> str:
+    """A path component for a run id or stage name (no separators, no dot-dot)."""
+    cleaned = _SAFE.sub("_", name).strip(".")
+    if not cleaned:
+        raise StoreError(f"{name!r} cannot be used in a file name; use letters, digits, _ . -")
+    return cleaned
+
+
+def run_dir(state_dir: Path, run_id: str) -> Path:
+    return Path(state_dir) / DATA_DIR / safe_name(run_id)
+
+
+def attempt_path(state_dir: Path, run_id: str, stage: str, attempt: int, suffix: str) -> Path:
+    """``data/<run>/<stage>-a<attempt><suffix>`` under the state directory."""
+    return run_dir(state_dir, run_id) / f"{safe_name(stage)}-a{attempt}{suffix}"
+
+
+def relative(state_dir: Path, path: Path) -> str:
+    return Path(path).relative_to(state_dir).as_posix()
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file, streamed (constant memory whatever its size)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_ref(state_dir: Path, path: Path, **extra: Any) -> dict[str, Any]:
+    """An output reference for a finished file: its path, size and SHA-256."""
+    return {
+        "path": relative(state_dir, path),
+        "sha256": sha256_file(path),
+        "bytes": path.stat().st_size,
+        **extra,
+    }
+
+
+def ref_path(state_dir: Path, ref: Mapping[str, Any]) -> Path | None:
+    p = ref.get("path")
+    return None if p is None else Path(state_dir) / p
+
+
+def verify(state_dir: Path, ref: Mapping[str, Any] | None, *, what: str) -> None:
+    """Raise OutputMissing if the file behind ``ref`` is gone, truncated or altered.
+
+    ``what`` names the output in the message, e.g. "output of stage 'extract' of run R".
+    """
+    if not ref:
+        raise OutputMissing(f"the {what} was never recorded")
+    path = ref_path(state_dir, ref)
+    if path is None:  # inline value or nothing: nothing on disk to lose
+        return
+    if not path.exists():
+        raise OutputMissing(f"the {what} is gone: {path} does not exist")
+    size = path.stat().st_size
+    if "bytes" in ref and size != ref["bytes"]:
+        raise OutputMissing(
+            f"the {what} was altered: {path} has {size} bytes, {ref['bytes']} were recorded"
+        )
+    if sha256_file(path) != ref.get("sha256"):
+        raise OutputMissing(f"the {what} was altered: {path} does not match its recorded SHA-256")
+
+
+def remove_unrecorded(state_dir: Path, run_id: str, keep: Iterable[str]) -> list[Path]:
+    """Delete files of ``run_id`` that no ``stage.completed`` refers to; return them.
+
+    ``keep`` holds the recorded relative paths.  Attempts that failed, timed
+    out or were interrupted leave such files behind.
+    """
+    keep_set = {str(k) for k in keep}
+    d = run_dir(state_dir, run_id)
+    removed = []
+    if not d.is_dir():
+        return removed
+    for p in sorted(d.iterdir()):
+        if relative(state_dir, p) in keep_set:
+            continue
+        # DuckDB side files (.wal) belong to their database file
+        base = p.name[: -len(".wal")] if p.name.endswith(".wal") else p.name
+        if relative(state_dir, p.with_name(base)) in keep_set and p.name != base:
+            continue
+        try:
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            removed.append(p)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def remove_run(state_dir: Path, run_id: str) -> None:
+    """Delete every stored output of a run (``enable_checkpoints=False`` after success)."""
+    shutil.rmtree(run_dir(state_dir, run_id), ignore_errors=True)
+
+
+def free_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
