@@ -1,0 +1,629 @@
+"""Load pipeline and master YAML files into validated models, reporting every problem.
+
+    cfg = load_config([Path("conf/master.yaml")], state_dir=state_dir)
+    for name, p in cfg.pipelines.items():
+        p.file.stages, p.dependencies, p.priority
+
+Problems are collected, not raised one at a time: a :class:`ConfigError` lists
+each as ``<file>:<line>: <key path>: <message>`` and carries them as
+``exc.issues`` (:class:`ConfigIssue`).  The models and their value checks are in
+:mod:`pipelines.config_models`; this module reads YAML with line numbers,
+expands ``${state_dir}`` and ``${ENV_VAR}``, and checks what spans several keys
+or files: the stage graph, dependencies, names, upstream triggers and imports.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from .config_models import (DaemonSettings, MasterEntry, MasterFile, MasterOrchestration,
+                            PipelineFile, ResourceRequirements, pydantic_problems)
+from .errors import ConfigError
+
+__all__ = ["ConfigIssue", "LoadedConfig", "LoadedPipeline", "MasterFile", "PipelineFile",
+           "check_files", "config_schema", "load_config", "load_master_file",
+           "load_pipeline_file"]
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem: where it is (file, line, key path) and what to do about it."""
+
+    file: str
+    line: int | None
+    path: str
+    message: str
+    column: int | None = None
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line is not None:
+            where += f":{self.line}" + (f":{self.column}" if self.column is not None else "")
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+@dataclass(frozen=True)
+class LoadedPipeline:
+    """A pipeline with the values of its master entry (defaults when given directly)."""
+
+    name: str
+    file: PipelineFile
+    source: Path
+    master: Path | None = None
+    dependencies: list[str] = field(default_factory=list)
+    priority: int = 0
+    enabled: bool = True
+    timeout: timedelta | None = None
+    resource_requirements: ResourceRequirements | None = None
+    retry_policy: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """Everything ``load_config`` read: pipelines by name and the merged settings."""
+
+    pipelines: dict[str, LoadedPipeline]
+    orchestration: MasterOrchestration
+    daemon: DaemonSettings
+    files: list[Path]
+
+
+def load_pipeline_file(path: str | os.PathLike, *, state_dir: str | os.PathLike | None = None,
+                       import_classes: bool = False,
+                       env: Mapping[str, str] | None = None) -> PipelineFile:
+    """Load one pipeline file; raise ConfigError listing every problem."""
+    session = _Session(state_dir, env, import_classes)
+    session.load(Path(path), expect="pipeline")
+    session.raise_issues()
+    return session.records[0].file
+
+
+def load_master_file(path: str | os.PathLike, *, state_dir: str | os.PathLike | None = None,
+                     import_classes: bool = False,
+                     env: Mapping[str, str] | None = None) -> MasterFile:
+    """Load a master file and each pipeline file it lists (``.pipeline_files``)."""
+    session = _Session(state_dir, env, import_classes)
+    session.load(Path(path), expect="master")
+    session.check_across()
+    session.raise_issues()
+    return session.masters[0]
+
+
+def load_config(paths: Iterable[str | os.PathLike], *,
+                state_dir: str | os.PathLike | None = None, import_classes: bool = False,
+                env: Mapping[str, str] | None = None) -> LoadedConfig:
+    """Load master and pipeline files (told apart by their top-level keys) as one config.
+
+    Dependencies and upstream triggers may name pipelines from any of the files.
+    ``orchestration`` and ``daemon`` merge the master files' settings key by key;
+    a key set to different values in two master files is an error.
+    """
+    session = _Session(state_dir, env, import_classes)
+    files = [Path(p) for p in paths]
+    for path in files:
+        session.load(path, expect=None)
+    session.check_across()
+    orchestration, daemon = session.merged_settings()
+    session.raise_issues()
+    pipelines = {}
+    for rec in session.unique_records():
+        entry = rec.entry or MasterEntry.model_construct(name=rec.name, config_file=rec.source)
+        pipelines[rec.name] = LoadedPipeline(
+            name=rec.name, file=rec.file, source=rec.source,
+            master=rec.doc.path if rec.entry else None,
+            dependencies=list(entry.dependencies), priority=entry.priority,
+            enabled=entry.enabled, timeout=entry.timeout,
+            resource_requirements=entry.resource_requirements,
+            retry_policy=dict(entry.retry_policy))
+    return LoadedConfig(pipelines=pipelines, orchestration=orchestration, daemon=daemon,
+                        files=[Path(os.path.abspath(p)) for p in files])
+
+
+def check_files(paths: Iterable[str | os.PathLike], *,
+                state_dir: str | os.PathLike | None = None, import_classes: bool = True,
+                env: Mapping[str, str] | None = None) -> list[str]:
+    """Every problem of every file as ``file:line: key: message`` lines ([] when all is well).
+
+    Imports stage classes and input_check callables by default, as the daemon will.
+    """
+    try:
+        load_config(paths, state_dir=state_dir, import_classes=import_classes, env=env)
+    except ConfigError as exc:
+        return [str(issue) for issue in exc.issues]
+    return []
+
+
+def config_schema() -> dict[str, Any]:
+    """JSON Schema (draft 2020-12) accepting a pipeline file or a master file."""
+    from pydantic.json_schema import models_json_schema
+    _, top = models_json_schema([(PipelineFile, "validation"), (MasterFile, "validation")],
+                                ref_template="#/$defs/{model}")
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "ahgd pipeline file or master file",
+        "oneOf": [{"$ref": "#/$defs/PipelineFile"}, {"$ref": "#/$defs/MasterFile"}],
+        "$defs": top["$defs"],
+    }
+
+
+# --- reading YAML ----------------------------------------------------------------
+
+@dataclass
+class _Doc:
+    """One YAML file: its data and the line of every key and list item."""
+
+    path: Path            # absolute
+    display: str          # as the user named it, for messages
+    data: Any
+    lines: dict[tuple, int]
+
+    def line_of(self, path: tuple) -> int | None:
+        for n in range(len(path), -1, -1):
+            if path[:n] in self.lines:
+                return self.lines[path[:n]]
+        return None
+
+
+def _read_yaml(path: Path, display: str) -> tuple[_Doc | None, list[ConfigIssue]]:
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        return None, [ConfigIssue(display, None, "", "file not found")]
+    except UnicodeDecodeError as exc:
+        return None, [ConfigIssue(display, None, "", f"not UTF-8 text (byte {exc.start}); "
+                                                     "save the file as UTF-8")]
+    except OSError as exc:
+        return None, [ConfigIssue(display, None, "", f"cannot read: {exc.strerror or exc}")]
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or "invalid YAML"
+        if exc.context:
+            context = exc.context
+            if exc.context_mark is not None and exc.context_mark is not mark:
+                context += f" on line {exc.context_mark.line + 1}"
+            problem = (f"{context}, {problem}" if problem.startswith("but ")
+                       else f"{problem} ({context})")
+        if "'\\t'" in problem:
+            problem += "; indent with spaces, not tabs"
+        line, col = (mark.line + 1, mark.column + 1) if mark else (None, None)
+        return None, [ConfigIssue(display, line, "", f"YAML syntax error: {problem}", col)]
+    finally:
+        loader.dispose()
+    lines: dict[tuple, int] = {}
+    issues: list[ConfigIssue] = []
+    if node is not None:
+        _node_lines(node, (), lines, issues, display, 0)
+    return _Doc(Path(os.path.abspath(path)), display, data, lines), issues
+
+
+def _node_lines(node, path: tuple, lines: dict, issues: list, display: str, depth: int) -> None:
+    lines.setdefault(path, node.start_mark.line + 1)
+    if depth > 50:
+        return
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key_path = path + (key_node.value,)
+            line = key_node.start_mark.line + 1
+            if key_path in lines and key_node.value != "<<":
+                issues.append(ConfigIssue(display, line, _format_path(key_path),
+                                          f"duplicate key {key_node.value!r} (first on line "
+                                          f"{lines[key_path]}); remove one of them"))
+                continue
+            lines[key_path] = line
+            _node_lines(value_node, key_path, lines, issues, display, depth + 1)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines[path + (i,)] = item.start_mark.line + 1
+            _node_lines(item, path + (i,), lines, issues, display, depth + 1)
+
+
+def _format_path(path: Iterable) -> str:
+    out = ""
+    for elem in path:
+        out += f"[{elem}]" if isinstance(elem, int) else (f".{elem}" if out else str(elem))
+    return out
+
+
+def _kind(data: Any) -> str | None:
+    if not isinstance(data, dict):
+        return None
+    if "pipeline" in data or "stages" in data:
+        return "pipeline"
+    return "master" if "pipelines" in data else None
+
+
+# --- ${...} expansion ------------------------------------------------------------
+
+_VAR = re.compile(r"\$\$\{|\$\{([^}]*)\}")
+
+
+def _expand(value: Any, path: tuple, subst: Mapping[str, str | None],
+            problems: list[tuple[tuple, str]]) -> Any:
+    """``value`` with ``${name}`` replaced from ``subst`` (``$${`` is a literal ``${``)."""
+    if isinstance(value, dict):
+        return {k: _expand(v, path + (k,), subst, problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, path + (i,), subst, problems) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def replace(match: re.Match) -> str:
+        if match.group(0) == "$${":
+            return "${"
+        name = match.group(1)
+        found = subst.get(name)
+        if found is not None:
+            return found
+        if name == "state_dir":
+            problems.append((path, "${state_dir} is used but no state directory was given; "
+                                   "pass --state-dir"))
+        elif not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            problems.append((path, f"'${{{name}}}' is not a variable; write ${{NAME}} with "
+                                   "letters, digits and '_', or $${ for a literal ${"))
+        else:
+            problems.append((path, f"environment variable {name} is not set; "
+                                   "export it or write the value here"))
+        return match.group(0)
+
+    return _VAR.sub(replace, value)
+
+
+class _Subst(Mapping):
+    """``state_dir`` from the argument, everything else from the environment."""
+
+    def __init__(self, state_dir: Path | None, env: Mapping[str, str]):
+        self.state_dir, self.env = state_dir, env
+
+    def __getitem__(self, name: str) -> str:
+        if name == "state_dir":
+            if self.state_dir is None:
+                raise KeyError(name)
+            return str(self.state_dir)
+        return self.env[name]
+
+    def __iter__(self):
+        return iter(self.env)
+
+    def __len__(self) -> int:
+        return len(self.env)
+
+
+# --- the loading session -----------------------------------------------------------
+
+@dataclass
+class _Record:
+    """A pipeline name as declared by a master entry or by a pipeline file given directly."""
+
+    doc: _Doc               # where the name is declared
+    path: tuple             # ('pipelines', i) or ('pipeline',)
+    name: str
+    dependencies: list[str]
+    source: Path | None     # the pipeline file
+    entry: MasterEntry | None = None
+    file: PipelineFile | None = None
+    file_doc: _Doc | None = None
+
+
+class _Session:
+    """One load: collects issues from every file before anything is raised."""
+
+    def __init__(self, state_dir, env, import_classes: bool):
+        state = Path(os.path.abspath(state_dir)) if state_dir is not None else None
+        self.subst = _Subst(state, os.environ if env is None else env)
+        self.import_classes = import_classes
+        self.issues: list[ConfigIssue] = []
+        self.records: list[_Record] = []
+        self.masters: list[MasterFile] = []
+        self.master_docs: list[tuple[_Doc, MasterFile | None]] = []
+        self._pipeline_cache: dict[Path, tuple[_Doc | None, PipelineFile | None]] = {}
+        self._read_order: list[str] = []
+        self._seen: set[Path] = set()
+
+    def report(self, doc: _Doc, path: tuple, message: str) -> None:
+        self.issues.append(ConfigIssue(doc.display, doc.line_of(path), _format_path(path), message))
+
+    def raise_issues(self) -> None:
+        if not self.issues:
+            return
+        order = {name: i for i, name in enumerate(dict.fromkeys(self._read_order))}
+        for issue in self.issues:
+            order.setdefault(issue.file, len(order))
+        unique = list(dict.fromkeys(self.issues))
+        unique.sort(key=lambda i: (order[i.file], i.line is None, i.line or 0))
+        exc = ConfigError("\n".join(str(i) for i in unique))
+        exc.issues = unique
+        raise exc
+
+    # files
+
+    def _read(self, path: Path, display: str) -> _Doc | None:
+        self._read_order.append(display)
+        doc, issues = _read_yaml(path, display)
+        self.issues += issues
+        return doc
+
+    def load(self, path: Path, expect: str | None) -> None:
+        absolute = Path(os.path.abspath(path))
+        if absolute in self._seen:
+            return
+        self._seen.add(absolute)
+        cached_doc, file = self._pipeline_cache.get(absolute, (None, None))
+        doc = cached_doc or self._read(path, str(path))
+        if doc is None:
+            self._pipeline_cache.setdefault(absolute, (None, None))
+            return
+        kind = _kind(doc.data)
+        if doc.data is None:
+            self.report(doc, (), "the file is empty; a pipeline file needs 'pipeline' and "
+                                 "'stages', a master file needs 'pipelines'")
+        elif kind is None:
+            self.report(doc, (), "neither a pipeline file (top-level keys 'pipeline' and "
+                                 "'stages') nor a master file (top-level key 'pipelines')")
+        elif expect is not None and kind != expect:
+            self.report(doc, (), f"this is a {kind} file, not a {expect} file")
+        elif kind == "pipeline":
+            if cached_doc is None:
+                file = self._pipeline(doc)
+            raw = doc.data.get("pipeline")
+            name = raw.get("name") if isinstance(raw, dict) else None
+            if isinstance(name, str):
+                self.records.append(_Record(doc, ("pipeline",), name, [], doc.path,
+                                            file=file, file_doc=doc))
+        else:
+            self._master(doc)
+
+    def _validate(self, doc: _Doc, model: type[BaseModel]) -> BaseModel | None:
+        problems: list[tuple[tuple, str]] = []
+        doc.data = _expand(doc.data, (), self.subst, problems)
+        for path, message in problems:
+            self.report(doc, path, message)
+        failed = [p for p, _ in problems]
+        try:
+            return model.model_validate(doc.data, context={"base_dir": doc.path.parent})
+        except ValidationError as exc:
+            for path, message in pydantic_problems(exc, model):
+                if not any(path[:len(f)] == f for f in failed):
+                    self.report(doc, path, message)
+            return None
+
+    def _pipeline(self, doc: _Doc) -> PipelineFile | None:
+        file = self._validate(doc, PipelineFile)
+        self._check_stages(doc)
+        if file is not None:
+            file._source = doc.path
+            if self.import_classes:
+                self._check_imports(doc, file)
+        self._pipeline_cache[doc.path] = (doc, file)
+        return file
+
+    def _master(self, doc: _Doc) -> None:
+        master = self._validate(doc, MasterFile)
+        self.master_docs.append((doc, master))
+        if master is not None:
+            master._source = doc.path
+            self.masters.append(master)
+        raw_entries = doc.data.get("pipelines")
+        for i, raw in enumerate(raw_entries if isinstance(raw_entries, list) else []):
+            entry = master.pipelines[i] if master is not None else None
+            self._master_entry(doc, i, raw, entry, master)
+
+    def _master_entry(self, doc: _Doc, i: int, raw: Any, entry: MasterEntry | None,
+                      master: MasterFile | None) -> None:
+        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+            return
+        deps = raw.get("dependencies")
+        deps = [d for d in deps if isinstance(d, str)] if isinstance(deps, list) else []
+        rec = _Record(doc, ("pipelines", i), raw["name"], deps, None, entry)
+        self.records.append(rec)
+        config_file = raw.get("config_file")
+        if not isinstance(config_file, str):
+            return
+        source = Path(os.path.abspath(doc.path.parent / os.path.expanduser(config_file)))
+        if not source.is_file():
+            return                      # reported by the model (config_file does not exist)
+        rec.source = source
+        if source not in self._pipeline_cache:
+            display = os.path.normpath(os.path.join(os.path.dirname(doc.display),
+                                                    os.path.expanduser(config_file)))
+            file_doc = self._read(source, display)
+            self._pipeline_cache[source] = (file_doc, None)
+            if file_doc is not None:
+                if _kind(file_doc.data) != "pipeline":
+                    self.report(file_doc, (), "this is not a pipeline file (it needs top-level "
+                                              "keys 'pipeline' and 'stages')")
+                else:
+                    self._pipeline(file_doc)
+        rec.file_doc, rec.file = self._pipeline_cache[source]
+        if rec.file is not None:
+            if rec.file.name != rec.name:
+                self.report(doc, rec.path + ("name",),
+                            f"{rec.name!r} does not match the name {rec.file.name!r} in "
+                            f"{rec.file_doc.display} (pipeline.name); use the same name in both")
+            elif master is not None:
+                master._pipeline_files[rec.name] = rec.file
+
+    # checks across keys
+
+    def _check_stages(self, doc: _Doc) -> None:
+        stages = doc.data.get("stages") if isinstance(doc.data, dict) else None
+        if not isinstance(stages, list):
+            return
+        items, previous = [], None
+        for i, raw in enumerate(stages):
+            name = raw.get("name") if isinstance(raw, dict) else None
+            if not isinstance(name, str):
+                previous = None
+                continue
+            prereqs = raw.get("prerequisites")
+            if prereqs is None:
+                prereqs = [previous] if previous else []
+            elif isinstance(prereqs, list):
+                prereqs = [p for p in prereqs if isinstance(p, str)]
+            else:
+                prereqs = []
+            items.append((doc, ("stages", i), name, prereqs))
+            previous = name
+        self._check_graph(items, noun="stage", key="prerequisites", cycle_at=(doc, ("stages",)),
+                          self_loop="stage {name!r} cannot be its own prerequisite",
+                          cycle="prerequisite cycle {cycle}; remove one of these prerequisites")
+
+    def _check_graph(self, items: list[tuple[_Doc, tuple, str, list[str]]], *, noun: str,
+                     key: str, cycle_at: tuple[_Doc, tuple] | None, self_loop: str,
+                     cycle: str, known: set[str] | None = None, unique: bool = True) -> None:
+        """Duplicate names, unknown and self references, and the first cycle among ``items``."""
+        first: dict[str, tuple[_Doc, tuple]] = {}
+        for doc, path, name, _ in items:
+            if name in first and unique:
+                where = (f"also {_format_path(first[name][1])}" if first[name][0] is doc
+                         else f"also in {first[name][0].display}")
+                self.report(doc, path + ("name",), f"duplicate {noun} name {name!r} ({where}); "
+                                                   f"give each {noun} a unique name")
+            else:
+                first.setdefault(name, (doc, path))
+        known = set(first) if known is None else known
+        graph: dict[str, list[str]] = {}
+        for doc, path, name, refs in items:
+            for ref in refs:
+                if ref == name:
+                    self.report(doc, path + (key,), self_loop.format(name=name))
+                elif ref not in known:
+                    self.report(doc, path + (key,), _unknown(noun, ref, known))
+            graph.setdefault(name, []).extend(r for r in refs if r != name and r in known)
+        found = _find_cycle(graph)
+        if found:
+            doc, path = cycle_at or first[found[0]]
+            self.report(doc, path, cycle.format(cycle=" -> ".join(found)))
+
+    def check_across(self) -> None:
+        """Pipeline names, dependencies and upstream triggers, over every file loaded."""
+        recs = self.unique_records()
+        masters = [doc for doc, _ in self.master_docs]
+        cycle_at = (masters[0], ("pipelines",)) if len(masters) == 1 else None
+        items = [(r.doc, r.path, r.name, r.dependencies) for r in recs]
+        self._check_graph(items, noun="pipeline", key="dependencies", cycle_at=cycle_at,
+                          self_loop="pipeline {name!r} cannot depend on itself",
+                          cycle="dependency cycle {cycle}; remove one of these dependencies")
+        known = {r.name for r in recs}
+        upstream = []
+        for rec in recs:
+            if rec.file is None:
+                continue
+            for i, trig in enumerate(rec.file.triggers):
+                if trig.type == "upstream":
+                    upstream.append((rec.file_doc, ("triggers", i), rec.name, trig.pipelines))
+        self._check_graph(upstream, noun="pipeline", key="pipelines", cycle_at=None, known=known,
+                          unique=False,
+                          self_loop="pipeline {name!r} cannot be its own upstream",
+                          cycle="upstream trigger cycle {cycle} would run for ever; "
+                                "remove one of these upstream triggers")
+
+    def unique_records(self) -> list[_Record]:
+        """Drop a pipeline file given directly when a master entry lists the same file."""
+        listed = {(r.name, r.source) for r in self.records if r.path[0] == "pipelines"}
+        out, seen = [], set()
+        for rec in self.records:
+            key = (rec.name, rec.source)
+            if rec.path[0] == "pipeline" and (key in listed or key in seen):
+                continue
+            seen.add(key)
+            out.append(rec)
+        return out
+
+    def merged_settings(self) -> tuple[MasterOrchestration, DaemonSettings]:
+        merged = []
+        for section, model in (("orchestration", MasterOrchestration), ("daemon", DaemonSettings)):
+            values: dict[str, Any] = {}
+            origin: dict[str, _Doc] = {}
+            for doc, master in self.master_docs:
+                if master is None:
+                    continue
+                settings = getattr(master, section)
+                for key in sorted(settings.model_fields_set):
+                    value = getattr(settings, key)
+                    if key in values and values[key] != value:
+                        self.report(doc, (section, key),
+                                    f"conflicts with the value set in {origin[key].display}; "
+                                    "set it in one master file only")
+                    values.setdefault(key, value)
+                    origin.setdefault(key, doc)
+            merged.append(model.model_validate(values))
+        return merged[0], merged[1]
+
+    def _check_imports(self, doc: _Doc, file: PipelineFile) -> None:
+        targets = [(("stages", i, "class"), s.class_) for i, s in enumerate(file.stages)]
+        for i, trig in enumerate(file.triggers):
+            check = getattr(trig, "input_check", None)
+            if check is not None and check.callable:
+                targets.append((("triggers", i, "input_check", "callable"), check.callable))
+        for path, dotted in targets:
+            if dotted:
+                problem = _import_problem(dotted)
+                if problem:
+                    self.report(doc, path, problem)
+
+
+def _unknown(noun: str, name: str, known: set[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    if close:
+        return f"unknown {noun} {name!r}; did you mean {close[0]!r}?"
+    if known:
+        return f"unknown {noun} {name!r}; known {noun}s are {', '.join(sorted(known))}"
+    return f"unknown {noun} {name!r}"
+
+
+def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
+    """The first cycle met walking ``graph`` in insertion order, as ``[a, b, a]``."""
+    state: dict[str, int] = {}             # 1 on the current path, 2 finished
+    for start in graph:
+        if start in state:
+            continue
+        path, stack = [start], [iter(graph[start])]
+        state[start] = 1
+        while stack:
+            nxt = next(stack[-1], None)
+            if nxt is None:
+                state[path.pop()] = 2
+                stack.pop()
+            elif state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            elif nxt not in state and nxt in graph:
+                state[nxt] = 1
+                path.append(nxt)
+                stack.append(iter(graph[nxt]))
+    return None
+
+
+def _import_problem(dotted: str) -> str | None:
+    """Import ``package.module.Attr`` (nothing is called); the problem, or None."""
+    module_name, _, attr = dotted.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        return f"cannot import module {module_name!r}: {exc}"
+    except (Exception, SystemExit) as exc:
+        return f"importing module {module_name!r} raised {type(exc).__name__}: {exc}"
+    if not hasattr(module, attr):
+        names = [n for n in dir(module) if not n.startswith("_")]
+        close = difflib.get_close_matches(attr, names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"module {module_name!r} has no attribute {attr!r}{hint}"
+    if not callable(getattr(module, attr)):
+        return f"{dotted!r} is a {type(getattr(module, attr)).__name__}, not a class or function"
+    return None
