@@ -190,5 +190,258 @@ def state_check(state_dir: Path) -> None:
     click.echo(f"ok: integrity ok; projections match a fresh fold of {report.events:,} events")
 
 
+
+# --------------------------------------------------------------------------- config
+
+
+@main.group("config")
+def config_group() -> None:
+    """Check configuration files, or print their JSON Schema."""
+
+
+@config_group.command("check")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--no-import", is_flag=True, help="Do not import stage classes.")
+@state_dir_option
+def config_check(state_dir: Path, files: tuple[str, ...], no_import: bool) -> None:
+    """Validate pipeline and master files; list every error, exit 1 if any."""
+    from pipelines.config import check_files
+
+    problems = check_files(list(files), state_dir=state_dir, import_classes=not no_import)
+    for line in problems:
+        click.echo(line, err=True)
+    if problems:
+        click.echo(f"{len(problems)} problem(s) found", err=True)
+        sys.exit(1)
+    click.echo(f"ok: {len(files)} file(s) valid")
+
+
+@config_group.command("schema")
+def config_schema_cmd() -> None:
+    """Print the JSON Schema of pipeline and master files (for editors)."""
+    from pipelines.config import config_schema
+
+    click.echo(json.dumps(config_schema(), indent=2))
+
+
+# --------------------------------------------------------------------------- daemon
+
+
+def config_option(required: bool = True) -> Callable[..., Any]:
+    return click.option("--config", "-c", "configs", multiple=True, required=required,
+                        type=click.Path(exists=True, dir_okay=False),
+                        help="A master file or pipeline file (repeatable).")
+
+
+@main.command()
+@config_option()
+@click.option("--once", is_flag=True,
+              help="Process what is due (waiting files, missed ticks, runs to recover), wait for "
+                   "those runs, exit 0 if all succeeded and 1 otherwise.")
+@click.option("--max-workers", type=click.IntRange(min=1), default=None,
+              help="Stages at once across all runs (default: the config's daemon.max_workers).")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--json-logs/--pretty-logs", default=None,
+              help="Force JSON lines or pretty output (default: pretty on a terminal).")
+@state_dir_option
+def daemon(state_dir: Path, configs: tuple[str, ...], once: bool, max_workers: int | None,
+           log_level: str, json_logs: bool | None) -> None:
+    """Run the daemon: drop folders, schedules, recovery; under systemd use Type=notify."""
+    from . import logs
+    from .daemon import Daemon, DaemonOptions
+    from .notify import Notifier
+
+    logs.configure(json_lines=json_logs, level=log_level)
+    notifier = Notifier.from_environ(unset_environment=True)
+    code = Daemon(DaemonOptions(config_paths=[Path(c) for c in configs], state_dir=state_dir,
+                                once=once, max_workers=max_workers, notifier=notifier)).run()
+    sys.exit(code)
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def _ask_daemon(state_dir: Path, payload: dict[str, Any]) -> dict[str, Any] | None:
+    from .control import ControlError, request
+
+    try:
+        return request(state_dir, payload)
+    except ControlError as exc:
+        fail(str(exc))
+    return None  # pragma: no cover
+
+
+def _local_pipelines(state_dir: Path, configs: tuple[str, ...]) -> dict[str, Any]:
+    if not configs:
+        fail("no daemon is running on this state directory, so --config is needed to run "
+             "pipelines here (or start the daemon: ahgd daemon --config FILE)")
+    from pipelines.config import load_config
+    from pipelines.configured import build_pipelines
+
+    loaded = load_config([Path(c) for c in configs], state_dir=state_dir, import_classes=True)
+    return build_pipelines(loaded, state_dir=state_dir)
+
+
+def _wait_for(state_dir: Path, run_id: str, timeout: float | None) -> int:
+    from state import EventLog
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with EventLog.open(state_dir) as log:
+        while True:
+            run = log.run(run_id)
+            if run is not None and run.state in ("COMPLETED", "FAILED", "CANCELLED", "PARKED"):
+                _print_outcome(run)
+                return 0 if run.state == "COMPLETED" else 1
+            if deadline is not None and time.monotonic() > deadline:
+                click.echo(f"run {run_id} is still {run.state if run else 'unknown'}; "
+                           "see `ahgd history`")
+                return 1
+            time.sleep(0.2)
+
+
+def _print_outcome(run: Any) -> None:
+    click.echo(f"run {run.run_id} ({run.pipeline}): {run.state}")
+    if run.error:
+        click.echo(f"  error: {run.error}")
+
+
+@main.command("run")
+@click.argument("pipeline")
+@config_option(required=False)
+@click.option("--input", "input_file", type=click.Path(exists=True, dir_okay=False),
+              help="The input file (copied into the state directory's store).")
+@click.option("--resume-from", default=None, help="Reuse the recorded outputs of earlier stages.")
+@click.option("--no-wait", is_flag=True, help="With a daemon: print the run id and return.")
+@click.option("--inprocess", is_flag=True, help="Without a daemon: run stages on threads.")
+@state_dir_option
+def run_cmd(state_dir: Path, pipeline: str, configs: tuple[str, ...], input_file: str | None,
+            resume_from: str | None, no_wait: bool, inprocess: bool) -> None:
+    """Run a pipeline now (through the daemon if one runs on this state directory)."""
+    reply = _ask_daemon(state_dir, {"cmd": "run", "pipeline": pipeline, "input": input_file and
+                                    str(Path(input_file).resolve()), "resume_from": resume_from})
+    if reply is not None:
+        click.echo(f"requested run {reply['run_id']} from the daemon")
+        if not no_wait:
+            sys.exit(_wait_for(state_dir, reply["run_id"], None))
+        return
+    from state import EventLog
+
+    from . import logs
+    from .requests import request_run
+
+    logs.configure(level="warning")
+    pipelines = _local_pipelines(state_dir, configs)
+    with EventLog.open(state_dir) as log:
+        run_id = request_run(log, state_dir, pipelines, pipeline, input_file=input_file,
+                             resume_from=resume_from)
+        p = pipelines[pipeline]
+        if inprocess:
+            p._executor_arg = "inprocess"
+        click.echo(f"running {run_id} here (no daemon on {state_dir})")
+        ctx = p.execute_run(run_id, log=log)
+        run = log.run(run_id)
+    _print_outcome(run)
+    sys.exit(0 if ctx.state == "COMPLETED" else 1)
+
+
+@main.command()
+@click.argument("run_id")
+@config_option(required=False)
+@click.option("--no-wait", is_flag=True, help="With a daemon: return once it is queued.")
+@state_dir_option
+def retry(state_dir: Path, run_id: str, configs: tuple[str, ...], no_wait: bool) -> None:
+    """Run a FAILED, PARKED or CANCELLED run again from its first unfinished stage."""
+    reply = _ask_daemon(state_dir, {"cmd": "retry", "run_id": run_id})
+    if reply is not None:
+        click.echo(f"run {run_id} ({reply['pipeline']}) is queued again in the daemon "
+                   f"(it was {reply['previous_state']})")
+        if not no_wait:
+            sys.exit(_wait_for(state_dir, run_id, None))
+        return
+    from state import EventLog
+
+    from .requests import retry as retry_run
+
+    with EventLog.open(state_dir) as log:
+        out = retry_run(log, run_id)
+        pipelines = _local_pipelines(state_dir, configs)
+        p = pipelines.get(out["pipeline"])
+        if p is None:
+            fail(f"pipeline {out['pipeline']!r} of run {run_id} is not in the configuration given")
+        click.echo(f"retrying {run_id} here (it was {out['previous_state']})")
+        p.execute_run(run_id, log=log)
+        run = log.run(run_id)
+    _print_outcome(run)
+    sys.exit(0 if run.state == "COMPLETED" else 1)
+
+
+@main.command()
+@click.argument("run_id")
+@state_dir_option
+def cancel(state_dir: Path, run_id: str) -> None:
+    """Cancel a pending, parked or running run."""
+    reply = _ask_daemon(state_dir, {"cmd": "cancel", "run_id": run_id})
+    if reply is None:
+        from state import EventLog
+
+        from .requests import cancel_recorded
+
+        with EventLog.open(state_dir) as log:
+            reply = cancel_recorded(log, state_dir, run_id)
+    if reply.get("cancelling"):
+        click.echo(f"run {run_id} is being cancelled by the daemon")
+    else:
+        click.echo(f"run {run_id} cancelled (it was {reply['previous_state']})")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@state_dir_option
+def status(state_dir: Path, as_json: bool) -> None:
+    """Is a daemon running here, what is it doing, and how did recent runs end."""
+    reply = _ask_daemon(state_dir, {"cmd": "status"})
+    summary: dict[str, Any] = {"daemon": None}
+    if reply is not None:
+        summary["daemon"] = reply["status"]
+    from state import HISTORY_DB
+
+    if (state_dir / HISTORY_DB).exists():
+        with open_log(state_dir) as log:
+            summary["runs"] = {r[0]: r[1] for r in log.query("SELECT state, COUNT(*) FROM runs GROUP BY state")}
+            summary["recent_failures"] = [dict(r) for r in log.query(
+                "SELECT run_id, pipeline, stage, error FROM failures WHERE kind = 'run' "
+                "ORDER BY failed_at DESC LIMIT 5")]
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, default=str))
+        return
+    d = summary["daemon"]
+    if d is None:
+        click.echo(f"no daemon running on {state_dir}")
+    else:
+        click.echo(f"daemon pid {d['pid']} on {d['state_dir']}, up {d['uptime_s']}s; workers "
+                   f"{d['workers']['busy']}/{d['workers']['max']} busy")
+        for a in d["active"]:
+            click.echo(f"  running {a['run_id']} ({a['pipeline']}) stage {a['stage']} "
+                       f"{a['progress']}%")
+        click.echo(f"  files waiting: {d['files_waiting']}")
+    if "runs" in summary:
+        click.echo("runs: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["runs"].items())))
+        for f in summary["recent_failures"]:
+            click.echo(f"  failed {f['run_id']} ({f['pipeline']}): {f['error']}")
+
+
+@main.command()
+@click.option("--format", "fmt", default="prometheus", show_default=True,
+              type=click.Choice(["prometheus", "json", "csv"]))
+@state_dir_option
+def metrics(state_dir: Path, fmt: str) -> None:
+    """The running daemon's metrics (Prometheus text by default)."""
+    reply = _ask_daemon(state_dir, {"cmd": "metrics", "format": fmt})
+    if reply is None:
+        fail(f"no daemon running on {state_dir}")
+    click.echo(reply["metrics"], nl=False)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -35,7 +35,7 @@ from state.statedir import resolve_state_dir
 
 from .context import PipelineContext, result_from_attempt
 from .durations import parse_duration
-from .engine import Progress, RunEngine, RunPlan
+from .engine import CancelToken, Progress, RunEngine, RunPlan
 from .errors import ConfigError, ResumeRefused
 from .executors import Executor, make_executor
 from .resources import ResourceBudget
@@ -112,7 +112,7 @@ class BasePipeline(ABC):
         self._executor_arg = executor
         self._rng = random.Random(seed)
         self._progress = Progress([])
-        self._cancel = threading.Event()
+        self._cancel = CancelToken()
         self._lock = threading.Lock()
         self._log: EventLog | None = None
 
@@ -185,6 +185,9 @@ class BasePipeline(ABC):
         input_file: str | os.PathLike[str] | None = None,
         run_id: str | None = None,
         trigger: str = "script",
+        executor: Executor | None = None,
+        budget: ResourceBudget | None = None,
+        cancel: threading.Event | None = None,
     ) -> PipelineContext:
         """Run every stage (or resume); return the context carrying the outcome.
 
@@ -192,6 +195,8 @@ class BasePipeline(ABC):
         ``context.failed_stage`` / ``context.error`` say which stage and why.
         Errors in how the run was asked for (an unknown ``resume_from``
         stage, outputs that cannot be reused) raise before anything runs.
+        ``executor``, ``budget`` and ``cancel`` let an orchestrator share its
+        worker pool and resource budget, and stop the run.
         """
         stages, deps = self._stages_and_deps()
         skip = set(skip_stages or ())
@@ -214,7 +219,8 @@ class BasePipeline(ABC):
         self._drop_unkept_outputs(log)
         log.append(new_event(T.RUN_REQUESTED, run_id, pipeline=self.name, trigger=trigger,
                              params=run_params, stages=stages))
-        return self.execute_run(run_id, log=log, skip=skip, reuse=reuse, stages=(stages, deps))
+        return self.execute_run(run_id, log=log, skip=skip, reuse=reuse, stages=(stages, deps),
+                                executor=executor, budget=budget, cancel=cancel)
 
     def execute_run(
         self,
@@ -233,16 +239,22 @@ class BasePipeline(ABC):
         """Execute an already requested (PENDING) run: the daemon's entry point."""
         log = log or self._open_log()
         stages_, deps = stages or self._stages_and_deps()
+        skip = set(skip or ()) | {s for s in stages_ if not self.stage_config(s).enabled}
         run = log.run(run_id)
         if run is None:
             raise ConfigError(f"run {run_id!r} was never requested")
+        if reuse is None and run.params.get("resume_from") and not run.attempts:
+            try:  # requested through the daemon or the CLI: outputs are checked now
+                reuse = self._resume_plan(log, stages_, run.params["resume_from"])
+            except ResumeRefused as exc:
+                log.append(new_event(T.RUN_FAILED, run_id, error=str(exc)))
+                return self._result(log.run(run_id))
         own_executor = False
         if executor is None:
             parallel = self.max_workers if self.parallel_stages else 1
             executor, own_executor = make_executor(self._executor_arg, parallel)
         if cancel is None:
-            cancel = self._cancel
-            cancel.clear()
+            cancel = self._cancel = CancelToken()
         plan = RunPlan(
             run_id=run_id,
             pipeline=self,
@@ -253,7 +265,7 @@ class BasePipeline(ABC):
             parallel=self.max_workers if self.parallel_stages else 1,
             params=run.params,
             duckdb_settings=self.duckdb_settings,
-            skip=skip or set(),
+            skip=skip,
             reuse=reuse or {},
         )
         self._progress = Progress(stages_)
@@ -281,9 +293,9 @@ class BasePipeline(ABC):
         ctx.stage_results = {s: result_from_attempt(s, a) for s, a in run.attempts.items()}
         return ctx
 
-    def cancel(self) -> None:
+    def cancel(self, reason: str = "cancelled on request") -> None:
         """Ask the current run to stop (from another thread); it ends CANCELLED."""
-        self._cancel.set()
+        self._cancel.set(reason)
 
     def get_progress(self) -> dict[str, Any]:
         """State, current stage, completed stages and per-stage results; any thread."""
@@ -351,7 +363,7 @@ class BasePipeline(ABC):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._progress = Progress([])
-        self._cancel = threading.Event()
+        self._cancel = CancelToken()
         self._lock = threading.Lock()
         self._executor_arg = "inprocess"
         self._log = None

@@ -33,6 +33,19 @@ from .stage import StageConfig
 POLL_S = 0.1
 
 
+class CancelToken(threading.Event):
+    """A ``threading.Event`` that remembers why it was set (shown in the log)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reason: str | None = None
+
+    def set(self, reason: str | None = None) -> None:  # type: ignore[override]
+        if reason and not self.reason:
+            self.reason = reason
+        super().set()
+
+
 class EngineError(AhgdError):
     """The engine was asked to do something the run's state does not allow."""
 
@@ -163,8 +176,9 @@ class _Execution:
         run = self._start()
         while True:
             if self.cancel.is_set():
-                self._interrupt_all("run cancelled")
-                return self._end(T.RUN_CANCELLED, reason="cancelled on request")
+                reason = getattr(self.cancel, "reason", None) or "cancelled on request"
+                self._interrupt_all(reason)
+                return self._end(T.RUN_CANCELLED, reason=reason)
             if self.stop.is_set():
                 deadline = self.grace()
                 if not self.running or (deadline is not None and self.e.clock() >= deadline):

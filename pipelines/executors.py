@@ -87,7 +87,12 @@ class Executor:
 
 
 class InProcessExecutor(Executor):
-    """Threads of this process.  Cannot enforce timeouts or survive a crashing stage."""
+    """Threads of this process, for tests and tiny stages.
+
+    It cannot enforce timeouts (Python cannot stop a thread: a stage past its
+    timeout runs on) and a stage that crashes the interpreter takes the whole
+    process with it.  Use ProcessExecutor for anything that matters.
+    """
 
     enforces_timeouts = False
 

@@ -600,11 +600,11 @@ def _apply_orch(o: Orchestration | None, e: Event) -> Orchestration:
         )
     prev = o.pipelines.get(name) or OrchPipeline(len(o.pipelines), "PENDING", None, None, None, None)
     if e.type == T.ORCH_PIPELINE_STARTED:
-        entry = prev._replace(state="RUNNING", run_id=p.get("run_id"), started_at=e.ts)
+        entry = prev._replace(state="RUNNING", run_id=p.get("pipeline_run_id"), started_at=e.ts)
     elif e.type == T.ORCH_PIPELINE_FINISHED:
         entry = prev._replace(
             state=p.get("state") or "COMPLETED",
-            run_id=p.get("run_id") or prev.run_id,
+            run_id=p.get("pipeline_run_id") or prev.run_id,
             reason=p.get("error"),
             ended_at=e.ts,
         )

@@ -1,0 +1,109 @@
+"""Structured logs: JSON lines on stdout (journald keeps them), pretty on a terminal.
+
+Every event appended to the event log is also one log line with the same
+fields (``event`` is the event type, plus ``seq``, ``pipeline``, ``run_id``,
+``stage``, ``attempt`` where they apply).  Alerts are lines with
+``alert: true`` and a ``severity``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections import OrderedDict
+from typing import Any, Callable, TextIO
+
+import structlog
+
+from state import Event, EventLog
+
+#: payload keys too bulky for a log line (they stay in the event log)
+_SKIP_KEYS = {"traceback", "output", "params", "stages", "owner"}
+
+
+def configure(*, json_lines: bool | None = None, level: str = "info",
+              stream: TextIO | None = None) -> None:
+    """Configure structlog once, at the process boundary (CLI or daemon start)."""
+    stream = stream or sys.stdout
+    # libraries' own logging (watchdog says things when observers stop) stays quiet
+    logging.getLogger("watchdog").setLevel(logging.ERROR)
+    if json_lines is None:
+        json_lines = not stream.isatty()
+    renderer: Any = (structlog.processors.JSONRenderer(sort_keys=False) if json_lines
+                     else structlog.dev.ConsoleRenderer(colors=stream.isatty()))
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            _drop_none,
+            _order,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelName(level.upper()) if isinstance(level, str) else level),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
+    )
+
+
+def _order(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """timestamp, level, event first: the line reads left to right."""
+    head = {k: event_dict.pop(k) for k in ("timestamp", "level", "event") if k in event_dict}
+    return {**head, **event_dict}
+
+
+def _drop_none(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in event_dict.items() if v is not None}
+
+
+class EventLogger:
+    """An EventLog listener: one log line per appended event."""
+
+    def __init__(self, log: EventLog, logger: Any = None):
+        self._log = log
+        self._logger = logger or structlog.get_logger("ahgd.events")
+        self._pipelines: OrderedDict[str, str] = OrderedDict()
+
+    def pipeline_of(self, event: Event) -> str | None:
+        data = event.payload or {}
+        if event.type == "run.requested":
+            name = data.get("pipeline")
+            if name and event.run_id:
+                self._remember(event.run_id, name)
+            return name
+        if event.type.startswith("file.") or event.type == "schedule.fired":
+            return data.get("pipeline")
+        if event.run_id is None or event.type.startswith("orchestration."):
+            return event.stage if event.type.startswith("orchestration.") else None
+        name = self._pipelines.get(event.run_id)
+        if name is None:
+            run = self._log.run(event.run_id)
+            name = run.pipeline if run else None
+            if name:
+                self._remember(event.run_id, name)
+        return name
+
+    def _remember(self, run_id: str, name: str) -> None:
+        self._pipelines[run_id] = name
+        if len(self._pipelines) > 4096:
+            self._pipelines.popitem(last=False)
+
+    def __call__(self, event: Event) -> None:
+        data = event.payload if event.payload is not None else event.data()
+        fields = {k: v for k, v in data.items() if k not in _SKIP_KEYS}
+        level = "warning" if event.type in ("stage.failed", "stage.timed_out", "stage.retrying",
+                                            "file.quarantined", "run.failed", "run.parked") else "info"
+        for key in ("seq", "pipeline", "run_id", "stage", "attempt", "event"):
+            fields.pop(key, None)
+        getattr(self._logger, level)(
+            event.type, seq=event.seq, pipeline=self.pipeline_of(event), run_id=event.run_id,
+            stage=event.stage, attempt=event.attempt, **fields)
+
+
+def alert(logger: Any, name: str, severity: str, **fields: Any) -> None:
+    """One alert line (for conditions the monitor does not raise itself)."""
+    method: Callable[..., Any] = getattr(logger, "critical" if severity == "critical" else
+                                         "error" if severity == "error" else "warning")
+    method(name, alert=True, severity=severity, **fields)

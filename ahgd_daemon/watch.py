@@ -1,0 +1,166 @@
+"""watchdog observers for the drop folders.
+
+inotify (the default on local file systems) reports when a writer closes a
+file, or renames a finished file into the folder: those are taken at once.
+Network file systems do not deliver inotify events for remote writers, so
+there (or with ``observer: polling``) a polling observer reports files and
+they are taken once their size and mtime have been stable for
+``stable_for``.  A file that merely appears under inotify (a hard link, a
+file whose writer has not closed it yet) is tracked the same way, and taken
+only if no process still has it open for writing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from watchdog.events import (FileClosedEvent, FileCreatedEvent, FileModifiedEvent, FileMovedEvent,
+                             FileSystemEvent, FileSystemEventHandler)
+
+from .dropfolder import Folder
+
+NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p", "ceph", "glusterfs",
+              "afs", "fuse.rclone", "fuse.s3fs", "lustre", "gpfs"}
+
+
+def filesystem_type(path: Path) -> str | None:
+    """The type of the mount holding ``path`` (from /proc/mounts), or None."""
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    target = str(Path(path).resolve())
+    best, fstype = "", None
+    for line in mounts:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        mnt = parts[1].replace("\\040", " ")
+        if (target == mnt or target.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+            best, fstype = mnt, parts[2]
+    return fstype
+
+
+def open_for_writing(path: Path) -> bool:
+    """Best effort: does any process we can see hold ``path`` open for writing?"""
+    try:
+        target = os.stat(path)
+    except FileNotFoundError:
+        return False
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        fd_dir = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                st = os.stat(f"{fd_dir}/{fd}")
+            except OSError:
+                continue
+            if st.st_ino != target.st_ino or st.st_dev != target.st_dev:
+                continue
+            try:
+                with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                    for line in f:
+                        if line.startswith("flags:"):
+                            if int(line.split()[1], 8) & (os.O_WRONLY | os.O_RDWR):
+                                return True
+            except OSError:
+                continue
+    return False
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, folder: Folder, polling: bool, complete: Callable[[Folder, Path], None],
+                 candidate: Callable[[Folder, Path], None]):
+        self.folder, self.polling = folder, polling
+        self.complete, self.candidate = complete, candidate
+
+    def dispatch(self, event: FileSystemEvent) -> None:
+        if event.is_directory:
+            return
+        if isinstance(event, FileMovedEvent):
+            path = Path(os.fsdecode(event.dest_path))
+            if self.folder.matches(path):
+                (self.candidate if self.polling else self.complete)(self.folder, path)
+            return
+        path = Path(os.fsdecode(event.src_path))
+        if not self.folder.matches(path):
+            return
+        if isinstance(event, FileClosedEvent) and not self.polling:
+            self.complete(self.folder, path)
+        elif isinstance(event, (FileCreatedEvent, FileModifiedEvent)):
+            self.candidate(self.folder, path)
+
+
+class Watchers:
+    """One observer per drop folder; ``start()`` creates the folders if needed."""
+
+    def __init__(self, folders: list[Folder], *, complete: Callable[[Folder, Path], None],
+                 candidate: Callable[[Folder, Path], None], logger: Any):
+        self.folders = folders
+        self._complete, self._candidate = complete, candidate
+        self._log = logger
+        self._observers: list[Any] = []
+        self.modes: dict[str, str] = {}
+
+    def start(self) -> None:
+        from watchdog.observers.polling import PollingObserver
+
+        for folder in self.folders:
+            folder.path.mkdir(parents=True, exist_ok=True)
+            mode = folder.observer
+            if mode == "auto":
+                fstype = filesystem_type(folder.path)
+                mode = "polling" if fstype in NETWORK_FS else "inotify"
+            observer = None
+            if mode == "inotify":
+                try:
+                    from watchdog.observers.inotify import InotifyObserver
+
+                    observer = InotifyObserver(generate_full_events=True)
+                    observer.schedule(_Handler(folder, False, self._complete, self._candidate),
+                                      str(folder.path), recursive=folder.recursive)
+                    observer.start()
+                except (OSError, ImportError) as exc:
+                    self._log.warning("inotify_unavailable", pipeline=folder.pipeline,
+                                      path=str(folder.path), error=str(exc),
+                                      fallback="polling")
+                    observer, mode = None, "polling"
+            if observer is None:
+                observer = PollingObserver(timeout=folder.poll_interval)
+                observer.schedule(_Handler(folder, True, self._complete, self._candidate),
+                                  str(folder.path), recursive=folder.recursive)
+                observer.start()
+            self.modes[str(folder.path)] = mode
+            self._observers.append(observer)
+            self._log.info("watching", pipeline=folder.pipeline, path=str(folder.path),
+                           pattern=folder.pattern, observer=mode)
+
+    def scan(self) -> int:
+        """Report files already waiting (they arrived while the daemon was down)."""
+        count = 0
+        for folder in self.folders:
+            if not folder.path.is_dir():
+                continue
+            paths = folder.path.rglob("*") if folder.recursive else folder.path.iterdir()
+            for path in sorted(paths):
+                if path.is_file() and folder.matches(path):
+                    self._candidate(folder, path)
+                    count += 1
+        return count
+
+    def polling(self, folder: Folder) -> bool:
+        return self.modes.get(str(folder.path)) == "polling"
+
+    def stop(self) -> None:
+        for observer in self._observers:
+            observer.stop()
+        for observer in self._observers:
+            observer.join(timeout=5)
+        self._observers.clear()
