@@ -309,9 +309,16 @@ class _Execution:
     # -- outcomes --------------------------------------------------------------------
 
     def _finish(self, r: _Running, outcome: Outcome) -> None:
-        self.e.executor.release()
-        if self.e.budget is not None:
-            self.e.budget.release((self.plan.run_id, r.stage))
+        # the slot is given back only once the attempt's end is recorded, so the
+        # log never shows more than max_workers attempts between started and ended
+        try:
+            self._record(r, outcome)
+        finally:
+            self.e.executor.release()
+            if self.e.budget is not None:
+                self.e.budget.release((self.plan.run_id, r.stage))
+
+    def _record(self, r: _Running, outcome: Outcome) -> None:
         run_id, stage, attempt = self.plan.run_id, r.stage, r.attempt
         payload = outcome.payload()
         if outcome.ok:

@@ -1,0 +1,368 @@
+"""The real daemon as a subprocess: drop folders, crash recovery, signals, schedules, logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from .harness import (Daemon, ahgd_exe, drop_csv, env, query, traces, wait_until, write_config)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def setup(tmp_path: Path):
+    """A config directory and an empty state directory side by side."""
+    state = tmp_path / "state"
+    state.mkdir()
+    return tmp_path, state
+
+
+def _runs(state: Path) -> list[tuple]:
+    return query(state, "SELECT run_id, state, trigger FROM runs ORDER BY requested_at")
+
+
+def test_slow_file_is_taken_after_close_duplicates_and_empty_files(setup):
+    tmp, state = setup
+    config = write_config(tmp)
+    d = Daemon(config, state).wait_ready()
+    try:
+        inbox = state / "inbox" / "csvpipe"
+        path = inbox / "slow.csv"
+        with open(path, "w") as f:  # written in chunks, pausing longer than stable_for
+            f.write("a,b\n")
+            for i in range(4):
+                f.flush()
+                time.sleep(0.4)
+                f.write(f"{i},{i * 2}\n")
+            closed_at = time.time()
+        wait_until(lambda: query(state, "SELECT state FROM runs WHERE state = 'COMPLETED'"), 30,
+                   "the run of slow.csv to complete")
+        arrived = query(state, "SELECT ts, payload FROM events WHERE type = 'file.arrived'")
+        assert len(arrived) == 1
+        ts = time.mktime(time.strptime(arrived[0][0][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+        assert ts + 1 >= closed_at  # not taken while it was still being written
+        assert json.loads(arrived[0][1])["size"] == path.stat().st_size if path.exists() else True
+        rows = [t for t in traces(state) if t["stage"] == "load" and t["event"] == "done"]
+        assert rows[0]["rows"] == 4  # the whole file, not a prefix
+        # the same bytes again: a duplicate, not a second run
+        (tmp / "copy.csv").write_bytes((state / "files").rglob("slow.csv").__next__().read_bytes())
+        os.rename(tmp / "copy.csv", inbox / "again.csv")
+        wait_until(lambda: query(state, "SELECT 1 FROM events WHERE type = 'file.duplicate'"), 20,
+                   "the duplicate to be recorded")
+        assert len(_runs(state)) == 1
+        assert (state / "duplicates" / "csvpipe" / "again.csv").exists()
+        # an empty file is quarantined with its reason
+        (inbox / "empty.csv").touch()
+        reason = state / "quarantine" / "csvpipe" / "empty.csv.reason.json"
+        wait_until(reason.exists, 20, "the empty file to be quarantined")
+        assert json.loads(reason.read_text())["reason"] == "the file is empty (0 bytes)"
+        assert (state / "quarantine" / "csvpipe" / "empty.csv").exists()
+        # hidden and temporary files are ignored
+        (inbox / ".hidden.csv").write_text("a,b\n1,2\n")
+        (inbox / "draft.csv.part").write_text("a,b\n1,2\n")
+        time.sleep(1.0)
+        assert (inbox / ".hidden.csv").exists() and (inbox / "draft.csv.part").exists()
+    finally:
+        assert d.stop() == 0
+    for line in d.output().splitlines():  # the log parses line by line
+        record = json.loads(line)
+        assert {"timestamp", "level", "event"} <= set(record)
+    assert "database is locked" not in d.output()
+    alerts = [r for r in d.records() if r.get("alert")]
+    assert any(a["event"] == "file.quarantined" and a["severity"] == "warning" for a in alerts)
+
+
+def test_files_dropped_while_down_are_processed_at_start(setup):
+    tmp, state = setup
+    config = write_config(tmp)
+    for i in range(3):
+        drop_csv(state / "inbox" / "csvpipe", f"f{i}.csv", rows=i + 1, seed=i)
+    d = Daemon(config, state, once=True)
+    assert d.wait(timeout=120) == 0, d.output()
+    assert sorted(r[1] for r in _runs(state)) == ["COMPLETED"] * 3
+    assert not list((state / "inbox" / "csvpipe").glob("*.csv"))
+
+
+def test_a_second_daemon_refuses_and_a_killed_ones_lock_does_not_block(setup):
+    tmp, state = setup
+    config = write_config(tmp)
+    first = Daemon(config, state).wait_ready()
+    try:
+        second = subprocess.run([*ahgd_exe(), "daemon", "--config", str(config), "--state-dir",
+                                 str(state)], capture_output=True, text=True, timeout=60, env=env())
+        assert second.returncode == 1
+        assert f"another ahgd daemon is already running on {state}: ahgd daemon pid {first.proc.pid}" \
+            in second.stderr
+    finally:
+        first.kill()
+    third = Daemon(config, state).wait_ready()
+    assert third.stop() == 0
+
+
+def test_sigkill_loop_resumes_runs_without_rerunning_completed_stages(setup):
+    tmp, state = setup
+    config = write_config(tmp, transform={"sleep": 1.5}, load={"sleep": 0.3},
+                          daemon=", max_recoveries: 100")
+    rng = random.Random(5)
+    inbox = state / "inbox" / "csvpipe"
+    dropped = []
+    deadline = time.monotonic() + 300
+    for kill in range(20):  # a new file each round, so there is always work in flight
+        assert time.monotonic() < deadline, "the crash loop took too long"
+        dropped.append(drop_csv(inbox, f"k{kill}.csv", rows=2, seed=kill).name)
+        d = Daemon(config, state).wait_ready()
+        time.sleep(rng.uniform(0.1, 2.0))
+        d.kill()
+    final = Daemon(config, state, once=True)
+    assert final.wait(timeout=180) == 0, final.output()
+    runs = query(state, "SELECT run_id, state, recoveries FROM runs")
+    assert len(runs) == len(dropped) and all(r[1] == "COMPLETED" for r in runs)
+    assert query(state, "SELECT COUNT(*) FROM events WHERE type = 'file.arrived'")[0][0] == len(dropped)
+    # a stage never starts again once its completion is recorded
+    late = query(state, """SELECT s.run_id, s.stage FROM events s JOIN events c
+        ON c.run_id = s.run_id AND c.stage = s.stage AND c.type = 'stage.completed'
+        WHERE s.type = 'stage.started' AND s.seq > c.seq""")
+    assert late == []
+    # and in the workers' own trace: no execution of a stage began after its recorded completion
+    completed = {(r, s): ts for r, s, ts in query(
+        state, "SELECT run_id, stage, ts FROM events WHERE type = 'stage.completed'")}
+    for t in traces(state):
+        ts = completed.get((t["run_id"], t["stage"]))
+        if t["event"] == "start" and ts is not None:
+            done_at = time.mktime(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+            assert t["t"] <= done_at + 1.0, f"{t} started after its completion was recorded"
+    assert query(state, "SELECT COUNT(*) FROM events WHERE type = 'run.recovered'")[0][0] >= 1
+    check = subprocess.run([*ahgd_exe(), "state", "check", "--state-dir", str(state)],
+                           capture_output=True, text=True, timeout=60, env=env())
+    assert check.returncode == 0, check.stderr
+
+
+def test_three_hundred_files_at_once(setup):
+    tmp, state = setup
+    config = write_config(tmp, stable_for="PT0.2S")
+    inbox = state / "inbox" / "csvpipe"
+    d = Daemon(config, state).wait_ready()
+    try:
+        for i in range(300):
+            drop_csv(inbox, f"burst{i:03d}.csv", rows=1, seed=i)
+        wait_until(lambda: query(state, "SELECT COUNT(*) FROM runs WHERE state = 'COMPLETED'")[0][0] == 300,
+                   400, "300 runs to complete", interval=0.5)
+    finally:
+        assert d.stop() == 0
+    spans = query(state, "SELECT started_at, ended_at FROM stage_timings")
+    assert len(spans) == 900
+    points = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans], key=lambda p: (p[0], p[1]))
+    live = peak = 0
+    for _, step in points:
+        live += step
+        peak = max(peak, live)
+    assert peak <= 2, f"{peak} stages ran at once with max_workers 2"
+    assert "database is locked" not in d.output()
+    assert query(state, "SELECT COUNT(*) FROM files")[0][0] == 300
+
+
+def test_sigterm_during_a_run_exits_cleanly_and_the_next_start_resumes(setup):
+    tmp, state = setup
+    config = write_config(tmp, transform={"sleep": 20})
+    drop_csv(state / "inbox" / "csvpipe", "t.csv")
+    d = Daemon(config, state).wait_ready()
+    wait_until(lambda: query(state, "SELECT 1 FROM events WHERE type = 'stage.started' AND stage = 'transform'"),
+               30, "the slow stage to start")
+    t0 = time.monotonic()
+    assert d.stop(timeout=30) == 0
+    assert time.monotonic() - t0 < 5 + 5  # grace PT5S, then interrupted
+    assert query(state, "SELECT state FROM runs") == [("PENDING",)]
+    assert query(state, "SELECT COUNT(*) FROM events WHERE type = 'run.suspended'")[0][0] == 1
+    assert query(state, "SELECT state FROM stage_runs WHERE stage = 'transform'") == [("INTERRUPTED",)]
+    fast = write_config(tmp, transform={"sleep": 0})
+    again = Daemon(fast, state, once=True)
+    assert again.wait(timeout=120) == 0, again.output()
+    assert query(state, "SELECT state FROM runs") == [("COMPLETED",)]
+    extract_runs = [t for t in traces(state) if t["stage"] == "extract" and t["event"] == "start"]
+    assert len(extract_runs) == 1  # extract was not redone
+
+
+def test_sd_notify_ready_watchdog_stopping(setup):
+    tmp, state = setup
+    config = write_config(tmp)
+    sock_path = tmp / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(0.2)
+    d = Daemon(config, state, extra_env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "1000000"})
+    messages: list[str] = []
+
+    def drain() -> list[str]:
+        try:
+            while True:
+                messages.append(sock.recv(4096).decode())
+        except socket.timeout:
+            pass
+        return messages
+
+    try:
+        wait_until(lambda: any("READY=1" in m for m in drain()), 30, "READY=1")
+        wait_until(lambda: sum("WATCHDOG=1" in m for m in drain()) >= 2, 10, "two WATCHDOG=1 pings")
+    finally:
+        assert d.stop() == 0
+    drain()
+    sock.close()
+    assert any("STOPPING=1" in m for m in messages)
+    assert any(m.startswith("STATUS=") or "\nSTATUS=" in m for m in messages)
+    ready = next(i for i, m in enumerate(messages) if "READY=1" in m)
+    recovering = [i for i, m in enumerate(messages) if "recovering" in m]
+    assert recovering and recovering[0] < ready  # READY only after recovery
+
+
+def test_sighup_with_a_broken_config_keeps_the_old_one(setup):
+    tmp, state = setup
+    config = write_config(tmp)
+    d = Daemon(config, state).wait_ready()
+    try:
+        good = (tmp / "csvpipe.yaml").read_text()
+        (tmp / "csvpipe.yaml").write_text(good.replace("stages:", "stagez:"))
+        d.signal(signal.SIGHUP)
+        wait_until(lambda: any(r.get("event") == "config_reload_failed" for r in d.records()), 20,
+                   "the reload to fail")
+        failed = next(r for r in d.records() if r.get("event") == "config_reload_failed")
+        assert failed["alert"] is True and failed["severity"] == "error"
+        assert "unknown key 'stagez'; did you mean 'stages'?" in failed["error"]
+        drop_csv(state / "inbox" / "csvpipe", "still.csv")  # the old config still works
+        wait_until(lambda: query(state, "SELECT 1 FROM runs WHERE state = 'COMPLETED'"), 30,
+                   "a run under the old configuration")
+        (tmp / "csvpipe.yaml").write_text(good)
+        d.signal(signal.SIGHUP)
+        wait_until(lambda: any(r.get("event") == "config_reloaded" for r in d.records()), 20,
+                   "the reload to succeed")
+    finally:
+        assert d.stop() == 0
+
+
+def test_schedule_fires_and_missed_ticks_follow_the_policy(setup):
+    tmp, state = setup
+    (tmp / "tick.yaml").write_text(
+        "pipeline: {name: ticker}\n"
+        "triggers:\n  - {type: schedule, interval: PT1S, misfire: latest}\n"
+        "stages:\n  - {name: tick, type: extractor, class: tests.daemon.stages.Tick}\n")
+    (tmp / "master.yaml").write_text("pipelines:\n  - {name: ticker, config_file: tick.yaml}\n")
+    d = Daemon(tmp / "master.yaml", state).wait_ready()
+    wait_until(lambda: len(query(state, "SELECT 1 FROM runs WHERE state = 'COMPLETED'")) >= 2, 30,
+               "two scheduled runs")
+    assert d.stop() == 0
+    before = {r[0] for r in query(state, "SELECT run_id FROM runs")}
+    assert all(r.startswith("sched-ticker-") for r in before)
+    time.sleep(3.5)  # about three ticks are missed
+    again = Daemon(tmp / "master.yaml", state, once=True)
+    assert again.wait(timeout=60) == 0, again.output()
+    caught = query(state, "SELECT json_extract(payload, '$.catch_up') FROM events WHERE "
+                          "type = 'schedule.fired' AND seq > (SELECT MAX(seq) FROM events WHERE "
+                          "run_id IN (%s))" % ",".join(f"'{r}'" for r in before))
+    assert [c[0] for c in caught] == [1]  # latest: exactly one catch-up run
+    # policy `all`: every missed tick runs
+    (tmp / "tick.yaml").write_text((tmp / "tick.yaml").read_text().replace("latest", "all"))
+    time.sleep(3.2)
+    n_before = len(query(state, "SELECT 1 FROM runs"))
+    third = Daemon(tmp / "master.yaml", state, once=True)
+    assert third.wait(timeout=60) == 0, third.output()
+    assert len(query(state, "SELECT 1 FROM runs")) - n_before >= 3
+    ids = [r[0] for r in query(state, "SELECT run_id FROM runs")]
+    assert len(ids) == len(set(ids))
+
+
+def test_a_run_that_keeps_crashing_the_daemon_is_parked_and_retry_unparks(setup):
+    tmp, state = setup
+    config = write_config(tmp, transform={"sleep": 30}, daemon=", max_recoveries: 1")
+    drop_csv(state / "inbox" / "csvpipe", "p.csv")
+    for _ in range(3):
+        d = Daemon(config, state).wait_ready()
+        wait_until(lambda: query(state, "SELECT 1 FROM runs WHERE state IN ('RUNNING', 'PARKED')"),
+                   30, "the run to start or be parked")
+        if query(state, "SELECT 1 FROM runs WHERE state = 'PARKED'"):
+            d.stop()
+            break
+        wait_until(lambda: query(state, "SELECT 1 FROM stage_runs WHERE stage = 'transform' AND state = 'RUNNING'"),
+                   30, "the slow stage")
+        d.kill()
+    [(run_id, state_, error)] = query(state, "SELECT run_id, state, error FROM runs")
+    assert state_ == "PARKED"
+    assert error.startswith("run was interrupted by a crash 2 times (limit 1)")
+    assert f"`ahgd retry {run_id}`" in error
+    fast = write_config(tmp, transform={"sleep": 0}, daemon=", max_recoveries: 1")
+    proc = subprocess.run([*ahgd_exe(), "retry", run_id, "--config", str(fast), "--state-dir",
+                           str(state)], capture_output=True, text=True, timeout=120, env=env(), cwd=tmp)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert query(state, "SELECT state, retries FROM runs") == [("COMPLETED", 1)]
+
+
+def test_cli_requests_go_to_a_running_daemon(setup):
+    tmp, state = setup
+    config = write_config(tmp)
+    src = tmp / "manual.csv"
+    src.write_text("a,b\n1,2\n")
+    d = Daemon(config, state).wait_ready()
+    try:
+        proc = subprocess.run([*ahgd_exe(), "run", "csvpipe", "--input", str(src), "--state-dir",
+                               str(state)], capture_output=True, text=True, timeout=120, env=env())
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "requested run" in proc.stdout and "COMPLETED" in proc.stdout
+        status = subprocess.run([*ahgd_exe(), "status", "--json", "--state-dir", str(state)],
+                                capture_output=True, text=True, timeout=60, env=env())
+        info = json.loads(status.stdout)
+        assert info["daemon"]["pid"] == d.proc.pid and info["runs"] == {"COMPLETED": 1}
+        bad = subprocess.run([*ahgd_exe(), "run", "nosuch", "--state-dir", str(state)],
+                             capture_output=True, text=True, timeout=60, env=env())
+        assert bad.returncode == 1
+        assert "no pipeline 'nosuch' in the configuration (known: csvpipe)" in bad.stderr
+    finally:
+        assert d.stop() == 0
+    [(trigger, params)] = query(state, "SELECT trigger, params FROM runs")
+    assert trigger == "manual" and json.loads(params)["original_name"] == "manual.csv"
+
+
+def test_cli_runs_in_the_foreground_without_a_daemon_and_cancel(setup):
+    tmp, state = setup
+    config = write_config(tmp)
+    src = tmp / "manual.csv"
+    src.write_text("a,b\n1,2\n3,4\n")
+    proc = subprocess.run([*ahgd_exe(), "run", "csvpipe", "--config", str(config), "--input", str(src),
+                           "--state-dir", str(state)], capture_output=True, text=True, timeout=120,
+                          env=env())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "running csvpipe-" in proc.stdout and "COMPLETED" in proc.stdout
+    # a wrong resume point is refused before anything runs
+    proc = subprocess.run([*ahgd_exe(), "run", "csvpipe", "--config", str(config), "--resume-from",
+                           "lod", "--state-dir", str(state)], capture_output=True, text=True,
+                          timeout=120, env=env())
+    assert proc.returncode == 1
+    assert "pipeline 'csvpipe' has no stage 'lod' to resume from (its stages: extract, transform, load)" \
+        in proc.stderr
+    proc = subprocess.run([*ahgd_exe(), "run", "csvpipe", "--config", str(config), "--resume-from",
+                           "load", "--state-dir", str(state)], capture_output=True, text=True,
+                          timeout=120, env=env())
+    assert proc.returncode == 0, proc.stderr
+    reused = query(state, "SELECT stage FROM events WHERE type = 'stage.reused' ORDER BY seq")
+    assert reused == [("extract",), ("transform",)]
+    cancel = subprocess.run([*ahgd_exe(), "cancel", "nope", "--state-dir", str(state)],
+                            capture_output=True, text=True, timeout=60, env=env())
+    assert cancel.returncode == 1 and "no run 'nope' in this state directory" in cancel.stderr
+
+
+def test_wrong_file_is_quarantined_when_extract_fails_validation(setup):
+    tmp, state = setup
+    config = write_config(tmp, extract={"required": ["sa2_code"]},
+                          trigger=", quarantine_on_extract_failure: true")
+    drop_csv(state / "inbox" / "csvpipe", "wrong.csv")
+    d = Daemon(config, state, once=True)
+    assert d.wait(timeout=120) == 1  # the run failed
+    reason = json.loads((state / "quarantine" / "csvpipe" / "wrong.csv.reason.json").read_text())
+    assert "failed at stage 'extract'" in reason["reason"] and "missing columns: sa2_code" in reason["reason"]
+    assert query(state, "SELECT COUNT(*) FROM events WHERE type = 'file.quarantined'")[0][0] == 1
