@@ -443,5 +443,18 @@ def metrics(state_dir: Path, fmt: str) -> None:
     click.echo(reply["metrics"], nl=False)
 
 
+
+@main.command()
+@click.option("--state-dir", "state_dir_opt", default="ahgd-demo-state", show_default=True,
+              metavar="DIR", help="Where the demo keeps its history, inboxes and warehouse.")
+def demo(state_dir_opt: str) -> None:
+    """Run the daemon once on the bundled pipelines and real AHGD sample data."""
+    from state.statedir import resolve_state_dir
+
+    from .demo import run_demo
+
+    sys.exit(run_demo(resolve_state_dir(state_dir_opt, {})))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
