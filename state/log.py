@@ -107,7 +107,8 @@ class EventLog:
         self._clock = clock
         self._conn = connect(self.path, synchronous=self.synchronous, busy_timeout=busy_timeout)
         self._lock = threading.RLock()
-        self._cache: OrderedDict[str, Run] = OrderedDict()
+        # run_id -> (seq of the run's latest event, run): valid while that seq is current
+        self._cache: OrderedDict[str, tuple[int, Run]] = OrderedDict()
         self._cache_size = cache_size
         self._listeners: list[Listener] = []
         try:
@@ -170,9 +171,13 @@ class EventLog:
             return []
         with self._lock:
             stored, touched = self._append_locked(prepared, durable)
+            last = {}
+            for ev in stored:
+                if ev.run_id is not None:
+                    last[ev.run_id] = ev.seq
             for key, (_, new) in touched.items():
                 if key[0] == "run":
-                    self._remember(new)  # type: ignore[arg-type]
+                    self._remember(last[key[1]], new)  # type: ignore[arg-type]
         for ev in stored:
             for listener in self._listeners:
                 listener(ev)
@@ -205,7 +210,7 @@ class EventLog:
                 if key in touched:
                     original, current = touched[key]
                 else:
-                    original = current = self._load_txn(key)
+                    original = current = self._load_txn(key, ev.seq)
                 touched[key] = (original, apply(current, ev))
                 stored.append(ev)
             for original, new in touched.values():
@@ -225,20 +230,20 @@ class EventLog:
                 conn.execute(f"PRAGMA synchronous={self.synchronous}")
         return stored, touched
 
-    def _load_txn(self, key: Key) -> Aggregate | None:
+    def _load_txn(self, key: Key, seq: int) -> Aggregate | None:
         if key[0] == "run":
             run_id = key[1]
-            version = P.run_version_txn(self._conn, run_id)
+            version = P.run_version_txn(self._conn, run_id, seq)
             if version is None:
                 return None
             cached = self._cache.get(run_id)
-            if cached is not None and cached.last_seq == version:
-                return cached
+            if cached is not None and cached[0] == version:
+                return cached[1]
         return P.load_txn(self._conn, key)
 
-    def _remember(self, run: Run) -> None:
+    def _remember(self, version: int, run: Run) -> None:
         cache = self._cache
-        cache[run.run_id] = run
+        cache[run.run_id] = (version, run)
         cache.move_to_end(run.run_id)
         if len(cache) > self._cache_size:
             cache.popitem(last=False)
@@ -347,10 +352,18 @@ class EventLog:
                     conn, self.path, busy_timeout=self.busy_timeout, op="rebuild"
                 ):
                     projector, count = self._fold_all_txn()
+                    # bulk-load without secondary indexes, then build them in one pass
+                    indexes = conn.execute(
+                        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "
+                        f"AND tbl_name IN ({', '.join('?' * len(P.TABLES))})", P.TABLES).fetchall()
+                    for name, _ in indexes:
+                        conn.execute(f'DROP INDEX "{name}"')
                     for table in P.TABLES:
                         conn.execute(f"DELETE FROM {table}")
                     for table, rows in projector.rows().items():
-                        conn.executemany(P.INSERT[table], rows)
+                        conn.executemany(P.INSERT_NEW[table], rows)
+                    for _, sql in indexes:
+                        conn.execute(sql)
             finally:
                 conn.execute(f"PRAGMA cache_size={cache_size}")
         return count

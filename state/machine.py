@@ -142,7 +142,11 @@ class Attempt(NamedTuple):
 
 
 class Run(NamedTuple):
-    """A run and the latest attempt of each of its stages (a row of ``runs``)."""
+    """A run and the latest attempt of each of its stages (a row of ``runs``).
+
+    ``last_seq`` is the seq of the last *run-level* event: stage events change
+    attempt rows, never the run's own row (fewer pages written per append).
+    """
 
     run_id: str
     pipeline: str
@@ -490,7 +494,8 @@ def _apply_stage(run: Run | None, e: Event) -> Run:
         att = _new(Attempt, (run_id, stage, 0, new_state, e.ts, e.ts, None, raw))
     attempts = run.attempts.copy()
     attempts[stage] = att
-    return _new(Run, (*run[:13], e.seq, attempts))
+    # the run's own row is untouched: last_seq counts run-level events only
+    return _new(Run, (*run[:14], attempts))
 
 
 _new = tuple.__new__
@@ -499,6 +504,12 @@ _ENDINGS = {
     T.STAGE_TIMED_OUT: "stage timed out",
     T.STAGE_INTERRUPTED: "stage interrupted",
 }
+
+STAGE_TYPES = frozenset(str(t) for t in T if str(t).startswith("stage."))
+
+#: ``apply`` for ``stage.*`` events (they address their run): what apply() dispatches
+#: to, named so that replay's inner loop can skip the dispatch
+apply_stage = _apply_stage
 
 #: event types whose fold needs only the payload text, never its values
 RAW_ONLY_TYPES = frozenset({

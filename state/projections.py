@@ -20,12 +20,14 @@ from .machine import (
     FileRecord,
     Key,
     RAW_ONLY_TYPES,
+    STAGE_TYPES,
     Orchestration,
     OrchPipeline,
     Run,
     ScheduleRecord,
     aggregate_key,
     apply,
+    apply_stage,
 )
 
 TABLES = ("runs", "stage_runs", "files", "schedules", "orchestrations", "orchestration_pipelines")
@@ -77,6 +79,8 @@ def _insert_sql(table: str) -> str:
 
 
 INSERT = {t: _insert_sql(t) for t in TABLES}
+#: plain INSERT for tables known to be empty (rebuild)
+INSERT_NEW = {t: _insert_sql(t).replace("INSERT OR REPLACE", "INSERT", 1) for t in TABLES}
 
 
 def run_row(r: Run) -> tuple:
@@ -134,9 +138,11 @@ def load_run_txn(conn: sqlite3.Connection, run_id: str) -> Run | None:
     return run_from_rows(row, attempts)
 
 
-def run_version_txn(conn: sqlite3.Connection, run_id: str) -> int | None:
-    row = conn.execute("SELECT last_seq FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-    return None if row is None else row[0]
+def run_version_txn(conn: sqlite3.Connection, run_id: str, before: int) -> int | None:
+    """The seq of the run's latest event before ``before`` (None: no such run yet)."""
+    row = conn.execute("SELECT MAX(seq) FROM events WHERE run_id = ? AND seq < ?",
+                       (run_id, before)).fetchone()
+    return row[0]
 
 
 def load_txn(conn: sqlite3.Connection, key: Key) -> Aggregate | None:
@@ -194,11 +200,9 @@ def save_txn(conn: sqlite3.Connection, old: Aggregate | None, new: Aggregate) ->
 
 
 def _save_run_txn(conn: sqlite3.Connection, old: Run | None, new: Run) -> None:
-    # fields 0..12 are the run's own columns; 13 is last_seq, 14 the attempts
-    if old is None or old[:13] != new[:13]:
+    # fields 0..13 are the run's own columns; 14 is the attempts
+    if old is None or old[:14] != new[:14]:
         conn.execute(INSERT["runs"], run_row(new))
-    else:
-        conn.execute("UPDATE runs SET last_seq = ? WHERE run_id = ?", (new.last_seq, new.run_id))
     old_attempts = old.attempts if old is not None else {}
     for stage, att in new.attempts.items():
         if old_attempts.get(stage) is not att:
@@ -233,11 +237,18 @@ class Projector:
         attempts = self.attempts
         finished = self.finished if self.stream else None
         final = _FINAL_ATTEMPT_STATES
+        stage_types = STAGE_TYPES
         for e in events:
-            k = aggregate_key(e)
-            new = apply(aggs.get(k), e)
-            aggs[k] = new
-            if e.stage is not None and e.type.startswith("stage."):
+            if e.type in stage_types and e.run_id:
+                # the bulk of any log: the same machine function apply() dispatches to
+                k = ("run", e.run_id)
+                new = apply_stage(aggs.get(k), e)
+                aggs[k] = new
+            else:
+                k = aggregate_key(e)
+                aggs[k] = apply(aggs.get(k), e)
+                continue
+            if e.stage is not None:
                 att = new.attempts[e.stage]  # type: ignore[union-attr]
                 key = (att.run_id, att.stage, att.attempt)
                 if finished is not None and att.state in final:
