@@ -165,3 +165,44 @@ VALUES = {
     "tables": lambda ctx: {"first": ctx.sql("SELECT 1 AS a"), "second": ctx.sql("SELECT 2 AS b")},
     "generator": lambda ctx: (i for i in range(3)),
 }
+
+
+class DyingPipeline(BasePipeline):
+    """One stage that dies the way ``how`` says; a sibling stage that does not."""
+
+    def __init__(self, name: str = "dying", *, how: str, **kw: Any):
+        kw.setdefault("max_retries", 0)
+        kw.setdefault("parallel_stages", True)
+        kw.setdefault("max_workers", 2)
+        super().__init__(name, **kw)
+        self.how = how
+
+    def define_stages(self) -> list[str]:
+        return ["sibling", "victim"]
+
+    def get_stage_dependencies(self, stage_name: str) -> set[str]:
+        return set()
+
+    def execute_stage(self, stage_name: str, context: Any) -> Any:
+        if stage_name == "sibling":
+            time.sleep(0.3)
+            return "alive"
+        if self.how == "segfault":
+            import ctypes
+
+            ctypes.string_at(0)  # reads address 0: SIGSEGV
+        if self.how == "sigkill":  # what the kernel's OOM killer does
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self.how == "memory":
+            import resource
+
+            soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+            resource.setrlimit(resource.RLIMIT_AS, (1 << 30, hard))  # 1 GiB of address space
+            try:
+                hog = bytearray(4 << 30)  # 4 GiB: MemoryError
+                return len(hog)
+            finally:
+                resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+        return "unreachable"
