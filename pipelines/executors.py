@@ -207,6 +207,7 @@ class ProcessExecutor(Executor):
         self._queue: deque[_Job] = deque()
         self._workers: list[_Worker] = []
         self._ids = itertools.count(1)
+        self._want = 0  # workers to keep started even when idle (prestart)
         self._wake_r, self._wake_w = socket.socketpair()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="ahgd-workers", daemon=True)
@@ -263,10 +264,14 @@ class ProcessExecutor(Executor):
         self._wake_w.close()
 
     def prestart(self, count: int | None = None) -> None:
-        """Start workers now (daemon start-up, benchmarks) rather than at the first attempt."""
+        """Start workers now (daemon start-up, benchmarks) rather than at the first attempt.
+
+        The dispatcher thread spawns them: Linux ties a worker's parent-death
+        signal to the thread that started it, and that thread lives as long as
+        the pool.
+        """
         with self._lock:
-            while len(self._workers) < min(count or self.max_workers, self.max_workers):
-                self._workers.append(self._spawn(False))
+            self._want = min(count or self.max_workers, self.max_workers)
         self._wake()
 
     def worker_pids(self) -> list[int]:
@@ -320,6 +325,8 @@ class ProcessExecutor(Executor):
         return max(0.0, min(deadlines) - self._clock()) if deadlines else None
 
     def _dispatch(self) -> None:
+        while len(self._workers) < self._want:
+            self._workers.append(self._spawn(False))
         while self._queue:
             job = self._queue[0]
             worker = self._idle_worker(job.fork)
@@ -348,13 +355,16 @@ class ProcessExecutor(Executor):
     def _spawn(self, fork: bool) -> _Worker:
         parent_sock, child_sock = socket.socketpair()
         if fork:
+            parent = os.getpid()
             pid = os.fork()
             if pid == 0:  # pragma: no cover - runs in the child
                 code = 0
                 try:
                     parent_sock.close()
+                    from .worker import die_with_parent, serve
+
+                    die_with_parent(parent)
                     os.setpgrp()
-                    from .worker import serve
 
                     serve(Connection(child_sock.detach()))
                 except BaseException:
@@ -368,7 +378,7 @@ class ProcessExecutor(Executor):
         # the worker must import what this process imported, wherever it came from
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.worker", str(fd)],
+            [sys.executable, "-m", "pipelines.worker", str(fd), str(os.getpid())],
             pass_fds=(fd,), env=env, stdin=subprocess.DEVNULL, close_fds=True,
         )
         child_sock.close()

@@ -56,8 +56,23 @@ def serve(conn: Connection) -> None:
             return
 
 
+def die_with_parent(parent_pid: int | None = None) -> None:
+    """Ask Linux to SIGKILL us when our parent dies (a SIGKILLed daemon leaves no workers)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the parent's EOF still ends us later
+        return
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(0)  # the parent died before prctl took effect
+
+
 def main(argv: list[str]) -> None:
     fd = int(argv[1])
+    die_with_parent(int(argv[2]) if len(argv) > 2 else None)
     os.setpgrp()  # our own process group: a timeout kills the stage's children too
     conn = Connection(fd)
     try:

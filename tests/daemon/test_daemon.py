@@ -102,8 +102,14 @@ def test_a_second_daemon_refuses_and_a_killed_ones_lock_does_not_block(setup):
         assert second.returncode == 1
         assert f"another ahgd daemon is already running on {state}: ahgd daemon pid {first.proc.pid}" \
             in second.stderr
+        import psutil
+
+        workers = wait_until(lambda: psutil.Process(first.proc.pid).children(), 30, "warm workers")
     finally:
         first.kill()
+    # its workers die with it (no orphan keeps running a stage)
+    wait_until(lambda: not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers),
+               10, "the killed daemon's workers to exit")
     third = Daemon(config, state).wait_ready()
     assert third.stop() == 0
 
