@@ -1,0 +1,248 @@
+"""Orchestration overhead per stage, against the fsync'd SQLite commit floor, and start-up cost.
+
+    python bench/overhead.py [--stages 50 200] [--repeat 5] [--dir DIR]
+
+A chain of N no-op stages (each returns ``{"i": i}`` and reads the previous
+stage's output with ``context.get_output(prev)``) is run through
+``BasePipeline.run()``:
+  * in process (``executor="inprocess"``);
+  * in worker processes, warm: one ``ProcessExecutor`` pre-started and passed
+    in as ``executor=``, after a warm-up run;
+  * in worker processes, cold: the pipeline's own ``executor="process"`` (a
+    pool started for the run and shut down after it).
+Per stage = wall time of ``run()`` / N (the stages themselves do nothing);
+"marginal" = (T(largest N) - T(smallest N)) / (difference in N), which leaves
+out the per-run costs (run.requested/started/completed, the run lock).
+Beside them, on the same disk in the same run: one INSERT + COMMIT in plain
+sqlite3 (WAL, synchronous=FULL), the floor for the one durable commit
+(``stage.completed``) each stage needs.  Then the whole-process start-up of
+``ahgd --help`` and ``python -c "import pipelines"`` (median wall time).
+Targets: in-process <= 1 ms/stage, warm workers <= 5 ms/stage, each start-up
+<= 0.4 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipelines.base import BasePipeline  # noqa: E402
+
+TARGET_INPROCESS_MS = 1.0
+TARGET_WORKERS_MS = 5.0
+TARGET_STARTUP_S = 0.4
+
+# measured by the issue author on this machine, each peer with its default local persistence
+PEERS_PER_STEP = [
+    ("DBOS 3.4", "SQLite, one commit per step", 4.6),
+    ("Luigi 3.8", "local scheduler", 4.1),
+    ("Prefect 3.9", "marginal; states reach its database seconds later", 7.0),
+    ("Dagster 1.13", "in process", 95.0),
+]
+PEERS_STARTUP = [("Luigi", 0.23), ("DBOS", 0.96), ("Dagster", 1.84), ("Prefect", 2.44)]
+
+
+class ChainPipeline(BasePipeline):
+    """N stages in a line; each reads the previous one's output and returns a small dict."""
+
+    def __init__(self, n: int, **kwargs: Any):
+        super().__init__(f"chain{n}", max_retries=0, **kwargs)
+        self.stages = [f"s{i:03d}" for i in range(n)]
+
+    def define_stages(self) -> list[str]:
+        return self.stages
+
+    def execute_stage(self, stage_name: str, context: Any) -> Any:
+        i = int(stage_name[1:])
+        if i:
+            prev = context.get_output(self.stages[i - 1])
+            if prev != {"i": i - 1}:
+                raise AssertionError(f"stage {stage_name} read {prev!r}")
+        return {"i": i}
+
+
+def _chain_class() -> type:
+    """ChainPipeline from an importable module, so worker processes import it rather than fork."""
+    if __name__ != "__main__":
+        return ChainPipeline
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import overhead  # this file again, as a module a fresh interpreter can import
+
+    return overhead.ChainPipeline
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def sqlite_floor(path: Path, n: int) -> list[float]:
+    """Seconds per INSERT + COMMIT (WAL, synchronous=FULL) in plain sqlite3."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("CREATE TABLE events (seq INTEGER PRIMARY KEY, ts TEXT, run_id TEXT, "
+                 "stage TEXT, type TEXT, payload TEXT)")
+    times = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO events (ts, run_id, stage, type, payload) VALUES (?, ?, ?, ?, ?)",
+                     ("2026-01-01T00:00:00.000000Z", "r", f"s{i}", "stage.completed",
+                      '{"output": {"kind": "value", "format": "inline", "value": {"i": 1}}}'))
+        conn.execute("COMMIT")
+        times.append(time.perf_counter() - t0)
+    conn.close()
+    return times
+
+
+def time_run(cls: type, n: int, state_dir: Path, executor: Any) -> float:
+    """Wall seconds of one run of an n-stage chain; raises unless it completed."""
+    pipeline = cls(n, state_dir=state_dir, executor=executor if isinstance(executor, str) else "process")
+    try:
+        t0 = time.perf_counter()
+        ctx = pipeline.run(executor=None if isinstance(executor, str) else executor)
+        elapsed = time.perf_counter() - t0
+    finally:
+        pipeline.close()
+    if ctx.state != "COMPLETED":
+        raise SystemExit(f"the {n}-stage chain ended {ctx.state} at stage {ctx.failed_stage}: {ctx.error}")
+    return elapsed
+
+
+def chain_figures(cls: type, sizes: list[int], repeat: int, state_dir: Path, executor: Any) -> dict[int, list[float]]:
+    """Wall seconds of ``repeat`` runs for each chain length, after one warm-up run."""
+    time_run(cls, 5, state_dir, executor)
+    return {n: [time_run(cls, n, state_dir, executor) for _ in range(repeat)] for n in sizes}
+
+
+def startup(cmd: list[str], runs: int) -> float:
+    """Median wall seconds of a whole process, from spawn to exit."""
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def ahgd_command() -> list[str]:
+    exe = Path(sys.executable).with_name("ahgd")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "ahgd_daemon"]
+
+
+# --------------------------------------------------------------------------- printing
+
+
+def per_stage_lines(label: str, runs: dict[int, list[float]], target_ms: float | None) -> list[str]:
+    """Median (and best) ms per stage for each N, then the marginal cost between the extreme Ns."""
+    def judged(ms: float) -> str:
+        return f"target <= {target_ms:g} ms  ratio {ms / target_ms:5.2f}x" if target_ms else ""
+
+    lines = []
+    for n, times in runs.items():
+        med, best = statistics.median(times) * 1e3 / n, min(times) * 1e3 / n
+        lines.append(f"  {label:<28} N={n:<4} {med:7.3f} ms/stage (best {best:6.3f})  {judged(med)}")
+    ns = sorted(runs)
+    if len(ns) > 1:
+        lo, hi = statistics.median(runs[ns[0]]), statistics.median(runs[ns[-1]])
+        marginal = (hi - lo) * 1e3 / (ns[-1] - ns[0])
+        lines.append(f"  {label:<28} marginal {marginal:6.3f} ms/stage (N={ns[0]}->{ns[-1]})  {judged(marginal)}")
+    return lines
+
+
+def median_ms(runs: dict[int, list[float]], n: int) -> float:
+    return statistics.median(runs[n]) * 1e3 / n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="\n".join(__doc__.splitlines()[2:]))
+    ap.add_argument("--stages", type=int, nargs="+", default=[50, 200], metavar="N",
+                    help="chain lengths to run (default: 50 200)")
+    ap.add_argument("--repeat", type=int, default=5,
+                    help="runs per chain length; the median (and the best) is shown (default 5)")
+    ap.add_argument("--floor-commits", type=int, default=500,
+                    help="plain sqlite3 INSERT+COMMITs for the floor (default 500)")
+    ap.add_argument("--startup-runs", type=int, default=7, help="process starts per command (default 7)")
+    ap.add_argument("--no-cold", action="store_true", help="skip the cold worker-pool figure")
+    ap.add_argument("--dir", default=os.getcwd(),
+                    help="directory on the disk to measure; a temp dir is made inside it and "
+                         "removed afterwards (default: the current directory)")
+    args = ap.parse_args()
+    if any(n < 2 for n in args.stages) or args.repeat < 1:
+        ap.error("chain lengths must be 2 or more and --repeat 1 or more")
+    from pipelines.executors import ProcessExecutor
+
+    cls = _chain_class()
+    sizes = sorted(set(args.stages))
+    base = Path(tempfile.mkdtemp(prefix="ahgd-bench-overhead-", dir=args.dir))
+    executor = None
+    try:
+        print(f"disk: {base}   python {sys.version.split()[0]}   {os.cpu_count()} CPUs   "
+              f"load average {os.getloadavg()[0]:.2f}")
+        floor = sqlite_floor(base / "floor.db", args.floor_commits)
+        floor_ms = statistics.median(floor) * 1e3
+        print(f"\nfloor: plain sqlite3 INSERT+COMMIT, WAL, synchronous=FULL: median {floor_ms:.3f} ms, "
+              f"mean {statistics.mean(floor) * 1e3:.3f} ms ({len(floor)} commits)")
+        print("  (each stage needs one such durable commit: stage.completed; stage.started is "
+              "appended with durable=False)")
+
+        print(f"\norchestration per stage = wall time of run() / N (median of {args.repeat} runs, after a "
+              "warm-up run):")
+        inproc = chain_figures(cls, sizes, args.repeat, base / "inprocess", "inprocess")
+        for line in per_stage_lines("in-process", inproc, TARGET_INPROCESS_MS):
+            print(line)
+        executor = ProcessExecutor(1)
+        executor.prestart()
+        warm = chain_figures(cls, sizes, args.repeat, base / "warm", executor)
+        executor.shutdown()
+        executor = None
+        for line in per_stage_lines("worker processes, warm pool", warm, TARGET_WORKERS_MS):
+            print(line)
+        if not args.no_cold:
+            n = sizes[0]
+            cold = [time_run(cls, n, base / "cold", "process") for _ in range(args.repeat)]
+            extra = statistics.median(cold) - statistics.median(warm[n])
+            print(f"  {'worker processes, cold pool':<28} N={n:<4} {statistics.median(cold) * 1e3 / n:7.3f} "
+                  f"ms/stage (best {min(cold) * 1e3 / n:6.3f})  the pool's start-up, "
+                  f"{extra * 1e3:.0f} ms a run more than warm (no target)")
+        n = sizes[-1]
+        print(f"  in units of the floor (N={n}): in-process {median_ms(inproc, n) / floor_ms:.1f}x, "
+              f"warm workers {median_ms(warm, n) / floor_ms:.1f}x")
+
+        print(f"\nstart-up, whole process (median of {args.startup_runs}):")
+        figures = [
+            ("python -c pass", [sys.executable, "-c", "pass"], None),
+            ('python -c "import pipelines"', [sys.executable, "-c", "import pipelines"], TARGET_STARTUP_S),
+            ("ahgd --help", [*ahgd_command(), "--help"], TARGET_STARTUP_S),
+        ]
+        for label, cmd, target in figures:
+            s = startup(cmd, args.startup_runs)
+            verdict = (f"target <= {target:g} s  ratio {s / target:5.2f}x" if target
+                       else "(the interpreter alone, for scale)")
+            print(f"  {label:<30} {s:6.3f} s   {verdict}")
+
+        print("\nfor scale, peers measured by the issue author on this machine (default local persistence):")
+        for name, how, ms in PEERS_PER_STEP:
+            print(f"  {name:<13} {ms:6.1f} ms/step   ({how})")
+        print("  start-up: " + ", ".join(f"{name} {s:.2f} s" for name, s in PEERS_STARTUP))
+    finally:
+        if executor is not None:
+            executor.shutdown()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
