@@ -1,0 +1,446 @@
+"""What the bundled AHGD pipelines share: finding and identifying the input
+file, matching a CSV header to the columns a pipeline needs, the SQL that
+parses numbers, and the loader that writes the warehouse.
+
+Every stage follows the same split so that the data is written once per run
+before it reaches the warehouse:
+
+* ``extract`` finds the file, reads **only its header**, matches the columns
+  and hashes the file; its output is a small manifest (a plain value);
+* ``transform`` reads the CSV with DuckDB (``all_varchar``) and parses,
+  cleans and derives in one SQL statement; its output is the run's table;
+* ``validate`` runs the YAML ``validation_rules`` and the SQL checks of a
+  validator class against that table (a passthrough: nothing is copied);
+* ``load`` copies the table into ``<state dir>/warehouse.duckdb``.
+
+Cells that are present but not numbers are not turned into silent NULLs: the
+transform lists them per row in ``_parse_errors`` and the validator fails the
+run naming the column and an example.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from state.store import sha256_file
+
+from ..context import quote
+from ..errors import ConfigError, StageError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+CONFIG_DIR = PACKAGE_DIR / "config"
+DATA_DIR = PACKAGE_DIR / "data"
+DOCS = "docs/bundled-pipelines.md"
+
+#: cells read as "suppressed / not published" (NULL) besides blank ones; compared lower-case
+DEFAULT_SUPPRESSED = ("n.p.", "np")
+PARSE_ERRORS = "_parse_errors"
+SOURCE_SHA = "_source_sha256"
+RUN_ID = "_run_id"
+_SHOWN_HEADER = 8
+_ENCODINGS = {"utf-8": "utf-8-sig", "utf8": "utf-8-sig", "latin-1": "latin-1",
+              "latin1": "latin-1"}
+
+
+class InputError(StageError):
+    """The input file cannot be used as given (absent, wrong format, changed).
+
+    A retry would find the same file, so the stage is not retried.
+    """
+
+    retryable = False
+
+
+# --------------------------------------------------------------------------- header matching
+
+
+def normalise(name: str) -> str:
+    """Lower case, every run of other characters than letters and digits -> ``_``.
+
+    ``"Index of Relative Socio-economic Disadvantage - Score"`` becomes
+    ``index_of_relative_socio_economic_disadvantage_score``.
+    """
+    return re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column a pipeline reads: its name in the output and the header spellings it accepts."""
+
+    name: str
+    aliases: tuple[str, ...] = ()
+    required: bool = False
+    kind: str = "text"          # text | number (DOUBLE) | integer (BIGINT)
+
+    @property
+    def spellings(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(normalise(a) for a in (self.name, *self.aliases)))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The columns of one kind of file, e.g. "an ABS SEIFA by SA2 CSV"."""
+
+    what: str
+    columns: tuple[Column, ...]
+
+    def column(self, name: str) -> Column:
+        return next(c for c in self.columns if c.name == name)
+
+    def match(self, header: Sequence[str], file_name: str) -> "HeaderMatch":
+        wanted = {s: c.name for c in self.columns for s in c.spellings}
+        found: dict[str, list[int]] = {}
+        for i, raw in enumerate(header):
+            name = wanted.get(normalise(raw))
+            if name is not None:
+                found.setdefault(name, []).append(i)
+        missing = [c.name for c in self.columns if c.required and c.name not in found]
+        clashes = {n: [header[i] for i in ix] for n, ix in found.items() if len(ix) > 1}
+        problem = None
+        if missing:
+            problem = (f"{file_name} is not {self.what}: missing column(s) {', '.join(missing)} "
+                       f"(its columns: {_show_header(header)}); see {DOCS} for the accepted "
+                       "column names")
+        elif clashes:
+            name, raws = next(iter(clashes.items()))
+            problem = (f"{file_name} has {len(raws)} columns that all give {name} "
+                       f"({', '.join(raws)}); keep one of them")
+        return HeaderMatch(header=list(header), positions={n: ix[0] for n, ix in found.items()},
+                           problem=problem)
+
+
+@dataclass
+class HeaderMatch:
+    header: list[str]
+    positions: dict[str, int]            # output column -> position in the file
+    problem: str | None = None
+
+    def duckdb_columns(self) -> dict[str, str]:
+        """The ``columns`` argument of ``read_csv``: every position, named for what it gives."""
+        names = {i: n for n, i in self.positions.items()}
+        return {names.get(i, f"_unused_{i}"): "VARCHAR" for i in range(len(self.header))}
+
+
+def _show_header(header: Sequence[str]) -> str:
+    shown = ", ".join(h if h else "''" for h in header[:_SHOWN_HEADER])
+    more = len(header) - _SHOWN_HEADER
+    return shown + (f", ... and {more} more" if more > 0 else "") if header else "none"
+
+
+def read_header(path: Path, *, encoding: str = "utf-8", delimiter: str = ",") -> list[str]:
+    """The first row of a CSV file; raises InputError for an empty or undecodable file."""
+    try:
+        with open(path, newline="", encoding=_python_codec(encoding)) as f:
+            row = next(csv.reader(f, delimiter=delimiter), None)
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path.name} is not {encoding} text ({exc.reason} at byte {exc.start}); "
+                         "save it as UTF-8 or set the stage's encoding option") from None
+    except csv.Error as exc:
+        raise InputError(f"{path.name}: the header row is not valid CSV ({exc})") from None
+    if not row:
+        raise InputError(f"{path.name} is empty; expected a CSV file whose first row names "
+                         "the columns")
+    return row
+
+
+def header_problem(path: str | Path, layout: Layout, *, encoding: str = "utf-8",
+                   delimiter: str = ",") -> str | None:
+    """Why ``path`` cannot be read as ``layout`` (from its header alone), or None."""
+    path = Path(path)
+    try:
+        return layout.match(read_header(path, encoding=encoding, delimiter=delimiter),
+                            path.name).problem
+    except InputError as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"{path.name} cannot be read ({exc.strerror or exc})"
+
+
+def _python_codec(encoding: str) -> str:
+    codec = _ENCODINGS.get(encoding.lower())
+    if codec is None:
+        raise ConfigError(f"encoding {encoding!r} is not supported; use utf-8 or latin-1")
+    return codec
+
+
+# --------------------------------------------------------------------------- finding the input
+
+
+def resolve_input(context: Any, source: str | None, base_dir: str | Path | None) -> Path:
+    """The file to read: the one that triggered the run, else the stage's ``source`` option."""
+    if context.input_file is not None:
+        path = Path(context.input_file)
+    elif source:
+        path = Path(source).expanduser()
+        if not path.is_absolute():
+            path = Path(os.path.normpath(Path(base_dir or CONFIG_DIR) / path))
+    else:
+        inbox = Path(context.state_dir) / "inbox" / context.pipeline_name
+        raise InputError(f"pipeline {context.pipeline_name!r} needs an input file: drop one into "
+                         f"{inbox} or pass --input FILE")
+    if not path.is_file():
+        raise InputError(f"input file {path} of pipeline {context.pipeline_name!r} does not "
+                         "exist; check the path (--input or the extract stage's source option)")
+    return path.resolve()
+
+
+class CsvExtractor:
+    """Find the input CSV, check its header against ``layout``, hash it: a manifest, not rows.
+
+    Options (the stage's YAML ``config``): ``source`` (used when the run was not
+    started by a file; relative to ``base_dir``, by default the bundled config
+    folder), ``encoding`` (utf-8 or latin-1), ``delimiter``.
+    """
+
+    layout: Layout
+
+    def __init__(self, source: str | None = None, encoding: str = "utf-8", delimiter: str = ",",
+                 base_dir: str | None = None):
+        _python_codec(encoding)
+        if not isinstance(delimiter, str) or len(delimiter) != 1:
+            raise ConfigError(f"delimiter {delimiter!r} must be one character, such as ','")
+        self.source, self.encoding, self.delimiter = source, encoding, delimiter
+        self.base_dir = base_dir
+
+    def extract(self, context: Any) -> dict[str, Any]:
+        path = resolve_input(context, self.source, self.base_dir)
+        match = self.layout.match(read_header(path, encoding=self.encoding,
+                                              delimiter=self.delimiter), path.name)
+        if match.problem:
+            raise InputError(match.problem)
+        # the daemon and --input hashed the triggering file already; a `source` file is hashed here
+        sha = (context.input_file is not None and context.input_sha256) or sha256_file(path)
+        st = path.stat()
+        ignored = [h for i, h in enumerate(match.header) if i not in match.positions.values()]
+        context.log.info("source_identified", path=str(path), sha256=sha, bytes=st.st_size,
+                         columns={n: match.header[i] for n, i in match.positions.items()},
+                         ignored_columns=ignored)
+        return {"path": str(path), "sha256": sha, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns,
+                "encoding": self.encoding, "delimiter": self.delimiter,
+                "header": match.header, "columns": match.duckdb_columns()}
+
+
+def read_source_sql(manifest: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``read_csv(...)`` of the extracted file, every column VARCHAR, named by what it gives.
+
+    Refuses a file that changed since the extract stage identified it (its
+    size or modification time differ): its hash would no longer be its lineage.
+    """
+    path = Path(manifest["path"])
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise InputError(f"input file {path} is gone since the extract stage read it; run the "
+                         "pipeline again with the file") from None
+    if (st.st_size, st.st_mtime_ns) != (manifest["bytes"], manifest["mtime_ns"]):
+        raise InputError(f"input file {path} changed after the extract stage hashed it; run the "
+                         "pipeline again from extract")
+    sql = ("read_csv($path, header = true, auto_detect = false, delim = $delim, quote = '\"', "
+           "escape = '\"', columns = $columns, encoding = $encoding)")
+    encoding = "latin-1" if _python_codec(manifest["encoding"]) == "latin-1" else "utf-8"
+    return sql, {"path": str(path), "delim": manifest["delimiter"],
+                 "columns": dict(manifest["columns"]), "encoding": encoding}
+
+
+# --------------------------------------------------------------------------- parsing SQL
+
+
+def blank_sql(raw: str, markers: str = "$suppressed") -> str:
+    """True when ``raw`` is empty or a suppression marker: the published "no value"."""
+    text = f"lower(trim({raw}))"
+    return f"(coalesce({text}, '') = '' OR list_contains({markers}, {text}))"
+
+
+def number_sql(raw: str) -> str:
+    """A VARCHAR expression as DOUBLE, or NULL when it is not a finite number.
+
+    Accepts ``10``, ``10.0``, ``-3.5``, ``1e3`` and thousands separators in
+    their proper places (``55,374``, ``1,234.5``; not ``1,2``).
+    """
+    grouped = r"[+-]?[0-9]{1,3}(,[0-9]{3})+(\.[0-9]*)?"
+    value = (f"CASE WHEN contains({raw}, ',') THEN (CASE WHEN regexp_full_match(trim({raw}), "
+             f"'{grouped}') THEN TRY_CAST(replace(trim({raw}), ',', '') AS DOUBLE) END) "
+             f"ELSE TRY_CAST({raw} AS DOUBLE) END")
+    # nan and inf parse as DOUBLE but are not data; DuckDB evaluates the repeated
+    # expression once (common subexpression elimination)
+    return f"CASE WHEN isfinite({value}) THEN {value} END"
+
+
+def integer_sql(number: str) -> str:
+    """A DOUBLE expression as BIGINT when it is a whole number in range, else NULL."""
+    return (f"CASE WHEN {number} = trunc({number}) AND abs({number}) < 9.2e18 "
+            f"THEN CAST({number} AS BIGINT) END")
+
+
+@dataclass
+class ParsedColumns:
+    """SQL for the numeric columns of a file: typed values, and the list of cells that failed.
+
+    Build the query in two levels: ``inner`` selects ``<name>__num`` (DOUBLE)
+    for each column next to the raw text, ``outer`` the typed values and
+    ``_parse_errors`` (a list of {column, value, problem}, NULL when the row
+    is clean).
+    """
+
+    columns: list[Column] = field(default_factory=list)
+
+    def inner(self) -> list[str]:
+        return [f"{number_sql(quote(c.name))} AS {quote(c.name + '__num')}" for c in self.columns]
+
+    def typed(self, c: Column) -> str:
+        num = quote(c.name + "__num")
+        return integer_sql(num) if c.kind == "integer" else num
+
+    def outer(self) -> list[str]:
+        return [f"{self.typed(c)} AS {quote(c.name)}" for c in self.columns]
+
+    def errors(self) -> str:
+        items, tests = [], []
+        for c in self.columns:
+            raw, num = quote(c.name), quote(c.name + "__num")
+            bad_number = f"({num} IS NULL AND NOT {blank_sql(raw)})"
+            bad = bad_number
+            problem = "'not a number'"
+            if c.kind == "integer":
+                bad = f"({bad_number} OR ({num} IS NOT NULL AND {self.typed(c)} IS NULL))"
+                problem = (f"CASE WHEN {num} IS NULL THEN 'not a number' "
+                           "ELSE 'not a whole number' END")
+            tests.append(bad)
+            items.append(f"CASE WHEN {bad} THEN {{'column': '{c.name}', 'value': {raw}, "
+                         f"'problem': {problem}}} END")
+        if not items:
+            kind = 'STRUCT("column" VARCHAR, "value" VARCHAR, problem VARCHAR)[]'
+            return f"NULL::{kind} AS {PARSE_ERRORS}"
+        # a list comprehension: lambda syntax differs between DuckDB 1.x and 2.x
+        return (f"CASE WHEN {' OR '.join(tests)} THEN [e FOR e IN [{', '.join(items)}] "
+                f"IF e IS NOT NULL] END AS {PARSE_ERRORS}")
+
+
+def suppressed_param(extra: Sequence[str] | None) -> list[str]:
+    markers = DEFAULT_SUPPRESSED if extra is None else tuple(extra)
+    return [str(m).strip().lower() for m in markers]
+
+
+# --------------------------------------------------------------------------- validation in SQL
+
+
+def parse_error_problems(con: Any, table: str, key: Sequence[str]) -> list[str]:
+    """One problem per column with cells that are present but not (whole) numbers."""
+    cols = ", ".join(quote(k) for k in key)
+    rows = con.execute(
+        f"SELECT e.column, e.problem, count(*), min(e.value), "
+        f"arg_min(concat_ws(' ', {cols}), e.value) "
+        f"FROM (SELECT unnest({PARSE_ERRORS}) AS e, {cols} FROM {table} "
+        f"WHERE {PARSE_ERRORS} IS NOT NULL) GROUP BY 1, 2 ORDER BY 1, 2").fetchall()
+    return [f"column {col} has {_cells(n)} {problem}, e.g. {value!r} (row {where}); blank "
+            "cells are read as suppressed (NULL), anything else must be a number such as 55,374 "
+            "or 10.0" for col, problem, n, value, where in rows]
+
+
+def _cells(n: int) -> str:
+    return "1 cell that is" if n == 1 else f"{n} cells that are"
+
+
+def duplicate_key_problems(con: Any, table: str, key: Sequence[str]) -> list[str]:
+    cols = ", ".join(quote(k) for k in key)
+    n, example = con.execute(
+        f"SELECT count(*), min(k) FROM (SELECT concat_ws(' ', {cols}) AS k FROM {table} "
+        f"GROUP BY {cols} HAVING count(*) > 1)").fetchone()
+    if not n:
+        return []
+    return [f"{n} value(s) of ({', '.join(key)}) occur more than once, e.g. {example!r}; each "
+            "must occur once"]
+
+
+# --------------------------------------------------------------------------- the warehouse
+
+
+def sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+class WarehouseLoader:
+    """Copy the validated table into ``<state dir>/warehouse.duckdb``, idempotently.
+
+    ``key`` columns name what a row is about (an SA2; an area, year and sex):
+    in one transaction the loader deletes the rows with the keys it is about
+    to insert, and any rows of the same source file, then inserts, adding
+    ``_run_id``.  Loading the same file twice leaves the same rows; a
+    corrected file replaces the rows it covers and leaves the others.  With
+    ``key = None`` the table is replaced as a whole.
+    """
+
+    table: str
+    key: tuple[str, ...] | None = None
+
+    def __init__(self, target_database: str | None = None, table: str | None = None):
+        self.target_database = target_database
+        if table is not None:
+            self.table = table
+
+    def load(self, context: Any) -> dict[str, Any]:
+        from state import store
+
+        stage = context.input_stage()
+        ref = context.output_ref(stage) if stage else None
+        if not ref or ref.get("kind") != "tables":
+            raise StageError(f"stage {context.stage_name!r} of pipeline {context.pipeline_name!r} "
+                             f"loads a table, but its input stage {stage!r} has none")
+        path = store.ref_path(context.state_dir, ref)
+        with context.warehouse(self.target_database) as wh:
+            wh.execute(f"ATTACH {sql_literal(str(path))} AS ahgd_input (READ_ONLY)")
+            try:
+                result = self._write_txn(wh, "ahgd_input.main.output", context.run_id)
+            finally:
+                wh.execute("DETACH ahgd_input")
+        context.log.info("warehouse_loaded", table=self.table, **result)
+        return {"table": self.table, **result}
+
+    def _write_txn(self, wh: Any, source: str, run_id: str) -> dict[str, Any]:
+        cols = [r[0] for r in wh.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()
+                if r[0] not in (PARSE_ERRORS, RUN_ID)]
+        select = f"SELECT {', '.join(quote(c) for c in cols)}, $run_id AS {RUN_ID} FROM {source}"
+        target = quote(self.table)
+        wh.begin()
+        try:
+            replaced = 0
+            if self.key is None:
+                exists = wh.execute("SELECT count(*) FROM duckdb_tables() WHERE schema_name = "
+                                    "'main' AND table_name = $t", {"t": self.table}).fetchone()[0]
+                if exists:
+                    replaced = wh.execute(f"SELECT count(*) FROM {target}").fetchone()[0]
+                wh.execute(f"CREATE OR REPLACE TABLE {target} AS {select}", {"run_id": run_id})
+            else:
+                wh.execute(f"CREATE TABLE IF NOT EXISTS {target} AS {select} LIMIT 0",
+                           {"run_id": run_id})
+                self._add_missing_columns_txn(wh, source, target)
+                on = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in self.key)
+                replaced = wh.execute(f"DELETE FROM {target} AS t USING {source} AS s WHERE {on}"
+                                      ).fetchone()[0]
+                replaced += wh.execute(
+                    f"DELETE FROM {target} WHERE {SOURCE_SHA} IN "
+                    f"(SELECT DISTINCT {SOURCE_SHA} FROM {source})").fetchone()[0]
+                wh.execute(f"INSERT INTO {target} BY NAME {select}", {"run_id": run_id})
+            rows, hashes = wh.execute(
+                f"SELECT count(*), list(DISTINCT {SOURCE_SHA} ORDER BY {SOURCE_SHA}) FROM {source}"
+            ).fetchone()
+            wh.commit()
+        except BaseException:
+            wh.rollback()
+            raise
+        return {"rows": rows, "replaced": replaced, "source_sha256": hashes}
+
+    def _add_missing_columns_txn(self, wh: Any, source: str, target: str) -> None:
+        have = {r[0] for r in wh.execute(f"DESCRIBE {target}").fetchall()}
+        for name, type_, *_ in wh.execute(f"DESCRIBE SELECT * FROM {source}").fetchall():
+            if name not in have and name != PARSE_ERRORS:
+                wh.execute(f"ALTER TABLE {target} ADD COLUMN {quote(name)} {type_}")
+
+
+__all__ = ["InputError", "Column", "Layout", "CsvExtractor", "WarehouseLoader", "normalise",
+           "header_problem", "number_sql", "integer_sql", "blank_sql", "resolve_input"]

@@ -1,0 +1,224 @@
+"""``seifa_sa2``: ABS Socio-Economic Indexes for Areas (SEIFA) 2021 by SA2.
+
+    extract  -> SeifaExtractor    header matched against the ABS spellings, file hashed
+    transform-> SeifaTransformer  codes, state/SA3/SA4, typed indexes; suppressed_counts
+    validate -> SeifaValidator    parse errors, suppression and decile/score consistency
+    load     -> SeifaLoader       warehouse table seifa_sa2, upsert by sa2_code
+
+Column names are matched after :func:`~pipelines.ahgd.common.normalise`
+(lower case, anything else than letters and digits becomes ``_``), so
+``SA2_CODE21``, ``sa2_maincode_2021`` and "2021 Statistical Area Level 2 (SA2)
+9-Digit Code" all give ``sa2_code``.  The IRSD score and decile are required;
+IRSAD, IER and IEO are optional (NULL when the file lacks them); ranks and
+percentiles are kept when the file has them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..context import quote
+from .common import (PARSE_ERRORS, SOURCE_SHA, Column, CsvExtractor, Layout, ParsedColumns,
+                     WarehouseLoader, blank_sql, header_problem, parse_error_problems,
+                     read_source_sql, suppressed_param)
+
+INDEXES = {
+    "irsd": "index_of_relative_socio_economic_disadvantage",
+    "irsad": "index_of_relative_socio_economic_advantage_and_disadvantage",
+    "ier": "index_of_economic_resources",
+    "ieo": "index_of_education_and_occupation",
+}
+#: measure -> (header suffixes ABS uses, type); scores are DOUBLE (LGA files publish 1045.6)
+MEASURES = {
+    "score": (("score",), "number"),
+    "decile": (("decile", "decile_within_australia", "australia_decile"), "integer"),
+    "rank": (("rank", "rank_within_australia", "australia_rank"), "integer"),
+    "percentile": (("percentile", "percentile_within_australia", "australia_percentile"),
+                   "integer"),
+    "state_rank": (("rank_within_state", "rank_within_state_or_territory", "state_rank"),
+                   "integer"),
+    "state_decile": (("decile_within_state", "decile_within_state_or_territory", "state_decile"),
+                     "integer"),
+    "state_percentile": (("percentile_within_state", "percentile_within_state_or_territory",
+                          "state_percentile"), "integer"),
+}
+#: ASGS 2021 state and territory codes (the first digit of every SA2 code)
+STATES = {
+    "1": ("New South Wales", "NSW"), "2": ("Victoria", "Vic."), "3": ("Queensland", "Qld"),
+    "4": ("South Australia", "SA"), "5": ("Western Australia", "WA"), "6": ("Tasmania", "Tas."),
+    "7": ("Northern Territory", "NT"), "8": ("Australian Capital Territory", "ACT"),
+    "9": ("Other Territories", "OT"),
+}
+SA2_CODE = "[1-9][0-9]{8}"
+CORE = ("score", "decile")
+#: in every output, NULL when the file lacks them (rules and the profile name them)
+ALWAYS = {f"{idx}_{m}" for idx in INDEXES for m in CORE} | {"usual_resident_population"}
+
+
+def _index_columns() -> list[Column]:
+    out = []
+    for idx, long in INDEXES.items():
+        for measure, (suffixes, kind) in MEASURES.items():
+            aliases = [f"{p}_{s}{y}" for p in (idx, long) for s in suffixes for y in ("", "_2021")]
+            out.append(Column(f"{idx}_{measure}", tuple(aliases),
+                              required=idx == "irsd" and measure in CORE, kind=kind))
+    return out
+
+
+LAYOUT = Layout("an ABS SEIFA by SA2 CSV", (
+    Column("sa2_code", (
+        "sa2_code_2021", "sa2_maincode_2021", "sa2_main_code_2021", "sa2_code21", "sa2_code_21",
+        "sa2_main21", "sa2_maincode", "sa2_9_digit_code", "sa2_9_digit_code_2021",
+        "2021_statistical_area_level_2_sa2_9_digit_code",
+        "statistical_area_level_2_sa2_9_digit_code",
+        "2021_sa2_9_digit_code", "sa2_code_9_digit"), required=True),
+    Column("sa2_name", (
+        "sa2_name_2021", "sa2_name21", "sa2_name_21", "2021_statistical_area_level_2_sa2_name",
+        "statistical_area_level_2_sa2_name", "2021_sa2_name")),
+    *_index_columns(),
+    Column("usual_resident_population", (
+        "usual_resident_population_2021", "urp", "urp_2021", "population", "total_population"),
+        kind="integer"),
+))
+
+
+def check_input(path: Path) -> str | None:
+    """For a drop folder's ``input_check``: why ``path`` is not a SEIFA SA2 CSV, or None."""
+    return header_problem(path, LAYOUT)
+
+
+def sa2_parts_sql(code: str) -> dict[str, str]:
+    """SQL deriving state, SA4 and SA3 from a 9-digit SA2 code (NULL for anything else)."""
+    valid = f"regexp_full_match({code}, '{SA2_CODE}')"
+
+    def state(i: int) -> str:
+        whens = " ".join(f"WHEN '{k}' THEN '{v[i]}'" for k, v in STATES.items())
+        return f"CASE WHEN {valid} THEN CASE left({code}, 1) {whens} END END"
+
+    return {"state_code": f"CASE WHEN {valid} THEN left({code}, 1) END",
+            "state_name": state(0), "state_abbr": state(1),
+            "sa4_code": f"CASE WHEN {valid} THEN left({code}, 3) END",
+            "sa3_code": f"CASE WHEN {valid} THEN left({code}, 5) END"}
+
+
+class SeifaExtractor(CsvExtractor):
+    """Identify a SEIFA SA2 CSV (see :class:`~pipelines.ahgd.common.CsvExtractor`)."""
+
+    layout = LAYOUT
+
+
+class SeifaTransformer:
+    """Parse and derive in one SQL statement over the CSV; count suppressed scores.
+
+    Output tables: ``output`` (one row per SA2) and ``suppressed_counts``
+    (per index in the file: rows, and rows whose score is blank).
+    ``suppressed`` lists the cell values, besides blank, read as "not
+    published" (default ``n.p.``, ``np``).
+    """
+
+    def __init__(self, suppressed: list[str] | None = None):
+        self.suppressed = suppressed_param(suppressed)
+
+    def transform(self, context: Any) -> dict[str, Any]:
+        manifest = context.get_output("extract")
+        source, params = read_source_sql(manifest)
+        present = {n for n in manifest["columns"] if not n.startswith("_unused_")}
+        numeric = [c for c in LAYOUT.columns[2:] if c.name in present or c.name in ALWAYS]
+        parsed = ParsedColumns(numeric)
+        raw = ", ".join(f"{_raw(c.name, present)} AS {quote(c.name)}" for c in numeric)
+        name = "trim(sa2_name)" if "sa2_name" in present else "NULL::VARCHAR"
+        parts = ", ".join(f"{sql} AS {quote(n)}" for n, sql in sa2_parts_sql("sa2_code").items())
+        src = f"SELECT trim(sa2_code) AS sa2_code, {name} AS sa2_name, {raw} FROM {source}"
+        query = (f"SELECT sa2_code, sa2_name, {parts}, {', '.join(parsed.outer())}, "
+                 f"$sha AS {SOURCE_SHA}, {parsed.errors()} "
+                 f"FROM (SELECT *, {', '.join(parsed.inner())} FROM ({src}))")
+        output = context.sql(query, params={**params, "sha": manifest["sha256"],
+                                            "suppressed": self.suppressed})
+        counts = context.sql(self._suppressed_sql(source, present), params={
+            **params, "suppressed": self.suppressed})
+        found = {idx: n for idx, _rows, n in counts.fetchall()}
+        context.log.info("seifa_suppressed", **{f"{k}_score": v for k, v in found.items()})
+        return {"output": output, "suppressed_counts": counts}
+
+    @staticmethod
+    def _suppressed_sql(source: str, present: set[str]) -> str:
+        parts = [f"SELECT '{idx}' AS \"index\", count(*) AS \"rows\", count(*) FILTER "
+                 f"(WHERE {blank_sql(quote(idx + '_score'))}) AS suppressed FROM {source}"
+                 for idx in INDEXES if f"{idx}_score" in present]
+        return " UNION ALL ".join(parts)
+
+
+def _raw(name: str, present: set[str]) -> str:
+    return quote(name) if name in present else "NULL::VARCHAR"
+
+
+class SeifaValidator:
+    """SQL checks the validation rules cannot express.
+
+    * no cell that is present but not a number (``_parse_errors``);
+    * each index has a score exactly where it has a decile (ABS suppresses both);
+    * deciles rise with the score: the highest score of decile d is at most the
+      lowest of the next decile (a mis-labelled column breaks this);
+    * ranks are 1 or more and percentiles 1..100, where the file has them.
+    """
+
+    def validate(self, context: Any) -> list[str]:
+        table = context.output_table(context.input_stage())
+        con = context.duckdb
+        columns = {r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()}
+        problems = parse_error_problems(con, table, ["sa2_code"])
+        for idx in INDEXES:
+            problems += _pairing(con, table, idx)
+            problems += _deciles_rise(con, table, idx)
+            for measure, (lo, hi) in (("rank", (1, None)), ("percentile", (1, 100)),
+                                      ("state_rank", (1, None)), ("state_decile", (1, 10)),
+                                      ("state_percentile", (1, 100))):
+                if f"{idx}_{measure}" in columns:
+                    problems += _outside(con, table, f"{idx}_{measure}", lo, hi)
+        context.log.info("seifa_checked", problems=len(problems))
+        return problems
+
+
+def _pairing(con: Any, table: str, idx: str) -> list[str]:
+    score, decile = quote(f"{idx}_score"), quote(f"{idx}_decile")
+    n, example = con.execute(
+        f"SELECT count(*), min(sa2_code) FROM {table} "
+        f"WHERE ({score} IS NULL) <> ({decile} IS NULL) AND {PARSE_ERRORS} IS NULL").fetchone()
+    if not n:
+        return []
+    return [f"{idx}: {n} SA2(s) have a score without a decile or a decile without a score, "
+            f"e.g. {example}; ABS suppresses both together, so the file is inconsistent"]
+
+
+def _deciles_rise(con: Any, table: str, idx: str) -> list[str]:
+    score, decile = quote(f"{idx}_score"), quote(f"{idx}_decile")
+    rows = con.execute(
+        f"SELECT d, hi, next_d, next_lo FROM (SELECT d, hi, lead(d) OVER w AS next_d, "
+        f"lead(lo) OVER w AS next_lo FROM (SELECT {decile} AS d, min({score}) AS lo, "
+        f"max({score}) AS hi FROM {table} WHERE {decile} BETWEEN 1 AND 10 AND {score} IS NOT NULL "
+        f"GROUP BY 1) WINDOW w AS (ORDER BY d)) WHERE hi > next_lo ORDER BY d").fetchall()
+    return [f"{idx}: decile {d} has scores up to {hi:g} but decile {nd} starts at {lo:g}; deciles "
+            "must rise with the score (is a score or decile column mislabelled?)"
+            for d, hi, nd, lo in rows]
+
+
+def _outside(con: Any, table: str, column: str, lo: int, hi: int | None) -> list[str]:
+    col = quote(column)
+    n, example = con.execute(f"SELECT count(*), min({col}) FROM {table} WHERE {col} < $lo OR "
+                             f"{col} > coalesce($hi, {col})", {"lo": lo, "hi": hi}).fetchone()
+    if not n:
+        return []
+    bound = f"[{lo}, {hi}]" if hi is not None else f"{lo} or more"
+    return [f"{column}: {n} value(s) outside {bound}, e.g. {example}"]
+
+
+class SeifaLoader(WarehouseLoader):
+    """Upsert into warehouse table ``seifa_sa2`` by ``sa2_code``."""
+
+    table = "seifa_sa2"
+    key = ("sa2_code",)
+
+
+__all__ = ["LAYOUT", "STATES", "check_input", "sa2_parts_sql", "SeifaExtractor",
+           "SeifaTransformer", "SeifaValidator", "SeifaLoader"]
