@@ -95,13 +95,22 @@ def _unique(path: Path) -> Path:
 
 
 def move(src: Path, dst: Path) -> Path:
-    """Move ``src`` to ``dst`` atomically, or copy+fsync+rename across file systems."""
+    """Move ``src`` to ``dst`` without ever losing it.
+
+    Same file system: hard-link, then unlink the inbox name.  (A rename out of
+    a watched folder makes watchdog hold every later event for half a second
+    while it waits for the other half of the move; a delete is reported at
+    once.)  A crash between the two leaves the file in both places: the
+    start-up scan then finds the bytes already recorded and files the inbox
+    copy as a duplicate.  Across file systems: copy, fsync, rename, unlink.
+    """
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.rename(src, dst)
+        os.link(src, dst)
+        os.unlink(src)
         return dst
     except OSError as exc:
-        if exc.errno != errno.EXDEV:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
             raise
     tmp = dst.with_name(f".{dst.name}.incoming")
     with open(src, "rb") as fin, open(tmp, "wb") as fout:

@@ -239,7 +239,9 @@ class BasePipeline(ABC):
         """Execute an already requested (PENDING) run: the daemon's entry point."""
         log = log or self._open_log()
         stages_, deps = stages or self._stages_and_deps()
-        skip = set(skip or ()) | {s for s in stages_ if not self.stage_config(s).enabled}
+        skips = {s: "skipped on request" for s in (skip or ())}
+        skips.update({s: "disabled in the configuration" for s in stages_
+                      if not self.stage_config(s).enabled and s not in skips})
         run = log.run(run_id)
         if run is None:
             raise ConfigError(f"run {run_id!r} was never requested")
@@ -265,18 +267,28 @@ class BasePipeline(ABC):
             parallel=self.max_workers if self.parallel_stages else 1,
             params=run.params,
             duckdb_settings=self.duckdb_settings,
-            skip=skip,
+            skip=skips,
             reuse=reuse or {},
         )
         self._progress = Progress(stages_)
         lock = FileLock(run_lock_path(self.state_dir, run_id), {"role": "run", "run_id": run_id},
                         remove_on_release=True)
         lock.acquire()
+        timer = None
+        if self.timeout is not None:  # the pipeline's own limit for a whole run
+            from .durations import format_duration
+
+            reason = f"pipeline {self.name!r} timed out after {format_duration(self.timeout)}"
+            timer = threading.Timer(self.timeout.total_seconds(), cancel.set, args=(reason,))
+            timer.daemon = True
+            timer.start()
         try:
             engine = RunEngine(log, self.state_dir, executor, budget=budget, rng=self._rng)
             final = engine.execute(plan, stop=stop, cancel=cancel, grace_deadline=grace_deadline,
                                    progress=self._progress)
         finally:
+            if timer is not None:
+                timer.cancel()
             lock.release()
             if own_executor:
                 executor.shutdown()

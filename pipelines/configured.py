@@ -134,6 +134,7 @@ def _stage_config(spec: Any, base_dir: Path | None) -> StageConfig:
         validation_rules=rules,
         resource_requirements=requirements,
         base_dir=base_dir,
+        executor=spec.executor,
     )
 
 

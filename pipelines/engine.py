@@ -24,7 +24,7 @@ from state import EventLog, EventType as T, Run, new_event
 from state.errors import AhgdError
 from state.machine import DONE_STAGE_STATES, RunState, StageState
 
-from .executors import Executor
+from .executors import Executor, InProcessExecutor
 from .resources import ResourceBudget
 from .runner import Outcome, StageTask
 from .stage import StageConfig
@@ -63,20 +63,21 @@ class RunPlan:
     parallel: int = 1
     params: dict[str, Any] = field(default_factory=dict)
     duckdb_settings: dict[str, Any] = field(default_factory=dict)
-    skip: set[str] = field(default_factory=set)
+    #: stage -> why it is skipped
+    skip: dict[str, str] = field(default_factory=dict)
     reuse: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
 
 
 class Progress:
-    """A thread-safe picture of a run for ``get_progress()``."""
+    """A thread-safe picture of a run for ``get_progress()`` (O(1) per update)."""
 
     def __init__(self, stages: list[str]):
         self._lock = threading.Lock()
-        self._state: dict[str, Any] = {
-            "state": "PENDING", "run_id": None, "current_stage": None, "running_stages": [],
-            "completed_stages": [], "total_stages": len(stages), "progress_percentage": 0.0,
-            "stages": {s: {"state": "PENDING", "attempts": 0, "error": None} for s in stages},
-        }
+        self._order = list(stages)
+        self._stages = {s: {"state": "PENDING", "attempts": 0, "error": None} for s in stages}
+        self._done: set[str] = set()
+        self._running: set[str] = set()
+        self._state: dict[str, Any] = {"state": "PENDING", "run_id": None, "current_stage": None}
 
     def update(self, **changes: Any) -> None:
         with self._lock:
@@ -86,24 +87,30 @@ class Progress:
         if "state" in changes:
             changes["state"] = str(changes["state"])
         with self._lock:
-            st = self._state["stages"].setdefault(name, {"state": "PENDING", "attempts": 0, "error": None})
+            st = self._stages.setdefault(name, {"state": "PENDING", "attempts": 0, "error": None})
             st.update(changes)
-            stages = self._state["stages"]
-            done = [s for s, v in stages.items() if v["state"] in DONE_STAGE_STATES]
-            running = [s for s, v in stages.items() if v["state"] == StageState.RUNNING]
-            self._state["completed_stages"] = done
-            self._state["running_stages"] = running
-            self._state["current_stage"] = running[0] if running else self._state["current_stage"]
-            total = self._state["total_stages"] or 1
-            self._state["progress_percentage"] = round(100.0 * len(done) / total, 1)
+            state = st["state"]
+            (self._done.add if state in DONE_STAGE_STATES else self._done.discard)(name)
+            if state == StageState.RUNNING:
+                self._running.add(name)
+                self._state["current_stage"] = name
+            else:
+                self._running.discard(name)
+                if self._state["current_stage"] == name and self._running:
+                    self._state["current_stage"] = next(iter(self._running))
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            snap = dict(self._state)
-            snap["stages"] = {k: dict(v) for k, v in self._state["stages"].items()}
-            snap["completed_stages"] = list(self._state["completed_stages"])
-            snap["running_stages"] = list(self._state["running_stages"])
-            return snap
+            order = self._order + [s for s in self._stages if s not in self._order]
+            total = len(self._order) or len(self._stages)
+            return {
+                **self._state,
+                "running_stages": [s for s in order if s in self._running],
+                "completed_stages": [s for s in order if s in self._done],
+                "total_stages": total,
+                "progress_percentage": round(100.0 * len(self._done) / (total or 1), 1),
+                "stages": {k: dict(v) for k, v in self._stages.items()},
+            }
 
 
 @dataclass
@@ -111,6 +118,7 @@ class _Running:
     stage: str
     attempt: int
     future: Future
+    executor: Executor
 
 
 class RunEngine:
@@ -169,10 +177,21 @@ class _Execution:
         self.failed: tuple[str, str] | None = None
         #: a ready stage is waiting for a worker slot or resource budget
         self.waiting = False
+        #: events not yet appended: a completion waits to share the next start's commit
+        self._pending: list = []
+        self._pending_durable = False
+        self.inprocess: InProcessExecutor | None = None
 
     # -- the loop ------------------------------------------------------------------
 
     def go(self) -> Run:
+        try:
+            return self._go()
+        finally:
+            if self.inprocess is not None:
+                self.inprocess.shutdown()
+
+    def _go(self) -> Run:
         run = self._start()
         while True:
             if self.cancel.is_set():
@@ -187,6 +206,7 @@ class _Execution:
                                                              "at its next start")
             elif self.failed is None:
                 self._launch_ready()
+            self._flush()
             if not self.running:
                 if self.failed is not None:
                     stage, error = self.failed
@@ -227,7 +247,7 @@ class _Execution:
                 continue
             if stage in self.plan.skip:
                 self.log.append(new_event(T.STAGE_SKIPPED, run.run_id, stage=stage, attempt=0,
-                                          reason="skipped on request"), durable=False)
+                                          reason=self.plan.skip[stage]), durable=False)
                 self.done.add(stage)
                 self.outputs[stage] = None
                 self.progress.stage(stage, state=StageState.SKIPPED)
@@ -271,8 +291,9 @@ class _Execution:
     def _launch(self, stage: str, cfg: StageConfig) -> None:
         attempt = self.next_attempt.get(stage, 1)
         self.retry_at.pop(stage, None)
-        self.log.append(new_event(T.STAGE_STARTED, self.plan.run_id, stage=stage, attempt=attempt),
-                        durable=False)
+        # one commit carries the previous stage's completion (durable) and this start
+        self._pending.append(new_event(T.STAGE_STARTED, self.plan.run_id, stage=stage, attempt=attempt))
+        self._flush()
         self.tries[stage] = self.tries.get(stage, 0) + 1
         deps = [s for s in self.plan.stages if s in self.plan.deps.get(stage, set())]
         task = StageTask(
@@ -290,9 +311,29 @@ class _Execution:
             timeout=cfg.timeout_seconds,
             requirements=cfg.requirements(),
         )
-        future = self.e.executor.submit(self.plan.pipeline, task)
-        self.running[future] = _Running(stage, attempt, future)
+        executor = self._executor_for(cfg)
+        future = executor.submit(self.plan.pipeline, task)
+        self.running[future] = _Running(stage, attempt, future, executor)
         self.progress.stage(stage, state=StageState.RUNNING, attempts=attempt)
+
+    def _flush(self) -> None:
+        """Append what is pending in one transaction; durable if it holds a completion."""
+        if self._pending:
+            events, self._pending = self._pending, []
+            durable, self._pending_durable = self._pending_durable, False
+            self.log.append_many(events, durable=durable)
+
+    def _executor_for(self, cfg: StageConfig) -> Executor:
+        """The run's executor, or a thread of this process for ``executor: inprocess`` stages.
+
+        Either way the slot comes from the shared executor, so ``max_workers``
+        still bounds all stages at once.
+        """
+        if cfg.executor != "inprocess" or isinstance(self.e.executor, InProcessExecutor):
+            return self.e.executor
+        if self.inprocess is None:
+            self.inprocess = InProcessExecutor(max(1, self.plan.parallel))
+        return self.inprocess
 
     def _wait(self) -> None:
         now = self.e.clock()
@@ -322,11 +363,15 @@ class _Execution:
         run_id, stage, attempt = self.plan.run_id, r.stage, r.attempt
         payload = outcome.payload()
         if outcome.ok:
-            self.log.append(new_event(T.STAGE_COMPLETED, run_id, stage=stage, attempt=attempt, **payload))
+            # recorded with the next stage.started, or at the latest before the loop waits
+            self._pending.append(new_event(T.STAGE_COMPLETED, run_id, stage=stage, attempt=attempt,
+                                           **payload))
+            self._pending_durable = True
             self.done.add(stage)
             self.outputs[stage] = outcome.output
             self.progress.stage(stage, state=StageState.COMPLETED, error=None)
             return
+        self._flush()
         if outcome.interrupted:
             self.log.append(new_event(T.STAGE_INTERRUPTED, run_id, stage=stage, attempt=attempt, **payload))
             self.next_attempt[stage] = attempt + 1
@@ -352,8 +397,8 @@ class _Execution:
             self.failed = (stage, f"stage {stage!r} failed after {tries} attempt(s){why}: {outcome.error}")
 
     def _interrupt_all(self, reason: str) -> None:
-        for future in list(self.running):
-            self.e.executor.cancel(future, reason)
+        for future, r in list(self.running.items()):
+            r.executor.cancel(future, reason)
         while self.running:
             finished, _ = wait(list(self.running), timeout=30)
             if not finished:  # pragma: no cover - an in-process stage that will not stop
@@ -375,6 +420,7 @@ class _Execution:
                        "prerequisites did not complete")
 
     def _end(self, kind: str, **payload: Any) -> Run:
+        self._flush()
         if kind == T.RUN_FAILED:
             payload = {"error": payload["error"], "failed_stage": payload["stage"]}
         self.log.append(new_event(kind, self.plan.run_id, **payload))

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from state import EventLog, EventType as T, new_event
@@ -158,8 +159,16 @@ class PipelineOrchestrator:
         if definition.name in self._definitions:
             raise ConfigError(f"pipeline {definition.name!r} is registered twice with "
                               f"orchestrator {self.name!r}; pipeline names must be unique")
-        pipeline = definition.pipeline or definition.pipeline_class(  # type: ignore[misc]
-            definition.name, state_dir=self.state_dir, **definition.config)
+        pipeline = definition.pipeline
+        if pipeline is None:
+            try:
+                pipeline = definition.pipeline_class(  # type: ignore[misc]
+                    definition.name, state_dir=self.state_dir, **definition.config)
+            except TypeError as exc:
+                raise ConfigError(
+                    f"pipeline {definition.name!r}: cannot create "
+                    f"{definition.pipeline_class.__qualname__} with config "  # type: ignore[union-attr]
+                    f"{sorted(definition.config)}: {exc}") from exc
         if not isinstance(pipeline, BasePipeline):
             raise ConfigError(f"pipeline {definition.name!r}: {type(pipeline).__name__} is not a "
                               "BasePipeline")
@@ -167,6 +176,24 @@ class PipelineOrchestrator:
                                what=f"pipeline {definition.name!r}")
         self._definitions[definition.name] = definition
         self._pipelines[definition.name] = pipeline
+
+    @classmethod
+    def from_config(cls, path: str | os.PathLike[str], *, state_dir: str | os.PathLike[str] | None = None,
+                    executor: str | Executor | None = "process") -> "PipelineOrchestrator":
+        """An orchestrator set up by a master file's ``orchestration`` section, its
+        pipelines registered."""
+        from .config import load_config
+
+        resolved = resolve_state_dir(state_dir, os.environ)
+        loaded = load_config([path], state_dir=resolved, import_classes=True)
+        o = loaded.orchestration
+        limits = None if o.resource_limits is None else {
+            k: v for k, v in (("cpu", o.resource_limits.cpu), ("memory", o.resource_limits.memory))
+            if v is not None}
+        orch = cls(Path(path).stem, o.execution_mode, o.max_workers, limits, resolved,
+                   timeout=o.timeout, executor=executor)
+        orch.register_from_config(path)
+        return orch
 
     def register_from_config(self, path: str | os.PathLike[str]) -> list[str]:
         """Register the pipelines of a YAML master or pipeline file; return their names."""
@@ -222,6 +249,10 @@ class PipelineOrchestrator:
 
         for name in wanted:
             pull(name)
+        for n in skip or ():
+            if n not in defs:
+                raise ConfigError(f"cannot skip pipeline {n!r}: it is not registered (known: "
+                                  f"{', '.join(sorted(defs))})")
         skipped = {n: "skipped on request" for n in (skip or ()) if n in selected}
         skipped.update({n: "disabled in the configuration" for n in selected
                         if not defs[n].enabled and n not in skipped})
@@ -304,8 +335,9 @@ class _Orchestration:
                 self._skip(name, "could not start")
         duration = o._clock() - t0
         failed = [n for n, x in self.outcomes.items() if x.state in ("FAILED", "TIMED_OUT", "CANCELLED")]
-        state = "FAILED" if failed or any(x.state == "SKIPPED" and x.reason and "failed" in x.reason
-                                          for x in self.outcomes.values()) else "COMPLETED"
+        # complete only if every pipeline completed or was skipped on request/disabled
+        state = "COMPLETED" if all(x.state == "COMPLETED" or n in self.pre_skipped
+                                   for n, x in self.outcomes.items()) else "FAILED"
         result = OrchestrationResult(self.id, o.name, state, list(self.order),
                                      {n: self.outcomes[n] for n in self.selected}, duration)
         summary = {"success_rate": round(result.success_rate, 4), "duration_s": round(duration, 3),
@@ -379,7 +411,8 @@ class _Orchestration:
                                           pipeline_run_id=run_id, state=state, error=error))
                 if state == "COMPLETED" or cancel.is_set() or attempt == attempts:
                     break
-                time.sleep(delay.total_seconds())
+                if cancel.wait(delay.total_seconds()):
+                    break  # timed out while waiting to retry: no further attempt
         except Exception as exc:  # the log itself failed: record what we can, never hang
             outcome = PipelineOutcome(name, "FAILED", error=f"{type(exc).__name__}: {exc}")
         finally:

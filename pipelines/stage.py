@@ -72,7 +72,7 @@ class StageConfig:
     retry_attempts: int = _UNSET
     retry_delay: Any = _UNSET
     retry_backoff: float = 2.0
-    resource_usage: ResourceUsage = ResourceUsage.MEDIUM
+    resource_usage: ResourceUsage = _UNSET
     prerequisites: list[str] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)
     validation_rules: dict[str, Any] = field(default_factory=dict)
@@ -82,11 +82,17 @@ class StageConfig:
     max_retry_delay: Any = timedelta(hours=1)
     #: where relative paths in validation_rules (a JSON Schema file) are resolved
     base_dir: Path | None = None
+    #: "inprocess" runs this stage on a thread of the run's process (no timeout
+    #: enforcement); None: the pipeline's executor
+    executor: str | None = None
 
     def __post_init__(self) -> None:
         where = f"stage {self.name!r}"
         # which retry settings the author gave: the pipeline's defaults fill the rest
-        self._explicit = {f for f in ("retry_attempts", "retry_delay") if getattr(self, f) is not _UNSET}
+        self._explicit = {f for f in ("retry_attempts", "retry_delay", "resource_usage")
+                          if getattr(self, f) is not _UNSET}
+        if self.resource_usage is _UNSET:
+            self.resource_usage = ResourceUsage.MEDIUM
         if self.retry_attempts is _UNSET:
             self.retry_attempts = 3
         if self.retry_delay is _UNSET:
@@ -121,6 +127,8 @@ class StageConfig:
             if not isinstance(value, (int, float)) or value < 0:
                 raise ConfigError(f"{where}: resource_requirements.{key} is {value!r}; "
                                   "use a number of 0 or more")
+        if self.executor not in (None, "process", "inprocess"):
+            raise ConfigError(f"{where}: executor {self.executor!r} is not 'process' or 'inprocess'")
         if self.validation_rules:
             from .validation import check_rules
 
@@ -131,8 +139,15 @@ class StageConfig:
         return None if self.timeout is None else self.timeout.total_seconds()
 
     def requirements(self) -> dict[str, float]:
-        """cpu (cores) and memory (MB) this stage needs, for resource budgets."""
-        return {**self.resource_usage.default_requirements, **self.resource_requirements}
+        """cpu (cores) and memory (MB) this stage needs, for resource budgets.
+
+        What ``resource_requirements`` says, over what an explicitly given
+        ``resource_usage`` implies; with neither, one core and no memory claim
+        (an unknown need does not block work on a memory budget).
+        """
+        base = (self.resource_usage.default_requirements if "resource_usage" in self._explicit
+                else {"cpu": 1.0, "memory": 0.0})
+        return {**base, **self.resource_requirements}
 
     def retry_delay_for(self, failed_attempt: int, jitter: float = 1.0) -> float:
         """Seconds to wait after attempt ``failed_attempt`` failed (1-based)."""

@@ -467,8 +467,6 @@ class _JumpsAfter:
         return 100.0 if row else 0.0
 
 
-@pytest.mark.xfail(strict=True, reason="orchestrator: a timeout that passes between pipelines "
-                   "skips the rest but the orchestration still ends COMPLETED")
 def test_an_orchestration_that_timed_out_between_pipelines_is_not_completed(state_dir):
     orch = _orch(state_dir, ExecutionMode.SEQUENTIAL, timeout="PT10S",
                  clock=_JumpsAfter(state_dir, "a"))
@@ -479,8 +477,6 @@ def test_an_orchestration_that_timed_out_between_pipelines_is_not_completed(stat
     assert result.state == "FAILED"
 
 
-@pytest.mark.xfail(strict=True, reason="orchestrator: the retry_policy delay sleeps through the "
-                   "orchestration timeout, then starts another attempt")
 def test_no_retry_starts_after_the_orchestration_timed_out(state_dir):
     orch = _orch(state_dir, timeout="PT0.5S")
     _add(orch, "flaky", fail_times=-1, retry_policy={"max_attempts": 2, "delay": "PT3S"})
@@ -686,8 +682,6 @@ def test_yaml_prerequisites_are_honoured_in_parallel_mode(state_dir, tmp_path, d
     assert _max_overlap([times["left"], times["right"]]) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="configured: a stage's `executor: inprocess` in the "
-                   "pipeline file is accepted but ignored")
 def test_a_yaml_stage_executor_inprocess_runs_in_this_process(state_dir, tmp_path):
     path = _write(tmp_path, "local.yaml", f"""
         pipeline: {{name: local}}
@@ -699,8 +693,6 @@ def test_a_yaml_stage_executor_inprocess_runs_in_this_process(state_dir, tmp_pat
     assert [r["pid"] for r in records(state_dir)] == [os.getpid()]
 
 
-@pytest.mark.xfail(strict=True, reason="base: a pipeline's own timeout (pipeline file "
-                   "orchestration.timeout) is enforced only by the orchestrator, not by run()")
 def test_a_yaml_pipeline_timeout_limits_a_direct_run(state_dir, tmp_path):
     path = _write(tmp_path, "nap.yaml", f"""
         pipeline: {{name: nap}}
