@@ -254,8 +254,10 @@ def daemon(state_dir: Path, configs: tuple[str, ...], once: bool, max_workers: i
 
     logs.configure(json_lines=json_logs, level=log_level)
     notifier = Notifier.from_environ(unset_environment=True)
+    json_lines = json_logs if json_logs is not None else not sys.stdout.isatty()
     code = Daemon(DaemonOptions(config_paths=[Path(c) for c in configs], state_dir=state_dir,
-                                once=once, max_workers=max_workers, notifier=notifier)).run()
+                                once=once, max_workers=max_workers, notifier=notifier,
+                                json_logs=json_lines)).run()
     sys.exit(code)
 
 

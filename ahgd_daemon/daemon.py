@@ -37,6 +37,8 @@ from .notify import Notifier, without_notify_environment
 from .recovery import recover
 
 LOCK_NAME = "daemon.lock"
+#: error types that mean "this input file is bad" (quarantine_on_extract_failure)
+INPUT_ERRORS = {"InputError", "ValidationFailed", "StageOutputError"}
 HEARTBEAT_S = 5.0
 DISK_CHECK_S = 60.0
 
@@ -52,6 +54,9 @@ class DaemonOptions:
     notifier: Notifier | None = None
     progress: Callable[[dict[str, Any]], None] | None = None
     install_signals: bool = True
+    #: how worker processes log (the daemon's own format), and where (default: our stdout)
+    json_logs: bool = True
+    worker_output: Any = None
 
 
 @dataclass
@@ -144,7 +149,9 @@ class Daemon:
                                        thresholds={"disk_percent": settings.disk_alert_percent})
         self.log.add_listener(self._observe)
         workers = self.o.max_workers or settings.max_workers
-        self.executor = ProcessExecutor(workers, env=without_notify_environment(os.environ))
+        worker_env = without_notify_environment(os.environ)
+        worker_env.setdefault("AHGD_LOG_FORMAT", "json" if self.o.json_logs else "console")
+        self.executor = ProcessExecutor(workers, env=worker_env, stdout=self.o.worker_output)
         self.executor.prestart()
         limits = self.setup.loaded.orchestration.resource_limits
         self.budget = ResourceBudget(None if limits is None else {
@@ -449,14 +456,20 @@ class Daemon:
         stages = list(run.stages)
         if folder is None or not folder.quarantine_on_extract_failure or not stages:
             return
-        first = stages[0]
-        att = run.attempts.get(first)
-        if run.failed_stage != first or att is None or att.info().get("retryable", True):
+        stage = run.failed_stage
+        att = run.attempts.get(stage) if stage else None
+        if att is None:
+            return
+        info = att.info()
+        # the file itself is bad: its first stage refused it, or a later stage found
+        # it malformed (an input or validation error, which no retry would change)
+        is_input_error = info.get("error_type") in INPUT_ERRORS
+        if info.get("retryable", True) or not (stage == stages[0] or is_input_error):
             return
         stored = Path(run.params.get("input_file", ""))
         if not stored.exists():
             return
-        self.claimer.quarantine(folder, stored, f"run {run.run_id} failed at stage {first!r}: {att.error}",
+        self.claimer.quarantine(folder, stored, f"run {run.run_id} failed at stage {stage!r}: {att.error}",
                                 sha256=run.params.get("input_sha256"), run_id=run.run_id,
                                 keep_source=True)
 

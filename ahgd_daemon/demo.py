@@ -72,8 +72,13 @@ def profile_rows(state_dir: Path, limit: int = 5) -> tuple[list[str], list[tuple
         return [], []
     con = duckdb.connect(str(path), read_only=True)
     try:
-        rel = con.sql(f"SELECT * EXCLUDE (_run_id, _source_sha256) FROM sa2_health_profile "
-                      f"ORDER BY sa2_code LIMIT {int(limit)}")
+        rel = con.sql(
+            "SELECT sa2_code, sa2_name, state_abbr AS state, sa3_name, irsd_score AS irsd, "
+            "irsd_decile AS decile, round(population_density_per_sqkm, 1) AS per_km2, "
+            "sa3_age_standardised_rate_per_100000 AS sa3_mort_asr, "
+            "sa3_premature_deaths_asr_per_100000 AS sa3_premature_asr, "
+            "sa3_potentially_avoidable_deaths AS sa3_avoidable "
+            f"FROM sa2_health_profile ORDER BY sa2_code LIMIT {int(limit)}")
         return rel.columns, rel.fetchall()
     finally:
         con.close()
@@ -96,7 +101,8 @@ def run_demo(state_dir: Path, out: TextIO = sys.stdout) -> int:
     progress = Progress(out)
     try:
         code = Daemon(DaemonOptions(config_paths=[MASTER], state_dir=state_dir, once=True,
-                                    progress=progress, install_signals=True)).run()
+                                    progress=progress, install_signals=True,
+                                    worker_output=stream)).run()
     finally:
         progress.done()
         stream.close()
@@ -110,10 +116,11 @@ def run_demo(state_dir: Path, out: TextIO = sys.stdout) -> int:
     columns, prof = profile_rows(state_dir)
     if prof:
         click.echo("\nsa2_health_profile, first rows (warehouse.duckdb):", file=out)
-        click.echo(render_table([dict(zip(columns, r)) for r in prof], columns[:9], max_width=28),
+        click.echo(render_table([dict(zip(columns, r)) for r in prof], columns, max_width=26),
                    file=out)
     click.echo(f"\nquery it yourself: sqlite3 {state_dir / 'history.db'} 'SELECT * FROM run_history'",
                file=out)
-    click.echo(f"                   duckdb {state_dir / 'warehouse.duckdb'} "
-               "'SELECT * FROM sa2_health_profile LIMIT 5'", file=out)
+    click.echo(f"                   python -c \"import duckdb; print(duckdb.connect("
+               f"'{state_dir / 'warehouse.duckdb'}', read_only=True).sql("
+               "'SELECT * FROM sa2_health_profile LIMIT 5'))\"", file=out)
     return code

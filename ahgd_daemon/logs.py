@@ -8,8 +8,6 @@ fields (``event`` is the event type, plus ``seq``, ``pipeline``, ``run_id``,
 
 from __future__ import annotations
 
-import logging
-import sys
 from collections import OrderedDict
 from typing import Any, Callable, TextIO
 
@@ -24,38 +22,9 @@ _SKIP_KEYS = {"traceback", "output", "params", "stages", "owner"}
 def configure(*, json_lines: bool | None = None, level: str = "info",
               stream: TextIO | None = None) -> None:
     """Configure structlog once, at the process boundary (CLI or daemon start)."""
-    stream = stream or sys.stdout
-    # libraries' own logging (watchdog says things when observers stop) stays quiet
-    logging.getLogger("watchdog").setLevel(logging.ERROR)
-    if json_lines is None:
-        json_lines = not stream.isatty()
-    renderer: Any = (structlog.processors.JSONRenderer(sort_keys=False) if json_lines
-                     else structlog.dev.ConsoleRenderer(colors=stream.isatty()))
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            _drop_none,
-            _order,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelName(level.upper()) if isinstance(level, str) else level),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
-        cache_logger_on_first_use=False,
-    )
+    from pipelines.logsetup import configure_logging
 
-
-def _order(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    """timestamp, level, event first: the line reads left to right."""
-    head = {k: event_dict.pop(k) for k in ("timestamp", "level", "event") if k in event_dict}
-    return {**head, **event_dict}
-
-
-def _drop_none(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in event_dict.items() if v is not None}
+    configure_logging(json_lines=json_lines, level=level, stream=stream)
 
 
 class EventLogger:

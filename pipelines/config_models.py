@@ -253,7 +253,7 @@ class ValidationRules(_Model):
     min_records: int | None = Field(None, ge=0)
     max_records: int | None = Field(None, ge=0)
     not_null: list[str] = Field(default_factory=list)
-    unique: list[str] = Field(default_factory=list)
+    unique: list[str | list[str]] = Field(default_factory=list)  # a column, or a composite key
     ranges: dict[str, RangePair] = Field(default_factory=dict)
     allowed_values: dict[str, list[Any]] = Field(default_factory=dict)
     pattern: dict[str, Regex] = Field(default_factory=dict)

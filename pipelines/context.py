@@ -69,6 +69,7 @@ class PipelineContext:
         input_stages: tuple[str, ...] = (),
         duckdb_settings: Mapping[str, Any] | None = None,
         logger: Any = None,
+        config_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.run_id = run_id
         self.pipeline_name = pipeline_name
@@ -77,6 +78,9 @@ class PipelineContext:
         self.stage_name = stage_name
         self.attempt = attempt
         self.duckdb_settings = dict(duckdb_settings or {})
+        #: the folder of the YAML file that configured this stage (None for Python pipelines):
+        #: resolve relative paths in a stage's options against it
+        self.config_dir = None if config_dir is None else Path(config_dir)
         self._outputs: dict[str, dict[str, Any] | None] = dict(outputs or {})
         self._added: dict[str, Any] = {}
         self._input_stages = input_stages

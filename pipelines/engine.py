@@ -306,7 +306,7 @@ class _Execution:
             upstream={s: self.outputs.get(s) for s in self.done},
             input_stages=tuple(deps),
             rules=cfg.validation_rules,
-            rules_base_dir=str(cfg.base_dir) if cfg.base_dir else None,
+            config_dir=str(cfg.base_dir) if cfg.base_dir else None,
             duckdb_settings=self.plan.duckdb_settings,
             timeout=cfg.timeout_seconds,
             requirements=cfg.requirements(),

@@ -198,8 +198,9 @@ class ProcessExecutor(Executor):
     enforces_timeouts = True
 
     def __init__(self, max_workers: int = 2, *, env: dict[str, str] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, stdout: Any = None):
         self.max_workers = max(1, max_workers)
+        self._stdout = stdout  # where workers' output goes (default: ours)
         self._init_slots()
         self._env = env
         self._clock = clock
@@ -380,6 +381,7 @@ class ProcessExecutor(Executor):
         proc = subprocess.Popen(
             [sys.executable, "-m", "pipelines.worker", str(fd), str(os.getpid())],
             pass_fds=(fd,), env=env, stdin=subprocess.DEVNULL, close_fds=True,
+            stdout=self._stdout, stderr=subprocess.STDOUT if self._stdout is not None else None,
         )
         child_sock.close()
         return _Worker(proc, Connection(parent_sock.detach()), proc.pid, False)

@@ -42,7 +42,8 @@ class StageTask:
     upstream: dict[str, dict[str, Any] | None]
     input_stages: tuple[str, ...]
     rules: dict[str, Any]
-    rules_base_dir: str | None
+    #: the folder of the file that configured the stage (YAML): relative paths start there
+    config_dir: str | None
     duckdb_settings: dict[str, Any]
     timeout: float | None = None
     requirements: dict[str, float] = field(default_factory=dict)
@@ -102,6 +103,7 @@ def run_task(pipeline: Any, task: StageTask) -> Outcome:
         attempt=task.attempt,
         input_stages=task.input_stages,
         duckdb_settings=task.duckdb_settings,
+        config_dir=task.config_dir,
     )
     try:
         value = pipeline.execute_stage(task.stage, ctx)
@@ -163,6 +165,7 @@ def _store(ctx: PipelineContext, task: StageTask, value: Any) -> tuple[dict, int
                     "owns a copy)")
             # the input is attached read-only: validation here only counts and reports
             report = _validate(ctx.duckdb, task, ctx.output_table(value.stage))
+        _drop_attempt_database(ctx)
         return dict(ref), (ref.get("tables") or {}).get("output"), report
     tables = _as_tables(ctx, task, value)
     if tables is None:
@@ -171,10 +174,7 @@ def _store(ctx: PipelineContext, task: StageTask, value: Any) -> tuple[dict, int
                 f"stage {task.stage!r} has validation rules but returned "
                 f"{_type_name(value)}, not a table; return a DuckDB relation, Arrow table or "
                 "DataFrame, or remove its validation_rules")
-        ctx.close()
-        if ctx.database_path is not None:  # opened only to read inputs: not an output
-            for suffix in ("", ".wal"):
-                ctx.database_path.with_name(ctx.database_path.name + suffix).unlink(missing_ok=True)
+        _drop_attempt_database(ctx)
         return _store_value(ctx, task, value), None, None
     report = None
     con = ctx.duckdb
@@ -239,6 +239,14 @@ def _materialise(ctx: PipelineContext, task: StageTask, name: str, value: Any) -
         con.unregister(view)
 
 
+def _drop_attempt_database(ctx: PipelineContext) -> None:
+    """The attempt's DuckDB file was opened only to read inputs: it is not an output."""
+    ctx.close()
+    if ctx.database_path is not None:
+        for suffix in ("", ".wal"):
+            ctx.database_path.with_name(ctx.database_path.name + suffix).unlink(missing_ok=True)
+
+
 def _table_names(con: Any) -> list[str]:
     rows = con.execute(
         "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
@@ -292,7 +300,7 @@ def _type_name(value: Any) -> str:
 def _validate(con: Any, task: StageTask, table: str) -> dict[str, Any]:
     from .validation import enforce, validate_table
 
-    base = Path(task.rules_base_dir) if task.rules_base_dir else None
+    base = Path(task.config_dir) if task.config_dir else None
     report = validate_table(con, table, task.rules, stage=task.stage, base_dir=base)
     enforce(report)
     return {"rows": report.rows, "rejected": report.rejected,

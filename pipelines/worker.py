@@ -31,6 +31,11 @@ def serve(conn: Connection) -> None:
     # whole process group, and a half-finished stage must not die of it
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    fmt = os.environ.get("AHGD_LOG_FORMAT")
+    if fmt in ("json", "console"):  # the daemon's format, so stage logs join its log
+        from .logsetup import configure_logging
+
+        configure_logging(json_lines=fmt == "json", level=os.environ.get("AHGD_LOG_LEVEL", "info"))
     pipelines: dict[str, Any] = {}
     conn.send(("ready", os.getpid()))
     while True:

@@ -178,7 +178,7 @@ def resolve_input(context: Any, source: str | None, base_dir: str | Path | None)
     elif source:
         path = Path(source).expanduser()
         if not path.is_absolute():
-            path = Path(os.path.normpath(Path(base_dir or CONFIG_DIR) / path))
+            path = Path(os.path.normpath(Path(base_dir or context.config_dir or CONFIG_DIR) / path))
     else:
         inbox = Path(context.state_dir) / "inbox" / context.pipeline_name
         raise InputError(f"pipeline {context.pipeline_name!r} needs an input file: drop one into "

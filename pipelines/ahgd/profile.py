@@ -59,7 +59,7 @@ class ProfileExtractor:
         self.areas, self.base_dir, self.target_database = areas, base_dir, target_database
 
     def extract(self, context: Any) -> dict[str, Any]:
-        base = Path(self.base_dir or CONFIG_DIR)
+        base = Path(self.base_dir or context.config_dir or CONFIG_DIR)
         areas = Path(os.path.normpath(base / Path(self.areas).expanduser()))
         if not areas.is_file():
             raise InputError(f"SA2 attribute file {areas} of pipeline {context.pipeline_name!r} "
