@@ -160,12 +160,9 @@ class Daemon:
             self._install_signals()
         self.notifier.status("recovering interrupted runs")
         for r in recover(self.log, self.state_dir, max_recoveries=settings.max_recoveries):
-            if r.parked:
-                alert(self.log_, "run_parked", "critical", run_id=r.run_id, pipeline=r.pipeline,
-                      recoveries=r.recoveries)
-            else:
-                self.log_.info("run_recovered", run_id=r.run_id, pipeline=r.pipeline,
-                               interrupted=r.interrupted, recoveries=r.recoveries)
+            # a parked run's critical alert comes from the monitor, on its run.parked event
+            self.log_.info("run_parked" if r.parked else "run_recovered", run_id=r.run_id,
+                           pipeline=r.pipeline, interrupted=r.interrupted, recoveries=r.recoveries)
         self.claimer = Claimer(self.log, self.state_dir)
         self.claimer.adopt_orphans(self.setup.by_pipeline_folder)
         self._start_triggers()

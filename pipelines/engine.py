@@ -180,6 +180,9 @@ class _Execution:
         #: events not yet appended: a completion waits to share the next start's commit
         self._pending: list = []
         self._pending_durable = False
+        #: worker slots and budget held by finished attempts until their end is flushed
+        self._held_slots = 0
+        self._held_budget: list = []
         self.inprocess: InProcessExecutor | None = None
 
     # -- the loop ------------------------------------------------------------------
@@ -188,6 +191,7 @@ class _Execution:
         try:
             return self._go()
         finally:
+            self._release_held()  # also when the log failed under us: never leak a slot
             if self.inprocess is not None:
                 self.inprocess.shutdown()
 
@@ -207,6 +211,7 @@ class _Execution:
             elif self.failed is None:
                 self._launch_ready()
             self._flush()
+            self._release_held()
             if not self.running:
                 if self.failed is not None:
                     stage, error = self.failed
@@ -278,12 +283,15 @@ class _Execution:
             cfg = self.plan.configs[stage]
             budget = self.e.budget
             key = (self.plan.run_id, stage)
-            # a worker slot first: a stage is only "started" when it really starts
-            if not self.e.executor.try_reserve():
+            # a worker slot first: a stage is only "started" when it really starts; a slot
+            # held by this run's just-finished stage passes straight to its successor
+            if self._held_slots:
+                self._held_slots -= 1
+            elif not self.e.executor.try_reserve():
                 self.waiting = True
                 return
             if budget is not None and not budget.try_acquire(key, cfg.requirements()):
-                self.e.executor.release()
+                self._held_slots += 1
                 self.waiting = True
                 continue
             self._launch(stage, cfg)
@@ -350,14 +358,21 @@ class _Execution:
     # -- outcomes --------------------------------------------------------------------
 
     def _finish(self, r: _Running, outcome: Outcome) -> None:
-        # the slot is given back only once the attempt's end is recorded, so the
-        # log never shows more than max_workers attempts between started and ended
-        try:
-            self._record(r, outcome)
-        finally:
+        # the slot and budget are given back only once the attempt's end is in the
+        # log (_release_held, after _flush), so the log never shows more than
+        # max_workers attempts between started and ended
+        self._held_slots += 1
+        if self.e.budget is not None:
+            self._held_budget.append((self.plan.run_id, r.stage))
+        self._record(r, outcome)
+
+    def _release_held(self) -> None:
+        """Give back what finished attempts held; call after _flush()."""
+        while self._held_slots:
+            self._held_slots -= 1
             self.e.executor.release()
-            if self.e.budget is not None:
-                self.e.budget.release((self.plan.run_id, r.stage))
+        while self._held_budget:
+            self.e.budget.release(self._held_budget.pop())  # type: ignore[union-attr]
 
     def _record(self, r: _Running, outcome: Outcome) -> None:
         run_id, stage, attempt = self.plan.run_id, r.stage, r.attempt
@@ -421,6 +436,7 @@ class _Execution:
 
     def _end(self, kind: str, **payload: Any) -> Run:
         self._flush()
+        self._release_held()
         if kind == T.RUN_FAILED:
             payload = {"error": payload["error"], "failed_stage": payload["stage"]}
         self.log.append(new_event(kind, self.plan.run_id, **payload))
