@@ -154,8 +154,7 @@ class Daemon:
         self.executor = ProcessExecutor(workers, env=worker_env, stdout=self.o.worker_output)
         self.executor.prestart()
         limits = self.setup.loaded.orchestration.resource_limits
-        self.budget = ResourceBudget(None if limits is None else {
-            k: v for k, v in (("cpu", limits.cpu), ("memory", limits.memory)) if v is not None})
+        self.budget = ResourceBudget(None if limits is None else limits.as_dict())
         if self.o.install_signals:
             self._install_signals()
         self.notifier.status("recovering interrupted runs")
@@ -326,7 +325,9 @@ class Daemon:
     # ------------------------------------------------------------------ schedules
 
     def _fire_schedules(self) -> None:
-        if self.setup.schedules:
+        # --once takes the ticks missed before it started (catch_up at start-up), not new
+        # ones: with a short interval it would otherwise never run out of work
+        if self.setup.schedules and not self.o.once:
             sched.due(self.log, self.setup.schedules, self.o.clock())
 
     # ------------------------------------------------------------------ runs
@@ -494,7 +495,7 @@ class Daemon:
 
     def _sleep(self) -> None:
         timeouts = [self._watchdog_every()]
-        nxt = sched.next_wakeup(self.setup.schedules, self.o.clock())
+        nxt = None if self.o.once else sched.next_wakeup(self.setup.schedules, self.o.clock())
         if nxt is not None:
             timeouts.append(nxt)
         stable = self.stability.next_due_in()

@@ -37,6 +37,7 @@ from .context import PipelineContext, result_from_attempt
 from .durations import parse_duration
 from .engine import CancelToken, Progress, RunEngine, RunPlan
 from .errors import ConfigError, ResumeRefused
+from .graph import find_cycle
 from .executors import Executor, make_executor
 from .resources import ResourceBudget
 from .stage import STAGE_NAME, StageConfig
@@ -390,25 +391,10 @@ def new_run_id(pipeline: str) -> str:
 
 
 def _check_acyclic(stages: list[str], deps: dict[str, set[str]], where: str) -> None:
-    state: dict[str, int] = {}
-    path: list[str] = []
-
-    def visit(s: str) -> None:
-        if state.get(s) == 2:
-            return
-        if state.get(s) == 1:
-            cycle = path[path.index(s):] + [s]
-            raise ConfigError(f"{where}: stage dependency cycle {' -> '.join(cycle)}; remove one "
-                              "of these dependencies")
-        state[s] = 1
-        path.append(s)
-        for d in sorted(deps.get(s, ())):
-            visit(d)
-        path.pop()
-        state[s] = 2
-
-    for s in stages:
-        visit(s)
+    cycle = find_cycle({s: sorted(deps.get(s, ())) for s in stages})
+    if cycle:
+        raise ConfigError(f"{where}: stage dependency cycle {' -> '.join(cycle)}; remove one "
+                          "of these dependencies")
 
 
 __all__ = ["BasePipeline", "PipelineState", "new_run_id"]

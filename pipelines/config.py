@@ -30,6 +30,7 @@ from pydantic import BaseModel, ValidationError
 from .config_models import (DaemonSettings, MasterEntry, MasterFile, MasterOrchestration,
                             PipelineFile, ResourceRequirements, pydantic_problems)
 from .errors import ConfigError
+from .graph import find_cycle
 
 __all__ = ["ConfigIssue", "LoadedConfig", "LoadedPipeline", "MasterFile", "PipelineFile",
            "check_files", "config_schema", "load_config", "load_master_file",
@@ -506,7 +507,7 @@ class _Session:
                 elif ref not in known:
                     self.report(doc, path + (key,), _unknown(noun, ref, known))
             graph.setdefault(name, []).extend(r for r in refs if r != name and r in known)
-        found = _find_cycle(graph)
+        found = find_cycle(graph)
         if found:
             doc, path = cycle_at or first[found[0]]
             self.report(doc, path, cycle.format(cycle=" -> ".join(found)))
@@ -586,28 +587,6 @@ def _unknown(noun: str, name: str, known: set[str]) -> str:
     if known:
         return f"unknown {noun} {name!r}; known {noun}s are {', '.join(sorted(known))}"
     return f"unknown {noun} {name!r}"
-
-
-def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
-    """The first cycle met walking ``graph`` in insertion order, as ``[a, b, a]``."""
-    state: dict[str, int] = {}             # 1 on the current path, 2 finished
-    for start in graph:
-        if start in state:
-            continue
-        path, stack = [start], [iter(graph[start])]
-        state[start] = 1
-        while stack:
-            nxt = next(stack[-1], None)
-            if nxt is None:
-                state[path.pop()] = 2
-                stack.pop()
-            elif state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
-            elif nxt not in state and nxt in graph:
-                state[nxt] = 1
-                path.append(nxt)
-                stack.append(iter(graph[nxt]))
-    return None
 
 
 def _import_problem(dotted: str) -> str | None:

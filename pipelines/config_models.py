@@ -245,6 +245,10 @@ class ResourceRequirements(_Model):
     cpu: float | None = Field(None, gt=0)
     memory: int | None = Field(None, gt=0)
 
+    def as_dict(self) -> dict[str, float]:
+        """The values given, as ``{"cpu": ..., "memory": ...}`` (absent keys left out)."""
+        return {k: v for k, v in (("cpu", self.cpu), ("memory", self.memory)) if v is not None}
+
 
 class ValidationRules(_Model):
     """Rules run as SQL in DuckDB against a stage's output table."""

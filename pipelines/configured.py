@@ -120,8 +120,7 @@ def _stage_config(spec: Any, base_dir: Path | None) -> StageConfig:
     if "schema" in rules and rules["schema"] is not None:
         rules["schema"] = str(rules["schema"])
     req = spec.resource_requirements
-    requirements = {} if req is None else {k: v for k, v in (("cpu", req.cpu), ("memory", req.memory))
-                                           if v is not None}
+    requirements = {} if req is None else req.as_dict()
     return StageConfig(
         name=spec.name,
         description=spec.description,

@@ -27,6 +27,7 @@ from state.statedir import resolve_state_dir
 from .base import BasePipeline
 from .durations import format_duration, parse_duration
 from .errors import ConfigError
+from .graph import find_cycle
 from .executors import Executor, make_executor
 from .engine import CancelToken
 from .resources import ResourceBudget
@@ -187,9 +188,7 @@ class PipelineOrchestrator:
         resolved = resolve_state_dir(state_dir, os.environ)
         loaded = load_config([path], state_dir=resolved, import_classes=True)
         o = loaded.orchestration
-        limits = None if o.resource_limits is None else {
-            k: v for k, v in (("cpu", o.resource_limits.cpu), ("memory", o.resource_limits.memory))
-            if v is not None}
+        limits = None if o.resource_limits is None else o.resource_limits.as_dict()
         orch = cls(Path(path).stem, o.execution_mode, o.max_workers, limits, resolved,
                    timeout=o.timeout, executor=executor)
         orch.register_from_config(path)
@@ -206,8 +205,7 @@ class PipelineOrchestrator:
             pipeline = ConfiguredPipeline(p.file, state_dir=self.state_dir, source=p.source,
                                           executor=self._executor_arg)
             req = p.resource_requirements
-            requirements = {} if req is None else {
-                k: v for k, v in (("cpu", req.cpu), ("memory", req.memory)) if v is not None}
+            requirements = {} if req is None else req.as_dict()
             self.register_pipeline(PipelineDefinition(
                 name=name, pipeline=pipeline, dependencies=list(p.dependencies),
                 priority=p.priority, resource_requirements=requirements, timeout=p.timeout,
@@ -474,25 +472,10 @@ class _Orchestration:
 
 
 def _check_cycles(graph: Mapping[str, list[str]]) -> None:
-    state: dict[str, int] = {}
-    path: list[str] = []
-
-    def visit(n: str) -> None:
-        if state.get(n) == 2:
-            return
-        if state.get(n) == 1:
-            cycle = path[path.index(n):] + [n]
-            raise ConfigError(f"pipeline dependency cycle {' -> '.join(cycle)}; remove one of "
-                              "these dependencies")
-        state[n] = 1
-        path.append(n)
-        for d in graph.get(n, ()):
-            visit(d)
-        path.pop()
-        state[n] = 2
-
-    for n in graph:
-        visit(n)
+    cycle = find_cycle(graph)
+    if cycle:
+        raise ConfigError(f"pipeline dependency cycle {' -> '.join(cycle)}; remove one of "
+                          "these dependencies")
 
 
 __all__ = ["ExecutionMode", "PipelineDefinition", "PipelineOrchestrator", "OrchestrationResult",
