@@ -324,6 +324,11 @@ def test_cli_requests_go_to_a_running_daemon(setup):
                                 capture_output=True, text=True, timeout=60, env=env())
         info = json.loads(status.stdout)
         assert info["daemon"]["pid"] == d.proc.pid and info["runs"] == {"COMPLETED": 1}
+        metrics = subprocess.run([*ahgd_exe(), "metrics", "--state-dir", str(state)],
+                                 capture_output=True, text=True, timeout=60, env=env())
+        assert metrics.returncode == 0, metrics.stderr
+        assert "# TYPE ahgd_" in metrics.stdout
+        assert 'ahgd_pipeline_runs_total{pipeline="csvpipe",state="completed"} 1' in metrics.stdout.lower()
         bad = subprocess.run([*ahgd_exe(), "run", "nosuch", "--state-dir", str(state)],
                              capture_output=True, text=True, timeout=60, env=env())
         assert bad.returncode == 1
@@ -372,3 +377,16 @@ def test_wrong_file_is_quarantined_when_extract_fails_validation(setup):
     reason = json.loads((state / "quarantine" / "csvpipe" / "wrong.csv.reason.json").read_text())
     assert "failed at stage 'extract'" in reason["reason"] and "missing columns: sa2_code" in reason["reason"]
     assert query(state, "SELECT COUNT(*) FROM events WHERE type = 'file.quarantined'")[0][0] == 1
+
+
+def test_disk_nearly_full_is_an_alert(setup):
+    tmp, state = setup
+    config = write_config(tmp, daemon=", disk_alert_percent: 0.01")
+    d = Daemon(config, state).wait_ready()
+    try:
+        wait_until(lambda: any(r.get("event") == "system.disk_nearly_full" for r in d.records()), 20,
+                   "the disk alert")
+    finally:
+        assert d.stop() == 0
+    alert = next(r for r in d.records() if r.get("event") == "system.disk_nearly_full")
+    assert alert["alert"] is True and alert["severity"] == "error"
