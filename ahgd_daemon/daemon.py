@@ -442,8 +442,11 @@ class Daemon:
             if not last:
                 continue
             for d in downstreams:
+                # covered if a run of d started after the upstream data landed, or will start
+                # (a pending run absorbs every upstream completion before it starts)
                 later = self.log.query(
-                    "SELECT 1 FROM runs WHERE pipeline = ? AND requested_at >= ? LIMIT 1", [d, last[0][1]])
+                    "SELECT 1 FROM runs WHERE pipeline = ? AND (state = 'PENDING' OR started_at >= ?) "
+                    "LIMIT 1", [d, last[0][1]])
                 if not later:
                     self._request_upstream_run(d, upstream, last[0][0])
 
