@@ -264,14 +264,30 @@ def daemon(state_dir: Path, configs: tuple[str, ...], once: bool, max_workers: i
 # --------------------------------------------------------------------------- runs
 
 
-def _ask_daemon(state_dir: Path, payload: dict[str, Any]) -> dict[str, Any] | None:
-    from .control import ControlError, request
+def _ask_daemon(state_dir: Path, payload: dict[str, Any], timeout: float = 30.0) -> dict[str, Any] | None:
+    """The daemon's reply; None only when no daemon runs on this state directory.
 
-    try:
-        return request(state_dir, payload)
-    except ControlError as exc:
-        fail(str(exc))
-    return None  # pragma: no cover
+    A daemon that holds the state lock but is not listening yet (still
+    recovering at start-up) is waited for: running the request here instead
+    would make two writers of one run.
+    """
+    from state.locks import is_locked
+
+    from .control import ControlError, request, socket_path
+    from .daemon import LOCK_NAME
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            reply = request(state_dir, payload, timeout=timeout)
+        except ControlError as exc:
+            fail(str(exc))
+        if reply is not None or not is_locked(state_dir / LOCK_NAME):
+            return reply
+        if time.monotonic() > deadline:
+            fail(f"a daemon holds {state_dir / LOCK_NAME} but does not answer on "
+                 f"{socket_path(state_dir)}; if it is still starting, try again in a moment")
+        time.sleep(0.2)
 
 
 def _local_pipelines(state_dir: Path, configs: tuple[str, ...]) -> dict[str, Any]:
@@ -320,31 +336,63 @@ def _print_outcome(run: Any) -> None:
 def run_cmd(state_dir: Path, pipeline: str, configs: tuple[str, ...], input_file: str | None,
             resume_from: str | None, no_wait: bool, inprocess: bool) -> None:
     """Run a pipeline now (through the daemon if one runs on this state directory)."""
+    # the daemon copies and hashes --input while it answers: give big files time
     reply = _ask_daemon(state_dir, {"cmd": "run", "pipeline": pipeline, "input": input_file and
-                                    str(Path(input_file).resolve()), "resume_from": resume_from})
+                                    str(Path(input_file).resolve()), "resume_from": resume_from},
+                        timeout=600)
     if reply is not None:
         click.echo(f"requested run {reply['run_id']} from the daemon")
         if not no_wait:
             sys.exit(_wait_for(state_dir, reply["run_id"], None))
         return
+    from pipelines.base import new_run_id
     from state import EventLog
+    from state.locks import FileLock, run_lock_path
 
     from . import logs
     from .requests import request_run
 
     logs.configure(level="warning")
     pipelines = _local_pipelines(state_dir, configs)
+    if pipeline not in pipelines:
+        fail(f"no pipeline {pipeline!r} in the configuration (known: {', '.join(sorted(pipelines))})")
+    run_id = new_run_id(pipeline)
+    # hold the run's lock before it exists, so a daemon starting now leaves it to us
+    lock = FileLock(run_lock_path(state_dir, run_id), {"role": "ahgd run", "run_id": run_id},
+                    remove_on_release=True).acquire()
     with EventLog.open(state_dir) as log:
-        run_id = request_run(log, state_dir, pipelines, pipeline, input_file=input_file,
-                             resume_from=resume_from)
+        request_run(log, state_dir, pipelines, pipeline, input_file=input_file,
+                    resume_from=resume_from, run_id=run_id)
         p = pipelines[pipeline]
         if inprocess:
             p._executor_arg = "inprocess"
-        click.echo(f"running {run_id} here (no daemon on {state_dir})")
-        ctx = p.execute_run(run_id, log=log)
+        click.echo(f"running {run_id} here (no daemon on {state_dir}); Ctrl-C cancels it")
+        ctx = _execute_here(p, run_id, log, lock)
         run = log.run(run_id)
     _print_outcome(run)
     sys.exit(0 if ctx.state == "COMPLETED" else 1)
+
+
+def _execute_here(pipeline: Any, run_id: str, log: Any, lock: Any = None) -> Any:
+    """Run in this process; the first Ctrl-C cancels the run cleanly, a second one aborts."""
+    import signal
+
+    from pipelines.engine import CancelToken
+
+    token = CancelToken()
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if token.is_set():
+            raise KeyboardInterrupt
+        click.echo("\ncancelling (stages are interrupted and recorded; Ctrl-C again to abort)",
+                   err=True)
+        token.set("cancelled with Ctrl-C")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        return pipeline.execute_run(run_id, log=log, cancel=token, run_lock=lock)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @main.command()
@@ -362,17 +410,20 @@ def retry(state_dir: Path, run_id: str, configs: tuple[str, ...], no_wait: bool)
             sys.exit(_wait_for(state_dir, run_id, None))
         return
     from state import EventLog
+    from state.locks import FileLock, run_lock_path
 
     from .requests import retry as retry_run
 
+    pipelines = _local_pipelines(state_dir, configs)  # before anything is recorded
     with EventLog.open(state_dir) as log:
+        before = log.run(run_id)
+        if before is not None and before.pipeline not in pipelines:
+            fail(f"pipeline {before.pipeline!r} of run {run_id} is not in the configuration given")
+        lock = FileLock(run_lock_path(state_dir, run_id), {"role": "ahgd retry", "run_id": run_id},
+                        remove_on_release=True).acquire()
         out = retry_run(log, run_id)
-        pipelines = _local_pipelines(state_dir, configs)
-        p = pipelines.get(out["pipeline"])
-        if p is None:
-            fail(f"pipeline {out['pipeline']!r} of run {run_id} is not in the configuration given")
-        click.echo(f"retrying {run_id} here (it was {out['previous_state']})")
-        p.execute_run(run_id, log=log)
+        click.echo(f"retrying {run_id} here (it was {out['previous_state']}); Ctrl-C cancels it")
+        _execute_here(pipelines[out["pipeline"]], run_id, log, lock)
         run = log.run(run_id)
     _print_outcome(run)
     sys.exit(0 if run.state == "COMPLETED" else 1)

@@ -40,11 +40,18 @@ def request(state_dir: Path, payload: dict[str, Any], timeout: float = 30.0) -> 
             s.connect(str(path))
         except (ConnectionRefusedError, FileNotFoundError):
             return None  # a socket file left by a daemon that was killed
-        s.sendall(json.dumps(payload).encode() + b"\n")
-        s.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := s.recv(65536):
-            chunks.append(chunk)
+        except PermissionError:
+            raise ControlError(f"no permission to use the daemon's socket {path}; run this as the "
+                               "daemon's user or a member of its group (e.g. sudo -u ahgd ahgd ...)")
+        try:
+            s.sendall(json.dumps(payload).encode() + b"\n")
+            s.shutdown(socket.SHUT_WR)
+            chunks = []
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        except OSError as exc:  # includes timeouts
+            raise ControlError(f"the daemon on {path} did not answer ({exc}); the request may "
+                               "have reached it: check `ahgd history` before asking again") from None
     finally:
         s.close()
     reply = json.loads(b"".join(chunks) or b"{}")

@@ -27,7 +27,7 @@ import structlog
 
 from state import EventLog, EventType as T, new_event
 from state.errors import AhgdError, StateDirError
-from state.locks import FileLock, Locked
+from state.locks import FileLock, Locked, is_locked, run_lock_path
 from state.machine import RunState
 
 from . import schedules as sched
@@ -37,6 +37,8 @@ from .notify import Notifier, without_notify_environment
 from .recovery import recover
 
 LOCK_NAME = "daemon.lock"
+TERMINAL = {RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED, RunState.PARKED}
+RECOVERY_CHECK_S = 30.0
 #: error types that mean "this input file is bad" (quarantine_on_extract_failure)
 INPUT_ERRORS = {"InputError", "ValidationFailed", "StageOutputError"}
 HEARTBEAT_S = 5.0
@@ -68,6 +70,7 @@ class _Active:
     started: float
     result: Any = None
     error: BaseException | None = None
+    pipeline_obj: Any = None  # the pipeline object it runs with (a reload does not swap it)
 
 
 @dataclass
@@ -104,6 +107,7 @@ class Daemon:
         self.started_at = time.time()
         self._last_heartbeat = 0.0
         self._last_disk = 0.0
+        self._last_recovery = 0.0
         self._last_progress = 0.0
         self._lock = threading.RLock()
         self.setup: _Setup | None = None
@@ -162,6 +166,8 @@ class Daemon:
             # a parked run's critical alert comes from the monitor, on its run.parked event
             self.log_.info("run_parked" if r.parked else "run_recovered", run_id=r.run_id,
                            pipeline=r.pipeline, interrupted=r.interrupted, recoveries=r.recoveries)
+            if r.parked:
+                self.session[r.run_id] = RunState.PARKED
         self.claimer = Claimer(self.log, self.state_dir)
         self.claimer.adopt_orphans(self.setup.by_pipeline_folder)
         self._start_triggers()
@@ -281,11 +287,22 @@ class Daemon:
                   kept="the previous configuration stays in force")
             self.notifier.ready(self._status_line())
             return
-        if self.watchers is not None:
-            self.watchers.stop()
-        with self._lock:
-            self.setup = new
-        self._start_triggers()
+        old_watchers, old_setup = self.watchers, self.setup
+        try:
+            with self._lock:
+                self.setup = new
+            self._start_triggers()  # new watchers first: no moment without eyes on the folders
+        except Exception as exc:
+            if self.watchers is not old_watchers and self.watchers is not None:
+                self.watchers.stop()
+            with self._lock:
+                self.setup, self.watchers = old_setup, old_watchers
+            alert(self.log_, "config_reload_failed", "error", error=f"{type(exc).__name__}: {exc}",
+                  kept="the previous configuration stays in force")
+            self.notifier.ready(self._status_line())
+            return
+        if old_watchers is not None:
+            old_watchers.stop()
         self.log_.info("config_reloaded", pipelines=sorted(new.pipelines))
         self.notifier.ready(self._status_line())
 
@@ -318,9 +335,10 @@ class Daemon:
                 return
             try:
                 self.claimer.claim(folder, path)
-            except OSError as exc:
+            except (OSError, AhgdError) as exc:  # one file must not stop the daemon
                 alert(self.log_, "file_claim_failed", "error", pipeline=folder.pipeline,
-                      path=str(path), error=str(exc))
+                      path=str(path), error=str(exc),
+                      fix="the file stays where it is; the next start-up scan tries again")
 
     # ------------------------------------------------------------------ schedules
 
@@ -338,28 +356,35 @@ class Daemon:
         limit = max(2, 2 * self.executor.max_workers)
         if len(self.active) >= limit:
             return
-        rows = self.log.query(
-            "SELECT run_id, pipeline, trigger FROM runs WHERE state = 'PENDING' "
-            "ORDER BY requested_at, run_id LIMIT 500")
-        if not rows:
-            return
         busy = {r[0] for r in self.log.query(
             "SELECT DISTINCT pipeline FROM runs WHERE state IN ('PENDING', 'RUNNING')")}
-        for run_id, pipeline, _trigger in rows:
-            if len(self.active) >= limit:
-                return
-            if run_id in self.active or pipeline not in self.setup.pipelines:
-                continue
-            if any(dep in busy for dep in self.setup.deps.get(pipeline, ())):
-                continue  # its dependencies have work in flight: run after them
-            self._launch(run_id, pipeline)
+        # pipelines whose dependencies have work in flight wait for it; filtering in
+        # SQL means a queue of blocked runs can never hide the run that unblocks them
+        startable = [p for p in self.setup.pipelines
+                     if not any(dep in busy for dep in self.setup.deps.get(p, ()))]
+        if not startable:
+            return
+        rows = self.log.query(
+            f"SELECT run_id, pipeline FROM runs WHERE state = 'PENDING' AND pipeline IN "
+            f"({', '.join('?' * len(startable))}) ORDER BY requested_at, run_id LIMIT ?",
+            [*startable, limit + len(self.active)])
+        with self._lock:  # a cancel request must not slip between our look and the launch
+            for run_id, pipeline in rows:
+                if len(self.active) >= limit:
+                    return
+                if run_id in self.active or is_locked(run_lock_path(self.state_dir, run_id)):
+                    continue  # ours already, or another process (ahgd run) is executing it
+                still = self.log.query("SELECT state FROM runs WHERE run_id = ?", [run_id])
+                if still and still[0][0] == RunState.PENDING:
+                    self._launch(run_id, pipeline)
 
     def _launch(self, run_id: str, pipeline_name: str) -> None:
         from pipelines.engine import CancelToken
 
         pipeline = self.setup.pipelines[pipeline_name]
         cancel = CancelToken()
-        active = _Active(run_id, pipeline_name, None, cancel, self.o.monotonic())  # type: ignore[arg-type]
+        active = _Active(run_id, pipeline_name, None, cancel, self.o.monotonic(),  # type: ignore[arg-type]
+                         pipeline_obj=pipeline)
 
         def body() -> None:
             try:
@@ -381,7 +406,10 @@ class Daemon:
                 continue
             del self.active[run_id]
             run = self.log.run(run_id)
-            if a.error is not None:
+            if isinstance(a.error, Locked):  # another process took it first: not ours
+                self.log_.info("run_owned_elsewhere", run_id=run_id, holder=str(a.error))
+                continue
+            if a.error is not None and not (run is not None and run.state in TERMINAL):
                 alert(self.log_, "run_crashed", "error", run_id=run_id, pipeline=a.pipeline,
                       error=f"{type(a.error).__name__}: {a.error}")
                 self._fail_stuck(run_id, a.error)
@@ -482,6 +510,9 @@ class Daemon:
             self._last_heartbeat = now
             self.notifier.watchdog()
             self.notifier.status(self._status_line())
+        if now - self._last_recovery >= RECOVERY_CHECK_S:
+            self._last_recovery = now
+            self._recover_orphans()
         if now - self._last_disk >= DISK_CHECK_S:
             self._last_disk = now
             try:
@@ -491,6 +522,18 @@ class Daemon:
         if self.o.progress is not None and now - self._last_progress >= 0.2:
             self._last_progress = now
             self.o.progress(self.progress_snapshot())
+
+    def _recover_orphans(self) -> None:
+        """Runs left RUNNING by a process that died after our start-up (an `ahgd run`)."""
+        try:
+            found = recover(self.log, self.state_dir, max_recoveries=self.setup.settings.max_recoveries,
+                            skip=set(self.active))
+        except AhgdError as exc:
+            self.log_.warning("recovery_check_failed", error=str(exc))
+            return
+        for r in found:
+            self.log_.info("run_parked" if r.parked else "run_recovered", run_id=r.run_id,
+                           pipeline=r.pipeline, interrupted=r.interrupted, recoveries=r.recoveries)
 
     def _watchdog_every(self) -> float:
         interval = self.notifier.watchdog_interval()
@@ -564,8 +607,7 @@ class Daemon:
     def progress_snapshot(self) -> dict[str, Any]:
         runs = []
         for a in list(self.active.values()):
-            pipeline = self.setup.pipelines.get(a.pipeline)
-            snap = pipeline.get_progress() if pipeline is not None else {}
+            snap = a.pipeline_obj.get_progress() if a.pipeline_obj is not None else {}
             runs.append({"run_id": a.run_id, "pipeline": a.pipeline,
                          "stage": snap.get("current_stage"),
                          "progress": snap.get("progress_percentage")})

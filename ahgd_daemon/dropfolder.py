@@ -20,6 +20,7 @@ import errno
 import fnmatch
 import json
 import os
+import secrets
 import shutil
 import threading
 import time
@@ -160,19 +161,32 @@ class Claimer:
             return self._duplicate(folder, path, sha, existing)
         stored = _unique(self.state_dir / "files" / safe_name(pipeline) / sha / safe_name(path.name))
         move(path, stored)
-        return self._record_arrival(folder, stored, sha, st.st_size, path.name)
+        return self._record_arrival(folder, stored, sha, st.st_size, path.name, existing)
 
-    def _record_arrival(self, folder: Folder, stored: Path, sha: str, size: int, name: str) -> Claimed:
+    def _record_arrival(self, folder: Folder, stored: Path, sha: str, size: int, name: str,
+                        existing: Any = None) -> Claimed:
+        """Record the file and request its run, in one transaction.
+
+        New bytes arrive (``file.arrived``, keyed by pipeline and hash).  Bytes that
+        were quarantined before arrive again under a key of their own.  Bytes that
+        already arrived, with ``allow_duplicates``, are a ``file.duplicate`` that
+        still requests a run.
+        """
         pipeline = folder.pipeline
-        run_id = f"{safe_name(pipeline)}-file-{sha[:12]}-{int(time.time() * 1000) % 10**10}"
-        key = f"file:{pipeline}:{sha}"
-        if folder.allow_duplicates:
-            key += f":{stored.name}:{time.time_ns()}"
+        run_id = f"{safe_name(pipeline)}-file-{sha[:12]}-{secrets.token_hex(3)}"
         params = {"input_file": str(stored), "input_sha256": sha, "original_name": name}
+        if existing is not None and existing.state == "ARRIVED":  # allow_duplicates
+            first = new_event(T.FILE_DUPLICATE, run_id, pipeline=pipeline, sha256=sha, name=name,
+                              stored_path=str(stored), first_run_id=existing.run_id, runs_again=True)
+        else:
+            key = f"file:{pipeline}:{sha}"
+            if existing is not None:  # re-arrival after quarantine
+                key += f":after:{existing.last_seen}"
+            first = new_event(T.FILE_ARRIVED, run_id, pipeline=pipeline, sha256=sha, name=name,
+                              size=size, stored_path=str(stored), idempotency_key=key)
         try:
             self.log.append_many([
-                new_event(T.FILE_ARRIVED, run_id, pipeline=pipeline, sha256=sha, name=name,
-                          size=size, stored_path=str(stored), idempotency_key=key),
+                first,
                 new_event(T.RUN_REQUESTED, run_id, pipeline=pipeline, trigger="drop_folder",
                           params=params),
             ])
@@ -252,6 +266,8 @@ class Claimer:
             for sha_dir in pdir.iterdir():
                 for f in sha_dir.iterdir() if sha_dir.is_dir() else ():
                     if f.name.startswith("."):
+                        if f.name.endswith(".incoming"):  # a copy a crash cut short; the
+                            f.unlink(missing_ok=True)      # original is still in the inbox
                         continue
                     rec = self.log.aggregate(("file", f"{pipeline}\x1f{sha_dir.name}"))
                     if rec is None:

@@ -29,10 +29,11 @@ class Recovered:
     recoveries: int
 
 
-def recover(log: EventLog, state_dir: Path, *, max_recoveries: int) -> list[Recovered]:
+def recover(log: EventLog, state_dir: Path, *, max_recoveries: int,
+            skip: set[str] | None = None) -> list[Recovered]:
     out = []
     for run in log.runs(states=[RunState.RUNNING]):
-        if is_locked(run_lock_path(state_dir, run.run_id)):
+        if (skip and run.run_id in skip) or is_locked(run_lock_path(state_dir, run.run_id)):
             continue  # a script or `ahgd run` in another process is running it right now
         in_flight = sorted((s, a.attempt) for s, a in run.attempts.items() if a.state == StageState.RUNNING)
         events = [new_event(T.STAGE_INTERRUPTED, run.run_id, stage=s, attempt=n,

@@ -23,12 +23,16 @@ class RequestError(AhgdError):
 
 
 def stage_input(state_dir: Path, pipeline: str, source: Path) -> tuple[Path, str]:
-    """Copy a user's input file into the content-addressed store; (path, sha256)."""
+    """Copy a user's input file into ``<state>/inputs/`` by content; (path, sha256).
+
+    Not ``files/``: that store holds drop-folder arrivals, and a file there
+    without a ``file.arrived`` event is taken for a crash leftover and run.
+    """
     source = Path(source).expanduser().resolve()
     if not source.is_file():
         raise RequestError(f"input file {source} does not exist or is not a file")
     sha = store.sha256_file(source)
-    target = Path(state_dir) / "files" / safe_name(pipeline) / sha / safe_name(source.name)
+    target = Path(state_dir) / "inputs" / safe_name(pipeline) / sha / safe_name(source.name)
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.incoming")
@@ -39,7 +43,8 @@ def stage_input(state_dir: Path, pipeline: str, source: Path) -> tuple[Path, str
 
 def request_run(log: EventLog, state_dir: Path, pipelines: dict[str, Any], name: str, *,
                 input_file: str | None = None, resume_from: str | None = None,
-                params: dict[str, Any] | None = None, trigger: str = "manual") -> str:
+                params: dict[str, Any] | None = None, trigger: str = "manual",
+                run_id: str | None = None) -> str:
     """Validate and record ``run.requested``; return the run id (the run is PENDING)."""
     from pipelines.base import new_run_id
 
@@ -56,7 +61,7 @@ def request_run(log: EventLog, state_dir: Path, pipelines: dict[str, Any], name:
         stages, _ = pipeline._stages_and_deps()
         pipeline._resume_plan(log, stages, resume_from)  # refuse now, with the reason
         run_params["resume_from"] = resume_from
-    run_id = new_run_id(name)
+    run_id = run_id or new_run_id(name)
     log.append(new_event(T.RUN_REQUESTED, run_id, pipeline=name, trigger=trigger, params=run_params))
     return run_id
 
@@ -113,9 +118,10 @@ def dispatch(daemon: Any, req: dict[str, Any]) -> dict[str, Any]:
         return out
     if cmd == "cancel":
         run_id = req.get("run_id", "")
-        active = daemon.active.get(run_id)
-        if active is not None:
-            active.cancel.set("cancelled with `ahgd cancel`")
-            return {"run_id": run_id, "previous_state": "RUNNING", "cancelling": True}
-        return cancel_recorded(daemon.log, daemon.state_dir, run_id)
+        with daemon._lock:  # the main loop launches runs under the same lock
+            active = daemon.active.get(run_id)
+            if active is not None and active.thread.is_alive():
+                active.cancel.set("cancelled with `ahgd cancel`")
+                return {"run_id": run_id, "previous_state": "RUNNING", "cancelling": True}
+            return cancel_recorded(daemon.log, daemon.state_dir, run_id)
     raise RequestError(f"unknown request {cmd!r}; known: ping, status, metrics, run, retry, cancel")

@@ -83,49 +83,88 @@ def last_fire_time(log: EventLog, schedule: Schedule) -> datetime | None:
     return None if rec is None else datetime.fromisoformat(rec.last_fire_time)
 
 
+#: a tick noticed this late is on time; later than this it is a misfire (the
+#: machine slept, the clock jumped) and the trigger's policy decides
+ON_TIME_S = 60.0
+
+
+def _ticks(schedule: Schedule, after: datetime, now: datetime, keep: int) -> list[datetime]:
+    """Fire times in (after, now], the newest ``keep`` of them.
+
+    A repeated local wall-clock time (the hour that happens twice when daylight
+    saving ends) fires once, as cron does.
+    """
+    from collections import deque
+
+    newest: deque[datetime] = deque(maxlen=keep)
+    step = getattr(schedule.apscheduler_trigger, "interval", None)
+    if isinstance(step, timedelta) and step.total_seconds() > 0 and (now - after) > step * keep * 2:
+        # a long outage of a short interval: start near the end, the ticks are regular
+        after = now - step * (keep + 1)
+        after = schedule.next_after(after, after) - step  # back onto the tick grid
+    last_local = _local(after)
+    t = schedule.next_after(after, now)
+    while t is not None and t <= now:
+        local = _local(t)
+        if local != last_local:
+            newest.append(t)
+        last_local = local
+        t = schedule.next_after(t, now)
+    return list(newest)
+
+
+def _local(t: datetime) -> datetime:
+    """Wall-clock time in the trigger's zone, without the offset."""
+    return t.replace(tzinfo=None)
+
+
+def _by_policy(schedule: Schedule, ticks: list[datetime], now: datetime, *, live: bool) -> list[datetime]:
+    if not ticks:
+        return []
+    if schedule.misfire == "all":
+        return ticks
+    if schedule.misfire == "latest":
+        return ticks[-1:]
+    # skip: nothing missed runs; live, a tick noticed on time is not a miss
+    return ticks[-1:] if live and (now - ticks[-1]).total_seconds() <= ON_TIME_S else []
+
+
 def catch_up(log: EventLog, schedule: Schedule, now: datetime) -> list[str]:
-    """Fire the ticks missed since the last recorded one, by the misfire policy."""
+    """At start-up: fire the ticks missed since the last recorded one, by the policy."""
     last = last_fire_time(log, schedule)
     fired: list[str] = []
     if last is not None:
-        missed: list[datetime] = []
-        t = schedule.next_after(last, now)
-        while t is not None and t <= now and len(missed) < MAX_CATCH_UP:
-            missed.append(t)
-            t = schedule.next_after(t, now)
-        if schedule.misfire == "latest":
-            missed = missed[-1:]
-        elif schedule.misfire == "skip":
-            missed = []
-        for t in missed:
+        zone = getattr(schedule.apscheduler_trigger, "timezone", None)
+        if zone is not None:
+            last = last.astimezone(zone)
+        for t in _by_policy(schedule, _ticks(schedule, last, now, MAX_CATCH_UP), now, live=False):
             run_id = fire(log, schedule, t, catch_up=True)
             if run_id:
                 fired.append(run_id)
-    schedule.next_fire = schedule.next_after(None, now + timedelta(microseconds=1)) \
-        if last is None else _first_after(schedule, last, now)
+    schedule.next_fire = schedule.next_after(None, now + timedelta(microseconds=1))
     return fired
 
 
-def _first_after(schedule: Schedule, last: datetime, now: datetime) -> datetime | None:
-    t = schedule.next_after(last, now)
-    guard = 0
-    while t is not None and t <= now and guard < 10 * MAX_CATCH_UP:
-        t = schedule.next_after(t, now)
-        guard += 1
-    return t
-
-
 def due(log: EventLog, schedules: list[Schedule], now: datetime) -> list[str]:
-    """Fire every schedule whose next tick has come; return the run ids requested."""
+    """Fire every schedule whose tick has come; return the run ids requested.
+
+    Normally one tick is due.  After a pause (a suspended machine, a clock jump)
+    several may be: the trigger's misfire policy picks which run, as at start-up.
+    """
     fired = []
     for s in schedules:
-        while s.next_fire is not None and s.next_fire <= now:
-            run_id = fire(log, s, s.next_fire)
+        if s.next_fire is None or s.next_fire > now:
+            continue
+        first = s.next_fire
+        ticks = [first] + _ticks(s, first, now, MAX_CATCH_UP)
+        for t in _by_policy(s, ticks[-MAX_CATCH_UP:], now, live=True):
+            run_id = fire(log, s, t, catch_up=t is not ticks[-1])
             if run_id:
                 fired.append(run_id)
-            s.next_fire = s.next_after(s.next_fire, now)
-            if s.next_fire is not None and s.next_fire <= now and s.misfire != "all":
-                s.next_fire = _first_after(s, s.next_fire, now)  # do not replay a backlog live
+        nxt = s.next_after(ticks[-1], now + timedelta(microseconds=1))
+        while nxt is not None and _local(nxt) == _local(ticks[-1]):  # the repeated DST hour
+            nxt = s.next_after(nxt, now + timedelta(microseconds=1))
+        s.next_fire = nxt
     return fired
 
 

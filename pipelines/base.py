@@ -236,14 +236,36 @@ class BasePipeline(ABC):
         grace_deadline: Any = None,
         stages: tuple[list[str], dict[str, set[str]]] | None = None,
         cancel: threading.Event | None = None,
+        run_lock: FileLock | None = None,
     ) -> PipelineContext:
-        """Execute an already requested (PENDING) run: the daemon's entry point."""
+        """Execute an already requested (PENDING) run: the daemon's entry point.
+
+        ``run_lock``: the run's lock, already held by the caller (it is released
+        here); otherwise it is taken here, and a run another process holds raises
+        :class:`state.locks.Locked`.
+        """
         log = log or self._open_log()
         stages_, deps = stages or self._stages_and_deps()
+        lock = run_lock or FileLock(run_lock_path(self.state_dir, run_id),
+                                    {"role": "run", "run_id": run_id}, remove_on_release=True)
+        if not lock.held:
+            lock.acquire()  # raises Locked if another process is executing it
+        try:
+            return self._execute_locked(run_id, log, stages_, deps, executor, budget, skip, reuse,
+                                        stop, grace_deadline, cancel)
+        finally:
+            lock.release()
+
+    def _execute_locked(self, run_id: str, log: EventLog, stages_: list[str],
+                        deps: dict[str, set[str]], executor: Executor | None,
+                        budget: ResourceBudget | None, skip: set[str] | None,
+                        reuse: dict[str, tuple[str, dict[str, Any]]] | None,
+                        stop: threading.Event | None, grace_deadline: Any,
+                        cancel: threading.Event | None) -> PipelineContext:
         skips = {s: "skipped on request" for s in (skip or ())}
         skips.update({s: "disabled in the configuration" for s in stages_
                       if not self.stage_config(s).enabled and s not in skips})
-        run = log.run(run_id)
+        run = log.run(run_id)  # read under the lock: nobody else changes it now
         if run is None:
             raise ConfigError(f"run {run_id!r} was never requested")
         if reuse is None and run.params.get("resume_from") and not run.attempts:
@@ -252,10 +274,6 @@ class BasePipeline(ABC):
             except ResumeRefused as exc:
                 log.append(new_event(T.RUN_FAILED, run_id, error=str(exc)))
                 return self._result(log.run(run_id))
-        own_executor = False
-        if executor is None:
-            parallel = self.max_workers if self.parallel_stages else 1
-            executor, own_executor = make_executor(self._executor_arg, parallel)
         if cancel is None:
             cancel = self._cancel = CancelToken()
         plan = RunPlan(
@@ -272,9 +290,9 @@ class BasePipeline(ABC):
             reuse=reuse or {},
         )
         self._progress = Progress(stages_)
-        lock = FileLock(run_lock_path(self.state_dir, run_id), {"role": "run", "run_id": run_id},
-                        remove_on_release=True)
-        lock.acquire()
+        own_executor = False
+        if executor is None:
+            executor, own_executor = make_executor(self._executor_arg, plan.parallel)
         timer = None
         if self.timeout is not None:  # the pipeline's own limit for a whole run
             from .durations import format_duration
@@ -290,7 +308,6 @@ class BasePipeline(ABC):
         finally:
             if timer is not None:
                 timer.cancel()
-            lock.release()
             if own_executor:
                 executor.shutdown()
         return self._result(final)

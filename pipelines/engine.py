@@ -17,10 +17,11 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from state import EventLog, EventType as T, Run, new_event
+from state import EventLog, EventType as T, Run, new_event, store
 from state.errors import AhgdError
 from state.machine import DONE_STAGE_STATES, RunState, StageState
 
@@ -190,10 +191,26 @@ class _Execution:
     def go(self) -> Run:
         try:
             return self._go()
+        except BaseException:
+            self._abandon()  # the log failed under us: stop the work we can no longer record
+            raise
         finally:
-            self._release_held()  # also when the log failed under us: never leak a slot
+            self._release_held()  # never leak a worker slot or budget
             if self.inprocess is not None:
                 self.inprocess.shutdown()
+
+    def _abandon(self) -> None:
+        for future, r in list(self.running.items()):
+            r.executor.cancel(future, "the run's event log failed")
+        deadline = time.monotonic() + 30
+        while self.running and time.monotonic() < deadline:
+            finished, _ = wait(list(self.running), timeout=1.0)
+            for future in finished:
+                r = self.running.pop(future)
+                self._held_slots += 1
+                if self.e.budget is not None:
+                    self._held_budget.append((self.plan.run_id, r.stage))
+                store.remove_attempt(self.e.state_dir, self.plan.run_id, r.stage, r.attempt)
 
     def _go(self) -> Run:
         run = self._start()
@@ -206,6 +223,8 @@ class _Execution:
                 deadline = self.grace()
                 if not self.running or (deadline is not None and self.e.clock() >= deadline):
                     self._interrupt_all("the daemon is shutting down")
+                    if self.failed is not None:
+                        break  # it failed for good: record that, not a pause to resume
                     return self._end(T.RUN_SUSPENDED, reason="the daemon stopped; the run resumes "
                                                              "at its next start")
             elif self.failed is None:
@@ -222,7 +241,8 @@ class _Execution:
                     self._nothing_can_start()
                     continue
             self._wait()
-        return run  # pragma: no cover
+        stage, error = self.failed  # type: ignore[misc]
+        return self._end(T.RUN_FAILED, error=error, stage=stage)
 
     def _start(self) -> Run:
         run = self.log.run(self.plan.run_id)
@@ -247,6 +267,7 @@ class _Execution:
                 self.next_attempt[stage] = att.attempt
             else:  # failed, timed out or interrupted before this execution
                 self.next_attempt[stage] = att.attempt + 1
+        self._restore_retries(run)
         for stage in self.plan.stages:
             if stage in self.done:
                 continue
@@ -265,6 +286,31 @@ class _Execution:
                 self.outputs[stage] = ref
                 self.progress.stage(stage, state=StageState.COMPLETED)
         return run
+
+    def _restore_retries(self, run: Run) -> None:
+        """Carry the retry budget and pending waits across a pause or a crash.
+
+        Attempts that failed or timed out since the run was last (re)started by a
+        human (``run.retried``) count against ``retry_attempts``; interrupted ones
+        (a crash, a shutdown) do not.  A retry wait in progress keeps its deadline.
+        """
+        since = self.log.query(
+            "SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id = ? AND type = 'run.retried'",
+            [run.run_id])[0][0]
+        for stage, count in self.log.query(
+                "SELECT stage, COUNT(*) FROM events WHERE run_id = ? AND seq > ? AND type IN "
+                "('stage.failed', 'stage.timed_out') GROUP BY stage", [run.run_id, since]):
+            self.tries[stage] = count
+        waiting = [s for s, a in run.attempts.items() if a.state == StageState.RETRYING]
+        if not waiting:
+            return
+        now_wall = self.log.now().timestamp()
+        for stage, ts, delay in self.log.query(
+                "SELECT stage, ts, json_extract(payload, '$.delay_s') FROM events WHERE run_id = ? "
+                "AND type = 'stage.retrying' ORDER BY seq", [run.run_id]):
+            if stage in waiting:
+                due = datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() + float(delay or 0)
+                self.retry_at[stage] = self.e.clock() + max(0.0, due - now_wall)
 
     def _ready(self, stage: str) -> bool:
         if stage in self.done or any(r.stage == stage for r in self.running.values()):
@@ -294,7 +340,14 @@ class _Execution:
                 self._held_slots += 1
                 self.waiting = True
                 continue
-            self._launch(stage, cfg)
+            try:
+                self._launch(stage, cfg)
+            except BaseException:  # nothing was started: give back what we took for it
+                if not any(r.stage == stage for r in self.running.values()):
+                    self._held_slots += 1
+                    if budget is not None:
+                        self._held_budget.append(key)
+                raise
 
     def _launch(self, stage: str, cfg: StageConfig) -> None:
         attempt = self.next_attempt.get(stage, 1)
@@ -387,6 +440,8 @@ class _Execution:
             self.progress.stage(stage, state=StageState.COMPLETED, error=None)
             return
         self._flush()
+        # whatever the attempt wrote was never recorded, so it does not exist
+        store.remove_attempt(self.e.state_dir, run_id, stage, attempt)
         if outcome.interrupted:
             self.log.append(new_event(T.STAGE_INTERRUPTED, run_id, stage=stage, attempt=attempt, **payload))
             self.next_attempt[stage] = attempt + 1

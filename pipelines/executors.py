@@ -295,29 +295,42 @@ class ProcessExecutor(Executor):
         # Everything but the wait itself runs under the lock: submit(), cancel()
         # and prestart() on other threads see a consistent set of workers.
         while True:
-            with self._lock:
-                if self._closed:
-                    self._stop_workers()
-                    return
-                self._dispatch()
-                timeout = self._nearest_deadline()
-                waitables: list[Any] = [self._wake_r] + [w.conn for w in self._workers]
             try:
-                ready = wait(waitables, timeout=timeout)
-            except OSError:  # a connection closed under us: look at everything
-                ready = waitables[1:]
-            with self._lock:
-                for obj in ready:
-                    if obj is self._wake_r:
-                        try:
-                            self._wake_r.recv(4096)
-                        except OSError:
-                            pass
-                        continue
-                    worker = next((w for w in self._workers if w.conn is obj), None)
-                    if worker is not None:
-                        self._receive(worker)
-                self._enforce_deadlines()
+                if self._step():
+                    return
+            except Exception as exc:  # this thread must outlive any one failure
+                import structlog
+
+                structlog.get_logger("ahgd.workers").error("worker_pool_error", error=str(exc),
+                                                           error_type=type(exc).__name__)
+                time.sleep(0.5)
+
+    def _step(self) -> bool:
+        """One round of the dispatcher; True when the pool has shut down."""
+        with self._lock:
+            if self._closed:
+                self._stop_workers()
+                return True
+            self._dispatch()
+            timeout = self._nearest_deadline()
+            waitables: list[Any] = [self._wake_r] + [w.conn for w in self._workers]
+        try:
+            ready = wait(waitables, timeout=timeout)
+        except OSError:  # a connection closed under us: look at everything
+            ready = waitables[1:]
+        with self._lock:
+            for obj in ready:
+                if obj is self._wake_r:
+                    try:
+                        self._wake_r.recv(4096)
+                    except OSError:
+                        pass
+                    continue
+                worker = next((w for w in self._workers if w.conn is obj), None)
+                if worker is not None:
+                    self._receive(worker)
+            self._enforce_deadlines()
+        return False
 
     def _nearest_deadline(self) -> float | None:
         if any(w.job and w.job.cancel_reason for w in self._workers):
@@ -327,10 +340,20 @@ class ProcessExecutor(Executor):
 
     def _dispatch(self) -> None:
         while len(self._workers) < self._want:
-            self._workers.append(self._spawn(False))
+            try:
+                self._workers.append(self._spawn(False))
+            except OSError:
+                break  # out of processes or descriptors: try again on the next round
         while self._queue:
             job = self._queue[0]
-            worker = self._idle_worker(job.fork)
+            try:
+                worker = self._idle_worker(job.fork)
+            except OSError as exc:  # the attempt fails; the retry policy decides what next
+                self._queue.popleft()
+                job.future.set_result(Outcome(
+                    ok=False, retryable=True, error_type="WorkerStartFailed",
+                    error=f"could not start a worker process for stage {job.task.stage!r}: {exc}"))
+                continue
             if worker is None:
                 return
             self._queue.popleft()

@@ -139,9 +139,7 @@ def _failure(task: StageTask, exc: BaseException) -> Outcome:
 
 def _discard(ctx: PipelineContext, task: StageTask) -> None:
     """Remove what a failed attempt wrote: it was never recorded, so it does not exist."""
-    for suffix in (".duckdb", ".duckdb.wal", ".json", ".pkl"):
-        store.attempt_path(ctx.state_dir, task.run_id, task.stage, task.attempt, suffix).unlink(
-            missing_ok=True)
+    store.remove_attempt(ctx.state_dir, task.run_id, task.stage, task.attempt)
 
 
 # --------------------------------------------------------------------------- storing outputs

@@ -40,17 +40,35 @@ class FileLock:
 
     def acquire(self) -> "FileLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = read_holder(self.path)
+        for _ in range(100):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = read_holder(self.path)
+                os.close(fd)
+                raise Locked(f"{self.path} is held by {describe_holder(holder)}", holder) from None
+            try:
+                # a releasing holder may have unlinked the file we opened: then this lock
+                # is on a deleted inode and worth nothing; open the path again
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
             os.close(fd)
-            raise Locked(f"{self.path} is held by {describe_holder(holder)}", holder) from None
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), **self.describe}
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps(info).encode())
-        os.fsync(fd)
+        else:  # pragma: no cover - a file re-created and unlinked 100 times in a row
+            raise StateDirError(f"{self.path} keeps disappearing; is another program deleting it?")
+        try:
+            info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
+                    **self.describe}
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(info).encode())
+            os.fsync(fd)
+        except OSError:
+            pass  # the lock holds even when its note cannot be written (a full disk)
+        except BaseException:
+            os.close(fd)
+            raise
         self._fd = fd
         return self
 

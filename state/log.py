@@ -180,7 +180,10 @@ class EventLog:
                     self._remember(last[key[1]], new)  # type: ignore[arg-type]
         for ev in stored:
             for listener in self._listeners:
-                listener(ev)
+                try:
+                    listener(ev)
+                except Exception:  # the event is committed: a broken log line must not say otherwise
+                    pass
         return stored
 
     def _append_locked(self, prepared: list[tuple[Event, str]], durable: bool):
@@ -189,9 +192,14 @@ class EventLog:
         relax = not durable and self.synchronous in ("FULL", "EXTRA")
         if relax:
             conn.execute("PRAGMA synchronous=NORMAL")
-        # begin/commit written out rather than through write_transaction():
-        # this is the hot path, and a context manager costs a measurable share
-        begin_immediate(conn, self.path, busy_timeout=self.busy_timeout, op="append")
+        try:
+            # begin/commit written out rather than through write_transaction():
+            # this is the hot path, and a context manager costs a measurable share
+            begin_immediate(conn, self.path, busy_timeout=self.busy_timeout, op="append")
+        except BaseException:
+            if relax:  # never leave the connection at NORMAL: later commits must fsync
+                conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            raise
         try:
             stored: list[Event] = []
             touched: dict[Key, tuple[Aggregate | None, Aggregate]] = {}

@@ -132,6 +132,12 @@ def remove_unrecorded(state_dir: Path, run_id: str, keep: Iterable[str]) -> list
     return removed
 
 
+def remove_attempt(state_dir: Path, run_id: str, stage: str, attempt: int) -> None:
+    """Delete what one attempt wrote (it did not succeed: nothing refers to it)."""
+    for suffix in (".duckdb", ".duckdb.wal", ".json", ".pkl", ".json.tmp", ".pkl.tmp"):
+        attempt_path(state_dir, run_id, stage, attempt, suffix).unlink(missing_ok=True)
+
+
 def remove_run(state_dir: Path, run_id: str) -> None:
     """Delete every stored output of a run (``enable_checkpoints=False`` after success)."""
     shutil.rmtree(run_dir(state_dir, run_id), ignore_errors=True)

@@ -390,3 +390,101 @@ def test_disk_nearly_full_is_an_alert(setup):
         assert d.stop() == 0
     alert = next(r for r in d.records() if r.get("event") == "system.disk_nearly_full")
     assert alert["alert"] is True and alert["severity"] == "error"
+
+
+def test_allow_duplicates_runs_the_same_bytes_again(setup):
+    tmp, state = setup
+    config = write_config(tmp, trigger=", allow_duplicates: true")
+    inbox = state / "inbox" / "csvpipe"
+    d = Daemon(config, state).wait_ready()
+    try:
+        drop_csv(inbox, "monday.csv", seed=1)
+        wait_until(lambda: query(state, "SELECT 1 FROM runs WHERE state = 'COMPLETED'"), 30, "run 1")
+        drop_csv(inbox, "tuesday.csv", seed=1)  # the same bytes
+        wait_until(lambda: len(query(state, "SELECT 1 FROM runs WHERE state = 'COMPLETED'")) == 2, 30,
+                   "run 2")
+        assert d.proc.poll() is None
+    finally:
+        assert d.stop() == 0
+    assert query(state, "SELECT type FROM events WHERE type LIKE 'file.%' ORDER BY seq") == [
+        ("file.arrived",), ("file.duplicate",)]
+
+
+def test_a_quarantined_file_dropped_again_is_taken_again(setup):
+    tmp, state = setup
+    config = write_config(tmp, extract={"required": ["sa2_code"]},
+                          trigger=", quarantine_on_extract_failure: true")
+    for attempt in range(2):
+        drop_csv(state / "inbox" / "csvpipe", "wrong.csv")  # the same bytes both times
+        d = Daemon(config, state, once=True)
+        assert d.wait(timeout=120) == 1
+    assert query(state, "SELECT COUNT(*) FROM runs WHERE state = 'FAILED'") == [(2,)]
+    assert query(state, "SELECT COUNT(*) FROM events WHERE type = 'file.quarantined'") == [(2,)]
+
+
+def test_a_manual_input_is_not_taken_for_a_dropped_file_after_a_restart(setup):
+    tmp, state = setup
+    config = write_config(tmp)
+    src = tmp / "manual.csv"
+    src.write_text("a,b\n1,2\n")
+    proc = subprocess.run([*ahgd_exe(), "run", "csvpipe", "--config", str(config), "--input", str(src),
+                           "--state-dir", str(state)], capture_output=True, text=True, timeout=120, env=env())
+    assert proc.returncode == 0, proc.stderr
+    again = Daemon(config, state, once=True)
+    assert again.wait(timeout=120) == 0, again.output()
+    assert query(state, "SELECT trigger FROM runs") == [("manual",)]
+
+
+def test_sighup_with_a_folder_that_cannot_be_created_keeps_the_old_config(setup):
+    tmp, state = setup
+    config = write_config(tmp)
+    d = Daemon(config, state).wait_ready()
+    try:
+        text = (tmp / "csvpipe.yaml").read_text()
+        (tmp / "csvpipe.yaml").write_text(text.replace('"${state_dir}/inbox/csvpipe"', '"/proc/ahgd-inbox"'))
+        d.signal(signal.SIGHUP)
+        wait_until(lambda: any(r.get("event") == "config_reload_failed" for r in d.records()), 20,
+                   "the reload to fail")
+        assert d.proc.poll() is None
+        drop_csv(state / "inbox" / "csvpipe", "still.csv")
+        wait_until(lambda: query(state, "SELECT 1 FROM runs WHERE state = 'COMPLETED'"), 30,
+                   "a run under the old configuration")
+    finally:
+        assert d.stop() == 0
+
+
+def test_ctrl_c_cancels_a_foreground_run(setup):
+    tmp, state = setup
+    config = write_config(tmp, transform={"sleep": 30})
+    src = tmp / "in.csv"
+    src.write_text("a,b\n1,2\n")
+    proc = subprocess.Popen([*ahgd_exe(), "run", "csvpipe", "--config", str(config), "--input", str(src),
+                             "--state-dir", str(state)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env())
+    try:
+        wait_until(lambda: query(state, "SELECT 1 FROM stage_runs WHERE stage = 'transform' AND state = 'RUNNING'"),
+                   60, "the slow stage")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1
+    assert "CANCELLED" in out
+    assert query(state, "SELECT state, error FROM runs") == [("CANCELLED", "cancelled with Ctrl-C")]
+    assert query(state, "SELECT state FROM stage_runs WHERE stage = 'transform'") == [("INTERRUPTED",)]
+
+
+def test_retry_without_config_and_without_daemon_changes_nothing(setup):
+    tmp, state = setup
+    config = write_config(tmp, extract={"required": ["nope"]})
+    src = tmp / "in.csv"
+    src.write_text("a,b\n1,2\n")
+    subprocess.run([*ahgd_exe(), "run", "csvpipe", "--config", str(config), "--input", str(src),
+                    "--state-dir", str(state)], capture_output=True, timeout=120, env=env())
+    [(run_id, run_state)] = query(state, "SELECT run_id, state FROM runs")
+    assert run_state == "FAILED"
+    proc = subprocess.run([*ahgd_exe(), "retry", run_id, "--state-dir", str(state)],
+                          capture_output=True, text=True, timeout=60, env=env())
+    assert proc.returncode == 1 and "--config is needed" in proc.stderr
+    assert query(state, "SELECT state FROM runs") == [("FAILED",)]

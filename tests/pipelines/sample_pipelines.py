@@ -64,7 +64,7 @@ class SleepyPipeline(BasePipeline):
         self.seconds = seconds
 
     def define_stages(self) -> list[str]:
-        return ["nap"]
+        return ["nap"]  # one stage
 
     def execute_stage(self, stage_name: str, context: Any) -> Any:
         trace(context, stage_name)

@@ -333,3 +333,46 @@ def test_history_rows_carry_resource_usage(state_dir):
     assert len(rows) == 4
     for stage, wall, cpu, rss in rows:
         assert wall > 0 and cpu >= 0 and rss > 10, (stage, wall, cpu, rss)
+
+
+def test_the_retry_budget_carries_over_a_pause(state_dir):
+    """A stage that always fails gets 1 + retry_attempts attempts in all, however often
+    the run is paused (daemon stop) and resumed in between."""
+    p = FlakyPipeline(state_dir=state_dir, failures=100, executor="inprocess",
+                      stage_configs={"validate": StageConfig("validate", retry_attempts=1,
+                                                             retry_delay=30)})
+    from state import EventType as T, new_event
+
+    with EventLog.open(state_dir) as log:
+        log.append(new_event(T.RUN_REQUESTED, "r1", pipeline="flaky", stages=p.define_stages()))
+        stop = threading.Event()
+        result = {}
+        th = threading.Thread(target=lambda: result.setdefault("ctx", p.execute_run("r1", log=log, stop=stop)))
+        th.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and log.run("r1").stage_state("validate") != "RETRYING":
+            time.sleep(0.02)
+        stop.set()  # the daemon stops while the stage waits for its retry
+        th.join(timeout=30)
+        assert result["ctx"].state == "PENDING"
+        p2 = FlakyPipeline(state_dir=state_dir, failures=100, executor="inprocess",
+                           stage_configs={"validate": StageConfig("validate", retry_attempts=1,
+                                                                  retry_delay=0.01)})
+        ctx = p2.execute_run("r1", log=log)
+    assert ctx.state == "FAILED"
+    assert ctx.error.startswith("stage 'validate' failed after 2 attempt(s)")
+    assert len([e for e in executions(state_dir) if e["stage"] == "validate"]) == 2
+
+
+def test_outputs_of_attempts_that_timed_out_are_removed(state_dir):
+    class BigNap(SleepyPipeline):
+        def execute_stage(self, stage_name, context):
+            context.sql("CREATE TABLE junk AS SELECT range AS x FROM range(1000)")
+            return super().execute_stage(stage_name, context)
+
+    p = BigNap(state_dir=state_dir, seconds=60,
+               stage_configs={"nap": StageConfig("nap", timeout=1.0, retry_attempts=1, retry_delay=0.01)})
+    ctx = p.run()
+    assert ctx.state == "FAILED"
+    leftovers = list((state_dir / "data" / ctx.run_id).glob("*")) if (state_dir / "data" / ctx.run_id).exists() else []
+    assert leftovers == []

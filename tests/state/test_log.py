@@ -246,3 +246,27 @@ def test_clock_is_injected(state_dir: Path):
     with EventLog.open(state_dir, clock=lambda: fixed) as log:
         e = log.append(new_event(T.RUN_REQUESTED, "r", pipeline="p"))
     assert e.ts == "2026-01-02T03:04:05.678901Z"
+
+
+def test_a_refused_non_durable_append_leaves_synchronous_full(state_dir: Path):
+    db = state_dir / "history.db"
+    with EventLog(db, busy_timeout=0.2) as log:
+        blocker = sqlite3.connect(db, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(Exception, match="stayed locked by another process"):
+                log.append(new_event(T.RUN_REQUESTED, "r", pipeline="p"), durable=False)
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert log.query("PRAGMA synchronous")[0][0] == 2  # FULL: later commits still fsync
+
+
+def test_a_failing_listener_does_not_make_a_committed_append_look_failed(state_dir: Path):
+    with EventLog.open(state_dir) as log:
+        def broken(event):
+            raise BrokenPipeError("stdout went away")
+
+        log.add_listener(broken)
+        stored = log.append(new_event(T.RUN_REQUESTED, "r", pipeline="p"))
+        assert stored.seq == 1 and log.run("r").state == "PENDING"
