@@ -77,6 +77,8 @@ class CheckReport(NamedTuple):
         return self.integrity == ["ok"] and not self.differences
 
 
+_new_tuple = tuple.__new__
+
 _INSERT_EVENT = (
     "INSERT INTO events (ts, run_id, stage, attempt, type, payload, idempotency_key) "
     "VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -107,8 +109,10 @@ class EventLog:
         self._clock = clock
         self._conn = connect(self.path, synchronous=self.synchronous, busy_timeout=busy_timeout)
         self._lock = threading.RLock()
-        # run_id -> (seq of the run's latest event, run): valid while that seq is current
-        self._cache: OrderedDict[str, tuple[int, Run]] = OrderedDict()
+        # run_id -> run as of our last commit; valid while no other connection has
+        # committed (PRAGMA data_version tells, inside the write transaction)
+        self._cache: OrderedDict[str, Run] = OrderedDict()
+        self._data_version: int | None = None
         self._cache_size = cache_size
         self._listeners: list[Listener] = []
         try:
@@ -171,13 +175,9 @@ class EventLog:
             return []
         with self._lock:
             stored, touched = self._append_locked(prepared, durable)
-            last = {}
-            for ev in stored:
-                if ev.run_id is not None:
-                    last[ev.run_id] = ev.seq
             for key, (_, new) in touched.items():
                 if key[0] == "run":
-                    self._remember(last[key[1]], new)  # type: ignore[arg-type]
+                    self._remember(new)  # type: ignore[arg-type]
         for ev in stored:
             for listener in self._listeners:
                 try:
@@ -201,6 +201,11 @@ class EventLog:
                 conn.execute(f"PRAGMA synchronous={self.synchronous}")
             raise
         try:
+            # another connection committed since our last look: what we cached may be stale
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._data_version:
+                self._cache.clear()
+                self._data_version = version
             stored: list[Event] = []
             touched: dict[Key, tuple[Aggregate | None, Aggregate]] = {}
             for e, payload in prepared:
@@ -213,12 +218,13 @@ class EventLog:
                     if e.idempotency_key is not None and "idempotency_key" in str(exc):
                         raise DuplicateEvent(self._event_by_key_txn(e.idempotency_key)) from None
                     raise
-                ev = e._replace(seq=cur.lastrowid, ts=ts, raw=payload)
+                ev = _new_tuple(Event, (e.type, e.run_id, e.stage, e.attempt, e.payload,
+                                        e.idempotency_key, cur.lastrowid, ts, payload))
                 key = aggregate_key(ev)
                 if key in touched:
                     original, current = touched[key]
                 else:
-                    original = current = self._load_txn(key, ev.seq)
+                    original = current = self._load_txn(key)
                 touched[key] = (original, apply(current, ev))
                 stored.append(ev)
             for original, new in touched.values():
@@ -238,20 +244,16 @@ class EventLog:
                 conn.execute(f"PRAGMA synchronous={self.synchronous}")
         return stored, touched
 
-    def _load_txn(self, key: Key, seq: int) -> Aggregate | None:
+    def _load_txn(self, key: Key) -> Aggregate | None:
         if key[0] == "run":
-            run_id = key[1]
-            version = P.run_version_txn(self._conn, run_id, seq)
-            if version is None:
-                return None
-            cached = self._cache.get(run_id)
-            if cached is not None and cached[0] == version:
-                return cached[1]
+            cached = self._cache.get(key[1])
+            if cached is not None:
+                return cached
         return P.load_txn(self._conn, key)
 
-    def _remember(self, version: int, run: Run) -> None:
+    def _remember(self, run: Run) -> None:
         cache = self._cache
-        cache[run.run_id] = (version, run)
+        cache[run.run_id] = run
         cache.move_to_end(run.run_id)
         if len(cache) > self._cache_size:
             cache.popitem(last=False)

@@ -138,13 +138,6 @@ def load_run_txn(conn: sqlite3.Connection, run_id: str) -> Run | None:
     return run_from_rows(row, attempts)
 
 
-def run_version_txn(conn: sqlite3.Connection, run_id: str, before: int) -> int | None:
-    """The seq of the run's latest event before ``before`` (None: no such run yet)."""
-    row = conn.execute("SELECT MAX(seq) FROM events WHERE run_id = ? AND seq < ?",
-                       (run_id, before)).fetchone()
-    return row[0]
-
-
 def load_txn(conn: sqlite3.Connection, key: Key) -> Aggregate | None:
     kind, ident = key
     if kind == "run":
