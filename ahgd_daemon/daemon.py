@@ -114,6 +114,7 @@ class Daemon:
         self.log: EventLog | None = None
         self.watchers: Any = None
         self.control: Any = None
+        self.http: Any = None
         self.executor: Any = None
         self.monitor: Any = None
 
@@ -176,6 +177,13 @@ class Daemon:
 
         self.control = ControlServer(self.state_dir, self._dispatch)
         self.control.start()
+        if settings.status_listen:
+            from .httpstatus import StatusServer
+
+            self.http = StatusServer(settings.status_listen, self.status,
+                                     lambda: self.monitor.export_metrics(format="prometheus"))
+            self.http.start()
+            self.log_.info("http_status", listen=settings.status_listen, port=self.http.port)
         self.notifier.ready(self._status_line())
         self.log_.info("daemon_ready", pid=os.getpid(), state_dir=str(self.state_dir),
                        pipelines=sorted(self.setup.pipelines), workers=workers, once=self.o.once)
@@ -202,6 +210,8 @@ class Daemon:
         self.log_.info("daemon_stopping", running=sorted(self.active), grace_s=grace)
         if self.control is not None:
             self.control.stop()
+        if self.http is not None:
+            self.http.stop()
         if self.watchers is not None:
             self.watchers.stop()
         self.grace_deadline = self.o.monotonic() + grace

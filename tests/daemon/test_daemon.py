@@ -488,3 +488,23 @@ def test_retry_without_config_and_without_daemon_changes_nothing(setup):
                           capture_output=True, text=True, timeout=60, env=env())
     assert proc.returncode == 1 and "--config is needed" in proc.stderr
     assert query(state, "SELECT state FROM runs") == [("FAILED",)]
+
+
+def test_http_status_endpoint_on_loopback(setup):
+    import urllib.request
+
+    tmp, state = setup
+    with socket.socket() as probe:  # a free loopback port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = write_config(tmp, daemon=f", status_listen: '127.0.0.1:{port}'")
+    d = Daemon(config, state).wait_ready()
+    try:
+        base = f"http://127.0.0.1:{port}"
+        status = json.loads(urllib.request.urlopen(f"{base}/status", timeout=10).read())
+        assert status["pid"] == d.proc.pid and status["pipelines"] == ["csvpipe"]
+        metrics = urllib.request.urlopen(f"{base}/metrics", timeout=10).read().decode()
+        assert "# TYPE ahgd_" in metrics
+        assert urllib.request.urlopen(f"{base}/healthz", timeout=10).read() == b"ok\n"
+    finally:
+        assert d.stop() == 0
