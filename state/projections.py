@@ -83,9 +83,22 @@ INSERT = {t: _insert_sql(t) for t in TABLES}
 INSERT_NEW = {t: _insert_sql(t).replace("INSERT OR REPLACE", "INSERT", 1) for t in TABLES}
 
 
+_STAGES_JSON: dict[tuple[str, ...], str] = {}
+
+
+def _stages_json(stages: tuple[str, ...]) -> str:
+    """A pipeline's stage list is the same for all its runs: encode it once."""
+    text = _STAGES_JSON.get(stages)
+    if text is None:
+        if len(_STAGES_JSON) > 4096:
+            _STAGES_JSON.clear()
+        text = _STAGES_JSON[stages] = dumps(list(stages))
+    return text
+
+
 def run_row(r: Run) -> tuple:
     return (
-        r.run_id, r.pipeline, r.trigger, r.state, dumps(r.params), dumps(list(r.stages)),
+        r.run_id, r.pipeline, r.trigger, r.state, dumps(r.params), _stages_json(r.stages),
         r.requested_at, r.started_at, r.ended_at, r.error, r.failed_stage, r.recoveries,
         r.retries, r.last_seq,
     )
