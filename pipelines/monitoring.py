@@ -10,67 +10,44 @@ An alert is kept in memory and logged as one structlog line: the alert name is
 the event, ``alert=True``, ``severity`` is the lower-case value of
 :class:`AlertSeverity` and the alert's fields are keys.  Nothing here
 configures structlog; the logger is passed in or ``get_logger("ahgd.monitor")``.
+
+This module holds the monitor itself: the sampling thread, the event handlers
+and the alert checks.  The values it keeps are in :mod:`pipelines.monitor_records`,
+the psutil readings in :mod:`pipelines.system_sampler` and the Prometheus/CSV/JSON
+rendering in :mod:`pipelines.metrics_export`; their public names are importable
+from here too.
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import difflib
-import io
 import itertools
-import json
-import math
 import os
-import tempfile
 import threading
-import time
 from collections import Counter, OrderedDict, deque
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from datetime import datetime, timezone
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple
 
-import psutil
 import structlog
 
 from state.events import Event
 
 from .durations import parse_duration
 from .errors import ConfigError
+from .metrics_export import (FORMATS, check_format, metric_families, render_metrics,
+                             write_metrics_file)
+from .monitor_records import (FAILURE_WINDOW, FINISHED_STATES, SYSTEM_METRICS, Alert, AlertSeverity,
+                              MonitorThresholds, PipelineStats, StageStats, SystemSample, iso)
+from .system_sampler import CPU_WINDOW_S, SystemSampler
 
-FORMATS = {"json": "json", "prometheus": "prom", "csv": "csv"}
-SYSTEM_METRICS = ("cpu_percent", "memory_percent", "disk_percent")
-FINISHED_STATES = ("COMPLETED", "FAILED", "PARKED")   # what success rates count
-CPU_WINDOW_S = 1.0        # shortest interval over which machine CPU % is measured
-FAILURE_WINDOW = 20       # failure rate: over the last N finished runs of a pipeline
+__all__ = ["CPU_WINDOW_S", "FAILURE_WINDOW", "FINISHED_STATES", "FORMATS", "SYSTEM_METRICS",
+           "Alert", "AlertSeverity", "Clock", "MonitorThresholds", "PipelineMonitor",
+           "SystemSample"]
+
 _MEMORY_CAP = 10_000      # run ids (and stage starts) remembered for observe()
 _RESERVED = frozenset({"event", "alert", "severity", "detail", "level", "timestamp"})
 Clock = Callable[[], datetime]
-
-
-class AlertSeverity(StrEnum):
-    INFO = "info"
-    WARNING = "warning"
-    ERROR = "error"
-    CRITICAL = "critical"
-
-    @property
-    def rank(self) -> int:
-        return _RANK[self]
-
-    @classmethod
-    def coerce(cls, value: AlertSeverity | str) -> AlertSeverity:
-        try:
-            return cls(str(value).lower())
-        except ValueError:
-            raise ConfigError(f"alert severity {value!r} is unknown"
-                              f"{_did_you_mean(str(value).lower(), [s.value for s in cls])}; "
-                              "use one of: info, warning, error, critical") from None
-
-
-_RANK = {s: i for i, s in enumerate(AlertSeverity)}
 _SYSTEM_ALERTS = {
     "cpu_percent": (AlertSeverity.WARNING, "system.cpu_high", "system.cpu_recovered", "CPU use"),
     "memory_percent": (AlertSeverity.WARNING, "system.memory_high", "system.memory_recovered",
@@ -80,150 +57,11 @@ _SYSTEM_ALERTS = {
 }
 
 
-@dataclass(frozen=True)
-class Alert:
-    severity: AlertSeverity
-    name: str
-    message: str
-    fields: dict[str, Any]
-    at: datetime
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"at": _iso(self.at), "severity": self.severity.value, "name": self.name,
-                "message": self.message, "fields": _jsonable(self.fields)}
-
-
-@dataclass(frozen=True)
-class MonitorThresholds:
-    """Alert thresholds; a value is crossed when the measure goes *above* it.
-
-    ``None`` turns a threshold off.  Percentages are 0-100, the failure rate
-    is a fraction over the last ``FAILURE_WINDOW`` finished runs, judged once
-    a pipeline has ``failure_rate_min_runs`` of them.
-    """
-
-    cpu_percent: float | None = 90.0
-    memory_percent: float | None = 90.0
-    disk_percent: float | None = 90.0
-    stage_duration_s: float | None = None
-    pipeline_failure_rate: float | None = 0.5
-    failure_rate_min_runs: int = 4
-
-    def __post_init__(self) -> None:
-        for name in SYSTEM_METRICS:
-            self._check(name, 0, 100, "a percentage from 0 to 100")
-        self._check("pipeline_failure_rate", 0, 1, "a fraction from 0 to 1 such as 0.5")
-        if self.stage_duration_s is not None:
-            td = parse_duration(self.stage_duration_s, positive=True,
-                                what="monitor threshold 'stage_duration_s'")
-            object.__setattr__(self, "stage_duration_s", td.total_seconds())
-        runs = self.failure_rate_min_runs
-        if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
-            raise ConfigError(f"monitor threshold 'failure_rate_min_runs' is {runs!r}; "
-                              "use a whole number of runs, 1 or more")
-
-    def _check(self, name: str, low: float, high: float, what: str) -> None:
-        value = getattr(self, name)
-        if value is None:
-            return
-        if (isinstance(value, bool) or not isinstance(value, (int, float))
-                or not low <= value <= high):
-            raise ConfigError(f"monitor threshold {name!r} is {value!r}; "
-                              f"use {what}, or None to turn it off")
-        object.__setattr__(self, name, float(value))
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any] | MonitorThresholds | None,
-                     ) -> MonitorThresholds:
-        if values is None:
-            return cls()
-        if isinstance(values, cls):
-            return values
-        known = [f.name for f in fields(cls)]
-        for key in values:
-            if key not in known:
-                raise ConfigError(f"monitor threshold {key!r} is unknown"
-                                  f"{_did_you_mean(str(key), known)}; "
-                                  f"known thresholds: {', '.join(known)}")
-        return cls(**values)
-
-    def with_changes(self, **changes: Any) -> MonitorThresholds:
-        return self.from_mapping({**asdict(self), **changes})
-
-
-@dataclass(frozen=True)
-class SystemSample:
-    at: datetime
-    cpu_percent: float | None          # whole machine, since the previous sample
-    memory_percent: float | None
-    disk_percent: float | None         # filesystem holding metrics_dir
-    process_rss_mb: float | None       # this process
-    process_cpu_s: float | None        # this process, user + system, since it started
-    child_processes: int | None        # this process's descendants (stage workers)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "at": _iso(self.at)}
-
-
 class _Pending(NamedTuple):
     severity: AlertSeverity
     name: str
     message: str
     fields: dict[str, Any]
-
-
-class _Durations:
-    __slots__ = ("count", "total", "max")
-
-    def __init__(self) -> None:
-        self.count, self.total, self.max = 0, 0.0, 0.0
-
-    def add(self, seconds: float | None) -> None:
-        if seconds is not None:
-            self.count += 1
-            self.total += seconds
-            self.max = max(self.max, seconds)
-
-    def to_dict(self) -> dict[str, Any]:
-        mean = self.total / self.count if self.count else None
-        return {"count": self.count, "mean": mean, "max": self.max if self.count else None,
-                "total": self.total}
-
-
-@dataclass
-class _StageStats:
-    states: Counter = field(default_factory=Counter)
-    durations: _Durations = field(default_factory=_Durations)
-    rows: int = 0
-    cpu_s: float = 0.0
-    peak_rss_mb: float | None = None
-    max_attempt: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"attempts": dict(self.states), "duration_s": self.durations.to_dict(),
-                "rows": self.rows, "cpu_s": self.cpu_s, "peak_rss_mb": self.peak_rss_mb,
-                "max_attempt": self.max_attempt}
-
-
-@dataclass
-class _PipelineStats:
-    runs: Counter = field(default_factory=Counter)
-    durations: _Durations = field(default_factory=_Durations)
-    active: dict[Any, datetime | None] = field(default_factory=dict)
-    last_run: dict[str, Any] | None = None
-    recent: deque = field(default_factory=lambda: deque(maxlen=FAILURE_WINDOW))
-    stages: dict[str, _StageStats] = field(default_factory=dict)
-    quarantined: int = 0
-
-    def success_rate(self) -> float | None:
-        finished = sum(self.runs[s] for s in FINISHED_STATES)
-        return self.runs["COMPLETED"] / finished if finished else None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"runs": dict(self.runs), "active_runs": len(self.active),
-                "last_run": self.last_run, "success_rate": self.success_rate(),
-                "duration_s": self.durations.to_dict(), "files_quarantined": self.quarantined,
-                "stages": {name: s.to_dict() for name, s in self.stages.items()}}
 
 
 class PipelineMonitor:
@@ -250,14 +88,11 @@ class PipelineMonitor:
         self._alerts: deque[Alert] = deque(maxlen=max_alerts)
         self._alert_counts: Counter = Counter()
         self._breached: set[tuple[str, str]] = set()   # (threshold, pipeline or "")
-        self._pipelines: dict[str, _PipelineStats] = {}
+        self._pipelines: dict[str, PipelineStats] = {}
         self._run_pipeline: OrderedDict[str, str] = OrderedDict()
         self._stage_started: OrderedDict[tuple[str, str], datetime | None] = OrderedDict()
         self._api_runs = itertools.count(1)
-        self._sample_lock = threading.Lock()
-        self._process = psutil.Process()
-        self._cpu_before = (time.monotonic(), psutil.cpu_times())
-        self._cpu_last: float | None = None
+        self._sampler = SystemSampler(self.metrics_dir, self._now)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -343,7 +178,7 @@ class PipelineMonitor:
 
     def sample_now(self) -> SystemSample:
         """Take one sample synchronously, keep it and check the system thresholds."""
-        sample = self._measure()
+        sample = self._sampler.measure()
         with self._lock:
             self._samples.append(sample)
             pending = self._check_system(sample)
@@ -353,37 +188,6 @@ class PipelineMonitor:
     def get_samples(self) -> list[SystemSample]:
         with self._lock:
             return list(self._samples)
-
-    def _measure(self) -> SystemSample:
-        with self._sample_lock:
-            percent = self._cpu_percent()
-            mem = _safe(psutil.virtual_memory)
-            disk = _safe(lambda: psutil.disk_usage(str(self.metrics_dir)))
-            rss = _safe(lambda: self._process.memory_info().rss)
-            times = _safe(self._process.cpu_times)
-            children = _safe(lambda: len(self._process.children(recursive=True)))
-        return SystemSample(
-            at=self._now(), cpu_percent=percent,
-            memory_percent=mem.percent if mem is not None else None,
-            disk_percent=disk.percent if disk is not None else None,
-            process_rss_mb=rss / 2**20 if rss is not None else None,
-            process_cpu_s=round(times.user + times.system, 3) if times is not None else None,
-            child_processes=children)
-
-    def _cpu_percent(self) -> float | None:
-        """Machine CPU % since the previous reading at least CPU_WINDOW_S ago.
-
-        The kernel counts CPU time in ticks, so a shorter window gives noise
-        (0 or 100 %); until the window has passed the last value is repeated.
-        """
-        now, (then, before) = time.monotonic(), self._cpu_before
-        if now - then < CPU_WINDOW_S:
-            return self._cpu_last
-        after = _safe(psutil.cpu_times)
-        if after is not None:
-            self._cpu_before = (now, after)
-            self._cpu_last = _busy_percent(before, after)
-        return self._cpu_last
 
     def _check_system(self, sample: SystemSample) -> list[_Pending]:
         pending = []
@@ -445,10 +249,10 @@ class PipelineMonitor:
             pending = handler(self, event, data, at)
         self._emit(pending)
 
-    def _stats(self, pipeline: str) -> _PipelineStats:
+    def _stats(self, pipeline: str) -> PipelineStats:
         stats = self._pipelines.get(pipeline)
         if stats is None:
-            stats = self._pipelines[pipeline] = _PipelineStats()
+            stats = self._pipelines[pipeline] = PipelineStats()
         return stats
 
     def _start_run(self, pipeline: str, key: Any, at: datetime | None) -> None:
@@ -461,8 +265,8 @@ class PipelineMonitor:
         duration = (at - started).total_seconds() if started is not None else None
         stats.runs[state] += 1
         stats.durations.add(duration)
-        stats.last_run = {"run_id": run_id, "state": state, "started_at": _iso(started),
-                          "ended_at": _iso(at), "duration_s": duration,
+        stats.last_run = {"run_id": run_id, "state": state, "started_at": iso(started),
+                          "ended_at": iso(at), "duration_s": duration,
                           "error": alert_fields.get("error") or alert_fields.get("reason")}
         fields = {"pipeline": pipeline, "run_id": run_id, **alert_fields}
         pending = []
@@ -481,7 +285,7 @@ class PipelineMonitor:
             pending.extend(self._check_failure_rate(pipeline, stats))
         return duration, pending
 
-    def _check_failure_rate(self, pipeline: str, stats: _PipelineStats) -> list[_Pending]:
+    def _check_failure_rate(self, pipeline: str, stats: PipelineStats) -> list[_Pending]:
         limit, key = self.thresholds.pipeline_failure_rate, ("pipeline_failure_rate", pipeline)
         if len(stats.recent) < self.thresholds.failure_rate_min_runs:
             return []
@@ -504,7 +308,7 @@ class PipelineMonitor:
     def _record_stage(self, pipeline: str, stage: str, state: str, duration_s: float | None,
                       rows: int | None, cpu_s: float | None, peak_rss_mb: float | None,
                       attempt: int | None, run_id: str | None) -> list[_Pending]:
-        stats = self._stats(pipeline).stages.setdefault(stage, _StageStats())
+        stats = self._stats(pipeline).stages.setdefault(stage, StageStats())
         stats.states[state] += 1
         stats.durations.add(duration_s)
         stats.rows += rows or 0
@@ -582,7 +386,7 @@ class PipelineMonitor:
         with self._lock:
             latest = self._samples[-1] if self._samples else None
             return {
-                "generated_at": _iso(self._now()),
+                "generated_at": iso(self._now()),
                 "system": {
                     "monitoring": self.is_monitoring,
                     "sample_interval_s": self.sample_interval,
@@ -600,43 +404,20 @@ class PipelineMonitor:
 
     def export_metrics(self, format: str = "json") -> str:
         """The metrics as ``json``, ``prometheus`` (text format 0.0.4) or ``csv``."""
-        fmt = _check_format(format)
+        fmt = check_format(format)
+        data = None
         with self._lock:
-            families = _families(self)
+            families = metric_families(self._samples[-1] if self._samples else None,
+                                       self._pipelines, self._alert_counts, self._breached,
+                                       self.metrics_dir)
             if fmt == "json":
                 data = self.get_dashboard_data()
-        if fmt == "prometheus":
-            return _render_prometheus(families)
-        rows = [(name, labels, value) for f in families for name, labels, value in f.samples]
-        if fmt == "csv":
-            buf = io.StringIO()
-            writer = csv.writer(buf, lineterminator="\n")
-            writer.writerow(["metric", "labels", "value"])
-            for name, labels, value in rows:
-                writer.writerow([name, ";".join(f"{k}={v}" for k, v in labels.items()),
-                                 _prom_value(value)])
-            return buf.getvalue()
-        data["metrics"] = [{"metric": n, "labels": labels, "value": v} for n, labels, v in rows]
-        return json.dumps(_jsonable(data), indent=2, sort_keys=True)
+        return render_metrics(fmt, families, data)
 
     def save_metrics(self, format: str = "json") -> Path:
         """Write ``metrics.<json|prom|csv>`` into ``metrics_dir`` atomically."""
-        fmt = _check_format(format)
-        text = self.export_metrics(fmt)
-        path = self.metrics_dir / f"metrics.{FORMATS[fmt]}"
-        fd, tmp = tempfile.mkstemp(prefix=".metrics.", suffix=".tmp", dir=self.metrics_dir)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        return path
+        fmt = check_format(format)
+        return write_metrics_file(self.metrics_dir, fmt, self.export_metrics(fmt))
 
     def _now(self) -> datetime:
         return self._clock()
@@ -666,154 +447,6 @@ _STAGE_STATES = {
 }
 
 
-# -- metric families ----------------------------------------------------------
-
-class _Family(NamedTuple):
-    name: str
-    kind: str           # counter | gauge | summary
-    help: str
-    samples: list       # (sample name, labels dict, value)
-
-
-def _families(m: PipelineMonitor) -> list[_Family]:
-    """Every metric as Prometheus families; called with the monitor's lock held."""
-    out: dict[str, _Family] = {}
-
-    def add(name: str, kind: str, help: str, labels: dict, value: Any, suffix: str = "") -> None:
-        if value is None:
-            return
-        fam = out.setdefault(name, _Family(name, kind, help, []))
-        fam.samples.append((name + suffix, labels, value))
-
-    latest = m._samples[-1] if m._samples else None
-    if latest is not None:
-        _system_families(m, latest, add)
-    for pipeline, stats in sorted(m._pipelines.items()):
-        _pipeline_families(pipeline, stats, add)
-    for sev in AlertSeverity:
-        add("ahgd_alerts_total", "counter", "Alerts raised since the monitor started.",
-            {"severity": sev.value}, m._alert_counts[sev])
-    return list(out.values())
-
-
-def _system_families(m: PipelineMonitor, s: SystemSample, add: Callable) -> None:
-    pct = lambda v: round(v / 100, 6) if v is not None else None  # noqa: E731
-    add("ahgd_system_cpu_usage_ratio", "gauge", "Machine CPU busy fraction since the previous "
-        "sample.", {}, pct(s.cpu_percent))
-    add("ahgd_system_memory_usage_ratio", "gauge", "Machine memory in use, as a fraction.",
-        {}, pct(s.memory_percent))
-    add("ahgd_system_disk_usage_ratio", "gauge", "Used fraction of the filesystem holding the "
-        "metrics directory.", {"path": str(m.metrics_dir)}, pct(s.disk_percent))
-    add("ahgd_process_resident_memory_bytes", "gauge", "Resident memory of the daemon process.",
-        {}, round(s.process_rss_mb * 2**20) if s.process_rss_mb is not None else None)
-    add("ahgd_process_cpu_seconds_total", "counter", "User and system CPU time of the daemon "
-        "process.", {}, s.process_cpu_s)
-    add("ahgd_process_child_processes", "gauge", "Descendant processes of the daemon (stage "
-        "workers).", {}, s.child_processes)
-    add("ahgd_system_sample_timestamp_seconds", "gauge", "Unix time of the latest system sample.",
-        {}, s.at.timestamp())
-    for metric in SYSTEM_METRICS:
-        add("ahgd_system_threshold_breached", "gauge", "1 while the measure is above its alert "
-            "threshold.", {"threshold": metric}, int((metric, "") in m._breached))
-
-
-def _pipeline_families(pipeline: str, p: _PipelineStats, add: Callable) -> None:
-    lab = {"pipeline": pipeline}
-    for state, n in sorted(p.runs.items()):
-        add("ahgd_pipeline_runs_total", "counter", "Finished runs by final state.",
-            {**lab, "state": state}, n)
-    add("ahgd_pipeline_active_runs", "gauge", "Runs started and not yet finished.", lab,
-        len(p.active))
-    add("ahgd_pipeline_run_duration_seconds", "summary", "Wall time of finished runs.", lab,
-        p.durations.total, "_sum")
-    add("ahgd_pipeline_run_duration_seconds", "summary", "", lab, p.durations.count, "_count")
-    add("ahgd_pipeline_run_max_duration_seconds", "gauge", "Longest finished run.", lab,
-        p.durations.max if p.durations.count else None)
-    add("ahgd_pipeline_success_ratio", "gauge", "Completed runs over completed, failed and "
-        "parked runs.", lab, p.success_rate())
-    add("ahgd_files_quarantined_total", "counter", "Input files moved to quarantine.", lab,
-        p.quarantined)
-    for stage, s in sorted(p.stages.items()):
-        sl = {**lab, "stage": stage}
-        for state, n in sorted(s.states.items()):
-            add("ahgd_stage_attempts_total", "counter", "Stage attempts by outcome.",
-                {**sl, "state": state}, n)
-        add("ahgd_stage_duration_seconds", "summary", "Wall time of stage attempts.", sl,
-            s.durations.total, "_sum")
-        add("ahgd_stage_duration_seconds", "summary", "", sl, s.durations.count, "_count")
-        add("ahgd_stage_max_duration_seconds", "gauge", "Longest stage attempt.", sl,
-            s.durations.max if s.durations.count else None)
-        add("ahgd_stage_rows_total", "counter", "Rows output by completed attempts.", sl, s.rows)
-        add("ahgd_stage_cpu_seconds_total", "counter", "CPU time of stage attempts.", sl, s.cpu_s)
-        add("ahgd_stage_peak_resident_memory_bytes", "gauge", "Highest peak memory of an "
-            "attempt.", sl, round(s.peak_rss_mb * 2**20) if s.peak_rss_mb is not None else None)
-
-
-def _render_prometheus(families: list[_Family]) -> str:
-    lines = []
-    for f in families:
-        lines.append(f"# HELP {f.name} {_escape(f.help, label=False)}")
-        lines.append(f"# TYPE {f.name} {f.kind}")
-        for name, labels, value in f.samples:
-            body = ",".join(f'{k}="{_escape(str(v), label=True)}"' for k, v in labels.items())
-            lines.append(f"{name}{{{body}}} {_prom_value(value)}" if body
-                         else f"{name} {_prom_value(value)}")
-    return "\n".join(lines) + "\n"
-
-
-# -- helpers --------------------------------------------------------------------
-
-def _escape(text: str, *, label: bool) -> str:
-    text = text.replace("\\", "\\\\").replace("\n", "\\n")
-    return text.replace('"', '\\"') if label else text
-
-
-def _prom_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return str(int(value))
-    if isinstance(value, int):
-        return str(value)
-    value = float(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(value)
-
-
-def _check_format(format: str) -> str:
-    fmt = str(format).strip().lower()
-    if fmt not in FORMATS:
-        raise ConfigError(f"metrics format {format!r} is not supported"
-                          f"{_did_you_mean(fmt, list(FORMATS))}; "
-                          f"use one of: {', '.join(sorted(FORMATS))}")
-    return fmt
-
-
-def _did_you_mean(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _busy_percent(before: Any, after: Any) -> float | None:
-    def busy_total(t: Any) -> tuple[float, float]:
-        total = sum(t) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
-        return total - t.idle - getattr(t, "iowait", 0.0), total
-
-    b0, t0 = busy_total(before)
-    b1, t1 = busy_total(after)
-    if t1 - t0 <= 0:
-        return None
-    return round(min(100.0, max(0.0, 100.0 * (b1 - b0) / (t1 - t0))), 1)
-
-
-def _safe(fn: Callable[[], Any]) -> Any:
-    try:
-        return fn()
-    except (psutil.Error, OSError):
-        return None
-
-
 def _remember(cache: OrderedDict, key: Any, value: Any) -> None:
     cache[key] = value
     cache.move_to_end(key)
@@ -827,12 +460,3 @@ def _parse_ts(ts: str | None) -> datetime | None:
     dt = datetime.fromisoformat(ts.replace("Z", "+00:00"))
     return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
 
-
-def _iso(dt: datetime | None) -> str | None:
-    if dt is None:
-        return None
-    return dt.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
-
-
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
