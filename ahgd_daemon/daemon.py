@@ -449,15 +449,19 @@ class Daemon:
 
     def _trigger_downstream(self, run: Any) -> None:
         for downstream in self.setup.upstream.get(run.pipeline, ()):
-            self._request_upstream_run(downstream, run.pipeline, run.run_id)
+            self._request_upstream_run(downstream, run.pipeline, run.run_id, run.ended_at)
 
-    def _request_upstream_run(self, downstream: str, upstream: str, upstream_run: str) -> str | None:
+    def _request_upstream_run(self, downstream: str, upstream: str, upstream_run: str,
+                              upstream_ended: str) -> str | None:
         if downstream not in self.setup.pipelines:
             return None
-        pending = self.log.query("SELECT 1 FROM runs WHERE pipeline = ? AND state = 'PENDING' LIMIT 1",
-                                 [downstream])
-        if pending:
-            return None  # one pending run will see the new data too
+        # covered if a run of the downstream started after the upstream data landed, or
+        # has yet to start (a pending run absorbs every upstream completion before it)
+        covered = self.log.query(
+            "SELECT 1 FROM runs WHERE pipeline = ? AND (state = 'PENDING' OR started_at >= ?) LIMIT 1",
+            [downstream, upstream_ended])
+        if covered:
+            return None
         from pipelines.base import new_run_id
         from state import DuplicateEvent
 
@@ -480,13 +484,7 @@ class Daemon:
             if not last:
                 continue
             for d in downstreams:
-                # covered if a run of d started after the upstream data landed, or will start
-                # (a pending run absorbs every upstream completion before it starts)
-                later = self.log.query(
-                    "SELECT 1 FROM runs WHERE pipeline = ? AND (state = 'PENDING' OR started_at >= ?) "
-                    "LIMIT 1", [d, last[0][1]])
-                if not later:
-                    self._request_upstream_run(d, upstream, last[0][0])
+                self._request_upstream_run(d, upstream, last[0][0], last[0][1])
 
     def _maybe_quarantine(self, run: Any) -> None:
         if run.trigger != "drop_folder":
