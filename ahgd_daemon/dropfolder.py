@@ -126,7 +126,7 @@ def move(src: Path, dst: Path) -> Path:
 class Claimer:
     """Claims complete files for their pipeline; thread-safe (one claim at a time)."""
 
-    def __init__(self, log: EventLog, state_dir: Path, *, clock: Callable[[], datetime] | None = None):
+    def __init__(self, log: EventLog, state_dir: Path):
         self.log = log
         self.state_dir = Path(state_dir)
         self._lock = threading.Lock()
@@ -146,7 +146,7 @@ class Claimer:
         if not path.is_file():
             return Claimed(pipeline, None, None, "gone", "not a regular file")
         if st.st_size == 0:
-            return self.quarantine(folder, path, "the file is empty (0 bytes)", sha256=store_sha_empty())
+            return self.quarantine(folder, path, "the file is empty (0 bytes)", sha256=EMPTY_SHA256)
         try:
             sha = store.sha256_file(path)
         except PermissionError as exc:
@@ -276,8 +276,8 @@ class Claimer:
         return adopted
 
 
-def store_sha_empty() -> str:
-    return "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+#: SHA-256 of zero bytes: the identity under which empty files are quarantined
+EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 
 class Stability:

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "BasePipeline": "pipelines.base",
     "PipelineContext": "pipelines.context",
-    "PipelineResult": "pipelines.base",
     "PipelineState": "pipelines.base",
     "StageConfig": "pipelines.stage",
     "StageState": "pipelines.stage",
@@ -58,7 +57,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .base import BasePipeline, PipelineResult, PipelineState
+    from .base import BasePipeline, PipelineState
     from .checkpointing import CheckpointFormat, CheckpointManager, RecoveryStrategy
     from .context import PipelineContext
     from .durations import parse_duration

@@ -213,7 +213,7 @@ class _Execution:
                 store.remove_attempt(self.e.state_dir, self.plan.run_id, r.stage, r.attempt)
 
     def _go(self) -> Run:
-        run = self._start()
+        self._start()
         while True:
             if self.cancel.is_set():
                 reason = getattr(self.cancel, "reason", None) or "cancelled on request"

@@ -70,10 +70,6 @@ class ResourceBudget:
                     self._used[k] = max(0.0, self._used[k] - need[k])
             self._changed.notify_all()
 
-    def wait_for_change(self, timeout: float) -> None:
-        with self._changed:
-            self._changed.wait(timeout)
-
     def used(self) -> dict[str, float]:
         with self._changed:
             return dict(self._used)

@@ -15,7 +15,7 @@ import os
 import pickle
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -378,6 +378,3 @@ def _proc_files() -> _ProcFiles:
         _PROC = _ProcFiles()
     return _PROC
 
-
-def outcome_dict(outcome: Outcome) -> dict[str, Any]:
-    return asdict(outcome)

@@ -154,9 +154,6 @@ class StageConfig:
         base = self.retry_delay.total_seconds() * (self.retry_backoff ** (failed_attempt - 1))
         return min(base * jitter, self.max_retry_delay.total_seconds())
 
-    def with_defaults(self, **defaults: Any) -> "StageConfig":
-        return replace(self, **defaults)
-
     def describe(self) -> str:
         t = "none" if self.timeout is None else format_duration(self.timeout)
         return f"{self.name}: timeout {t}, {self.retry_attempts} retries"

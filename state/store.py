@@ -25,7 +25,6 @@ Output references::
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
 from pathlib import Path
@@ -142,7 +141,3 @@ def remove_run(state_dir: Path, run_id: str) -> None:
     """Delete every stored output of a run (``enable_checkpoints=False`` after success)."""
     shutil.rmtree(run_dir(state_dir, run_id), ignore_errors=True)
 
-
-def free_bytes(path: Path) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize

@@ -40,3 +40,10 @@ def test_importing_state_loads_nothing_above_it():
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_every_name_pipelines_exports_resolves():
+    import pipelines
+
+    missing = [n for n in pipelines.__all__ if not hasattr(pipelines, n)]
+    assert missing == []

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..context import quote
-from .common import (PARSE_ERRORS, SOURCE_SHA, Column, CsvExtractor, Layout, ParsedColumns,
+from .common import (SOURCE_SHA, Column, CsvExtractor, Layout, ParsedColumns,
                      WarehouseLoader, duplicate_key_problems, header_problem,
                      parse_error_problems, read_source_sql, suppressed_param)
 
