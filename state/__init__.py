@@ -18,6 +18,7 @@ from .errors import (
 from .events import EVENT_TYPES, Event, EventType, new_event
 from .log import HISTORY_DB, CheckReport, DuplicateEvent, EventLog, format_ts, utc_now
 from .machine import (
+    AlertRecord,
     Attempt,
     FileRecord,
     Orchestration,
@@ -36,6 +37,6 @@ __all__ = [
     "OutputMissing", "SchemaTooNew", "StateDirError", "StoreError",
     "EVENT_TYPES", "Event", "EventType", "new_event",
     "HISTORY_DB", "CheckReport", "DuplicateEvent", "EventLog", "format_ts", "utc_now",
-    "Attempt", "FileRecord", "Orchestration", "Run", "RunState", "ScheduleRecord", "StageState",
+    "AlertRecord", "Attempt", "FileRecord", "Orchestration", "Run", "RunState", "ScheduleRecord", "StageState",
     "aggregate_key", "apply", "fold", "MIGRATIONS", "Migration",
 ]

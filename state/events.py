@@ -42,6 +42,9 @@ class EventType(StrEnum):
     ORCH_PIPELINE_SKIPPED = "orchestration.pipeline_skipped"
     ORCH_COMPLETED = "orchestration.completed"
     ORCH_FAILED = "orchestration.failed"
+    # alerts (a condition the monitor watches: raised once, resolved when it clears)
+    ALERT_RAISED = "alert.raised"
+    ALERT_RESOLVED = "alert.resolved"
 
 
 EVENT_TYPES: frozenset[str] = frozenset(t.value for t in EventType)

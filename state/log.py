@@ -9,10 +9,12 @@ whole transaction back), write the changed projection rows, commit.  The same
 
 from __future__ import annotations
 
+import bisect
 import gc
 import os
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from collections import OrderedDict
 from datetime import datetime, timezone
@@ -79,6 +81,43 @@ class CheckReport(NamedTuple):
 
 _new_tuple = tuple.__new__
 
+#: upper bounds (seconds) of the append-latency histogram buckets
+APPEND_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                    0.25, 0.5, 1.0, 2.5, 10.0)
+
+
+class AppendTimings:
+    """How long appends took (lock wait + write + commit), as a cumulative-ready histogram.
+
+    Kept in memory by each :class:`EventLog`; ``snapshot()`` is what the
+    monitor exports as ``ahgd_event_log_append_seconds``.
+    """
+
+    __slots__ = ("counts", "total", "count", "_lock")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(APPEND_BUCKETS_S) + 1)   # the last one is +Inf
+        self.total = 0.0
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def observe(self, seconds: float) -> None:
+        i = bisect.bisect_left(APPEND_BUCKETS_S, seconds)
+        with self._lock:
+            self.counts[i] += 1
+            self.total += seconds
+            self.count += 1
+
+    def snapshot(self) -> tuple[list[tuple[float, int]], float, int]:
+        """``([(upper bound, cumulative count), ..., (inf, count)], sum, count)``."""
+        with self._lock:
+            counts, total, count = list(self.counts), self.total, self.count
+        running, buckets = 0, []
+        for bound, n in zip((*APPEND_BUCKETS_S, float("inf")), counts):
+            running += n
+            buckets.append((bound, running))
+        return buckets, total, count
+
 _INSERT_EVENT = (
     "INSERT INTO events (ts, run_id, stage, attempt, type, payload, idempotency_key) "
     "VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -115,6 +154,7 @@ class EventLog:
         self._data_version: int | None = None
         self._cache_size = cache_size
         self._listeners: list[Listener] = []
+        self.append_timings = AppendTimings()
         try:
             self.version = migrate(self._conn, self.path, migrations, busy_timeout=busy_timeout)
         except BaseException:
@@ -173,11 +213,13 @@ class EventLog:
             prepared.append((e, payload))
         if not prepared:
             return []
+        began = time.perf_counter()
         with self._lock:
             stored, touched = self._append_locked(prepared, durable)
             for key, (_, new) in touched.items():
                 if key[0] == "run":
                     self._remember(new)  # type: ignore[arg-type]
+        self.append_timings.observe(time.perf_counter() - began)
         for ev in stored:
             for listener in self._listeners:
                 try:

@@ -5,8 +5,8 @@ log loads the aggregate an event addresses, applies, writes the result in the
 same transaction), rebuilds and replays (a fold over every event), and tests.
 
 An event addresses one *aggregate*: a run (``run.*`` and ``stage.*``), a file
-(``file.*``), a schedule (``schedule.*``) or an orchestration
-(``orchestration.*``).  Legal transitions are listed explicitly in the
+(``file.*``), a schedule (``schedule.*``), an orchestration
+(``orchestration.*``) or an alert (``alert.*``).  Legal transitions are listed explicitly in the
 ``*_TRANSITIONS`` tables below; anything else raises :class:`IllegalTransition`
 before the log writes a byte.
 """
@@ -99,6 +99,13 @@ FILE_TRANSITIONS: dict[tuple[str | None, str], str] = _plain({
     (None, T.FILE_QUARANTINED): "QUARANTINED",
     ("ARRIVED", T.FILE_QUARANTINED): "QUARANTINED",
     ("QUARANTINED", T.FILE_QUARANTINED): "QUARANTINED",
+})
+
+#: one alert per condition: raising an alert that is already firing is illegal
+ALERT_TRANSITIONS: dict[tuple[str | None, str], str] = _plain({
+    (None, T.ALERT_RAISED): "FIRING",
+    ("RESOLVED", T.ALERT_RAISED): "FIRING",
+    ("FIRING", T.ALERT_RESOLVED): "RESOLVED",
 })
 
 ORCH_TRANSITIONS: dict[tuple[str | None, str], str] = _plain({
@@ -219,7 +226,24 @@ class Orchestration(NamedTuple):
     pipelines: dict[str, OrchPipeline]
 
 
-Aggregate = Run | FileRecord | ScheduleRecord | Orchestration
+class AlertRecord(NamedTuple):
+    """One alert condition (``alerts``): firing until resolved, then perhaps again."""
+
+    alert_id: str           # the condition, e.g. "system.disk_nearly_full:/var/lib/ahgd"
+    name: str
+    severity: str
+    state: str              # FIRING | RESOLVED
+    message: str
+    fields: str             # JSON text
+    run_id: str | None
+    raised_at: str
+    resolved_at: str | None
+    resolution: str | None
+    times_raised: int
+    last_seq: int
+
+
+Aggregate = Run | FileRecord | ScheduleRecord | Orchestration | AlertRecord
 Key = tuple[str, str]
 
 
@@ -253,6 +277,13 @@ def aggregate_key(event: Event) -> Key:
                 current=None,
             )
         return ("orchestration", event.run_id)
+    if kind == "alert":
+        alert_id = event.data().get("alert_id")
+        if not alert_id:
+            raise IllegalTransition(
+                f"{event.type} needs 'alert_id' in its payload", event_type=event.type, current=None
+            )
+        return ("alert", str(alert_id))
     raise IllegalTransition(
         f"unknown event type {event.type!r}", event_type=event.type, current=None
     )
@@ -286,6 +317,8 @@ def apply(agg: Aggregate | None, event: Event) -> Aggregate:
         return _apply_schedule(agg, event)  # type: ignore[arg-type]
     if kind == "orchestration":
         return _apply_orch(agg, event)  # type: ignore[arg-type]
+    if kind == "alert":
+        return _apply_alert(agg, event)  # type: ignore[arg-type]
     raise IllegalTransition(
         f"unknown event type {event.type!r}", event_type=event.type, current=None
     )
@@ -576,6 +609,29 @@ def _apply_schedule(rec: ScheduleRecord | None, e: Event) -> ScheduleRecord:
         fired=rec.fired + 1,
         last_run_id=e.run_id,
         updated_at=e.ts,
+    )
+
+
+def _apply_alert(rec: AlertRecord | None, e: Event) -> AlertRecord:
+    current = rec.state if rec is not None else None
+    new_state = ALERT_TRANSITIONS.get((current, e.type))
+    p = e.data()
+    if new_state is None:
+        allowed = [c or "new" for (c, t) in ALERT_TRANSITIONS if t == e.type]
+        hint = "resolve it before raising it again" if current == "FIRING" else ""
+        raise _illegal(f"alert {p.get('alert_id')!r}", current, e, allowed, hint)
+    if e.type == T.ALERT_RESOLVED:
+        return rec._replace(state=new_state, resolved_at=e.ts,  # type: ignore[union-attr]
+                            resolution=p.get("reason"), last_seq=e.seq)
+    if not p.get("name") or not p.get("severity"):
+        raise IllegalTransition("alert.raised needs 'name' and 'severity' in its payload",
+                                event_type=e.type, current=current)
+    return AlertRecord(
+        alert_id=str(p["alert_id"]), name=str(p["name"]), severity=str(p["severity"]),
+        state=new_state, message=str(p.get("message") or ""),
+        fields=json.dumps(p.get("fields") or {}, sort_keys=True, separators=(",", ":")),
+        run_id=e.run_id, raised_at=e.ts, resolved_at=None, resolution=None,  # type: ignore[arg-type]
+        times_raised=(rec.times_raised if rec is not None else 0) + 1, last_seq=e.seq,  # type: ignore[arg-type]
     )
 
 

@@ -158,9 +158,31 @@ SELECT o.orch_id, o.name, o.state AS orchestration_state, p.position, p.pipeline
 FROM orchestrations o JOIN orchestration_pipelines p ON p.orch_id = o.orch_id
 """
 
+ALERTS = """
+CREATE TABLE alerts (
+    alert_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    state TEXT NOT NULL,
+    message TEXT NOT NULL,
+    fields TEXT NOT NULL,
+    run_id TEXT,
+    raised_at TEXT NOT NULL,
+    resolved_at TEXT,
+    resolution TEXT,
+    times_raised INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX alerts_by_state ON alerts(state, raised_at);
+CREATE VIEW open_alerts AS
+SELECT alert_id, name, severity, message, raised_at, run_id, fields
+FROM alerts WHERE state = 'FIRING'
+"""
+
 #: The schema, in order.  Append new steps; never edit or reorder released ones.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_initial_event_log", _sql(INITIAL)),
+    Migration("0002_alerts", _sql(ALERTS)),
 )
 
 

@@ -16,6 +16,7 @@ from typing import Any, Iterable
 from .events import Event
 from .machine import (
     Aggregate,
+    AlertRecord,
     Attempt,
     FileRecord,
     Key,
@@ -30,7 +31,8 @@ from .machine import (
     apply_stage,
 )
 
-TABLES = ("runs", "stage_runs", "files", "schedules", "orchestrations", "orchestration_pipelines")
+TABLES = ("runs", "stage_runs", "files", "schedules", "orchestrations", "orchestration_pipelines",
+          "alerts")
 
 _encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False).encode
 
@@ -54,6 +56,7 @@ ORCH_COLUMNS = ("orch_id", "name", "state", "planned", "started_at", "ended_at",
 ORCH_PIPELINE_COLUMNS = (
     "orch_id", "pipeline", "position", "state", "run_id", "reason", "started_at", "ended_at",
 )
+ALERT_COLUMNS = AlertRecord._fields
 
 PRIMARY_KEYS = {
     "runs": ("run_id",),
@@ -62,6 +65,7 @@ PRIMARY_KEYS = {
     "schedules": ("pipeline", "trigger"),
     "orchestrations": ("orch_id",),
     "orchestration_pipelines": ("orch_id", "pipeline"),
+    "alerts": ("alert_id",),
 }
 COLUMNS = {
     "runs": RUN_COLUMNS,
@@ -70,6 +74,7 @@ COLUMNS = {
     "schedules": SCHEDULE_COLUMNS,
     "orchestrations": ORCH_COLUMNS,
     "orchestration_pipelines": ORCH_PIPELINE_COLUMNS,
+    "alerts": ALERT_COLUMNS,
 }
 
 
@@ -169,6 +174,11 @@ def load_txn(conn: sqlite3.Connection, key: Key) -> Aggregate | None:
             (pipeline, trigger),
         ).fetchone()
         return None if row is None else ScheduleRecord(*row)
+    if kind == "alert":
+        row = conn.execute(
+            f"SELECT {', '.join(ALERT_COLUMNS)} FROM alerts WHERE alert_id = ?", (ident,)
+        ).fetchone()
+        return None if row is None else AlertRecord(*row)
     if kind == "orchestration":
         row = conn.execute(
             f"SELECT {', '.join(ORCH_COLUMNS)} FROM orchestrations WHERE orch_id = ?", (ident,)
@@ -195,6 +205,8 @@ def save_txn(conn: sqlite3.Connection, old: Aggregate | None, new: Aggregate) ->
         conn.execute(INSERT["files"], tuple(new))
     elif isinstance(new, ScheduleRecord):
         conn.execute(INSERT["schedules"], tuple(new))
+    elif isinstance(new, AlertRecord):
+        conn.execute(INSERT["alerts"], tuple(new))
     elif isinstance(new, Orchestration):
         conn.execute(INSERT["orchestrations"], orch_row(new))
         olds = old.pipelines if isinstance(old, Orchestration) else {}
@@ -276,6 +288,8 @@ class Projector:
                 out["files"].append(tuple(agg))
             elif kind == "schedule":
                 out["schedules"].append(tuple(agg))
+            elif kind == "alert":
+                out["alerts"].append(tuple(agg))
             else:
                 out["orchestrations"].append(orch_row(agg))  # type: ignore[arg-type]
                 out["orchestration_pipelines"].extend(orch_pipeline_rows(agg))  # type: ignore[arg-type]

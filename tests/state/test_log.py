@@ -186,7 +186,7 @@ def _failing_migrations():
         conn.execute("CREATE TABLE half_done (x)")
         raise sqlite3.OperationalError("simulated failure in step 2")
 
-    return (*MIGRATIONS, Migration("0002_will_fail", boom))
+    return (*MIGRATIONS, Migration("9999_will_fail", boom))
 
 
 def test_a_failing_migration_leaves_the_version_unchanged(state_dir: Path):
@@ -194,11 +194,12 @@ def test_a_failing_migration_leaves_the_version_unchanged(state_dir: Path):
     EventLog(db).close()
     with pytest.raises(MigrationFailed) as exc:
         EventLog(db, migrations=_failing_migrations())
+    n = len(MIGRATIONS)
     assert str(exc.value).startswith(
-        f"migration 2 (0002_will_fail) of {db} failed: simulated failure in step 2; "
-        "the database stays at version 1.")
+        f"migration {n + 1} (9999_will_fail) of {db} failed: simulated failure in step 2; "
+        f"the database stays at version {n}.")
     conn = sqlite3.connect(db)
-    assert conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0] == 1
+    assert conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0] == n
     assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'half_done'").fetchone() is None
     conn.close()
     EventLog(db).close()  # still opens with the known migrations
@@ -206,26 +207,38 @@ def test_a_failing_migration_leaves_the_version_unchanged(state_dir: Path):
 
 def test_an_older_database_is_upgraded(state_dir: Path):
     db = state_dir / "history.db"
-    extra = (*MIGRATIONS, Migration("0002_add_notes", lambda c: c.execute("CREATE TABLE notes (x)")))
+    extra = (*MIGRATIONS, Migration("9999_add_notes", lambda c: c.execute("CREATE TABLE notes (x)")))
     EventLog(db).close()
     with EventLog(db, migrations=extra) as log:
-        assert log.version == 2
-        assert log.query("SELECT name FROM schema_migrations ORDER BY version")[1][0] == "0002_add_notes"
+        assert log.version == len(MIGRATIONS) + 1
+        assert log.query("SELECT name FROM schema_migrations ORDER BY version")[-1][0] == "9999_add_notes"
+
+
+def test_a_version_1_database_with_history_gains_the_alerts_table(state_dir: Path):
+    db = state_dir / "history.db"
+    with EventLog(db, migrations=MIGRATIONS[:1]) as log:
+        _run(log)
+        assert log.version == 1
+    with EventLog(db) as log:
+        assert log.version == len(MIGRATIONS)
+        log.append(new_event("alert.raised", alert_id="a", name="x", severity="warning"))
+        assert [tuple(r) for r in log.query("SELECT alert_id, name FROM open_alerts")] == [("a", "x")]
+        assert log.check().ok
 
 
 def test_a_newer_database_is_refused(state_dir: Path):
     db = state_dir / "history.db"
     EventLog(db).close()
     conn = sqlite3.connect(db)
-    conn.execute("INSERT INTO schema_migrations VALUES (2, '0002_from_the_future', 'x')")
+    conn.execute("INSERT INTO schema_migrations VALUES (99, '0099_from_the_future', 'x')")
     conn.commit()
     conn.close()
     with pytest.raises(SchemaTooNew) as exc:
         EventLog(db)
     assert str(exc.value) == (
-        f"{db} has schema version 2 (0002_from_the_future), written by a newer ahgd; this ahgd "
-        "knows versions up to 1 (0001_initial_event_log). Upgrade ahgd-daemon, or point "
-        "--state-dir at another directory")
+        f"{db} has schema version 99 (0099_from_the_future), written by a newer ahgd; this ahgd "
+        f"knows versions up to {len(MIGRATIONS)} ({MIGRATIONS[-1].name}). Upgrade ahgd-daemon, "
+        "or point --state-dir at another directory")
 
 
 def test_rebuild_restores_tampered_projections(state_dir: Path):

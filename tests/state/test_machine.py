@@ -52,6 +52,11 @@ def _event(kind: int, run: str, stage: str, attempt: int, ftype: int):
         t = [T.FILE_ARRIVED, T.FILE_DUPLICATE, T.FILE_QUARANTINED][ftype % 3]
         return new_event(t, run, pipeline="p", sha256=f"sha{attempt % 2}", name="f.csv",
                          reason="empty" if t == T.FILE_QUARANTINED else None)
+    if kind == 4:
+        t = [T.ALERT_RAISED, T.ALERT_RESOLVED][ftype % 2]
+        return new_event(t, run, alert_id=f"cond{attempt % 2}", name="system.disk_nearly_full",
+                         severity="error", message="disk 95%", fields={"percent": 95},
+                         reason="back to 80%")
     return new_event(T.SCHEDULE_FIRED, run, pipeline="p", trigger="cron",
                      fire_time=f"2026-01-0{1 + attempt}T00:00:00Z")
 
@@ -61,6 +66,7 @@ ALL_CANDIDATES = (
     + [(1, r, s, a, f) for r in RUNS for s in STAGES for a in range(4) for f in range(len(STAGE_TYPES))]
     + [(2, r, "a", a, f) for r in RUNS[:1] for a in range(2) for f in range(3)]
     + [(3, r, "a", a, 0) for r in RUNS[:1] for a in range(3)]
+    + [(4, r, "a", a, f) for r in RUNS[:1] for a in range(2) for f in range(2)]
 )
 
 
@@ -262,3 +268,21 @@ def test_projector_keeps_every_attempt_row():
     rows = p.rows()
     assert sorted((r[1], r[2], r[3]) for r in rows["stage_runs"]) == [
         ("a", 1, "FAILED"), ("a", 2, "COMPLETED"), ("b", 0, "SKIPPED")]
+
+
+def _stamped(event, seq: int):
+    return event._replace(seq=seq, ts=f"2026-01-01T00:00:0{seq}.000000Z")
+
+
+def test_an_alert_fires_once_per_condition_until_resolved():
+    raised = new_event(T.ALERT_RAISED, alert_id="disk:/srv", name="system.disk_nearly_full",
+                       severity="error", message="disk 95%")
+    resolved = new_event(T.ALERT_RESOLVED, alert_id="disk:/srv", reason="disk 80%")
+    state = fold([_stamped(raised, 1)])
+    with pytest.raises(IllegalTransition) as exc:
+        fold([_stamped(raised, 2)], state)
+    assert str(exc.value) == ("alert 'disk:/srv' is FIRING; alert.raised is only allowed from: "
+                              "RESOLVED, new (resolve it before raising it again)")
+    state = fold([_stamped(resolved, 3), _stamped(raised, 4)], state)
+    alert = state[("alert", "disk:/srv")]
+    assert (alert.state, alert.times_raised, alert.resolved_at) == ("FIRING", 2, None)
