@@ -283,6 +283,12 @@ class ProcessExecutor(Executor):
         with self._lock:
             return sum(1 for w in self._workers if w.job is not None)
 
+    def worker_jobs(self) -> list[tuple[int, str | None, str | None, str | None]]:
+        """``(pid, pipeline, run_id, stage)`` of each worker; None for an idle one."""
+        with self._lock:
+            return [(w.pid, w.job.task.pipeline_name, w.job.task.run_id, w.job.task.stage)
+                    if w.job is not None else (w.pid, None, None, None) for w in self._workers]
+
     # -- the dispatcher thread -------------------------------------------------------
 
     def _wake(self) -> None:

@@ -1,10 +1,13 @@
-"""The monitor's metrics as text: Prometheus exposition format 0.0.4, CSV and JSON.
+"""The monitor's metrics as text: Prometheus exposition format, CSV and JSON.
 
-:func:`metric_families` turns what a :class:`~pipelines.monitoring.PipelineMonitor`
-keeps into Prometheus metric families, :func:`render_metrics` writes them in
-one of :data:`FORMATS` and :func:`write_metrics_file` saves that text
-atomically.  Nothing here keeps state or takes a lock: the monitor gathers the
-families under its lock and renders them outside it.
+The metrics are produced by a ``prometheus_client`` collector registered on a
+registry of the monitor's own (never the library's global one):
+:func:`build_registry` makes it, and every scrape reads the monitor's
+statistics under its lock at that moment.  The Prometheus text is
+``prometheus_client.generate_latest``; CSV and JSON list the same samples.
+The process's own figures (resident memory, CPU seconds, open files, start
+time) come from ``prometheus_client``'s process collector, as
+``ahgd_process_*``.
 """
 
 from __future__ import annotations
@@ -17,115 +20,206 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import TYPE_CHECKING, Any, Iterator
 
 from .errors import ConfigError
-from .monitor_records import (SYSTEM_METRICS, AlertSeverity, PipelineStats, SystemSample,
-                              did_you_mean, jsonable)
+from .monitor_records import AlertSeverity, did_you_mean, jsonable
+
+if TYPE_CHECKING:
+    from .monitoring import PipelineMonitor
 
 FORMATS = {"json": "json", "prometheus": "prom", "csv": "csv"}
+#: the content type of the Prometheus text format, for an HTTP reply
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-# -- metric families ----------------------------------------------------------
+def build_registry(monitor: "PipelineMonitor") -> Any:
+    """A registry holding the monitor's collector and a process collector."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.process_collector import ProcessCollector
 
-class _Family(NamedTuple):
-    name: str
-    kind: str           # counter | gauge | summary
-    help: str
-    samples: list       # (sample name, labels dict, value)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_MonitorCollector(monitor))
+    ProcessCollector(namespace="ahgd", registry=registry)
+    return registry
 
 
-def metric_families(latest: SystemSample | None, pipelines: Mapping[str, PipelineStats],
-                    alert_counts: Mapping[AlertSeverity, int], breached: set[tuple[str, str]],
-                    metrics_dir: Path) -> list[_Family]:
-    """Every metric as Prometheus families, from what the monitor keeps (under its lock)."""
-    out: dict[str, _Family] = {}
+class _MonitorCollector:
+    def __init__(self, monitor: "PipelineMonitor"):
+        self._monitor = monitor
 
-    def add(name: str, kind: str, help: str, labels: dict, value: Any, suffix: str = "") -> None:
-        if value is None:
-            return
-        fam = out.setdefault(name, _Family(name, kind, help, []))
-        fam.samples.append((name + suffix, labels, value))
+    def describe(self) -> list:
+        return []  # unchecked: the families depend on the pipelines seen
 
-    if latest is not None:
-        _system_families(latest, breached, metrics_dir, add)
-    for pipeline, stats in sorted(pipelines.items()):
-        _pipeline_families(pipeline, stats, add)
+    def collect(self) -> Iterator[Any]:
+        m = self._monitor
+        queue = m.queue_figures()
+        with m._lock:
+            latest = m._samples[-1] if m._samples else None
+            families = [*_run_families(m), *_stage_families(m), *_queue_families(queue),
+                        *_alert_families(m), *_system_families(latest)]
+        log = m.event_log
+        if log is not None and hasattr(log, "append_timings"):
+            families.append(_append_family(log.append_timings))
+        yield from families
+
+
+def _run_families(m: "PipelineMonitor") -> list:
+    from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                        HistogramMetricFamily)
+
+    runs = CounterMetricFamily("ahgd_runs", "Finished runs, by pipeline and final state.",
+                               labels=["pipeline", "state"])
+    duration = HistogramMetricFamily("ahgd_run_duration_seconds", "Wall time of finished runs.",
+                                     labels=["pipeline"])
+    success = GaugeMetricFamily("ahgd_last_success_timestamp_seconds",
+                                "Unix time the last completed run of the pipeline ended.",
+                                labels=["pipeline"])
+    files = CounterMetricFamily("ahgd_files", "Drop-folder files by outcome: taken (a run was "
+                                "requested), duplicate (content seen before), quarantined.",
+                                labels=["pipeline", "outcome"])
+    for name, s in sorted(m._pipelines.items()):
+        for state, n in sorted(s.runs.items()):
+            runs.add_metric([name, state], n)
+        if s.durations.count:
+            duration.add_metric([name], s.durations.cumulative(), s.durations.total)
+        if s.last_success_at is not None:
+            success.add_metric([name], s.last_success_at.timestamp())
+        for outcome in ("taken", "duplicate", "quarantined"):
+            files.add_metric([name, outcome], s.files[outcome])
+    return [runs, duration, success, files]
+
+
+def _stage_families(m: "PipelineMonitor") -> list:
+    from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                        HistogramMetricFamily)
+
+    labels = ["pipeline", "stage"]
+    attempts = CounterMetricFamily("ahgd_stage_attempts", "Stage attempts by outcome.",
+                                   labels=[*labels, "outcome"])
+    retries = CounterMetricFamily("ahgd_stage_retries", "Stage attempts that failed and were "
+                                  "retried.", labels=labels)
+    duration = HistogramMetricFamily("ahgd_stage_duration_seconds", "Wall time of stage "
+                                     "attempts that ran (completed, failed, timed out, "
+                                     "interrupted).", labels=labels)
+    rows = CounterMetricFamily("ahgd_stage_rows", "Rows output by completed attempts.",
+                               labels=labels)
+    cpu = CounterMetricFamily("ahgd_stage_cpu_seconds", "CPU time of stage attempts.",
+                              labels=labels)
+    peak = GaugeMetricFamily("ahgd_stage_peak_resident_memory_bytes", "Highest peak memory of "
+                             "an attempt.", labels=labels)
+    for name, p in sorted(m._pipelines.items()):
+        for stage, s in sorted(p.stages.items()):
+            for state, n in sorted(s.states.items()):
+                attempts.add_metric([name, stage, state], n)
+            retries.add_metric([name, stage], s.retries)
+            if s.durations.count:
+                duration.add_metric([name, stage], s.durations.cumulative(), s.durations.total)
+            rows.add_metric([name, stage], s.rows)
+            cpu.add_metric([name, stage], s.cpu_s)
+            if s.peak_rss_mb is not None:
+                peak.add_metric([name, stage], round(s.peak_rss_mb * 2**20))
+    return [attempts, retries, duration, rows, cpu, peak]
+
+
+def _queue_families(queue: dict[str, int]) -> list:
+    from prometheus_client.core import GaugeMetricFamily
+
+    return [
+        GaugeMetricFamily("ahgd_queue_depth", "Runs requested and waiting to start.",
+                          value=queue["pending_runs"]),
+        GaugeMetricFamily("ahgd_running_runs", "Runs in progress.", value=queue["running_runs"]),
+        GaugeMetricFamily("ahgd_running_stages", "Stage attempts in progress.",
+                          value=queue["running_stages"]),
+        GaugeMetricFamily("ahgd_parked_runs", "Runs parked after repeated recoveries: they "
+                          "need a human (ahgd retry or ahgd cancel).", value=queue["parked_runs"]),
+    ]
+
+
+def _alert_families(m: "PipelineMonitor") -> list:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    raised = CounterMetricFamily("ahgd_alerts", "Alerts raised, by severity.",
+                                 labels=["severity"])
     for sev in AlertSeverity:
-        add("ahgd_alerts_total", "counter", "Alerts raised since the monitor started.",
-            {"severity": sev.value}, alert_counts[sev])
-    return list(out.values())
+        raised.add_metric([sev.value], m._alert_counts[sev])
+    open_ = GaugeMetricFamily("ahgd_alerts_open", "Alerts firing now, by name and severity.",
+                              labels=["name", "severity"])
+    counts: dict[tuple[str, str], int] = {}
+    for a in m._open.values():
+        counts[(a.name, a.severity.value)] = counts.get((a.name, a.severity.value), 0) + 1
+    for (name, sev), n in sorted(counts.items()):
+        open_.add_metric([name, sev], n)
+    return [raised, open_]
 
 
-def _system_families(s: SystemSample, breached: set[tuple[str, str]], metrics_dir: Path,
-                     add: Callable) -> None:
-    pct = lambda v: round(v / 100, 6) if v is not None else None  # noqa: E731
-    add("ahgd_system_cpu_usage_ratio", "gauge", "Machine CPU busy fraction since the previous "
-        "sample.", {}, pct(s.cpu_percent))
-    add("ahgd_system_memory_usage_ratio", "gauge", "Machine memory in use, as a fraction.",
-        {}, pct(s.memory_percent))
-    add("ahgd_system_disk_usage_ratio", "gauge", "Used fraction of the filesystem holding the "
-        "metrics directory.", {"path": str(metrics_dir)}, pct(s.disk_percent))
-    add("ahgd_process_resident_memory_bytes", "gauge", "Resident memory of the daemon process.",
-        {}, round(s.process_rss_mb * 2**20) if s.process_rss_mb is not None else None)
-    add("ahgd_process_cpu_seconds_total", "counter", "User and system CPU time of the daemon "
-        "process.", {}, s.process_cpu_s)
-    add("ahgd_process_child_processes", "gauge", "Descendant processes of the daemon (stage "
-        "workers).", {}, s.child_processes)
-    add("ahgd_system_sample_timestamp_seconds", "gauge", "Unix time of the latest system sample.",
-        {}, s.at.timestamp())
-    for metric in SYSTEM_METRICS:
-        add("ahgd_system_threshold_breached", "gauge", "1 while the measure is above its alert "
-            "threshold.", {"threshold": metric}, int((metric, "") in breached))
+def _system_families(s: Any) -> list:
+    from prometheus_client.core import GaugeMetricFamily
+
+    if s is None:
+        return []
+    out = []
+
+    def gauge(name: str, help: str, value: Any) -> None:
+        if value is not None:
+            out.append(GaugeMetricFamily(name, help, value=value))
+
+    gauge("ahgd_system_cpu_usage_ratio", "Machine CPU busy fraction since the previous sample.",
+          None if s.cpu_percent is None else s.cpu_percent / 100)
+    gauge("ahgd_system_memory_usage_ratio", "Machine memory in use, as a fraction.",
+          None if s.memory_percent is None else s.memory_percent / 100)
+    gauge("ahgd_process_children", "Descendant processes of the daemon (stage workers).",
+          s.child_processes)
+    gauge("ahgd_system_sample_timestamp_seconds", "Unix time of the latest system sample.",
+          s.at.timestamp())
+    disk = GaugeMetricFamily("ahgd_disk_usage_ratio", "Used fraction of the filesystem holding "
+                             "the state directory or a drop folder.", labels=["path"])
+    free = GaugeMetricFamily("ahgd_disk_free_bytes", "Free bytes on that filesystem.",
+                             labels=["path"])
+    for d in s.disks:
+        disk.add_metric([d.path], d.percent / 100)
+        free.add_metric([d.path], d.free_bytes)
+    out += [disk, free]
+    busy = [w for w in s.workers if w.run_id is not None]
+    gauge("ahgd_workers", "Stage worker processes.", len(s.workers))
+    gauge("ahgd_workers_busy", "Stage worker processes running an attempt.", len(busy))
+    gauge("ahgd_workers_resident_memory_bytes", "Resident memory of all stage workers.",
+          round(sum(w.rss_mb or 0 for w in s.workers) * 2**20))
+    return out
 
 
-def _pipeline_families(pipeline: str, p: PipelineStats, add: Callable) -> None:
-    lab = {"pipeline": pipeline}
-    for state, n in sorted(p.runs.items()):
-        add("ahgd_pipeline_runs_total", "counter", "Finished runs by final state.",
-            {**lab, "state": state}, n)
-    add("ahgd_pipeline_active_runs", "gauge", "Runs started and not yet finished.", lab,
-        len(p.active))
-    add("ahgd_pipeline_run_duration_seconds", "summary", "Wall time of finished runs.", lab,
-        p.durations.total, "_sum")
-    add("ahgd_pipeline_run_duration_seconds", "summary", "", lab, p.durations.count, "_count")
-    add("ahgd_pipeline_run_max_duration_seconds", "gauge", "Longest finished run.", lab,
-        p.durations.max if p.durations.count else None)
-    add("ahgd_pipeline_success_ratio", "gauge", "Completed runs over completed, failed and "
-        "parked runs.", lab, p.success_rate())
-    add("ahgd_files_quarantined_total", "counter", "Input files moved to quarantine.", lab,
-        p.quarantined)
-    for stage, s in sorted(p.stages.items()):
-        sl = {**lab, "stage": stage}
-        for state, n in sorted(s.states.items()):
-            add("ahgd_stage_attempts_total", "counter", "Stage attempts by outcome.",
-                {**sl, "state": state}, n)
-        add("ahgd_stage_duration_seconds", "summary", "Wall time of stage attempts.", sl,
-            s.durations.total, "_sum")
-        add("ahgd_stage_duration_seconds", "summary", "", sl, s.durations.count, "_count")
-        add("ahgd_stage_max_duration_seconds", "gauge", "Longest stage attempt.", sl,
-            s.durations.max if s.durations.count else None)
-        add("ahgd_stage_rows_total", "counter", "Rows output by completed attempts.", sl, s.rows)
-        add("ahgd_stage_cpu_seconds_total", "counter", "CPU time of stage attempts.", sl, s.cpu_s)
-        add("ahgd_stage_peak_resident_memory_bytes", "gauge", "Highest peak memory of an "
-            "attempt.", sl, round(s.peak_rss_mb * 2**20) if s.peak_rss_mb is not None else None)
+def _append_family(timings: Any) -> Any:
+    from prometheus_client.core import HistogramMetricFamily
+
+    buckets, total, _count = timings.snapshot()
+    family = HistogramMetricFamily("ahgd_event_log_append_seconds", "Time to append to the "
+                                   "event log: waiting for the write lock, writing, committing.")
+    family.add_metric([], [("+Inf" if math.isinf(b) else repr(b), n) for b, n in buckets], total)
+    return family
 
 
-def render_metrics(fmt: str, families: list[_Family], dashboard: dict[str, Any] | None) -> str:
-    """The families as ``fmt`` (checked by :func:`check_format`); JSON adds ``dashboard``."""
+# -- rendering --------------------------------------------------------------------
+
+def render_metrics(fmt: str, registry: Any, dashboard: dict[str, Any] | None) -> str:
+    """The registry's samples as ``fmt`` (checked by :func:`check_format`)."""
     if fmt == "prometheus":
-        return _render_prometheus(families)
-    rows = [(name, labels, value) for f in families for name, labels, value in f.samples]
+        from prometheus_client import generate_latest
+
+        return generate_latest(registry).decode("utf-8")
+    rows = [(s.name, s.labels, s.value) for family in registry.collect()
+            for s in family.samples]
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(["metric", "labels", "value"])
         for name, labels, value in rows:
             writer.writerow([name, ";".join(f"{k}={v}" for k, v in labels.items()),
-                             _prom_value(value)])
+                             _number(value)])
         return buf.getvalue()
-    dashboard["metrics"] = [{"metric": n, "labels": labels, "value": v} for n, labels, v in rows]
-    return json.dumps(jsonable(dashboard), indent=2, sort_keys=True)
+    doc = dict(dashboard or {})
+    doc["metrics"] = [{"metric": n, "labels": labels, "value": _finite(v)}
+                      for n, labels, v in rows]
+    return json.dumps(jsonable(doc), indent=2, sort_keys=True)
 
 
 def write_metrics_file(metrics_dir: Path, fmt: str, text: str) -> Path:
@@ -146,36 +240,16 @@ def write_metrics_file(metrics_dir: Path, fmt: str, text: str) -> Path:
     return path
 
 
-def _render_prometheus(families: list[_Family]) -> str:
-    lines = []
-    for f in families:
-        lines.append(f"# HELP {f.name} {_escape(f.help, label=False)}")
-        lines.append(f"# TYPE {f.name} {f.kind}")
-        for name, labels, value in f.samples:
-            body = ",".join(f'{k}="{_escape(str(v), label=True)}"' for k, v in labels.items())
-            lines.append(f"{name}{{{body}}} {_prom_value(value)}" if body
-                         else f"{name} {_prom_value(value)}")
-    return "\n".join(lines) + "\n"
-
-
-# -- helpers --------------------------------------------------------------------
-
-def _escape(text: str, *, label: bool) -> str:
-    text = text.replace("\\", "\\\\").replace("\n", "\\n")
-    return text.replace('"', '\\"') if label else text
-
-
-def _prom_value(value: Any) -> str:
-    if isinstance(value, bool):
+def _number(value: float) -> str:
+    if float(value).is_integer() and abs(value) < 2**53:
         return str(int(value))
-    if isinstance(value, int):
-        return str(value)
-    value = float(value)
-    if math.isnan(value):
-        return "NaN"
     if math.isinf(value):
         return "+Inf" if value > 0 else "-Inf"
-    return repr(value)
+    return repr(float(value))
+
+
+def _finite(value: float) -> float | str:
+    return value if math.isfinite(value) else _number(value)
 
 
 def check_format(format: str) -> str:

@@ -1,7 +1,8 @@
 """What a :class:`~pipelines.monitoring.PipelineMonitor` keeps and hands out.
 
 Alert severities and alerts, the thresholds that raise them, system samples,
-and the per-pipeline and per-stage statistics folded from events — plain
+duration histograms, and the per-pipeline and per-stage statistics folded
+from events — plain
 values with no locking, sampling or I/O of their own, shared by
 :mod:`pipelines.monitoring` (which updates them) and
 :mod:`pipelines.metrics_export` (which renders them).
@@ -9,8 +10,10 @@ values with no locking, sampling or I/O of their own, shared by
 
 from __future__ import annotations
 
+import bisect
 import difflib
 import json
+import math
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
@@ -23,6 +26,8 @@ from .errors import ConfigError
 SYSTEM_METRICS = ("cpu_percent", "memory_percent", "disk_percent")
 FINISHED_STATES = ("COMPLETED", "FAILED", "PARKED")   # what success rates count
 FAILURE_WINDOW = 20       # failure rate: over the last N finished runs of a pipeline
+DURATION_WINDOW = 100     # p95 of run durations: over the last N completed runs
+RECENT_RUNS = 10          # finished runs kept per pipeline for the dashboard
 
 
 class AlertSeverity(StrEnum):
@@ -48,31 +53,53 @@ class AlertSeverity(StrEnum):
 _RANK = {s: i for i, s in enumerate(AlertSeverity)}
 
 
-@dataclass(frozen=True)
+@dataclass
 class Alert:
+    """One alert condition: raised once, kept open until the condition clears.
+
+    ``id`` names the condition (``system.disk_nearly_full:/var/lib/ahgd``,
+    ``pipeline.failing:seifa_sa2``); while it is open, raising the same id
+    again changes nothing: one alert per condition.
+    """
+
+    id: str
     severity: AlertSeverity
     name: str
     message: str
     fields: dict[str, Any]
     at: datetime
+    run_id: str | None = None
+    resolved_at: datetime | None = None
+    resolution: str | None = None
+    repeats: int = 0          # the condition came up again while the alert was open
+
+    @property
+    def open(self) -> bool:
+        return self.resolved_at is None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"at": iso(self.at), "severity": self.severity.value, "name": self.name,
-                "message": self.message, "fields": jsonable(self.fields)}
+        return {"id": self.id, "name": self.name, "severity": self.severity.value,
+                "message": self.message, "raised_at": iso(self.at), "run_id": self.run_id,
+                "resolved_at": iso(self.resolved_at), "resolution": self.resolution,
+                "repeats": self.repeats, "fields": jsonable(self.fields)}
 
 
 @dataclass(frozen=True)
 class MonitorThresholds:
     """Alert thresholds; a value is crossed when the measure goes *above* it.
 
-    ``None`` turns a threshold off.  Percentages are 0-100, the failure rate
-    is a fraction over the last ``FAILURE_WINDOW`` finished runs, judged once
-    a pipeline has ``failure_rate_min_runs`` of them.
+    ``None`` turns a threshold off.  Percentages are 0-100.  A run is slow when
+    it has been going for longer than ``run_duration_factor`` times the 95th
+    percentile of its pipeline's completed runs (judged once the pipeline has
+    ``run_duration_min_runs`` of them).  The failure rate is a fraction over the
+    last ``FAILURE_WINDOW`` finished runs, judged from ``failure_rate_min_runs``.
     """
 
-    cpu_percent: float | None = 90.0
-    memory_percent: float | None = 90.0
+    cpu_percent: float | None = None
+    memory_percent: float | None = 85.0
     disk_percent: float | None = 90.0
+    run_duration_factor: float | None = 3.0
+    run_duration_min_runs: int = 5
     stage_duration_s: float | None = None
     pipeline_failure_rate: float | None = 0.5
     failure_rate_min_runs: int = 4
@@ -81,14 +108,16 @@ class MonitorThresholds:
         for name in SYSTEM_METRICS:
             self._check(name, 0, 100, "a percentage from 0 to 100")
         self._check("pipeline_failure_rate", 0, 1, "a fraction from 0 to 1 such as 0.5")
+        self._check("run_duration_factor", 1, 1000, "a factor of 1 or more, such as 3")
         if self.stage_duration_s is not None:
             td = parse_duration(self.stage_duration_s, positive=True,
                                 what="monitor threshold 'stage_duration_s'")
             object.__setattr__(self, "stage_duration_s", td.total_seconds())
-        runs = self.failure_rate_min_runs
-        if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
-            raise ConfigError(f"monitor threshold 'failure_rate_min_runs' is {runs!r}; "
-                              "use a whole number of runs, 1 or more")
+        for name in ("failure_rate_min_runs", "run_duration_min_runs"):
+            runs = getattr(self, name)
+            if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
+                raise ConfigError(f"monitor threshold {name!r} is {runs!r}; "
+                                  "use a whole number of runs, 1 or more")
 
     def _check(self, name: str, low: float, high: float, what: str) -> None:
         value = getattr(self, name)
@@ -120,30 +149,81 @@ class MonitorThresholds:
 
 
 @dataclass(frozen=True)
+class DiskSample:
+    path: str                 # the first watched path on this filesystem
+    percent: float
+    free_bytes: int
+    paths: tuple[str, ...]    # every watched path on it
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "percent": self.percent, "free_bytes": self.free_bytes,
+                "paths": list(self.paths)}
+
+
+@dataclass(frozen=True)
+class WorkerSample:
+    pid: int
+    pipeline: str | None
+    run_id: str | None        # None: an idle worker
+    stage: str | None
+    rss_mb: float | None
+    cpu_percent: float | None  # of one core, since the previous sample
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class SystemSample:
     at: datetime
     cpu_percent: float | None          # whole machine, since the previous sample
     memory_percent: float | None
-    disk_percent: float | None         # filesystem holding metrics_dir
+    disks: tuple[DiskSample, ...]      # filesystems of the state and drop folders
     process_rss_mb: float | None       # this process
     process_cpu_s: float | None        # this process, user + system, since it started
     child_processes: int | None        # this process's descendants (stage workers)
+    workers: tuple[WorkerSample, ...] = ()
+
+    def disk(self, path: str) -> DiskSample | None:
+        return next((d for d in self.disks if path in d.paths), None)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "at": iso(self.at)}
+        return {"at": iso(self.at), "cpu_percent": self.cpu_percent,
+                "memory_percent": self.memory_percent,
+                "disks": [d.to_dict() for d in self.disks],
+                "process_rss_mb": self.process_rss_mb, "process_cpu_s": self.process_cpu_s,
+                "child_processes": self.child_processes,
+                "workers": [w.to_dict() for w in self.workers]}
 
 
-class _Durations:
-    __slots__ = ("count", "total", "max")
+#: upper bounds (seconds) of the stage and run duration histograms
+DURATION_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+                      600.0, 1800.0, 3600.0, 7200.0)
+
+
+class Histogram:
+    """Counts of observed durations per bucket, with their sum (Prometheus histogram)."""
+
+    __slots__ = ("counts", "total", "count", "max")
 
     def __init__(self) -> None:
+        self.counts = [0] * (len(DURATION_BUCKETS_S) + 1)
         self.count, self.total, self.max = 0, 0.0, 0.0
 
     def add(self, seconds: float | None) -> None:
-        if seconds is not None:
-            self.count += 1
-            self.total += seconds
-            self.max = max(self.max, seconds)
+        if seconds is None:
+            return
+        self.counts[bisect.bisect_left(DURATION_BUCKETS_S, seconds)] += 1
+        self.count += 1
+        self.total += seconds
+        self.max = max(self.max, seconds)
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        running, out = 0, []
+        for bound, n in zip((*DURATION_BUCKETS_S, float("inf")), self.counts):
+            running += n
+            out.append(("+Inf" if bound == float("inf") else repr(bound), running))
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         mean = self.total / self.count if self.count else None
@@ -154,36 +234,48 @@ class _Durations:
 @dataclass
 class StageStats:
     states: Counter = field(default_factory=Counter)
-    durations: _Durations = field(default_factory=_Durations)
+    durations: Histogram = field(default_factory=Histogram)
+    retries: int = 0
     rows: int = 0
     cpu_s: float = 0.0
     peak_rss_mb: float | None = None
     max_attempt: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"attempts": dict(self.states), "duration_s": self.durations.to_dict(),
-                "rows": self.rows, "cpu_s": self.cpu_s, "peak_rss_mb": self.peak_rss_mb,
-                "max_attempt": self.max_attempt}
+        return {"attempts": dict(self.states), "retries": self.retries,
+                "duration_s": self.durations.to_dict(), "rows": self.rows, "cpu_s": self.cpu_s,
+                "peak_rss_mb": self.peak_rss_mb, "max_attempt": self.max_attempt}
 
 
 @dataclass
 class PipelineStats:
-    runs: Counter = field(default_factory=Counter)
-    durations: _Durations = field(default_factory=_Durations)
+    runs: Counter = field(default_factory=Counter)         # finished runs by final state
+    durations: Histogram = field(default_factory=Histogram)
+    completed_durations: deque = field(default_factory=lambda: deque(maxlen=DURATION_WINDOW))
     active: dict[Any, datetime | None] = field(default_factory=dict)
     last_run: dict[str, Any] | None = None
+    last_success_at: datetime | None = None
     recent: deque = field(default_factory=lambda: deque(maxlen=FAILURE_WINDOW))
+    recent_runs: deque = field(default_factory=lambda: deque(maxlen=RECENT_RUNS))
     stages: dict[str, StageStats] = field(default_factory=dict)
-    quarantined: int = 0
+    files: Counter = field(default_factory=Counter)         # taken | duplicate | quarantined
 
     def success_rate(self) -> float | None:
         finished = sum(self.runs[s] for s in FINISHED_STATES)
         return self.runs["COMPLETED"] / finished if finished else None
 
+    def p95_duration(self, min_runs: int) -> float | None:
+        """95th percentile (nearest rank) of recent completed runs, once there are enough."""
+        if len(self.completed_durations) < min_runs:
+            return None
+        ordered = sorted(self.completed_durations)
+        return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+
     def to_dict(self) -> dict[str, Any]:
         return {"runs": dict(self.runs), "active_runs": len(self.active),
-                "last_run": self.last_run, "success_rate": self.success_rate(),
-                "duration_s": self.durations.to_dict(), "files_quarantined": self.quarantined,
+                "last_run": self.last_run, "last_success_at": iso(self.last_success_at),
+                "success_rate": self.success_rate(), "duration_s": self.durations.to_dict(),
+                "files": {k: self.files[k] for k in ("taken", "duplicate", "quarantined")},
                 "stages": {name: s.to_dict() for name, s in self.stages.items()}}
 
 

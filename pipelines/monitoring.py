@@ -1,21 +1,27 @@
 """Monitoring and alerting: system samples, run and stage statistics, alerts.
 
-    monitor = PipelineMonitor(metrics_dir=Path("metrics"), thresholds={"disk_percent": 85})
+    monitor = PipelineMonitor(metrics_dir=Path("metrics"), thresholds={"disk_percent": 85},
+                              event_log=log)   # optional: seeds from and records to the log
     monitor.start_system_monitoring()          # daemon thread sampling psutil
     monitor.observe(event)                     # each event appended to the log
     monitor.get_dashboard_data()               # JSON-serialisable dict
-    monitor.export_metrics("prometheus")       # text exposition format 0.0.4
+    monitor.export_metrics("prometheus")       # through prometheus_client
 
-An alert is kept in memory and logged as one structlog line: the alert name is
-the event, ``alert=True``, ``severity`` is the lower-case value of
-:class:`AlertSeverity` and the alert's fields are keys.  Nothing here
-configures structlog; the logger is passed in or ``get_logger("ahgd.monitor")``.
+An alert is a *condition* with an id (``system.disk_nearly_full:/var/lib/ahgd``,
+``pipeline.failing:seifa_sa2``, ``run.slow:<run id>``): raised once, with one
+structlog line (``alert=true``, ``alert_state="firing"``) and an
+``alert.raised`` event in the event log when the monitor has one; raising it
+again while it is open changes nothing; when the condition clears it is
+resolved (a second line, ``alert_state="resolved"``, and ``alert.resolved``).
+Nothing here configures structlog; the logger is passed in or
+``get_logger("ahgd.monitor")``.
 
-This module holds the monitor itself: the sampling thread, the event handlers
-and the alert checks.  The values it keeps are in :mod:`pipelines.monitor_records`,
-the psutil readings in :mod:`pipelines.system_sampler` and the Prometheus/CSV/JSON
-rendering in :mod:`pipelines.metrics_export`; their public names are importable
-from here too.
+This module holds the monitor itself: the sampling thread, the event
+handlers and the alert checks.  The values it keeps are in
+:mod:`pipelines.monitor_records`, the psutil readings in
+:mod:`pipelines.system_sampler`, the seeding from an event log in
+:mod:`pipelines.monitor_history` and the Prometheus/CSV/JSON rendering in
+:mod:`pipelines.metrics_export`.
 """
 
 from __future__ import annotations
@@ -24,10 +30,10 @@ import itertools
 import os
 import threading
 from collections import Counter, OrderedDict, deque
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import structlog
 
@@ -35,37 +41,68 @@ from state.events import Event
 
 from .durations import parse_duration
 from .errors import ConfigError
-from .metrics_export import (FORMATS, check_format, metric_families, render_metrics,
-                             write_metrics_file)
-from .monitor_records import (FAILURE_WINDOW, FINISHED_STATES, SYSTEM_METRICS, Alert, AlertSeverity,
-                              MonitorThresholds, PipelineStats, StageStats, SystemSample, iso)
-from .system_sampler import CPU_WINDOW_S, SystemSampler
+from .metrics_export import FORMATS, check_format, render_metrics, write_metrics_file
+from .monitor_records import (FAILURE_WINDOW, FINISHED_STATES, RECENT_RUNS, SYSTEM_METRICS, Alert,
+                              AlertSeverity, MonitorThresholds, PipelineStats, StageStats,
+                              SystemSample, iso, jsonable)
+from .system_sampler import CPU_WINDOW_S, SystemSampler, WorkerSource
 
 __all__ = ["CPU_WINDOW_S", "FAILURE_WINDOW", "FINISHED_STATES", "FORMATS", "SYSTEM_METRICS",
            "Alert", "AlertSeverity", "Clock", "MonitorThresholds", "PipelineMonitor",
            "SystemSample"]
 
 _MEMORY_CAP = 10_000      # run ids (and stage starts) remembered for observe()
-_RESERVED = frozenset({"event", "alert", "severity", "detail", "level", "timestamp"})
+_RESERVED = frozenset({"event", "alert", "alert_id", "alert_state", "severity", "detail",
+                       "level", "timestamp"})
+_DONE_STAGE_STATES = frozenset({"COMPLETED", "SKIPPED", "REUSED"})
 Clock = Callable[[], datetime]
 _SYSTEM_ALERTS = {
-    "cpu_percent": (AlertSeverity.WARNING, "system.cpu_high", "system.cpu_recovered", "CPU use"),
-    "memory_percent": (AlertSeverity.WARNING, "system.memory_high", "system.memory_recovered",
-                       "memory use"),
-    "disk_percent": (AlertSeverity.ERROR, "system.disk_nearly_full", "system.disk_recovered",
-                     "use of the disk holding the metrics directory"),
+    "cpu_percent": (AlertSeverity.WARNING, "system.cpu_high", "CPU use"),
+    "memory_percent": (AlertSeverity.WARNING, "system.memory_high", "memory use"),
 }
 
 
-class _Pending(NamedTuple):
-    severity: AlertSeverity
-    name: str
-    message: str
-    fields: dict[str, Any]
+class _Action(NamedTuple):
+    """A raise or resolve decided under the lock, logged and recorded outside it."""
+
+    kind: str            # "raise" | "resolve"
+    alert: Alert
+
+
+@dataclass
+class LiveRun:
+    """A run that has not finished: PENDING (queued) or RUNNING."""
+
+    run_id: str
+    pipeline: str
+    state: str
+    trigger: str | None = None
+    requested_at: datetime | None = None
+    started_at: datetime | None = None
+    stages: list[str] = field(default_factory=list)
+    stage_states: dict[str, tuple[str, int]] = field(default_factory=dict)  # stage -> (state, attempt)
+
+    def progress(self, now: datetime) -> dict[str, Any]:
+        total = len(self.stages)
+        done = sum(1 for s in self.stages if self.stage_states.get(s, ("",))[0] in _DONE_STAGE_STATES)
+        current = next((s for s in self.stages
+                        if self.stage_states.get(s, ("",))[0] in ("RUNNING", "RETRYING")), None)
+        return {
+            "run_id": self.run_id, "pipeline": self.pipeline, "state": self.state,
+            "trigger": self.trigger, "requested_at": iso(self.requested_at),
+            "started_at": iso(self.started_at),
+            "elapsed_s": (round((now - self.started_at).total_seconds(), 3)
+                          if self.started_at is not None else None),
+            "current_stage": current, "stages_total": total, "stages_done": done,
+            "progress_percentage": round(100.0 * done / total, 1) if total else 0.0,
+            "stages": [{"stage": s, "state": self.stage_states.get(s, ("PENDING", 0))[0],
+                        "attempt": self.stage_states.get(s, ("PENDING", 0))[1]}
+                       for s in self.stages],
+        }
 
 
 class PipelineMonitor:
-    """Samples the machine, keeps run and stage statistics, raises alerts.
+    """Samples the machine, keeps run and stage statistics, raises and resolves alerts.
 
     Thread-safe: ``observe`` may be called from several threads while another
     reads :meth:`get_dashboard_data` or exports metrics.
@@ -74,27 +111,40 @@ class PipelineMonitor:
     def __init__(self, metrics_dir: str | os.PathLike, enable_system_monitoring: bool = True,
                  thresholds: Mapping[str, Any] | MonitorThresholds | None = None,
                  sample_interval: float | str = 5.0, logger: Any = None,
-                 clock: Clock | None = None, *, max_samples: int = 720, max_alerts: int = 1000):
+                 clock: Clock | None = None, *, event_log: Any = None,
+                 disk_paths: Sequence[str | os.PathLike] | None = None,
+                 workers: WorkerSource | None = None, recent_runs: int = RECENT_RUNS,
+                 max_samples: int = 720, max_alerts: int = 1000):
         self.metrics_dir = Path(metrics_dir)
         self.metrics_dir.mkdir(parents=True, exist_ok=True)
         self.enable_system_monitoring = enable_system_monitoring
         self.thresholds = MonitorThresholds.from_mapping(thresholds)
         self.sample_interval = parse_duration(
             sample_interval, what="monitor sample_interval", positive=True).total_seconds()
+        self.event_log = event_log
+        self.recent_runs = recent_runs
         self._log = logger if logger is not None else structlog.get_logger("ahgd.monitor")
         self._clock = clock or (lambda: datetime.now(timezone.utc))
         self._lock = threading.RLock()
         self._samples: deque[SystemSample] = deque(maxlen=max_samples)
-        self._alerts: deque[Alert] = deque(maxlen=max_alerts)
-        self._alert_counts: Counter = Counter()
-        self._breached: set[tuple[str, str]] = set()   # (threshold, pipeline or "")
+        self._alerts: deque[Alert] = deque(maxlen=max_alerts)   # raised, oldest first
+        self._open: dict[str, Alert] = {}
+        self._alert_counts: Counter = Counter()                   # raised, by severity
         self._pipelines: dict[str, PipelineStats] = {}
+        self._live: dict[str, LiveRun] = {}
+        self._parked: set[str] = set()
         self._run_pipeline: OrderedDict[str, str] = OrderedDict()
         self._stage_started: OrderedDict[tuple[str, str], datetime | None] = OrderedDict()
         self._api_runs = itertools.count(1)
-        self._sampler = SystemSampler(self.metrics_dir, self._now)
+        paths = list(disk_paths) if disk_paths else [self.metrics_dir]
+        self._sampler = SystemSampler(paths, self._now, workers)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._registry: Any = None
+        if event_log is not None:
+            from .monitor_history import load_history
+
+            self._emit(load_history(self, event_log))
 
     # -- thresholds and alerts ------------------------------------------------
 
@@ -105,34 +155,93 @@ class PipelineMonitor:
             self.thresholds = new
         return new
 
-    def raise_alert(self, severity: AlertSeverity | str, name: str, message: str,
+    def raise_alert(self, severity: AlertSeverity | str, name: str, message: str, *,
+                    alert_id: str | None = None, run_id: str | None = None,
                     **fields: Any) -> Alert:
-        """Keep an alert and log it as one structlog line with ``alert=True``."""
+        """Raise the alert ``alert_id`` (default: ``name``) unless it is open already.
+
+        Returns the open alert: the new one, or the one already open (whose
+        ``repeats`` goes up; nothing is logged or recorded again).
+        """
         severity = AlertSeverity.coerce(severity)
         clash = sorted(_RESERVED.intersection(fields))
         if clash:
             raise ConfigError(f"alert {name!r} has field {clash[0]!r}, which the log line "
                               f"uses itself; rename it (reserved: {', '.join(sorted(_RESERVED))})")
-        alert = Alert(severity, name, message, dict(fields), self._now())
         with self._lock:
-            self._alerts.append(alert)
-            self._alert_counts[severity] += 1
-        method = getattr(self._log, severity.value)
-        method(name, alert=True, severity=severity.value, detail=message, **fields)
+            actions = self._open_alert(alert_id or name, severity, name, message, fields, run_id)
+            alert = self._open[alert_id or name]
+        self._emit(actions)
         return alert
 
+    def resolve_alert(self, alert_id: str, reason: str = "resolved") -> Alert | None:
+        """Resolve an open alert; None if no alert with that id is open."""
+        with self._lock:
+            actions = self._close_alert(alert_id, reason)
+        self._emit(actions)
+        return actions[0].alert if actions else None
+
     def get_alerts(self, since: datetime | None = None,
-                   min_severity: AlertSeverity | str | None = None) -> list[Alert]:
-        """Alerts kept (oldest first), at or after ``since``, at least ``min_severity``."""
+                   min_severity: AlertSeverity | str | None = None,
+                   open_only: bool = False) -> list[Alert]:
+        """Alerts raised (oldest first), at or after ``since``, at least ``min_severity``."""
         rank = AlertSeverity.coerce(min_severity).rank if min_severity is not None else 0
         with self._lock:
-            alerts = list(self._alerts)
+            alerts = list(self._open.values()) if open_only else list(self._alerts)
         return [a for a in alerts
                 if a.severity.rank >= rank and (since is None or a.at >= since)]
 
-    def _emit(self, pending: list[_Pending]) -> None:
-        for p in pending:
-            self.raise_alert(p.severity, p.name, p.message, **p.fields)
+    def open_alerts(self) -> list[Alert]:
+        return self.get_alerts(open_only=True)
+
+    def _open_alert(self, alert_id: str, severity: AlertSeverity, name: str, message: str,
+                    fields: dict[str, Any], run_id: str | None = None,
+                    at: datetime | None = None) -> list[_Action]:
+        """Under the lock: open ``alert_id`` unless it is open; what to log and record."""
+        current = self._open.get(alert_id)
+        if current is not None:
+            current.repeats += 1
+            return []
+        alert = Alert(alert_id, severity, name, message, dict(fields), at or self._now(), run_id)
+        self._open[alert_id] = alert
+        self._alerts.append(alert)
+        self._alert_counts[severity] += 1
+        return [_Action("raise", alert)]
+
+    def _close_alert(self, alert_id: str, reason: str) -> list[_Action]:
+        alert = self._open.pop(alert_id, None)
+        if alert is None:
+            return []
+        alert.resolved_at, alert.resolution = self._now(), reason
+        return [_Action("resolve", alert)]
+
+    def _close_where(self, match: Callable[[Alert], bool], reason: str) -> list[_Action]:
+        return [a for k in [k for k, v in self._open.items() if match(v)]
+                for a in self._close_alert(k, reason)]
+
+    def _emit(self, actions: Iterable[_Action]) -> None:
+        """Outside the lock: one log line per action, and its event in the log."""
+        from state.events import new_event
+
+        for kind, alert in actions:
+            if kind == "raise":
+                getattr(self._log, alert.severity.value)(
+                    alert.name, alert=True, alert_id=alert.id, alert_state="firing",
+                    severity=alert.severity.value, detail=alert.message, **alert.fields)
+                event = new_event("alert.raised", alert.run_id, alert_id=alert.id,
+                                  name=alert.name, severity=alert.severity.value,
+                                  message=alert.message, fields=jsonable(alert.fields))
+            else:
+                self._log.info(alert.name, alert=True, alert_id=alert.id, alert_state="resolved",
+                               severity="info", raised_severity=alert.severity.value,
+                               detail=alert.resolution)
+                event = new_event("alert.resolved", alert.run_id, alert_id=alert.id,
+                                  reason=alert.resolution)
+            if self.event_log is not None:
+                try:
+                    self.event_log.append(event)
+                except Exception as exc:  # the log line went out; never fail the caller
+                    self._log.warning("alert_unrecorded", alert_id=alert.id, error=str(exc))
 
     # -- system sampling ------------------------------------------------------
 
@@ -177,55 +286,99 @@ class PipelineMonitor:
             stop.wait(self.sample_interval)
 
     def sample_now(self) -> SystemSample:
-        """Take one sample synchronously, keep it and check the system thresholds."""
+        """Take one sample now, keep it, and check every threshold against it."""
         sample = self._sampler.measure()
         with self._lock:
             self._samples.append(sample)
-            pending = self._check_system(sample)
-        self._emit(pending)
+            actions = self._check_system(sample) + self._check_durations(sample.at)
+        self._emit(actions)
         return sample
 
     def get_samples(self) -> list[SystemSample]:
         with self._lock:
             return list(self._samples)
 
-    def _check_system(self, sample: SystemSample) -> list[_Pending]:
-        pending = []
-        for metric in SYSTEM_METRICS:
+    def _check_system(self, sample: SystemSample) -> list[_Action]:
+        actions: list[_Action] = []
+        for metric, (severity, name, what) in _SYSTEM_ALERTS.items():
             value, limit = getattr(sample, metric), getattr(self.thresholds, metric)
             if value is None:
                 continue
-            severity, high, recovered, what = _SYSTEM_ALERTS[metric]
-            fields = {metric: value, "threshold": limit}
-            if metric == "disk_percent":
-                fields["path"] = str(self.metrics_dir)
-            above = limit is not None and value > limit
-            was_above = (metric, "") in self._breached
-            if above and not was_above:
-                self._breached.add((metric, ""))
-                pending.append(_Pending(severity, high, f"{what} is {value:.1f}%, above the "
-                                        f"threshold of {limit:g}%", fields))
-            elif was_above and not above:
-                self._breached.discard((metric, ""))
-                pending.append(_Pending(AlertSeverity.INFO, recovered,
-                                        f"{what} is back to {value:.1f}%", fields))
-        return pending
+            actions += self._threshold(name, name, severity, value, limit, what,
+                                       {metric: value, "threshold": limit})
+        limit = self.thresholds.disk_percent
+        for disk in sample.disks:
+            actions += self._threshold(
+                f"system.disk_nearly_full:{disk.path}", "system.disk_nearly_full",
+                AlertSeverity.ERROR, disk.percent, limit, f"use of the disk holding {disk.path}",
+                {"path": disk.path, "paths": list(disk.paths), "disk_percent": disk.percent,
+                 "free_bytes": disk.free_bytes, "threshold": limit})
+        return actions
 
-    # -- runs and stages ------------------------------------------------------
+    def _threshold(self, alert_id: str, name: str, severity: AlertSeverity, value: float,
+                   limit: float | None, what: str, fields: dict[str, Any]) -> list[_Action]:
+        if limit is not None and value > limit:
+            return self._open_alert(alert_id, severity, name, f"{what} is {value:.1f}%, above "
+                                    f"the threshold of {limit:g}%", fields)
+        return self._close_alert(alert_id, f"{what} is back to {value:.1f}%"
+                                 + (f" (threshold {limit:g}%)" if limit is not None else
+                                    " (threshold turned off)"))
 
-    def start_pipeline_monitoring(self, name: str) -> None:
-        """Record that a run of pipeline ``name`` started now."""
+    def _check_durations(self, now: datetime) -> list[_Action]:
+        """Runs far beyond their usual p95, and stages beyond ``stage_duration_s``."""
+        t, actions = self.thresholds, []
+        for run in list(self._live.values()):
+            if run.state != "RUNNING" or run.started_at is None:
+                continue
+            p95 = self._stats(run.pipeline).p95_duration(t.run_duration_min_runs)
+            elapsed = (now - run.started_at).total_seconds()
+            if t.run_duration_factor is not None and p95 and elapsed > p95 * t.run_duration_factor:
+                actions += self._open_alert(
+                    f"run.slow:{run.run_id}", AlertSeverity.WARNING, "run.slow",
+                    f"run {run.run_id} of pipeline {run.pipeline!r} has been running for "
+                    f"{elapsed:.0f}s, more than {t.run_duration_factor:g} x its usual p95 of "
+                    f"{p95:.1f}s", {"pipeline": run.pipeline, "run_id": run.run_id,
+                                    "elapsed_s": round(elapsed, 1), "p95_s": round(p95, 3),
+                                    "factor": t.run_duration_factor}, run.run_id)
+        limit = t.stage_duration_s
+        for (run_id, stage), started in list(self._stage_started.items()):
+            if limit is None or started is None or run_id not in self._live:
+                continue
+            elapsed = (now - started).total_seconds()
+            if elapsed > limit:
+                actions += self._slow_stage(run_id, stage, elapsed, limit)
+        return actions
+
+    def _slow_stage(self, run_id: str, stage: str, seconds: float, limit: float) -> list[_Action]:
+        pipeline = self._run_pipeline.get(run_id, "unknown")
+        return self._open_alert(
+            f"stage.slow:{run_id}:{stage}", AlertSeverity.WARNING, "stage.slow",
+            f"stage {stage!r} of pipeline {pipeline!r} has taken {seconds:.1f}s, above the "
+            f"threshold of {limit:g}s", {"pipeline": pipeline, "stage": stage, "run_id": run_id,
+                                         "duration_s": round(seconds, 3), "threshold": limit},
+            run_id)
+
+    # -- runs and stages from code ----------------------------------------------
+
+    def start_pipeline_monitoring(self, name: str) -> str:
+        """Record that a run of pipeline ``name`` started now; returns its id here."""
+        run_id = f"{name}:api-{next(self._api_runs)}"
         with self._lock:
-            self._start_run(name, ("api", next(self._api_runs)), self._now())
+            self._remember_pipeline(run_id, name)
+            self._live[run_id] = LiveRun(run_id, name, "RUNNING", "api", self._now(), self._now())
+        return run_id
 
-    def stop_pipeline_monitoring(self, name: str, state: str = "COMPLETED") -> float | None:
+    def stop_pipeline_monitoring(self, name: str, state: str = "COMPLETED",
+                                 error: str | None = None) -> float | None:
         """Record the end of the oldest run of ``name`` started here; its duration in s."""
-        now = self._now()
         with self._lock:
-            stats = self._stats(name)
-            key = next((k for k in stats.active if isinstance(k, tuple)), None)
-            duration, pending = self._end_run(name, key, str(state).upper(), now, None, {})
-        self._emit(pending)
+            run_id = next((r.run_id for r in self._live.values()
+                           if r.pipeline == name and r.trigger == "api"), None)
+            if run_id is None:
+                run_id = self.start_pipeline_monitoring(name)
+            duration, actions = self._end_run(run_id, str(state).upper(), self._now(),
+                                              {"error": error} if error else {})
+        self._emit(actions)
         return duration
 
     def record_stage(self, pipeline: str, stage: str, *, state: str,
@@ -234,20 +387,22 @@ class PipelineMonitor:
                      attempt: int = 1) -> None:
         """Record how one attempt of a stage ended (or that it was skipped/retried)."""
         with self._lock:
-            pending = self._record_stage(pipeline, stage, str(state).upper(), duration_s,
+            actions = self._record_stage(pipeline, stage, str(state).upper(), duration_s,
                                          rows, cpu_s, peak_rss_mb, attempt, None)
-        self._emit(pending)
+        self._emit(actions)
+
+    # -- runs and stages from the event log ------------------------------------
 
     def observe(self, event: Event) -> None:
-        """Update the statistics from one event of the event log."""
+        """Update the statistics (and alerts) from one event of the event log."""
         handler = _OBSERVERS.get(str(event.type))
         if handler is None:
             return
         data = event.data() or {}
         at = _parse_ts(event.ts) or self._now()
         with self._lock:
-            pending = handler(self, event, data, at)
-        self._emit(pending)
+            actions = handler(self, event, data, at)
+        self._emit(actions)
 
     def _stats(self, pipeline: str) -> PipelineStats:
         stats = self._pipelines.get(pipeline)
@@ -255,164 +410,246 @@ class PipelineMonitor:
             stats = self._pipelines[pipeline] = PipelineStats()
         return stats
 
-    def _start_run(self, pipeline: str, key: Any, at: datetime | None) -> None:
-        self._stats(pipeline).active.setdefault(key, at)
-
-    def _end_run(self, pipeline: str, key: Any, state: str, at: datetime,
-                 run_id: str | None, alert_fields: dict[str, Any]) -> tuple[float | None, list]:
-        stats = self._stats(pipeline)
-        started = stats.active.pop(key, None)
-        duration = (at - started).total_seconds() if started is not None else None
-        stats.runs[state] += 1
-        stats.durations.add(duration)
-        stats.last_run = {"run_id": run_id, "state": state, "started_at": iso(started),
-                          "ended_at": iso(at), "duration_s": duration,
-                          "error": alert_fields.get("error") or alert_fields.get("reason")}
-        fields = {"pipeline": pipeline, "run_id": run_id, **alert_fields}
-        pending = []
-        if state == "FAILED":
-            where = f" at stage {fields['stage']!r}" if fields.get("stage") else ""
-            why = f": {fields['error']}" if fields.get("error") else ""
-            pending.append(_Pending(AlertSeverity.ERROR, "run.failed",
-                                    f"run {run_id or '-'} of pipeline {pipeline!r} failed"
-                                    f"{where}{why}", fields))
-        elif state == "PARKED":
-            pending.append(_Pending(AlertSeverity.CRITICAL, "run.parked",
-                                    f"run {run_id} of pipeline {pipeline!r} was parked after "
-                                    "repeated recoveries; it needs a human", fields))
-        if state in FINISHED_STATES:
-            stats.recent.append(state != "COMPLETED")
-            pending.extend(self._check_failure_rate(pipeline, stats))
-        return duration, pending
-
-    def _check_failure_rate(self, pipeline: str, stats: PipelineStats) -> list[_Pending]:
-        limit, key = self.thresholds.pipeline_failure_rate, ("pipeline_failure_rate", pipeline)
-        if len(stats.recent) < self.thresholds.failure_rate_min_runs:
-            return []
-        rate = sum(stats.recent) / len(stats.recent)
-        above = limit is not None and rate > limit
-        fields = {"pipeline": pipeline, "failure_rate": rate, "threshold": limit,
-                  "runs": len(stats.recent)}
-        if above and key not in self._breached:
-            self._breached.add(key)
-            return [_Pending(AlertSeverity.WARNING, "pipeline.failure_rate_high",
-                             f"{sum(stats.recent)} of the last {len(stats.recent)} runs of "
-                             f"pipeline {pipeline!r} failed", fields)]
-        if not above and key in self._breached:
-            self._breached.discard(key)
-            return [_Pending(AlertSeverity.INFO, "pipeline.failure_rate_recovered",
-                             f"failure rate of pipeline {pipeline!r} is back to {rate:.0%}",
-                             fields)]
-        return []
-
-    def _record_stage(self, pipeline: str, stage: str, state: str, duration_s: float | None,
-                      rows: int | None, cpu_s: float | None, peak_rss_mb: float | None,
-                      attempt: int | None, run_id: str | None) -> list[_Pending]:
-        stats = self._stats(pipeline).stages.setdefault(stage, StageStats())
-        stats.states[state] += 1
-        stats.durations.add(duration_s)
-        stats.rows += rows or 0
-        stats.cpu_s += cpu_s or 0.0
-        if peak_rss_mb is not None:
-            stats.peak_rss_mb = max(stats.peak_rss_mb or 0.0, peak_rss_mb)
-        stats.max_attempt = max(stats.max_attempt, attempt or 0)
-        limit = self.thresholds.stage_duration_s
-        if state == "COMPLETED" and limit is not None and (duration_s or 0) > limit:
-            return [_Pending(AlertSeverity.WARNING, "stage.slow",
-                             f"stage {stage!r} of pipeline {pipeline!r} took {duration_s:.1f}s, "
-                             f"above the threshold of {limit:g}s",
-                             {"pipeline": pipeline, "stage": stage, "run_id": run_id,
-                              "duration_s": duration_s, "threshold": limit})]
-        return []
-
-    # -- observe() handlers (called with the lock held) -------------------------
+    def _remember_pipeline(self, run_id: str, pipeline: str) -> None:
+        _remember(self._run_pipeline, run_id, pipeline)
 
     def _pipeline_of(self, event: Event, data: dict[str, Any]) -> str:
         name = data.get("pipeline") or self._run_pipeline.get(event.run_id or "") or "unknown"
         if event.run_id and data.get("pipeline"):
-            _remember(self._run_pipeline, event.run_id, name)
+            self._remember_pipeline(event.run_id, name)
         return name
 
-    def _on_run_requested(self, event: Event, data: dict, at: datetime) -> list[_Pending]:
-        self._pipeline_of(event, data)
+    def _live_run(self, event: Event, data: dict, at: datetime) -> LiveRun:
+        run = self._live.get(event.run_id or "")
+        if run is None:
+            run = self._live[event.run_id or ""] = LiveRun(
+                event.run_id or "", self._pipeline_of(event, data), "PENDING",
+                data.get("trigger"), at)
+        return run
+
+    def _end_run(self, run_id: str, state: str, at: datetime,
+                 extra: dict[str, Any]) -> tuple[float | None, list[_Action]]:
+        live = self._live.pop(run_id, None)
+        pipeline = live.pipeline if live else self._run_pipeline.get(run_id, "unknown")
+        stats = self._stats(pipeline)
+        started = live.started_at if live else None
+        duration = (at - started).total_seconds() if started is not None else None
+        stats.runs[state] += 1
+        stats.durations.add(duration)
+        summary = {"run_id": run_id, "pipeline": pipeline, "state": state,
+                   "trigger": live.trigger if live else None,
+                   "requested_at": iso(live.requested_at) if live else None,
+                   "started_at": iso(started), "ended_at": iso(at), "duration_s": duration,
+                   "failed_stage": extra.get("stage"),
+                   "error": extra.get("error") or extra.get("reason")}
+        stats.last_run = summary
+        stats.recent_runs.appendleft(summary)
+        for key in [k for k in self._stage_started if k[0] == run_id]:
+            del self._stage_started[key]
+        actions = self._close_where(lambda a: a.run_id == run_id and a.name != "run.parked",
+                                    f"run {run_id} ended {state}")
+        if state == "COMPLETED":
+            if duration is not None:
+                stats.completed_durations.append(duration)
+            stats.last_success_at = at
+            actions += self._close_where(
+                lambda a: a.name in ("pipeline.failing", "file.quarantined")
+                and a.fields.get("pipeline") == pipeline,
+                f"run {run_id} of pipeline {pipeline!r} completed")
+        elif state == "FAILED":
+            where = f" at stage {extra['stage']!r}" if extra.get("stage") else ""
+            why = f": {extra['error']}" if extra.get("error") else ""
+            actions += self._open_alert(
+                f"pipeline.failing:{pipeline}", AlertSeverity.ERROR, "pipeline.failing",
+                f"run {run_id} of pipeline {pipeline!r} failed{where}{why}",
+                {"pipeline": pipeline, "run_id": run_id, **extra}, at=at)
+        elif state == "PARKED":
+            self._parked.add(run_id)
+            actions += self._open_alert(
+                f"run.parked:{run_id}", AlertSeverity.CRITICAL, "run.parked",
+                f"run {run_id} of pipeline {pipeline!r} was parked after repeated recoveries; "
+                f"it needs a human (ahgd retry {run_id}, or ahgd cancel {run_id})",
+                {"pipeline": pipeline, "run_id": run_id, **extra}, run_id, at=at)
+        if state in FINISHED_STATES:
+            stats.recent.append(state != "COMPLETED")
+            actions += self._check_failure_rate(pipeline, stats)
+        return duration, actions
+
+    def _check_failure_rate(self, pipeline: str, stats: PipelineStats) -> list[_Action]:
+        limit = self.thresholds.pipeline_failure_rate
+        if len(stats.recent) < self.thresholds.failure_rate_min_runs:
+            return []
+        rate = sum(stats.recent) / len(stats.recent)
+        alert_id = f"pipeline.failure_rate_high:{pipeline}"
+        if limit is not None and rate > limit:
+            return self._open_alert(
+                alert_id, AlertSeverity.WARNING, "pipeline.failure_rate_high",
+                f"{sum(stats.recent)} of the last {len(stats.recent)} runs of pipeline "
+                f"{pipeline!r} failed", {"pipeline": pipeline, "failure_rate": rate,
+                                         "threshold": limit, "runs": len(stats.recent)})
+        return self._close_alert(alert_id, f"failure rate of pipeline {pipeline!r} is back to "
+                                 f"{rate:.0%}")
+
+    def _record_stage(self, pipeline: str, stage: str, state: str, duration_s: float | None,
+                      rows: int | None, cpu_s: float | None, peak_rss_mb: float | None,
+                      attempt: int | None, run_id: str | None) -> list[_Action]:
+        s = self._stats(pipeline).stages.setdefault(stage, StageStats())
+        s.states[state] += 1
+        if state == "RETRYING":
+            s.retries += 1
+        elif state not in ("SKIPPED", "REUSED"):
+            s.durations.add(duration_s)
+        s.rows += rows or 0
+        s.cpu_s += cpu_s or 0.0
+        if peak_rss_mb is not None:
+            s.peak_rss_mb = max(s.peak_rss_mb or 0.0, peak_rss_mb)
+        s.max_attempt = max(s.max_attempt, attempt or 1)
+        limit = self.thresholds.stage_duration_s
+        if (state == "COMPLETED" and limit is not None and (duration_s or 0) > limit
+                and run_id is None):  # from code: it is over already, so raised and resolved
+            run = f"{pipeline}:api"
+            self._remember_pipeline(run, pipeline)
+            return (self._slow_stage(run, stage, duration_s or 0.0, limit)
+                    + self._close_alert(f"stage.slow:{run}:{stage}", f"stage {stage!r} ended"))
         return []
 
-    def _on_run_started(self, event: Event, data: dict, at: datetime) -> list[_Pending]:
-        self._start_run(self._pipeline_of(event, data), event.run_id, at)
+    # -- observe() handlers (called with the lock held) -------------------------
+
+    def _on_run_requested(self, event: Event, data: dict, at: datetime) -> list[_Action]:
+        run = self._live_run(event, data, at)
+        run.state, run.trigger, run.requested_at = "PENDING", data.get("trigger"), at
         return []
 
-    def _on_run_ended(self, event: Event, data: dict, at: datetime) -> list[_Pending]:
+    def _on_run_started(self, event: Event, data: dict, at: datetime) -> list[_Action]:
+        run = self._live_run(event, data, at)
+        run.state, run.started_at = "RUNNING", at
+        run.stages = list(data.get("stages") or run.stages)
+        return []
+
+    def _on_run_requeued(self, event: Event, data: dict, at: datetime) -> list[_Action]:
+        """run.recovered / run.suspended / run.retried: the run waits to start again."""
+        run = self._live_run(event, data, at)
+        run.state = "PENDING"
+        actions = []
+        if event.run_id in self._parked:
+            self._parked.discard(event.run_id)
+            actions += self._close_alert(f"run.parked:{event.run_id}",
+                                         f"run {event.run_id} was retried")
+        return actions
+
+    def _on_run_ended(self, event: Event, data: dict, at: datetime) -> list[_Action]:
         state = str(event.type).partition(".")[2].upper()
+        run_id = event.run_id or ""
+        self._pipeline_of(event, data)
+        if state == "CANCELLED" and run_id in self._parked:
+            self._parked.discard(run_id)
+            return self._close_alert(f"run.parked:{run_id}", f"run {run_id} was cancelled")
         extra = {"stage": data.get("stage") or event.stage, "error": data.get("error"),
                  "reason": data.get("reason")}
-        extra = {k: v for k, v in extra.items() if v is not None}
-        return self._end_run(self._pipeline_of(event, data), event.run_id, state, at,
-                             event.run_id, extra)[1]
+        return self._end_run(run_id, state, at, {k: v for k, v in extra.items() if v is not None})[1]
 
-    def _on_stage_started(self, event: Event, data: dict, at: datetime) -> list[_Pending]:
+    def _on_stage_started(self, event: Event, data: dict, at: datetime) -> list[_Action]:
         _remember(self._stage_started, (event.run_id or "", event.stage or ""), at)
+        run = self._live.get(event.run_id or "")
+        if run is not None and event.stage:
+            run.stage_states[event.stage] = ("RUNNING", event.attempt or 1)
         return []
 
-    def _on_stage_ended(self, event: Event, data: dict, at: datetime) -> list[_Pending]:
+    def _on_stage_ended(self, event: Event, data: dict, at: datetime) -> list[_Action]:
         pipeline, stage = self._pipeline_of(event, data), event.stage or "unknown"
-        started = self._stage_started.pop((event.run_id or "", event.stage or ""), None)
+        run_id = event.run_id or ""
+        started = self._stage_started.pop((run_id, stage), None)
         duration = data.get("wall_s")
         if duration is None and started is not None:
             duration = (at - started).total_seconds()
         state = _STAGE_STATES[str(event.type)]
-        pending = self._record_stage(pipeline, stage, state, duration, data.get("rows"),
+        run = self._live.get(run_id)
+        if run is not None and event.stage:
+            run.stage_states[event.stage] = (state, event.attempt or 1)
+        actions = self._record_stage(pipeline, stage, state, duration, data.get("rows"),
                                      data.get("cpu_s"), data.get("peak_rss_mb"), event.attempt,
-                                     event.run_id)
+                                     run_id)
+        limit = self.thresholds.stage_duration_s
+        slow_id = f"stage.slow:{run_id}:{stage}"
+        if limit is not None and duration is not None and duration > limit:
+            actions += self._slow_stage(run_id, stage, duration, limit)
+        actions += self._close_alert(slow_id, f"stage {stage!r} ended {state} after "
+                                     f"{duration or 0:.1f}s")
         if state == "TIMED_OUT":
-            pending.append(_Pending(AlertSeverity.WARNING, "stage.timed_out",
-                                    f"stage {stage!r} of pipeline {pipeline!r} timed out",
-                                    {"pipeline": pipeline, "run_id": event.run_id, "stage": stage,
-                                     "attempt": event.attempt, "duration_s": duration}))
-        return pending
+            actions += self._open_alert(
+                f"stage.timed_out:{run_id}:{stage}", AlertSeverity.WARNING, "stage.timed_out",
+                f"stage {stage!r} of pipeline {pipeline!r} timed out (run {run_id}, attempt "
+                f"{event.attempt})", {"pipeline": pipeline, "run_id": run_id, "stage": stage,
+                                      "attempt": event.attempt, "duration_s": duration}, run_id)
+        return actions
 
-    def _on_file_quarantined(self, event: Event, data: dict, at: datetime) -> list[_Pending]:
+    def _on_file(self, event: Event, data: dict, at: datetime) -> list[_Action]:
         pipeline = self._pipeline_of(event, data)
-        self._stats(pipeline).quarantined += 1
+        outcome = _FILE_OUTCOMES[str(event.type)]
+        self._stats(pipeline).files[outcome] += 1
+        if outcome != "quarantined":
+            return []
         name = data.get("name") or data.get("path")
-        return [_Pending(AlertSeverity.WARNING, "file.quarantined",
-                         f"file {name!r} for pipeline {pipeline!r} was quarantined",
-                         {"pipeline": pipeline, "file": name, "reason": data.get("reason"),
-                          "path": data.get("path") or data.get("stored_path")})]
+        return self._open_alert(
+            f"file.quarantined:{pipeline}", AlertSeverity.WARNING, "file.quarantined",
+            f"file {name!r} for pipeline {pipeline!r} was quarantined: {data.get('reason')}",
+            {"pipeline": pipeline, "file": name, "reason": data.get("reason"),
+             "path": data.get("path") or data.get("stored_path")})
 
     # -- reading and exporting ------------------------------------------------
 
-    def get_dashboard_data(self) -> dict[str, Any]:
-        """A JSON-serialisable snapshot: latest sample, thresholds, pipelines, alerts."""
+    def queue_figures(self) -> dict[str, int]:
+        """Pending and running runs, running stages and parked runs, as known here."""
         with self._lock:
-            latest = self._samples[-1] if self._samples else None
+            live = list(self._live.values())
             return {
-                "generated_at": iso(self._now()),
-                "system": {
-                    "monitoring": self.is_monitoring,
-                    "sample_interval_s": self.sample_interval,
-                    "samples_kept": len(self._samples),
-                    "latest": latest.to_dict() if latest else None,
-                    "thresholds": asdict(self.thresholds),
-                    "breached": sorted(f"{k}:{p}" if p else k for k, p in self._breached),
-                },
-                "pipelines": {name: s.to_dict() for name, s in sorted(self._pipelines.items())},
+                "pending_runs": sum(1 for r in live if r.state == "PENDING"),
+                "running_runs": sum(1 for r in live if r.state == "RUNNING"),
+                "running_stages": sum(1 for r in live for s, _ in r.stage_states.values()
+                                      if s == "RUNNING"),
+                "parked_runs": len(self._parked),
+            }
+
+    def get_dashboard_data(self, recent: int | None = None) -> dict[str, Any]:
+        """One JSON-serialisable document: queue, system, active runs, last runs, alerts."""
+        recent = self.recent_runs if recent is None else recent
+        queue = self.queue_figures()
+        with self._lock:
+            now = self._now()
+            latest = self._samples[-1] if self._samples else None
+            active = sorted(self._live.values(),
+                            key=lambda r: (r.state != "RUNNING", iso(r.requested_at) or ""))
+            return {
+                "generated_at": iso(now),
+                "daemon": None,
+                "queue": queue,
+                "system": latest.to_dict() if latest else None,
+                "monitoring": {"system": self.is_monitoring,
+                               "sample_interval_s": self.sample_interval},
+                "thresholds": asdict(self.thresholds),
+                "active_runs": [r.progress(now) for r in active],
+                "recent_runs": {name: list(s.recent_runs)[:recent]
+                                for name, s in sorted(self._pipelines.items()) if s.recent_runs},
                 "alerts": {
+                    "open": [a.to_dict() for a in sorted(self._open.values(),
+                                                         key=lambda a: (-a.severity.rank, a.at))],
                     "counts": {s.value: self._alert_counts[s] for s in AlertSeverity},
                     "recent": [a.to_dict() for a in list(self._alerts)[-50:]],
                 },
+                "pipelines": {name: {**s.to_dict(), "active_runs": sum(
+                    1 for r in self._live.values() if r.pipeline == name)}
+                    for name, s in sorted(self._pipelines.items())},
             }
 
     def export_metrics(self, format: str = "json") -> str:
         """The metrics as ``json``, ``prometheus`` (text format 0.0.4) or ``csv``."""
         fmt = check_format(format)
-        data = None
-        with self._lock:
-            families = metric_families(self._samples[-1] if self._samples else None,
-                                       self._pipelines, self._alert_counts, self._breached,
-                                       self.metrics_dir)
-            if fmt == "json":
-                data = self.get_dashboard_data()
-        return render_metrics(fmt, families, data)
+        if self._registry is None:
+            from .metrics_export import build_registry
+
+            self._registry = build_registry(self)
+        return render_metrics(fmt, self._registry,
+                              self.get_dashboard_data() if fmt == "json" else None)
 
     def save_metrics(self, format: str = "json") -> Path:
         """Write ``metrics.<json|prom|csv>`` into ``metrics_dir`` atomically."""
@@ -423,9 +660,12 @@ class PipelineMonitor:
         return self._clock()
 
 
-_OBSERVERS: dict[str, Callable[..., list[_Pending]]] = {
+_OBSERVERS: dict[str, Callable[..., list[_Action]]] = {
     "run.requested": PipelineMonitor._on_run_requested,
     "run.started": PipelineMonitor._on_run_started,
+    "run.recovered": PipelineMonitor._on_run_requeued,
+    "run.suspended": PipelineMonitor._on_run_requeued,
+    "run.retried": PipelineMonitor._on_run_requeued,
     "run.completed": PipelineMonitor._on_run_ended,
     "run.failed": PipelineMonitor._on_run_ended,
     "run.cancelled": PipelineMonitor._on_run_ended,
@@ -438,13 +678,17 @@ _OBSERVERS: dict[str, Callable[..., list[_Pending]]] = {
     "stage.retrying": PipelineMonitor._on_stage_ended,
     "stage.skipped": PipelineMonitor._on_stage_ended,
     "stage.reused": PipelineMonitor._on_stage_ended,
-    "file.quarantined": PipelineMonitor._on_file_quarantined,
+    "file.arrived": PipelineMonitor._on_file,
+    "file.duplicate": PipelineMonitor._on_file,
+    "file.quarantined": PipelineMonitor._on_file,
 }
 _STAGE_STATES = {
     "stage.completed": "COMPLETED", "stage.failed": "FAILED", "stage.timed_out": "TIMED_OUT",
     "stage.interrupted": "INTERRUPTED", "stage.retrying": "RETRYING",
     "stage.skipped": "SKIPPED", "stage.reused": "REUSED",
 }
+_FILE_OUTCOMES = {"file.arrived": "taken", "file.duplicate": "duplicate",
+                  "file.quarantined": "quarantined"}
 
 
 def _remember(cache: OrderedDict, key: Any, value: Any) -> None:
@@ -459,4 +703,3 @@ def _parse_ts(ts: str | None) -> datetime | None:
         return None
     dt = datetime.fromisoformat(ts.replace("Z", "+00:00"))
     return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
-

@@ -1,4 +1,5 @@
-"""PipelineMonitor: thresholds, statistics from events, alerts in the JSON log, exports."""
+"""PipelineMonitor: thresholds, statistics from events, alerts in the JSON log and the
+event log, dashboard data, exports (parsed with prometheus_client's own parser)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 import structlog
+from prometheus_client.parser import text_string_to_metric_families
 
 from pipelines.errors import ConfigError
 from pipelines.monitoring import AlertSeverity, MonitorThresholds, PipelineMonitor
+from state import EventLog
 from state.events import new_event
 
 ALL_100 = {"cpu_percent": 100, "memory_percent": 100, "disk_percent": 100}
@@ -95,16 +98,32 @@ def health_run_events(start: int = 1, run_id: str = "r1", end: str = "run.comple
 
 # -- thresholds ---------------------------------------------------------------
 
-def test_disk_threshold_alert_fires_once_across_samples(tmp_path, jlog):
-    mon = PipelineMonitor(tmp_path, thresholds={**ALL_100, "disk_percent": 0},
-                          logger=jlog.logger)
-    for _ in range(3):
+def test_low_disk_threshold_raises_exactly_one_alert_resolved_when_raised(state_dir, jlog):
+    with EventLog.open(state_dir) as log:
+        mon = PipelineMonitor(state_dir / "metrics", thresholds={**ALL_100, "disk_percent": 0.001},
+                              logger=jlog.logger, event_log=log, disk_paths=[state_dir])
+        for _ in range(3):
+            mon.sample_now()
+        [alert] = mon.get_alerts()
+        assert (alert.id, alert.severity) == (f"system.disk_nearly_full:{state_dir}",
+                                              AlertSeverity.ERROR)
+        assert alert.fields["path"] == str(state_dir) and alert.fields["threshold"] == 0.001
+        assert [tuple(r) for r in log.query("SELECT alert_id, name FROM open_alerts")] == [
+            (alert.id, "system.disk_nearly_full")]
+        mon.set_thresholds(disk_percent=100)
         mon.sample_now()
-    alerts = mon.get_alerts()
-    assert [a.name for a in alerts] == ["system.disk_nearly_full"]
-    assert alerts[0].severity is AlertSeverity.ERROR
-    assert alerts[0].fields["path"] == str(tmp_path)
-    assert alerts[0].fields["threshold"] == 0.0
+        mon.sample_now()
+        assert mon.open_alerts() == [] and alert.resolved_at is not None
+        types = [e.type for e in log.events(types=["alert.raised", "alert.resolved"])]
+        assert types == ["alert.raised", "alert.resolved"]
+        row = log.query("SELECT state, times_raised, resolution FROM alerts")[0]
+        assert (row[0], row[1]) == ("RESOLVED", 1)
+        assert row[2].startswith(f"use of the disk holding {state_dir} is back to ")
+    firing, resolved = jlog.alerts()
+    assert (firing["alert_state"], firing["level"], firing["severity"]) == ("firing", "error", "error")
+    assert (resolved["alert_state"], resolved["level"], resolved["raised_severity"]) == (
+        "resolved", "info", "error")
+    assert firing["alert_id"] == resolved["alert_id"] == alert.id
 
 
 def test_thresholds_at_100_raise_nothing(tmp_path, jlog):
@@ -112,23 +131,33 @@ def test_thresholds_at_100_raise_nothing(tmp_path, jlog):
     for _ in range(3):
         sample = mon.sample_now()
     assert mon.get_alerts() == []
-    assert 0 < sample.disk_percent <= 100
+    [disk] = sample.disks
+    assert 0 < disk.percent <= 100 and disk.free_bytes > 0 and disk.paths == (str(tmp_path),)
     assert sample.process_rss_mb > 0
     assert sample.child_processes >= 0
 
 
-def test_recovery_below_threshold_logs_info_once(tmp_path, jlog):
+def test_disks_are_read_once_per_filesystem(tmp_path, jlog):
+    inbox = tmp_path / "inbox" / "not-created-yet"
+    mon = PipelineMonitor(tmp_path / "m", thresholds=ALL_100, logger=jlog.logger,
+                          disk_paths=[tmp_path, inbox, "/proc"])
+    disks = mon.sample_now().disks
+    assert [d.paths for d in disks] == [(str(tmp_path), str(inbox)), ("/proc",)]
+
+
+def test_memory_alert_resolves_once_below_threshold(tmp_path, jlog):
     mon = PipelineMonitor(tmp_path, thresholds={**ALL_100, "memory_percent": 0},
                           logger=jlog.logger)
     mon.sample_now()
     mon.set_thresholds(memory_percent=100)
     mon.sample_now()
     mon.sample_now()
-    assert [(a.severity, a.name) for a in mon.get_alerts()] == [
-        (AlertSeverity.WARNING, "system.memory_high"),
-        (AlertSeverity.INFO, "system.memory_recovered"),
-    ]
-    assert [d["level"] for d in jlog.alerts()] == ["warning", "info"]
+    [alert] = mon.get_alerts()
+    assert (alert.severity, alert.name, alert.open) == (AlertSeverity.WARNING,
+                                                         "system.memory_high", False)
+    assert alert.resolution.startswith("memory use is back to ")
+    assert [(d["level"], d["alert_state"]) for d in jlog.alerts()] == [
+        ("warning", "firing"), ("info", "resolved")]
 
 
 def test_unknown_threshold_names_the_closest():
@@ -136,8 +165,8 @@ def test_unknown_threshold_names_the_closest():
         MonitorThresholds.from_mapping({"cpu_percnt": 80})
     assert str(err.value) == (
         "monitor threshold 'cpu_percnt' is unknown (did you mean 'cpu_percent'?); known "
-        "thresholds: cpu_percent, memory_percent, disk_percent, stage_duration_s, "
-        "pipeline_failure_rate, failure_rate_min_runs")
+        "thresholds: cpu_percent, memory_percent, disk_percent, run_duration_factor, "
+        "run_duration_min_runs, stage_duration_s, pipeline_failure_rate, failure_rate_min_runs")
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -145,6 +174,8 @@ def test_unknown_threshold_names_the_closest():
                           "to 100, or None to turn it off"),
     ("pipeline_failure_rate", 2, "monitor threshold 'pipeline_failure_rate' is 2; use a "
                                  "fraction from 0 to 1 such as 0.5, or None to turn it off"),
+    ("run_duration_factor", 0.5, "monitor threshold 'run_duration_factor' is 0.5; use a factor "
+                                 "of 1 or more, such as 3, or None to turn it off"),
     ("stage_duration_s", "PT0S", "monitor threshold 'stage_duration_s' is 0s; use a positive "
                                  "ISO 8601 duration such as PT30M"),
     ("failure_rate_min_runs", 0, "monitor threshold 'failure_rate_min_runs' is 0; use a whole "
@@ -157,8 +188,9 @@ def test_bad_threshold_values(tmp_path, key, value, message):
 
 
 def test_threshold_defaults_and_duration_text():
-    t = MonitorThresholds.from_mapping({"stage_duration_s": "PT30M", "cpu_percent": None})
-    assert (t.cpu_percent, t.memory_percent, t.disk_percent) == (None, 90.0, 90.0)
+    t = MonitorThresholds.from_mapping({"stage_duration_s": "PT30M"})
+    assert (t.cpu_percent, t.memory_percent, t.disk_percent) == (None, 85.0, 90.0)
+    assert (t.run_duration_factor, t.run_duration_min_runs) == (3.0, 5)
     assert t.stage_duration_s == 1800.0
     assert (t.pipeline_failure_rate, t.failure_rate_min_runs) == (0.5, 4)
 
@@ -176,21 +208,39 @@ def test_pipeline_and_stage_stats_from_events(monitor):
     assert health["success_rate"] == 0.5
     assert health["duration_s"] == {"count": 2, "mean": 10.0, "max": 10.0, "total": 20.0}
     assert health["last_run"] == {
-        "run_id": "r2", "state": "FAILED", "started_at": "2026-01-01T00:01:41.000000Z",
-        "ended_at": "2026-01-01T00:01:51.000000Z", "duration_s": 10.0, "error": "disk full"}
+        "run_id": "r2", "pipeline": "health", "state": "FAILED", "trigger": None,
+        "requested_at": "2026-01-01T00:01:40.000000Z", "started_at": "2026-01-01T00:01:41.000000Z",
+        "ended_at": "2026-01-01T00:01:51.000000Z", "duration_s": 10.0, "failed_stage": "load",
+        "error": "disk full"}
+    assert health["last_success_at"] == "2026-01-01T00:00:12.000000Z"
     extract, load = health["stages"]["extract"], health["stages"]["load"]
     assert extract["attempts"] == {"COMPLETED": 2}
     assert extract["duration_s"] == {"count": 2, "mean": 2.5, "max": 2.5, "total": 5.0}
     assert (extract["rows"], extract["cpu_s"], extract["peak_rss_mb"]) == (2000, 2.5, 100.0)
     assert load["attempts"] == {"COMPLETED": 2, "FAILED": 2, "RETRYING": 2}
+    assert load["retries"] == 2
     # the failed attempt's duration comes from its stage.started/stage.failed timestamps
     assert load["duration_s"]["max"] == 3.0
     assert (load["max_attempt"], load["peak_rss_mb"]) == (2, 300.0)
     [alert] = monitor.get_alerts()
-    assert (alert.severity, alert.name) == (AlertSeverity.ERROR, "run.failed")
+    assert (alert.severity, alert.name, alert.id) == (AlertSeverity.ERROR, "pipeline.failing",
+                                                      "pipeline.failing:health")
     assert alert.fields == {"pipeline": "health", "run_id": "r2", "stage": "load",
                             "error": "disk full"}
     assert alert.message == "run r2 of pipeline 'health' failed at stage 'load': disk full"
+
+
+def test_a_failing_pipeline_is_one_alert_until_a_run_completes(monitor, jlog):
+    for n, end in enumerate(["run.failed", "run.failed", "run.completed", "run.failed"]):
+        for e in health_run_events(n * 100, f"r{n}", end, error=f"boom {n}"):
+            monitor.observe(e)
+    first, second = [a for a in monitor.get_alerts() if a.name == "pipeline.failing"]
+    assert (first.id, first.repeats, first.open) == ("pipeline.failing:health", 1, False)
+    assert first.resolution == "run r2 of pipeline 'health' completed"
+    assert (second.id, second.open) == ("pipeline.failing:health", True)
+    assert second.message == "run r3 of pipeline 'health' failed: boom 3"
+    assert [d["alert_state"] for d in jlog.alerts() if d["event"] == "pipeline.failing"] == [
+        "firing", "resolved", "firing"]
 
 
 def test_observe_decodes_raw_payload_left_by_replay(monitor):
@@ -204,7 +254,7 @@ def test_observe_decodes_raw_payload_left_by_replay(monitor):
     assert (extract["rows"], extract["duration_s"]["total"]) == (1000, 2.5)
 
 
-def test_parked_timed_out_and_quarantined_raise_alerts(monitor, jlog):
+def test_parked_timed_out_and_quarantined_alerts_and_what_resolves_them(monitor, jlog):
     monitor.observe(ev(1, "run.requested", "r9", pipeline="seifa"))
     monitor.observe(ev(2, "run.started", "r9"))
     monitor.observe(ev(3, "stage.started", "r9", stage="extract", attempt=1))
@@ -212,21 +262,67 @@ def test_parked_timed_out_and_quarantined_raise_alerts(monitor, jlog):
     monitor.observe(ev(10, "run.parked", "r9", reason="recovered 3 times"))
     monitor.observe(ev(11, "file.quarantined", pipeline="seifa", name="bad.csv",
                        sha256="ab" * 32, reason="not UTF-8"))
-    assert [(a.severity, a.name) for a in monitor.get_alerts()] == [
-        (AlertSeverity.WARNING, "stage.timed_out"),
-        (AlertSeverity.CRITICAL, "run.parked"),
-        (AlertSeverity.WARNING, "file.quarantined"),
+    assert [(a.severity, a.name, a.open) for a in monitor.get_alerts()] == [
+        (AlertSeverity.WARNING, "stage.timed_out", False),   # its run ended (parked)
+        (AlertSeverity.CRITICAL, "run.parked", True),
+        (AlertSeverity.WARNING, "file.quarantined", True),
     ]
-    timed_out, parked, quarantined = jlog.alerts()
+    timed_out, _resolved, parked, quarantined = jlog.alerts()
     assert timed_out == {"event": "stage.timed_out", "alert": True, "severity": "warning",
+                         "alert_id": "stage.timed_out:r9:extract", "alert_state": "firing",
                          "level": "warning", "pipeline": "seifa", "run_id": "r9",
                          "stage": "extract", "attempt": 1, "duration_s": 6.0,
-                         "detail": "stage 'extract' of pipeline 'seifa' timed out"}
+                         "detail": "stage 'extract' of pipeline 'seifa' timed out (run r9, "
+                                   "attempt 1)"}
     assert (parked["severity"], parked["reason"]) == ("critical", "recovered 3 times")
     assert (quarantined["file"], quarantined["reason"]) == ("bad.csv", "not UTF-8")
-    seifa = monitor.get_dashboard_data()["pipelines"]["seifa"]
-    assert (seifa["runs"], seifa["files_quarantined"]) == ({"PARKED": 1}, 1)
-    assert monitor.get_alerts(min_severity="critical") == [monitor.get_alerts()[1]]
+    dash = monitor.get_dashboard_data()
+    assert dash["pipelines"]["seifa"]["runs"] == {"PARKED": 1}
+    assert dash["pipelines"]["seifa"]["files"] == {"taken": 0, "duplicate": 0, "quarantined": 1}
+    assert dash["queue"]["parked_runs"] == 1
+    assert [a["name"] for a in dash["alerts"]["open"]] == ["run.parked", "file.quarantined"]
+    monitor.observe(ev(12, "run.retried", "r9"))
+    monitor.observe(ev(13, "run.started", "r9"))
+    monitor.observe(ev(14, "run.completed", "r9"))
+    assert monitor.open_alerts() == []
+    assert monitor.queue_figures()["parked_runs"] == 0
+
+
+def test_a_run_far_beyond_its_usual_p95_raises_run_slow(monitor, clock):
+    for n in range(5):                            # five 10 s runs: p95 = 10 s
+        for e in health_run_events(n * 100, f"r{n}"):
+            monitor.observe(e)
+    clock.now = datetime(2026, 1, 1, 1, tzinfo=timezone.utc)
+    monitor.observe(ev(3600, "run.requested", "slow", pipeline="health"))
+    monitor.observe(ev(3601, "run.started", "slow", stages=["extract", "load"]))
+    clock.advance(30)
+    monitor.sample_now()
+    assert monitor.open_alerts() == []            # 29 s: not above 3 x 10 s
+    clock.advance(2)
+    monitor.sample_now()
+    monitor.sample_now()
+    [alert] = monitor.open_alerts()
+    assert (alert.id, alert.severity) == ("run.slow:slow", AlertSeverity.WARNING)
+    assert alert.message == ("run slow of pipeline 'health' has been running for 31s, more "
+                             "than 3 x its usual p95 of 10.0s")
+    monitor.observe(ev(3640, "run.completed", "slow"))
+    assert monitor.open_alerts() == [] and alert.resolution == "run slow ended COMPLETED"
+
+
+def test_a_stage_running_past_its_threshold_raises_stage_slow(tmp_path, jlog, clock):
+    mon = PipelineMonitor(tmp_path, thresholds={**ALL_100, "stage_duration_s": 60},
+                          logger=jlog.logger, clock=clock)
+    mon.observe(ev(1, "run.requested", "r1", pipeline="health"))
+    mon.observe(ev(2, "run.started", "r1", stages=["load"]))
+    mon.observe(ev(3, "stage.started", "r1", stage="load", attempt=1))
+    clock.now = datetime(2026, 1, 1, 0, 1, 4, tzinfo=timezone.utc)
+    mon.sample_now()
+    [alert] = mon.open_alerts()
+    assert alert.message == ("stage 'load' of pipeline 'health' has taken 61.0s, above the "
+                             "threshold of 60s")
+    mon.observe(ev(70, "stage.completed", "r1", stage="load", attempt=1, wall_s=67.0))
+    assert mon.open_alerts() == []
+    assert alert.resolution == "stage 'load' ended COMPLETED after 67.0s"
 
 
 def test_name_api_uses_the_injected_clock(monitor, clock):
@@ -240,26 +336,26 @@ def test_name_api_uses_the_injected_clock(monitor, clock):
     assert p["stages"]["extract"]["attempts"] == {"COMPLETED": 1}
 
 
-def test_slow_stage_alert(tmp_path, jlog):
+def test_slow_stage_recorded_from_code_is_raised_and_resolved(tmp_path, jlog):
     mon = PipelineMonitor(tmp_path, thresholds={**ALL_100, "stage_duration_s": 60},
                           logger=jlog.logger)
     mon.record_stage("health", "load", state="COMPLETED", duration_s=59)
     mon.record_stage("health", "load", state="COMPLETED", duration_s=61)
     [alert] = mon.get_alerts()
-    assert alert.name == "stage.slow"
-    assert alert.message == ("stage 'load' of pipeline 'health' took 61.0s, above the "
+    assert alert.name == "stage.slow" and not alert.open
+    assert alert.message == ("stage 'load' of pipeline 'health' has taken 61.0s, above the "
                              "threshold of 60s")
 
 
-def test_failure_rate_alert_fires_once_then_recovers(monitor):
+def test_failure_rate_alert_fires_once_then_resolves(monitor):
     for state in ["FAILED"] * 5 + ["COMPLETED"] * 6:
         monitor.start_pipeline_monitoring("abs")
         monitor.stop_pipeline_monitoring("abs", state=state)
-    alerts = [a for a in monitor.get_alerts() if a.name.startswith("pipeline.")]
-    # 5 of 10 is not above 0.5: that is where it recovers
-    assert [(a.name, a.fields["runs"]) for a in alerts] == [
-        ("pipeline.failure_rate_high", 4), ("pipeline.failure_rate_recovered", 10)]
-    assert alerts[0].message == "4 of the last 4 runs of pipeline 'abs' failed"
+    [rate] = [a for a in monitor.get_alerts() if a.name == "pipeline.failure_rate_high"]
+    # 5 of 10 is not above 0.5: that is where it resolves
+    assert rate.fields["runs"] == 4 and not rate.open
+    assert rate.message == "4 of the last 4 runs of pipeline 'abs' failed"
+    assert rate.resolution == "failure rate of pipeline 'abs' is back to 50%"
 
 
 def test_get_alerts_since(monitor, clock):
@@ -270,16 +366,46 @@ def test_get_alerts_since(monitor, clock):
     assert monitor.get_alerts(since=cut) == [second]
 
 
-# -- alerts in the log ---------------------------------------------------------
+def test_dashboard_shows_active_runs_with_progress_and_the_last_runs(monitor, clock):
+    for n in range(12):
+        for e in health_run_events(n * 100, f"r{n:02}"):
+            monitor.observe(e)
+    clock.now = datetime(2026, 1, 1, 1, tzinfo=timezone.utc)
+    monitor.observe(ev(3600, "run.requested", "live", pipeline="health", trigger="drop_folder"))
+    monitor.observe(ev(3601, "run.started", "live", stages=["extract", "clean", "load"]))
+    monitor.observe(ev(3602, "stage.started", "live", stage="extract", attempt=1))
+    monitor.observe(ev(3603, "stage.completed", "live", stage="extract", attempt=1))
+    monitor.observe(ev(3604, "stage.started", "live", stage="clean", attempt=1))
+    monitor.observe(ev(3605, "run.requested", "queued", pipeline="health"))
+    clock.advance(10)
+    dash = json.loads(json.dumps(monitor.get_dashboard_data(recent=3)))
+    live, queued = dash["active_runs"]
+    assert {k: live[k] for k in ("run_id", "state", "trigger", "current_stage", "stages_total",
+                                 "stages_done", "progress_percentage", "elapsed_s")} == {
+        "run_id": "live", "state": "RUNNING", "trigger": "drop_folder", "current_stage": "clean",
+        "stages_total": 3, "stages_done": 1, "progress_percentage": 33.3, "elapsed_s": 9.0}
+    assert [s["state"] for s in live["stages"]] == ["COMPLETED", "RUNNING", "PENDING"]
+    assert (queued["run_id"], queued["state"], queued["elapsed_s"]) == ("queued", "PENDING", None)
+    assert [r["run_id"] for r in dash["recent_runs"]["health"]] == ["r11", "r10", "r09"]
+    assert dash["queue"] == {"pending_runs": 1, "running_runs": 1, "running_stages": 1,
+                             "parked_runs": 0}
 
-def test_alert_is_one_json_log_line(monitor, jlog):
+
+# -- alerts in the logs ---------------------------------------------------------
+
+def test_alert_is_one_json_log_line_once_per_condition(monitor, jlog):
     alert = monitor.raise_alert("ERROR", "load.rejected", "3 rows rejected", pipeline="health",
                                 rows=3)
+    again = monitor.raise_alert("ERROR", "load.rejected", "4 rows rejected", rows=4)
+    assert again is alert and alert.repeats == 1
     [line] = jlog.lines()
     assert line == {"event": "load.rejected", "alert": True, "severity": "error",
+                    "alert_id": "load.rejected", "alert_state": "firing",
                     "level": "error", "detail": "3 rows rejected", "pipeline": "health",
                     "rows": 3}
     assert alert.at == datetime(2026, 1, 1, tzinfo=timezone.utc)
+    assert monitor.resolve_alert("load.rejected", "reloaded by hand") is alert
+    assert monitor.resolve_alert("load.rejected") is None
 
 
 def test_alert_messages_for_bad_input(monitor):
@@ -290,45 +416,137 @@ def test_alert_messages_for_bad_input(monitor):
     with pytest.raises(ConfigError) as err:
         monitor.raise_alert("info", "x", "y", detail="z")
     assert str(err.value) == ("alert 'x' has field 'detail', which the log line uses itself; "
-                              "rename it (reserved: alert, detail, event, level, severity, "
-                              "timestamp)")
+                              "rename it (reserved: alert, alert_id, alert_state, detail, "
+                              "event, level, severity, timestamp)")
+
+
+def _record_runs(log: EventLog) -> None:
+    from state import EventType as T
+
+    for run_id, outcome in [("a1", "ok"), ("a2", "fail"), ("a3", "park")]:
+        log.append(new_event(T.RUN_REQUESTED, run_id, pipeline="health", trigger="manual"))
+        log.append(new_event(T.RUN_STARTED, run_id, stages=["extract"]))
+        log.append(new_event(T.STAGE_STARTED, run_id, stage="extract", attempt=1))
+        if outcome == "ok":
+            log.append(new_event(T.STAGE_COMPLETED, run_id, stage="extract", attempt=1,
+                                 wall_s=0.75, rows=10))
+            log.append(new_event(T.RUN_COMPLETED, run_id))
+        elif outcome == "fail":
+            log.append(new_event(T.STAGE_FAILED, run_id, stage="extract", attempt=1,
+                                 error="bad header", wall_s=0.25))
+            log.append(new_event(T.RUN_FAILED, run_id, stage="extract", error="bad header"))
+        else:
+            log.append(new_event(T.STAGE_INTERRUPTED, run_id, stage="extract", attempt=1))
+            log.append(new_event(T.RUN_PARKED, run_id, reason="recovered 3 times"))
+    log.append(new_event(T.RUN_REQUESTED, "q1", pipeline="health", trigger="manual"))
+
+
+def test_a_new_monitor_on_the_same_log_keeps_counts_and_open_alerts(state_dir, jlog):
+    with EventLog.open(state_dir) as log:
+        first = PipelineMonitor(state_dir / "metrics", thresholds=ALL_100, logger=jlog.logger,
+                                event_log=log)
+        log.add_listener(first.observe)
+        _record_runs(log)
+        before = _metric_values(first.export_metrics("prometheus"))
+        second = PipelineMonitor(state_dir / "metrics", thresholds=ALL_100, logger=jlog.logger,
+                                 event_log=log)
+        after = _metric_values(second.export_metrics("prometheus"))
+        assert sorted(a.id for a in second.open_alerts()) == [
+            "pipeline.failing:health", "run.parked:a3"]
+        assert len(jlog.alerts()) == 2          # nothing raised again by the second monitor
+        for key, value in before.items():
+            if key[0].startswith(("ahgd_runs", "ahgd_stage_", "ahgd_run_duration", "ahgd_queue",
+                                  "ahgd_parked", "ahgd_last_success", "ahgd_alerts_open")):
+                # SQLite date arithmetic is millisecond-precise: so are seeded durations
+                assert after.get(key) == pytest.approx(value, rel=1e-3, abs=5e-3), key
+        assert second.get_dashboard_data()["recent_runs"]["health"][0]["run_id"] == "a3"
+
+
+def test_an_alert_whose_run_ended_unwatched_is_resolved_on_load(state_dir, jlog):
+    from state import EventType as T
+
+    with EventLog.open(state_dir) as log:
+        log.append(new_event(T.RUN_REQUESTED, "r1", pipeline="health", trigger="manual"))
+        log.append(new_event(T.RUN_STARTED, "r1", stages=["extract"]))
+        first = PipelineMonitor(state_dir / "m", thresholds=ALL_100, logger=jlog.logger,
+                                event_log=log)
+        first.raise_alert("warning", "run.slow", "slow", alert_id="run.slow:r1", run_id="r1")
+        log.append(new_event(T.RUN_CANCELLED, "r1"))     # written while no monitor listened
+        PipelineMonitor(state_dir / "m", thresholds=ALL_100, logger=jlog.logger, event_log=log)
+        assert [tuple(r) for r in log.query("SELECT alert_id, state, resolution FROM alerts")] == [
+            ("run.slow:r1", "RESOLVED", "run r1 ended while no monitor was watching")]
 
 
 # -- exports ---------------------------------------------------------------------
 
-NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
-LVALUE = r'(?:[^"\\\n]|\\[\\"n])*'
-LABEL = rf'[a-zA-Z_][a-zA-Z0-9_]*="{LVALUE}"'
-VALUE = r"(?:[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|Inf)|NaN)"
-HELP = re.compile(rf"# HELP ({NAME}) (?:[^\\\n]|\\[\\n])*")
-TYPE = re.compile(rf"# TYPE ({NAME}) (counter|gauge|summary|histogram|untyped)")
-SAMPLE = re.compile(rf"({NAME})(\{{{LABEL}(?:,{LABEL})*\}})? ({VALUE})")
+def _metric_values(text: str) -> dict[tuple[str, tuple], float]:
+    """Parse with prometheus_client's own parser: {(sample name, sorted labels): value}."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            key = (s.name, tuple(sorted(s.labels.items())))
+            assert key not in out, f"duplicate sample {key}"
+            out[key] = s.value
+    return out
 
 
-def parse_prometheus(text: str) -> dict[tuple[str, str], str]:
-    """Check every line against the exposition format; return {(name, labels): value}."""
-    assert text.endswith("\n")
-    samples: dict[tuple[str, str], str] = {}
-    helped, typed, current = set(), {}, None
-    for line in text[:-1].split("\n"):
-        if m := HELP.fullmatch(line):
-            assert m[1] not in helped and m[1] not in typed, line
-            helped.add(m[1])
-            current = m[1]
-        elif m := TYPE.fullmatch(line):
-            assert m[1] == current and m[1] not in typed, line
-            typed[m[1]] = m[2]
-            if m[2] == "counter":
-                assert m[1].endswith("_total"), line
-        elif m := SAMPLE.fullmatch(line):
-            suffixes = ("_sum", "_count") if typed.get(current) == "summary" else ("",)
-            assert m[1] in {current + s for s in suffixes}, f"{line!r} outside its family"
-            assert (m[1], m[2] or "") not in samples, f"duplicate sample {line!r}"
-            samples[(m[1], m[2] or "")] = m[3]
-        else:
-            pytest.fail(f"not exposition format: {line!r}")
-    assert all(name.startswith("ahgd_") for name in typed)
-    return samples
+def test_prometheus_metrics_after_a_known_sequence_of_runs(state_dir, jlog):
+    from state import EventType as T
+
+    with EventLog.open(state_dir) as log:
+        mon = PipelineMonitor(state_dir / "metrics", thresholds=ALL_100, logger=jlog.logger,
+                              event_log=log, disk_paths=[state_dir])
+        log.add_listener(mon.observe)
+        _record_runs(log)
+        log.append(new_event(T.FILE_ARRIVED, pipeline="health", sha256="a" * 64, name="x.csv"))
+        log.append(new_event(T.FILE_DUPLICATE, pipeline="health", sha256="a" * 64, name="x.csv"))
+        log.append(new_event(T.FILE_QUARANTINED, pipeline="health", sha256="b" * 64,
+                             name="y.csv", reason="empty"))
+        log.append(new_event(T.RUN_REQUESTED, "r5", pipeline="health", trigger="manual"))
+        log.append(new_event(T.RUN_STARTED, "r5", stages=["extract"]))
+        log.append(new_event(T.STAGE_STARTED, "r5", stage="extract", attempt=1))
+        log.append(new_event(T.STAGE_FAILED, "r5", stage="extract", attempt=1, error="x"))
+        log.append(new_event(T.STAGE_RETRYING, "r5", stage="extract", attempt=2))
+        log.append(new_event(T.STAGE_STARTED, "r5", stage="extract", attempt=2))
+        mon.sample_now()
+        appends = log.query("SELECT COUNT(*) FROM events")[0][0]
+        v = _metric_values(mon.export_metrics(format="prometheus"))
+        success_at = log.query("SELECT ended_at FROM runs WHERE run_id = 'a1'")[0][0]
+    h, hx = (("pipeline", "health"),), (("pipeline", "health"), ("stage", "extract"))
+    assert v[("ahgd_runs_total", h + (("state", "COMPLETED"),))] == 1
+    assert v[("ahgd_runs_total", h + (("state", "FAILED"),))] == 1
+    assert v[("ahgd_runs_total", h + (("state", "PARKED"),))] == 1
+    assert v[("ahgd_stage_attempts_total", (("outcome", "COMPLETED"),) + hx)] == 1
+    assert v[("ahgd_stage_attempts_total", (("outcome", "FAILED"),) + hx)] == 2
+    assert v[("ahgd_stage_retries_total", hx)] == 1
+    # attempts that ran and ended: 0.75 s, 0.25 s, and two that ended at once (interrupted, failed)
+    assert v[("ahgd_stage_duration_seconds_count", hx)] == 4
+    assert v[("ahgd_stage_duration_seconds_sum", hx)] == pytest.approx(1.0, abs=0.2)
+    assert v[("ahgd_stage_duration_seconds_bucket", (("le", "0.5"),) + hx)] == 3
+    assert v[("ahgd_stage_duration_seconds_bucket", (("le", "1.0"),) + hx)] == 4
+    for outcome in ("taken", "duplicate", "quarantined"):
+        assert v[("ahgd_files_total", (("outcome", outcome),) + h)] == 1
+    assert v[("ahgd_queue_depth", ())] == 1               # q1
+    assert v[("ahgd_running_runs", ())] == 1              # r5
+    assert v[("ahgd_running_stages", ())] == 1
+    assert v[("ahgd_parked_runs", ())] == 1
+    assert v[("ahgd_last_success_timestamp_seconds", h)] == pytest.approx(
+        datetime.fromisoformat(success_at.replace("Z", "+00:00")).timestamp())
+    # every append before the scrape, alerts' own appends included
+    assert v[("ahgd_event_log_append_seconds_count", ())] == appends
+    assert v[("ahgd_alerts_open", (("name", "pipeline.failing"), ("severity", "error")))] == 1
+    assert v[("ahgd_alerts_open", (("name", "run.parked"), ("severity", "critical")))] == 1
+    assert v[("ahgd_process_resident_memory_bytes", ())] > 0
+    assert v[("ahgd_process_cpu_seconds_total", ())] > 0
+    assert 0 < v[("ahgd_disk_usage_ratio", (("path", str(state_dir)),))] <= 1
+
+
+def test_prometheus_escapes_label_values(monitor):
+    name = 'he"al\\th\nx'
+    monitor.record_stage(name, "load", state="COMPLETED", duration_s=1)
+    values = _metric_values(monitor.export_metrics("prometheus"))
+    assert values[("ahgd_stage_duration_seconds_count",
+                   (("pipeline", name), ("stage", "load")))] == 1
 
 
 @pytest.fixture
@@ -340,44 +558,24 @@ def busy_monitor(monitor) -> PipelineMonitor:
     return monitor
 
 
-def test_prometheus_export_is_valid_exposition_format(busy_monitor):
-    samples = parse_prometheus(busy_monitor.export_metrics(format="prometheus"))
-    assert samples[("ahgd_pipeline_runs_total", '{pipeline="health",state="FAILED"}')] == "1"
-    stage = '{pipeline="health",stage="extract"}'
-    assert samples[("ahgd_stage_duration_seconds_sum", stage)] == "5.0"
-    assert samples[("ahgd_stage_duration_seconds_count", stage)] == "2"
-    assert samples[("ahgd_stage_rows_total", stage)] == "2000"
-    assert samples[("ahgd_stage_peak_resident_memory_bytes", stage)] == str(100 * 2**20)
-    assert samples[("ahgd_alerts_total", '{severity="error"}')] == "1"
-    assert ("ahgd_process_resident_memory_bytes", "") in samples
-
-
-def test_prometheus_escapes_label_values(monitor):
-    monitor.record_stage('he"al\\th\nx', "load", state="COMPLETED", duration_s=1)
-    text = monitor.export_metrics("prometheus")
-    samples = parse_prometheus(text)
-    assert ("ahgd_stage_max_duration_seconds",
-            '{pipeline="he\\"al\\\\th\\nx",stage="load"}') in samples
-
-
 def test_csv_export_has_one_row_per_sample(busy_monitor):
     text = busy_monitor.export_metrics("csv")
     rows = list(csv.DictReader(io.StringIO(text)))
     assert list(rows[0]) == ["metric", "labels", "value"]
-    assert len(rows) == len(parse_prometheus(busy_monitor.export_metrics("prometheus")))
+    assert len(rows) == len(_metric_values(busy_monitor.export_metrics("prometheus")))
     assert {"metric": "ahgd_stage_attempts_total",
-            "labels": "pipeline=health;stage=load;state=RETRYING", "value": "2"} in rows
+            "labels": "pipeline=health;stage=load;outcome=RETRYING", "value": "2"} in rows
 
 
 def test_json_export_and_dashboard_are_json(busy_monitor):
     dashboard = busy_monitor.get_dashboard_data()
-    assert json.loads(json.dumps(dashboard))["system"]["thresholds"]["disk_percent"] == 100.0
-    assert dashboard["system"]["latest"]["disk_percent"] > 0
+    assert json.loads(json.dumps(dashboard))["thresholds"]["disk_percent"] == 100.0
+    assert dashboard["system"]["disks"][0]["percent"] > 0
     assert dashboard["alerts"]["counts"] == {"info": 0, "warning": 0, "error": 1, "critical": 0}
     exported = json.loads(busy_monitor.export_metrics())
     assert exported["pipelines"]["health"]["runs"] == {"COMPLETED": 1, "FAILED": 1}
-    assert {"metric": "ahgd_pipeline_active_runs", "labels": {"pipeline": "health"},
-            "value": 0} in exported["metrics"]
+    assert {"metric": "ahgd_runs_total", "labels": {"pipeline": "health", "state": "FAILED"},
+            "value": 1.0} in exported["metrics"]
 
 
 def test_unknown_format_lists_the_formats(monitor):
@@ -390,7 +588,7 @@ def test_unknown_format_lists_the_formats(monitor):
 def test_save_metrics_writes_atomically(busy_monitor):
     path = busy_monitor.save_metrics("prometheus")
     assert path == busy_monitor.metrics_dir / "metrics.prom"
-    parse_prometheus(path.read_text())
+    assert _metric_values(path.read_text())
     assert os.stat(path).st_mode & 0o777 == 0o644
     assert json.loads(busy_monitor.save_metrics().read_text())["pipelines"]
     assert sorted(p.name for p in busy_monitor.metrics_dir.iterdir()) == [
