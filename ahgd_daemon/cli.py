@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -244,20 +245,36 @@ def config_option(required: bool = True) -> Callable[..., Any]:
               type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--json-logs/--pretty-logs", default=None,
               help="Force JSON lines or pretty output (default: pretty on a terminal).")
+@click.option("--http", "http", metavar="HOST:PORT", default=None,
+              help="Serve the read-only status page, /metrics and /api on this address "
+                   "(loopback only, e.g. 127.0.0.1:8787; port 0 picks one). Default: "
+                   "daemon.status_listen, else off.")
+@click.option("--http-allow-remote", is_flag=True,
+              help="Allow a non-loopback --http address; needs a token.")
+@click.option("--http-token-file", type=click.Path(dir_okay=False), default=None,
+              help="File holding the token every HTTP request must carry (Authorization: "
+                   "Bearer TOKEN, or ?token=TOKEN). Default: $AHGD_HTTP_TOKEN.")
 @state_dir_option
 def daemon(state_dir: Path, configs: tuple[str, ...], once: bool, max_workers: int | None,
-           log_level: str, json_logs: bool | None) -> None:
+           log_level: str, json_logs: bool | None, http: str | None, http_allow_remote: bool,
+           http_token_file: str | None) -> None:
     """Run the daemon: drop folders, schedules, recovery; under systemd use Type=notify."""
     from . import logs
     from .daemon import Daemon, DaemonOptions
+    from .httpstatus import check_bind, read_token
     from .notify import Notifier
 
+    token = read_token(http_token_file) if http_token_file else (
+        os.environ.get("AHGD_HTTP_TOKEN") or None)
+    if http:  # refuse a bad address before anything starts
+        check_bind(http, allow_remote=http_allow_remote, token=token)
     logs.configure(json_lines=json_logs, level=log_level)
     notifier = Notifier.from_environ(unset_environment=True)
     json_lines = json_logs if json_logs is not None else not sys.stdout.isatty()
     code = Daemon(DaemonOptions(config_paths=[Path(c) for c in configs], state_dir=state_dir,
                                 once=once, max_workers=max_workers, notifier=notifier,
-                                json_logs=json_lines)).run()
+                                json_logs=json_lines, http=http,
+                                http_allow_remote=http_allow_remote, http_token=token)).run()
     sys.exit(code)
 
 
@@ -449,39 +466,43 @@ def cancel(state_dir: Path, run_id: str) -> None:
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="The dashboard document, for scripts.")
+@click.option("--recent", type=click.IntRange(1, 100), default=5, show_default=True,
+              help="Last runs shown per pipeline.")
 @state_dir_option
-def status(state_dir: Path, as_json: bool) -> None:
-    """Is a daemon running here, what is it doing, and how did recent runs end."""
-    reply = _ask_daemon(state_dir, {"cmd": "status"})
-    summary: dict[str, Any] = {"daemon": None}
+def status(state_dir: Path, as_json: bool, recent: int) -> None:
+    """Active runs with progress, the last runs, open alerts and system figures."""
+    reply = _ask_daemon(state_dir, {"cmd": "dashboard"})
     if reply is not None:
-        summary["daemon"] = reply["status"]
+        doc = reply["dashboard"]
+    else:
+        doc = _history_dashboard(state_dir, recent)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2, default=str))
+        return
+    from rich.console import Console
+
+    from .statusview import render_status
+
+    render_status(doc, console=Console(), recent=recent, state_dir=str(state_dir))
+
+
+def _history_dashboard(state_dir: Path, recent: int) -> dict[str, Any]:
+    """No daemon runs here: the same document, from the event log alone (read only)."""
     from state import HISTORY_DB
 
-    if (state_dir / HISTORY_DB).exists():
-        with open_log(state_dir) as log:
-            summary["runs"] = {r[0]: r[1] for r in log.query("SELECT state, COUNT(*) FROM runs GROUP BY state")}
-            summary["recent_failures"] = [dict(r) for r in log.query(
-                "SELECT run_id, pipeline, stage, error FROM failures WHERE kind = 'run' "
-                "ORDER BY failed_at DESC LIMIT 5")]
-    if as_json:
-        click.echo(json.dumps(summary, indent=2, default=str))
-        return
-    d = summary["daemon"]
-    if d is None:
-        click.echo(f"no daemon running on {state_dir}")
-    else:
-        click.echo(f"daemon pid {d['pid']} on {d['state_dir']}, up {d['uptime_s']}s; workers "
-                   f"{d['workers']['busy']}/{d['workers']['max']} busy")
-        for a in d["active"]:
-            click.echo(f"  running {a['run_id']} ({a['pipeline']}) stage {a['stage']} "
-                       f"{a['progress']}%")
-        click.echo(f"  files waiting: {d['files_waiting']}")
-    if "runs" in summary:
-        click.echo("runs: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["runs"].items())))
-        for f in summary["recent_failures"]:
-            click.echo(f"  failed {f['run_id']} ({f['pipeline']}): {f['error']}")
+    if not (state_dir / HISTORY_DB).exists():
+        from pipelines.monitor_records import iso
+
+        return {"generated_at": iso(datetime.now(timezone.utc)), "daemon": None, "queue": None,
+                "system": None, "active_runs": [], "recent_runs": {},
+                "alerts": {"open": [], "counts": {}, "recent": []}, "pipelines": {}}
+    from pipelines.monitoring import PipelineMonitor
+
+    with open_log(state_dir) as log:
+        monitor = PipelineMonitor(state_dir / "metrics", enable_system_monitoring=False,
+                                  event_log=log, recent_runs=recent, read_only=True)
+        return monitor.get_dashboard_data()
 
 
 @main.command()

@@ -32,7 +32,7 @@ from state.machine import RunState
 
 from . import schedules as sched
 from .dropfolder import Claimer, Folder, Stability
-from .logs import EventLogger, alert
+from .logs import EventLogger
 from .notify import Notifier, without_notify_environment
 from .recovery import recover
 
@@ -42,7 +42,8 @@ RECOVERY_CHECK_S = 30.0
 #: error types that mean "this input file is bad" (quarantine_on_extract_failure)
 INPUT_ERRORS = {"InputError", "ValidationFailed", "StageOutputError"}
 HEARTBEAT_S = 5.0
-DISK_CHECK_S = 60.0
+#: /healthz answers 503 when the main loop has not turned for this long
+LOOP_STALL_S = 60.0
 
 
 @dataclass
@@ -59,6 +60,10 @@ class DaemonOptions:
     #: how worker processes log (the daemon's own format), and where (default: our stdout)
     json_logs: bool = True
     worker_output: Any = None
+    #: the HTTP status server: --http HOST:PORT (else daemon.status_listen), and its access
+    http: str | None = None
+    http_allow_remote: bool = False
+    http_token: str | None = None
 
 
 @dataclass
@@ -106,8 +111,10 @@ class Daemon:
         self.session: dict[str, str] = {}     # run_id -> final state, for --once
         self.started_at = time.time()
         self._last_heartbeat = 0.0
-        self._last_disk = 0.0
         self._last_recovery = 0.0
+        self._loop_beat = options.monotonic()
+        self._recovering = True     # /healthz: 503 until start-up recovery is done
+        self._stopping = False
         self._last_progress = 0.0
         self._lock = threading.RLock()
         self.setup: _Setup | None = None
@@ -150,13 +157,21 @@ class Daemon:
         settings = self.setup.settings
         self.log = EventLog.open(self.state_dir, synchronous=settings.synchronous)
         self.log.add_listener(EventLogger(self.log))
-        self.monitor = PipelineMonitor(self.state_dir / "metrics", enable_system_monitoring=False,
-                                       thresholds={"disk_percent": settings.disk_alert_percent})
-        self.log.add_listener(self._observe)
         workers = self.o.max_workers or settings.max_workers
         worker_env = without_notify_environment(os.environ)
         worker_env.setdefault("AHGD_LOG_FORMAT", "json" if self.o.json_logs else "console")
         self.executor = ProcessExecutor(workers, env=worker_env, stdout=self.o.worker_output)
+        monitoring = settings.monitoring
+        self.monitor = PipelineMonitor(
+            self.state_dir / "metrics", enable_system_monitoring=monitoring.enabled,
+            thresholds=_thresholds(settings),
+            sample_interval=monitoring.sample_interval.total_seconds(),
+            logger=structlog.get_logger("ahgd.monitor"), event_log=self.log,
+            disk_paths=self._disk_paths(), workers=self.executor.worker_jobs)
+        if monitoring.enabled:
+            self.log.add_listener(self._observe)
+            self.monitor.start_system_monitoring()
+        self._start_http(settings)  # before recovery: /healthz says 503 until it is done
         self.executor.prestart()
         limits = self.setup.loaded.orchestration.resource_limits
         self.budget = ResourceBudget(None if limits is None else limits.as_dict())
@@ -169,6 +184,7 @@ class Daemon:
                            pipeline=r.pipeline, interrupted=r.interrupted, recoveries=r.recoveries)
             if r.parked:
                 self.session[r.run_id] = RunState.PARKED
+        self._recovering = False
         self.claimer = Claimer(self.log, self.state_dir)
         self.claimer.adopt_orphans(self.setup.by_pipeline_folder)
         self._start_triggers()
@@ -177,19 +193,38 @@ class Daemon:
 
         self.control = ControlServer(self.state_dir, self._dispatch)
         self.control.start()
-        if settings.status_listen:
-            from .httpstatus import StatusServer
-
-            self.http = StatusServer(settings.status_listen, self.status,
-                                     lambda: self.monitor.export_metrics(format="prometheus"))
-            self.http.start()
-            self.log_.info("http_status", listen=settings.status_listen, port=self.http.port)
         self.notifier.ready(self._status_line())
         self.log_.info("daemon_ready", pid=os.getpid(), state_dir=str(self.state_dir),
                        pipelines=sorted(self.setup.pipelines), workers=workers, once=self.o.once)
 
+    def _start_http(self, settings: Any) -> None:
+        listen = self.o.http or settings.status_listen
+        if not listen:
+            return
+        from .httpstatus import StatusServer, StatusSources, read_token
+
+        token = self.o.http_token
+        if token is None and settings.http_token_file is not None:
+            token = read_token(settings.http_token_file)
+        sources = StatusSources(
+            dashboard=self.dashboard, metrics=lambda: self.monitor.export_metrics("prometheus"),
+            health=self.health, status=self.status, history_db=lambda: str(self.log.path))
+        self.http = StatusServer(listen, sources, token=token,
+                                 allow_remote=self.o.http_allow_remote or settings.http_allow_remote)
+        self.http.start()
+        host = self.http.address[0]
+        self.log_.info("http_status", listen=listen, host=host, port=self.http.port,
+                       url=f"http://{'[' + host + ']' if ':' in host else host}:{self.http.port}/",
+                       token_required=token is not None)
+
+    def _disk_paths(self) -> list[Path]:
+        """The state directory and every drop folder: the disks worth watching."""
+        paths = [self.state_dir, *(f.path for f in self.setup.folders)]
+        return list(dict.fromkeys(Path(p) for p in paths))
+
     def _loop(self) -> None:
         while True:
+            self._loop_beat = self.o.monotonic()
             if self._stop_requested:
                 return
             if self._reload_requested:
@@ -206,6 +241,7 @@ class Daemon:
     def _shutdown(self) -> None:
         settings = self.setup.settings if self.setup else None
         grace = settings.shutdown_grace.total_seconds() if settings else 30.0
+        self._stopping = True
         self.notifier.stopping(f"stopping; running stages get {grace:g}s to finish")
         self.log_.info("daemon_stopping", running=sorted(self.active), grace_s=grace)
         if self.control is not None:
@@ -224,6 +260,8 @@ class Daemon:
         self._reap_runs()
         if self.executor is not None:
             self.executor.shutdown()
+        if self.monitor is not None:
+            self.monitor.stop_system_monitoring()
         if self.log is not None:
             self.log.close()
         self.log_.info("daemon_stopped")
@@ -293,8 +331,8 @@ class Daemon:
         try:
             new = self._load_setup()
         except Exception as exc:  # the old configuration stays in force
-            alert(self.log_, "config_reload_failed", "error", error=str(exc),
-                  kept="the previous configuration stays in force")
+            self._alert("error", "daemon.config_reload_failed", f"configuration reload failed: {exc}",
+                        error=str(exc), kept="the previous configuration stays in force")
             self.notifier.ready(self._status_line())
             return
         old_watchers, old_setup = self.watchers, self.setup
@@ -307,12 +345,17 @@ class Daemon:
                 self.watchers.stop()
             with self._lock:
                 self.setup, self.watchers = old_setup, old_watchers
-            alert(self.log_, "config_reload_failed", "error", error=f"{type(exc).__name__}: {exc}",
-                  kept="the previous configuration stays in force")
+            self._alert("error", "daemon.config_reload_failed",
+                        f"configuration reload failed: {type(exc).__name__}: {exc}",
+                        error=f"{type(exc).__name__}: {exc}",
+                        kept="the previous configuration stays in force")
             self.notifier.ready(self._status_line())
             return
         if old_watchers is not None:
             old_watchers.stop()
+        self.monitor.set_thresholds(**_thresholds(new.settings))
+        self.monitor.set_disk_paths(self._disk_paths())
+        self.monitor.resolve_alert("daemon.config_reload_failed", "the configuration reloaded")
         self.log_.info("config_reloaded", pipelines=sorted(new.pipelines))
         self.notifier.ready(self._status_line())
 
@@ -343,12 +386,15 @@ class Daemon:
             self.stability.forget(path)
             if self._stop_requested:
                 return
+            alert_id = f"daemon.file_claim_failed:{folder.pipeline}"
             try:
                 self.claimer.claim(folder, path)
             except (OSError, AhgdError) as exc:  # one file must not stop the daemon
-                alert(self.log_, "file_claim_failed", "error", pipeline=folder.pipeline,
-                      path=str(path), error=str(exc),
-                      fix="the file stays where it is; the next start-up scan tries again")
+                self._alert("error", alert_id, f"could not take {path}: {exc}",
+                            pipeline=folder.pipeline, path=str(path), error=str(exc),
+                            fix="the file stays where it is; the next start-up scan tries again")
+            else:
+                self.monitor.resolve_alert(alert_id, f"took {path.name} for {folder.pipeline}")
 
     # ------------------------------------------------------------------ schedules
 
@@ -420,8 +466,10 @@ class Daemon:
                 self.log_.info("run_owned_elsewhere", run_id=run_id, holder=str(a.error))
                 continue
             if a.error is not None and not (run is not None and run.state in TERMINAL):
-                alert(self.log_, "run_crashed", "error", run_id=run_id, pipeline=a.pipeline,
-                      error=f"{type(a.error).__name__}: {a.error}")
+                self._alert("error", f"run.crashed:{run_id}",
+                            f"the thread of run {run_id} failed: {type(a.error).__name__}: {a.error}",
+                            run_id=run_id, pipeline=a.pipeline,
+                            error=f"{type(a.error).__name__}: {a.error}")
                 self._fail_stuck(run_id, a.error)
                 run = self.log.run(run_id)
             if run is None:
@@ -445,7 +493,9 @@ class Daemon:
             events.append(new_event(T.RUN_FAILED, run_id, error=f"{type(error).__name__}: {error}"))
             self.log.append_many(events)
         except AhgdError as exc:
-            alert(self.log_, "run_state_unrecorded", "critical", run_id=run_id, error=str(exc))
+            self._alert("critical", f"run.state_unrecorded:{run_id}",
+                        f"could not record that run {run_id} failed: {exc}", run_id=run_id,
+                        error=str(exc))
 
     def _trigger_downstream(self, run: Any) -> None:
         for downstream in self.setup.upstream.get(run.pipeline, ()):
@@ -521,12 +571,6 @@ class Daemon:
         if now - self._last_recovery >= RECOVERY_CHECK_S:
             self._last_recovery = now
             self._recover_orphans()
-        if now - self._last_disk >= DISK_CHECK_S:
-            self._last_disk = now
-            try:
-                self.monitor.sample_now()  # raises the disk-nearly-full alert once per crossing
-            except Exception as exc:  # never let metrics stop the daemon
-                self.log_.warning("sampling_failed", error=str(exc))
         if self.o.progress is not None and now - self._last_progress >= 0.2:
             self._last_progress = now
             self.o.progress(self.progress_snapshot())
@@ -600,6 +644,47 @@ class Daemon:
 
     # ------------------------------------------------------------------ status and control
 
+    def _alert(self, severity: str, alert_id: str, message: str, **fields: Any) -> None:
+        """A condition the daemon itself finds: logged, recorded, resolved when it clears."""
+        name = alert_id.split(":", 1)[0]
+        run_id = fields.get("run_id")
+        try:
+            self.monitor.raise_alert(severity, name, message, alert_id=alert_id, run_id=run_id,
+                                     **{k: v for k, v in fields.items() if k != "run_id"})
+        except Exception as exc:  # an alert must never stop the daemon
+            self.log_.error(name, alert=True, severity=severity, detail=message,
+                            monitor_error=str(exc))
+
+    def health(self) -> tuple[bool, str]:
+        """(healthy, why) for /healthz: recovery done and the main loop turning."""
+        if self._recovering:
+            return False, "recovering interrupted runs"
+        if self._stopping:
+            return False, "stopping"
+        age = self.o.monotonic() - self._loop_beat
+        if age > LOOP_STALL_S:
+            return False, f"the main loop has not turned for {age:.0f}s"
+        return True, "ok"
+
+    def dashboard(self) -> dict[str, Any]:
+        """The monitor's dashboard document, with what only the daemon knows."""
+        doc = self.monitor.get_dashboard_data()
+        healthy, why = self.health()
+        try:
+            waiting = self.stability.pending() + len(self._completed_files)
+        except RuntimeError:  # the main loop changed it under us: next time
+            waiting = None
+        setup = self.setup
+        doc["daemon"] = {
+            "pid": os.getpid(), "state_dir": str(self.state_dir),
+            "uptime_s": round(time.time() - self.started_at, 1), "healthy": healthy,
+            "health": why, "recovering": self._recovering,
+            "workers": {"max": self.executor.max_workers, "busy": self.executor.in_use()},
+            "files_waiting": waiting,
+            "pipelines": sorted(setup.pipelines) if setup else [],
+        }
+        return doc
+
     def _observe(self, event: Any) -> None:
         try:
             self.monitor.observe(event)
@@ -643,3 +728,13 @@ class Daemon:
         from . import requests
 
         return requests.dispatch(self, req)
+
+
+def _thresholds(settings: Any) -> dict[str, Any]:
+    """The monitor's thresholds from ``daemon.monitoring.thresholds`` (and disk_alert_percent)."""
+    t = settings.monitoring.thresholds.model_dump()
+    if t["disk_percent"] is None:
+        t["disk_percent"] = settings.disk_alert_percent
+    if t["stage_duration_s"] is not None:
+        t["stage_duration_s"] = t["stage_duration_s"].total_seconds()
+    return t

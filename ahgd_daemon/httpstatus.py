@@ -1,55 +1,118 @@
-"""The optional HTTP status endpoint (``daemon.status_listen: 127.0.0.1:8765``).
+"""The daemon's read-only HTTP status server (off unless ``--http HOST:PORT``).
 
-``GET /status`` is the daemon's status as JSON (what `ahgd status --json`
-shows), ``GET /metrics`` its metrics in the Prometheus text format, and
-``GET /healthz`` answers ``ok``.  Read-only; bind it to loopback and let a
-local Prometheus or reverse proxy reach it.
+    GET /               the dashboard page (one self-contained HTML file, no CDN)
+    GET /healthz        200 "ok" once recovery is done and the main loop turns; 503 otherwise
+    GET /metrics        Prometheus text format
+    GET /api/dashboard  the dashboard document (active runs, last runs, alerts, system)
+    GET /api/runs       ?limit=50&pipeline=NAME: runs with every stage attempt, newest first
+    GET /api/runs/{id}  one run and its events
+    GET /status         what `ahgd status --json` shows of the daemon
+
+Read-only by construction: only GET and HEAD are answered (anything else is
+405), and run history is read through a ``mode=ro`` SQLite connection of each
+request's own.  It binds to loopback unless ``allow_remote`` is given with a
+token; a token, when set, is checked on every request (``Authorization:
+Bearer <token>`` or ``?token=<token>``).
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from pipelines.errors import ConfigError
+
+from . import runs_api
+
+PAGE = ("web", "dashboard.html")
+_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+        "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'")
+
+
+class StatusSources(NamedTuple):
+    """What the server shows, as callables the daemon provides."""
+
+    dashboard: Callable[[], dict[str, Any]]
+    metrics: Callable[[], str]
+    health: Callable[[], tuple[bool, str]]
+    status: Callable[[], dict[str, Any]]
+    history_db: Callable[[], str]           # path of history.db, opened read-only per request
+
+
+def read_token(path: str | Path) -> str:
+    """The token in ``path`` (surrounding whitespace removed), or ConfigError."""
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the HTTP token file {path}: {exc.strerror or exc}; "
+                          "create it (e.g. `openssl rand -hex 32 > FILE; chmod 600 FILE`) or "
+                          "fix its permissions") from None
+    if not token:
+        raise ConfigError(f"the HTTP token file {path} is empty; put a long random token in it "
+                          "(e.g. `openssl rand -hex 32 > FILE`)")
+    return token
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:8787`` for IPv6) as (host, port)."""
+    host, sep, port = str(listen).rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"--http {listen!r} is not a listen address; use HOST:PORT such as "
+                          "127.0.0.1:8787 (port 0 picks a free port)")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """True if every address ``host`` names is a loopback address."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
+
+
+def check_bind(listen: str, *, allow_remote: bool, token: str | None) -> tuple[str, int]:
+    """The (host, port) to bind, or ConfigError saying why not and what to do."""
+    host, port = parse_listen(listen)
+    if allow_remote and not token:
+        raise ConfigError("--http-allow-remote needs a token, checked on every request: put it "
+                          "in a file readable by the daemon only and pass --http-token-file "
+                          "FILE (or set AHGD_HTTP_TOKEN)")
+    if not allow_remote and not is_loopback(host):
+        raise ConfigError(
+            f"--http {listen}: {host} is not a loopback address. The status server shows run "
+            "errors and file paths, so it listens on 127.0.0.1 or [::1] unless you also give "
+            "--http-allow-remote with a token (--http-token-file FILE or AHGD_HTTP_TOKEN); "
+            "or keep it on loopback behind a reverse proxy")
+    return host, port
 
 
 class StatusServer:
-    def __init__(self, listen: str, status: Callable[[], dict[str, Any]],
-                 metrics: Callable[[], str]):
-        host, _, port = listen.rpartition(":")
-        self.address = (host.strip("[]") or "127.0.0.1", int(port))
-        self._status, self._metrics = status, metrics
+    def __init__(self, listen: str, sources: StatusSources, *, token: str | None = None,
+                 allow_remote: bool = False):
+        self.address = check_bind(listen, allow_remote=allow_remote, token=token)
+        self._sources = sources
+        self._token = token
         self._server: ThreadingHTTPServer | None = None
 
     def start(self) -> None:
-        status, metrics = self._status, self._metrics
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the http.server API
-                try:
-                    if self.path == "/status":
-                        body, kind = json.dumps(status(), default=str).encode(), "application/json"
-                    elif self.path == "/metrics":
-                        body, kind = metrics().encode(), "text/plain; version=0.0.4; charset=utf-8"
-                    elif self.path == "/healthz":
-                        body, kind = b"ok\n", "text/plain"
-                    else:
-                        self.send_error(404, "try /status, /metrics or /healthz")
-                        return
-                except Exception as exc:  # a broken page must not take the daemon down
-                    self.send_error(500, str(exc))
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # requests are not events worth a log line
-
-        self._server = ThreadingHTTPServer(self.address, Handler)
+        handler = _handler_class(self._sources, self._token)
+        host = self.address[0]
+        server_class = _IPv6Server if ":" in host else ThreadingHTTPServer
+        self._server = server_class(self.address, handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.5},
                          name="ahgd-http-status", daemon=True).start()
@@ -63,3 +126,126 @@ class StatusServer:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+class _Reply(NamedTuple):
+    status: int
+    body: bytes
+    content_type: str
+
+
+def _json(status: int, doc: Any) -> _Reply:
+    return _Reply(status, json.dumps(doc, default=str).encode(), "application/json")
+
+
+def _text(status: int, text: str) -> _Reply:
+    return _Reply(status, text.encode(), "text/plain; charset=utf-8")
+
+
+def _page() -> bytes:
+    return resources.files("ahgd_daemon").joinpath(*PAGE).read_bytes()
+
+
+def _route(sources: StatusSources, path: str, query: dict[str, list[str]]) -> _Reply:
+    from pipelines.metrics_export import PROMETHEUS_CONTENT_TYPE
+
+    if path in ("/", "/index.html"):
+        return _Reply(200, _page(), "text/html; charset=utf-8")
+    if path == "/healthz":
+        ok, why = sources.health()
+        return _text(200 if ok else 503, why + "\n")
+    if path == "/metrics":
+        return _Reply(200, sources.metrics().encode(), PROMETHEUS_CONTENT_TYPE)
+    if path == "/api/dashboard":
+        return _json(200, sources.dashboard())
+    if path == "/status":
+        return _json(200, sources.status())
+    if path == "/api/runs":
+        limit = _limit(query)
+        if isinstance(limit, _Reply):
+            return limit
+        pipeline = (query.get("pipeline") or [None])[0]
+        with runs_api.connect_ro(sources.history_db()) as conn:
+            return _json(200, runs_api.runs_document(conn, limit=limit, pipeline=pipeline))
+    if path.startswith("/api/runs/"):
+        run_id = unquote(path[len("/api/runs/"):])
+        with runs_api.connect_ro(sources.history_db()) as conn:
+            doc = runs_api.run_document(conn, run_id)
+        if doc is None:
+            return _json(404, {"error": f"no run {run_id!r} in the event log; list runs with "
+                                        "/api/runs"})
+        return _json(200, doc)
+    return _json(404, {"error": f"no page {path!r}; try /, /healthz, /metrics, /api/dashboard, "
+                                "/api/runs, /api/runs/RUN_ID or /status"})
+
+
+def _limit(query: dict[str, list[str]]) -> int | _Reply:
+    text = (query.get("limit") or ["50"])[0]
+    if not text.isdigit() or not 1 <= int(text) <= runs_api.MAX_RUNS:
+        return _json(400, {"error": f"limit={text!r} is not a whole number from 1 to "
+                                    f"{runs_api.MAX_RUNS}; use e.g. ?limit=50"})
+    return int(text)
+
+
+def _handler_class(sources: StatusSources, token: str | None) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "ahgd"
+        sys_version = ""
+
+        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            self._answer(head=False)
+
+        def do_HEAD(self) -> None:  # noqa: N802
+            self._answer(head=True)
+
+        def _refuse_write(self) -> None:
+            self._send(_json(405, {"error": f"{self.command} is refused: the status server is "
+                                            "read-only; change state with the ahgd command "
+                                            "line (ahgd run, retry, cancel)"}),
+                       head=False, extra={"Allow": "GET, HEAD"})
+
+        do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse_write  # noqa: N815
+
+        def _answer(self, head: bool) -> None:
+            url = urlsplit(self.path)
+            query = parse_qs(url.query)
+            if token is not None and not self._authorised(query):
+                self._send(_json(401, {"error": "a token is needed: send 'Authorization: "
+                                                "Bearer <token>' or add ?token=<token>"}),
+                           head, extra={"WWW-Authenticate": 'Bearer realm="ahgd"'})
+                return
+            try:
+                reply = _route(sources, url.path, query)
+            except Exception as exc:  # a broken page must not take the daemon down
+                reply = _json(500, {"error": f"{type(exc).__name__}: {exc}"})
+            self._send(reply, head)
+
+        def _authorised(self, query: dict[str, list[str]]) -> bool:
+            header = self.headers.get("Authorization", "")
+            given = header[7:].strip() if header.lower().startswith("bearer ") else None
+            if given is None:
+                given = (query.get("token") or [None])[0]
+            return given is not None and hmac.compare_digest(given.encode(), token.encode())
+
+        def _send(self, reply: _Reply, head: bool, extra: dict[str, str] | None = None) -> None:
+            self.send_response(reply.status)
+            self.send_header("Content-Type", reply.content_type)
+            self.send_header("Content-Length", str(len(reply.body)))
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("X-Content-Type-Options", "nosniff")
+            if reply.content_type.startswith("text/html"):
+                self.send_header("Content-Security-Policy", _CSP)
+            for k, v in (extra or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            if not head:
+                self.wfile.write(reply.body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # requests are not events worth a log line
+
+    return Handler

@@ -103,6 +103,8 @@ def dispatch(daemon: Any, req: dict[str, Any]) -> dict[str, Any]:
         return {"pid": __import__("os").getpid()}
     if cmd == "status":
         return {"status": daemon.status()}
+    if cmd == "dashboard":
+        return {"dashboard": daemon.dashboard()}
     if cmd == "metrics":
         fmt = req.get("format", "prometheus")
         return {"metrics": daemon.monitor.export_metrics(format=fmt)}
@@ -124,4 +126,4 @@ def dispatch(daemon: Any, req: dict[str, Any]) -> dict[str, Any]:
                 active.cancel.set("cancelled with `ahgd cancel`")
                 return {"run_id": run_id, "previous_state": "RUNNING", "cancelling": True}
             return cancel_recorded(daemon.log, daemon.state_dir, run_id)
-    raise RequestError(f"unknown request {cmd!r}; known: ping, status, metrics, run, retry, cancel")
+    raise RequestError(f"unknown request {cmd!r}; known: ping, status, dashboard, metrics, run, retry, cancel")

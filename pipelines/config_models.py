@@ -464,13 +464,39 @@ class MasterOrchestration(_Model):
     resource_limits: ResourceRequirements | None = None
 
 
+class MonitoringThresholdSettings(_Model):
+    """Alert thresholds (see docs/monitoring.md); null turns one off."""
+
+    cpu_percent: float | None = Field(None, ge=0, le=100)
+    memory_percent: float | None = Field(85, ge=0, le=100)
+    disk_percent: float | None = Field(None, ge=0, le=100)   # default: daemon.disk_alert_percent
+    run_duration_factor: float | None = Field(3, ge=1)
+    run_duration_min_runs: int = Field(5, ge=1)
+    stage_duration_s: PositiveDuration | None = None
+    pipeline_failure_rate: float | None = Field(0.5, ge=0, le=1)
+    failure_rate_min_runs: int = Field(4, ge=1)
+
+
+class MonitoringSettings(_Model):
+    """The daemon's monitor: system samples, statistics from the event log, alerts."""
+
+    enabled: bool = True
+    sample_interval: PositiveDuration = timedelta(seconds=15)
+    thresholds: MonitoringThresholdSettings = Field(
+        default_factory=lambda: MonitoringThresholdSettings())
+
+
 class DaemonSettings(_Model):
     max_workers: int = Field(2, ge=1)
     shutdown_grace: Duration = timedelta(seconds=30)
     max_recoveries: int = Field(3, ge=0)
     synchronous: Synchronous = "FULL"
     disk_alert_percent: float = Field(90, gt=0, le=100)
+    #: the HTTP status server (off unless set here or given as `ahgd daemon --http`)
     status_listen: ListenAddress | None = None
+    http_allow_remote: bool = False
+    http_token_file: ResolvedPath | None = None
+    monitoring: MonitoringSettings = Field(default_factory=lambda: MonitoringSettings())
 
 
 class MasterFile(_Model):

@@ -114,9 +114,11 @@ class PipelineMonitor:
                  clock: Clock | None = None, *, event_log: Any = None,
                  disk_paths: Sequence[str | os.PathLike] | None = None,
                  workers: WorkerSource | None = None, recent_runs: int = RECENT_RUNS,
-                 max_samples: int = 720, max_alerts: int = 1000):
+                 max_samples: int = 720, max_alerts: int = 1000, read_only: bool = False):
         self.metrics_dir = Path(metrics_dir)
-        self.metrics_dir.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only   # a look at the history: never write to the log or disk
+        if not read_only:
+            self.metrics_dir.mkdir(parents=True, exist_ok=True)
         self.enable_system_monitoring = enable_system_monitoring
         self.thresholds = MonitorThresholds.from_mapping(thresholds)
         self.sample_interval = parse_duration(
@@ -144,7 +146,9 @@ class PipelineMonitor:
         if event_log is not None:
             from .monitor_history import load_history
 
-            self._emit(load_history(self, event_log))
+            resolved = load_history(self, event_log)
+            if not read_only:
+                self._emit(resolved)
 
     # -- thresholds and alerts ------------------------------------------------
 
@@ -154,6 +158,10 @@ class PipelineMonitor:
         with self._lock:
             self.thresholds = new
         return new
+
+    def set_disk_paths(self, paths: Sequence[str | os.PathLike]) -> None:
+        """Watch the disks of these paths from the next sample on (e.g. on config reload)."""
+        self._sampler.disk_paths = [Path(p) for p in paths]
 
     def raise_alert(self, severity: AlertSeverity | str, name: str, message: str, *,
                     alert_id: str | None = None, run_id: str | None = None,
@@ -237,7 +245,7 @@ class PipelineMonitor:
                                detail=alert.resolution)
                 event = new_event("alert.resolved", alert.run_id, alert_id=alert.id,
                                   reason=alert.resolution)
-            if self.event_log is not None:
+            if self.event_log is not None and not self.read_only:
                 try:
                     self.event_log.append(event)
                 except Exception as exc:  # the log line went out; never fail the caller

@@ -237,9 +237,9 @@ def test_sighup_with_a_broken_config_keeps_the_old_one(setup):
         good = (tmp / "csvpipe.yaml").read_text()
         (tmp / "csvpipe.yaml").write_text(good.replace("stages:", "stagez:"))
         d.signal(signal.SIGHUP)
-        wait_until(lambda: any(r.get("event") == "config_reload_failed" for r in d.records()), 20,
+        wait_until(lambda: any(r.get("event") == "daemon.config_reload_failed" for r in d.records()), 20,
                    "the reload to fail")
-        failed = next(r for r in d.records() if r.get("event") == "config_reload_failed")
+        failed = next(r for r in d.records() if r.get("event") == "daemon.config_reload_failed")
         assert failed["alert"] is True and failed["severity"] == "error"
         assert "unknown key 'stagez'; did you mean 'stages'?" in failed["error"]
         drop_csv(state / "inbox" / "csvpipe", "still.csv")  # the old config still works
@@ -323,12 +323,13 @@ def test_cli_requests_go_to_a_running_daemon(setup):
         status = subprocess.run([*ahgd_exe(), "status", "--json", "--state-dir", str(state)],
                                 capture_output=True, text=True, timeout=60, env=env())
         info = json.loads(status.stdout)
-        assert info["daemon"]["pid"] == d.proc.pid and info["runs"] == {"COMPLETED": 1}
+        assert info["daemon"]["pid"] == d.proc.pid and info["daemon"]["healthy"] is True
+        assert [r["state"] for r in info["recent_runs"]["csvpipe"]] == ["COMPLETED"]
         metrics = subprocess.run([*ahgd_exe(), "metrics", "--state-dir", str(state)],
                                  capture_output=True, text=True, timeout=60, env=env())
         assert metrics.returncode == 0, metrics.stderr
         assert "# TYPE ahgd_" in metrics.stdout
-        assert 'ahgd_pipeline_runs_total{pipeline="csvpipe",state="completed"} 1' in metrics.stdout.lower()
+        assert 'ahgd_runs_total{pipeline="csvpipe",state="COMPLETED"} 1.0' in metrics.stdout
         bad = subprocess.run([*ahgd_exe(), "run", "nosuch", "--state-dir", str(state)],
                              capture_output=True, text=True, timeout=60, env=env())
         assert bad.returncode == 1
@@ -443,7 +444,7 @@ def test_sighup_with_a_folder_that_cannot_be_created_keeps_the_old_config(setup)
         text = (tmp / "csvpipe.yaml").read_text()
         (tmp / "csvpipe.yaml").write_text(text.replace('"${state_dir}/inbox/csvpipe"', '"/proc/ahgd-inbox"'))
         d.signal(signal.SIGHUP)
-        wait_until(lambda: any(r.get("event") == "config_reload_failed" for r in d.records()), 20,
+        wait_until(lambda: any(r.get("event") == "daemon.config_reload_failed" for r in d.records()), 20,
                    "the reload to fail")
         assert d.proc.poll() is None
         drop_csv(state / "inbox" / "csvpipe", "still.csv")
