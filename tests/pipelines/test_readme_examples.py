@@ -503,7 +503,7 @@ def test_monitoring_exports_json_metrics_and_the_script_exits(tmp_path, example_
     exported = json.loads((tmp_path / "exported.json").read_text())
     dashboard = json.loads((tmp_path / "dashboard.json").read_text())
     assert "health_pipeline" in exported["pipelines"]
-    assert dashboard["system"]["monitoring"] is True
+    assert dashboard["monitoring"]["system"] is True
     assert (tmp_path / "metrics").is_dir()
 
 
