@@ -9,7 +9,7 @@ fields (``event`` is the event type, plus ``seq``, ``pipeline``, ``run_id``,
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
 import structlog
 
@@ -69,10 +69,3 @@ class EventLogger:
         getattr(self._logger, level)(
             event.type, seq=event.seq, pipeline=self.pipeline_of(event), run_id=event.run_id,
             stage=event.stage, attempt=event.attempt, **fields)
-
-
-def alert(logger: Any, name: str, severity: str, **fields: Any) -> None:
-    """One alert line (for conditions the monitor does not raise itself)."""
-    method: Callable[..., Any] = getattr(logger, "critical" if severity == "critical" else
-                                         "error" if severity == "error" else "warning")
-    method(name, alert=True, severity=severity, **fields)

@@ -17,10 +17,10 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from .monitor_records import (DURATION_BUCKETS_S, DURATION_WINDOW, FAILURE_WINDOW,
-                              FINISHED_STATES, Alert, AlertSeverity, StageStats)
+                              FINISHED_STATES, Alert, AlertSeverity, Histogram, StageStats)
 
 if TYPE_CHECKING:
-    from .monitoring import LiveRun, PipelineMonitor, _Action
+    from .monitoring import PipelineMonitor, _Action
 
 _TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "PARKED")
 _SECONDS = "((julianday(ended_at) - julianday(started_at)) * 86400.0)"
@@ -107,8 +107,6 @@ def _stages(monitor: "PipelineMonitor", log: Any) -> None:
         if state == "RETRYING":
             s.retries += n
         elif state not in ("SKIPPED", "REUSED") and row[8]:
-            from .monitor_records import Histogram
-
             part = Histogram()
             _fill(part, tuple(row[11:]), row[8], row[9], row[10])
             _merge(s.durations, part)

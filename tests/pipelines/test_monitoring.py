@@ -7,7 +7,6 @@ import csv
 import io
 import json
 import os
-import re
 import threading
 import time
 from datetime import datetime, timedelta, timezone
