@@ -60,6 +60,8 @@ class EventLogger:
             self._pipelines.popitem(last=False)
 
     def __call__(self, event: Event) -> None:
+        if event.type.startswith("alert."):
+            return  # the monitor logged it already, as the line alerting reads (alert=true)
         data = event.payload if event.payload is not None else event.data()
         fields = {k: v for k, v in data.items() if k not in _SKIP_KEYS}
         level = "warning" if event.type in ("stage.failed", "stage.timed_out", "stage.retrying",
