@@ -324,7 +324,13 @@ def test_cli_requests_go_to_a_running_daemon(setup):
                                 capture_output=True, text=True, timeout=60, env=env())
         info = json.loads(status.stdout)
         assert info["daemon"]["pid"] == d.proc.pid and info["daemon"]["healthy"] is True
-        assert [r["state"] for r in info["recent_runs"]["csvpipe"]] == ["COMPLETED"]
+        [run] = info["recent_runs"]["csvpipe"]
+        assert run["state"] == "COMPLETED"
+        view = subprocess.run([*ahgd_exe(), "status", "--state-dir", str(state)],
+                              capture_output=True, text=True, timeout=60, env=env({"COLUMNS": "200"}))
+        assert view.returncode == 0, view.stderr
+        assert f"ahgd daemon pid {d.proc.pid}" in view.stdout
+        assert "Active runs (0)" in view.stdout and run["run_id"] in view.stdout
         metrics = subprocess.run([*ahgd_exe(), "metrics", "--state-dir", str(state)],
                                  capture_output=True, text=True, timeout=60, env=env())
         assert metrics.returncode == 0, metrics.stderr
@@ -338,6 +344,14 @@ def test_cli_requests_go_to_a_running_daemon(setup):
         assert d.stop() == 0
     [(trigger, params)] = query(state, "SELECT trigger, params FROM runs")
     assert trigger == "manual" and json.loads(params)["original_name"] == "manual.csv"
+    before = (state / "history.db").stat().st_mtime_ns, query(state, "SELECT COUNT(*) FROM events")
+    history = subprocess.run([*ahgd_exe(), "status", "--state-dir", str(state)],
+                             capture_output=True, text=True, timeout=60, env=env({"COLUMNS": "200"}))
+    assert history.returncode == 0, history.stderr
+    assert f"no daemon running on {state}" in history.stdout and "COMPLETED" in history.stdout
+    # a look at the history writes nothing
+    assert ((state / "history.db").stat().st_mtime_ns,
+            query(state, "SELECT COUNT(*) FROM events")) == before
 
 
 def test_cli_runs_in_the_foreground_without_a_daemon_and_cancel(setup):
