@@ -549,12 +549,14 @@ class PipelineMonitor:
         state = str(event.type).partition(".")[2].upper()
         run_id = event.run_id or ""
         self._pipeline_of(event, data)
+        actions = []
         if state == "CANCELLED" and run_id in self._parked:
             self._parked.discard(run_id)
-            return self._close_alert(f"run.parked:{run_id}", f"run {run_id} was cancelled")
+            actions += self._close_alert(f"run.parked:{run_id}", f"run {run_id} was cancelled")
         extra = {"stage": data.get("stage") or event.stage, "error": data.get("error"),
                  "reason": data.get("reason")}
-        return self._end_run(run_id, state, at, {k: v for k, v in extra.items() if v is not None})[1]
+        return actions + self._end_run(run_id, state, at,
+                                       {k: v for k, v in extra.items() if v is not None})[1]
 
     def _on_stage_started(self, event: Event, data: dict, at: datetime) -> list[_Action]:
         _remember(self._stage_started, (event.run_id or "", event.stage or ""), at)
