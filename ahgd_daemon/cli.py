@@ -510,11 +510,22 @@ def _history_dashboard(state_dir: Path, recent: int) -> dict[str, Any]:
               type=click.Choice(["prometheus", "json", "csv"]))
 @state_dir_option
 def metrics(state_dir: Path, fmt: str) -> None:
-    """The running daemon's metrics (Prometheus text by default)."""
+    """The daemon's metrics (Prometheus text by default); from history if none runs."""
     reply = _ask_daemon(state_dir, {"cmd": "metrics", "format": fmt})
-    if reply is None:
-        fail(f"no daemon running on {state_dir}")
-    click.echo(reply["metrics"], nl=False)
+    if reply is not None:
+        click.echo(reply["metrics"], nl=False)
+        return
+    from state import HISTORY_DB
+
+    if not (state_dir / HISTORY_DB).exists():
+        fail(f"no daemon running on {state_dir} and no history there ({state_dir / HISTORY_DB} "
+             "does not exist); check --state-dir")
+    from pipelines.monitoring import PipelineMonitor
+
+    with open_log(state_dir) as log:
+        monitor = PipelineMonitor(state_dir / "metrics", enable_system_monitoring=False,
+                                  event_log=log, read_only=True)
+        click.echo(monitor.export_metrics(format=fmt), nl=False)
 
 
 

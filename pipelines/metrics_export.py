@@ -34,13 +34,14 @@ PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def build_registry(monitor: "PipelineMonitor") -> Any:
-    """A registry holding the monitor's collector and a process collector."""
+    """A registry holding the monitor's collector and (unless read-only) a process collector."""
     from prometheus_client import CollectorRegistry
     from prometheus_client.process_collector import ProcessCollector
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_MonitorCollector(monitor))
-    ProcessCollector(namespace="ahgd", registry=registry)
+    if not monitor.read_only:  # a look at the history: this process is not the daemon
+        ProcessCollector(namespace="ahgd", registry=registry)
     return registry
 
 

@@ -349,6 +349,10 @@ def test_cli_requests_go_to_a_running_daemon(setup):
                              capture_output=True, text=True, timeout=60, env=env({"COLUMNS": "200"}))
     assert history.returncode == 0, history.stderr
     assert f"no daemon running on {state}" in history.stdout and "COMPLETED" in history.stdout
+    metrics = subprocess.run([*ahgd_exe(), "metrics", "--state-dir", str(state)],
+                             capture_output=True, text=True, timeout=60, env=env())
+    assert 'ahgd_runs_total{pipeline="csvpipe",state="COMPLETED"} 1.0' in metrics.stdout
+    assert "ahgd_process_" not in metrics.stdout  # the CLI's own process is not the daemon
     # a look at the history writes nothing
     assert ((state / "history.db").stat().st_mtime_ns,
             query(state, "SELECT COUNT(*) FROM events")) == before
