@@ -36,7 +36,7 @@ import textwrap
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import psutil
 
@@ -53,8 +53,12 @@ STAGES = "bench.latency_stages"
 # --------------------------------------------------------------------------- the daemon
 
 
-def write_config(root: Path, workers: int) -> Path:
-    """A master file with the latency pipeline (1 stage) and the throughput pipeline (4)."""
+def write_config(root: Path, workers: int, monitoring: dict[str, Any] | None = None) -> Path:
+    """A master file with the latency pipeline (1 stage) and the throughput pipeline (4).
+
+    ``monitoring``, if given, becomes ``daemon.monitoring`` (e.g. ``{"enabled": False}``);
+    otherwise the daemon's defaults apply.
+    """
     (root / "latency.yaml").write_text(textwrap.dedent(f"""\
         pipeline: {{name: latency}}
         triggers:
@@ -73,11 +77,12 @@ def write_config(root: Path, workers: int) -> Path:
           - {{name: load, type: loader, class: {STAGES}.Load, retry_attempts: 0}}
         """))
     master = root / "master.yaml"
+    extra = "" if monitoring is None else f", monitoring: {json.dumps(monitoring)}"  # JSON is YAML
     master.write_text(textwrap.dedent(f"""\
         pipelines:
           - {{name: latency, config_file: latency.yaml}}
           - {{name: throughput, config_file: throughput.yaml}}
-        daemon: {{max_workers: {workers}, shutdown_grace: PT10S}}
+        daemon: {{max_workers: {workers}, shutdown_grace: PT10S{extra}}}
         """))
     return master
 
@@ -90,14 +95,14 @@ def ahgd_command() -> list[str]:
 class DaemonProcess:
     """``ahgd daemon`` in its own session, its JSON log in a file; stop() always ends it."""
 
-    def __init__(self, config: Path, state_dir: Path, log_path: Path):
+    def __init__(self, config: Path, state_dir: Path, log_path: Path, extra_args: Sequence[str] = ()):
         env = {k: v for k, v in os.environ.items()
                if k not in ("AHGD_STATE_DIR", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
         self.log_path = log_path
         self._out = open(log_path, "w")
         cmd = [*ahgd_command(), "daemon", "--config", str(config), "--state-dir", str(state_dir),
-               "--json-logs"]
+               "--json-logs", *extra_args]
         # a session of its own: Ctrl-C reaches this script, which then stops the daemon itself
         self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT, env=env,
                                      cwd=REPO, start_new_session=True)
