@@ -88,7 +88,9 @@ class _View:
 
     def active_runs(self) -> None:
         runs = _dicts(self.d.get("active_runs"))
-        self.heading("Active runs", len(runs))
+        more = self.d.get("active_runs_not_shown")
+        more = more if isinstance(more, int) and more > 0 else 0
+        self.heading("Active runs", len(runs) + more)
         if not runs:
             self.none()
             return
@@ -105,6 +107,8 @@ class _View:
                 Text(self.elapsed(run)),
             )
         self.console.print(Padding(table, (0, 0, 0, 2), expand=False))
+        if more:
+            self.line(Text(f"and {more} more queued (the oldest are shown)"))
 
     def open_alerts(self) -> None:
         alerts = _dicts(_mapping(self.d.get("alerts")).get("open"))

@@ -26,6 +26,7 @@ handlers and the alert checks.  The values it keeps are in
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import os
 import threading
@@ -54,6 +55,8 @@ __all__ = ["CPU_WINDOW_S", "FAILURE_WINDOW", "FINISHED_STATES", "FORMATS", "SYST
 _MEMORY_CAP = 10_000      # run ids (and stage starts) remembered for observe()
 _RESERVED = frozenset({"event", "alert", "alert_id", "alert_state", "severity", "detail",
                        "level", "timestamp"})
+#: queued runs listed in the dashboard (the oldest); the rest are counted
+ACTIVE_PENDING_SHOWN = 20
 _DONE_STAGE_STATES = frozenset({"COMPLETED", "SKIPPED", "REUSED"})
 Clock = Callable[[], datetime]
 _SYSTEM_ALERTS = {
@@ -627,8 +630,12 @@ class PipelineMonitor:
         with self._lock:
             now = self._now()
             latest = self._samples[-1] if self._samples else None
-            active = sorted(self._live.values(),
-                            key=lambda r: (r.state != "RUNNING", iso(r.requested_at) or ""))
+            running = [r for r in self._live.values() if r.state == "RUNNING"]
+            pending = [r for r in self._live.values() if r.state != "RUNNING"]
+            # a queue of thousands must not make every dashboard request (and the lock) heavy
+            first_pending = heapq.nsmallest(ACTIVE_PENDING_SHOWN, pending,
+                                            key=lambda r: iso(r.requested_at) or "")
+            active = sorted(running, key=lambda r: iso(r.started_at) or "") + first_pending
             return {
                 "generated_at": iso(now),
                 "daemon": None,
@@ -638,6 +645,7 @@ class PipelineMonitor:
                                "sample_interval_s": self.sample_interval},
                 "thresholds": asdict(self.thresholds),
                 "active_runs": [r.progress(now) for r in active],
+                "active_runs_not_shown": len(pending) - len(first_pending),
                 "recent_runs": {name: list(s.recent_runs)[:recent]
                                 for name, s in sorted(self._pipelines.items()) if s.recent_runs},
                 "alerts": {

@@ -183,6 +183,8 @@ FROM alerts WHERE state = 'FIRING'
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_initial_event_log", _sql(INITIAL)),
     Migration("0002_alerts", _sql(ALERTS)),
+    # newest runs first (/api/runs, ahgd history) without sorting the whole table
+    Migration("0003_runs_by_time", _sql("CREATE INDEX runs_by_time ON runs(requested_at, run_id)")),
 )
 
 

@@ -115,6 +115,12 @@ def test_active_runs_show_id_stage_progress_and_elapsed(busy: dict[str, Any]) ->
     assert second.rstrip().endswith("3.2s")
 
 
+def test_queued_runs_beyond_those_listed_are_counted(busy: dict[str, Any]) -> None:
+    busy["active_runs_not_shown"] = 7
+    active = _section(_render(busy), "Active runs (9)")
+    assert "and 7 more queued (the oldest are shown)" in active
+
+
 def test_pending_run_without_numbers_is_queued_at_zero(busy: dict[str, Any]) -> None:
     busy["active_runs"] = [{"run_id": "r-pending", "pipeline": "seifa_sa2", "state": "PENDING",
                             "started_at": None, "elapsed_s": None, "current_stage": None,

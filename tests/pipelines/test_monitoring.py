@@ -390,6 +390,20 @@ def test_dashboard_shows_active_runs_with_progress_and_the_last_runs(monitor, cl
                              "parked_runs": 0}
 
 
+def test_a_long_queue_lists_the_oldest_pending_runs_and_counts_the_rest(monitor):
+    from pipelines.monitoring import ACTIVE_PENDING_SHOWN
+
+    monitor.observe(ev(1, "run.requested", "running", pipeline="health"))
+    monitor.observe(ev(2, "run.started", "running", stages=["extract"]))
+    for n in range(ACTIVE_PENDING_SHOWN + 5):
+        monitor.observe(ev(10 + n, "run.requested", f"q{n:03}", pipeline="health"))
+    dash = monitor.get_dashboard_data()
+    ids = [r["run_id"] for r in dash["active_runs"]]
+    assert ids == ["running"] + [f"q{n:03}" for n in range(ACTIVE_PENDING_SHOWN)]
+    assert dash["active_runs_not_shown"] == 5
+    assert dash["queue"]["pending_runs"] == ACTIVE_PENDING_SHOWN + 5
+
+
 # -- alerts in the logs ---------------------------------------------------------
 
 def test_alert_is_one_json_log_line_once_per_condition(monitor, jlog):

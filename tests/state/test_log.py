@@ -281,3 +281,11 @@ def test_a_failing_listener_does_not_make_a_committed_append_look_failed(state_d
         log.add_listener(broken)
         stored = log.append(new_event(T.RUN_REQUESTED, "r", pipeline="p"))
         assert stored.seq == 1 and log.run("r").state == "PENDING"
+
+
+def test_newest_runs_come_from_an_index_not_a_sort(state_dir: Path):
+    with EventLog.open(state_dir) as log:
+        plan = " ".join(r[3] for r in log.query(
+            "EXPLAIN QUERY PLAN SELECT run_id FROM runs ORDER BY requested_at DESC, run_id DESC "
+            "LIMIT 50"))
+    assert "runs_by_time" in plan and "TEMP B-TREE" not in plan
