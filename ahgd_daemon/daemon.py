@@ -355,6 +355,7 @@ class Daemon:
             old_watchers.stop()
         self.monitor.set_thresholds(**_thresholds(new.settings))
         self.monitor.set_disk_paths(self._disk_paths())
+        self.monitor.sample_interval = new.settings.monitoring.sample_interval.total_seconds()
         self.monitor.resolve_alert("daemon.config_reload_failed", "the configuration reloaded")
         self.log_.info("config_reloaded", pipelines=sorted(new.pipelines))
         self.notifier.ready(self._status_line())
