@@ -6,6 +6,7 @@ found differences, an error with a message); 2 the command line was wrong.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -13,7 +14,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import click
 
@@ -261,13 +262,11 @@ def daemon(state_dir: Path, configs: tuple[str, ...], once: bool, max_workers: i
     """Run the daemon: drop folders, schedules, recovery; under systemd use Type=notify."""
     from . import logs
     from .daemon import Daemon, DaemonOptions
-    from .httpstatus import check_bind, read_token
+    from .httpstatus import read_token
     from .notify import Notifier
 
     token = read_token(http_token_file) if http_token_file else (
         os.environ.get("AHGD_HTTP_TOKEN") or None)
-    if http:  # refuse a bad address before anything starts
-        check_bind(http, allow_remote=http_allow_remote, token=token)
     logs.configure(json_lines=json_logs, level=log_level)
     notifier = Notifier.from_environ(unset_environment=True)
     json_lines = json_logs if json_logs is not None else not sys.stdout.isatty()
@@ -467,12 +466,12 @@ def cancel(state_dir: Path, run_id: str) -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="The dashboard document, for scripts.")
-@click.option("--recent", type=click.IntRange(1, 100), default=5, show_default=True,
+@click.option("--recent", type=click.IntRange(1, 50), default=5, show_default=True,
               help="Last runs shown per pipeline.")
 @state_dir_option
 def status(state_dir: Path, as_json: bool, recent: int) -> None:
     """Active runs with progress, the last runs, open alerts and system figures."""
-    reply = _ask_daemon(state_dir, {"cmd": "dashboard"})
+    reply = _ask_daemon(state_dir, {"cmd": "dashboard", "recent": recent})
     if reply is not None:
         doc = reply["dashboard"]
     else:
@@ -495,14 +494,23 @@ def _history_dashboard(state_dir: Path, recent: int) -> dict[str, Any]:
         from pipelines.monitor_records import iso
 
         return {"generated_at": iso(datetime.now(timezone.utc)), "daemon": None, "queue": None,
-                "system": None, "active_runs": [], "recent_runs": {},
+                "system": None, "monitoring": None, "thresholds": None, "active_runs": [],
+                "active_runs_not_shown": 0, "recent_runs": {},
                 "alerts": {"open": [], "counts": {}, "recent": []}, "pipelines": {}}
-    from pipelines.monitoring import PipelineMonitor
+    with _read_only_monitor(state_dir) as monitor:
+        return monitor.get_dashboard_data(recent=recent)
 
-    with open_log(state_dir) as log:
-        monitor = PipelineMonitor(state_dir / "metrics", enable_system_monitoring=False,
-                                  event_log=log, recent_runs=recent, read_only=True)
-        return monitor.get_dashboard_data()
+
+@contextlib.contextmanager
+def _read_only_monitor(state_dir: Path) -> Iterator[Any]:
+    """A monitor seeded from the history through a read-only connection: writes nothing."""
+    from pipelines.monitoring import PipelineMonitor
+    from state import HISTORY_DB
+    from state.db import ReadOnlyHistory
+
+    with ReadOnlyHistory(state_dir / HISTORY_DB) as history:
+        yield PipelineMonitor(state_dir / "metrics", enable_system_monitoring=False,
+                              event_log=history, read_only=True)
 
 
 @main.command()
@@ -520,11 +528,7 @@ def metrics(state_dir: Path, fmt: str) -> None:
     if not (state_dir / HISTORY_DB).exists():
         fail(f"no daemon running on {state_dir} and no history there ({state_dir / HISTORY_DB} "
              "does not exist); check --state-dir")
-    from pipelines.monitoring import PipelineMonitor
-
-    with open_log(state_dir) as log:
-        monitor = PipelineMonitor(state_dir / "metrics", enable_system_monitoring=False,
-                                  event_log=log, read_only=True)
+    with _read_only_monitor(state_dir) as monitor:
         click.echo(monitor.export_metrics(format=fmt), nl=False)
 
 

@@ -155,6 +155,7 @@ class Daemon:
 
         self.setup = self._load_setup()
         settings = self.setup.settings
+        http = self._http_plan(settings)  # a refused address stops us before anything starts
         self.log = EventLog.open(self.state_dir, synchronous=settings.synchronous)
         self.log.add_listener(EventLogger(self.log))
         workers = self.o.max_workers or settings.max_workers
@@ -170,8 +171,9 @@ class Daemon:
             disk_paths=self._disk_paths(), workers=self.executor.worker_jobs)
         if monitoring.enabled:
             self.log.add_listener(self._observe)
-            self.monitor.start_system_monitoring()
-        self._start_http(settings)  # before recovery: /healthz says 503 until it is done
+        self.monitor.resolve_alert("daemon.config_reload_failed",
+                                   "the daemon started with a valid configuration")
+        self._start_http(http)  # before recovery: /healthz says 503 until it is done
         self.executor.prestart()
         limits = self.setup.loaded.orchestration.resource_limits
         self.budget = ResourceBudget(None if limits is None else limits.as_dict())
@@ -185,6 +187,10 @@ class Daemon:
             if r.parked:
                 self.session[r.run_id] = RunState.PARKED
         self._recovering = False
+        self._loop_beat = self.o.monotonic()
+        if monitoring.enabled:
+            # after recovery: what a crash left RUNNING is not judged slow, only dead
+            self.monitor.start_system_monitoring()
         self.claimer = Claimer(self.log, self.state_dir)
         self.claimer.adopt_orphans(self.setup.by_pipeline_folder)
         self._start_triggers()
@@ -197,20 +203,30 @@ class Daemon:
         self.log_.info("daemon_ready", pid=os.getpid(), state_dir=str(self.state_dir),
                        pipelines=sorted(self.setup.pipelines), workers=workers, once=self.o.once)
 
-    def _start_http(self, settings: Any) -> None:
+    def _http_plan(self, settings: Any) -> tuple[str, str | None, bool] | None:
+        """(listen, token, allow_remote) from the flags and the master file, checked."""
         listen = self.o.http or settings.status_listen
         if not listen:
-            return
-        from .httpstatus import StatusServer, StatusSources, read_token
+            return None
+        from .httpstatus import check_bind, read_token
 
         token = self.o.http_token
         if token is None and settings.http_token_file is not None:
             token = read_token(settings.http_token_file)
+        allow_remote = self.o.http_allow_remote or settings.http_allow_remote
+        check_bind(listen, allow_remote=allow_remote, token=token)
+        return listen, token, allow_remote
+
+    def _start_http(self, plan: tuple[str, str | None, bool] | None) -> None:
+        if plan is None:
+            return
+        from .httpstatus import StatusServer, StatusSources
+
+        listen, token, allow_remote = plan
         sources = StatusSources(
             dashboard=self.dashboard, metrics=lambda: self.monitor.export_metrics("prometheus"),
             health=self.health, status=self.status, history_db=lambda: str(self.log.path))
-        self.http = StatusServer(listen, sources, token=token,
-                                 allow_remote=self.o.http_allow_remote or settings.http_allow_remote)
+        self.http = StatusServer(listen, sources, token=token, allow_remote=allow_remote)
         self.http.start()
         host = self.http.address[0]
         self.log_.info("http_status", listen=listen, host=host, port=self.http.port,
@@ -246,8 +262,6 @@ class Daemon:
         self.log_.info("daemon_stopping", running=sorted(self.active), grace_s=grace)
         if self.control is not None:
             self.control.stop()
-        if self.http is not None:
-            self.http.stop()
         if self.watchers is not None:
             self.watchers.stop()
         self.grace_deadline = self.o.monotonic() + grace
@@ -262,6 +276,8 @@ class Daemon:
             self.executor.shutdown()
         if self.monitor is not None:
             self.monitor.stop_system_monitoring()
+        if self.http is not None:  # last: /healthz says "stopping" while runs wind down
+            self.http.stop()
         if self.log is not None:
             self.log.close()
         self.log_.info("daemon_stopped")
@@ -667,9 +683,9 @@ class Daemon:
             return False, f"the main loop has not turned for {age:.0f}s"
         return True, "ok"
 
-    def dashboard(self) -> dict[str, Any]:
+    def dashboard(self, recent: int | None = None) -> dict[str, Any]:
         """The monitor's dashboard document, with what only the daemon knows."""
-        doc = self.monitor.get_dashboard_data()
+        doc = self.monitor.get_dashboard_data(recent=recent)
         healthy, why = self.health()
         try:
             waiting = self.stability.pending() + len(self._completed_files)

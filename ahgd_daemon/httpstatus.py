@@ -33,6 +33,8 @@ from pipelines.errors import ConfigError
 from . import runs_api
 
 PAGE = ("web", "dashboard.html")
+MAX_CONNECTIONS = 32      # requests served at once; more are closed at once
+REQUEST_TIMEOUT_S = 30    # a client that stalls mid-request is dropped after this
 _CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
         "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
         "frame-ancestors 'none'")
@@ -88,16 +90,25 @@ def check_bind(listen: str, *, allow_remote: bool, token: str | None) -> tuple[s
     """The (host, port) to bind, or ConfigError saying why not and what to do."""
     host, port = parse_listen(listen)
     if allow_remote and not token:
-        raise ConfigError("--http-allow-remote needs a token, checked on every request: put it "
-                          "in a file readable by the daemon only and pass --http-token-file "
-                          "FILE (or set AHGD_HTTP_TOKEN)")
+        raise ConfigError("--http-allow-remote (daemon.http_allow_remote) needs a token, checked "
+                          "on every request: put it in a file readable by the daemon only and "
+                          "pass --http-token-file FILE (daemon.http_token_file), or set "
+                          "AHGD_HTTP_TOKEN")
     if not allow_remote and not is_loopback(host):
         raise ConfigError(
             f"--http {listen}: {host} is not a loopback address. The status server shows run "
             "errors and file paths, so it listens on 127.0.0.1 or [::1] unless you also give "
-            "--http-allow-remote with a token (--http-token-file FILE or AHGD_HTTP_TOKEN); "
-            "or keep it on loopback behind a reverse proxy")
+            "--http-allow-remote with a token (--http-token-file FILE or AHGD_HTTP_TOKEN; in "
+            "the master file daemon.http_allow_remote and daemon.http_token_file); or keep it "
+            "on loopback behind a reverse proxy")
     return host, port
+
+
+def _is_ip_loopback(text: str) -> bool:
+    try:
+        return ipaddress.ip_address(text).is_loopback
+    except ValueError:
+        return False
 
 
 class StatusServer:
@@ -110,9 +121,15 @@ class StatusServer:
 
     def start(self) -> None:
         handler = _handler_class(self._sources, self._token)
-        host = self.address[0]
-        server_class = _IPv6Server if ":" in host else ThreadingHTTPServer
-        self._server = server_class(self.address, handler)
+        host, port = self.address
+        server_class = _IPv6Server if ":" in host else _Server
+        try:
+            self._server = server_class(self.address, handler)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {host}:{port} for --http: {exc.strerror or exc}; another "
+                "process may hold that port (see `ss -ltnp`): pick another port, or 0 for any "
+                "free one") from None
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.5},
                          name="ahgd-http-status", daemon=True).start()
@@ -128,7 +145,32 @@ class StatusServer:
             self._server = None
 
 
-class _IPv6Server(ThreadingHTTPServer):
+class _Server(ThreadingHTTPServer):
+    """At most MAX_CONNECTIONS requests at once: a flood of idle connections cannot
+    take every thread of the daemon (the token is only checked once a request is read)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class _IPv6Server(_Server):
     address_family = socket.AF_INET6
 
 
@@ -185,7 +227,7 @@ def _route(sources: StatusSources, path: str, query: dict[str, list[str]]) -> _R
 
 def _limit(query: dict[str, list[str]]) -> int | _Reply:
     text = (query.get("limit") or ["50"])[0]
-    if not text.isdigit() or not 1 <= int(text) <= runs_api.MAX_RUNS:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= runs_api.MAX_RUNS:
         return _json(400, {"error": f"limit={text!r} is not a whole number from 1 to "
                                     f"{runs_api.MAX_RUNS}; use e.g. ?limit=50"})
     return int(text)
@@ -195,6 +237,7 @@ def _handler_class(sources: StatusSources, token: str | None) -> type[BaseHTTPRe
     class Handler(BaseHTTPRequestHandler):
         server_version = "ahgd"
         sys_version = ""
+        timeout = REQUEST_TIMEOUT_S
 
         def do_GET(self) -> None:  # noqa: N802 - the http.server API
             self._answer(head=False)
@@ -210,10 +253,25 @@ def _handler_class(sources: StatusSources, token: str | None) -> type[BaseHTTPRe
 
         do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse_write  # noqa: N815
 
+        def send_error(self, code: int, message: str | None = None,
+                       explain: str | None = None) -> None:
+            """http.server's own errors (unknown method, bad request line) as JSON too."""
+            if code == 501:  # a method with no do_X: as read-only as the others
+                self._refuse_write()
+                return
+            self.close_connection = True
+            self._send(_json(code, {"error": message or explain or "bad request"}),
+                       head=self.command == "HEAD")
+
         def _answer(self, head: bool) -> None:
             url = urlsplit(self.path)
             query = parse_qs(url.query)
-            if token is not None and not self._authorised(query):
+            if token is None and not self._local_host():
+                self._send(_json(421, {"error": "this status server answers requests for "
+                                                "127.0.0.1, [::1] or localhost only (the Host "
+                                                "header said otherwise)"}), head)
+                return
+            if token is not None and not self._authorised(url.query):
                 self._send(_json(401, {"error": "a token is needed: send 'Authorization: "
                                                 "Bearer <token>' or add ?token=<token>"}),
                            head, extra={"WWW-Authenticate": 'Bearer realm="ahgd"'})
@@ -224,12 +282,22 @@ def _handler_class(sources: StatusSources, token: str | None) -> type[BaseHTTPRe
                 reply = _json(500, {"error": f"{type(exc).__name__}: {exc}"})
             self._send(reply, head)
 
-        def _authorised(self, query: dict[str, list[str]]) -> bool:
+        def _authorised(self, raw_query: str) -> bool:
             header = self.headers.get("Authorization", "")
             given = header[7:].strip() if header.lower().startswith("bearer ") else None
-            if given is None:
-                given = (query.get("token") or [None])[0]
+            if given is None:  # unquote, not parse_qs: a '+' in a base64 token stays a '+'
+                given = next((unquote(part[6:]) for part in raw_query.split("&")
+                              if part.startswith("token=")), None)
             return given is not None and hmac.compare_digest(given.encode(), token.encode())
+
+        def _local_host(self) -> bool:
+            """Without a token, only loopback names: a DNS-rebinding page gets nothing."""
+            host = self.headers.get("Host")
+            if host is None:
+                return True
+            name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+            return name.strip("[]").lower() in ("127.0.0.1", "::1", "localhost") or (
+                _is_ip_loopback(name.strip("[]")))
 
         def _send(self, reply: _Reply, head: bool, extra: dict[str, str] | None = None) -> None:
             self.send_response(reply.status)

@@ -104,7 +104,7 @@ def dispatch(daemon: Any, req: dict[str, Any]) -> dict[str, Any]:
     if cmd == "status":
         return {"status": daemon.status()}
     if cmd == "dashboard":
-        return {"dashboard": daemon.dashboard()}
+        return {"dashboard": daemon.dashboard(recent=req.get("recent"))}
     if cmd == "metrics":
         fmt = req.get("format", "prometheus")
         return {"metrics": daemon.monitor.export_metrics(format=fmt)}

@@ -16,6 +16,8 @@ import json
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from state.errors import AhgdError
+
 from .monitor_records import (DURATION_BUCKETS_S, DURATION_WINDOW, FAILURE_WINDOW,
                               FINISHED_STATES, Alert, AlertSeverity, Histogram, StageStats)
 
@@ -23,7 +25,11 @@ if TYPE_CHECKING:
     from .monitoring import PipelineMonitor, _Action
 
 _TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "PARKED")
-_SECONDS = "((julianday(ended_at) - julianday(started_at)) * 86400.0)"
+#: a run's duration from its *latest* start, as live counting has it: a retried or
+#: recovered run's projected started_at is its first start (the events know the last)
+_LAST_START = ("CASE WHEN retries + recoveries > 0 THEN (SELECT MAX(e.ts) FROM events e "
+               "WHERE e.run_id = runs.run_id AND e.type = 'run.started') ELSE started_at END")
+_SECONDS = f"((julianday(ended_at) - julianday({_LAST_START})) * 86400.0)"
 
 
 def load_history(monitor: "PipelineMonitor", log: Any) -> list["_Action"]:
@@ -33,7 +39,8 @@ def load_history(monitor: "PipelineMonitor", log: Any) -> list["_Action"]:
         _stages(monitor, log)
         _files(monitor, log)
         _live(monitor, log)
-        return _alerts(monitor, log)
+        actions = _alerts(monitor, log)
+        return actions + monitor._recheck_failure_rates()
 
 
 def _buckets_sql(column: str) -> str:
@@ -89,28 +96,35 @@ def _runs(monitor: "PipelineMonitor", log: Any) -> None:
 
 
 def _stages(monitor: "PipelineMonitor", log: Any) -> None:
+    # attempt 0 is a stage skipped or reused (its output taken from an earlier run); a
+    # retry is an attempt numbered 2 or more that started (a RETRYING row has not)
     rows = log.query(
-        "WITH s AS MATERIALIZED (SELECT run_id, stage, state, attempt, rows, cpu_s, peak_rss_mb, "
-        "COALESCE(wall_s, (julianday(ended_at) - julianday(started_at)) * 86400.0) AS d "
-        "FROM stage_runs WHERE state NOT IN ('PENDING', 'RUNNING')) "
+        "WITH s AS MATERIALIZED (SELECT run_id, stage, CASE WHEN attempt = 0 AND state = "
+        "'COMPLETED' THEN 'REUSED' ELSE state END AS state, attempt, rows, cpu_s, peak_rss_mb, "
+        "CASE WHEN attempt > 0 THEN COALESCE(wall_s, (julianday(ended_at) - "
+        "julianday(started_at)) * 86400.0) END AS d "
+        "FROM stage_runs) "
         "SELECT r.pipeline, s.stage, s.state, COUNT(*), MAX(s.attempt), "
         "COALESCE(SUM(s.rows), 0), COALESCE(SUM(s.cpu_s), 0), MAX(s.peak_rss_mb), "
+        "SUM(s.attempt > 1 AND s.state != 'RETRYING'), "
         f"COUNT(d), SUM(d), MAX(d), {_buckets_sql('d')} FROM s "
         "JOIN runs r ON r.run_id = s.run_id GROUP BY r.pipeline, s.stage, s.state")
     for row in rows:
-        pipeline, stage, state, n, max_attempt, rows_out, cpu, peak = row[:8]
+        pipeline, stage, state, n, max_attempt, rows_out, cpu, peak, retries = row[:9]
+        timed, total, longest, buckets = row[9], row[10], row[11], tuple(row[12:])
         s = monitor._stats(pipeline).stages.setdefault(stage, StageStats())
+        s.retries += retries
+        if state in ("PENDING", "RUNNING", "RETRYING"):  # not an outcome (yet)
+            continue
         s.states[state] += n
         s.max_attempt = max(s.max_attempt, max_attempt or 0)
         s.rows += rows_out
         s.cpu_s += cpu
         if peak is not None:
             s.peak_rss_mb = max(s.peak_rss_mb or 0.0, peak)
-        if state == "RETRYING":
-            s.retries += n
-        elif state not in ("SKIPPED", "REUSED") and row[8]:
+        if state not in ("SKIPPED", "REUSED") and timed:
             part = Histogram()
-            _fill(part, tuple(row[11:]), row[8], row[9], row[10])
+            _fill(part, buckets, timed, total, longest)
             _merge(s.durations, part)
 
 
@@ -152,9 +166,15 @@ def _live(monitor: "PipelineMonitor", log: Any) -> None:
 
 
 def _alerts(monitor: "PipelineMonitor", log: Any) -> list["_Action"]:
-    for alert_id, name, severity, message, fields, run_id, raised in log.query(
+    try:
+        rows = log.query(
             "SELECT alert_id, name, severity, message, fields, run_id, raised_at FROM alerts "
-            "WHERE state = 'FIRING' ORDER BY raised_at"):
+            "WHERE state = 'FIRING' ORDER BY raised_at")
+    except AhgdError as exc:  # read-only, on a history older than the alerts table
+        if "no such table" not in str(exc):
+            raise
+        rows = []
+    for alert_id, name, severity, message, fields, run_id, raised in rows:
         alert = Alert(alert_id, AlertSeverity.coerce(severity), name, message,
                       json.loads(fields or "{}"), _ts(raised) or monitor._now(), run_id)
         monitor._open[alert_id] = alert

@@ -27,7 +27,8 @@ SYSTEM_METRICS = ("cpu_percent", "memory_percent", "disk_percent")
 FINISHED_STATES = ("COMPLETED", "FAILED", "PARKED")   # what success rates count
 FAILURE_WINDOW = 20       # failure rate: over the last N finished runs of a pipeline
 DURATION_WINDOW = 100     # p95 of run durations: over the last N completed runs
-RECENT_RUNS = 10          # finished runs kept per pipeline for the dashboard
+RECENT_RUNS = 50          # finished runs kept per pipeline (ahgd status --recent)
+RECENT_SHOWN = 10         # ...of which the dashboard document shows, unless asked
 
 
 class AlertSeverity(StrEnum):
@@ -252,9 +253,9 @@ class PipelineStats:
     runs: Counter = field(default_factory=Counter)         # finished runs by final state
     durations: Histogram = field(default_factory=Histogram)
     completed_durations: deque = field(default_factory=lambda: deque(maxlen=DURATION_WINDOW))
-    active: dict[Any, datetime | None] = field(default_factory=dict)
     last_run: dict[str, Any] | None = None
     last_success_at: datetime | None = None
+    last_end_seq: int = 0                                   # event seq of the latest ending
     recent: deque = field(default_factory=lambda: deque(maxlen=FAILURE_WINDOW))
     recent_runs: deque = field(default_factory=lambda: deque(maxlen=RECENT_RUNS))
     stages: dict[str, StageStats] = field(default_factory=dict)
@@ -272,8 +273,7 @@ class PipelineStats:
         return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"runs": dict(self.runs), "active_runs": len(self.active),
-                "last_run": self.last_run, "last_success_at": iso(self.last_success_at),
+        return {"runs": dict(self.runs), "last_run": self.last_run, "last_success_at": iso(self.last_success_at),
                 "success_rate": self.success_rate(), "duration_s": self.durations.to_dict(),
                 "files": {k: self.files[k] for k in ("taken", "duplicate", "quarantined")},
                 "stages": {name: s.to_dict() for name, s in self.stages.items()}}

@@ -43,7 +43,8 @@ from state.events import Event
 from .durations import parse_duration
 from .errors import ConfigError
 from .metrics_export import FORMATS, check_format, render_metrics, write_metrics_file
-from .monitor_records import (FAILURE_WINDOW, FINISHED_STATES, RECENT_RUNS, SYSTEM_METRICS, Alert,
+from .monitor_records import (FAILURE_WINDOW, FINISHED_STATES, RECENT_RUNS, RECENT_SHOWN,
+                              SYSTEM_METRICS, Alert,
                               AlertSeverity, MonitorThresholds, PipelineStats, StageStats,
                               SystemSample, iso, jsonable)
 from .system_sampler import CPU_WINDOW_S, SystemSampler, WorkerSource
@@ -131,6 +132,9 @@ class PipelineMonitor:
         self._log = logger if logger is not None else structlog.get_logger("ahgd.monitor")
         self._clock = clock or (lambda: datetime.now(timezone.utc))
         self._lock = threading.RLock()
+        # held from deciding an alert action until its line and event are written, so
+        # that a resolve decided on another thread cannot overtake the raise it resolves
+        self._emit_lock = threading.RLock()
         self._samples: deque[SystemSample] = deque(maxlen=max_samples)
         self._alerts: deque[Alert] = deque(maxlen=max_alerts)   # raised, oldest first
         self._open: dict[str, Alert] = {}
@@ -149,18 +153,39 @@ class PipelineMonitor:
         if event_log is not None:
             from .monitor_history import load_history
 
-            resolved = load_history(self, event_log)
-            if not read_only:
-                self._emit(resolved)
+            with self._emit_lock:
+                resolved = load_history(self, event_log)
+                if not read_only:
+                    self._emit(resolved)
 
     # -- thresholds and alerts ------------------------------------------------
 
     def set_thresholds(self, **changes: Any) -> MonitorThresholds:
-        """Change some thresholds (e.g. on config reload); checked on the next sample."""
+        """Change some thresholds (e.g. on config reload).
+
+        The failure rates are judged again at once; system and duration
+        thresholds on the next sample.
+        """
         new = self.thresholds.with_changes(**changes)
-        with self._lock:
+
+        def decide() -> list[_Action]:
             self.thresholds = new
+            return self._recheck_failure_rates()
+
+        self._act(decide)
         return new
+
+    def _recheck_failure_rates(self) -> list[_Action]:
+        return [a for name, stats in self._pipelines.items()
+                for a in self._check_failure_rate(name, stats)]
+
+    def _act(self, decide: Callable[[], list[_Action]]) -> list[_Action]:
+        """Decide under the lock, then log and record, all under the emit lock."""
+        with self._emit_lock:
+            with self._lock:
+                actions = decide()
+            self._emit(actions)
+        return actions
 
     def set_disk_paths(self, paths: Sequence[str | os.PathLike]) -> None:
         """Watch the disks of these paths from the next sample on (e.g. on config reload)."""
@@ -179,17 +204,19 @@ class PipelineMonitor:
         if clash:
             raise ConfigError(f"alert {name!r} has field {clash[0]!r}, which the log line "
                               f"uses itself; rename it (reserved: {', '.join(sorted(_RESERVED))})")
-        with self._lock:
+        out: list[Alert] = []
+
+        def decide() -> list[_Action]:
             actions = self._open_alert(alert_id or name, severity, name, message, fields, run_id)
-            alert = self._open[alert_id or name]
-        self._emit(actions)
-        return alert
+            out.append(self._open[alert_id or name])
+            return actions
+
+        self._act(decide)
+        return out[0]
 
     def resolve_alert(self, alert_id: str, reason: str = "resolved") -> Alert | None:
         """Resolve an open alert; None if no alert with that id is open."""
-        with self._lock:
-            actions = self._close_alert(alert_id, reason)
-        self._emit(actions)
+        actions = self._act(lambda: self._close_alert(alert_id, reason))
         return actions[0].alert if actions else None
 
     def get_alerts(self, since: datetime | None = None,
@@ -299,10 +326,12 @@ class PipelineMonitor:
     def sample_now(self) -> SystemSample:
         """Take one sample now, keep it, and check every threshold against it."""
         sample = self._sampler.measure()
-        with self._lock:
+
+        def decide() -> list[_Action]:
             self._samples.append(sample)
-            actions = self._check_system(sample) + self._check_durations(sample.at)
-        self._emit(actions)
+            return self._check_system(sample) + self._check_durations(sample.at)
+
+        self._act(decide)
         return sample
 
     def get_samples(self) -> list[SystemSample]:
@@ -318,6 +347,11 @@ class PipelineMonitor:
             actions += self._threshold(name, name, severity, value, limit, what,
                                        {metric: value, "threshold": limit})
         limit = self.thresholds.disk_percent
+        sampled = {f"system.disk_nearly_full:{d.path}" for d in sample.disks}
+        if sample.disks:  # none read at all: psutil failed, judge nothing
+            actions += self._close_where(
+                lambda a: a.name == "system.disk_nearly_full" and a.id not in sampled,
+                "that disk is no longer watched (no state directory or drop folder on it)")
         for disk in sample.disks:
             actions += self._threshold(
                 f"system.disk_nearly_full:{disk.path}", "system.disk_nearly_full",
@@ -375,6 +409,7 @@ class PipelineMonitor:
         """Record that a run of pipeline ``name`` started now; returns its id here."""
         run_id = f"{name}:api-{next(self._api_runs)}"
         with self._lock:
+            self._stats(name)
             self._remember_pipeline(run_id, name)
             self._live[run_id] = LiveRun(run_id, name, "RUNNING", "api", self._now(), self._now())
         return run_id
@@ -382,25 +417,28 @@ class PipelineMonitor:
     def stop_pipeline_monitoring(self, name: str, state: str = "COMPLETED",
                                  error: str | None = None) -> float | None:
         """Record the end of the oldest run of ``name`` started here; its duration in s."""
-        with self._lock:
+        out: list[float | None] = []
+
+        def decide() -> list[_Action]:
             run_id = next((r.run_id for r in self._live.values()
                            if r.pipeline == name and r.trigger == "api"), None)
             if run_id is None:
                 run_id = self.start_pipeline_monitoring(name)
             duration, actions = self._end_run(run_id, str(state).upper(), self._now(),
                                               {"error": error} if error else {})
-        self._emit(actions)
-        return duration
+            out.append(duration)
+            return actions
+
+        self._act(decide)
+        return out[0]
 
     def record_stage(self, pipeline: str, stage: str, *, state: str,
                      duration_s: float | None = None, rows: int | None = None,
                      cpu_s: float | None = None, peak_rss_mb: float | None = None,
                      attempt: int = 1) -> None:
         """Record how one attempt of a stage ended (or that it was skipped/retried)."""
-        with self._lock:
-            actions = self._record_stage(pipeline, stage, str(state).upper(), duration_s,
-                                         rows, cpu_s, peak_rss_mb, attempt, None)
-        self._emit(actions)
+        self._act(lambda: self._record_stage(pipeline, stage, str(state).upper(), duration_s,
+                                             rows, cpu_s, peak_rss_mb, attempt, None))
 
     # -- runs and stages from the event log ------------------------------------
 
@@ -411,35 +449,41 @@ class PipelineMonitor:
             return
         data = event.data() or {}
         at = _parse_ts(event.ts) or self._now()
-        with self._lock:
-            actions = handler(self, event, data, at)
-        self._emit(actions)
+        self._act(lambda: handler(self, event, data, at))
 
     def _stats(self, pipeline: str) -> PipelineStats:
         stats = self._pipelines.get(pipeline)
         if stats is None:
-            stats = self._pipelines[pipeline] = PipelineStats()
+            stats = self._pipelines[pipeline] = PipelineStats(
+                recent_runs=deque(maxlen=self.recent_runs))
         return stats
 
     def _remember_pipeline(self, run_id: str, pipeline: str) -> None:
         _remember(self._run_pipeline, run_id, pipeline)
 
     def _pipeline_of(self, event: Event, data: dict[str, Any]) -> str:
-        name = data.get("pipeline") or self._run_pipeline.get(event.run_id or "") or "unknown"
-        if event.run_id and data.get("pipeline"):
+        name = data.get("pipeline") or self._run_pipeline.get(event.run_id or "")
+        if name is None and event.run_id and self.event_log is not None:
+            # a run ended long ago and retried now: older than what we remember
+            rows = self.event_log.query("SELECT pipeline FROM runs WHERE run_id = ?",
+                                        [event.run_id])
+            name = rows[0][0] if rows else None
+        name = name or "unknown"
+        if event.run_id and name != "unknown":
             self._remember_pipeline(event.run_id, name)
         return name
 
     def _live_run(self, event: Event, data: dict, at: datetime) -> LiveRun:
         run = self._live.get(event.run_id or "")
         if run is None:
+            pipeline = self._pipeline_of(event, data)
+            self._stats(pipeline)
             run = self._live[event.run_id or ""] = LiveRun(
-                event.run_id or "", self._pipeline_of(event, data), "PENDING",
-                data.get("trigger"), at)
+                event.run_id or "", pipeline, "PENDING", data.get("trigger"), at)
         return run
 
-    def _end_run(self, run_id: str, state: str, at: datetime,
-                 extra: dict[str, Any]) -> tuple[float | None, list[_Action]]:
+    def _end_run(self, run_id: str, state: str, at: datetime, extra: dict[str, Any],
+                 seq: int | None = None) -> tuple[float | None, list[_Action]]:
         live = self._live.pop(run_id, None)
         pipeline = live.pipeline if live else self._run_pipeline.get(run_id, "unknown")
         stats = self._stats(pipeline)
@@ -447,6 +491,8 @@ class PipelineMonitor:
         duration = (at - started).total_seconds() if started is not None else None
         stats.runs[state] += 1
         stats.durations.add(duration)
+        if state == "COMPLETED" and duration is not None:
+            stats.completed_durations.append(duration)
         summary = {"run_id": run_id, "pipeline": pipeline, "state": state,
                    "trigger": live.trigger if live else None,
                    "requested_at": iso(live.requested_at) if live else None,
@@ -459,15 +505,19 @@ class PipelineMonitor:
             del self._stage_started[key]
         actions = self._close_where(lambda a: a.run_id == run_id and a.name != "run.parked",
                                     f"run {run_id} ended {state}")
+        # listeners may see two runs' endings out of log order: only the later one
+        # decides whether the pipeline is failing
+        latest = seq is None or seq > stats.last_end_seq
+        if seq is not None and latest:
+            stats.last_end_seq = seq
         if state == "COMPLETED":
-            if duration is not None:
-                stats.completed_durations.append(duration)
-            stats.last_success_at = at
-            actions += self._close_where(
-                lambda a: a.name in ("pipeline.failing", "file.quarantined")
-                and a.fields.get("pipeline") == pipeline,
-                f"run {run_id} of pipeline {pipeline!r} completed")
-        elif state == "FAILED":
+            stats.last_success_at = max(stats.last_success_at or at, at)
+            if latest:
+                actions += self._close_where(
+                    lambda a: a.name in ("pipeline.failing", "file.quarantined")
+                    and a.fields.get("pipeline") == pipeline,
+                    f"run {run_id} of pipeline {pipeline!r} completed")
+        elif state == "FAILED" and latest:
             where = f" at stage {extra['stage']!r}" if extra.get("stage") else ""
             why = f": {extra['error']}" if extra.get("error") else ""
             actions += self._open_alert(
@@ -499,16 +549,17 @@ class PipelineMonitor:
                 f"{pipeline!r} failed", {"pipeline": pipeline, "failure_rate": rate,
                                          "threshold": limit, "runs": len(stats.recent)})
         return self._close_alert(alert_id, f"failure rate of pipeline {pipeline!r} is back to "
-                                 f"{rate:.0%}")
+                                 f"{rate:.0%}" if limit is not None else
+                                 "the failure-rate threshold was turned off")
 
     def _record_stage(self, pipeline: str, stage: str, state: str, duration_s: float | None,
                       rows: int | None, cpu_s: float | None, peak_rss_mb: float | None,
                       attempt: int | None, run_id: str | None) -> list[_Action]:
         s = self._stats(pipeline).stages.setdefault(stage, StageStats())
+        if state == "RETRYING":   # not an outcome: the failed attempt was counted already,
+            return []             # and the retry counts when it starts
         s.states[state] += 1
-        if state == "RETRYING":
-            s.retries += 1
-        elif state not in ("SKIPPED", "REUSED"):
+        if state not in ("SKIPPED", "REUSED"):
             s.durations.add(duration_s)
         s.rows += rows or 0
         s.cpu_s += cpu_s or 0.0
@@ -559,10 +610,15 @@ class PipelineMonitor:
         extra = {"stage": data.get("stage") or event.stage, "error": data.get("error"),
                  "reason": data.get("reason")}
         return actions + self._end_run(run_id, state, at,
-                                       {k: v for k, v in extra.items() if v is not None})[1]
+                                       {k: v for k, v in extra.items() if v is not None},
+                                       event.seq)[1]
 
     def _on_stage_started(self, event: Event, data: dict, at: datetime) -> list[_Action]:
         _remember(self._stage_started, (event.run_id or "", event.stage or ""), at)
+        if (event.attempt or 1) > 1:   # a retry: automatic, or the run retried by hand
+            pipeline = self._pipeline_of(event, data)
+            self._stats(pipeline).stages.setdefault(event.stage or "unknown",
+                                                    StageStats()).retries += 1
         run = self._live.get(event.run_id or "")
         if run is not None and event.stage:
             run.stage_states[event.stage] = ("RUNNING", event.attempt or 1)
@@ -584,8 +640,9 @@ class PipelineMonitor:
                                      run_id)
         limit = self.thresholds.stage_duration_s
         slow_id = f"stage.slow:{run_id}:{stage}"
-        if limit is not None and duration is not None and duration > limit:
-            actions += self._slow_stage(run_id, stage, duration, limit)
+        if state == "COMPLETED" and limit is not None and duration is not None and duration > limit:
+            actions += self._slow_stage(run_id, stage, duration, limit)  # slow, but done: raised
+            # and resolved at once (an interrupted or failed attempt was not slow, it ended)
         actions += self._close_alert(slow_id, f"stage {stage!r} ended {state} after "
                                      f"{duration or 0:.1f}s")
         if state == "TIMED_OUT":
@@ -625,9 +682,9 @@ class PipelineMonitor:
 
     def get_dashboard_data(self, recent: int | None = None) -> dict[str, Any]:
         """One JSON-serialisable document: queue, system, active runs, last runs, alerts."""
-        recent = self.recent_runs if recent is None else recent
-        queue = self.queue_figures()
+        recent = RECENT_SHOWN if recent is None else recent
         with self._lock:
+            queue = self.queue_figures()
             now = self._now()
             latest = self._samples[-1] if self._samples else None
             running = [r for r in self._live.values() if r.state == "RUNNING"]

@@ -13,7 +13,7 @@ import sqlite3
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Sequence
 
 from .errors import DiskFull, EventLogError, StateDirError
 
@@ -42,8 +42,8 @@ def connect(
     path = Path(path)
     try:
         if readonly:
-            conn = sqlite3.connect(
-                f"file:{path}?mode=ro", uri=True, isolation_level=None,
+            conn = sqlite3.connect(  # as_uri(): a '?', '#' or '%' in the path stays in it
+                path.resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None,
                 timeout=busy_timeout, check_same_thread=False,
             )
         else:
@@ -192,3 +192,32 @@ def ensure_dir(path: Path) -> Path:
             raise DiskFull(f"cannot create {path}: the disk is full; free some space and retry") from exc
         raise StateDirError(f"cannot create {path}: {exc.strerror}") from exc
     return path
+
+
+class ReadOnlyHistory:
+    """``history.db`` opened read-only (``mode=ro``): for looking at the history.
+
+    Never migrates, checkpoints or writes, so a status command cannot change a
+    database that a newer or older ahgd, or another user, owns. ``query``
+    answers like :meth:`state.log.EventLog.query`.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        self._conn = connect(self.path, readonly=True)
+        self._conn.row_factory = sqlite3.Row
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        try:
+            return self._conn.execute(sql, list(params)).fetchall()
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path, "query") from exc
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> "ReadOnlyHistory":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -85,3 +85,35 @@ def test_package_directory_is_refused_as_state_dir(ahgd, clean_env):
     proc = run(ahgd, clean_env, "history", "--state-dir", str(repo_state))
     assert proc.returncode == 1
     assert "is a Python package directory (it has __init__.py), not a state directory" in proc.stderr
+
+
+def test_status_and_metrics_without_a_daemon_leave_an_older_history_untouched(
+        state_dir, ahgd, clean_env):
+    """A look must not migrate, checkpoint or write: an older ahgd still owns that file."""
+    import hashlib
+
+    from state.migrations import MIGRATIONS
+
+    with EventLog(state_dir / "history.db", migrations=MIGRATIONS[:1]) as log:
+        log.append(new_event(T.RUN_REQUESTED, "old-1", pipeline="p", trigger="manual"))
+        log.append(new_event(T.RUN_FAILED, "old-1", error="boom"))
+    files = sorted(state_dir.iterdir())
+
+    def fingerprint():
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+    before = fingerprint()
+    status = run(ahgd, clean_env, "status", "--json", "--state-dir", str(state_dir))
+    assert status.returncode == 0, status.stderr
+    doc = json.loads(status.stdout)
+    assert doc["daemon"] is None and doc["recent_runs"]["p"][0]["error"] == "boom"
+    assert doc["alerts"]["open"] == []          # no alerts table in schema version 1
+    metrics = run(ahgd, clean_env, "metrics", "--state-dir", str(state_dir))
+    assert 'ahgd_runs_total{pipeline="p",state="FAILED"} 1.0' in metrics.stdout
+    assert fingerprint() == before
+    # SQLite's WAL readers may leave the -wal/-shm companions; nothing else appears
+    assert {p.name for p in state_dir.iterdir()} <= {"history.db", "history.db-wal",
+                                                     "history.db-shm"}
+    conn = sqlite3.connect(state_dir / "history.db")
+    assert conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0] == 1
+    conn.close()

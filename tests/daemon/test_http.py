@@ -49,7 +49,8 @@ def served(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("http")
     state = tmp / "state"
     state.mkdir()
-    config = write_config(tmp, extract={"required": ["b"]})
+    config = write_config(tmp, extract={"required": ["b"]},
+                          daemon=", monitoring: {sample_interval: PT0.2S}")
     d = Daemon(config, state, args=["--http", "127.0.0.1:0"]).wait_ready()
     try:
         port = _port(d)
@@ -98,7 +99,9 @@ def test_dashboard_document(served):
     assert doc["queue"] == {"pending_runs": 0, "running_runs": 0, "running_stages": 0,
                             "parked_runs": 0}
     assert {disk["path"] for disk in doc["system"]["disks"]} == {str(state)}
-    assert len(doc["system"]["workers"]) == 2
+    # both warm workers, sampled (the pool starts them in the background)
+    wait_until(lambda: len(json.loads(_get(port, "/api/dashboard")[2])["system"]["workers"]) == 2,
+               20, "a sample with both workers")
 
 
 def test_runs_and_one_run_with_its_events(served):
@@ -187,11 +190,13 @@ def test_a_token_is_checked_on_every_request(tmp_path):
     (["--http", "0.0.0.0:8787"],
      "--http 0.0.0.0:8787: 0.0.0.0 is not a loopback address. The status server shows run "
      "errors and file paths, so it listens on 127.0.0.1 or [::1] unless you also give "
-     "--http-allow-remote with a token (--http-token-file FILE or AHGD_HTTP_TOKEN); or keep "
-     "it on loopback behind a reverse proxy"),
+     "--http-allow-remote with a token (--http-token-file FILE or AHGD_HTTP_TOKEN; in the "
+     "master file daemon.http_allow_remote and daemon.http_token_file); or keep it on loopback "
+     "behind a reverse proxy"),
     (["--http", "0.0.0.0:8787", "--http-allow-remote"],
-     "--http-allow-remote needs a token, checked on every request: put it in a file readable "
-     "by the daemon only and pass --http-token-file FILE (or set AHGD_HTTP_TOKEN)"),
+     "--http-allow-remote (daemon.http_allow_remote) needs a token, checked on every request: "
+     "put it in a file readable by the daemon only and pass --http-token-file FILE "
+     "(daemon.http_token_file), or set AHGD_HTTP_TOKEN"),
     (["--http", "localhost"], "--http 'localhost' is not a listen address; use HOST:PORT such "
                               "as 127.0.0.1:8787 (port 0 picks a free port)"),
 ])
@@ -232,3 +237,62 @@ def test_healthz_is_503_while_recovering_and_errors_are_500(tmp_path):
         assert (status, json.loads(body)) == (500, {"error": "RuntimeError: the dashboard broke"})
     finally:
         server.stop()
+
+
+def test_unknown_methods_bad_limits_and_foreign_hosts_are_refused(served):
+    port = served[2]
+    status, headers, body = _get(port, "/", method="PROPFIND")
+    assert status == 405 and headers["allow"] == "GET, HEAD"
+    assert json.loads(body)["error"].startswith("PROPFIND is refused")
+    status, _, body = _get(port, "/api/runs?limit=%C2%B2")    # '²' is a digit to str.isdigit
+    assert status == 400 and json.loads(body)["error"].startswith("limit='²' is not a whole")
+    # a DNS-rebinding page reaches us as evil.example: without a token, loopback names only
+    status, _, body = _get(port, "/api/dashboard", headers={"Host": "evil.example"})
+    assert status == 421 and "127.0.0.1, [::1] or localhost" in json.loads(body)["error"]
+    assert _get(port, "/healthz", headers={"Host": f"localhost:{port}"})[0] == 200
+
+
+def test_token_from_the_master_file_with_a_plus_sign(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    token_file = tmp_path / "token"
+    token_file.write_text("a+b/c=\n")             # base64 tokens carry '+', '/' and '='
+    master = write_config(tmp_path, daemon=f", http_token_file: {token_file}")
+    d = Daemon(master, state, args=["--http", "127.0.0.1:0"]).wait_ready()
+    try:
+        port = _port(d)
+        assert _get(port, "/healthz")[0] == 401
+        assert _get(port, "/healthz?token=a%2Bb%2Fc%3D")[0] == 200
+        assert _get(port, "/healthz?token=a+b/c=")[0] == 200
+        assert _get(port, "/healthz", headers={"Authorization": "Bearer a+b/c="})[0] == 200
+    finally:
+        assert d.stop() == 0
+
+
+def test_a_port_in_use_is_a_clear_error(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run([*ahgd_exe(), "daemon", "--config", str(write_config(tmp_path)),
+                               "--state-dir", str(tmp_path / "state"), "--http",
+                               f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=60,
+                              env=env())
+    assert proc.returncode == 1
+    assert (f"cannot listen on 127.0.0.1:{port} for --http: Address already in use; another "
+            "process may hold that port") in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_history_is_read_through_a_uri_that_keeps_odd_paths(tmp_path):
+    from ahgd_daemon.runs_api import connect_ro, runs_document
+    from state import EventLog, new_event
+
+    odd = tmp_path / "st?ate#1%41"
+    with EventLog.open(odd) as log:
+        log.append(new_event("run.requested", "r1", pipeline="p", trigger="manual"))
+    with connect_ro(str(odd / "history.db")) as conn:
+        assert [r["run_id"] for r in runs_document(conn)["runs"]] == ["r1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["st?ate#1%41"]
