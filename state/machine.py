@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from enum import StrEnum
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple
 
 from .errors import IllegalTransition
 from .events import Event, EventType as T
@@ -556,14 +556,21 @@ _dumps = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False
 # files, schedules, orchestrations
 
 
+def _next_state(table: dict[tuple[str | None, str], str], current: str | None, e: Event,
+                what: Callable[[], str], hint: str = "") -> str:
+    """The state ``e`` leads to from ``current`` in ``table``, or IllegalTransition."""
+    new_state = table.get((current, e.type))
+    if new_state is None:
+        allowed = [c or "new" for (c, t) in table if t == e.type]
+        raise _illegal(what(), current, e, allowed, hint)
+    return new_state
+
+
 def _apply_file(rec: FileRecord | None, e: Event) -> FileRecord:
     current = rec.state if rec is not None else None
-    new_state = FILE_TRANSITIONS.get((current, e.type))
     p = e.data()
-    if new_state is None:
-        allowed = [c or "new" for (c, t) in FILE_TRANSITIONS if t == e.type]
-        raise _illegal(f"file {p.get('name')!r} ({str(p.get('sha256'))[:12]}) of pipeline "
-                       f"{p.get('pipeline')!r}", current, e, allowed)
+    new_state = _next_state(FILE_TRANSITIONS, current, e, lambda: (
+        f"file {p.get('name')!r} ({str(p.get('sha256'))[:12]}) of pipeline {p.get('pipeline')!r}"))
     if rec is None:
         return FileRecord(
             pipeline=p["pipeline"],
@@ -614,12 +621,9 @@ def _apply_schedule(rec: ScheduleRecord | None, e: Event) -> ScheduleRecord:
 
 def _apply_alert(rec: AlertRecord | None, e: Event) -> AlertRecord:
     current = rec.state if rec is not None else None
-    new_state = ALERT_TRANSITIONS.get((current, e.type))
     p = e.data()
-    if new_state is None:
-        allowed = [c or "new" for (c, t) in ALERT_TRANSITIONS if t == e.type]
-        hint = "resolve it before raising it again" if current == "FIRING" else ""
-        raise _illegal(f"alert {p.get('alert_id')!r}", current, e, allowed, hint)
+    new_state = _next_state(ALERT_TRANSITIONS, current, e, lambda: f"alert {p.get('alert_id')!r}",
+                            "resolve it before raising it again" if current == "FIRING" else "")
     if e.type == T.ALERT_RESOLVED:
         return rec._replace(state=new_state, resolved_at=e.ts,  # type: ignore[union-attr]
                             resolution=p.get("reason"), last_seq=e.seq)
@@ -637,10 +641,7 @@ def _apply_alert(rec: AlertRecord | None, e: Event) -> AlertRecord:
 
 def _apply_orch(o: Orchestration | None, e: Event) -> Orchestration:
     current = o.state if o is not None else None
-    new_state = ORCH_TRANSITIONS.get((current, e.type))
-    if new_state is None:
-        allowed = [c or "new" for (c, t) in ORCH_TRANSITIONS if t == e.type]
-        raise _illegal(f"orchestration {e.run_id!r}", current, e, allowed)
+    new_state = _next_state(ORCH_TRANSITIONS, current, e, lambda: f"orchestration {e.run_id!r}")
     p = e.data()
     if o is None:
         planned = tuple(p.get("order") or ())
