@@ -123,4 +123,8 @@ def run_demo(state_dir: Path, out: TextIO = sys.stdout) -> int:
     click.echo(f"                   python -c \"import duckdb; print(duckdb.connect("
                f"'{state_dir / 'warehouse.duckdb'}', read_only=True).sql("
                "'SELECT * FROM sa2_health_profile LIMIT 5'))\"", file=out)
+    click.echo(f"runs, alerts, the machine:  ahgd status --state-dir {state_dir}", file=out)
+    click.echo(f"the same as a web page:     ahgd daemon --config {MASTER} --state-dir "
+               f"{state_dir} --http 127.0.0.1:8787   (then open http://127.0.0.1:8787/)",
+               file=out)
     return code

@@ -186,7 +186,7 @@ class _View:
         text.append(f"{state:<9}", style=RUN_STATE_STYLES.get(state, ""))
         text.append(f"  {str(run.get('run_id') or '?'):<{id_width}}  {self.ago(when):>12}"
                     f"  took {_duration(run.get('duration_s'), self.dash)}")
-        self.line(text)
+        self.console.print(text, soft_wrap=True)  # one line per run, even in a narrow pipe
         failure = self.failure(run)
         if failure:
             self.line(Text(f"      {failure}", style="red"), clip=True)

@@ -21,6 +21,7 @@ def test_ahgd_demo_runs_all_three_pipelines_end_to_end(tmp_path):
     out = proc.stdout
     assert "run history" in out and "sa2_health_profile, first rows" in out
     assert "101021007  Braidwood" in out
+    assert f"ahgd status --state-dir {state}" in out and "--http 127.0.0.1:8787" in out
     runs = query(state, "SELECT pipeline, state, trigger FROM runs ORDER BY requested_at")
     assert sorted(runs) == [("mortality_regions", "COMPLETED", "drop_folder"),
                             ("sa2_health_profile", "COMPLETED", "upstream"),
