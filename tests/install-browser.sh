@@ -6,6 +6,11 @@ set -eu
 
 have() { command -v "$1" >/dev/null 2>&1; }
 
+if [ "${AHGD_SKIP_BROWSER_TESTS:-}" = "1" ]; then
+    echo "AHGD_SKIP_BROWSER_TESTS=1: not installing chromium; the browser test will be skipped"
+    exit 0
+fi
+
 if have chromium && have chromedriver; then
     echo "chromium and chromedriver already installed: $(command -v chromium), $(command -v chromedriver); nothing to do"
     exit 0
