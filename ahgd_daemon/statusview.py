@@ -14,7 +14,7 @@ Text from the event log (errors, alert messages, run ids) is wrapped in
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Iterable
 
 from rich import box
@@ -23,6 +23,8 @@ from rich.padding import Padding
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
+
+from state.log import parse_ts
 
 RUN_STATE_STYLES = {
     "COMPLETED": "green",
@@ -272,10 +274,9 @@ def _parse_ts(value: Any) -> datetime | None:
     if not isinstance(value, str) or not value:
         return None
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return parse_ts(value)
     except ValueError:
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
 def _first_line(error: Any) -> str:

@@ -17,11 +17,10 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from state import EventLog, EventType as T, Run, new_event, store
+from state import EventLog, EventType as T, Run, new_event, parse_ts, store
 from state.errors import AhgdError
 from state.machine import DONE_STAGE_STATES, RunState, StageState
 
@@ -309,7 +308,7 @@ class _Execution:
                 "SELECT stage, ts, json_extract(payload, '$.delay_s') FROM events WHERE run_id = ? "
                 "AND type = 'stage.retrying' ORDER BY seq", [run.run_id]):
             if stage in waiting:
-                due = datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() + float(delay or 0)
+                due = parse_ts(ts).timestamp() + float(delay or 0)
                 self.retry_at[stage] = self.e.clock() + max(0.0, due - now_wall)
 
     def _ready(self, stage: str) -> bool:

@@ -13,10 +13,10 @@ pipeline completed) are resolved here.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from state.errors import AhgdError
+from state.log import parse_ts
 
 from .monitor_records import (DURATION_BUCKETS_S, DURATION_WINDOW, FAILURE_WINDOW,
                               FINISHED_STATES, Alert, AlertSeverity, Histogram, StageStats)
@@ -72,7 +72,7 @@ def _runs(monitor: "PipelineMonitor", log: Any) -> None:
         _fill(monitor._stats(row[0]).durations, tuple(row[4:]), row[1], row[2], row[3])
     for pipeline, ended in log.query(
             "SELECT pipeline, MAX(ended_at) FROM runs WHERE state = 'COMPLETED' GROUP BY pipeline"):
-        monitor._stats(pipeline).last_success_at = _ts(ended)
+        monitor._stats(pipeline).last_success_at = parse_ts(ended)
     window = max(DURATION_WINDOW, FAILURE_WINDOW, monitor.recent_runs)
     rows = log.query(
         "SELECT * FROM (SELECT run_id, pipeline, state, trigger, requested_at, started_at, "
@@ -150,7 +150,7 @@ def _live(monitor: "PipelineMonitor", log: Any) -> None:
             "SELECT run_id, pipeline, state, trigger, requested_at, started_at, stages FROM runs "
             "WHERE state IN ('PENDING', 'RUNNING')"):
         monitor._remember_pipeline(run_id, pipeline)
-        run = LiveRun(run_id, pipeline, state, trigger, _ts(requested), _ts(started),
+        run = LiveRun(run_id, pipeline, state, trigger, parse_ts(requested), parse_ts(started),
                       list(json.loads(stages or "[]")))
         monitor._live[run_id] = run
     if monitor._live:
@@ -160,7 +160,7 @@ def _live(monitor: "PipelineMonitor", log: Any) -> None:
                 f"({', '.join('?' * len(ids))}) ORDER BY run_id, stage, attempt", ids):
             monitor._live[run_id].stage_states[stage] = (state, attempt)
             if state == "RUNNING":
-                monitor._stage_started[(run_id, stage)] = _ts(started)
+                monitor._stage_started[(run_id, stage)] = parse_ts(started)
     for (run_id,) in log.query("SELECT run_id FROM runs WHERE state = 'PARKED'"):
         monitor._parked.add(run_id)
 
@@ -176,7 +176,7 @@ def _alerts(monitor: "PipelineMonitor", log: Any) -> list["_Action"]:
         rows = []
     for alert_id, name, severity, message, fields, run_id, raised in rows:
         alert = Alert(alert_id, AlertSeverity.coerce(severity), name, message,
-                      json.loads(fields or "{}"), _ts(raised) or monitor._now(), run_id)
+                      json.loads(fields or "{}"), parse_ts(raised) or monitor._now(), run_id)
         monitor._open[alert_id] = alert
         monitor._alerts.append(alert)
     actions: list[_Action] = []
@@ -201,9 +201,3 @@ def _cleared(monitor: "PipelineMonitor", alert: Alert) -> str | None:
             return f"a later run of pipeline {pipeline!r} completed"
     return None
 
-
-def _ts(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)

@@ -16,9 +16,11 @@ import json
 import math
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Mapping
+
+from state.log import format_ts
 
 from .durations import parse_duration
 from .errors import ConfigError
@@ -287,9 +289,10 @@ def did_you_mean(word: str, choices: list[str]) -> str:
 
 
 def iso(dt: datetime | None) -> str | None:
+    """The event log's timestamp text (a naive datetime is taken as local time)."""
     if dt is None:
         return None
-    return dt.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    return format_ts(dt if dt.tzinfo else dt.astimezone())
 
 
 def jsonable(value: Any) -> Any:

@@ -39,6 +39,8 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 import structlog
 
 from state.events import Event
+from state.log import parse_ts
+from state.machine import DONE_STAGE_STATES
 
 from .durations import parse_duration
 from .errors import ConfigError
@@ -58,7 +60,8 @@ _RESERVED = frozenset({"event", "alert", "alert_id", "alert_state", "severity", 
                        "level", "timestamp"})
 #: queued runs listed in the dashboard (the oldest); the rest are counted
 ACTIVE_PENDING_SHOWN = 20
-_DONE_STAGE_STATES = frozenset({"COMPLETED", "SKIPPED", "REUSED"})
+#: the machine's finished stage states, and REUSED, which the monitor names apart
+_DONE_STAGE_STATES = DONE_STAGE_STATES | {"REUSED"}
 Clock = Callable[[], datetime]
 _SYSTEM_ALERTS = {
     "cpu_percent": (AlertSeverity.WARNING, "system.cpu_high", "CPU use"),
@@ -448,7 +451,7 @@ class PipelineMonitor:
         if handler is None:
             return
         data = event.data() or {}
-        at = _parse_ts(event.ts) or self._now()
+        at = parse_ts(event.ts) or self._now()
         self._act(lambda: handler(self, event, data, at))
 
     def _stats(self, pipeline: str) -> PipelineStats:
@@ -772,9 +775,3 @@ def _remember(cache: OrderedDict, key: Any, value: Any) -> None:
     while len(cache) > _MEMORY_CAP:
         cache.popitem(last=False)
 
-
-def _parse_ts(ts: str | None) -> datetime | None:
-    if not ts:
-        return None
-    dt = datetime.fromisoformat(ts.replace("Z", "+00:00"))
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)

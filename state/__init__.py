@@ -16,7 +16,8 @@ from .errors import (
     StoreError,
 )
 from .events import EVENT_TYPES, Event, EventType, new_event
-from .log import HISTORY_DB, CheckReport, DuplicateEvent, EventLog, format_ts, utc_now
+from .log import (HISTORY_DB, CheckReport, DuplicateEvent, EventLog, format_ts, parse_ts,
+                  utc_now)
 from .machine import (
     AlertRecord,
     Attempt,
@@ -36,7 +37,7 @@ __all__ = [
     "AhgdError", "DiskFull", "EventLogError", "IllegalTransition", "MigrationFailed",
     "OutputMissing", "SchemaTooNew", "StateDirError", "StoreError",
     "EVENT_TYPES", "Event", "EventType", "new_event",
-    "HISTORY_DB", "CheckReport", "DuplicateEvent", "EventLog", "format_ts", "utc_now",
+    "HISTORY_DB", "CheckReport", "DuplicateEvent", "EventLog", "format_ts", "parse_ts", "utc_now",
     "AlertRecord", "Attempt", "FileRecord", "Orchestration", "Run", "RunState", "ScheduleRecord", "StageState",
     "aggregate_key", "apply", "fold", "MIGRATIONS", "Migration",
 ]

@@ -57,6 +57,14 @@ def format_ts(dt: datetime) -> str:
     return dt.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
+def parse_ts(text: str | None) -> datetime | None:
+    """The inverse of :func:`format_ts` (an aware UTC datetime); None for no timestamp."""
+    if not text:
+        return None
+    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
 class DuplicateEvent(AhgdError):
     """An event's idempotency key is already in the log: the work was already done.
 
