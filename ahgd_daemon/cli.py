@@ -12,7 +12,6 @@ import json
 import os
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -490,13 +489,11 @@ def _history_dashboard(state_dir: Path, recent: int) -> dict[str, Any]:
     """No daemon runs here: the same document, from the event log alone (read only)."""
     from state import HISTORY_DB
 
-    if not (state_dir / HISTORY_DB).exists():
-        from pipelines.monitor_records import iso
+    if not (state_dir / HISTORY_DB).exists():  # nothing has run here: an empty document
+        from pipelines.monitoring import PipelineMonitor
 
-        return {"generated_at": iso(datetime.now(timezone.utc)), "daemon": None, "queue": None,
-                "system": None, "monitoring": None, "thresholds": None, "active_runs": [],
-                "active_runs_not_shown": 0, "recent_runs": {},
-                "alerts": {"open": [], "counts": {}, "recent": []}, "pipelines": {}}
+        return PipelineMonitor(state_dir / "metrics", enable_system_monitoring=False,
+                               read_only=True).get_dashboard_data(recent=recent)
     with _read_only_monitor(state_dir) as monitor:
         return monitor.get_dashboard_data(recent=recent)
 

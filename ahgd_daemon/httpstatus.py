@@ -75,10 +75,9 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 def is_loopback(host: str) -> bool:
     """True if every address ``host`` names is a loopback address."""
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        pass
+    ip = _ip_loopback(host)
+    if ip is not None:
+        return ip
     try:
         infos = socket.getaddrinfo(host, None)
     except OSError:
@@ -104,11 +103,12 @@ def check_bind(listen: str, *, allow_remote: bool, token: str | None) -> tuple[s
     return host, port
 
 
-def _is_ip_loopback(text: str) -> bool:
+def _ip_loopback(text: str) -> bool | None:
+    """Whether the IP address ``text`` is loopback; None when ``text`` is not an address."""
     try:
         return ipaddress.ip_address(text).is_loopback
     except ValueError:
-        return False
+        return None
 
 
 class StatusServer:
@@ -296,8 +296,8 @@ def _handler_class(sources: StatusSources, token: str | None) -> type[BaseHTTPRe
             if host is None:
                 return True
             name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-            return name.strip("[]").lower() in ("127.0.0.1", "::1", "localhost") or (
-                _is_ip_loopback(name.strip("[]")))
+            name = name.strip("[]").lower()  # no DNS here: the header is the client's word
+            return name == "localhost" or _ip_loopback(name) is True
 
         def _send(self, reply: _Reply, head: bool, extra: dict[str, str] | None = None) -> None:
             self.send_response(reply.status)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import sqlite3
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Iterator
 
 MAX_RUNS = 1000
@@ -26,9 +25,10 @@ _ATTEMPT_COLUMNS = ("stage", "attempt", "state", "started_at", "ended_at", "dura
 
 @contextmanager
 def connect_ro(path: str) -> Iterator[sqlite3.Connection]:
-    # as_uri() percent-encodes '?', '#' and '%' in the path: a raw f"file:{path}" would
-    # cut the path there, drop mode=ro, and create an empty database beside it
-    conn = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True, timeout=10)
+    """history.db opened read-only for one request (the state layer's ``mode=ro`` open)."""
+    from state.db import connect
+
+    conn = connect(path, readonly=True, busy_timeout=10)
     try:
         yield conn
     finally:

@@ -19,7 +19,7 @@ from state.errors import AhgdError
 from state.log import parse_ts
 
 from .monitor_records import (DURATION_BUCKETS_S, DURATION_WINDOW, FAILURE_WINDOW,
-                              FINISHED_STATES, Alert, AlertSeverity, Histogram, StageStats)
+                              FINISHED_STATES, Alert, AlertSeverity, StageStats)
 
 if TYPE_CHECKING:
     from .monitoring import PipelineMonitor, _Action
@@ -47,17 +47,6 @@ def _buckets_sql(column: str) -> str:
     return ", ".join(f"SUM({column} <= {b!r})" for b in DURATION_BUCKETS_S)
 
 
-def _fill(hist: Any, bucket_counts: tuple, count: int, total: float | None,
-          biggest: float | None) -> None:
-    """Set a Histogram from cumulative SQL bucket sums (each <= bound)."""
-    previous = 0
-    for i, cumulative in enumerate(bucket_counts):
-        hist.counts[i] = (cumulative or 0) - previous
-        previous = cumulative or 0
-    hist.counts[-1] = count - previous
-    hist.count, hist.total, hist.max = count, total or 0.0, biggest or 0.0
-
-
 def _runs(monitor: "PipelineMonitor", log: Any) -> None:
     for pipeline, state, n in log.query(
             "SELECT pipeline, state, COUNT(*) FROM runs WHERE state IN "
@@ -69,7 +58,7 @@ def _runs(monitor: "PipelineMonitor", log: Any) -> None:
             f"({', '.join('?' * len(_TERMINAL))}) AND started_at IS NOT NULL) "
             f"SELECT pipeline, COUNT(d), SUM(d), MAX(d), {_buckets_sql('d')} FROM t "
             "GROUP BY pipeline", list(_TERMINAL)):
-        _fill(monitor._stats(row[0]).durations, tuple(row[4:]), row[1], row[2], row[3])
+        monitor._stats(row[0]).durations.add_cumulative(row[4:], row[1], row[2], row[3])
     for pipeline, ended in log.query(
             "SELECT pipeline, MAX(ended_at) FROM runs WHERE state = 'COMPLETED' GROUP BY pipeline"):
         monitor._stats(pipeline).last_success_at = parse_ts(ended)
@@ -123,16 +112,7 @@ def _stages(monitor: "PipelineMonitor", log: Any) -> None:
         if peak is not None:
             s.peak_rss_mb = max(s.peak_rss_mb or 0.0, peak)
         if state not in ("SKIPPED", "REUSED") and timed:
-            part = Histogram()
-            _fill(part, buckets, timed, total, longest)
-            _merge(s.durations, part)
-
-
-def _merge(into: Any, part: Any) -> None:
-    into.counts = [a + b for a, b in zip(into.counts, part.counts)]
-    into.count += part.count
-    into.total += part.total
-    into.max = max(into.max, part.max)
+            s.durations.add_cumulative(buckets, timed, total, longest)
 
 
 def _files(monitor: "PipelineMonitor", log: Any) -> None:

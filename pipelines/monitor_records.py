@@ -18,7 +18,7 @@ from collections import Counter, deque
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from state.log import format_ts
 
@@ -220,6 +220,18 @@ class Histogram:
         self.count += 1
         self.total += seconds
         self.max = max(self.max, seconds)
+
+    def add_cumulative(self, cumulative: Sequence[int | None], count: int,
+                       total: float | None, longest: float | None) -> None:
+        """Add observations given as SQL's cumulative bucket sums (each <= its bound)."""
+        previous = 0
+        for i, running in enumerate(cumulative):
+            self.counts[i] += (running or 0) - previous
+            previous = running or 0
+        self.counts[-1] += count - previous
+        self.count += count
+        self.total += total or 0.0
+        self.max = max(self.max, longest or 0.0)
 
     def cumulative(self) -> list[tuple[str, int]]:
         running, out = 0, []
