@@ -347,9 +347,7 @@ class Daemon:
         try:
             new = self._load_setup()
         except Exception as exc:  # the old configuration stays in force
-            self._alert("error", "daemon.config_reload_failed", f"configuration reload failed: {exc}",
-                        error=str(exc), kept="the previous configuration stays in force")
-            self.notifier.ready(self._status_line())
+            self._reload_failed(str(exc))
             return
         old_watchers, old_setup = self.watchers, self.setup
         try:
@@ -361,11 +359,7 @@ class Daemon:
                 self.watchers.stop()
             with self._lock:
                 self.setup, self.watchers = old_setup, old_watchers
-            self._alert("error", "daemon.config_reload_failed",
-                        f"configuration reload failed: {type(exc).__name__}: {exc}",
-                        error=f"{type(exc).__name__}: {exc}",
-                        kept="the previous configuration stays in force")
-            self.notifier.ready(self._status_line())
+            self._reload_failed(f"{type(exc).__name__}: {exc}")
             return
         if old_watchers is not None:
             old_watchers.stop()
@@ -374,6 +368,11 @@ class Daemon:
         self.monitor.sample_interval = new.settings.monitoring.sample_interval.total_seconds()
         self.monitor.resolve_alert("daemon.config_reload_failed", "the configuration reloaded")
         self.log_.info("config_reloaded", pipelines=sorted(new.pipelines))
+        self.notifier.ready(self._status_line())
+
+    def _reload_failed(self, error: str) -> None:
+        self._alert("error", "daemon.config_reload_failed", f"configuration reload failed: {error}",
+                    error=error, kept="the previous configuration stays in force")
         self.notifier.ready(self._status_line())
 
     # ------------------------------------------------------------------ files

@@ -90,10 +90,11 @@ class LiveRun:
     stage_states: dict[str, tuple[str, int]] = field(default_factory=dict)  # stage -> (state, attempt)
 
     def progress(self, now: datetime) -> dict[str, Any]:
+        states = [self.stage_states.get(s, ("PENDING", 0)) for s in self.stages]
         total = len(self.stages)
-        done = sum(1 for s in self.stages if self.stage_states.get(s, ("",))[0] in _DONE_STAGE_STATES)
-        current = next((s for s in self.stages
-                        if self.stage_states.get(s, ("",))[0] in ("RUNNING", "RETRYING")), None)
+        done = sum(1 for state, _ in states if state in _DONE_STAGE_STATES)
+        current = next((s for s, (state, _) in zip(self.stages, states)
+                        if state in ("RUNNING", "RETRYING")), None)
         return {
             "run_id": self.run_id, "pipeline": self.pipeline, "state": self.state,
             "trigger": self.trigger, "requested_at": iso(self.requested_at),
@@ -102,9 +103,8 @@ class LiveRun:
                           if self.started_at is not None else None),
             "current_stage": current, "stages_total": total, "stages_done": done,
             "progress_percentage": round(100.0 * done / total, 1) if total else 0.0,
-            "stages": [{"stage": s, "state": self.stage_states.get(s, ("PENDING", 0))[0],
-                        "attempt": self.stage_states.get(s, ("PENDING", 0))[1]}
-                       for s in self.stages],
+            "stages": [{"stage": s, "state": state, "attempt": attempt}
+                       for s, (state, attempt) in zip(self.stages, states)],
         }
 
 
