@@ -54,8 +54,8 @@ class _MonitorCollector:
 
     def collect(self) -> Iterator[Any]:
         m = self._monitor
-        queue = m.queue_figures()
         with m._lock:
+            queue = m.queue_figures()
             latest = m._samples[-1] if m._samples else None
             families = [*_run_families(m), *_stage_families(m), *_queue_families(queue),
                         *_alert_families(m), *_system_families(latest)]

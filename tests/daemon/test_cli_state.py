@@ -117,3 +117,10 @@ def test_status_and_metrics_without_a_daemon_leave_an_older_history_untouched(
     conn = sqlite3.connect(state_dir / "history.db")
     assert conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0] == 1
     conn.close()
+
+
+def test_metrics_without_a_daemon_or_history_names_the_directory(state_dir, ahgd, clean_env):
+    proc = run(ahgd, clean_env, "metrics", "--state-dir", str(state_dir))
+    assert proc.returncode == 1
+    assert (f"no daemon running on {state_dir} and no history there "
+            f"({state_dir / 'history.db'} does not exist); check --state-dir") in proc.stderr

@@ -296,3 +296,21 @@ def test_history_is_read_through_a_uri_that_keeps_odd_paths(tmp_path):
     with connect_ro(str(odd / "history.db")) as conn:
         assert [r["run_id"] for r in runs_document(conn)["runs"]] == ["r1"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["st?ate#1%41"]
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "cannot read the HTTP token file {path}: No such file or directory; create it (e.g. "
+           "`openssl rand -hex 32 > FILE; chmod 600 FILE`) or fix its permissions"),
+    ("  \n", "the HTTP token file {path} is empty; put a long random token in it (e.g. "
+             "`openssl rand -hex 32 > FILE`)"),
+])
+def test_a_missing_or_empty_token_file_is_refused(tmp_path, content, message):
+    path = tmp_path / "token"
+    if content is not None:
+        path.write_text(content)
+    proc = subprocess.run([*ahgd_exe(), "daemon", "--config", str(write_config(tmp_path)),
+                           "--state-dir", str(tmp_path / "state"), "--http", "127.0.0.1:0",
+                           "--http-token-file", str(path)], capture_output=True, text=True,
+                          timeout=60, env=env())
+    assert proc.returncode == 1
+    assert message.format(path=path) in proc.stderr

@@ -722,3 +722,23 @@ def test_upstream_triggers_that_trigger_each_other_are_refused(tmp_path):
         "remove one of these upstream triggers",
         f"{b}:11: triggers[0].pipelines: pipeline 'b' cannot be its own upstream",
     ]
+
+
+def test_monitoring_settings_mistakes(tmp_path):
+    write(tmp_path, "demo.yaml", MINIMAL)
+    master = write(tmp_path, "master.yaml", '''\
+        pipelines: [{name: demo, config_file: demo.yaml}]
+        daemon:
+          monitoring:
+            sample_interval: PT0S
+            thresholds: {memory_percnt: 80, disk_percent: 101, run_duration_factor: 0.5}
+        ''')
+    assert problems(load_master_file, master) == [
+        f"{master}:4: daemon.monitoring.sample_interval: 0s is not allowed; use a positive "
+        "ISO 8601 duration such as PT30M",
+        f"{master}:5: daemon.monitoring.thresholds.disk_percent: must be at most 100, got 101",
+        f"{master}:5: daemon.monitoring.thresholds.run_duration_factor: must be at least 1, "
+        "got 0.5",
+        f"{master}:5: daemon.monitoring.thresholds.memory_percnt: unknown key 'memory_percnt'; "
+        "did you mean 'memory_percent'?",
+    ]
