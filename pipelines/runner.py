@@ -257,7 +257,7 @@ def _store_value(ctx: PipelineContext, task: StageTask, value: Any) -> dict[str,
         return {"kind": "none"}
     state_dir = ctx.state_dir
     try:
-        text = json.dumps(value, allow_nan=False, sort_keys=True)
+        text = json.dumps(value, allow_nan=False)   # never sort_keys: key order is data
         exact = json.loads(text) == value
     except (TypeError, ValueError):
         text, exact = None, False

@@ -18,7 +18,7 @@ from enum import StrEnum
 from typing import Any, Callable, Iterable, NamedTuple
 
 from .errors import IllegalTransition
-from .events import Event, EventType as T
+from .events import Event, EventType as T, dumps_payload
 
 
 class RunState(StrEnum):
@@ -510,7 +510,7 @@ def _apply_stage(run: Run | None, e: Event) -> Run:
             event_type=t,
             current=current,
         )
-    raw = e.raw if e.raw is not None else _dumps(e.payload)
+    raw = e.raw if e.raw is not None else dumps_payload(e.payload)
     # tuple.__new__ with positional fields: this is the hot path of every
     # replay, and NamedTuple's Python-level __new__ costs a measurable share
     run_id = run.run_id
@@ -549,7 +549,6 @@ RAW_ONLY_TYPES = frozenset({
     T.STAGE_STARTED, T.STAGE_COMPLETED, T.STAGE_RETRYING, T.STAGE_SKIPPED, T.STAGE_REUSED,
 })
 
-_dumps = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False).encode
 
 
 # --------------------------------------------------------------------------

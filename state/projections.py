@@ -13,7 +13,7 @@ import json
 import sqlite3
 from typing import Any, Iterable
 
-from .events import Event
+from .events import Event, dumps_payload
 from .machine import (
     Aggregate,
     AlertRecord,
@@ -34,12 +34,9 @@ from .machine import (
 TABLES = ("runs", "stage_runs", "files", "schedules", "orchestrations", "orchestration_pipelines",
           "alerts")
 
-_encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False).encode
-
-
 def dumps(value: Any) -> str:
-    """Canonical JSON: the same text for the same value, wherever it is written."""
-    return _encode(value)
+    """The JSON text of a value, as the event log writes payloads (compact, order kept)."""
+    return dumps_payload(value)
 
 
 # --------------------------------------------------------------------------

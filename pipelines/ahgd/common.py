@@ -120,10 +120,10 @@ class HeaderMatch:
     positions: dict[str, int]            # output column -> position in the file
     problem: str | None = None
 
-    def duckdb_columns(self) -> dict[str, str]:
-        """The ``columns`` argument of ``read_csv``: every position, named for what it gives."""
+    def names(self) -> list[str]:
+        """Every position of the file, in the file's order, named for what it gives."""
         names = {i: n for n, i in self.positions.items()}
-        return {names.get(i, f"_unused_{i}"): "VARCHAR" for i in range(len(self.header))}
+        return [names.get(i, f"_unused_{i}") for i in range(len(self.header))]
 
 
 def _show_header(header: Sequence[str]) -> str:
@@ -222,10 +222,25 @@ class CsvExtractor:
                          ignored_columns=ignored)
         return {"path": str(path), "sha256": sha, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns,
                 "encoding": self.encoding, "delimiter": self.delimiter,
-                "header": match.header, "columns": match.duckdb_columns()}
+                "header": match.header, "columns": match.names()}
 
 
-def read_source_sql(manifest: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+def source_columns(manifest: Mapping[str, Any], layout: Layout) -> list[str]:
+    """The name of each column of the extracted file, in the file's order.
+
+    ``read_csv(columns=...)`` names columns by position, so this order is what
+    keeps IRSD's values in IRSD's column. The manifest records it as a list,
+    which keeps its order through the event log. Manifests recorded before
+    that (a mapping, whose keys the log stored sorted) are matched again from
+    their recorded header rather than trusted.
+    """
+    columns = manifest["columns"]
+    if isinstance(columns, list):
+        return [str(c) for c in columns]
+    return layout.match(manifest["header"], Path(manifest["path"]).name).names()
+
+
+def read_source_sql(manifest: Mapping[str, Any], layout: Layout) -> tuple[str, dict[str, Any]]:
     """``read_csv(...)`` of the extracted file, every column VARCHAR, named by what it gives.
 
     Refuses a file that changed since the extract stage identified it (its
@@ -244,7 +259,8 @@ def read_source_sql(manifest: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
            "escape = '\"', columns = $columns, encoding = $encoding)")
     encoding = "latin-1" if _python_codec(manifest["encoding"]) == "latin-1" else "utf-8"
     return sql, {"path": str(path), "delim": manifest["delimiter"],
-                 "columns": dict(manifest["columns"]), "encoding": encoding}
+                 "columns": {name: "VARCHAR" for name in source_columns(manifest, layout)},
+                 "encoding": encoding}
 
 
 # --------------------------------------------------------------------------- parsing SQL

@@ -111,8 +111,8 @@ class MortalityTransformer:
 
     def transform(self, context: Any) -> Any:
         manifest = context.get_output("extract")
-        source, params = read_source_sql(manifest)
-        present = {n for n in manifest["columns"] if not n.startswith("_unused_")}
+        source, params = read_source_sql(manifest, LAYOUT)
+        present = {n for n in params["columns"] if not n.startswith("_unused_")}
         numeric = [LAYOUT.column("year"), *INDICATORS]
         parsed = ParsedColumns(numeric)
         text = {n: f"trim({quote(n)})" if n in present else "NULL::VARCHAR"

@@ -122,8 +122,8 @@ class SeifaTransformer:
 
     def transform(self, context: Any) -> dict[str, Any]:
         manifest = context.get_output("extract")
-        source, params = read_source_sql(manifest)
-        present = {n for n in manifest["columns"] if not n.startswith("_unused_")}
+        source, params = read_source_sql(manifest, LAYOUT)
+        present = {n for n in params["columns"] if not n.startswith("_unused_")}
         numeric = [c for c in LAYOUT.columns[2:] if c.name in present or c.name in ALWAYS]
         parsed = ParsedColumns(numeric)
         raw = ", ".join(f"{_raw(c.name, present)} AS {quote(c.name)}" for c in numeric)

@@ -142,6 +142,26 @@ class ReturnsPipeline(BasePipeline):
         return VALUES[self.kind](context)
 
 
+class OrderPipeline(BasePipeline):
+    """``make`` returns a mapping whose key order is not alphabetical; ``use`` reports the
+    order it received, so a resumed run shows whether the order survived the event log."""
+
+    def __init__(self, name: str = "order", *, size: int = 4, **kw: Any):
+        kw.setdefault("max_retries", 0)
+        super().__init__(name, **kw)
+        self.size = size
+
+    def define_stages(self) -> list[str]:
+        return ["make", "use"]
+
+    def execute_stage(self, stage_name: str, context: Any) -> Any:
+        if stage_name == "make":
+            keys = [f"k{i:05d}" for i in reversed(range(self.size))]
+            return {"columns": {k: "VARCHAR" for k in keys}, "nested": {"z": {"y": 1, "b": 2}}}
+        made = context.get_output("make")
+        return {"columns": list(made["columns"]), "nested": list(made["nested"]["z"])}
+
+
 def _arrow(ctx: Any) -> Any:
     import pyarrow as pa
 

@@ -564,3 +564,73 @@ def test_suppressed_scores_are_logged(tmp_path, raw_seifa):
     assert len(found) == 1
     assert {k: found[0][k] for k in expected} == expected
     assert (found[0]["pipeline"], found[0]["run_id"]) == ("seifa_sa2", ctx.run_id)
+
+
+# --------------------------------------------------------------------------- column order after a resume
+
+#: a SEIFA header whose alphabetical order swaps IRSD and IRSAD: if anything on the way
+#: from extract to transform sorts the column mapping, IRSAD's values load as IRSD's
+SWAPPABLE = ("irsd_decile", "irsd_score", "irsad_decile", "irsad_score", "sa2_code_2021",
+             "sa2_name_2021", "usual_resident_population")
+
+
+def swappable_seifa(tmp_path: Path, raw_seifa) -> Path:
+    path = tmp_path / "seifa_reordered.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(SWAPPABLE)
+        w.writerows([r[c] for c in SWAPPABLE] for r in raw_seifa)
+    return path
+
+
+def assert_seifa_values_equal_source(state: Path, raw_seifa, columns=SWAPPABLE) -> int:
+    """Every loaded value of ``columns`` equals the raw file's; returns how many were compared."""
+    got = rows_by(state, "seifa_sa2", "sa2_code")
+    assert set(got) == {r["sa2_code_2021"] for r in raw_seifa}
+    compared = 0
+    for r in raw_seifa:
+        row = got[r["sa2_code_2021"]]
+        for c in columns:
+            if c.endswith("_score"):
+                assert row[c] == rate(r[c]), (r["sa2_code_2021"], c)
+            elif c.endswith("_decile") or c == "usual_resident_population":
+                assert row[c] == count(r[c]), (r["sa2_code_2021"], c)
+            elif c == "sa2_name_2021":
+                assert row["sa2_name"] == r[c]
+            compared += 1
+    return compared
+
+
+def test_a_resumed_run_reads_the_columns_in_the_files_order(tmp_path, raw_seifa):
+    """The extract manifest read back from the event log keeps the file's column order."""
+    path = swappable_seifa(tmp_path, raw_seifa)
+    state = tmp_path / "state"
+    first = pipeline("seifa_sa2", state).run(input_file=path)
+    assert first.state == "COMPLETED", first.error
+    # a fresh pipeline object: extract's output comes from the log, not from memory
+    resumed = pipeline("seifa_sa2", state).run(input_file=path, resume_from="transform")
+    assert resumed.state == "COMPLETED", resumed.error
+    assert [r.state for r in resumed.stage_results.values()][:1] == ["COMPLETED"]
+    assert query(state, "SELECT DISTINCT _run_id FROM seifa_sa2") == [(resumed.run_id,)]
+    assert assert_seifa_values_equal_source(state, raw_seifa) == len(raw_seifa) * len(SWAPPABLE)
+
+
+def test_a_manifest_recorded_before_the_fix_is_matched_again_from_its_header(tmp_path, raw_seifa):
+    """Logs written by earlier versions hold the column mapping with sorted keys: a run
+    resumed after the upgrade must not trust that order."""
+    from pipelines.ahgd.common import read_source_sql, source_columns
+
+    path = swappable_seifa(tmp_path, raw_seifa)
+    st_ = path.stat()
+    names = ["irsd_decile", "irsd_score", "irsad_decile", "irsad_score", "sa2_code", "sa2_name",
+             "usual_resident_population"]
+    legacy = {"path": str(path), "bytes": st_.st_size, "mtime_ns": st_.st_mtime_ns,
+              "encoding": "utf-8", "delimiter": ",", "header": list(SWAPPABLE),
+              "columns": {n: "VARCHAR" for n in sorted(names)}}
+    assert source_columns(legacy, seifa.LAYOUT) == names
+    sql, params = read_source_sql(legacy, seifa.LAYOUT)
+    con = duckdb.connect()
+    got = con.execute(f"SELECT sa2_code, irsd_score, irsad_score FROM {sql} LIMIT 1",
+                      params).fetchone()
+    first = raw_seifa[0]
+    assert got == (first["sa2_code_2021"], first["irsd_score"], first["irsad_score"])

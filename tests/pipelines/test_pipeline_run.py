@@ -18,6 +18,7 @@ from .sample_pipelines import (
     CrashingPipeline,
     DiamondPipeline,
     FlakyPipeline,
+    OrderPipeline,
     ReturnsPipeline,
     RulePipeline,
     SleepyPipeline,
@@ -376,3 +377,18 @@ def test_outputs_of_attempts_that_timed_out_are_removed(state_dir):
     assert ctx.state == "FAILED"
     leftovers = list((state_dir / "data" / ctx.run_id).glob("*")) if (state_dir / "data" / ctx.run_id).exists() else []
     assert leftovers == []
+
+
+@pytest.mark.parametrize("size", [4, 5000], ids=["inline", "json-file"])
+def test_a_dicts_key_order_survives_the_log_on_resume(state_dir, size):
+    """A stage's value is read back from its stage.completed event (inline) or its .json file
+    on resume: the next stage must get the mapping in the order the stage built it."""
+    first = OrderPipeline(state_dir=state_dir, executor="inprocess", size=size).run()
+    assert first.state == "COMPLETED", first.error
+    expected = {"columns": [f"k{i:05d}" for i in reversed(range(size))], "nested": ["y", "b"]}
+    assert first.get_output("use") == expected
+    resumed = OrderPipeline(state_dir=state_dir, executor="inprocess", size=size).run(
+        resume_from="use")
+    assert resumed.state == "COMPLETED", resumed.error
+    assert resumed.get_output("use") == expected
+    assert list(resumed.get_output("make")["columns"]) == expected["columns"]

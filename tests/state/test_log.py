@@ -289,3 +289,26 @@ def test_newest_runs_come_from_an_index_not_a_sort(state_dir: Path):
             "EXPLAIN QUERY PLAN SELECT run_id FROM runs ORDER BY requested_at DESC, run_id DESC "
             "LIMIT 50"))
     assert "runs_by_time" in plan and "TEMP B-TREE" not in plan
+
+
+def test_payload_key_order_is_kept_in_events_projections_and_a_rebuild(state_dir: Path):
+    """Key order is data (a file's columns by position): the log never sorts it."""
+    order = ["sa2_code", "irsd_decile", "irsd_score", "irsad_decile", "irsad_score"]
+    output = {"kind": "value", "format": "inline", "value": {"columns": {k: "VARCHAR" for k in order}}}
+    with EventLog.open(state_dir) as log:
+        log.append(new_event(T.RUN_REQUESTED, "r", pipeline="p", params={"z": 1, "a": 2}))
+        log.append(new_event(T.RUN_STARTED, "r", stages=["extract"]))
+        log.append(new_event(T.STAGE_STARTED, "r", stage="extract", attempt=1))
+        log.append(new_event(T.STAGE_COMPLETED, "r", stage="extract", attempt=1, output=output))
+
+        def seen() -> tuple[list, list, list]:
+            done = [e for e in log.events(run_id="r") if e.type == T.STAGE_COMPLETED][0]
+            from_event = list(done.data()["output"]["value"]["columns"])
+            run = log.run("r")
+            from_projection = list(run.attempts["extract"].output["value"]["columns"])
+            return from_event, from_projection, list(run.params)
+
+        assert seen() == (order, order, ["z", "a"])
+        log.rebuild()
+        assert seen() == (order, order, ["z", "a"])
+        assert log.check().ok
