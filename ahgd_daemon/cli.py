@@ -310,7 +310,7 @@ def _local_pipelines(state_dir: Path, configs: tuple[str, ...]) -> dict[str, Any
         fail("no daemon is running on this state directory, so --config is needed to run "
              "pipelines here (or start the daemon: ahgd daemon --config FILE)")
     from pipelines.config import load_config
-    from pipelines.configured import build_pipelines
+    from pipelines.config.configured import build_pipelines
 
     loaded = load_config([Path(c) for c in configs], state_dir=state_dir, import_classes=True)
     return build_pipelines(loaded, state_dir=state_dir)
@@ -392,7 +392,7 @@ def _execute_here(pipeline: Any, run_id: str, log: Any, lock: Any = None) -> Any
     """Run in this process; the first Ctrl-C cancels the run cleanly, a second one aborts."""
     import signal
 
-    from pipelines.engine import CancelToken
+    from pipelines.execution.engine import CancelToken
 
     token = CancelToken()
 

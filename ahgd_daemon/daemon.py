@@ -149,7 +149,7 @@ class Daemon:
         return self._exit_code()
 
     def _startup(self) -> None:
-        from pipelines.executors import ProcessExecutor
+        from pipelines.execution.pool import ProcessExecutor
         from pipelines.monitoring import PipelineMonitor
         from pipelines.resources import ResourceBudget
 
@@ -292,7 +292,7 @@ class Daemon:
 
     def _load_setup(self) -> _Setup:
         from pipelines.config import load_config
-        from pipelines.configured import ConfiguredPipeline, import_object
+        from pipelines.config.configured import ConfiguredPipeline, import_object
 
         loaded = load_config(self.o.config_paths, state_dir=self.state_dir, import_classes=True)
         pipelines, folders, schedules, upstream, deps = {}, [], [], {}, {}
@@ -451,7 +451,7 @@ class Daemon:
                     self._launch(run_id, pipeline)
 
     def _launch(self, run_id: str, pipeline_name: str) -> None:
-        from pipelines.engine import CancelToken
+        from pipelines.execution.engine import CancelToken
 
         pipeline = self.setup.pipelines[pipeline_name]
         cancel = CancelToken()

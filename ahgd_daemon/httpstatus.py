@@ -193,7 +193,7 @@ def _page() -> bytes:
 
 
 def _route(sources: StatusSources, path: str, query: dict[str, list[str]]) -> _Reply:
-    from pipelines.metrics_export import PROMETHEUS_CONTENT_TYPE
+    from pipelines.monitoring import PROMETHEUS_CONTENT_TYPE
 
     if path in ("/", "/index.html"):
         return _Reply(200, _page(), "text/html; charset=utf-8")

@@ -183,7 +183,7 @@ def main() -> None:
     args = ap.parse_args()
     if any(n < 2 for n in args.stages) or args.repeat < 1:
         ap.error("chain lengths must be 2 or more and --repeat 1 or more")
-    from pipelines.executors import ProcessExecutor
+    from pipelines.execution.pool import ProcessExecutor
 
     cls = _chain_class()
     sizes = sorted(set(args.stages))

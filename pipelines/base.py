@@ -35,10 +35,10 @@ from state.statedir import resolve_state_dir
 
 from .context import PipelineContext, result_from_attempt
 from .durations import parse_duration
-from .engine import CancelToken, Progress, RunEngine, RunPlan
+from .execution.engine import CancelToken, Progress, RunEngine, RunPlan
 from .errors import ConfigError, ResumeRefused
 from .graph import find_cycle
-from .executors import Executor, make_executor
+from .execution.executors import Executor, make_executor
 from .resources import ResourceBudget
 from .stage import STAGE_NAME, StageConfig
 

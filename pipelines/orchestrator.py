@@ -28,8 +28,8 @@ from .base import BasePipeline
 from .durations import format_duration, parse_duration
 from .errors import ConfigError
 from .graph import find_cycle
-from .executors import Executor, make_executor
-from .engine import CancelToken
+from .execution.executors import Executor, make_executor
+from .execution.engine import CancelToken
 from .resources import ResourceBudget
 
 
@@ -183,7 +183,7 @@ class PipelineOrchestrator:
                     executor: str | Executor | None = "process") -> "PipelineOrchestrator":
         """An orchestrator set up by a master file's ``orchestration`` section, its
         pipelines registered."""
-        from .config import load_config
+        from .config.loader import load_config
 
         resolved = resolve_state_dir(state_dir, os.environ)
         loaded = load_config([path], state_dir=resolved, import_classes=True)
@@ -196,8 +196,8 @@ class PipelineOrchestrator:
 
     def register_from_config(self, path: str | os.PathLike[str]) -> list[str]:
         """Register the pipelines of a YAML master or pipeline file; return their names."""
-        from .config import load_config
-        from .configured import ConfiguredPipeline
+        from .config.loader import load_config
+        from .config.configured import ConfiguredPipeline
 
         loaded = load_config([path], state_dir=self.state_dir, import_classes=True)
         names = []

@@ -6,6 +6,9 @@ them into exit codes and log lines, nothing below them does.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class AhgdError(Exception):
     """Base of every error this project raises on purpose."""
@@ -49,3 +52,14 @@ class StoreError(AhgdError):
 
 class OutputMissing(StoreError):
     """A recorded stage output is gone from disk or fails its checksum."""
+
+
+def did_you_mean(word: str, choices: Iterable[str], *, cutoff: float = 0.6) -> str:
+    """``"did you mean 'x'?"`` for the choice closest to ``word``, or ``""`` if none is close.
+
+    The one spelling-hint helper of the project: every "unknown ..." message
+    that can suggest a name uses it, and adds its own punctuation around it.
+    """
+    close = difflib.get_close_matches(str(word), sorted({str(c) for c in choices}), n=1,
+                                      cutoff=cutoff)
+    return f"did you mean {close[0]!r}?" if close else ""

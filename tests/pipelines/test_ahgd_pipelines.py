@@ -21,7 +21,7 @@ from hypothesis import given, settings, strategies as st
 from pipelines.ahgd import mortality, seifa
 from pipelines.ahgd.common import blank_sql, integer_sql, number_sql
 from pipelines.config import check_files
-from pipelines.configured import load_pipeline
+from pipelines.config.configured import load_pipeline
 
 PKG = Path(seifa.__file__).resolve().parent
 CONFIG, DATA = PKG / "config", PKG / "data"

@@ -14,7 +14,7 @@ import yaml
 
 from pipelines.config import (ConfigIssue, check_files, config_schema, load_config,
                               load_master_file, load_pipeline_file)
-from pipelines.config_models import MasterFile, PipelineFile
+from pipelines.config import MasterFile, PipelineFile
 from pipelines.errors import ConfigError
 
 from .test_readme_examples import PIPELINE_YAML

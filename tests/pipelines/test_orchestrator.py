@@ -18,8 +18,8 @@ import psutil
 import pytest
 
 from pipelines import ConfigError, ExecutionMode, PipelineDefinition, PipelineOrchestrator
-from pipelines.configured import load_pipeline
-from pipelines.executors import ProcessExecutor
+from pipelines.config.configured import load_pipeline
+from pipelines.execution.pool import ProcessExecutor
 from state import HISTORY_DB, EventLog
 
 from .orch_pipelines import StepPipeline, executions_of, records

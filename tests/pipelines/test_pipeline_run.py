@@ -11,7 +11,8 @@ import psutil
 import pytest
 
 from pipelines import ConfigError, ResumeRefused, StageConfig
-from pipelines.executors import InProcessExecutor, ProcessExecutor
+from pipelines.execution.executors import InProcessExecutor
+from pipelines.execution.pool import ProcessExecutor
 from state import EventLog
 
 from .sample_pipelines import (

@@ -22,11 +22,11 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from .errors import ConfigError
-from .monitor_records import AlertSeverity, did_you_mean, jsonable
+from ..errors import ConfigError
+from .records import AlertSeverity, did_you_mean, jsonable
 
 if TYPE_CHECKING:
-    from .monitoring import PipelineMonitor
+    from .monitor import PipelineMonitor
 
 FORMATS = {"json": "json", "prometheus": "prom", "csv": "csv"}
 #: the content type of the Prometheus text format, for an HTTP reply

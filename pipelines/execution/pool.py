@@ -1,17 +1,11 @@
-"""Where stage attempts run: a warm pool of worker processes, or this process.
+"""The default executor: a warm pool of worker processes.
 
-``ProcessExecutor`` (the default) runs each attempt in a worker process, so
-a timeout really stops the work (the worker and its process group are
-killed), and a stage that segfaults, calls ``os._exit`` or is killed for
-memory fails that attempt and nothing else.  Workers stay warm between
-attempts: a stage does not pay for a fresh interpreter and its imports.
-
-``InProcessExecutor`` runs attempts on threads of this process.  It is for
-tests and tiny stages: **it cannot enforce timeouts** (Python cannot stop a
-thread), and a crashing stage takes the process with it.
-
-Both return ``concurrent.futures.Future`` objects that resolve to an
-:class:`~pipelines.runner.Outcome`; neither ever raises a stage's error.
+``ProcessExecutor`` runs each attempt in a worker process, so a timeout
+really stops the work (the worker and its process group are killed), and a
+stage that segfaults, calls ``os._exit`` or is killed for memory fails that
+attempt and nothing else.  Workers stay warm between attempts: a stage does
+not pay for a fresh interpreter and its imports.  Fresh workers run
+``python -m pipelines.execution.worker`` (see that module).
 """
 
 from __future__ import annotations
@@ -26,89 +20,13 @@ import sys
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable
 
-from .runner import Outcome, StageTask, run_task
-
-
-class Executor:
-    """What the engine needs: reserve a slot, submit an attempt, cancel it, shut down.
-
-    Slots are how "at most ``max_workers`` stages at once" holds across every
-    run sharing an executor: the engine reserves one before it records
-    ``stage.started`` and releases it when the attempt has ended.
-    """
-
-    max_workers: int = 1
-    enforces_timeouts: bool = False
-
-    def _init_slots(self) -> None:
-        self._free = self.max_workers
-        self._slots = threading.Condition()
-
-    def try_reserve(self) -> bool:
-        with self._slots:
-            if self._free <= 0:
-                return False
-            self._free -= 1
-            return True
-
-    def release(self) -> None:
-        with self._slots:
-            self._free = min(self.max_workers, self._free + 1)
-            self._slots.notify_all()
-
-    def wait_for_slot(self, timeout: float) -> None:
-        """Sleep until a slot is released or ``timeout`` passes."""
-        with self._slots:
-            self._slots.wait(timeout)
-
-    def in_use(self) -> int:
-        with self._slots:
-            return self.max_workers - self._free
-
-    def submit(self, pipeline: Any, task: StageTask) -> Future:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def cancel(self, future: Future, reason: str = "cancelled") -> None:
-        """Stop the attempt behind ``future`` if possible (it resolves as interrupted)."""
-
-    def shutdown(self) -> None:
-        """Release workers; pending attempts resolve as interrupted."""
-
-    def __enter__(self) -> "Executor":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.shutdown()
-
-
-class InProcessExecutor(Executor):
-    """Threads of this process, for tests and tiny stages.
-
-    It cannot enforce timeouts (Python cannot stop a thread: a stage past its
-    timeout runs on) and a stage that crashes the interpreter takes the whole
-    process with it.  Use ProcessExecutor for anything that matters.
-    """
-
-    enforces_timeouts = False
-
-    def __init__(self, max_workers: int = 1):
-        self.max_workers = max(1, max_workers)
-        self._init_slots()
-        self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="ahgd-stage")
-
-    def submit(self, pipeline: Any, task: StageTask) -> Future:
-        return self._pool.submit(run_task, pipeline, task)
-
-    def shutdown(self) -> None:
-        self._pool.shutdown(wait=True)
-
-
-# --------------------------------------------------------------------------- process pool
+from .executors import Executor
+from .runner import Outcome, StageTask
 
 
 @dataclass
@@ -408,7 +326,7 @@ class ProcessExecutor(Executor):
         # the worker must import what this process imported, wherever it came from
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.worker", str(fd), str(os.getpid())],
+            [sys.executable, "-m", "pipelines.execution.worker", str(fd), str(os.getpid())],
             pass_fds=(fd,), env=env, stdin=subprocess.DEVNULL, close_fds=True,
             stdout=self._stdout, stderr=subprocess.STDOUT if self._stdout is not None else None,
         )
@@ -493,16 +411,3 @@ class ProcessExecutor(Executor):
             self._retire(worker)
 
 
-def make_executor(kind: str | Executor | None, max_workers: int) -> tuple[Executor, bool]:
-    """An executor from a name; the bool says whether the caller owns (and closes) it."""
-    if isinstance(kind, Executor):
-        return kind, False
-    name = (kind or "process").lower()
-    if name in ("process", "processes", "worker", "workers"):
-        return ProcessExecutor(max_workers), True
-    if name in ("inprocess", "in-process", "thread", "threads"):
-        return InProcessExecutor(max_workers), True
-    from .errors import ConfigError
-
-    raise ConfigError(f"executor {kind!r} is not known; use 'process' (default: worker "
-                      "processes, real timeouts) or 'inprocess' (threads, no timeouts)")

@@ -11,8 +11,8 @@ schema's missing columns or column types) always fail the stage.  Row-level
 rules fail it too, unless ``quarantine: true`` moves the offending rows into
 ``<stage>_rejected`` next to the checked table.  See ``docs/validation.md``.
 
-The rules are parsed in :mod:`pipelines.validation_rules` and turned into SQL
-checks in :mod:`pipelines.validation_checks`; this module runs them and reports.
+The rules are parsed in :mod:`pipelines.validation.rules` and turned into SQL
+checks in :mod:`pipelines.validation.checks`; this module runs them and reports.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, StageOutputError, ValidationFailed
-from .validation_checks import Builder, Check, Target, quote, resolve, show
-from .validation_rules import RULES, SCHEMA_KEYWORDS, parse_rules
+from ..errors import ConfigError, StageOutputError, ValidationFailed
+from .checks import Builder, Check, Target, quote, resolve, show
+from .rules import RULES, SCHEMA_KEYWORDS, parse_rules
 
 __all__ = ["RULES", "SCHEMA_KEYWORDS", "RuleFailure", "ValidationReport", "check_rules", "enforce",
            "validate_table"]

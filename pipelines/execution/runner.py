@@ -22,8 +22,8 @@ from typing import Any
 from state import store
 from state.errors import AhgdError
 
-from .context import Passthrough, PipelineContext, quote
-from .errors import StageError, StageOutputError
+from ..context import Passthrough, PipelineContext, quote
+from ..errors import StageError, StageOutputError
 
 #: plain values up to this size (JSON text) ride inside the stage.completed event
 INLINE_LIMIT = 16 * 1024
@@ -296,7 +296,7 @@ def _type_name(value: Any) -> str:
 
 
 def _validate(con: Any, task: StageTask, table: str) -> dict[str, Any]:
-    from .validation import enforce, validate_table
+    from ..validation import enforce, validate_table
 
     base = Path(task.config_dir) if task.config_dir else None
     report = validate_table(con, table, task.rules, stage=task.stage, base_dir=base)

@@ -5,7 +5,7 @@
 
 A :class:`Check` is a row-level rule: a predicate that is true for the rows
 breaking it (or a key whose repeats break it).  Identifiers are quoted, values
-are bound as parameters.  The rules come parsed from :mod:`pipelines.validation_rules`;
+are bound as parameters.  The rules come parsed from :mod:`pipelines.validation.rules`;
 :mod:`pipelines.validation` runs the checks.
 """
 
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from .errors import ConfigError, StageOutputError
-from .validation_rules import Schema, is_list, is_name
+from ..errors import ConfigError, StageOutputError
+from .rules import Schema, is_list, is_name
 
 _SHOWN_COLUMNS = 20
 

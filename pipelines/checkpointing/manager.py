@@ -12,7 +12,7 @@ never unpickled.  Names of pipelines and stages only reach file names through
 :func:`_slug`, so no name can point outside the checkpoint directory.
 
 This module holds the manager and its index; writing, verifying and reading
-the files in each :class:`CheckpointFormat` is :mod:`pipelines.checkpoint_formats`.
+the files in each :class:`CheckpointFormat` is :mod:`pipelines.checkpointing.formats`.
 """
 
 from __future__ import annotations
@@ -38,16 +38,13 @@ from state.db import connect, ensure_dir, translate, write_transaction
 from state.log import format_ts, utc_now
 from state.migrations import Migration, migrate
 
-from .checkpoint_formats import (SUFFIX, TABLE_FORMATS, TABLE_NAME, CheckpointFormat, NotJson,
-                                 json_encode, read_data, type_name, verify_file, write_atomically)
-from .errors import CheckpointCorrupt, CheckpointError, CheckpointNotFound
+from ..errors import CheckpointCorrupt, CheckpointError, CheckpointNotFound
+from .formats import (SUFFIX, TABLE_FORMATS, TABLE_NAME, CheckpointFormat, NotJson, json_encode,
+                      read_data, type_name, verify_file, write_atomically)
 
 INDEX_DB = "checkpoints.db"
 
 log = structlog.get_logger("pipelines.checkpointing")
-
-__all__ = ["CheckpointFormat", "CheckpointManager", "CheckpointMetadata", "CheckpointValidation",
-           "RecoveryStrategy", "INDEX_DB", "TABLE_NAME"]
 
 
 class RecoveryStrategy(enum.Enum):

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 from state.errors import AhgdError
 from state.log import parse_ts
 
-from .monitor_records import (DURATION_BUCKETS_S, DURATION_WINDOW, FAILURE_WINDOW,
+from .records import (DURATION_BUCKETS_S, DURATION_WINDOW, FAILURE_WINDOW,
                               FINISHED_STATES, Alert, AlertSeverity, StageStats)
 
 if TYPE_CHECKING:
-    from .monitoring import PipelineMonitor, _Action
+    from .monitor import PipelineMonitor, _Action
 
 _TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "PARKED")
 #: a run's duration from its *latest* start, as live counting has it: a retried or
@@ -124,7 +124,7 @@ def _files(monitor: "PipelineMonitor", log: Any) -> None:
 
 
 def _live(monitor: "PipelineMonitor", log: Any) -> None:
-    from .monitoring import LiveRun
+    from .monitor import LiveRun
 
     for run_id, pipeline, state, trigger, requested, started, stages in log.query(
             "SELECT run_id, pipeline, state, trigger, requested_at, started_at, stages FROM runs "

@@ -6,52 +6,33 @@
 
 Problems are collected, not raised one at a time: a :class:`ConfigError` lists
 each as ``<file>:<line>: <key path>: <message>`` and carries them as
-``exc.issues`` (:class:`ConfigIssue`).  The models and their value checks are in
-:mod:`pipelines.config_models`; this module reads YAML with line numbers,
-expands ``${state_dir}`` and ``${ENV_VAR}``, and checks what spans several keys
-or files: the stage graph, dependencies, names, upstream triggers and imports.
+``exc.issues`` (:class:`ConfigIssue`).  The models are in
+:mod:`pipelines.config.models`, the YAML reading and ``${...}`` expansion in
+:mod:`pipelines.config.source`; this module runs a load and checks what spans
+several keys or files: the stage graph, dependencies, names, upstream triggers
+and imports.
 """
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import os
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
-from .config_models import (DaemonSettings, MasterEntry, MasterFile, MasterOrchestration,
-                            PipelineFile, ResourceRequirements, pydantic_problems)
-from .errors import ConfigError
-from .graph import find_cycle
+from state.errors import did_you_mean
 
-__all__ = ["ConfigIssue", "LoadedConfig", "LoadedPipeline", "MasterFile", "PipelineFile",
-           "check_files", "config_schema", "load_config", "load_master_file",
-           "load_pipeline_file"]
-
-
-@dataclass(frozen=True)
-class ConfigIssue:
-    """One problem: where it is (file, line, key path) and what to do about it."""
-
-    file: str
-    line: int | None
-    path: str
-    message: str
-    column: int | None = None
-
-    def __str__(self) -> str:
-        where = self.file
-        if self.line is not None:
-            where += f":{self.line}" + (f":{self.column}" if self.column is not None else "")
-        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+from ..errors import ConfigError
+from ..graph import find_cycle
+from .models import (DaemonSettings, MasterEntry, MasterFile, MasterOrchestration, PipelineFile,
+                     ResourceRequirements)
+from .problems import ConfigIssue, pydantic_problems
+from .source import Doc, Substitutions, expand, file_kind, format_path, read_yaml
 
 
 @dataclass(frozen=True)
@@ -158,168 +139,20 @@ def config_schema() -> dict[str, Any]:
     }
 
 
-# --- reading YAML ----------------------------------------------------------------
-
-@dataclass
-class _Doc:
-    """One YAML file: its data and the line of every key and list item."""
-
-    path: Path            # absolute
-    display: str          # as the user named it, for messages
-    data: Any
-    lines: dict[tuple, int]
-
-    def line_of(self, path: tuple) -> int | None:
-        for n in range(len(path), -1, -1):
-            if path[:n] in self.lines:
-                return self.lines[path[:n]]
-        return None
-
-
-def _read_yaml(path: Path, display: str) -> tuple[_Doc | None, list[ConfigIssue]]:
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        return None, [ConfigIssue(display, None, "", "file not found")]
-    except UnicodeDecodeError as exc:
-        return None, [ConfigIssue(display, None, "", f"not UTF-8 text (byte {exc.start}); "
-                                                     "save the file as UTF-8")]
-    except OSError as exc:
-        return None, [ConfigIssue(display, None, "", f"cannot read: {exc.strerror or exc}")]
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        problem = exc.problem or "invalid YAML"
-        if exc.context:
-            context = exc.context
-            if exc.context_mark is not None and exc.context_mark is not mark:
-                context += f" on line {exc.context_mark.line + 1}"
-            problem = (f"{context}, {problem}" if problem.startswith("but ")
-                       else f"{problem} ({context})")
-        if "'\\t'" in problem:
-            problem += "; indent with spaces, not tabs"
-        line, col = (mark.line + 1, mark.column + 1) if mark else (None, None)
-        return None, [ConfigIssue(display, line, "", f"YAML syntax error: {problem}", col)]
-    finally:
-        loader.dispose()
-    lines: dict[tuple, int] = {}
-    issues: list[ConfigIssue] = []
-    if node is not None:
-        _node_lines(node, (), lines, issues, display, 0)
-    return _Doc(Path(os.path.abspath(path)), display, data, lines), issues
-
-
-def _node_lines(node, path: tuple, lines: dict, issues: list, display: str, depth: int) -> None:
-    lines.setdefault(path, node.start_mark.line + 1)
-    if depth > 50:
-        return
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
-                continue
-            key_path = path + (key_node.value,)
-            line = key_node.start_mark.line + 1
-            if key_path in lines and key_node.value != "<<":
-                issues.append(ConfigIssue(display, line, _format_path(key_path),
-                                          f"duplicate key {key_node.value!r} (first on line "
-                                          f"{lines[key_path]}); remove one of them"))
-                continue
-            lines[key_path] = line
-            _node_lines(value_node, key_path, lines, issues, display, depth + 1)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            lines[path + (i,)] = item.start_mark.line + 1
-            _node_lines(item, path + (i,), lines, issues, display, depth + 1)
-
-
-def _format_path(path: Iterable) -> str:
-    out = ""
-    for elem in path:
-        out += f"[{elem}]" if isinstance(elem, int) else (f".{elem}" if out else str(elem))
-    return out
-
-
-def _kind(data: Any) -> str | None:
-    if not isinstance(data, dict):
-        return None
-    if "pipeline" in data or "stages" in data:
-        return "pipeline"
-    return "master" if "pipelines" in data else None
-
-
-# --- ${...} expansion ------------------------------------------------------------
-
-_VAR = re.compile(r"\$\$\{|\$\{([^}]*)\}")
-
-
-def _expand(value: Any, path: tuple, subst: Mapping[str, str | None],
-            problems: list[tuple[tuple, str]]) -> Any:
-    """``value`` with ``${name}`` replaced from ``subst`` (``$${`` is a literal ``${``)."""
-    if isinstance(value, dict):
-        return {k: _expand(v, path + (k,), subst, problems) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_expand(v, path + (i,), subst, problems) for i, v in enumerate(value)]
-    if not isinstance(value, str) or "${" not in value:
-        return value
-
-    def replace(match: re.Match) -> str:
-        if match.group(0) == "$${":
-            return "${"
-        name = match.group(1)
-        found = subst.get(name)
-        if found is not None:
-            return found
-        if name == "state_dir":
-            problems.append((path, "${state_dir} is used but no state directory was given; "
-                                   "pass --state-dir"))
-        elif not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-            problems.append((path, f"'${{{name}}}' is not a variable; write ${{NAME}} with "
-                                   "letters, digits and '_', or $${ for a literal ${"))
-        else:
-            problems.append((path, f"environment variable {name} is not set; "
-                                   "export it or write the value here"))
-        return match.group(0)
-
-    return _VAR.sub(replace, value)
-
-
-class _Subst(Mapping):
-    """``state_dir`` from the argument, everything else from the environment."""
-
-    def __init__(self, state_dir: Path | None, env: Mapping[str, str]):
-        self.state_dir, self.env = state_dir, env
-
-    def __getitem__(self, name: str) -> str:
-        if name == "state_dir":
-            if self.state_dir is None:
-                raise KeyError(name)
-            return str(self.state_dir)
-        return self.env[name]
-
-    def __iter__(self):
-        return iter(self.env)
-
-    def __len__(self) -> int:
-        return len(self.env)
-
-
 # --- the loading session -----------------------------------------------------------
 
 @dataclass
 class _Record:
     """A pipeline name as declared by a master entry or by a pipeline file given directly."""
 
-    doc: _Doc               # where the name is declared
+    doc: Doc               # where the name is declared
     path: tuple             # ('pipelines', i) or ('pipeline',)
     name: str
     dependencies: list[str]
     source: Path | None     # the pipeline file
     entry: MasterEntry | None = None
     file: PipelineFile | None = None
-    file_doc: _Doc | None = None
+    file_doc: Doc | None = None
 
 
 class _Session:
@@ -327,18 +160,18 @@ class _Session:
 
     def __init__(self, state_dir, env, import_classes: bool):
         state = Path(os.path.abspath(state_dir)) if state_dir is not None else None
-        self.subst = _Subst(state, os.environ if env is None else env)
+        self.subst = Substitutions(state, os.environ if env is None else env)
         self.import_classes = import_classes
         self.issues: list[ConfigIssue] = []
         self.records: list[_Record] = []
         self.masters: list[MasterFile] = []
-        self.master_docs: list[tuple[_Doc, MasterFile | None]] = []
-        self._pipeline_cache: dict[Path, tuple[_Doc | None, PipelineFile | None]] = {}
+        self.master_docs: list[tuple[Doc, MasterFile | None]] = []
+        self._pipeline_cache: dict[Path, tuple[Doc | None, PipelineFile | None]] = {}
         self._read_order: list[str] = []
         self._seen: set[Path] = set()
 
-    def report(self, doc: _Doc, path: tuple, message: str) -> None:
-        self.issues.append(ConfigIssue(doc.display, doc.line_of(path), _format_path(path), message))
+    def report(self, doc: Doc, path: tuple, message: str) -> None:
+        self.issues.append(ConfigIssue(doc.display, doc.line_of(path), format_path(path), message))
 
     def raise_issues(self) -> None:
         if not self.issues:
@@ -354,9 +187,9 @@ class _Session:
 
     # files
 
-    def _read(self, path: Path, display: str) -> _Doc | None:
+    def _read(self, path: Path, display: str) -> Doc | None:
         self._read_order.append(display)
-        doc, issues = _read_yaml(path, display)
+        doc, issues = read_yaml(path, display)
         self.issues += issues
         return doc
 
@@ -370,7 +203,7 @@ class _Session:
         if doc is None:
             self._pipeline_cache.setdefault(absolute, (None, None))
             return
-        kind = _kind(doc.data)
+        kind = file_kind(doc.data)
         if doc.data is None:
             self.report(doc, (), "the file is empty; a pipeline file needs 'pipeline' and "
                                  "'stages', a master file needs 'pipelines'")
@@ -390,9 +223,9 @@ class _Session:
         else:
             self._master(doc)
 
-    def _validate(self, doc: _Doc, model: type[BaseModel]) -> BaseModel | None:
+    def _validate(self, doc: Doc, model: type[BaseModel]) -> BaseModel | None:
         problems: list[tuple[tuple, str]] = []
-        doc.data = _expand(doc.data, (), self.subst, problems)
+        doc.data = expand(doc.data, (), self.subst, problems)
         for path, message in problems:
             self.report(doc, path, message)
         failed = [p for p, _ in problems]
@@ -404,7 +237,7 @@ class _Session:
                     self.report(doc, path, message)
             return None
 
-    def _pipeline(self, doc: _Doc) -> PipelineFile | None:
+    def _pipeline(self, doc: Doc) -> PipelineFile | None:
         file = self._validate(doc, PipelineFile)
         self._check_stages(doc)
         if file is not None:
@@ -414,7 +247,7 @@ class _Session:
         self._pipeline_cache[doc.path] = (doc, file)
         return file
 
-    def _master(self, doc: _Doc) -> None:
+    def _master(self, doc: Doc) -> None:
         master = self._validate(doc, MasterFile)
         self.master_docs.append((doc, master))
         if master is not None:
@@ -425,7 +258,7 @@ class _Session:
             entry = master.pipelines[i] if master is not None else None
             self._master_entry(doc, i, raw, entry, master)
 
-    def _master_entry(self, doc: _Doc, i: int, raw: Any, entry: MasterEntry | None,
+    def _master_entry(self, doc: Doc, i: int, raw: Any, entry: MasterEntry | None,
                       master: MasterFile | None) -> None:
         if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
             return
@@ -446,7 +279,7 @@ class _Session:
             file_doc = self._read(source, display)
             self._pipeline_cache[source] = (file_doc, None)
             if file_doc is not None:
-                if _kind(file_doc.data) != "pipeline":
+                if file_kind(file_doc.data) != "pipeline":
                     self.report(file_doc, (), "this is not a pipeline file (it needs top-level "
                                               "keys 'pipeline' and 'stages')")
                 else:
@@ -462,7 +295,7 @@ class _Session:
 
     # checks across keys
 
-    def _check_stages(self, doc: _Doc) -> None:
+    def _check_stages(self, doc: Doc) -> None:
         stages = doc.data.get("stages") if isinstance(doc.data, dict) else None
         if not isinstance(stages, list):
             return
@@ -485,14 +318,14 @@ class _Session:
                           self_loop="stage {name!r} cannot be its own prerequisite",
                           cycle="prerequisite cycle {cycle}; remove one of these prerequisites")
 
-    def _check_graph(self, items: list[tuple[_Doc, tuple, str, list[str]]], *, noun: str,
-                     key: str, cycle_at: tuple[_Doc, tuple] | None, self_loop: str,
+    def _check_graph(self, items: list[tuple[Doc, tuple, str, list[str]]], *, noun: str,
+                     key: str, cycle_at: tuple[Doc, tuple] | None, self_loop: str,
                      cycle: str, known: set[str] | None = None, unique: bool = True) -> None:
         """Duplicate names, unknown and self references, and the first cycle among ``items``."""
-        first: dict[str, tuple[_Doc, tuple]] = {}
+        first: dict[str, tuple[Doc, tuple]] = {}
         for doc, path, name, _ in items:
             if name in first and unique:
-                where = (f"also {_format_path(first[name][1])}" if first[name][0] is doc
+                where = (f"also {format_path(first[name][1])}" if first[name][0] is doc
                          else f"also in {first[name][0].display}")
                 self.report(doc, path + ("name",), f"duplicate {noun} name {name!r} ({where}); "
                                                    f"give each {noun} a unique name")
@@ -551,7 +384,7 @@ class _Session:
         merged = []
         for section, model in (("orchestration", MasterOrchestration), ("daemon", DaemonSettings)):
             values: dict[str, Any] = {}
-            origin: dict[str, _Doc] = {}
+            origin: dict[str, Doc] = {}
             for doc, master in self.master_docs:
                 if master is None:
                     continue
@@ -567,7 +400,7 @@ class _Session:
             merged.append(model.model_validate(values))
         return merged[0], merged[1]
 
-    def _check_imports(self, doc: _Doc, file: PipelineFile) -> None:
+    def _check_imports(self, doc: Doc, file: PipelineFile) -> None:
         targets = [(("stages", i, "class"), s.class_) for i, s in enumerate(file.stages)]
         for i, trig in enumerate(file.triggers):
             check = getattr(trig, "input_check", None)
@@ -581,9 +414,9 @@ class _Session:
 
 
 def _unknown(noun: str, name: str, known: set[str]) -> str:
-    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
-    if close:
-        return f"unknown {noun} {name!r}; did you mean {close[0]!r}?"
+    hint = did_you_mean(name, known)
+    if hint:
+        return f"unknown {noun} {name!r}; {hint}"
     if known:
         return f"unknown {noun} {name!r}; known {noun}s are {', '.join(sorted(known))}"
     return f"unknown {noun} {name!r}"
@@ -600,9 +433,8 @@ def _import_problem(dotted: str) -> str | None:
         return f"importing module {module_name!r} raised {type(exc).__name__}: {exc}"
     if not hasattr(module, attr):
         names = [n for n in dir(module) if not n.startswith("_")]
-        close = difflib.get_close_matches(attr, names, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        return f"module {module_name!r} has no attribute {attr!r}{hint}"
+        hint = did_you_mean(attr, names)
+        return f"module {module_name!r} has no attribute {attr!r}{'; ' + hint if hint else ''}"
     if not callable(getattr(module, attr)):
         return f"{dotted!r} is a {type(getattr(module, attr)).__name__}, not a class or function"
     return None

@@ -5,7 +5,7 @@ duration histograms, and the per-pipeline and per-stage statistics folded
 from events — plain
 values with no locking, sampling or I/O of their own, shared by
 :mod:`pipelines.monitoring` (which updates them) and
-:mod:`pipelines.metrics_export` (which renders them).
+:mod:`pipelines.monitoring.export` (which renders them).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import Any, Mapping, Sequence
 
 from state.log import format_ts
 
-from .durations import parse_duration
-from .errors import ConfigError
+from ..durations import parse_duration
+from ..errors import ConfigError
 
 SYSTEM_METRICS = ("cpu_percent", "memory_percent", "disk_percent")
 FINISHED_STATES = ("COMPLETED", "FAILED", "PARKED")   # what success rates count
@@ -293,7 +293,7 @@ class PipelineStats:
                 "stages": {name: s.to_dict() for name, s in self.stages.items()}}
 
 
-# -- helpers (also used by pipelines.monitoring and pipelines.metrics_export) ----
+# -- helpers (also used by the monitor and the export) ----
 
 def did_you_mean(word: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(word, choices, n=1)

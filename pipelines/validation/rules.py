@@ -4,7 +4,7 @@
                        "extract", base_dir=yaml_dir)      # ConfigError if malformed
 
 Nothing here touches data: a rule's values are checked against the table in
-:mod:`pipelines.validation_checks`, and the checks run in :mod:`pipelines.validation`,
+:mod:`pipelines.validation.checks`, and the checks run in :mod:`pipelines.validation`,
 whose ``check_rules`` is the public entry point.  A JSON Schema file is read into
 :class:`Schema` and every keyword it uses that cannot be checked in SQL is named.
 """
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 RULES = ("required_columns", "min_records", "max_records", "not_null", "unique", "ranges",
          "allowed_values", "pattern", "schema", "quarantine")

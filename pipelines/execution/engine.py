@@ -25,9 +25,9 @@ from state.errors import AhgdError
 from state.machine import DONE_STAGE_STATES, RunState, StageState
 
 from .executors import Executor, InProcessExecutor
-from .resources import ResourceBudget
+from ..resources import ResourceBudget
 from .runner import Outcome, StageTask
-from .stage import StageConfig
+from ..stage import StageConfig
 
 #: how often a waiting engine looks at its stop/cancel flags
 POLL_S = 0.1

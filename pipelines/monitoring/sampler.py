@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import psutil
 
-from .monitor_records import DiskSample, SystemSample, WorkerSample
+from .records import DiskSample, SystemSample, WorkerSample
 
 CPU_WINDOW_S = 1.0        # shortest interval over which machine CPU % is measured
 #: ``() -> [(pid, pipeline, run_id, stage), ...]``: the stage workers and what they run

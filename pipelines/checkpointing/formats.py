@@ -8,7 +8,7 @@ DUCKDB and PARQUET hold tables (a DuckDB relation, a pyarrow Table, a pandas
 DataFrame or a list of dicts), JSON holds plain JSON values only, the pickles
 hold anything picklable.  Data a format cannot hold is refused before it is
 written, with a message naming the formats that can hold it.  This module
-knows files, not the index: :mod:`pipelines.checkpointing` records each file's
+knows files, not the index: :mod:`pipelines.checkpointing.manager` records each file's
 size and SHA-256 and says which file to verify and read.
 """
 
@@ -30,7 +30,7 @@ from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 #: The table inside a DUCKDB checkpoint file.
 TABLE_NAME = "data"

@@ -1,6 +1,6 @@
 """Pipelines described by YAML: a :class:`BasePipeline` built from a pipeline file.
 
-    from pipelines.configured import load_pipeline
+    from pipelines.config.configured import load_pipeline
     pipeline = load_pipeline("pipelines/ahgd/config/seifa_sa2.yaml", state_dir="var")
     context = pipeline.run(input_file="seifa.csv")
 
@@ -17,10 +17,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .base import BasePipeline
-from .context import PipelineContext
-from .errors import ConfigError
-from .stage import (ExtractorStage, LoaderStage, PipelineStage, StageConfig, TransformerStage,
+from ..base import BasePipeline
+from ..context import PipelineContext
+from ..errors import ConfigError
+from ..stage import (ExtractorStage, LoaderStage, PipelineStage, StageConfig, TransformerStage,
                     ValidatorStage)
 
 _STAGE_TYPES = {
@@ -140,7 +140,7 @@ def _stage_config(spec: Any, base_dir: Path | None) -> StageConfig:
 def load_pipeline(path: str | os.PathLike[str], *, state_dir: str | os.PathLike[str] | None = None,
                   executor: Any = "process") -> ConfiguredPipeline:
     """Load one pipeline file (classes imported and checked now, not at run time)."""
-    from .config import load_pipeline_file
+    from .loader import load_pipeline_file
     from state.statedir import resolve_state_dir
 
     resolved = resolve_state_dir(state_dir, os.environ)

@@ -1,7 +1,7 @@
 """The worker process: receives stage attempts, runs them, sends back outcomes.
 
-Started by :class:`pipelines.executors.ProcessExecutor` either as a fresh
-interpreter (``python -m pipelines.worker FD``, the default: nothing of the
+Started by :class:`pipelines.execution.pool.ProcessExecutor` either as a fresh
+interpreter (``python -m pipelines.execution.worker FD``, the default: nothing of the
 parent's threads, SQLite or DuckDB handles comes along) or, for pipeline
 classes defined in a script's ``__main__``, by ``fork`` (a fresh interpreter
 could not import them).

@@ -18,10 +18,10 @@ Nothing here configures structlog; the logger is passed in or
 
 This module holds the monitor itself: the sampling thread, the event
 handlers and the alert checks.  The values it keeps are in
-:mod:`pipelines.monitor_records`, the psutil readings in
-:mod:`pipelines.system_sampler`, the seeding from an event log in
-:mod:`pipelines.monitor_history` and the Prometheus/CSV/JSON rendering in
-:mod:`pipelines.metrics_export`.
+:mod:`pipelines.monitoring.records`, the psutil readings in
+:mod:`pipelines.monitoring.sampler`, the seeding from an event log in
+:mod:`pipelines.monitoring.history` and the Prometheus/CSV/JSON rendering in
+:mod:`pipelines.monitoring.export`.
 """
 
 from __future__ import annotations
@@ -42,14 +42,14 @@ from state.events import Event
 from state.log import parse_ts
 from state.machine import DONE_STAGE_STATES
 
-from .durations import parse_duration
-from .errors import ConfigError
-from .metrics_export import FORMATS, check_format, render_metrics, write_metrics_file
-from .monitor_records import (FAILURE_WINDOW, FINISHED_STATES, RECENT_RUNS, RECENT_SHOWN,
+from ..durations import parse_duration
+from ..errors import ConfigError
+from .export import FORMATS, check_format, render_metrics, write_metrics_file
+from .records import (FAILURE_WINDOW, FINISHED_STATES, RECENT_RUNS, RECENT_SHOWN,
                               SYSTEM_METRICS, Alert,
                               AlertSeverity, MonitorThresholds, PipelineStats, StageStats,
                               SystemSample, iso, jsonable)
-from .system_sampler import CPU_WINDOW_S, SystemSampler, WorkerSource
+from .sampler import CPU_WINDOW_S, SystemSampler, WorkerSource
 
 __all__ = ["CPU_WINDOW_S", "FAILURE_WINDOW", "FINISHED_STATES", "FORMATS", "SYSTEM_METRICS",
            "Alert", "AlertSeverity", "Clock", "MonitorThresholds", "PipelineMonitor",
@@ -154,7 +154,7 @@ class PipelineMonitor:
         self._stop = threading.Event()
         self._registry: Any = None
         if event_log is not None:
-            from .monitor_history import load_history
+            from .history import load_history
 
             with self._emit_lock:
                 resolved = load_history(self, event_log)
@@ -723,7 +723,7 @@ class PipelineMonitor:
         """The metrics as ``json``, ``prometheus`` (text format 0.0.4) or ``csv``."""
         fmt = check_format(format)
         if self._registry is None:
-            from .metrics_export import build_registry
+            from .export import build_registry
 
             self._registry = build_registry(self)
         return render_metrics(fmt, self._registry,

@@ -1,0 +1,114 @@
+"""The executor boundary: where stage attempts run, and the in-process executor.
+
+An :class:`Executor` reserves slots, runs attempts and cancels them; the run
+engine needs nothing else, so a distributed engine plugs in here while the
+caller stays the single writer of the event log.  The default,
+:class:`~pipelines.execution.pool.ProcessExecutor`, is a warm pool of worker
+processes; :func:`make_executor` builds one from a name.
+
+``InProcessExecutor`` runs attempts on threads of this process.  It is for
+tests and tiny stages: **it cannot enforce timeouts** (Python cannot stop a
+thread), and a crashing stage takes the process with it.
+
+Both return ``concurrent.futures.Future`` objects that resolve to an
+:class:`~pipelines.execution.runner.Outcome`; neither ever raises a stage's error.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from .runner import StageTask, run_task
+
+
+class Executor:
+    """What the engine needs: reserve a slot, submit an attempt, cancel it, shut down.
+
+    Slots are how "at most ``max_workers`` stages at once" holds across every
+    run sharing an executor: the engine reserves one before it records
+    ``stage.started`` and releases it when the attempt has ended.
+    """
+
+    max_workers: int = 1
+    enforces_timeouts: bool = False
+
+    def _init_slots(self) -> None:
+        self._free = self.max_workers
+        self._slots = threading.Condition()
+
+    def try_reserve(self) -> bool:
+        with self._slots:
+            if self._free <= 0:
+                return False
+            self._free -= 1
+            return True
+
+    def release(self) -> None:
+        with self._slots:
+            self._free = min(self.max_workers, self._free + 1)
+            self._slots.notify_all()
+
+    def wait_for_slot(self, timeout: float) -> None:
+        """Sleep until a slot is released or ``timeout`` passes."""
+        with self._slots:
+            self._slots.wait(timeout)
+
+    def in_use(self) -> int:
+        with self._slots:
+            return self.max_workers - self._free
+
+    def submit(self, pipeline: Any, task: StageTask) -> Future:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def cancel(self, future: Future, reason: str = "cancelled") -> None:
+        """Stop the attempt behind ``future`` if possible (it resolves as interrupted)."""
+
+    def shutdown(self) -> None:
+        """Release workers; pending attempts resolve as interrupted."""
+
+    def __enter__(self) -> "Executor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+
+class InProcessExecutor(Executor):
+    """Threads of this process, for tests and tiny stages.
+
+    It cannot enforce timeouts (Python cannot stop a thread: a stage past its
+    timeout runs on) and a stage that crashes the interpreter takes the whole
+    process with it.  Use ProcessExecutor for anything that matters.
+    """
+
+    enforces_timeouts = False
+
+    def __init__(self, max_workers: int = 1):
+        self.max_workers = max(1, max_workers)
+        self._init_slots()
+        self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="ahgd-stage")
+
+    def submit(self, pipeline: Any, task: StageTask) -> Future:
+        return self._pool.submit(run_task, pipeline, task)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def make_executor(kind: str | Executor | None, max_workers: int) -> tuple[Executor, bool]:
+    """An executor from a name; the bool says whether the caller owns (and closes) it."""
+    if isinstance(kind, Executor):
+        return kind, False
+    name = (kind or "process").lower()
+    if name in ("process", "processes", "worker", "workers"):
+        from .pool import ProcessExecutor
+
+        return ProcessExecutor(max_workers), True
+    if name in ("inprocess", "in-process", "thread", "threads"):
+        return InProcessExecutor(max_workers), True
+    from ..errors import ConfigError
+
+    raise ConfigError(f"executor {kind!r} is not known; use 'process' (default: worker "
+                      "processes, real timeouts) or 'inprocess' (threads, no timeouts)")
