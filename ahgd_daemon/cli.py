@@ -19,6 +19,7 @@ import click
 
 from state.errors import AhgdError
 
+from state.machine import ENDED_RUN_STATES
 from state.statedir import ENV_VAR, resolve_state_dir
 
 
@@ -323,7 +324,7 @@ def _wait_for(state_dir: Path, run_id: str, timeout: float | None) -> int:
     with EventLog.open(state_dir) as log:
         while True:
             run = log.run(run_id)
-            if run is not None and run.state in ("COMPLETED", "FAILED", "CANCELLED", "PARKED"):
+            if run is not None and run.state in ENDED_RUN_STATES:
                 _print_outcome(run)
                 return 0 if run.state == "COMPLETED" else 1
             if deadline is not None and time.monotonic() > deadline:

@@ -28,7 +28,7 @@ import structlog
 from state import EventLog, EventType as T, new_event
 from state.errors import AhgdError, StateDirError
 from state.locks import FileLock, Locked, is_locked, run_lock_path
-from state.machine import RunState
+from state.machine import ENDED_RUN_STATES, RunState
 
 from . import schedules as sched
 from .dropfolder import Claimer, Folder, Stability
@@ -37,10 +37,7 @@ from .notify import Notifier, without_notify_environment
 from .recovery import recover
 
 LOCK_NAME = "daemon.lock"
-TERMINAL = {RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED, RunState.PARKED}
 RECOVERY_CHECK_S = 30.0
-#: error types that mean "this input file is bad" (quarantine_on_extract_failure)
-INPUT_ERRORS = {"InputError", "ValidationFailed", "StageOutputError"}
 HEARTBEAT_S = 5.0
 #: /healthz answers 503 when the main loop has not turned for this long
 LOOP_STALL_S = 60.0
@@ -481,7 +478,7 @@ class Daemon:
             if isinstance(a.error, Locked):  # another process took it first: not ours
                 self.log_.info("run_owned_elsewhere", run_id=run_id, holder=str(a.error))
                 continue
-            if a.error is not None and not (run is not None and run.state in TERMINAL):
+            if a.error is not None and not (run is not None and run.state in ENDED_RUN_STATES):
                 self._alert("error", f"run.crashed:{run_id}",
                             f"the thread of run {run_id} failed: {type(a.error).__name__}: {a.error}",
                             run_id=run_id, pipeline=a.pipeline,
@@ -490,7 +487,7 @@ class Daemon:
                 run = self.log.run(run_id)
             if run is None:
                 continue
-            if run.state in (RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED, RunState.PARKED):
+            if run.state in ENDED_RUN_STATES:
                 self.session[run_id] = run.state
             if run.state == RunState.COMPLETED:
                 self._trigger_downstream(run)
@@ -566,7 +563,7 @@ class Daemon:
         info = att.info()
         # the file itself is bad: its first stage refused it, or a later stage found
         # it malformed (an input or validation error, which no retry would change)
-        is_input_error = info.get("error_type") in INPUT_ERRORS
+        is_input_error = bool(info.get("bad_input"))   # the stage raised InputError
         if info.get("retryable", True) or not (stage == stages[0] or is_input_error):
             return
         stored = Path(run.params.get("input_file", ""))

@@ -14,7 +14,7 @@ from typing import Any
 from state import EventLog, EventType as T, new_event, store
 from state.errors import AhgdError
 from state.locks import describe_holder, is_locked, read_holder, run_lock_path
-from state.machine import RunState
+from state.machine import RUN_TRANSITIONS, RunState
 from state.store import safe_name
 
 
@@ -82,7 +82,7 @@ def cancel_recorded(log: EventLog, state_dir: Path, run_id: str) -> dict[str, An
     run = log.run(run_id)
     if run is None:
         raise RequestError(f"no run {run_id!r} in this state directory (see `ahgd history`)")
-    if run.state in (RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED):
+    if (run.state, T.RUN_CANCELLED) not in RUN_TRANSITIONS:
         raise RequestError(f"run {run_id!r} is already {run.state}; there is nothing to cancel")
     lock = run_lock_path(state_dir, run_id)
     if run.state == RunState.RUNNING and is_locked(lock):

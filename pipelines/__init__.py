@@ -35,9 +35,15 @@ _EXPORTS = {
     "PipelineMonitor": "pipelines.monitoring",
     "AlertSeverity": "pipelines.monitoring",
     "ConfigError": "pipelines.errors",
+    "InputError": "pipelines.errors",
+    "StageError": "pipelines.errors",
+    "StageOutputError": "pipelines.errors",
     "ValidationFailed": "pipelines.errors",
     "ResumeRefused": "pipelines.errors",
     "parse_duration": "pipelines.durations",
+    "quote": "pipelines.context",
+    "sha256_file": "state.store",
+    "load_pipeline": "pipelines.config.configured",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -61,7 +67,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from .checkpointing import CheckpointFormat, CheckpointManager, RecoveryStrategy
     from .context import PipelineContext
     from .durations import parse_duration
-    from .errors import ConfigError, ResumeRefused, ValidationFailed
+    from state.store import sha256_file
+
+    from .config.configured import load_pipeline
+    from .context import quote
+    from .errors import (ConfigError, InputError, ResumeRefused, StageError, StageOutputError,
+                         ValidationFailed)
     from .monitoring import AlertSeverity, PipelineMonitor
     from .orchestrator import ExecutionMode, OrchestrationResult, PipelineDefinition, PipelineOrchestrator
     from .stage import (ExtractorStage, LoaderStage, PipelineStage, ResourceUsage, StageConfig,

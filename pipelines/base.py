@@ -38,7 +38,8 @@ from .durations import parse_duration
 from .execution.engine import CancelToken, Progress, RunEngine, RunPlan
 from .errors import ConfigError, ResumeRefused
 from .graph import find_cycle
-from .execution.executors import Executor, make_executor
+from .execution.executors import Executor
+from .execution.pool import make_executor
 from .resources import ResourceBudget
 from .stage import STAGE_NAME, StageConfig
 

@@ -176,6 +176,15 @@ class PipelineContext:
         self._attach(stage)
         return f"{quote(catalog_for(stage))}.{quote(table)}"
 
+    def output_path(self, stage: str) -> Path:
+        """The DuckDB file holding an earlier stage's tables, to ``ATTACH ... (READ_ONLY)``
+        from another connection (a loader's ``warehouse()``); ``output_table`` is the way
+        from this attempt's own connection."""
+        ref = self._outputs.get(stage)
+        if not ref or ref.get("kind") != "tables":
+            raise KeyError(f"stage {stage!r} has no table output in run {self.run_id}")
+        return store.ref_path(self.state_dir, ref)
+
     def passthrough(self, stage: str) -> "Passthrough":
         """Return this from a stage to make its output that of ``stage``, without a copy."""
         return Passthrough(stage)

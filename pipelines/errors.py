@@ -19,16 +19,27 @@ class StageError(AhgdError):
     retryable = True
 
 
+class InputError(StageError):
+    """The input a run was given is bad: absent, of the wrong layout, malformed, changed.
+
+    Raise it from a stage when the data is at fault, not the code or the machine:
+    a retry would find the same input, so the stage is not retried, and a run
+    started by a drop-folder file with ``quarantine_on_extract_failure`` moves
+    that file to quarantine.  The daemon recognises it by type (the attempt's
+    ``stage.failed`` event records ``"bad_input": true``), subclasses included.
+    """
+
+    retryable = False
+
+
 class StageOutputError(StageError):
     """A stage returned something that cannot be stored (a generator, a socket, ...)."""
 
     retryable = False
 
 
-class ValidationFailed(StageError):
+class ValidationFailed(InputError):
     """A validation rule found bad rows; retrying would find them again."""
-
-    retryable = False
 
     def __init__(self, message: str, *, failures: list | None = None):
         super().__init__(message)

@@ -28,7 +28,8 @@ from .base import BasePipeline
 from .durations import format_duration, parse_duration
 from .errors import ConfigError
 from .graph import find_cycle
-from .execution.executors import Executor, make_executor
+from .execution.executors import Executor
+from .execution.pool import make_executor
 from .execution.engine import CancelToken
 from .resources import ResourceBudget
 

@@ -49,7 +49,9 @@ def _plain(table: dict) -> dict[tuple[str | None, str], str]:
     return {(None if c is None else str(c), str(t)): str(v) for (c, t), v in table.items()}
 
 
-TERMINAL_RUN_STATES = frozenset({R.COMPLETED, R.FAILED, R.CANCELLED})
+#: a run in one of these does nothing more on its own: it has ended, for good (COMPLETED)
+#: or until someone retries it (FAILED, CANCELLED, PARKED)
+ENDED_RUN_STATES = frozenset({R.COMPLETED, R.FAILED, R.CANCELLED, R.PARKED})
 DONE_STAGE_STATES = frozenset({S.COMPLETED, S.SKIPPED})
 #: attempts that ended without success and may be followed by another attempt
 ENDED_UNSUCCESSFULLY = frozenset({S.FAILED, S.TIMED_OUT, S.INTERRUPTED})

@@ -27,10 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from state.store import sha256_file
-
-from ..context import quote
-from ..errors import ConfigError, StageError
+from pipelines import ConfigError, InputError, StageError, quote, sha256_file
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 CONFIG_DIR = PACKAGE_DIR / "config"
@@ -45,15 +42,6 @@ RUN_ID = "_run_id"
 _SHOWN_HEADER = 8
 _ENCODINGS = {"utf-8": "utf-8-sig", "utf8": "utf-8-sig", "latin-1": "latin-1",
               "latin1": "latin-1"}
-
-
-class InputError(StageError):
-    """The input file cannot be used as given (absent, wrong format, changed).
-
-    A retry would find the same file, so the stage is not retried.
-    """
-
-    retryable = False
 
 
 # --------------------------------------------------------------------------- header matching
@@ -400,14 +388,12 @@ class WarehouseLoader:
             self.table = table
 
     def load(self, context: Any) -> dict[str, Any]:
-        from state import store
-
         stage = context.input_stage()
         ref = context.output_ref(stage) if stage else None
         if not ref or ref.get("kind") != "tables":
             raise StageError(f"stage {context.stage_name!r} of pipeline {context.pipeline_name!r} "
                              f"loads a table, but its input stage {stage!r} has none")
-        path = store.ref_path(context.state_dir, ref)
+        path = context.output_path(stage)
         with context.warehouse(self.target_database) as wh:
             wh.execute(f"ATTACH {sql_literal(str(path))} AS ahgd_input (READ_ONLY)")
             try:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..context import quote
+from pipelines import quote
 from .common import (SOURCE_SHA, Column, CsvExtractor, Layout, ParsedColumns,
                      WarehouseLoader, duplicate_key_problems, header_problem,
                      parse_error_problems, read_source_sql, suppressed_param)

@@ -23,9 +23,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ..context import quote
-from .common import (CONFIG_DIR, SOURCE_SHA, InputError, WarehouseLoader, sha256_file,
-                     sql_literal)
+from pipelines import InputError, quote, sha256_file
+
+from .common import CONFIG_DIR, SOURCE_SHA, WarehouseLoader, sql_literal
 
 TABLES = ("seifa_sa2", "mortality_region")
 SEIFA_COLUMNS = ("sa2_code", "sa2_name", "state_code", "state_name", "state_abbr", "sa4_code",

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..context import quote
+from pipelines import quote
 from .common import (PARSE_ERRORS, SOURCE_SHA, Column, CsvExtractor, Layout, ParsedColumns,
                      WarehouseLoader, blank_sql, header_problem, parse_error_problems,
                      read_source_sql, suppressed_param)

@@ -10,9 +10,9 @@
 
 from __future__ import annotations
 
-from .formats import CheckpointFormat
-from .manager import (INDEX_DB, TABLE_NAME, CheckpointManager, CheckpointMetadata,
-                      CheckpointValidation, RecoveryStrategy)
+from .formats import TABLE_NAME, CheckpointFormat
+from .manager import (INDEX_DB, CheckpointManager, CheckpointMetadata, CheckpointValidation,
+                      RecoveryStrategy)
 
 __all__ = ["CheckpointFormat", "CheckpointManager", "CheckpointMetadata", "CheckpointValidation",
            "RecoveryStrategy", "INDEX_DB", "TABLE_NAME"]

@@ -39,7 +39,7 @@ from state.log import format_ts, utc_now
 from state.migrations import Migration, migrate
 
 from ..errors import CheckpointCorrupt, CheckpointError, CheckpointNotFound
-from .formats import (SUFFIX, TABLE_FORMATS, TABLE_NAME, CheckpointFormat, NotJson, json_encode,
+from .formats import (SUFFIX, TABLE_FORMATS, CheckpointFormat, NotJson, json_encode,
                       read_data, type_name, verify_file, write_atomically)
 
 INDEX_DB = "checkpoints.db"

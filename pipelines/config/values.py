@@ -7,7 +7,6 @@ user-facing text (see :mod:`pipelines.config.problems`, which keeps it as is).
 from __future__ import annotations
 
 import codecs
-import difflib
 import os
 import re
 from datetime import timedelta
@@ -16,6 +15,8 @@ from typing import Annotated, Any
 
 from pydantic import (PlainSerializer, PlainValidator, ValidationInfo, WithJsonSchema)
 from pydantic_core import PydanticCustomError
+
+from state.errors import did_you_mean
 
 from ..durations import format_duration, parse_duration
 from ..errors import ConfigError
@@ -202,8 +203,8 @@ def _timezone(value: Any) -> str:
     try:
         zoneinfo.ZoneInfo(value)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        close = difflib.get_close_matches(value, sorted(zoneinfo.available_timezones()), n=1)
-        hint = f"did you mean {close[0]!r}?" if close else "use an IANA name such as Australia/Sydney or UTC"
+        hint = (did_you_mean(value, zoneinfo.available_timezones())
+                or "use an IANA name such as Australia/Sydney or UTC")
         raise fail(f"unknown time zone {value!r}; {hint}") from None
     return value
 

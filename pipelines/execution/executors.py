@@ -4,7 +4,7 @@ An :class:`Executor` reserves slots, runs attempts and cancels them; the run
 engine needs nothing else, so a distributed engine plugs in here while the
 caller stays the single writer of the event log.  The default,
 :class:`~pipelines.execution.pool.ProcessExecutor`, is a warm pool of worker
-processes; :func:`make_executor` builds one from a name.
+processes; :func:`~pipelines.execution.pool.make_executor` builds one from a name.
 
 ``InProcessExecutor`` runs attempts on threads of this process.  It is for
 tests and tiny stages: **it cannot enforce timeouts** (Python cannot stop a
@@ -95,20 +95,3 @@ class InProcessExecutor(Executor):
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True)
-
-
-def make_executor(kind: str | Executor | None, max_workers: int) -> tuple[Executor, bool]:
-    """An executor from a name; the bool says whether the caller owns (and closes) it."""
-    if isinstance(kind, Executor):
-        return kind, False
-    name = (kind or "process").lower()
-    if name in ("process", "processes", "worker", "workers"):
-        from .pool import ProcessExecutor
-
-        return ProcessExecutor(max_workers), True
-    if name in ("inprocess", "in-process", "thread", "threads"):
-        return InProcessExecutor(max_workers), True
-    from ..errors import ConfigError
-
-    raise ConfigError(f"executor {kind!r} is not known; use 'process' (default: worker "
-                      "processes, real timeouts) or 'inprocess' (threads, no timeouts)")

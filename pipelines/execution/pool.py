@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable
 
-from .executors import Executor
+from .executors import Executor, InProcessExecutor
 from .runner import Outcome, StageTask
 
 
@@ -411,3 +411,16 @@ class ProcessExecutor(Executor):
             self._retire(worker)
 
 
+def make_executor(kind: str | Executor | None, max_workers: int) -> tuple[Executor, bool]:
+    """An executor from a name; the bool says whether the caller owns (and closes) it."""
+    if isinstance(kind, Executor):
+        return kind, False
+    name = (kind or "process").lower()
+    if name in ("process", "processes", "worker", "workers"):
+        return ProcessExecutor(max_workers), True
+    if name in ("inprocess", "in-process", "thread", "threads"):
+        return InProcessExecutor(max_workers), True
+    from ..errors import ConfigError
+
+    raise ConfigError(f"executor {kind!r} is not known; use 'process' (default: worker "
+                      "processes, real timeouts) or 'inprocess' (threads, no timeouts)")

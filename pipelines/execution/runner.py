@@ -23,7 +23,7 @@ from state import store
 from state.errors import AhgdError
 
 from ..context import Passthrough, PipelineContext, quote
-from ..errors import StageError, StageOutputError
+from ..errors import InputError, StageError, StageOutputError
 
 #: plain values up to this size (JSON text) ride inside the stage.completed event
 INLINE_LIMIT = 16 * 1024
@@ -63,6 +63,7 @@ class Outcome:
     error_type: str | None = None
     traceback: str | None = None
     retryable: bool = True
+    bad_input: bool = False         # the stage raised InputError: the data, not the code
     timed_out: bool = False
     interrupted: bool = False
     worker_pid: int | None = None
@@ -85,6 +86,8 @@ class Outcome:
             keep["error"] = self.error or "stage failed"
             keep["error_type"] = self.error_type
             keep["retryable"] = self.retryable
+            if self.bad_input:
+                keep["bad_input"] = True
             if self.traceback:
                 keep["traceback"] = self.traceback[-4000:]
         return keep
@@ -134,6 +137,7 @@ def _failure(task: StageTask, exc: BaseException) -> Outcome:
         error_type=type(exc).__name__,
         traceback="".join(traceback.format_exception(exc)),
         retryable=retryable,
+        bad_input=isinstance(exc, InputError),
     )
 
 

@@ -22,8 +22,10 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
+from state.errors import did_you_mean
+
 from ..errors import ConfigError
-from .records import AlertSeverity, did_you_mean, jsonable
+from .records import AlertSeverity, in_parentheses, jsonable
 
 if TYPE_CHECKING:
     from .monitor import PipelineMonitor
@@ -258,6 +260,6 @@ def check_format(format: str) -> str:
     fmt = str(format).strip().lower()
     if fmt not in FORMATS:
         raise ConfigError(f"metrics format {format!r} is not supported"
-                          f"{did_you_mean(fmt, list(FORMATS))}; "
+                          f"{in_parentheses(did_you_mean(fmt, FORMATS))}; "
                           f"use one of: {', '.join(sorted(FORMATS))}")
     return fmt

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from state.errors import AhgdError
 from state.log import parse_ts
+from state.machine import ENDED_RUN_STATES
 
 from .records import (DURATION_BUCKETS_S, DURATION_WINDOW, FAILURE_WINDOW,
                               FINISHED_STATES, Alert, AlertSeverity, StageStats)
@@ -24,7 +25,7 @@ from .records import (DURATION_BUCKETS_S, DURATION_WINDOW, FAILURE_WINDOW,
 if TYPE_CHECKING:
     from .monitor import PipelineMonitor, _Action
 
-_TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "PARKED")
+_TERMINAL = tuple(sorted(ENDED_RUN_STATES))
 #: a run's duration from its *latest* start, as live counting has it: a retried or
 #: recovered run's projected started_at is its first start (the events know the last)
 _LAST_START = ("CASE WHEN retries + recoveries > 0 THEN (SELECT MAX(e.ts) FROM events e "

@@ -11,7 +11,6 @@ values with no locking, sampling or I/O of their own, shared by
 from __future__ import annotations
 
 import bisect
-import difflib
 import json
 import math
 from collections import Counter, deque
@@ -21,6 +20,8 @@ from enum import StrEnum
 from typing import Any, Mapping, Sequence
 
 from state.log import format_ts
+
+from state.errors import did_you_mean
 
 from ..durations import parse_duration
 from ..errors import ConfigError
@@ -49,7 +50,7 @@ class AlertSeverity(StrEnum):
             return cls(str(value).lower())
         except ValueError:
             raise ConfigError(f"alert severity {value!r} is unknown"
-                              f"{did_you_mean(str(value).lower(), [s.value for s in cls])}; "
+                              f"{in_parentheses(did_you_mean(str(value).lower(), [s.value for s in cls]))}; "
                               "use one of: info, warning, error, critical") from None
 
 
@@ -143,7 +144,7 @@ class MonitorThresholds:
         for key in values:
             if key not in known:
                 raise ConfigError(f"monitor threshold {key!r} is unknown"
-                                  f"{did_you_mean(str(key), known)}; "
+                                  f"{in_parentheses(did_you_mean(str(key), known))}; "
                                   f"known thresholds: {', '.join(known)}")
         return cls(**values)
 
@@ -295,9 +296,9 @@ class PipelineStats:
 
 # -- helpers (also used by the monitor and the export) ----
 
-def did_you_mean(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+def in_parentheses(hint: str) -> str:
+    """`` (did you mean 'x'?)`` after an "is unknown", or nothing when there is no hint."""
+    return f" ({hint})" if hint else ""
 
 
 def iso(dt: datetime | None) -> str | None:

@@ -11,12 +11,13 @@ are bound as parameters.  The rules come parsed from :mod:`pipelines.validation.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
+
+from state.errors import did_you_mean
 
 from ..errors import ConfigError, StageOutputError
 from .rules import Schema, is_list, is_name
@@ -193,8 +194,7 @@ class Builder:
         if name.lower() in self.missing:
             return None
         names = [n for n, _ in self.t.columns]
-        close = difflib.get_close_matches(name, names, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else "; name one of its columns"
+        hint = "; " + (did_you_mean(name, names) or "name one of its columns")
         raise ConfigError(self.p + f"validation rule {rule} names column {name!r}, which the "
                           f"output does not have (its columns: {self.t.column_list()}){hint}")
 

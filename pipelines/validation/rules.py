@@ -11,12 +11,13 @@ whose ``check_rules`` is the public entry point.  A JSON Schema file is read int
 
 from __future__ import annotations
 
-import difflib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from state.errors import did_you_mean
 
 from ..errors import ConfigError
 
@@ -46,8 +47,7 @@ def parse_rules(rules: Mapping, stage: str, base_dir: Path | None) -> dict[str, 
     out: dict[str, Any] = {}
     for name, value in rules.items():
         if name not in RULES:
-            close = difflib.get_close_matches(str(name), RULES, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else "the rules are " + ", ".join(RULES)
+            hint = did_you_mean(str(name), RULES) or "the rules are " + ", ".join(RULES)
             raise ConfigError(p + f"unknown validation rule {name!r}; {hint}")
         out[name] = _RULE_PARSERS[name](p, name, value, base_dir)
     lo, hi = out.get("min_records"), out.get("max_records")
