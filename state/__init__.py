@@ -16,8 +16,7 @@ from .errors import (
     StoreError,
 )
 from .events import EVENT_TYPES, Event, EventType, new_event
-from .log import (HISTORY_DB, CheckReport, DuplicateEvent, EventLog, format_ts, parse_ts,
-                  utc_now)
+from .log import HISTORY_DB, CheckReport, DuplicateEvent, EventLog
 from .machine import (
     AlertRecord,
     Attempt,
@@ -32,6 +31,7 @@ from .machine import (
     fold,
 )
 from .migrations import MIGRATIONS, Migration
+from .timestamps import format_ts, parse_ts, utc_now
 
 __all__ = [
     "AhgdError", "DiskFull", "EventLogError", "IllegalTransition", "MigrationFailed",

@@ -10,16 +10,14 @@ whole transaction back), write the changed projection rows, commit.  The same
 from __future__ import annotations
 
 import bisect
-import gc
 import os
 import sqlite3
 import threading
 import time
-from contextlib import contextmanager
 from collections import OrderedDict
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from . import projections as P
 from .db import (
@@ -31,38 +29,18 @@ from .db import (
     read_transaction,
     rollback,
     translate,
-    write_transaction,
 )
 from .errors import AhgdError, EventLogError, IllegalTransition
 from .events import EVENT_TYPES, Event
 from .machine import Aggregate, Key, Run, aggregate_key, apply
 from .migrations import MIGRATIONS, Migration, migrate
+from . import replay
+from .replay import CheckReport
+from .timestamps import Clock, format_ts, parse_ts, utc_now  # noqa: F401 (parse_ts: until callers import it from state)
 
 HISTORY_DB = "history.db"
 
-Clock = Callable[[], datetime]
 Listener = Callable[[Event], None]
-
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def format_ts(dt: datetime) -> str:
-    """ISO 8601 UTC with microseconds and a ``Z``: sorts as text, parses in SQLite."""
-    if dt.tzinfo is None:
-        raise ValueError("timestamps must be timezone-aware (UTC)")
-    if dt.utcoffset():
-        dt = dt.astimezone(timezone.utc)
-    return dt.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
-
-
-def parse_ts(text: str | None) -> datetime | None:
-    """The inverse of :func:`format_ts` (an aware UTC datetime); None for no timestamp."""
-    if not text:
-        return None
-    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
 
 
 class DuplicateEvent(AhgdError):
@@ -75,16 +53,6 @@ class DuplicateEvent(AhgdError):
         super().__init__(f"an event with idempotency key {existing.idempotency_key!r} "
                          f"is already recorded (seq {existing.seq}, {existing.type})")
         self.existing = existing
-
-
-class CheckReport(NamedTuple):
-    integrity: list[str]
-    differences: list[str]
-    events: int
-
-    @property
-    def ok(self) -> bool:
-        return self.integrity == ["ok"] and not self.differences
 
 
 _new_tuple = tuple.__new__
@@ -386,98 +354,13 @@ class EventLog:
 
     # -- rebuild and check -----------------------------------------------------
 
-    def _fold_all_txn(self, batch: int = 20000) -> tuple[P.Projector, int]:
-        projector = P.Projector()
-        cur = self._conn.execute(f"SELECT {P.EVENT_COLUMNS} FROM events ORDER BY seq")
-        count = 0
-        event_from_row = P.replay_event_from_row
-        with _gc_paused():
-            while True:
-                rows = cur.fetchmany(batch)
-                if not rows:
-                    break
-                count += len(rows)
-                projector.feed(map(event_from_row, rows))
-        return projector, count
-
     def rebuild(self) -> int:
         """Drop every projection row and re-fold them from ``events``; return the count."""
         with self._lock:
             self._cache.clear()
-            conn = self._conn
-            (cache_size,) = conn.execute("PRAGMA cache_size").fetchone()
-            conn.execute("PRAGMA cache_size=-262144")  # 256 MiB while we rewrite every table
-            try:
-                with _gc_paused(), write_transaction(
-                    conn, self.path, busy_timeout=self.busy_timeout, op="rebuild"
-                ):
-                    projector, count = self._fold_all_txn()
-                    # bulk-load without secondary indexes, then build them in one pass
-                    indexes = conn.execute(
-                        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "
-                        f"AND tbl_name IN ({', '.join('?' * len(P.TABLES))})", P.TABLES).fetchall()
-                    for name, _ in indexes:
-                        conn.execute(f'DROP INDEX "{name}"')
-                    for table in P.TABLES:
-                        conn.execute(f"DELETE FROM {table}")
-                    for table, rows in projector.rows().items():
-                        conn.executemany(P.INSERT_NEW[table], rows)
-                    for _, sql in indexes:
-                        conn.execute(sql)
-            finally:
-                conn.execute(f"PRAGMA cache_size={cache_size}")
-        return count
+            return replay.rebuild(self._conn, self.path, self.busy_timeout)
 
     def check(self) -> CheckReport:
         """SQLite's integrity check, and the kept projections compared with a fresh fold."""
         with self._lock, read_transaction(self._conn, self.path):
-            integrity = [r[0] for r in self._conn.execute("PRAGMA integrity_check").fetchall()]
-            try:
-                projector, count = self._fold_all_txn()
-            except IllegalTransition as exc:
-                return CheckReport(integrity, [f"the event stream itself does not fold: {exc}"], -1)
-            folded = projector.rows()
-            differences: list[str] = []
-            for table in P.TABLES:
-                cols = P.COLUMNS[table]
-                kept = self._conn.execute(f"SELECT {', '.join(cols)} FROM {table}").fetchall()
-                differences.extend(_diff_table(table, cols, kept, folded[table]))
-        return CheckReport(integrity, differences, count)
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic GC while a fold allocates millions of tuples and frees none.
-
-    Otherwise every collection rescans the whole growing heap, for nothing:
-    folds make no reference cycles.  It cost a quarter of a 1M-event rebuild.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-def _diff_table(table: str, cols: Sequence[str], kept: list[tuple], folded: list[tuple]) -> list[str]:
-    pk = [cols.index(c) for c in P.PRIMARY_KEYS[table]]
-
-    def key(row: tuple) -> tuple:
-        return tuple(row[i] for i in pk)
-
-    kept_by = {key(r): tuple(r) for r in kept}
-    fold_by = {key(r): tuple(r) for r in folded}
-    out = []
-    for k in sorted(kept_by.keys() - fold_by.keys(), key=repr):
-        out.append(f"{table}{list(k)}: kept in the projection but not produced by the events")
-    for k in sorted(fold_by.keys() - kept_by.keys(), key=repr):
-        out.append(f"{table}{list(k)}: produced by the events but missing from the projection")
-    for k in sorted(kept_by.keys() & fold_by.keys(), key=repr):
-        a, b = kept_by[k], fold_by[k]
-        if a != b:
-            for name, x, y in zip(cols, a, b):
-                if x != y:
-                    out.append(f"{table}{list(k)}.{name}: kept {x!r}, the events say {y!r}")
-    return out
+            return replay.check_txn(self._conn)

@@ -7,246 +7,31 @@ same transaction), rebuilds and replays (a fold over every event), and tests.
 An event addresses one *aggregate*: a run (``run.*`` and ``stage.*``), a file
 (``file.*``), a schedule (``schedule.*``), an orchestration
 (``orchestration.*``) or an alert (``alert.*``).  Legal transitions are listed explicitly in the
-``*_TRANSITIONS`` tables below; anything else raises :class:`IllegalTransition`
-before the log writes a byte.
+``*_TRANSITIONS`` tables of :mod:`state.transitions`; anything else raises
+:class:`IllegalTransition` before the log writes a byte.  This module addresses
+events to aggregates and folds runs and their stage attempts; the other
+aggregates' folds are in :mod:`state.folds`, their records in
+:mod:`state.aggregates` (both re-exported here: this is the machine's interface).
 """
 
 from __future__ import annotations
 
-import json
-from enum import StrEnum
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, Iterable
 
+from .aggregates import (DONE_STAGE_STATES, ENDED_RUN_STATES, ENDED_UNSUCCESSFULLY, Aggregate,
+                         AlertRecord, Attempt, FileRecord, Key, Orchestration, OrchPipeline, R, Run,
+                         RunState, S, ScheduleRecord, StageState)
 from .errors import IllegalTransition
 from .events import Event, EventType as T, dumps_payload
+from .folds import apply_alert, apply_file, apply_orchestration, apply_schedule
+from .transitions import (ALERT_TRANSITIONS, FILE_TRANSITIONS, ORCH_TRANSITIONS, RUN_TRANSITIONS,
+                          STAGE_TRANSITIONS, illegal)
 
-
-class RunState(StrEnum):
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-    PARKED = "PARKED"
-
-
-class StageState(StrEnum):
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
-    SKIPPED = "SKIPPED"
-    RETRYING = "RETRYING"
-    TIMED_OUT = "TIMED_OUT"
-    INTERRUPTED = "INTERRUPTED"
-
-
-R, S = RunState, StageState
-
-
-def _plain(table: dict) -> dict[tuple[str | None, str], str]:
-    """Plain ``str`` keys and values: aggregates hold text, as the database does."""
-    return {(None if c is None else str(c), str(t)): str(v) for (c, t), v in table.items()}
-
-
-#: a run in one of these does nothing more on its own: it has ended, for good (COMPLETED)
-#: or until someone retries it (FAILED, CANCELLED, PARKED)
-ENDED_RUN_STATES = frozenset({R.COMPLETED, R.FAILED, R.CANCELLED, R.PARKED})
-DONE_STAGE_STATES = frozenset({S.COMPLETED, S.SKIPPED})
-#: attempts that ended without success and may be followed by another attempt
-ENDED_UNSUCCESSFULLY = frozenset({S.FAILED, S.TIMED_OUT, S.INTERRUPTED})
-
-# (current run state or None for "no such run", event type) -> new run state
-RUN_TRANSITIONS: dict[tuple[str | None, str], str] = _plain({
-    (None, T.RUN_REQUESTED): R.PENDING,
-    (R.PENDING, T.RUN_STARTED): R.RUNNING,
-    (R.RUNNING, T.RUN_COMPLETED): R.COMPLETED,
-    (R.PENDING, T.RUN_FAILED): R.FAILED,
-    (R.RUNNING, T.RUN_FAILED): R.FAILED,
-    (R.PENDING, T.RUN_CANCELLED): R.CANCELLED,
-    (R.RUNNING, T.RUN_CANCELLED): R.CANCELLED,
-    (R.PARKED, T.RUN_CANCELLED): R.CANCELLED,
-    (R.RUNNING, T.RUN_RECOVERED): R.PENDING,
-    (R.RUNNING, T.RUN_SUSPENDED): R.PENDING,
-    (R.PENDING, T.RUN_PARKED): R.PARKED,
-    (R.RUNNING, T.RUN_PARKED): R.PARKED,
-    (R.FAILED, T.RUN_RETRIED): R.PENDING,
-    (R.PARKED, T.RUN_RETRIED): R.PENDING,
-    (R.CANCELLED, T.RUN_RETRIED): R.PENDING,
-})
-
-# (current state of the stage's latest attempt, None if never tried, event type)
-#   -> new state of the addressed attempt
-STAGE_TRANSITIONS: dict[tuple[str | None, str], str] = _plain({
-    (None, T.STAGE_STARTED): S.RUNNING,
-    (S.RETRYING, T.STAGE_STARTED): S.RUNNING,
-    (S.FAILED, T.STAGE_STARTED): S.RUNNING,
-    (S.TIMED_OUT, T.STAGE_STARTED): S.RUNNING,
-    (S.INTERRUPTED, T.STAGE_STARTED): S.RUNNING,
-    (S.RUNNING, T.STAGE_COMPLETED): S.COMPLETED,
-    (S.RUNNING, T.STAGE_FAILED): S.FAILED,
-    (S.RUNNING, T.STAGE_TIMED_OUT): S.TIMED_OUT,
-    (S.RUNNING, T.STAGE_INTERRUPTED): S.INTERRUPTED,
-    (S.FAILED, T.STAGE_RETRYING): S.RETRYING,
-    (S.TIMED_OUT, T.STAGE_RETRYING): S.RETRYING,
-    (S.INTERRUPTED, T.STAGE_RETRYING): S.RETRYING,
-    (None, T.STAGE_SKIPPED): S.SKIPPED,
-    (None, T.STAGE_REUSED): S.COMPLETED,
-})
-
-FILE_TRANSITIONS: dict[tuple[str | None, str], str] = _plain({
-    (None, T.FILE_ARRIVED): "ARRIVED",
-    ("QUARANTINED", T.FILE_ARRIVED): "ARRIVED",
-    ("ARRIVED", T.FILE_DUPLICATE): "ARRIVED",
-    (None, T.FILE_QUARANTINED): "QUARANTINED",
-    ("ARRIVED", T.FILE_QUARANTINED): "QUARANTINED",
-    ("QUARANTINED", T.FILE_QUARANTINED): "QUARANTINED",
-})
-
-#: one alert per condition: raising an alert that is already firing is illegal
-ALERT_TRANSITIONS: dict[tuple[str | None, str], str] = _plain({
-    (None, T.ALERT_RAISED): "FIRING",
-    ("RESOLVED", T.ALERT_RAISED): "FIRING",
-    ("FIRING", T.ALERT_RESOLVED): "RESOLVED",
-})
-
-ORCH_TRANSITIONS: dict[tuple[str | None, str], str] = _plain({
-    (None, T.ORCH_STARTED): "RUNNING",
-    ("RUNNING", T.ORCH_PIPELINE_STARTED): "RUNNING",
-    ("RUNNING", T.ORCH_PIPELINE_FINISHED): "RUNNING",
-    ("RUNNING", T.ORCH_PIPELINE_SKIPPED): "RUNNING",
-    ("RUNNING", T.ORCH_COMPLETED): "COMPLETED",
-    ("RUNNING", T.ORCH_FAILED): "FAILED",
-})
-
-
-class Attempt(NamedTuple):
-    """One attempt of one stage of one run (a row of ``stage_runs``).
-
-    ``detail`` is the JSON text of the payload of the latest event about this
-    attempt, kept verbatim: figures such as ``rows`` and ``output`` are read
-    from it on demand (and by SQL, as generated columns), so that replay
-    never has to decode or re-encode them.
-    """
-
-    run_id: str
-    stage: str
-    attempt: int
-    state: str
-    started_at: str | None = None
-    ended_at: str | None = None
-    error: str | None = None
-    detail: str = "{}"
-
-    def info(self) -> dict[str, Any]:
-        return json.loads(self.detail)
-
-    @property
-    def output(self) -> dict[str, Any] | None:
-        return self.info().get("output") if self.detail != "{}" else None
-
-    @property
-    def rows(self) -> int | None:
-        return self.info().get("rows") if self.detail != "{}" else None
-
-
-class Run(NamedTuple):
-    """A run and the latest attempt of each of its stages (a row of ``runs``).
-
-    ``last_seq`` is the seq of the last *run-level* event: stage events change
-    attempt rows, never the run's own row (fewer pages written per append).
-    """
-
-    run_id: str
-    pipeline: str
-    trigger: str
-    state: str
-    params: dict[str, Any]
-    stages: tuple[str, ...]
-    requested_at: str
-    started_at: str | None
-    ended_at: str | None
-    error: str | None
-    failed_stage: str | None
-    recoveries: int
-    retries: int
-    last_seq: int
-    attempts: dict[str, Attempt]
-
-    def stage_state(self, stage: str) -> str:
-        a = self.attempts.get(stage)
-        return a.state if a is not None else S.PENDING
-
-
-class FileRecord(NamedTuple):
-    """A file taken from a drop folder, by pipeline and content (``files``)."""
-
-    pipeline: str
-    sha256: str
-    state: str
-    name: str
-    size: int | None
-    stored_path: str | None
-    first_seen: str
-    last_seen: str
-    run_id: str | None
-    duplicates: int
-    reason: str | None
-
-
-class ScheduleRecord(NamedTuple):
-    """The last tick of one schedule trigger (``schedules``)."""
-
-    pipeline: str
-    trigger: str
-    last_fire_time: str
-    fired: int
-    last_run_id: str | None
-    updated_at: str
-
-
-class OrchPipeline(NamedTuple):
-    position: int
-    state: str
-    run_id: str | None
-    reason: str | None
-    started_at: str | None
-    ended_at: str | None
-
-
-class Orchestration(NamedTuple):
-    """One orchestration of several pipelines (``orchestrations``)."""
-
-    orch_id: str
-    name: str
-    state: str
-    planned: tuple[str, ...]
-    started_at: str
-    ended_at: str | None
-    error: str | None
-    last_seq: int
-    pipelines: dict[str, OrchPipeline]
-
-
-class AlertRecord(NamedTuple):
-    """One alert condition (``alerts``): firing until resolved, then perhaps again."""
-
-    alert_id: str           # the condition, e.g. "system.disk_nearly_full:/var/lib/ahgd"
-    name: str
-    severity: str
-    state: str              # FIRING | RESOLVED
-    message: str
-    fields: str             # JSON text
-    run_id: str | None
-    raised_at: str
-    resolved_at: str | None
-    resolution: str | None
-    times_raised: int
-    last_seq: int
-
-
-Aggregate = Run | FileRecord | ScheduleRecord | Orchestration | AlertRecord
-Key = tuple[str, str]
+__all__ = ["ALERT_TRANSITIONS", "DONE_STAGE_STATES", "ENDED_RUN_STATES", "ENDED_UNSUCCESSFULLY",
+           "FILE_TRANSITIONS", "ORCH_TRANSITIONS", "RAW_ONLY_TYPES", "RUN_TRANSITIONS",
+           "STAGE_TRANSITIONS", "STAGE_TYPES", "Aggregate", "AlertRecord", "Attempt",
+           "FileRecord", "Key", "OrchPipeline", "Orchestration", "Run", "RunState",
+           "ScheduleRecord", "StageState", "aggregate_key", "apply", "apply_stage", "fold"]
 
 
 # --------------------------------------------------------------------------
@@ -314,13 +99,13 @@ def apply(agg: Aggregate | None, event: Event) -> Aggregate:
     if kind == "run":
         return _apply_run(agg, event)  # type: ignore[arg-type]
     if kind == "file":
-        return _apply_file(agg, event)  # type: ignore[arg-type]
+        return apply_file(agg, event)  # type: ignore[arg-type]
     if kind == "schedule":
-        return _apply_schedule(agg, event)  # type: ignore[arg-type]
+        return apply_schedule(agg, event)  # type: ignore[arg-type]
     if kind == "orchestration":
-        return _apply_orch(agg, event)  # type: ignore[arg-type]
+        return apply_orchestration(agg, event)  # type: ignore[arg-type]
     if kind == "alert":
-        return _apply_alert(agg, event)  # type: ignore[arg-type]
+        return apply_alert(agg, event)  # type: ignore[arg-type]
     raise IllegalTransition(
         f"unknown event type {event.type!r}", event_type=event.type, current=None
     )
@@ -339,22 +124,13 @@ def fold(events: Iterable[Event], state: dict[Key, Aggregate] | None = None) -> 
 # runs
 
 
-def _illegal(what: str, current: str | None, event: Event, allowed: Iterable[str], hint: str = "") -> IllegalTransition:
-    allowed_s = ", ".join(sorted(str(a) for a in allowed if a is not None)) or "nothing"
-    cur = "does not exist" if current is None else f"is {current}"
-    msg = f"{what} {cur}; {event.type} is only allowed from: {allowed_s}"
-    if hint:
-        msg += f" ({hint})"
-    return IllegalTransition(msg, event_type=event.type, current=current)
-
-
 def _run_target(run: Run | None, event: Event) -> str:
     current = run.state if run is not None else None
     new = RUN_TRANSITIONS.get((current, event.type))
     if new is None:
         allowed = [c for (c, t) in RUN_TRANSITIONS if t == event.type]
         hint = "a run id is used once" if event.type == T.RUN_REQUESTED else ""
-        raise _illegal(f"run {event.run_id!r}", current, event, allowed, hint)
+        raise illegal(f"run {event.run_id!r}", current, event, allowed, hint)
     return new
 
 
@@ -443,7 +219,7 @@ def _apply_run(run: Run | None, e: Event) -> Run:
             retries=run.retries + 1,
             last_seq=e.seq,
         )
-    raise _illegal(f"run {e.run_id!r}", run.state, e, [])  # pragma: no cover - table covers all
+    raise illegal(f"run {e.run_id!r}", run.state, e, [])  # pragma: no cover - table covers all
 
 
 # --------------------------------------------------------------------------
@@ -501,7 +277,7 @@ def _apply_stage(run: Run | None, e: Event) -> Run:
     if new_state is None:
         allowed = [c or S.PENDING for (c, tt) in STAGE_TRANSITIONS if tt == t]
         hint = "a stage succeeds once" if current == S.COMPLETED else ""
-        raise _illegal(
+        raise illegal(
             f"stage {stage!r} of run {run.run_id!r}", current or S.PENDING, e, allowed, hint
         )
     expected = _expected_attempt(prev, t)
@@ -550,133 +326,3 @@ apply_stage = _apply_stage
 RAW_ONLY_TYPES = frozenset({
     T.STAGE_STARTED, T.STAGE_COMPLETED, T.STAGE_RETRYING, T.STAGE_SKIPPED, T.STAGE_REUSED,
 })
-
-
-
-# --------------------------------------------------------------------------
-# files, schedules, orchestrations
-
-
-def _next_state(table: dict[tuple[str | None, str], str], current: str | None, e: Event,
-                what: Callable[[], str], hint: str = "") -> str:
-    """The state ``e`` leads to from ``current`` in ``table``, or IllegalTransition."""
-    new_state = table.get((current, e.type))
-    if new_state is None:
-        allowed = [c or "new" for (c, t) in table if t == e.type]
-        raise _illegal(what(), current, e, allowed, hint)
-    return new_state
-
-
-def _apply_file(rec: FileRecord | None, e: Event) -> FileRecord:
-    current = rec.state if rec is not None else None
-    p = e.data()
-    new_state = _next_state(FILE_TRANSITIONS, current, e, lambda: (
-        f"file {p.get('name')!r} ({str(p.get('sha256'))[:12]}) of pipeline {p.get('pipeline')!r}"))
-    if rec is None:
-        return FileRecord(
-            pipeline=p["pipeline"],
-            sha256=p["sha256"],
-            state=new_state,
-            name=p.get("name") or "",
-            size=p.get("size"),
-            stored_path=p.get("stored_path") or p.get("path"),
-            first_seen=e.ts,  # type: ignore[arg-type]
-            last_seen=e.ts,  # type: ignore[arg-type]
-            run_id=e.run_id,
-            duplicates=0,
-            reason=p.get("reason") if e.type == T.FILE_QUARANTINED else None,
-        )
-    if e.type == T.FILE_DUPLICATE:
-        return rec._replace(last_seen=e.ts, duplicates=rec.duplicates + 1)
-    if e.type == T.FILE_QUARANTINED:
-        return rec._replace(
-            state=new_state, last_seen=e.ts, reason=p.get("reason"),
-            stored_path=p.get("path") or rec.stored_path,
-        )
-    # re-arrival of bytes that were quarantined before
-    return rec._replace(
-        state=new_state, last_seen=e.ts, name=p.get("name") or rec.name,
-        size=p.get("size"), stored_path=p.get("stored_path") or rec.stored_path,
-        run_id=e.run_id, reason=None,
-    )
-
-
-def _apply_schedule(rec: ScheduleRecord | None, e: Event) -> ScheduleRecord:
-    p = e.data()
-    fire_time = p.get("fire_time")
-    if not fire_time or not p.get("pipeline") or not p.get("trigger"):
-        raise IllegalTransition(
-            "schedule.fired needs 'pipeline', 'trigger' and 'fire_time' in its payload",
-            event_type=e.type,
-            current=None,
-        )
-    if rec is None:
-        return ScheduleRecord(p["pipeline"], p["trigger"], fire_time, 1, e.run_id, e.ts)  # type: ignore[arg-type]
-    return rec._replace(
-        last_fire_time=max(rec.last_fire_time, fire_time),
-        fired=rec.fired + 1,
-        last_run_id=e.run_id,
-        updated_at=e.ts,
-    )
-
-
-def _apply_alert(rec: AlertRecord | None, e: Event) -> AlertRecord:
-    current = rec.state if rec is not None else None
-    p = e.data()
-    new_state = _next_state(ALERT_TRANSITIONS, current, e, lambda: f"alert {p.get('alert_id')!r}",
-                            "resolve it before raising it again" if current == "FIRING" else "")
-    if e.type == T.ALERT_RESOLVED:
-        return rec._replace(state=new_state, resolved_at=e.ts,  # type: ignore[union-attr]
-                            resolution=p.get("reason"), last_seq=e.seq)
-    if not p.get("name") or not p.get("severity"):
-        raise IllegalTransition("alert.raised needs 'name' and 'severity' in its payload",
-                                event_type=e.type, current=current)
-    return AlertRecord(
-        alert_id=str(p["alert_id"]), name=str(p["name"]), severity=str(p["severity"]),
-        state=new_state, message=str(p.get("message") or ""),
-        fields=json.dumps(p.get("fields") or {}, sort_keys=True, separators=(",", ":")),
-        run_id=e.run_id, raised_at=e.ts, resolved_at=None, resolution=None,  # type: ignore[arg-type]
-        times_raised=(rec.times_raised if rec is not None else 0) + 1, last_seq=e.seq,  # type: ignore[arg-type]
-    )
-
-
-def _apply_orch(o: Orchestration | None, e: Event) -> Orchestration:
-    current = o.state if o is not None else None
-    new_state = _next_state(ORCH_TRANSITIONS, current, e, lambda: f"orchestration {e.run_id!r}")
-    p = e.data()
-    if o is None:
-        planned = tuple(p.get("order") or ())
-        return Orchestration(
-            orch_id=e.run_id,  # type: ignore[arg-type]
-            name=p.get("name") or "default",
-            state=new_state,
-            planned=planned,
-            started_at=e.ts,  # type: ignore[arg-type]
-            ended_at=None,
-            error=None,
-            last_seq=e.seq,  # type: ignore[arg-type]
-            pipelines={
-                name: OrchPipeline(i, "PENDING", None, None, None, None)
-                for i, name in enumerate(planned)
-            },
-        )
-    name = e.stage or p.get("pipeline")
-    if e.type in (T.ORCH_COMPLETED, T.ORCH_FAILED):
-        return o._replace(state=new_state, ended_at=e.ts, error=p.get("error"), last_seq=e.seq)
-    if not name:
-        raise IllegalTransition(
-            f"{e.type} needs the pipeline name in 'stage'", event_type=e.type, current=current
-        )
-    prev = o.pipelines.get(name) or OrchPipeline(len(o.pipelines), "PENDING", None, None, None, None)
-    if e.type == T.ORCH_PIPELINE_STARTED:
-        entry = prev._replace(state="RUNNING", run_id=p.get("pipeline_run_id"), started_at=e.ts)
-    elif e.type == T.ORCH_PIPELINE_FINISHED:
-        entry = prev._replace(
-            state=p.get("state") or "COMPLETED",
-            run_id=p.get("pipeline_run_id") or prev.run_id,
-            reason=p.get("error"),
-            ended_at=e.ts,
-        )
-    else:  # skipped
-        entry = prev._replace(state="SKIPPED", reason=p.get("reason"), ended_at=e.ts)
-    return o._replace(pipelines={**o.pipelines, name: entry}, last_seq=e.seq)

@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterator
 import structlog
 
 from state.db import connect, ensure_dir, translate, write_transaction
-from state.log import format_ts, utc_now
+from state import format_ts, utc_now
 from state.migrations import Migration, migrate
 
 from ..errors import CheckpointCorrupt, CheckpointError, CheckpointNotFound
