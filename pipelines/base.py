@@ -35,7 +35,8 @@ from state.statedir import resolve_state_dir
 
 from .context import PipelineContext, result_from_attempt
 from .durations import parse_duration
-from .execution.engine import CancelToken, Progress, RunEngine, RunPlan
+from .execution.engine import RunEngine
+from .execution.plan import CancelToken, Progress, RunPlan
 from .errors import ConfigError, ResumeRefused
 from .graph import find_cycle
 from .execution.executors import Executor

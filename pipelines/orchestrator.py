@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,16 +20,16 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from state import EventLog, EventType as T, new_event
+from state import EventLog
 from state.statedir import resolve_state_dir
 
 from .base import BasePipeline
-from .durations import format_duration, parse_duration
+from .durations import parse_duration
 from .errors import ConfigError
 from .graph import find_cycle
 from .execution.executors import Executor
 from .execution.pool import make_executor
-from .execution.engine import CancelToken
+from .execution.orchestration import OrchestrationResult, OrchestrationRun, PipelineOutcome
 from .resources import ResourceBudget
 
 
@@ -69,53 +68,6 @@ class PipelineDefinition:
         if not isinstance(attempts, int) or attempts < 1:
             raise ConfigError(f"pipeline {self.name!r}: retry_policy.max_attempts is {attempts!r}; "
                               "use a whole number of 1 or more (1 = no retry)")
-
-
-@dataclass
-class PipelineOutcome:
-    name: str
-    state: str                      # COMPLETED, FAILED, CANCELLED, TIMED_OUT, SKIPPED
-    run_id: str | None = None
-    error: str | None = None
-    reason: str | None = None       # why it was skipped
-    duration_s: float | None = None
-    attempts: int = 0
-
-
-@dataclass
-class OrchestrationResult:
-    orchestration_id: str
-    name: str
-    state: str
-    execution_order: list[str]
-    outcomes: dict[str, PipelineOutcome]
-    duration_s: float
-
-    @property
-    def errors(self) -> dict[str, str]:
-        return {n: o.error or o.reason or o.state for n, o in self.outcomes.items()
-                if o.state not in ("COMPLETED", "SKIPPED")}
-
-    @property
-    def skipped(self) -> dict[str, str]:
-        return {n: o.reason or "" for n, o in self.outcomes.items() if o.state == "SKIPPED"}
-
-    @property
-    def completed(self) -> list[str]:
-        return [n for n, o in self.outcomes.items() if o.state == "COMPLETED"]
-
-    @property
-    def failed(self) -> list[str]:
-        return [n for n, o in self.outcomes.items() if o.state in ("FAILED", "TIMED_OUT", "CANCELLED")]
-
-    @property
-    def success_rate(self) -> float:
-        """Completed pipelines over all pipelines selected (skipped ones count against)."""
-        return len(self.completed) / len(self.outcomes) if self.outcomes else 1.0
-
-    @property
-    def success(self) -> bool:
-        return self.state == "COMPLETED"
 
 
 class PipelineOrchestrator:
@@ -285,191 +237,18 @@ class PipelineOrchestrator:
         executor, own = make_executor(self._executor_arg, max(1, self.max_workers))
         orch_id = f"orch-{self.name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
         try:
-            return _Orchestration(self, log, executor, orch_id, selected, planned, skipped,
-                                  parallel).go()
+            return OrchestrationRun(
+                log, executor, orch_id, name=self.name, mode=self.execution_mode.value,
+                parallel=parallel, timeout=self.timeout, clock=self._clock, budget=self.budget,
+                definitions=self._definitions, pipelines=self._pipelines,
+                requirements={n: self._requirements(self._definitions[n], self._pipelines[n])
+                              for n in selected},
+                by_priority=self._by_priority, selected=selected, planned=planned,
+                skipped=skipped).go()
         finally:
             if own:
                 executor.shutdown()
             log.close()
-
-
-class _Orchestration:
-    """One call of PipelineOrchestrator.run()."""
-
-    def __init__(self, orch: PipelineOrchestrator, log: EventLog, executor: Executor, orch_id: str,
-                 selected: list[str], planned: list[str], skipped: dict[str, str], parallel: int):
-        self.o, self.log, self.executor, self.id = orch, log, executor, orch_id
-        self.selected, self.planned, self.parallel = selected, planned, parallel
-        self.outcomes: dict[str, PipelineOutcome] = {}
-        self.order: list[str] = []
-        self.running: dict[str, tuple[threading.Thread, CancelToken, float]] = {}
-        self.lock = threading.Lock()
-        self.wake = threading.Event()
-        self.pre_skipped = skipped
-
-    def go(self) -> OrchestrationResult:
-        o = self.o
-        t0 = o._clock()
-        self.log.append(new_event(T.ORCH_STARTED, self.id, name=o.name, order=self.planned,
-                                  mode=o.execution_mode.value, max_workers=self.parallel))
-        for name, reason in self.pre_skipped.items():
-            self._skip(name, reason)
-        deadline = None if o.timeout is None else t0 + o.timeout.total_seconds()
-        while True:
-            self._skip_dependents_of_failures()
-            if deadline is not None and o._clock() >= deadline:
-                self._time_out_everything()
-            self._start_ready()
-            with self.lock:
-                busy = bool(self.running)
-            if not busy and len(self.outcomes) == len(self.selected):
-                break
-            if not busy and not self._startable():
-                break  # nothing runs and nothing can start: the budget never fits (guarded at registration)
-            self._enforce_pipeline_timeouts()
-            self.wake.wait(0.05)
-            self.wake.clear()
-        for name in self.selected:  # anything never started (defensive; should be none)
-            if name not in self.outcomes:
-                self._skip(name, "could not start")
-        duration = o._clock() - t0
-        failed = [n for n, x in self.outcomes.items() if x.state in ("FAILED", "TIMED_OUT", "CANCELLED")]
-        # complete only if every pipeline completed or was skipped on request/disabled
-        state = "COMPLETED" if all(x.state == "COMPLETED" or n in self.pre_skipped
-                                   for n, x in self.outcomes.items()) else "FAILED"
-        result = OrchestrationResult(self.id, o.name, state, list(self.order),
-                                     {n: self.outcomes[n] for n in self.selected}, duration)
-        summary = {"success_rate": round(result.success_rate, 4), "duration_s": round(duration, 3),
-                   "completed": result.completed, "failed": failed, "skipped": result.skipped}
-        if state == "COMPLETED":
-            self.log.append(new_event(T.ORCH_COMPLETED, self.id, **summary))
-        else:
-            self.log.append(new_event(T.ORCH_FAILED, self.id, error=f"failed: {', '.join(failed) or 'none'}; "
-                                      f"skipped: {', '.join(result.skipped) or 'none'}", **summary))
-        return result
-
-    # -- scheduling ---------------------------------------------------------------------------
-
-    def _ready(self) -> list[str]:
-        defs = self.o._definitions
-        with self.lock:
-            busy = set(self.running)
-        out = []
-        for n in self.selected:
-            if n in self.outcomes or n in busy:
-                continue
-            deps = [d for d in defs[n].dependencies if d in self.selected]
-            if all(d in self.outcomes and self.outcomes[d].state in ("COMPLETED", "SKIPPED")
-                   and not (self.outcomes[d].state == "SKIPPED" and d not in self.pre_skipped)
-                   for d in deps):
-                out.append(n)
-        return self.o._by_priority(out)
-
-    def _startable(self) -> bool:
-        return bool(self._ready())
-
-    def _start_ready(self) -> None:
-        for name in self._ready():
-            with self.lock:
-                if len(self.running) >= self.parallel:
-                    return
-            pipeline = self.o._pipelines[name]
-            need = self.o._requirements(self.o._definitions[name], pipeline)
-            if not self.o.budget.try_acquire(("orch", self.id, name), need):
-                continue
-            cancel = CancelToken()
-            thread = threading.Thread(target=self._run_one, args=(name, cancel),
-                                      name=f"ahgd-orch-{name}", daemon=True)
-            with self.lock:
-                self.running[name] = (thread, cancel, self.o._clock())
-                self.order.append(name)
-            thread.start()
-
-    def _run_one(self, name: str, cancel: CancelToken) -> None:
-        d = self.o._definitions[name]
-        pipeline = self.o._pipelines[name]
-        attempts = int(d.retry_policy.get("max_attempts", 1))
-        delay = parse_duration(d.retry_policy.get("delay", 0), what=f"pipeline {name!r}: retry_policy.delay")
-        t0 = self.o._clock()
-        outcome = PipelineOutcome(name, "FAILED")
-        try:
-            for attempt in range(1, attempts + 1):
-                run_id = f"{name}-{self.id}-{attempt}"
-                self.log.append(new_event(T.ORCH_PIPELINE_STARTED, self.id, stage=name,
-                                          pipeline_run_id=run_id, attempt_no=attempt))
-                try:
-                    ctx = pipeline.run(run_id=run_id, trigger="orchestrator", executor=self.executor,
-                                       params={"orchestration_id": self.id}, cancel=cancel)
-                    state, error = str(ctx.state), ctx.error
-                except Exception as exc:  # a pipeline that cannot even start
-                    state, error = "FAILED", f"{type(exc).__name__}: {exc}"
-                if cancel.is_set() and state == "CANCELLED":
-                    state, error = "TIMED_OUT", cancel.reason or "timed out"
-                outcome = PipelineOutcome(name, state, run_id, error, attempts=attempt)
-                self.log.append(new_event(T.ORCH_PIPELINE_FINISHED, self.id, stage=name,
-                                          pipeline_run_id=run_id, state=state, error=error))
-                if state == "COMPLETED" or cancel.is_set() or attempt == attempts:
-                    break
-                if cancel.wait(delay.total_seconds()):
-                    break  # timed out while waiting to retry: no further attempt
-        except Exception as exc:  # the log itself failed: record what we can, never hang
-            outcome = PipelineOutcome(name, "FAILED", error=f"{type(exc).__name__}: {exc}")
-        finally:
-            outcome.duration_s = self.o._clock() - t0
-            self.o.budget.release(("orch", self.id, name))
-            with self.lock:
-                self.outcomes[name] = outcome
-                self.running.pop(name, None)
-            self.wake.set()
-
-    def _skip(self, name: str, reason: str) -> None:
-        with self.lock:
-            if name in self.outcomes:
-                return
-            self.outcomes[name] = PipelineOutcome(name, "SKIPPED", reason=reason)
-        self.log.append(new_event(T.ORCH_PIPELINE_SKIPPED, self.id, stage=name, reason=reason))
-
-    def _skip_dependents_of_failures(self) -> None:
-        defs = self.o._definitions
-        changed = True
-        while changed:
-            changed = False
-            for n in self.selected:
-                if n in self.outcomes or n in self.running:
-                    continue
-                for dep in defs[n].dependencies:
-                    o = self.outcomes.get(dep)
-                    if o is None:
-                        continue
-                    if o.state in ("FAILED", "TIMED_OUT", "CANCELLED"):
-                        self._skip(n, f"dependency {dep!r} {o.state.lower().replace('_', ' ')}")
-                        changed = True
-                        break
-                    if o.state == "SKIPPED" and dep not in self.pre_skipped:
-                        self._skip(n, f"dependency {dep!r} was skipped ({o.reason})")
-                        changed = True
-                        break
-
-    def _enforce_pipeline_timeouts(self) -> None:
-        now = self.o._clock()
-        with self.lock:
-            running = list(self.running.items())
-        for name, (_, cancel, started) in running:
-            pipeline = self.o._pipelines[name]
-            limit = self.o._definitions[name].timeout or pipeline.timeout
-            if limit is not None and not cancel.is_set() and now - started >= limit.total_seconds():
-                cancel.set(f"pipeline {name!r} timed out after {format_duration(limit)}")
-
-    def _time_out_everything(self) -> None:
-        reason = f"the orchestration timed out after {format_duration(self.o.timeout)}"  # type: ignore[arg-type]
-        with self.lock:
-            running = list(self.running.items())
-        for _, (_, cancel, _) in running:
-            if not cancel.is_set():
-                cancel.set(reason)
-        for n in self.selected:
-            if n not in self.outcomes and n not in dict(running):
-                self._skip(n, reason)
 
 
 def _check_cycles(graph: Mapping[str, list[str]]) -> None:

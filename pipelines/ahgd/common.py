@@ -1,6 +1,8 @@
 """What the bundled AHGD pipelines share: finding and identifying the input
-file, matching a CSV header to the columns a pipeline needs, the SQL that
-parses numbers, and the loader that writes the warehouse.
+file, reading it with DuckDB, the SQL that parses numbers and checks parsed
+tables.  Matching a header to the columns a pipeline needs is in
+:mod:`pipelines.ahgd.headers`; the loader that writes the warehouse in
+:mod:`pipelines.ahgd.warehouse`.
 
 Every stage follows the same split so that the data is written once per run
 before it reaches the warehouse:
@@ -20,140 +22,24 @@ run naming the column and an example.
 
 from __future__ import annotations
 
-import csv
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from pipelines import ConfigError, InputError, StageError, quote, sha256_file
+from pipelines import ConfigError, InputError, quote, sha256_file
+
+from .headers import Column, Layout, python_codec, read_header
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 CONFIG_DIR = PACKAGE_DIR / "config"
 DATA_DIR = PACKAGE_DIR / "data"
-DOCS = "docs/bundled-pipelines.md"
 
 #: cells read as "suppressed / not published" (NULL) besides blank ones; compared lower-case
 DEFAULT_SUPPRESSED = ("n.p.", "np")
 PARSE_ERRORS = "_parse_errors"
 SOURCE_SHA = "_source_sha256"
 RUN_ID = "_run_id"
-_SHOWN_HEADER = 8
-_ENCODINGS = {"utf-8": "utf-8-sig", "utf8": "utf-8-sig", "latin-1": "latin-1",
-              "latin1": "latin-1"}
-
-
-# --------------------------------------------------------------------------- header matching
-
-
-def normalise(name: str) -> str:
-    """Lower case, every run of other characters than letters and digits -> ``_``.
-
-    ``"Index of Relative Socio-economic Disadvantage - Score"`` becomes
-    ``index_of_relative_socio_economic_disadvantage_score``.
-    """
-    return re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
-
-
-@dataclass(frozen=True)
-class Column:
-    """A column a pipeline reads: its name in the output and the header spellings it accepts."""
-
-    name: str
-    aliases: tuple[str, ...] = ()
-    required: bool = False
-    kind: str = "text"          # text | number (DOUBLE) | integer (BIGINT)
-
-    @property
-    def spellings(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(normalise(a) for a in (self.name, *self.aliases)))
-
-
-@dataclass(frozen=True)
-class Layout:
-    """The columns of one kind of file, e.g. "an ABS SEIFA by SA2 CSV"."""
-
-    what: str
-    columns: tuple[Column, ...]
-
-    def column(self, name: str) -> Column:
-        return next(c for c in self.columns if c.name == name)
-
-    def match(self, header: Sequence[str], file_name: str) -> "HeaderMatch":
-        wanted = {s: c.name for c in self.columns for s in c.spellings}
-        found: dict[str, list[int]] = {}
-        for i, raw in enumerate(header):
-            name = wanted.get(normalise(raw))
-            if name is not None:
-                found.setdefault(name, []).append(i)
-        missing = [c.name for c in self.columns if c.required and c.name not in found]
-        clashes = {n: [header[i] for i in ix] for n, ix in found.items() if len(ix) > 1}
-        problem = None
-        if missing:
-            problem = (f"{file_name} is not {self.what}: missing column(s) {', '.join(missing)} "
-                       f"(its columns: {_show_header(header)}); see {DOCS} for the accepted "
-                       "column names")
-        elif clashes:
-            name, raws = next(iter(clashes.items()))
-            problem = (f"{file_name} has {len(raws)} columns that all give {name} "
-                       f"({', '.join(raws)}); keep one of them")
-        return HeaderMatch(header=list(header), positions={n: ix[0] for n, ix in found.items()},
-                           problem=problem)
-
-
-@dataclass
-class HeaderMatch:
-    header: list[str]
-    positions: dict[str, int]            # output column -> position in the file
-    problem: str | None = None
-
-    def names(self) -> list[str]:
-        """Every position of the file, in the file's order, named for what it gives."""
-        names = {i: n for n, i in self.positions.items()}
-        return [names.get(i, f"_unused_{i}") for i in range(len(self.header))]
-
-
-def _show_header(header: Sequence[str]) -> str:
-    shown = ", ".join(h if h else "''" for h in header[:_SHOWN_HEADER])
-    more = len(header) - _SHOWN_HEADER
-    return shown + (f", ... and {more} more" if more > 0 else "") if header else "none"
-
-
-def read_header(path: Path, *, encoding: str = "utf-8", delimiter: str = ",") -> list[str]:
-    """The first row of a CSV file; raises InputError for an empty or undecodable file."""
-    try:
-        with open(path, newline="", encoding=_python_codec(encoding)) as f:
-            row = next(csv.reader(f, delimiter=delimiter), None)
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path.name} is not {encoding} text ({exc.reason} at byte {exc.start}); "
-                         "save it as UTF-8 or set the stage's encoding option") from None
-    except csv.Error as exc:
-        raise InputError(f"{path.name}: the header row is not valid CSV ({exc})") from None
-    if not row:
-        raise InputError(f"{path.name} is empty; expected a CSV file whose first row names "
-                         "the columns")
-    return row
-
-
-def header_problem(path: str | Path, layout: Layout, *, encoding: str = "utf-8",
-                   delimiter: str = ",") -> str | None:
-    """Why ``path`` cannot be read as ``layout`` (from its header alone), or None."""
-    path = Path(path)
-    try:
-        return layout.match(read_header(path, encoding=encoding, delimiter=delimiter),
-                            path.name).problem
-    except InputError as exc:
-        return str(exc)
-    except OSError as exc:
-        return f"{path.name} cannot be read ({exc.strerror or exc})"
-
-
-def _python_codec(encoding: str) -> str:
-    codec = _ENCODINGS.get(encoding.lower())
-    if codec is None:
-        raise ConfigError(f"encoding {encoding!r} is not supported; use utf-8 or latin-1")
-    return codec
 
 
 # --------------------------------------------------------------------------- finding the input
@@ -189,7 +75,7 @@ class CsvExtractor:
 
     def __init__(self, source: str | None = None, encoding: str = "utf-8", delimiter: str = ",",
                  base_dir: str | None = None):
-        _python_codec(encoding)
+        python_codec(encoding)
         if not isinstance(delimiter, str) or len(delimiter) != 1:
             raise ConfigError(f"delimiter {delimiter!r} must be one character, such as ','")
         self.source, self.encoding, self.delimiter = source, encoding, delimiter
@@ -245,7 +131,7 @@ def read_source_sql(manifest: Mapping[str, Any], layout: Layout) -> tuple[str, d
                          "pipeline again from extract")
     sql = ("read_csv($path, header = true, auto_detect = false, delim = $delim, quote = '\"', "
            "escape = '\"', columns = $columns, encoding = $encoding)")
-    encoding = "latin-1" if _python_codec(manifest["encoding"]) == "latin-1" else "utf-8"
+    encoding = "latin-1" if python_codec(manifest["encoding"]) == "latin-1" else "utf-8"
     return sql, {"path": str(path), "delim": manifest["delimiter"],
                  "columns": {name: "VARCHAR" for name in source_columns(manifest, layout)},
                  "encoding": encoding}
@@ -361,88 +247,3 @@ def duplicate_key_problems(con: Any, table: str, key: Sequence[str]) -> list[str
             "must occur once"]
 
 
-# --------------------------------------------------------------------------- the warehouse
-
-
-def sql_literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-class WarehouseLoader:
-    """Copy the validated table into ``<state dir>/warehouse.duckdb``, idempotently.
-
-    ``key`` columns name what a row is about (an SA2; an area, year and sex):
-    in one transaction the loader deletes the rows with the keys it is about
-    to insert, and any rows of the same source file, then inserts, adding
-    ``_run_id``.  Loading the same file twice leaves the same rows; a
-    corrected file replaces the rows it covers and leaves the others.  With
-    ``key = None`` the table is replaced as a whole.
-    """
-
-    table: str
-    key: tuple[str, ...] | None = None
-
-    def __init__(self, target_database: str | None = None, table: str | None = None):
-        self.target_database = target_database
-        if table is not None:
-            self.table = table
-
-    def load(self, context: Any) -> dict[str, Any]:
-        stage = context.input_stage()
-        ref = context.output_ref(stage) if stage else None
-        if not ref or ref.get("kind") != "tables":
-            raise StageError(f"stage {context.stage_name!r} of pipeline {context.pipeline_name!r} "
-                             f"loads a table, but its input stage {stage!r} has none")
-        path = context.output_path(stage)
-        with context.warehouse(self.target_database) as wh:
-            wh.execute(f"ATTACH {sql_literal(str(path))} AS ahgd_input (READ_ONLY)")
-            try:
-                result = self._write_txn(wh, "ahgd_input.main.output", context.run_id)
-            finally:
-                wh.execute("DETACH ahgd_input")
-        context.log.info("warehouse_loaded", table=self.table, **result)
-        return {"table": self.table, **result}
-
-    def _write_txn(self, wh: Any, source: str, run_id: str) -> dict[str, Any]:
-        cols = [r[0] for r in wh.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()
-                if r[0] not in (PARSE_ERRORS, RUN_ID)]
-        select = f"SELECT {', '.join(quote(c) for c in cols)}, $run_id AS {RUN_ID} FROM {source}"
-        target = quote(self.table)
-        wh.begin()
-        try:
-            replaced = 0
-            if self.key is None:
-                exists = wh.execute("SELECT count(*) FROM duckdb_tables() WHERE schema_name = "
-                                    "'main' AND table_name = $t", {"t": self.table}).fetchone()[0]
-                if exists:
-                    replaced = wh.execute(f"SELECT count(*) FROM {target}").fetchone()[0]
-                wh.execute(f"CREATE OR REPLACE TABLE {target} AS {select}", {"run_id": run_id})
-            else:
-                wh.execute(f"CREATE TABLE IF NOT EXISTS {target} AS {select} LIMIT 0",
-                           {"run_id": run_id})
-                self._add_missing_columns_txn(wh, source, target)
-                on = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in self.key)
-                replaced = wh.execute(f"DELETE FROM {target} AS t USING {source} AS s WHERE {on}"
-                                      ).fetchone()[0]
-                replaced += wh.execute(
-                    f"DELETE FROM {target} WHERE {SOURCE_SHA} IN "
-                    f"(SELECT DISTINCT {SOURCE_SHA} FROM {source})").fetchone()[0]
-                wh.execute(f"INSERT INTO {target} BY NAME {select}", {"run_id": run_id})
-            rows, hashes = wh.execute(
-                f"SELECT count(*), list(DISTINCT {SOURCE_SHA} ORDER BY {SOURCE_SHA}) FROM {source}"
-            ).fetchone()
-            wh.commit()
-        except BaseException:
-            wh.rollback()
-            raise
-        return {"rows": rows, "replaced": replaced, "source_sha256": hashes}
-
-    def _add_missing_columns_txn(self, wh: Any, source: str, target: str) -> None:
-        have = {r[0] for r in wh.execute(f"DESCRIBE {target}").fetchall()}
-        for name, type_, *_ in wh.execute(f"DESCRIBE SELECT * FROM {source}").fetchall():
-            if name not in have and name != PARSE_ERRORS:
-                wh.execute(f"ALTER TABLE {target} ADD COLUMN {quote(name)} {type_}")
-
-
-__all__ = ["InputError", "Column", "Layout", "CsvExtractor", "WarehouseLoader", "normalise",
-           "header_problem", "number_sql", "integer_sql", "blank_sql", "resolve_input"]

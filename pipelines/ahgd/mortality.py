@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from pipelines import quote
-from .common import (SOURCE_SHA, Column, CsvExtractor, Layout, ParsedColumns,
-                     WarehouseLoader, duplicate_key_problems, header_problem,
+from .common import (SOURCE_SHA, CsvExtractor, ParsedColumns, duplicate_key_problems,
                      parse_error_problems, read_source_sql, suppressed_param)
+from .headers import Column, Layout, header_problem
+from .warehouse import WarehouseLoader
 
 LEVELS = ("STE", "LGA", "SA3", "SA4", "PHN", "GCCSA", "REM", "SEG")
 KEY = ("geography_level", "area_code", "year", "sex")

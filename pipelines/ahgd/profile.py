@@ -25,7 +25,8 @@ from typing import Any
 
 from pipelines import InputError, quote, sha256_file
 
-from .common import CONFIG_DIR, SOURCE_SHA, WarehouseLoader, sql_literal
+from .common import CONFIG_DIR, SOURCE_SHA
+from .warehouse import WarehouseLoader, sql_literal
 
 TABLES = ("seifa_sa2", "mortality_region")
 SEIFA_COLUMNS = ("sa2_code", "sa2_name", "state_code", "state_name", "state_abbr", "sa4_code",

@@ -5,7 +5,7 @@
     validate -> SeifaValidator    parse errors, suppression and decile/score consistency
     load     -> SeifaLoader       warehouse table seifa_sa2, upsert by sa2_code
 
-Column names are matched after :func:`~pipelines.ahgd.common.normalise`
+Column names are matched after :func:`~pipelines.ahgd.headers.normalise`
 (lower case, anything else than letters and digits becomes ``_``), so
 ``SA2_CODE21``, ``sa2_maincode_2021`` and "2021 Statistical Area Level 2 (SA2)
 9-Digit Code" all give ``sa2_code``.  The IRSD score and decile are required;
@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from pipelines import quote
-from .common import (PARSE_ERRORS, SOURCE_SHA, Column, CsvExtractor, Layout, ParsedColumns,
-                     WarehouseLoader, blank_sql, header_problem, parse_error_problems,
-                     read_source_sql, suppressed_param)
+from .common import (PARSE_ERRORS, SOURCE_SHA, CsvExtractor, ParsedColumns, blank_sql,
+                     parse_error_problems, read_source_sql, suppressed_param)
+from .headers import Column, Layout, header_problem
+from .warehouse import WarehouseLoader
 
 INDEXES = {
     "irsd": "index_of_relative_socio_economic_disadvantage",

@@ -6,6 +6,7 @@
 
     manager   CheckpointManager and its SQLite index (sizes, SHA-256, versions)
     formats   the five file formats: written atomically, verified, read back
+    arguments the manager's arguments checked (names, counts, ages, metadata), safe path names
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ written atomically (temp file, fsync, rename), and one row of the index
 ``<checkpoint_dir>/checkpoints.db`` holding its size and SHA-256.  The file is
 checked against both before anything is deserialised: an altered pickle is
 never unpickled.  Names of pipelines and stages only reach file names through
-:func:`_slug`, so no name can point outside the checkpoint directory.
+:func:`~pipelines.checkpointing.arguments.slug`, so no name can point outside the checkpoint directory.
 
 This module holds the manager and its index; writing, verifying and reading
 the files in each :class:`CheckpointFormat` is :mod:`pipelines.checkpointing.formats`.
@@ -18,11 +18,8 @@ the files in each :class:`CheckpointFormat` is :mod:`pipelines.checkpointing.for
 from __future__ import annotations
 
 import enum
-import hashlib
 import json
-import math
 import os
-import re
 import sqlite3
 import threading
 import uuid
@@ -39,8 +36,8 @@ from state import format_ts, utc_now
 from state.migrations import Migration, migrate
 
 from ..errors import CheckpointCorrupt, CheckpointError, CheckpointNotFound
-from .formats import (SUFFIX, TABLE_FORMATS, CheckpointFormat, NotJson, json_encode,
-                      read_data, type_name, verify_file, write_atomically)
+from .arguments import as_enum, check_count, check_days, check_name, metadata_json, slug
+from .formats import (SUFFIX, TABLE_FORMATS, CheckpointFormat, read_data, verify_file, write_atomically)
 
 INDEX_DB = "checkpoints.db"
 
@@ -132,9 +129,9 @@ class CheckpointManager:
         clock: Callable[[], datetime] | None = None,
     ):
         self.checkpoint_dir = Path(checkpoint_dir).resolve()
-        self.default_format = _as_enum(CheckpointFormat, default_format, "default_format")
-        self.max_checkpoints = _check_count(max_checkpoints)
-        self.retention_days = _check_days(retention_days)
+        self.default_format = as_enum(CheckpointFormat, default_format, "default_format")
+        self.max_checkpoints = check_count(max_checkpoints)
+        self.retention_days = check_days(retention_days)
         self._clock = clock or utc_now
         self._db_path = ensure_dir(self.checkpoint_dir) / INDEX_DB
         self._lock = threading.Lock()
@@ -166,15 +163,15 @@ class CheckpointManager:
         metadata: dict[str, Any] | None = None,
     ) -> CheckpointMetadata:
         """Write ``data`` to a new checkpoint file, index it, then apply retention."""
-        _check_name(pipeline_name, "pipeline_name")
-        _check_name(stage_name, "stage_name")
+        check_name(pipeline_name, "pipeline_name")
+        check_name(stage_name, "stage_name")
         if version is not None and not isinstance(version, str):
             raise CheckpointError(f"version must be a string such as 'v1.2.0', got {version!r}")
-        fmt = self.default_format if format is None else _as_enum(CheckpointFormat, format, "format")
-        extra = _metadata_json(metadata)
+        fmt = self.default_format if format is None else as_enum(CheckpointFormat, format, "format")
+        extra = metadata_json(metadata)
         created = self._now()
         checkpoint_id = f"{created:%Y%m%dT%H%M%S%f}Z-{uuid.uuid4().hex[:16]}"
-        folder = ensure_dir(self.checkpoint_dir / _slug(pipeline_name) / _slug(stage_name))
+        folder = ensure_dir(self.checkpoint_dir / slug(pipeline_name) / slug(stage_name))
         path = folder / f"{checkpoint_id}{SUFFIX[fmt]}"
         data_size, rows, sha256, size = write_atomically(path, fmt, data)
         meta = CheckpointMetadata(
@@ -206,9 +203,9 @@ class CheckpointManager:
         version: str | None = None,
     ) -> tuple[Any, CheckpointMetadata]:
         """Return ``(data, metadata)`` of the checkpoint that ``strategy`` picks."""
-        _check_name(pipeline_name, "pipeline_name")
-        _check_name(stage_name, "stage_name")
-        strategy = _as_enum(RecoveryStrategy, strategy, "strategy")
+        check_name(pipeline_name, "pipeline_name")
+        check_name(stage_name, "stage_name")
+        strategy = as_enum(RecoveryStrategy, strategy, "strategy")
         if strategy is RecoveryStrategy.VERSIONED and version is None:
             raise CheckpointError(
                 f"RecoveryStrategy.VERSIONED needs a version; call load_checkpoint({pipeline_name!r}, "
@@ -280,8 +277,8 @@ class CheckpointManager:
 
         Limits left as ``None`` take the manager's; returns the deleted ids.
         """
-        keep = self.max_checkpoints if max_checkpoints is None else _check_count(max_checkpoints)
-        days = self.retention_days if retention_days is None else _check_days(retention_days)
+        keep = self.max_checkpoints if max_checkpoints is None else check_count(max_checkpoints)
+        days = self.retention_days if retention_days is None else check_days(retention_days)
         now = self._now()
         expired: list[tuple[str, str]] = []
         with self._write("checkpoint cleanup") as conn:
@@ -337,7 +334,7 @@ class CheckpointManager:
         return [self._metadata(row) for row in rows]
 
     def _get(self, checkpoint_id: str) -> CheckpointMetadata:
-        _check_name(checkpoint_id, "checkpoint_id")
+        check_name(checkpoint_id, "checkpoint_id")
         found = self._select(checkpoint_id=checkpoint_id)
         if not found:
             raise self._unknown_id(checkpoint_id)
@@ -374,67 +371,6 @@ class CheckpointManager:
                 f"the clock returned {now!r}, a time without a time zone; pass a clock that "
                 "returns aware UTC times, such as lambda: datetime.now(timezone.utc)")
         return now.astimezone(timezone.utc)
-
-
-# -- names and arguments -------------------------------------------------------
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
-
-
-def _slug(name: str) -> str:
-    """One safe path component for ``name``: no separators, no leading dot, bounded length.
-
-    Different names may share a folder ("a/b", "a_b"); files never collide
-    because their names are the unique checkpoint ids.
-    """
-    slug = _UNSAFE.sub("_", name).lstrip(".") or "_"
-    if len(slug) > 64:
-        slug = f"{slug[:48]}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
-    return slug
-
-
-def _check_name(value: Any, what: str) -> None:
-    if not isinstance(value, str) or not value.strip():
-        raise CheckpointError(f"{what} must be a non-empty string, got {value!r}")
-
-
-def _check_count(value: Any) -> int | None:
-    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-        return value
-    raise CheckpointError(f"max_checkpoints={value!r} is not allowed; use a whole number of "
-                          "checkpoints to keep per stage, at least 1 (or None for no limit)")
-
-
-def _check_days(value: Any) -> float | None:
-    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
-                         and math.isfinite(value) and value > 0):
-        return value
-    raise CheckpointError(f"retention_days={value!r} is not allowed; use a positive number of "
-                          "days (or None to keep checkpoints of any age)")
-
-
-def _as_enum(cls: type[enum.Enum], value: Any, what: str) -> Any:
-    if isinstance(value, cls):
-        return value
-    if isinstance(value, str):
-        for member in cls:
-            if value.lower() in (member.value, member.name.lower()):
-                return member
-    choices = ", ".join(f"{cls.__name__}.{m.name}" for m in cls)
-    raise CheckpointError(f"{what}={value!r} is not a {cls.__name__}; use one of {choices}")
-
-
-def _metadata_json(metadata: Any) -> str:
-    if metadata is None:
-        return "{}"
-    if not isinstance(metadata, dict):
-        raise CheckpointError(
-            f"metadata must be a dict of plain JSON values, got a {type_name(metadata)}")
-    try:
-        return json_encode(metadata, "metadata").decode()
-    except NotJson as exc:
-        raise CheckpointError(f"metadata must hold plain JSON values, but {exc}; convert it "
-                              "(e.g. dates to ISO 8601 strings)") from None
 
 
 # -- verifying and reading -----------------------------------------------------------

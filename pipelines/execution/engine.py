@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,6 +26,7 @@ from state.machine import DONE_STAGE_STATES, RunState, StageState
 
 from .executors import Executor, InProcessExecutor
 from ..resources import ResourceBudget
+from .plan import Progress, RunPlan
 from .runner import Outcome, StageTask
 from ..stage import StageConfig
 
@@ -33,84 +34,8 @@ from ..stage import StageConfig
 POLL_S = 0.1
 
 
-class CancelToken(threading.Event):
-    """A ``threading.Event`` that remembers why it was set (shown in the log)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.reason: str | None = None
-
-    def set(self, reason: str | None = None) -> None:  # type: ignore[override]
-        if reason and not self.reason:
-            self.reason = reason
-        super().set()
-
-
 class EngineError(AhgdError):
     """The engine was asked to do something the run's state does not allow."""
-
-
-@dataclass
-class RunPlan:
-    """What to execute: one pipeline's stages, their dependencies and configs."""
-
-    run_id: str
-    pipeline: Any
-    pipeline_name: str
-    stages: list[str]
-    deps: dict[str, set[str]]
-    configs: dict[str, StageConfig]
-    parallel: int = 1
-    params: dict[str, Any] = field(default_factory=dict)
-    duckdb_settings: dict[str, Any] = field(default_factory=dict)
-    #: stage -> why it is skipped
-    skip: dict[str, str] = field(default_factory=dict)
-    reuse: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
-
-
-class Progress:
-    """A thread-safe picture of a run for ``get_progress()`` (O(1) per update)."""
-
-    def __init__(self, stages: list[str]):
-        self._lock = threading.Lock()
-        self._order = list(stages)
-        self._stages = {s: {"state": "PENDING", "attempts": 0, "error": None} for s in stages}
-        self._done: set[str] = set()
-        self._running: set[str] = set()
-        self._state: dict[str, Any] = {"state": "PENDING", "run_id": None, "current_stage": None}
-
-    def update(self, **changes: Any) -> None:
-        with self._lock:
-            self._state.update(changes)
-
-    def stage(self, name: str, **changes: Any) -> None:
-        if "state" in changes:
-            changes["state"] = str(changes["state"])
-        with self._lock:
-            st = self._stages.setdefault(name, {"state": "PENDING", "attempts": 0, "error": None})
-            st.update(changes)
-            state = st["state"]
-            (self._done.add if state in DONE_STAGE_STATES else self._done.discard)(name)
-            if state == StageState.RUNNING:
-                self._running.add(name)
-                self._state["current_stage"] = name
-            else:
-                self._running.discard(name)
-                if self._state["current_stage"] == name and self._running:
-                    self._state["current_stage"] = next(iter(self._running))
-
-    def snapshot(self) -> dict[str, Any]:
-        with self._lock:
-            order = self._order + [s for s in self._stages if s not in self._order]
-            total = len(self._order) or len(self._stages)
-            return {
-                **self._state,
-                "running_stages": [s for s in order if s in self._running],
-                "completed_stages": [s for s in order if s in self._done],
-                "total_stages": total,
-                "progress_percentage": round(100.0 * len(self._done) / (total or 1), 1),
-                "stages": {k: dict(v) for k, v in self._stages.items()},
-            }
 
 
 @dataclass
@@ -165,7 +90,7 @@ class _Execution:
 
     def __init__(self, engine: RunEngine, plan: RunPlan, stop: threading.Event,
                  cancel: threading.Event, grace: Callable[[], float | None], progress: Progress):
-        self.e, self.plan, self.stop, self.cancel, self.grace = engine, plan, stop, cancel, grace
+        self.engine, self.plan, self.stop, self.cancel, self.grace = engine, plan, stop, cancel, grace
         self.progress = progress
         self.log = engine.log
         self.done: set[str] = set()
@@ -207,9 +132,9 @@ class _Execution:
             for future in finished:
                 r = self.running.pop(future)
                 self._held_slots += 1
-                if self.e.budget is not None:
+                if self.engine.budget is not None:
                     self._held_budget.append((self.plan.run_id, r.stage))
-                store.remove_attempt(self.e.state_dir, self.plan.run_id, r.stage, r.attempt)
+                store.remove_attempt(self.engine.state_dir, self.plan.run_id, r.stage, r.attempt)
 
     def _go(self) -> Run:
         self._start()
@@ -220,7 +145,7 @@ class _Execution:
                 return self._end(T.RUN_CANCELLED, reason=reason)
             if self.stop.is_set():
                 deadline = self.grace()
-                if not self.running or (deadline is not None and self.e.clock() >= deadline):
+                if not self.running or (deadline is not None and self.engine.clock() >= deadline):
                     self._interrupt_all("the daemon is shutting down")
                     if self.failed is not None:
                         break  # it failed for good: record that, not a pause to resume
@@ -309,12 +234,12 @@ class _Execution:
                 "AND type = 'stage.retrying' ORDER BY seq", [run.run_id]):
             if stage in waiting:
                 due = parse_ts(ts).timestamp() + float(delay or 0)
-                self.retry_at[stage] = self.e.clock() + max(0.0, due - now_wall)
+                self.retry_at[stage] = self.engine.clock() + max(0.0, due - now_wall)
 
     def _ready(self, stage: str) -> bool:
         if stage in self.done or any(r.stage == stage for r in self.running.values()):
             return False
-        if self.retry_at.get(stage, 0.0) > self.e.clock():
+        if self.retry_at.get(stage, 0.0) > self.engine.clock():
             return False
         return self.plan.deps.get(stage, set()) <= self.done
 
@@ -326,13 +251,13 @@ class _Execution:
             if not self._ready(stage):
                 continue
             cfg = self.plan.configs[stage]
-            budget = self.e.budget
+            budget = self.engine.budget
             key = (self.plan.run_id, stage)
             # a worker slot first: a stage is only "started" when it really starts; a slot
             # held by this run's just-finished stage passes straight to its successor
             if self._held_slots:
                 self._held_slots -= 1
-            elif not self.e.executor.try_reserve():
+            elif not self.engine.executor.try_reserve():
                 self.waiting = True
                 return
             if budget is not None and not budget.try_acquire(key, cfg.requirements()):
@@ -361,7 +286,7 @@ class _Execution:
             pipeline_name=self.plan.pipeline_name,
             stage=stage,
             attempt=attempt,
-            state_dir=str(self.e.state_dir),
+            state_dir=str(self.engine.state_dir),
             params=self.plan.params,
             upstream={s: self.outputs.get(s) for s in self.done},
             input_stages=tuple(deps),
@@ -389,19 +314,19 @@ class _Execution:
         Either way the slot comes from the shared executor, so ``max_workers``
         still bounds all stages at once.
         """
-        if cfg.executor != "inprocess" or isinstance(self.e.executor, InProcessExecutor):
-            return self.e.executor
+        if cfg.executor != "inprocess" or isinstance(self.engine.executor, InProcessExecutor):
+            return self.engine.executor
         if self.inprocess is None:
             self.inprocess = InProcessExecutor(max(1, self.plan.parallel))
         return self.inprocess
 
     def _wait(self) -> None:
-        now = self.e.clock()
+        now = self.engine.clock()
         timeout = POLL_S
         if self.retry_at:
             timeout = min(timeout, max(0.0, min(self.retry_at.values()) - now))
         if not self.running:
-            self.e.executor.wait_for_slot(timeout)
+            self.engine.executor.wait_for_slot(timeout)
             return
         finished, _ = wait(list(self.running), timeout=timeout, return_when=FIRST_COMPLETED)
         for future in finished:
@@ -414,7 +339,7 @@ class _Execution:
         # log (_release_held, after _flush), so the log never shows more than
         # max_workers attempts between started and ended
         self._held_slots += 1
-        if self.e.budget is not None:
+        if self.engine.budget is not None:
             self._held_budget.append((self.plan.run_id, r.stage))
         self._record(r, outcome)
 
@@ -422,9 +347,9 @@ class _Execution:
         """Give back what finished attempts held; call after _flush()."""
         while self._held_slots:
             self._held_slots -= 1
-            self.e.executor.release()
+            self.engine.executor.release()
         while self._held_budget:
-            self.e.budget.release(self._held_budget.pop())  # type: ignore[union-attr]
+            self.engine.budget.release(self._held_budget.pop())  # type: ignore[union-attr]
 
     def _record(self, r: _Running, outcome: Outcome) -> None:
         run_id, stage, attempt = self.plan.run_id, r.stage, r.attempt
@@ -440,7 +365,7 @@ class _Execution:
             return
         self._flush()
         # whatever the attempt wrote was never recorded, so it does not exist
-        store.remove_attempt(self.e.state_dir, run_id, stage, attempt)
+        store.remove_attempt(self.engine.state_dir, run_id, stage, attempt)
         if outcome.interrupted:
             self.log.append(new_event(T.STAGE_INTERRUPTED, run_id, stage=stage, attempt=attempt, **payload))
             self.next_attempt[stage] = attempt + 1
@@ -451,11 +376,11 @@ class _Execution:
         cfg = self.plan.configs[stage]
         tries = self.tries.get(stage, 1)
         if outcome.retryable and tries <= cfg.retry_attempts and not (self.stop.is_set() or self.cancel.is_set()):
-            delay = cfg.retry_delay_for(tries, jitter=self.e.rng.uniform(0.8, 1.2))
+            delay = cfg.retry_delay_for(tries, jitter=self.engine.rng.uniform(0.8, 1.2))
             self.log.append(new_event(T.STAGE_RETRYING, run_id, stage=stage, attempt=attempt + 1,
                                       delay_s=round(delay, 3), after=kind, reason=outcome.error))
             self.next_attempt[stage] = attempt + 1
-            self.retry_at[stage] = self.e.clock() + delay
+            self.retry_at[stage] = self.engine.clock() + delay
             self.progress.stage(stage, state=StageState.RETRYING, error=outcome.error)
             return
         self.next_attempt[stage] = attempt + 1

@@ -162,7 +162,7 @@ class Builder:
     """Turns parsed rules into table-level problems and row-level checks for one table."""
 
     def __init__(self, spec: dict[str, Any], target: Target, prefix: str):
-        self.spec, self.t, self.p = spec, target, prefix
+        self.spec, self.target, self.prefix = spec, target, prefix
         self.by_lower = {n.lower(): (n, ty) for n, ty in target.columns}
         self.problems: list[tuple[str, str, str]] = []     # rule, column(s), message
         self.checks: list[Check] = []
@@ -183,8 +183,8 @@ class Builder:
         if gone:
             self.missing |= {n.lower() for n in gone}
             shown = ", ".join(_ident_text(n) for n in gone)
-            self.problems.append((rule, ", ".join(gone), self.p + f"{rule}: missing column(s) "
-                                  f"{shown}{by} (the output has: {self.t.column_list()})"))
+            self.problems.append((rule, ", ".join(gone), self.prefix + f"{rule}: missing column(s) "
+                                  f"{shown}{by} (the output has: {self.target.column_list()})"))
 
     def column(self, rule: str, name: str) -> str | None:
         """The table's spelling of ``name``; None if a required-columns failure covers it."""
@@ -193,16 +193,16 @@ class Builder:
             return hit[0]
         if name.lower() in self.missing:
             return None
-        names = [n for n, _ in self.t.columns]
+        names = [n for n, _ in self.target.columns]
         hint = "; " + (did_you_mean(name, names) or "name one of its columns")
-        raise ConfigError(self.p + f"validation rule {rule} names column {name!r}, which the "
-                          f"output does not have (its columns: {self.t.column_list()}){hint}")
+        raise ConfigError(self.prefix + f"validation rule {rule} names column {name!r}, which the "
+                          f"output does not have (its columns: {self.target.column_list()}){hint}")
 
     def guard(self, where: str, col: str, values: Sequence[Any]) -> None:
         sql_type = self.by_lower[col.lower()][1]
         for v in values:
             if not _fits(v, _category(sql_type)):
-                raise ConfigError(self.p + f"{where} compares the {sql_type} column "
+                raise ConfigError(self.prefix + f"{where} compares the {sql_type} column "
                                   f"{_ident_text(col)} with {v!r}; give values of the column's "
                                   "type, or cast the column in the stage")
 
@@ -308,7 +308,7 @@ class Builder:
             add("type", f"{_ident_text(col)} not a whole number", f"({finite}{q} <> trunc({q}))",
                 note="type integer")
             return
-        self.problems.append(("schema", col, self.p + f"schema: column {_ident_text(col)} is "
+        self.problems.append(("schema", col, self.prefix + f"schema: column {_ident_text(col)} is "
                               f"{sql_type}, but {s.name} gives its type as {' or '.join(wanted)}"))
 
 
