@@ -15,10 +15,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, create_model,
+                      field_validator, model_validator)
 
 from ..durations import format_duration
+from ..monitoring.thresholds import ThresholdField, threshold_fields
 from .values import (Delimiter, DottedPath, Duration, Encoding, ExecutionMode, Executor,
                      ExistingFile, ListenAddress, MemorySize, Misfire, Observer, PipelineName,
                      PositiveDuration, RangePair, Regex, ResolvedPath, StageName, StageType,
@@ -255,17 +256,22 @@ class MasterOrchestration(_Model):
     resource_limits: ResourceRequirements | None = None
 
 
-class MonitoringThresholdSettings(_Model):
-    """Alert thresholds (see docs/monitoring.md); null turns one off."""
+def _threshold_setting(t: ThresholdField) -> tuple[Any, Any]:
+    """One key of daemon.monitoring.thresholds, from the monitor's own list of thresholds."""
+    if t.limit.kind == "duration":
+        default = None if t.default is None else timedelta(seconds=t.default)
+        return PositiveDuration | None, default
+    kind = int if t.limit.kind == "runs" else float | None
+    return kind, Field(t.default, ge=t.limit.low, le=t.limit.high)
 
-    cpu_percent: float | None = Field(None, ge=0, le=100)
-    memory_percent: float | None = Field(85, ge=0, le=100)
-    disk_percent: float | None = Field(None, ge=0, le=100)   # default: daemon.disk_alert_percent
-    run_duration_factor: float | None = Field(3, ge=1)
-    run_duration_min_runs: int = Field(5, ge=1)
-    stage_duration_s: PositiveDuration | None = None
-    pipeline_failure_rate: float | None = Field(0.5, ge=0, le=1)
-    failure_rate_min_runs: int = Field(4, ge=1)
+
+#: Alert thresholds (see docs/monitoring.md); null turns one off, except disk_percent: null
+#: there means daemon.disk_alert_percent.  One key per field of MonitorThresholds, with its
+#: default and limits: a threshold is added there, not here.
+MonitoringThresholdSettings = create_model(
+    "MonitoringThresholdSettings", __base__=_Model, __module__=__name__,
+    __doc__="Alert thresholds (see docs/monitoring.md); null turns one off.",
+    **{t.name: _threshold_setting(t) for t in threshold_fields()})
 
 
 class MonitoringSettings(_Model):

@@ -2,8 +2,9 @@
 
 The metrics are produced by a ``prometheus_client`` collector registered on a
 registry of the monitor's own (never the library's global one):
-:func:`build_registry` makes it, and every scrape reads the monitor's
-statistics under its lock at that moment.  The Prometheus text is
+:func:`build_registry` makes it over the monitor's
+:class:`~pipelines.monitoring.monitor_state.MonitorState`, and every scrape
+reads that state under the monitor's lock at that moment.  The Prometheus text is
 ``prometheus_client.generate_latest``; CSV and JSON list the same samples.
 The process's own figures (resident memory, CPU seconds, open files, start
 time) come from ``prometheus_client``'s process collector, as
@@ -20,54 +21,54 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, ContextManager, Iterator
 
 from state.errors import did_you_mean
 
 from ..errors import ConfigError
+from .monitor_state import MonitorState
 from .records import AlertSeverity, in_parentheses, jsonable
-
-if TYPE_CHECKING:
-    from .monitor import PipelineMonitor
 
 FORMATS = {"json": "json", "prometheus": "prom", "csv": "csv"}
 #: the content type of the Prometheus text format, for an HTTP reply
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def build_registry(monitor: "PipelineMonitor") -> Any:
-    """A registry holding the monitor's collector and (unless read-only) a process collector."""
+def build_registry(state: MonitorState, lock: ContextManager[Any], event_log: Any = None, *,
+                   process: bool = True) -> Any:
+    """A registry reading ``state`` under ``lock`` (and the append timings of
+    ``event_log``, if any); with ``process``, prometheus_client's process collector too."""
     from prometheus_client import CollectorRegistry
     from prometheus_client.process_collector import ProcessCollector
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_MonitorCollector(monitor))
-    if not monitor.read_only:  # a look at the history: this process is not the daemon
+    registry.register(_MonitorCollector(state, lock, event_log))
+    if process:
         ProcessCollector(namespace="ahgd", registry=registry)
     return registry
 
 
 class _MonitorCollector:
-    def __init__(self, monitor: "PipelineMonitor"):
-        self._monitor = monitor
+    def __init__(self, state: MonitorState, lock: ContextManager[Any], event_log: Any):
+        self._state, self._lock, self._event_log = state, lock, event_log
 
     def describe(self) -> list:
         return []  # unchecked: the families depend on the pipelines seen
 
     def collect(self) -> Iterator[Any]:
-        m = self._monitor
-        with m._lock:
-            queue = m.queue_figures()
-            latest = m._samples[-1] if m._samples else None
-            families = [*_run_families(m), *_stage_families(m), *_queue_families(queue),
-                        *_alert_families(m), *_system_families(latest)]
-        log = m.event_log
+        m = self._state
+        with self._lock:
+            latest = m.samples[-1] if m.samples else None
+            families = [*_run_families(m), *_stage_families(m),
+                        *_queue_families(m.queue_figures()), *_alert_families(m),
+                        *_system_families(latest)]
+        log = self._event_log
         if log is not None and hasattr(log, "append_timings"):
             families.append(_append_family(log.append_timings))
         yield from families
 
 
-def _run_families(m: "PipelineMonitor") -> list:
+def _run_families(m: MonitorState) -> list:
     from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                         HistogramMetricFamily)
 
@@ -81,7 +82,7 @@ def _run_families(m: "PipelineMonitor") -> list:
     files = CounterMetricFamily("ahgd_files", "Drop-folder files by outcome: taken (a run was "
                                 "requested), duplicate (content seen before), quarantined.",
                                 labels=["pipeline", "outcome"])
-    for name, s in sorted(m._pipelines.items()):
+    for name, s in sorted(m.pipelines.items()):
         for state, n in sorted(s.runs.items()):
             runs.add_metric([name, state], n)
         if s.durations.count:
@@ -93,7 +94,7 @@ def _run_families(m: "PipelineMonitor") -> list:
     return [runs, duration, success, files]
 
 
-def _stage_families(m: "PipelineMonitor") -> list:
+def _stage_families(m: MonitorState) -> list:
     from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                         HistogramMetricFamily)
 
@@ -111,7 +112,7 @@ def _stage_families(m: "PipelineMonitor") -> list:
                               labels=labels)
     peak = GaugeMetricFamily("ahgd_stage_peak_resident_memory_bytes", "Highest peak memory of "
                              "an attempt.", labels=labels)
-    for name, p in sorted(m._pipelines.items()):
+    for name, p in sorted(m.pipelines.items()):
         for stage, s in sorted(p.stages.items()):
             for state, n in sorted(s.states.items()):
                 attempts.add_metric([name, stage, state], n)
@@ -139,17 +140,17 @@ def _queue_families(queue: dict[str, int]) -> list:
     ]
 
 
-def _alert_families(m: "PipelineMonitor") -> list:
+def _alert_families(m: MonitorState) -> list:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
     raised = CounterMetricFamily("ahgd_alerts", "Alerts raised, by severity.",
                                  labels=["severity"])
     for sev in AlertSeverity:
-        raised.add_metric([sev.value], m._alert_counts[sev])
+        raised.add_metric([sev.value], m.alert_counts[sev])
     open_ = GaugeMetricFamily("ahgd_alerts_open", "Alerts firing now, by name and severity.",
                               labels=["name", "severity"])
     counts: dict[tuple[str, str], int] = {}
-    for a in m._open.values():
+    for a in m.open.values():
         counts[(a.name, a.severity.value)] = counts.get((a.name, a.severity.value), 0) + 1
     for (name, sev), n in sorted(counts.items()):
         open_.add_metric([name, sev], n)

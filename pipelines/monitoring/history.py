@@ -1,4 +1,6 @@
-"""Seeding a :class:`~pipelines.monitoring.PipelineMonitor` from an event log.
+"""Seeding a monitor's :class:`~pipelines.monitoring.monitor_state.MonitorState` from an event log.
+
+    actions = load_history(state, log, now)    # fills the MonitorState; resolutions to emit
 
 A daemon that restarts should not forget what it knew: the counters of
 finished runs, stage attempts and files, the duration histograms, the last
@@ -7,23 +9,24 @@ alert compares against, the runs still queued or running, the parked runs
 and the open alerts are all read back from the projections with plain SQL
 (a few grouped queries, not a replay).  Alerts whose condition is known to
 have cleared while no monitor watched (their run ended, a later run of their
-pipeline completed) are resolved here.
+pipeline completed) are resolved here.  Only reads the log and fills the
+state: the caller holds the lock and emits the resolutions.
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import Any
 
 from state.errors import AhgdError
 from state.log import parse_ts
 from state.machine import ENDED_RUN_STATES
 
-from .records import (DURATION_BUCKETS_S, DURATION_WINDOW, FAILURE_WINDOW,
-                              FINISHED_STATES, Alert, AlertSeverity, StageStats)
-
-if TYPE_CHECKING:
-    from .monitor import PipelineMonitor, _Action
+from .alerts import Action, recheck_failure_rates, stale_alerts
+from .monitor_state import LiveRun, MonitorState
+from .records import (DURATION_BUCKETS_S, DURATION_WINDOW, FAILURE_WINDOW, FINISHED_STATES,
+                      Alert, AlertSeverity, StageStats)
 
 _TERMINAL = tuple(sorted(ENDED_RUN_STATES))
 #: a run's duration from its *latest* start, as live counting has it: a retried or
@@ -33,37 +36,36 @@ _LAST_START = ("CASE WHEN retries + recoveries > 0 THEN (SELECT MAX(e.ts) FROM e
 _SECONDS = f"((julianday(ended_at) - julianday({_LAST_START})) * 86400.0)"
 
 
-def load_history(monitor: "PipelineMonitor", log: Any) -> list["_Action"]:
-    """Fill ``monitor`` from ``log``'s projections; the alert resolutions to emit."""
-    with monitor._lock:
-        _runs(monitor, log)
-        _stages(monitor, log)
-        _files(monitor, log)
-        _live(monitor, log)
-        actions = _alerts(monitor, log)
-        return actions + monitor._recheck_failure_rates()
+def load_history(state: MonitorState, log: Any, now: datetime) -> list[Action]:
+    """Fill ``state`` from ``log``'s projections; the alert resolutions to emit."""
+    _runs(state, log)
+    _stages(state, log)
+    _files(state, log)
+    _live(state, log)
+    _alerts(state, log, now)
+    return stale_alerts(state, now) + recheck_failure_rates(state, now)
 
 
 def _buckets_sql(column: str) -> str:
     return ", ".join(f"SUM({column} <= {b!r})" for b in DURATION_BUCKETS_S)
 
 
-def _runs(monitor: "PipelineMonitor", log: Any) -> None:
-    for pipeline, state, n in log.query(
+def _runs(state: MonitorState, log: Any) -> None:
+    for pipeline, final, n in log.query(
             "SELECT pipeline, state, COUNT(*) FROM runs WHERE state IN "
             f"({', '.join('?' * len(_TERMINAL))}) GROUP BY pipeline, state", list(_TERMINAL)):
-        monitor._stats(pipeline).runs[state] = n
+        state.stats(pipeline).runs[final] = n
     # MATERIALIZED: computed once per row, not once per reference in the 19 aggregates
     for row in log.query(
             f"WITH t AS MATERIALIZED (SELECT pipeline, {_SECONDS} AS d FROM runs WHERE state IN "
             f"({', '.join('?' * len(_TERMINAL))}) AND started_at IS NOT NULL) "
             f"SELECT pipeline, COUNT(d), SUM(d), MAX(d), {_buckets_sql('d')} FROM t "
             "GROUP BY pipeline", list(_TERMINAL)):
-        monitor._stats(row[0]).durations.add_cumulative(row[4:], row[1], row[2], row[3])
+        state.stats(row[0]).durations.add_cumulative(row[4:], row[1], row[2], row[3])
     for pipeline, ended in log.query(
             "SELECT pipeline, MAX(ended_at) FROM runs WHERE state = 'COMPLETED' GROUP BY pipeline"):
-        monitor._stats(pipeline).last_success_at = parse_ts(ended)
-    window = max(DURATION_WINDOW, FAILURE_WINDOW, monitor.recent_runs)
+        state.stats(pipeline).last_success_at = parse_ts(ended)
+    window = max(DURATION_WINDOW, FAILURE_WINDOW, state.recent_runs)
     rows = log.query(
         "SELECT * FROM (SELECT run_id, pipeline, state, trigger, requested_at, started_at, "
         f"ended_at, {_SECONDS} AS duration_s, failed_stage, error, ROW_NUMBER() OVER "
@@ -71,7 +73,7 @@ def _runs(monitor: "PipelineMonitor", log: Any) -> None:
         f"({', '.join('?' * len(_TERMINAL))})) WHERE n <= ? ORDER BY pipeline, n DESC",
         [*_TERMINAL, window])
     for r in rows:  # oldest first, so that appendleft leaves the newest in front
-        stats = monitor._stats(r[1])
+        stats = state.stats(r[1])
         summary = {"run_id": r[0], "pipeline": r[1], "state": r[2], "trigger": r[3],
                    "requested_at": r[4], "started_at": r[5], "ended_at": r[6],
                    "duration_s": round(r[7], 3) if r[7] is not None else None,
@@ -82,10 +84,10 @@ def _runs(monitor: "PipelineMonitor", log: Any) -> None:
             stats.completed_durations.append(r[7])
         if r[2] in FINISHED_STATES:
             stats.recent.append(r[2] != "COMPLETED")
-        monitor._remember_pipeline(r[0], r[1])
+        state.remember_pipeline(r[0], r[1])
 
 
-def _stages(monitor: "PipelineMonitor", log: Any) -> None:
+def _stages(state: MonitorState, log: Any) -> None:
     # attempt 0 is a stage skipped or reused (its output taken from an earlier run); a
     # retry is an attempt numbered 2 or more that started (a RETRYING row has not)
     rows = log.query(
@@ -100,53 +102,51 @@ def _stages(monitor: "PipelineMonitor", log: Any) -> None:
         f"COUNT(d), SUM(d), MAX(d), {_buckets_sql('d')} FROM s "
         "JOIN runs r ON r.run_id = s.run_id GROUP BY r.pipeline, s.stage, s.state")
     for row in rows:
-        pipeline, stage, state, n, max_attempt, rows_out, cpu, peak, retries = row[:9]
+        pipeline, stage, outcome, n, max_attempt, rows_out, cpu, peak, retries = row[:9]
         timed, total, longest, buckets = row[9], row[10], row[11], tuple(row[12:])
-        s = monitor._stats(pipeline).stages.setdefault(stage, StageStats())
+        s = state.stats(pipeline).stages.setdefault(stage, StageStats())
         s.retries += retries
-        if state in ("PENDING", "RUNNING", "RETRYING"):  # not an outcome (yet)
+        if outcome in ("PENDING", "RUNNING", "RETRYING"):  # not an outcome (yet)
             continue
-        s.states[state] += n
+        s.states[outcome] += n
         s.max_attempt = max(s.max_attempt, max_attempt or 0)
         s.rows += rows_out
         s.cpu_s += cpu
         if peak is not None:
             s.peak_rss_mb = max(s.peak_rss_mb or 0.0, peak)
-        if state not in ("SKIPPED", "REUSED") and timed:
+        if outcome not in ("SKIPPED", "REUSED") and timed:
             s.durations.add_cumulative(buckets, timed, total, longest)
 
 
-def _files(monitor: "PipelineMonitor", log: Any) -> None:
+def _files(state: MonitorState, log: Any) -> None:
     for pipeline, taken, duplicates, quarantined in log.query(
             "SELECT pipeline, SUM(run_id IS NOT NULL), SUM(duplicates), "
             "SUM(state = 'QUARANTINED') FROM files GROUP BY pipeline"):
-        files = monitor._stats(pipeline).files
+        files = state.stats(pipeline).files
         files["taken"], files["duplicate"], files["quarantined"] = taken, duplicates, quarantined
 
 
-def _live(monitor: "PipelineMonitor", log: Any) -> None:
-    from .monitor import LiveRun
-
-    for run_id, pipeline, state, trigger, requested, started, stages in log.query(
+def _live(state: MonitorState, log: Any) -> None:
+    for run_id, pipeline, run_state, trigger, requested, started, stages in log.query(
             "SELECT run_id, pipeline, state, trigger, requested_at, started_at, stages FROM runs "
             "WHERE state IN ('PENDING', 'RUNNING')"):
-        monitor._remember_pipeline(run_id, pipeline)
-        run = LiveRun(run_id, pipeline, state, trigger, parse_ts(requested), parse_ts(started),
+        state.remember_pipeline(run_id, pipeline)
+        run = LiveRun(run_id, pipeline, run_state, trigger, parse_ts(requested), parse_ts(started),
                       list(json.loads(stages or "[]")))
-        monitor._live[run_id] = run
-    if monitor._live:
-        ids = list(monitor._live)
-        for run_id, stage, attempt, state, started in log.query(
+        state.live[run_id] = run
+    if state.live:
+        ids = list(state.live)
+        for run_id, stage, attempt, stage_state, started in log.query(
                 "SELECT run_id, stage, attempt, state, started_at FROM stage_runs WHERE run_id IN "
                 f"({', '.join('?' * len(ids))}) ORDER BY run_id, stage, attempt", ids):
-            monitor._live[run_id].stage_states[stage] = (state, attempt)
-            if state == "RUNNING":
-                monitor._stage_started[(run_id, stage)] = parse_ts(started)
+            state.live[run_id].stage_states[stage] = (stage_state, attempt)
+            if stage_state == "RUNNING":
+                state.stage_started[(run_id, stage)] = parse_ts(started)
     for (run_id,) in log.query("SELECT run_id FROM runs WHERE state = 'PARKED'"):
-        monitor._parked.add(run_id)
+        state.parked.add(run_id)
 
 
-def _alerts(monitor: "PipelineMonitor", log: Any) -> list["_Action"]:
+def _alerts(state: MonitorState, log: Any, now: datetime) -> None:
     try:
         rows = log.query(
             "SELECT alert_id, name, severity, message, fields, run_id, raised_at FROM alerts "
@@ -157,28 +157,6 @@ def _alerts(monitor: "PipelineMonitor", log: Any) -> list["_Action"]:
         rows = []
     for alert_id, name, severity, message, fields, run_id, raised in rows:
         alert = Alert(alert_id, AlertSeverity.coerce(severity), name, message,
-                      json.loads(fields or "{}"), parse_ts(raised) or monitor._now(), run_id)
-        monitor._open[alert_id] = alert
-        monitor._alerts.append(alert)
-    actions: list[_Action] = []
-    for alert in list(monitor._open.values()):
-        reason = _cleared(monitor, alert)
-        if reason:
-            actions += monitor._close_alert(alert.id, reason)
-    return actions
-
-
-def _cleared(monitor: "PipelineMonitor", alert: Alert) -> str | None:
-    """Why an alert left open by an earlier monitor no longer holds, or None."""
-    run_id = alert.run_id
-    if alert.name == "run.parked":
-        return None if run_id in monitor._parked else f"run {run_id} is no longer parked"
-    if run_id and run_id not in monitor._live and not run_id.endswith(":api"):
-        return f"run {run_id} ended while no monitor was watching"
-    if alert.name in ("pipeline.failing", "file.quarantined"):
-        pipeline = alert.fields.get("pipeline")
-        success = monitor._stats(pipeline).last_success_at if pipeline else None
-        if success is not None and success > alert.at:
-            return f"a later run of pipeline {pipeline!r} completed"
-    return None
-
+                      json.loads(fields or "{}"), parse_ts(raised) or now, run_id)
+        state.open[alert_id] = alert
+        state.alerts.append(alert)

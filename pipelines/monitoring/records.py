@@ -1,11 +1,10 @@
-"""What a :class:`~pipelines.monitoring.PipelineMonitor` keeps and hands out.
+"""The values a monitor keeps and hands out: alerts, samples, histograms, statistics.
 
-Alert severities and alerts, the thresholds that raise them, system samples,
-duration histograms, and the per-pipeline and per-stage statistics folded
-from events — plain
-values with no locking, sampling or I/O of their own, shared by
-:mod:`pipelines.monitoring` (which updates them) and
-:mod:`pipelines.monitoring.export` (which renders them).
+Alert severities and alerts, system samples, duration histograms, and the
+per-pipeline and per-stage statistics folded from events: plain values with
+no locking, sampling or I/O of their own, held by a
+:class:`~pipelines.monitoring.monitor_state.MonitorState`, updated by the
+fold and the seeding, rendered by the dashboard and the export.
 """
 
 from __future__ import annotations
@@ -14,16 +13,15 @@ import bisect
 import json
 import math
 from collections import Counter, deque
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from state.log import format_ts
 
 from state.errors import did_you_mean
 
-from ..durations import parse_duration
 from ..errors import ConfigError
 
 SYSTEM_METRICS = ("cpu_percent", "memory_percent", "disk_percent")
@@ -86,70 +84,6 @@ class Alert:
                 "message": self.message, "raised_at": iso(self.at), "run_id": self.run_id,
                 "resolved_at": iso(self.resolved_at), "resolution": self.resolution,
                 "repeats": self.repeats, "fields": jsonable(self.fields)}
-
-
-@dataclass(frozen=True)
-class MonitorThresholds:
-    """Alert thresholds; a value is crossed when the measure goes *above* it.
-
-    ``None`` turns a threshold off.  Percentages are 0-100.  A run is slow when
-    it has been going for longer than ``run_duration_factor`` times the 95th
-    percentile of its pipeline's completed runs (judged once the pipeline has
-    ``run_duration_min_runs`` of them).  The failure rate is a fraction over the
-    last ``FAILURE_WINDOW`` finished runs, judged from ``failure_rate_min_runs``.
-    """
-
-    cpu_percent: float | None = None
-    memory_percent: float | None = 85.0
-    disk_percent: float | None = 90.0
-    run_duration_factor: float | None = 3.0
-    run_duration_min_runs: int = 5
-    stage_duration_s: float | None = None
-    pipeline_failure_rate: float | None = 0.5
-    failure_rate_min_runs: int = 4
-
-    def __post_init__(self) -> None:
-        for name in SYSTEM_METRICS:
-            self._check(name, 0, 100, "a percentage from 0 to 100")
-        self._check("pipeline_failure_rate", 0, 1, "a fraction from 0 to 1 such as 0.5")
-        self._check("run_duration_factor", 1, 1000, "a factor of 1 or more, such as 3")
-        if self.stage_duration_s is not None:
-            td = parse_duration(self.stage_duration_s, positive=True,
-                                what="monitor threshold 'stage_duration_s'")
-            object.__setattr__(self, "stage_duration_s", td.total_seconds())
-        for name in ("failure_rate_min_runs", "run_duration_min_runs"):
-            runs = getattr(self, name)
-            if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
-                raise ConfigError(f"monitor threshold {name!r} is {runs!r}; "
-                                  "use a whole number of runs, 1 or more")
-
-    def _check(self, name: str, low: float, high: float, what: str) -> None:
-        value = getattr(self, name)
-        if value is None:
-            return
-        if (isinstance(value, bool) or not isinstance(value, (int, float))
-                or not low <= value <= high):
-            raise ConfigError(f"monitor threshold {name!r} is {value!r}; "
-                              f"use {what}, or None to turn it off")
-        object.__setattr__(self, name, float(value))
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any] | MonitorThresholds | None,
-                     ) -> MonitorThresholds:
-        if values is None:
-            return cls()
-        if isinstance(values, cls):
-            return values
-        known = [f.name for f in fields(cls)]
-        for key in values:
-            if key not in known:
-                raise ConfigError(f"monitor threshold {key!r} is unknown"
-                                  f"{in_parentheses(did_you_mean(str(key), known))}; "
-                                  f"known thresholds: {', '.join(known)}")
-        return cls(**values)
-
-    def with_changes(self, **changes: Any) -> MonitorThresholds:
-        return self.from_mapping({**asdict(self), **changes})
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,249 @@
+"""The monitor's fold: events, samples and calls from code applied to a MonitorState.
+
+    actions = observe(state, event, now)     # what to log and record, as data
+
+Each function updates the run, stage and file statistics and the runs in
+flight, lets :mod:`~pipelines.monitoring.alerts` decide which alerts open or
+close, and returns those :class:`~pipelines.monitoring.alerts.Action` s.
+Pure but for the state it is given: no logging, no I/O, no locks, no
+threads; ``now`` is the monitor's clock, an event's own time is its ``ts``.
+A run older than the state remembers is looked up through
+``state.find_pipeline`` (the monitor asks its event log).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Callable
+
+from state.events import Event
+from state.log import parse_ts
+
+from . import alerts
+from .alerts import Action
+from .monitor_state import LiveRun, MonitorState, remember
+from .records import FINISHED_STATES, StageStats, SystemSample, iso
+from .thresholds import MonitorThresholds
+
+
+def observe(state: MonitorState, event: Event, now: datetime) -> list[Action]:
+    """Fold one event of the event log into ``state``; the alert actions it causes."""
+    handler = _HANDLERS.get(str(event.type))
+    if handler is None:
+        return []
+    return handler(state, event, event.data() or {}, parse_ts(event.ts) or now, now)
+
+
+def take_sample(state: MonitorState, sample: SystemSample, now: datetime) -> list[Action]:
+    """Keep ``sample`` and judge the machine, the runs and the stages by it."""
+    state.samples.append(sample)
+    return (alerts.check_system(state, sample, now)
+            + alerts.check_durations(state, sample.at, now))
+
+
+def set_thresholds(state: MonitorState, thresholds: MonitorThresholds,
+                   now: datetime) -> list[Action]:
+    """New thresholds: the failure rates are judged again at once (the rest on a sample)."""
+    state.thresholds = thresholds
+    return alerts.recheck_failure_rates(state, now)
+
+
+# -- runs and stages from code ----------------------------------------------------
+
+def start_api_run(state: MonitorState, run_id: str, pipeline: str, now: datetime) -> None:
+    """A run of ``pipeline`` started now, told by code rather than by an event."""
+    state.stats(pipeline)
+    state.remember_pipeline(run_id, pipeline)
+    state.live[run_id] = LiveRun(run_id, pipeline, "RUNNING", "api", now, now)
+
+
+def oldest_api_run(state: MonitorState, pipeline: str) -> str | None:
+    return next((r.run_id for r in state.live.values()
+                 if r.pipeline == pipeline and r.trigger == "api"), None)
+
+
+def end_run(state: MonitorState, run_id: str, final: str, at: datetime, extra: dict[str, Any],
+            now: datetime, seq: int | None = None) -> tuple[float | None, list[Action]]:
+    """Run ``run_id`` ended ``final`` at ``at``: its duration in s, and the alert actions."""
+    live = state.live.pop(run_id, None)
+    pipeline = live.pipeline if live else state.run_pipeline.get(run_id, "unknown")
+    stats = state.stats(pipeline)
+    started = live.started_at if live else None
+    duration = (at - started).total_seconds() if started is not None else None
+    stats.runs[final] += 1
+    stats.durations.add(duration)
+    if final == "COMPLETED" and duration is not None:
+        stats.completed_durations.append(duration)
+    summary = {"run_id": run_id, "pipeline": pipeline, "state": final,
+               "trigger": live.trigger if live else None,
+               "requested_at": iso(live.requested_at) if live else None,
+               "started_at": iso(started), "ended_at": iso(at), "duration_s": duration,
+               "failed_stage": extra.get("stage"),
+               "error": extra.get("error") or extra.get("reason")}
+    stats.last_run = summary
+    stats.recent_runs.appendleft(summary)
+    for key in [k for k in state.stage_started if k[0] == run_id]:
+        del state.stage_started[key]
+    # listeners may see two runs' endings out of log order: only the later one
+    # decides whether the pipeline is failing
+    latest = seq is None or seq > stats.last_end_seq
+    if seq is not None and latest:
+        stats.last_end_seq = seq
+    if final == "COMPLETED":
+        stats.last_success_at = max(stats.last_success_at or at, at)
+    elif final == "PARKED":
+        state.parked.add(run_id)
+    actions = alerts.run_ended(state, run_id, pipeline, final, extra, latest=latest, at=at,
+                               now=now)
+    if final in FINISHED_STATES:
+        stats.recent.append(final != "COMPLETED")
+        actions += alerts.check_failure_rate(state, pipeline, now)
+    return duration, actions
+
+
+def record_stage(state: MonitorState, pipeline: str, stage: str, final: str,
+                 duration_s: float | None, rows: int | None, cpu_s: float | None,
+                 peak_rss_mb: float | None, attempt: int | None, run_id: str | None,
+                 now: datetime) -> list[Action]:
+    """How one attempt ended (``run_id`` None: told by code, not by an event)."""
+    s = state.stats(pipeline).stages.setdefault(stage, StageStats())
+    if final == "RETRYING":   # not an outcome: the failed attempt was counted already,
+        return []             # and the retry counts when it starts
+    s.states[final] += 1
+    if final not in ("SKIPPED", "REUSED"):
+        s.durations.add(duration_s)
+    s.rows += rows or 0
+    s.cpu_s += cpu_s or 0.0
+    if peak_rss_mb is not None:
+        s.peak_rss_mb = max(s.peak_rss_mb or 0.0, peak_rss_mb)
+    s.max_attempt = max(s.max_attempt, attempt or 1)
+    limit = state.thresholds.stage_duration_s
+    if (final == "COMPLETED" and limit is not None and (duration_s or 0) > limit
+            and run_id is None):  # from code: it is over already, so raised and resolved
+        run = f"{pipeline}:api"
+        state.remember_pipeline(run, pipeline)
+        return (alerts.slow_stage(state, run, stage, duration_s or 0.0, limit, now)
+                + alerts.close_alert(state, f"stage.slow:{run}:{stage}",
+                                     f"stage {stage!r} ended", at=now))
+    return []
+
+
+# -- runs and stages from the event log ---------------------------------------------
+
+def _pipeline_of(state: MonitorState, event: Event, data: dict[str, Any]) -> str:
+    name = data.get("pipeline") or state.run_pipeline.get(event.run_id or "")
+    if name is None and event.run_id and state.find_pipeline is not None:
+        # a run ended long ago and retried now: older than what we remember
+        name = state.find_pipeline(event.run_id)
+    name = name or "unknown"
+    if event.run_id and name != "unknown":
+        state.remember_pipeline(event.run_id, name)
+    return name
+
+
+def _live_run(state: MonitorState, event: Event, data: dict, at: datetime) -> LiveRun:
+    run = state.live.get(event.run_id or "")
+    if run is None:
+        pipeline = _pipeline_of(state, event, data)
+        state.stats(pipeline)
+        run = state.live[event.run_id or ""] = LiveRun(
+            event.run_id or "", pipeline, "PENDING", data.get("trigger"), at)
+    return run
+
+
+def _on_run_requested(state: MonitorState, event: Event, data: dict, at: datetime,
+                      now: datetime) -> list[Action]:
+    run = _live_run(state, event, data, at)
+    run.state, run.trigger, run.requested_at = "PENDING", data.get("trigger"), at
+    return []
+
+
+def _on_run_started(state: MonitorState, event: Event, data: dict, at: datetime,
+                    now: datetime) -> list[Action]:
+    run = _live_run(state, event, data, at)
+    run.state, run.started_at = "RUNNING", at
+    run.stages = list(data.get("stages") or run.stages)
+    return []
+
+
+def _on_run_requeued(state: MonitorState, event: Event, data: dict, at: datetime,
+                     now: datetime) -> list[Action]:
+    """run.recovered / run.suspended / run.retried: the run waits to start again."""
+    _live_run(state, event, data, at).state = "PENDING"
+    return alerts.unparked(state, event.run_id or "", "retried", now)
+
+
+def _on_run_ended(state: MonitorState, event: Event, data: dict, at: datetime,
+                  now: datetime) -> list[Action]:
+    final = str(event.type).partition(".")[2].upper()
+    run_id = event.run_id or ""
+    _pipeline_of(state, event, data)
+    actions = alerts.unparked(state, run_id, "cancelled", now) if final == "CANCELLED" else []
+    extra = {"stage": data.get("stage") or event.stage, "error": data.get("error"),
+             "reason": data.get("reason")}
+    return actions + end_run(state, run_id, final, at,
+                             {k: v for k, v in extra.items() if v is not None}, now,
+                             event.seq)[1]
+
+
+def _on_stage_started(state: MonitorState, event: Event, data: dict, at: datetime,
+                      now: datetime) -> list[Action]:
+    remember(state.stage_started, (event.run_id or "", event.stage or ""), at)
+    if (event.attempt or 1) > 1:   # a retry: automatic, or the run retried by hand
+        pipeline = _pipeline_of(state, event, data)
+        state.stats(pipeline).stages.setdefault(event.stage or "unknown",
+                                                StageStats()).retries += 1
+    run = state.live.get(event.run_id or "")
+    if run is not None and event.stage:
+        run.stage_states[event.stage] = ("RUNNING", event.attempt or 1)
+    return []
+
+
+def _on_stage_ended(state: MonitorState, event: Event, data: dict, at: datetime,
+                    now: datetime) -> list[Action]:
+    pipeline, stage = _pipeline_of(state, event, data), event.stage or "unknown"
+    run_id = event.run_id or ""
+    started = state.stage_started.pop((run_id, stage), None)
+    duration = data.get("wall_s")
+    if duration is None and started is not None:
+        duration = (at - started).total_seconds()
+    final = _STAGE_STATES[str(event.type)]
+    run = state.live.get(run_id)
+    if run is not None and event.stage:
+        run.stage_states[event.stage] = (final, event.attempt or 1)
+    return (record_stage(state, pipeline, stage, final, duration, data.get("rows"),
+                         data.get("cpu_s"), data.get("peak_rss_mb"), event.attempt, run_id, now)
+            + alerts.stage_ended(state, run_id, pipeline, stage, final, event.attempt, duration,
+                                 now))
+
+
+def _on_file(state: MonitorState, event: Event, data: dict, at: datetime,
+             now: datetime) -> list[Action]:
+    pipeline = _pipeline_of(state, event, data)
+    outcome = _FILE_OUTCOMES[str(event.type)]
+    state.stats(pipeline).files[outcome] += 1
+    if outcome != "quarantined":
+        return []
+    return alerts.file_quarantined(state, pipeline, data, now)
+
+
+_Handler = Callable[[MonitorState, Event, dict, datetime, datetime], list[Action]]
+_STAGE_STATES = {
+    "stage.completed": "COMPLETED", "stage.failed": "FAILED", "stage.timed_out": "TIMED_OUT",
+    "stage.interrupted": "INTERRUPTED", "stage.retrying": "RETRYING",
+    "stage.skipped": "SKIPPED", "stage.reused": "REUSED",
+}
+_FILE_OUTCOMES = {"file.arrived": "taken", "file.duplicate": "duplicate",
+                  "file.quarantined": "quarantined"}
+_HANDLERS: dict[str, _Handler] = {
+    "run.requested": _on_run_requested,
+    "run.started": _on_run_started,
+    **dict.fromkeys(("run.recovered", "run.suspended", "run.retried"), _on_run_requeued),
+    **dict.fromkeys(("run.completed", "run.failed", "run.cancelled", "run.parked"),
+                    _on_run_ended),
+    "stage.started": _on_stage_started,
+    **dict.fromkeys(_STAGE_STATES, _on_stage_ended),
+    **dict.fromkeys(_FILE_OUTCOMES, _on_file),
+}
+#: the event types the fold reads; any other leaves the state as it is
+OBSERVED = frozenset(_HANDLERS)
