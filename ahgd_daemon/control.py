@@ -16,6 +16,8 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
+from state.errors import AhgdError
+
 SOCKET_NAME = "ahgd.sock"
 _MAX_REQUEST = 1 << 20
 
@@ -24,8 +26,8 @@ def socket_path(state_dir: Path) -> Path:
     return Path(state_dir) / SOCKET_NAME
 
 
-class ControlError(Exception):
-    """The daemon answered with an error (its message is for the user)."""
+class ControlError(AhgdError):
+    """The daemon could not be asked, or answered with an error (its message is for the user)."""
 
 
 def request(state_dir: Path, payload: dict[str, Any], timeout: float = 30.0) -> dict[str, Any] | None:

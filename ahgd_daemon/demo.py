@@ -85,10 +85,11 @@ def profile_rows(state_dir: Path, limit: int = 5) -> tuple[list[str], list[tuple
 
 
 def run_demo(state_dir: Path, out: TextIO = sys.stdout) -> int:
+    from state import EventLog, queries
+
     from . import logs
-    from .cli import render_table
     from .daemon import Daemon, DaemonOptions
-    from state import EventLog
+    from .tables import render_table
 
     state_dir.mkdir(parents=True, exist_ok=True)
     log_file = state_dir / "demo-daemon.log"
@@ -106,18 +107,16 @@ def run_demo(state_dir: Path, out: TextIO = sys.stdout) -> int:
     finally:
         progress.done()
         stream.close()
+    columns = ["run_id", "pipeline", "trigger", "state", "duration_s", "error"]
     with EventLog.open(state_dir) as log:
-        rows = [dict(r) for r in log.query(
-            "SELECT run_id, pipeline, trigger, state, duration_s, error FROM run_history "
-            "ORDER BY requested_at")]
+        runs = queries.run_history(log, columns=columns)
     click.echo("\nrun history (SELECT * FROM run_history):", file=out)
-    click.echo(render_table(rows, ["run_id", "pipeline", "trigger", "state", "duration_s", "error"]),
-               file=out)
-    columns, prof = profile_rows(state_dir)
-    if prof:
+    click.echo(render_table(runs, columns), file=out)
+    profile_columns, profile = profile_rows(state_dir)
+    if profile:
         click.echo("\nsa2_health_profile, first rows (warehouse.duckdb):", file=out)
-        click.echo(render_table([dict(zip(columns, r)) for r in prof], columns, max_width=26),
-                   file=out)
+        click.echo(render_table([dict(zip(profile_columns, row)) for row in profile],
+                                profile_columns, max_width=26), file=out)
     click.echo(f"\nquery it yourself: sqlite3 {state_dir / 'history.db'} 'SELECT * FROM run_history'",
                file=out)
     click.echo(f"                   python -c \"import duckdb; print(duckdb.connect("

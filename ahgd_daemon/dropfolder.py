@@ -25,7 +25,6 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -78,10 +77,6 @@ class Claimed:
     sha256: str | None
     outcome: str  # "arrived", "duplicate", "quarantined", "gone"
     detail: str = ""
-
-
-def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat()
 
 
 def _unique(path: Path) -> Path:
@@ -224,7 +219,7 @@ class Claimer:
             except OSError:
                 sha256 = "unreadable-" + target.name
         info = {"file": path.name, "pipeline": folder.pipeline, "reason": reason,
-                "sha256": sha256, "quarantined_at": _now_iso(), "from": str(path),
+                "sha256": sha256, "quarantined_at": self.log.now().isoformat(), "from": str(path),
                 "run_id": run_id, "fix": "correct the file and drop it into the folder again"}
         reason_file = target.with_name(target.name + ".reason.json")
         reason_file.write_text(json.dumps(info, indent=2) + "\n")

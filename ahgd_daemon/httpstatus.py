@@ -64,6 +64,35 @@ def read_token(path: str | Path) -> str:
     return token
 
 
+class HttpPlan(NamedTuple):
+    """Where and how the daemon serves its status (``--http`` and the master file)."""
+
+    listen: str
+    token: str | None
+    allow_remote: bool
+
+
+def plan(listen: str, token: str | None, allow_remote: bool, settings: Any) -> HttpPlan:
+    """The flags given (``--http``, the token, ``--http-allow-remote``) completed from the
+    master file's ``daemon:`` settings, and checked: a refused address raises ConfigError."""
+    if token is None and settings.http_token_file is not None:
+        token = read_token(settings.http_token_file)
+    allow_remote = allow_remote or settings.http_allow_remote
+    check_bind(listen, allow_remote=allow_remote, token=token)
+    return HttpPlan(listen, token, allow_remote)
+
+
+def serve(plan: HttpPlan, sources: StatusSources, logger: Any) -> StatusServer:
+    """Start a server as planned, and log where it listens."""
+    server = StatusServer(plan.listen, sources, token=plan.token, allow_remote=plan.allow_remote)
+    server.start()
+    host = server.address[0]
+    logger.info("http_status", listen=plan.listen, host=host, port=server.port,
+                url=f"http://{'[' + host + ']' if ':' in host else host}:{server.port}/",
+                token_required=plan.token is not None)
+    return server
+
+
 def parse_listen(listen: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[::1]:8787`` for IPv6) as (host, port)."""
     host, sep, port = str(listen).rpartition(":")

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from state import EventLog, EventType as T, new_event, store
+from state import EventLog, EventType as T, new_event, queries, store
 from state.locks import is_locked, run_lock_path
 from state.machine import RunState, StageState
 
@@ -57,14 +58,17 @@ def recover(log: EventLog, state_dir: Path, *, max_recoveries: int,
     return out
 
 
+def recover_and_report(log: EventLog, state_dir: Path, *, max_recoveries: int, logger: Any,
+                       skip: set[str] | None = None) -> list[Recovered]:
+    """:func:`recover`, with a log line for each run recovered or parked."""
+    found = recover(log, state_dir, max_recoveries=max_recoveries, skip=skip)
+    for recovered in found:
+        logger.info("run_parked" if recovered.parked else "run_recovered",
+                    run_id=recovered.run_id, pipeline=recovered.pipeline,
+                    interrupted=recovered.interrupted, recoveries=recovered.recoveries)
+    return found
+
+
 def remove_unrecorded_outputs(log: EventLog, state_dir: Path, run_id: str) -> None:
     """Delete the files of attempts that never completed: they do not exist."""
-    rows = log.query("SELECT output FROM stage_runs WHERE run_id = ? AND output IS NOT NULL", [run_id])
-    import json
-
-    keep = []
-    for (text,) in rows:
-        ref = json.loads(text)
-        if isinstance(ref, dict) and ref.get("path"):
-            keep.append(ref["path"])
-    store.remove_unrecorded(state_dir, run_id, keep)
+    store.remove_unrecorded(state_dir, run_id, queries.recorded_output_paths(log, run_id))

@@ -7,6 +7,7 @@ messages are the same.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 from state import EventLog, EventType as T, new_event, store
 from state.errors import AhgdError
 from state.locks import describe_holder, is_locked, read_holder, run_lock_path
-from state.machine import RUN_TRANSITIONS, RunState
+from state.machine import RUN_TRANSITIONS, RunState, StageState
 from state.store import safe_name
 
 
@@ -90,7 +91,7 @@ def cancel_recorded(log: EventLog, state_dir: Path, run_id: str) -> dict[str, An
                            "stop that process (Ctrl-C) to cancel it")
     events = [new_event(T.STAGE_INTERRUPTED, run_id, stage=s, attempt=a.attempt,
                         error="cancelled while no process was running it")
-              for s, a in run.attempts.items() if a.state == "RUNNING"]
+              for s, a in run.attempts.items() if a.state == StageState.RUNNING]
     events.append(new_event(T.RUN_CANCELLED, run_id, reason="cancelled with `ahgd cancel`"))
     log.append_many(events)
     return {"run_id": run_id, "previous_state": run.state}
@@ -100,7 +101,7 @@ def dispatch(daemon: Any, req: dict[str, Any]) -> dict[str, Any]:
     """Requests arriving on the daemon's control socket."""
     cmd = req.get("cmd")
     if cmd == "ping":
-        return {"pid": __import__("os").getpid()}
+        return {"pid": os.getpid()}
     if cmd == "status":
         return {"status": daemon.status()}
     if cmd == "dashboard":
@@ -112,18 +113,17 @@ def dispatch(daemon: Any, req: dict[str, Any]) -> dict[str, Any]:
         run_id = request_run(daemon.log, daemon.state_dir, daemon.setup.pipelines, req.get("pipeline", ""),
                              input_file=req.get("input"), resume_from=req.get("resume_from"),
                              params=req.get("params"))
-        daemon._wake()
+        daemon.waker.wake()
         return {"run_id": run_id}
     if cmd == "retry":
         out = retry(daemon.log, req.get("run_id", ""))
-        daemon._wake()
+        daemon.waker.wake()
         return out
     if cmd == "cancel":
         run_id = req.get("run_id", "")
-        with daemon._lock:  # the main loop launches runs under the same lock
-            active = daemon.active.get(run_id)
-            if active is not None and active.thread.is_alive():
-                active.cancel.set("cancelled with `ahgd cancel`")
-                return {"run_id": run_id, "previous_state": "RUNNING", "cancelling": True}
+        runs = daemon.runs
+        with runs.lock:  # the main loop admits runs under the same lock
+            if runs.cancel_active(run_id, "cancelled with `ahgd cancel`"):
+                return {"run_id": run_id, "previous_state": RunState.RUNNING, "cancelling": True}
             return cancel_recorded(daemon.log, daemon.state_dir, run_id)
     raise RequestError(f"unknown request {cmd!r}; known: ping, status, dashboard, metrics, run, retry, cancel")

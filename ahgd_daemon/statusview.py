@@ -24,15 +24,15 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from state.log import parse_ts
+from state import RunState, parse_ts
 
 RUN_STATE_STYLES = {
-    "COMPLETED": "green",
-    "FAILED": "red",
-    "PARKED": "magenta",
-    "CANCELLED": "yellow",
-    "RUNNING": "blue",
-    "PENDING": "cyan",
+    RunState.COMPLETED: "green",
+    RunState.FAILED: "red",
+    RunState.PARKED: "magenta",
+    RunState.CANCELLED: "yellow",
+    RunState.RUNNING: "blue",
+    RunState.PENDING: "cyan",
 }
 SEVERITY_STYLES = {"info": "cyan", "warning": "yellow", "error": "red", "critical": "bold white on red"}
 _SEVERITY_RANK = {"critical": 0, "error": 1, "warning": 2, "info": 3}
@@ -49,11 +49,11 @@ def render_status(dashboard: dict[str, Any], *, console: Console, recent: int = 
 class _View:
     def __init__(self, dashboard: dict[str, Any], console: Console, recent: int,
                  state_dir: str | None):
-        self.d = dashboard if isinstance(dashboard, dict) else {}
+        self.doc = dashboard if isinstance(dashboard, dict) else {}
         self.console = console
         self.recent = max(0, recent)
         self.state_dir = state_dir
-        self.now = _parse_ts(self.d.get("generated_at"))
+        self.now = _parse_ts(self.doc.get("generated_at"))
         utf = (console.encoding or "").lower().startswith("utf")
         self.dash, self.more, self.sep = ("\u2014", "\u2026", " \u00b7 ") if utf else ("-", "...", "; ")
 
@@ -67,8 +67,8 @@ class _View:
     # -- sections -----------------------------------------------------------
 
     def header(self) -> None:
-        daemon = self.d.get("daemon")
-        queue = _mapping(self.d.get("queue"))
+        daemon = self.doc.get("daemon")
+        queue = _mapping(self.doc.get("queue"))
         queue_line = (f"queue {_num(queue.get('pending_runs'))} pending, "
                       f"{_num(queue.get('running_runs'))} running, {_num(queue.get('parked_runs'))} parked")
         if not isinstance(daemon, dict):
@@ -89,8 +89,8 @@ class _View:
         self.line(Text(self.sep.join([busy, queue_line, f"{_num(daemon.get('files_waiting'))} files waiting"])))
 
     def active_runs(self) -> None:
-        runs = _dicts(self.d.get("active_runs"))
-        more = self.d.get("active_runs_not_shown")
+        runs = _dicts(self.doc.get("active_runs"))
+        more = self.doc.get("active_runs_not_shown")
         more = more if isinstance(more, int) and more > 0 else 0
         self.heading("Active runs", len(runs) + more)
         if not runs:
@@ -113,7 +113,7 @@ class _View:
             self.line(Text(f"and {more} more queued (the oldest are shown)"))
 
     def open_alerts(self) -> None:
-        alerts = _dicts(_mapping(self.d.get("alerts")).get("open"))
+        alerts = _dicts(_mapping(self.doc.get("alerts")).get("open"))
         self.heading("Open alerts", len(alerts))
         if not alerts:
             self.none()
@@ -131,7 +131,7 @@ class _View:
         self.console.print(Padding(table, (0, 0, 0, 2), expand=False))
 
     def last_runs(self) -> None:
-        by_pipeline = _mapping(self.d.get("recent_runs"))
+        by_pipeline = _mapping(self.doc.get("recent_runs"))
         groups = [(str(name), _dicts(runs)[: self.recent])
                   for name, runs in sorted(by_pipeline.items(), key=lambda kv: str(kv[0]))]
         groups = [(name, runs) for name, runs in groups if runs]
@@ -146,12 +146,12 @@ class _View:
                 self.run_line(run, id_width)
 
     def system(self) -> None:
-        system = self.d.get("system")
+        system = self.doc.get("system")
         self.heading("System")
         if not isinstance(system, dict):
             self.none()
             return
-        limits = _mapping(self.d.get("thresholds"))
+        limits = _mapping(self.doc.get("thresholds"))
         figures = Text("  ")
         figures.append_text(_percent("CPU", system.get("cpu_percent"), limits.get("cpu_percent")))
         figures.append("   ")
@@ -205,7 +205,7 @@ class _View:
     def stage_cell(self, run: dict[str, Any]) -> Text:
         stage = run.get("current_stage")
         if not stage:
-            return Text("queued" if run.get("state") == "PENDING" else self.dash)
+            return Text("queued" if run.get("state") == RunState.PENDING else self.dash)
         attempt = next((s.get("attempt") for s in _dicts(run.get("stages")) if s.get("stage") == stage), None)
         label = f"{stage} (try {attempt})" if _is_number(attempt) and attempt > 1 else str(stage)
         return Text(label)

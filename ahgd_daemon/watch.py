@@ -105,7 +105,7 @@ class Watchers:
                  candidate: Callable[[Folder, Path], None], logger: Any):
         self.folders = folders
         self._complete, self._candidate = complete, candidate
-        self._log = logger
+        self._logger = logger
         self._observers: list[Any] = []
         self.modes: dict[str, str] = {}
 
@@ -128,9 +128,9 @@ class Watchers:
                                       str(folder.path), recursive=folder.recursive)
                     observer.start()
                 except (OSError, ImportError) as exc:
-                    self._log.warning("inotify_unavailable", pipeline=folder.pipeline,
-                                      path=str(folder.path), error=str(exc),
-                                      fallback="polling")
+                    self._logger.warning("inotify_unavailable", pipeline=folder.pipeline,
+                                         path=str(folder.path), error=str(exc),
+                                         fallback="polling")
                     observer, mode = None, "polling"
             if observer is None:
                 observer = PollingObserver(timeout=folder.poll_interval)
@@ -139,8 +139,8 @@ class Watchers:
                 observer.start()
             self.modes[str(folder.path)] = mode
             self._observers.append(observer)
-            self._log.info("watching", pipeline=folder.pipeline, path=str(folder.path),
-                           pattern=folder.pattern, observer=mode)
+            self._logger.info("watching", pipeline=folder.pipeline, path=str(folder.path),
+                              pattern=folder.pattern, observer=mode)
 
     def scan(self) -> int:
         """Report files already waiting (they arrived while the daemon was down)."""

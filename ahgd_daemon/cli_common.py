@@ -1,0 +1,80 @@
+"""What every ``ahgd`` command shares: ``--state-dir``, ``--config``, failing with a message,
+opening the history, and asking the daemon that runs on a state directory."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from state.statedir import ENV_VAR, resolve_state_dir
+
+
+def state_dir_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--state-dir`` on every command, resolved (option, $AHGD_STATE_DIR, ./state)."""
+
+    @click.option(
+        "--state-dir",
+        "state_dir",
+        default=None,
+        metavar="DIR",
+        help=f"State directory (default: ${ENV_VAR}, else ./state).",
+    )
+    @functools.wraps(fn)
+    def wrapper(*args: Any, state_dir: str | None, **kwargs: Any) -> Any:
+        return fn(*args, state_dir=resolve_state_dir(state_dir, os.environ), **kwargs)
+
+    return wrapper
+
+
+def config_option(required: bool = True) -> Callable[..., Any]:
+    return click.option("--config", "-c", "configs", multiple=True, required=required,
+                        type=click.Path(exists=True, dir_okay=False),
+                        help="A master file or pipeline file (repeatable).")
+
+
+def fail(message: str, code: int = 1) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def open_log(state_dir: Path, *, must_exist: bool = True):
+    from state import HISTORY_DB, EventLog
+
+    db = state_dir / HISTORY_DB
+    if must_exist and not db.exists():
+        fail(f"no history at {db}: nothing has run with this state directory yet "
+             f"(pass --state-dir or set {ENV_VAR} to the directory the daemon uses)")
+    return EventLog(db)
+
+
+def ask_daemon(state_dir: Path, payload: dict[str, Any], timeout: float = 30.0) -> dict[str, Any] | None:
+    """The daemon's reply; None only when no daemon runs on this state directory.
+
+    A daemon that holds the state lock but is not listening yet (still
+    recovering at start-up) is waited for: running the request here instead
+    would make two writers of one run.
+    """
+    from state.locks import is_locked
+
+    from .control import ControlError, request, socket_path
+    from .daemon import LOCK_NAME
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            reply = request(state_dir, payload, timeout=timeout)
+        except ControlError as exc:
+            fail(str(exc))
+        if reply is not None or not is_locked(state_dir / LOCK_NAME):
+            return reply
+        if time.monotonic() > deadline:
+            fail(f"a daemon holds {state_dir / LOCK_NAME} but does not answer on "
+                 f"{socket_path(state_dir)}; if it is still starting, try again in a moment")
+        time.sleep(0.2)

@@ -1,0 +1,62 @@
+"""``ahgd history`` and ``ahgd events``: what ran, and the raw event log, on the terminal or as JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .cli_common import open_log, state_dir_option
+
+
+@click.command()
+@click.option("--pipeline", "-p", default=None, help="Only runs of this pipeline.")
+@click.option("--limit", "-n", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of run_history rows.")
+@state_dir_option
+def history(state_dir: Path, pipeline: str | None, limit: int, as_json: bool) -> None:
+    """Recent runs, newest first (the run_history view)."""
+    from state import queries
+
+    from .tables import render_table
+
+    with open_log(state_dir) as log:
+        records = queries.run_history(log, pipeline=pipeline, limit=limit, newest_first=True)
+    if as_json:
+        click.echo(json.dumps(records, indent=2))
+        return
+    if not records:
+        click.echo("no runs yet" + (f" of pipeline {pipeline!r}" if pipeline else ""))
+        return
+    click.echo(render_table(records, ["run_id", "pipeline", "trigger", "state", "started_at",
+                                      "duration_s", "error"]))
+
+
+@click.command()
+@click.option("--run", "run_id", default=None, help="Only events of this run.")
+@click.option("--type", "types", multiple=True, help="Only events of this type (repeatable).")
+@click.option("--after", default=0, show_default=True, help="Only events with seq greater than this.")
+@click.option("--limit", "-n", default=None, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of events.")
+@state_dir_option
+def events(state_dir: Path, run_id: str | None, types: tuple[str, ...], after: int,
+           limit: int | None, as_json: bool) -> None:
+    """The raw event log, oldest first."""
+    with open_log(state_dir) as log:
+        found = log.events(run_id=run_id, types=types or None, after=after, limit=limit)
+    records = [
+        {"seq": e.seq, "ts": e.ts, "type": e.type, "run_id": e.run_id, "stage": e.stage,
+         "attempt": e.attempt, "payload": e.payload, "idempotency_key": e.idempotency_key}
+        for e in found
+    ]
+    if as_json:
+        click.echo(json.dumps(records, indent=2))
+        return
+    for r in records:
+        where = " ".join(x for x in (r["run_id"], r["stage"] and f"{r['stage']}#{r['attempt']}") if x)
+        payload = json.dumps(r["payload"], sort_keys=True) if r["payload"] else ""
+        click.echo(f"{r['seq']:>6}  {r['ts']}  {r['type']:<22} {where}  {payload}".rstrip())
+
+
+COMMANDS = [history, events]

@@ -1,0 +1,181 @@
+"""``ahgd run``, ``ahgd retry`` and ``ahgd cancel``: through the daemon if one runs, else here.
+
+With a daemon on the state directory the request goes over its control
+socket and the daemon does the work (so there are never two writers of one
+run); without one, ``run`` and ``retry`` execute the run in this process
+(``--config`` needed) and ``cancel`` records the cancellation itself.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from state.machine import ENDED_RUN_STATES, RunState
+
+from .cli_common import ask_daemon, config_option, fail, state_dir_option
+
+
+def _local_pipelines(state_dir: Path, configs: tuple[str, ...]) -> dict[str, Any]:
+    if not configs:
+        fail("no daemon is running on this state directory, so --config is needed to run "
+             "pipelines here (or start the daemon: ahgd daemon --config FILE)")
+    from pipelines.config import load_config
+    from pipelines.config.configured import build_pipelines
+
+    loaded = load_config([Path(c) for c in configs], state_dir=state_dir, import_classes=True)
+    return build_pipelines(loaded, state_dir=state_dir)
+
+
+def _wait_for(state_dir: Path, run_id: str, timeout: float | None) -> int:
+    from state import EventLog
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with EventLog.open(state_dir) as log:
+        while True:
+            run = log.run(run_id)
+            if run is not None and run.state in ENDED_RUN_STATES:
+                _print_outcome(run)
+                return 0 if run.state == RunState.COMPLETED else 1
+            if deadline is not None and time.monotonic() > deadline:
+                click.echo(f"run {run_id} is still {run.state if run else 'unknown'}; "
+                           "see `ahgd history`")
+                return 1
+            time.sleep(0.2)
+
+
+def _print_outcome(run: Any) -> None:
+    click.echo(f"run {run.run_id} ({run.pipeline}): {run.state}")
+    if run.error:
+        click.echo(f"  error: {run.error}")
+
+
+@click.command("run")
+@click.argument("pipeline")
+@config_option(required=False)
+@click.option("--input", "input_file", type=click.Path(exists=True, dir_okay=False),
+              help="The input file (copied into the state directory's store).")
+@click.option("--resume-from", default=None, help="Reuse the recorded outputs of earlier stages.")
+@click.option("--no-wait", is_flag=True, help="With a daemon: print the run id and return.")
+@click.option("--inprocess", is_flag=True, help="Without a daemon: run stages on threads.")
+@state_dir_option
+def run_cmd(state_dir: Path, pipeline: str, configs: tuple[str, ...], input_file: str | None,
+            resume_from: str | None, no_wait: bool, inprocess: bool) -> None:
+    """Run a pipeline now (through the daemon if one runs on this state directory)."""
+    # the daemon copies and hashes --input while it answers: give big files time
+    reply = ask_daemon(state_dir, {"cmd": "run", "pipeline": pipeline, "input": input_file and
+                                   str(Path(input_file).resolve()), "resume_from": resume_from},
+                       timeout=600)
+    if reply is not None:
+        click.echo(f"requested run {reply['run_id']} from the daemon")
+        if not no_wait:
+            sys.exit(_wait_for(state_dir, reply["run_id"], None))
+        return
+    from pipelines.base import new_run_id
+    from state import EventLog
+    from state.locks import FileLock, run_lock_path
+
+    from . import logs
+    from .requests import request_run
+
+    logs.configure(level="warning")
+    pipelines = _local_pipelines(state_dir, configs)
+    if pipeline not in pipelines:
+        fail(f"no pipeline {pipeline!r} in the configuration (known: {', '.join(sorted(pipelines))})")
+    run_id = new_run_id(pipeline)
+    # hold the run's lock before it exists, so a daemon starting now leaves it to us
+    lock = FileLock(run_lock_path(state_dir, run_id), {"role": "ahgd run", "run_id": run_id},
+                    remove_on_release=True).acquire()
+    with EventLog.open(state_dir) as log:
+        request_run(log, state_dir, pipelines, pipeline, input_file=input_file,
+                    resume_from=resume_from, run_id=run_id)
+        configured = pipelines[pipeline]
+        if inprocess:
+            configured._executor_arg = "inprocess"
+        click.echo(f"running {run_id} here (no daemon on {state_dir}); Ctrl-C cancels it")
+        context = _execute_here(configured, run_id, log, lock)
+        run = log.run(run_id)
+    _print_outcome(run)
+    sys.exit(0 if context.state == RunState.COMPLETED else 1)
+
+
+def _execute_here(pipeline: Any, run_id: str, log: Any, lock: Any = None) -> Any:
+    """Run in this process; the first Ctrl-C cancels the run cleanly, a second one aborts."""
+    import signal
+
+    from pipelines.execution.plan import CancelToken
+
+    token = CancelToken()
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if token.is_set():
+            raise KeyboardInterrupt
+        click.echo("\ncancelling (stages are interrupted and recorded; Ctrl-C again to abort)",
+                   err=True)
+        token.set("cancelled with Ctrl-C")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        return pipeline.execute_run(run_id, log=log, cancel=token, run_lock=lock)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@click.command()
+@click.argument("run_id")
+@config_option(required=False)
+@click.option("--no-wait", is_flag=True, help="With a daemon: return once it is queued.")
+@state_dir_option
+def retry(state_dir: Path, run_id: str, configs: tuple[str, ...], no_wait: bool) -> None:
+    """Run a FAILED, PARKED or CANCELLED run again from its first unfinished stage."""
+    reply = ask_daemon(state_dir, {"cmd": "retry", "run_id": run_id})
+    if reply is not None:
+        click.echo(f"run {run_id} ({reply['pipeline']}) is queued again in the daemon "
+                   f"(it was {reply['previous_state']})")
+        if not no_wait:
+            sys.exit(_wait_for(state_dir, run_id, None))
+        return
+    from state import EventLog
+    from state.locks import FileLock, run_lock_path
+
+    from .requests import retry as retry_run
+
+    pipelines = _local_pipelines(state_dir, configs)  # before anything is recorded
+    with EventLog.open(state_dir) as log:
+        before = log.run(run_id)
+        if before is not None and before.pipeline not in pipelines:
+            fail(f"pipeline {before.pipeline!r} of run {run_id} is not in the configuration given")
+        lock = FileLock(run_lock_path(state_dir, run_id), {"role": "ahgd retry", "run_id": run_id},
+                        remove_on_release=True).acquire()
+        out = retry_run(log, run_id)
+        click.echo(f"retrying {run_id} here (it was {out['previous_state']}); Ctrl-C cancels it")
+        _execute_here(pipelines[out["pipeline"]], run_id, log, lock)
+        run = log.run(run_id)
+    _print_outcome(run)
+    sys.exit(0 if run.state == RunState.COMPLETED else 1)
+
+
+@click.command()
+@click.argument("run_id")
+@state_dir_option
+def cancel(state_dir: Path, run_id: str) -> None:
+    """Cancel a pending, parked or running run."""
+    reply = ask_daemon(state_dir, {"cmd": "cancel", "run_id": run_id})
+    if reply is None:
+        from state import EventLog
+
+        from .requests import cancel_recorded
+
+        with EventLog.open(state_dir) as log:
+            reply = cancel_recorded(log, state_dir, run_id)
+    if reply.get("cancelling"):
+        click.echo(f"run {run_id} is being cancelled by the daemon")
+    else:
+        click.echo(f"run {run_id} cancelled (it was {reply['previous_state']})")
+
+
+COMMANDS = [run_cmd, retry, cancel]

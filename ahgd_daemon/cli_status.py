@@ -1,0 +1,86 @@
+"""``ahgd status`` and ``ahgd metrics``: from the daemon if one runs, else from the history alone.
+
+Without a daemon the same documents come from a monitor seeded through a
+read-only connection to the history: looking never writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .cli_common import ask_daemon, fail, state_dir_option
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="The dashboard document, for scripts.")
+@click.option("--recent", type=click.IntRange(1, 50), default=5, show_default=True,
+              help="Last runs shown per pipeline.")
+@state_dir_option
+def status(state_dir: Path, as_json: bool, recent: int) -> None:
+    """Active runs with progress, the last runs, open alerts and system figures."""
+    reply = ask_daemon(state_dir, {"cmd": "dashboard", "recent": recent})
+    if reply is not None:
+        doc = reply["dashboard"]
+    else:
+        doc = _history_dashboard(state_dir, recent)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2, default=str))
+        return
+    from rich.console import Console
+
+    from .statusview import render_status
+
+    render_status(doc, console=Console(), recent=recent, state_dir=str(state_dir))
+
+
+def _history_dashboard(state_dir: Path, recent: int) -> dict[str, Any]:
+    """No daemon runs here: the same document, from the event log alone (read only)."""
+    from state import HISTORY_DB
+
+    if not (state_dir / HISTORY_DB).exists():  # nothing has run here: an empty document
+        from pipelines.monitoring import PipelineMonitor
+
+        return PipelineMonitor(state_dir / "metrics", enable_system_monitoring=False,
+                               read_only=True).get_dashboard_data(recent=recent)
+    with _read_only_monitor(state_dir) as monitor:
+        return monitor.get_dashboard_data(recent=recent)
+
+
+@contextlib.contextmanager
+def _read_only_monitor(state_dir: Path) -> Iterator[Any]:
+    """A monitor seeded from the history through a read-only connection: writes nothing."""
+    from pipelines.monitoring import PipelineMonitor
+    from state import HISTORY_DB
+    from state.db import ReadOnlyHistory
+
+    with ReadOnlyHistory(state_dir / HISTORY_DB) as history:
+        yield PipelineMonitor(state_dir / "metrics", enable_system_monitoring=False,
+                              event_log=history, read_only=True)
+
+
+@click.command()
+@click.option("--format", "fmt", default="prometheus", show_default=True,
+              type=click.Choice(["prometheus", "json", "csv"]))
+@state_dir_option
+def metrics(state_dir: Path, fmt: str) -> None:
+    """The daemon's metrics (Prometheus text by default); from history if none runs."""
+    reply = ask_daemon(state_dir, {"cmd": "metrics", "format": fmt})
+    if reply is not None:
+        click.echo(reply["metrics"], nl=False)
+        return
+    from state import HISTORY_DB
+
+    if not (state_dir / HISTORY_DB).exists():
+        fail(f"no daemon running on {state_dir} and no history there ({state_dir / HISTORY_DB} "
+             "does not exist); check --state-dir")
+    with _read_only_monitor(state_dir) as monitor:
+        click.echo(monitor.export_metrics(format=fmt), nl=False)
+
+
+COMMANDS = [status, metrics]

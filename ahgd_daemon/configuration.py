@@ -1,0 +1,106 @@
+"""The configuration files turned into what the daemon acts on: pipelines and their triggers.
+
+``load_setup`` reads the master and pipeline files (importing stage classes,
+so a broken one is refused before the daemon starts or reloads) and builds
+the enabled pipelines, their drop folders, their schedules, which pipelines
+an upstream completion starts, and which pipelines each one waits for.  The
+daemon replaces the whole :class:`Setup` on a reload, never part of it.
+``start_triggers`` sets a setup's triggers going: the drop folders' watchers,
+and the schedules' ticks missed while no daemon ran.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from state import EventLog
+
+from .dropfolder import Folder
+from .schedules import Schedule, build as build_schedule, catch_up
+
+
+@dataclass
+class Setup:
+    """Everything derived from the configuration (replaced as a whole on reload)."""
+
+    config: Any                                  # the loaded configuration files
+    pipelines: dict[str, Any]                    # name -> ConfiguredPipeline, enabled ones only
+    folders: list[Folder]
+    schedules: list[Schedule]
+    downstream_of: dict[str, list[str]]          # pipeline -> pipelines its completion starts
+    dependencies: dict[str, list[str]]           # pipeline -> pipelines it waits for
+    settings: Any                                # the master file's ``daemon:`` section
+    folder_by_pipeline: dict[str, Folder] = field(default_factory=dict)  # each one's first
+
+
+def load_setup(config_paths: list[Path], state_dir: Path) -> Setup:
+    from pipelines.config import load_config
+    from pipelines.config.configured import ConfiguredPipeline
+
+    config = load_config(config_paths, state_dir=state_dir, import_classes=True)
+    setup = Setup(config, {}, [], [], {}, {}, config.daemon)
+    for name, loaded in config.pipelines.items():
+        if not loaded.enabled:
+            continue
+        setup.pipelines[name] = ConfiguredPipeline(loaded.file, state_dir=state_dir,
+                                                   source=loaded.source)
+        setup.dependencies[name] = list(loaded.dependencies)
+        for trigger in loaded.file.triggers:
+            if trigger.type == "drop_folder":
+                folder = _folder(name, trigger)
+                setup.folders.append(folder)
+                setup.folder_by_pipeline.setdefault(name, folder)
+            elif trigger.type == "schedule":
+                setup.schedules.append(build_schedule(name, trigger))
+            elif trigger.type == "upstream":
+                for upstream in trigger.pipelines:
+                    setup.downstream_of.setdefault(upstream, []).append(name)
+    return setup
+
+
+def _folder(pipeline: str, trigger: Any) -> Folder:
+    """The drop folder of a ``{type: drop_folder, ...}`` trigger."""
+    from pipelines.config.configured import import_object
+
+    check = trigger.input_check
+    return Folder(
+        pipeline=pipeline, path=Path(trigger.path), pattern=trigger.pattern,
+        recursive=trigger.recursive, stable_for=trigger.stable_for.total_seconds(),
+        observer=trigger.observer, poll_interval=trigger.poll_interval.total_seconds(),
+        allow_duplicates=trigger.allow_duplicates,
+        quarantine_on_extract_failure=trigger.quarantine_on_extract_failure,
+        required_columns=list(check.required_columns) if check else [],
+        encoding=(check.encoding if check and check.encoding else "utf-8"),
+        delimiter=(check.delimiter if check and check.delimiter else ","),
+        check=(import_object(check.callable, what=f"pipeline {pipeline!r} input_check")
+               if check and check.callable else None))
+
+
+def start_triggers(setup: Setup, log: EventLog, intake: Any, now: datetime, logger: Any) -> Any:
+    """Set the triggers of ``setup`` going; return the drop folders' watchers.
+
+    Watches the drop folders (the files already waiting there are reported to
+    ``intake`` as candidates) and fires the schedules' ticks missed while no
+    daemon ran, by each trigger's misfire policy.
+    """
+    from .watch import Watchers
+
+    watchers = Watchers(setup.folders, complete=intake.complete, candidate=intake.candidate,
+                        logger=logger)
+    try:
+        watchers.start()
+        found = watchers.scan()
+        if found:
+            logger.info("files_waiting", count=found)
+        for schedule in setup.schedules:
+            fired = catch_up(log, schedule, now)
+            if fired:
+                logger.info("missed_ticks_fired", pipeline=schedule.pipeline,
+                            trigger=schedule.trigger_id, policy=schedule.misfire, runs=fired)
+    except BaseException:
+        watchers.stop()  # no observer left running behind a failed start
+        raise
+    return watchers

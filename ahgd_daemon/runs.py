@@ -1,0 +1,169 @@
+"""The daemon's runs in flight: admission, launch and reaping.
+
+Admission: PENDING runs start oldest request first, at most ``2 x max_workers``
+runs at once, and only runs of pipelines none of whose dependencies has a run
+in flight.  A run another process holds (``ahgd run`` in a terminal) is left
+to it.  Each run executes on a thread of its own; its stages go to the worker
+pool.  Reaping collects the threads that ended, records a run whose thread
+died as failed, and hands every reaped run to the daemon's follow-ups.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from state import EventLog, EventType as T, Run, new_event, queries
+from state.errors import AhgdError
+from state.locks import Locked, is_locked, run_lock_path
+from state.machine import ENDED_RUN_STATES, RunState, StageState
+
+from .configuration import Setup
+
+
+@dataclass
+class ActiveRun:
+    run_id: str
+    pipeline: str
+    thread: threading.Thread
+    cancel: Any                   # the run's CancelToken
+    started: float                # monotonic seconds
+    result: Any = None
+    error: BaseException | None = None
+    configured_pipeline: Any = None  # the pipeline object it runs with (a reload does not swap it)
+
+
+class RunSupervisor:
+    """Starts PENDING runs on threads of their own and reaps them when they end.
+
+    ``lock`` is held while runs are admitted, so that a cancel request cannot slip
+    between the look at a run and its launch.
+    """
+
+    def __init__(self, log: EventLog, state_dir: Path, executor: Any, budget: Any, *,
+                 lock: threading.RLock, monotonic: Callable[[], float], wake: Callable[[], None],
+                 alert: Callable[..., None], logger: Any):
+        self.log = log
+        self.state_dir = state_dir
+        self.executor = executor
+        self.budget = budget
+        self.lock = lock
+        self._monotonic = monotonic
+        self._wake = wake
+        self._alert = alert
+        self._logger = logger
+        self.active: dict[str, ActiveRun] = {}
+        #: run_id -> the state it ended in, for the runs that ended this session (--once)
+        self.finished: dict[str, str] = {}
+        self.stop = threading.Event()          # run threads read this: no new stages
+        self.grace_deadline: float | None = None
+
+    # ------------------------------------------------------------------ admission and launch
+
+    def start_pending(self, setup: Setup) -> None:
+        """Launch the PENDING runs that may start now, oldest request first."""
+        limit = max(2, 2 * self.executor.max_workers)
+        if len(self.active) >= limit:
+            return
+        # pipelines whose dependencies have work in flight wait for it
+        busy = queries.pipelines_in_flight(self.log)
+        startable = [name for name in setup.pipelines
+                     if not any(dep in busy for dep in setup.dependencies.get(name, ()))]
+        if not startable:
+            return
+        candidates = queries.pending_runs(self.log, startable, limit + len(self.active))
+        with self.lock:
+            for run_id, pipeline in candidates:
+                if len(self.active) >= limit:
+                    return
+                if run_id in self.active or is_locked(run_lock_path(self.state_dir, run_id)):
+                    continue  # ours already, or another process (ahgd run) is executing it
+                if queries.run_state(self.log, run_id) == RunState.PENDING:  # not cancelled since
+                    self._launch(run_id, pipeline, setup.pipelines[pipeline])
+
+    def _launch(self, run_id: str, pipeline_name: str, pipeline: Any) -> None:
+        from pipelines.execution.plan import CancelToken
+
+        cancel = CancelToken()
+        active = ActiveRun(run_id, pipeline_name, None, cancel, self._monotonic(),  # type: ignore[arg-type]
+                           configured_pipeline=pipeline)
+
+        def body() -> None:
+            try:
+                active.result = pipeline.execute_run(
+                    run_id, log=self.log, executor=self.executor, budget=self.budget,
+                    stop=self.stop, grace_deadline=lambda: self.grace_deadline, cancel=cancel)
+            except BaseException as exc:  # recorded and alerted by the main loop
+                active.error = exc
+            finally:
+                self._wake()
+
+        active.thread = threading.Thread(target=body, name=f"ahgd-run-{run_id}", daemon=True)
+        self.active[run_id] = active
+        active.thread.start()
+
+    def cancel_active(self, run_id: str, reason: str) -> bool:
+        """Ask a run this daemon is executing to stop; False if it executes none by that id.
+
+        Call it holding ``lock``, like admission."""
+        active = self.active.get(run_id)
+        if active is None or not active.thread.is_alive():
+            return False
+        active.cancel.set(reason)
+        return True
+
+    # ------------------------------------------------------------------ reaping
+
+    def reap(self, follow_up: Callable[[Run], None]) -> None:
+        """Collect the runs whose thread ended; ``follow_up(run)`` for each the log knows."""
+        for run_id, active in list(self.active.items()):
+            if active.thread.is_alive():
+                continue
+            del self.active[run_id]
+            run = self.log.run(run_id)
+            if isinstance(active.error, Locked):  # another process took it first: not ours
+                self._logger.info("run_owned_elsewhere", run_id=run_id, holder=str(active.error))
+                continue
+            if active.error is not None and not (run is not None and run.state in ENDED_RUN_STATES):
+                error = f"{type(active.error).__name__}: {active.error}"
+                self._alert("error", f"run.crashed:{run_id}",
+                            f"the thread of run {run_id} failed: {error}",
+                            run_id=run_id, pipeline=active.pipeline, error=error)
+                self._record_thread_failure(run_id, active.error)
+                run = self.log.run(run_id)
+            if run is None:
+                continue
+            if run.state in ENDED_RUN_STATES:
+                self.finished[run_id] = run.state
+            follow_up(run)
+
+    def _record_thread_failure(self, run_id: str, error: BaseException) -> None:
+        """A run thread died (the log failed?): leave the run in a state replay understands."""
+        try:
+            run = self.log.run(run_id)
+            if run is None or run.state not in (RunState.RUNNING, RunState.PENDING):
+                return
+            events = [new_event(T.STAGE_INTERRUPTED, run_id, stage=stage, attempt=attempt.attempt,
+                                error="the run's thread failed")
+                      for stage, attempt in run.attempts.items()
+                      if attempt.state == StageState.RUNNING]
+            events.append(new_event(T.RUN_FAILED, run_id, error=f"{type(error).__name__}: {error}"))
+            self.log.append_many(events)
+        except AhgdError as exc:
+            self._alert("critical", f"run.state_unrecorded:{run_id}",
+                        f"could not record that run {run_id} failed: {exc}", run_id=run_id,
+                        error=str(exc))
+
+    def wind_down(self, grace: float, tick: Callable[[], None]) -> None:
+        """Stop starting stages; wait for the running ones (the engine records what has not
+        finished by the grace deadline as interrupted), calling ``tick`` as time passes."""
+        self.grace_deadline = self._monotonic() + grace
+        self.stop.set()
+        deadline = self.grace_deadline + 60
+        for active in list(self.active.values()):
+            while active.thread.is_alive() and self._monotonic() < deadline:
+                active.thread.join(timeout=min(1.0, max(0.0, deadline - self._monotonic())))
+                tick()

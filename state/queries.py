@@ -1,0 +1,228 @@
+"""Named questions about the projections (``runs``, ``stage_runs``, the ``run_history`` view).
+
+The layers above ask these instead of writing SQL: each function answers one
+rule of the daemon or of a history view, and its docstring says which.  Each
+takes the history it reads: an :class:`~state.log.EventLog`, a read-only
+:class:`~state.db.ReadOnlyHistory`, or a bare ``sqlite3.Connection`` for the
+callers that only hold one (the HTTP API's read-only connection per request).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+from .machine import RunState
+
+
+class _Queryable(Protocol):
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]: ...
+
+
+#: an EventLog, a ReadOnlyHistory, or a plain connection to history.db
+History = _Queryable | sqlite3.Connection
+
+#: a run as ``/api/runs`` shows it (the ``run_history`` view's columns, in this order)
+RUN_SUMMARY_COLUMNS = ("run_id", "pipeline", "state", "trigger", "requested_at", "started_at",
+                       "ended_at", "duration_s", "failed_stage", "error")
+#: SQLite's limit on bound parameters, with room to spare
+_CHUNK = 500
+
+
+def _rows(db: History, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    """The rows of one read-only query, as tuples (or ``sqlite3.Row``, which index alike)."""
+    if isinstance(db, sqlite3.Connection):
+        return db.execute(sql, list(params)).fetchall()
+    return db.query(sql, list(params))
+
+
+def _dicts(db: History, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    """The rows of one read-only query, each as a dict in the order of its columns."""
+    if isinstance(db, sqlite3.Connection):
+        cursor = db.execute(sql, list(params))
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row)) for row in cursor.fetchall()]
+    return [dict(row) for row in db.query(sql, list(params))]
+
+
+def _placeholders(values: Sequence[Any]) -> str:
+    return ", ".join("?" * len(values))
+
+
+# --------------------------------------------------------------------------- run admission
+
+
+def pipelines_in_flight(db: History) -> set[str]:
+    """Pipelines with a run PENDING or RUNNING: their dependants wait until they have none."""
+    states = (RunState.PENDING, RunState.RUNNING)
+    return {row[0] for row in _rows(
+        db, f"SELECT DISTINCT pipeline FROM runs WHERE state IN ({_placeholders(states)})", states)}
+
+
+def pending_runs(db: History, pipelines: Sequence[str], limit: int) -> list[tuple[str, str]]:
+    """``(run_id, pipeline)`` of the PENDING runs of ``pipelines``, in the order they start:
+    oldest request first (ties by run id), at most ``limit``.
+
+    Filtering by pipeline here, not after, means a queue of runs that must wait can never
+    hide, behind the limit, the run that would unblock them.
+    """
+    if not pipelines:
+        return []
+    rows = _rows(
+        db, f"SELECT run_id, pipeline FROM runs WHERE state = ? AND pipeline IN "
+            f"({_placeholders(pipelines)}) ORDER BY requested_at, run_id LIMIT ?",
+        [RunState.PENDING, *pipelines, limit])
+    return [(row[0], row[1]) for row in rows]
+
+
+def run_state(db: History, run_id: str) -> str | None:
+    """The state a run is in now; None for a run the log does not know."""
+    rows = _rows(db, "SELECT state FROM runs WHERE run_id = ?", [run_id])
+    return rows[0][0] if rows else None
+
+
+def pipelines_with_pending_runs(db: History) -> set[str]:
+    """Pipelines with at least one run PENDING (requested, not started): work still to do."""
+    return {row[0] for row in _rows(db, "SELECT DISTINCT pipeline FROM runs WHERE state = ?",
+                                    [RunState.PENDING])}
+
+
+# --------------------------------------------------------------------------- upstream triggers
+
+
+def upstream_completion_covered(db: History, downstream: str, upstream_ended: str) -> bool:
+    """Is a run of ``downstream`` already covering an upstream completion at time
+    ``upstream_ended``?
+
+    Yes when one started at or after that time (it read the new data), or when one is
+    PENDING (it will read whatever has landed when it starts: a pending run absorbs every
+    upstream completion before it).
+    """
+    return bool(_rows(
+        db, "SELECT 1 FROM runs WHERE pipeline = ? AND (state = ? OR started_at >= ?) LIMIT 1",
+        [downstream, RunState.PENDING, upstream_ended]))
+
+
+def last_completed_run(db: History, pipeline: str) -> tuple[str, str] | None:
+    """``(run_id, ended_at)`` of the run of ``pipeline`` that COMPLETED last; None if none did."""
+    rows = _rows(db, "SELECT run_id, ended_at FROM runs WHERE pipeline = ? AND state = ? "
+                     "ORDER BY ended_at DESC LIMIT 1", [pipeline, RunState.COMPLETED])
+    return (rows[0][0], rows[0][1]) if rows else None
+
+
+# --------------------------------------------------------------------------- counts
+
+
+def run_counts_by_state(db: History) -> dict[str, int]:
+    """How many runs are in each state (states with no run are absent)."""
+    return {row[0]: row[1] for row in _rows(db, "SELECT state, COUNT(*) FROM runs GROUP BY state")}
+
+
+def pending_run_count(db: History) -> int:
+    """How many runs are PENDING: the queue the daemon has yet to start."""
+    return _rows(db, "SELECT COUNT(*) FROM runs WHERE state = ?", [RunState.PENDING])[0][0]
+
+
+# --------------------------------------------------------------------------- recovery
+
+
+def recorded_output_paths(db: History, run_id: str) -> list[str]:
+    """The files of a run's stage attempts that the log recorded as outputs.
+
+    Any other file in the run's data directory belongs to an attempt that never
+    completed, and so does not exist.
+    """
+    paths = []
+    for (text,) in _rows(db, "SELECT output FROM stage_runs WHERE run_id = ? "
+                             "AND output IS NOT NULL", [run_id]):
+        ref = json.loads(text)
+        if isinstance(ref, dict) and ref.get("path"):
+            paths.append(ref["path"])
+    return paths
+
+
+# --------------------------------------------------------------------------- a run's own story
+
+
+def failed_attempts_since_retry(db: History, run_id: str) -> dict[str, int]:
+    """Per stage, the attempts that failed or timed out since a human last retried the run
+    (``run.retried``), or since it began: what counts against ``retry_attempts``.
+    Interrupted attempts (a crash, a shutdown) do not count."""
+    since = _rows(db, "SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id = ? AND type = ?",
+                  [run_id, "run.retried"])[0][0]
+    return {row[0]: row[1] for row in _rows(
+        db, "SELECT stage, COUNT(*) FROM events WHERE run_id = ? AND seq > ? AND type IN "
+            "('stage.failed', 'stage.timed_out') GROUP BY stage", [run_id, since])}
+
+
+def retry_waits(db: History, run_id: str) -> list[tuple[str, str, float]]:
+    """``(stage, when it was decided, delay in seconds)`` of each ``stage.retrying`` of a
+    run, oldest first: when a retry that was waiting is due again after a restart."""
+    return [(row[0], row[1], float(row[2] or 0)) for row in _rows(
+        db, "SELECT stage, ts, json_extract(payload, '$.delay_s') FROM events WHERE run_id = ? "
+            "AND type = 'stage.retrying' ORDER BY seq", [run_id])]
+
+
+def ended_runs_without_kept_outputs(db: History, pipeline: str) -> list[str]:
+    """Runs of ``pipeline`` that ended (COMPLETED, FAILED, CANCELLED) and were started with
+    ``keep_outputs: false`` (``enable_checkpoints=False``): their stored outputs may go."""
+    states = (RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED)
+    return [row[0] for row in _rows(
+        db, f"SELECT run_id FROM runs WHERE pipeline = ? AND state IN ({_placeholders(states)}) "
+            "AND json_extract(params, '$.keep_outputs') = 0", [pipeline, *states])]
+
+
+# --------------------------------------------------------------------------- history
+
+
+def run_history(db: History, *, pipeline: str | None = None, limit: int | None = None,
+                newest_first: bool = False,
+                columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Rows of the ``run_history`` view (every column, or ``columns``), by time of request
+    (ties by run id): oldest first, or ``newest_first``; only runs of ``pipeline`` if given;
+    at most ``limit``."""
+    select = ", ".join(columns) if columns else "*"
+    where, params = ("WHERE pipeline = ? ", [pipeline]) if pipeline else ("", [])
+    order = "DESC" if newest_first else "ASC"
+    sql = (f"SELECT {select} FROM run_history {where}"
+           f"ORDER BY requested_at {order}, run_id {order}")
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(int(limit))
+    return _dicts(db, sql, params)
+
+
+def run_summary(db: History, run_id: str) -> dict[str, Any] | None:
+    """One run as ``/api/runs`` shows it (:data:`RUN_SUMMARY_COLUMNS`); None if unknown."""
+    rows = _dicts(db, f"SELECT {', '.join(RUN_SUMMARY_COLUMNS)} FROM run_history "
+                      "WHERE run_id = ?", [run_id])
+    return rows[0] if rows else None
+
+
+def stage_attempts(db: History, run_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+    """Every stage attempt of each run, in the order they started (then by stage and attempt
+    number): run_id -> ``[{stage, attempt, state, started_at, ended_at, duration_s, error,
+    rows}]``.  ``duration_s`` is the attempt's measured wall time when it has one."""
+    run_ids = list(run_ids)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for start in range(0, len(run_ids), _CHUNK):
+        chunk = run_ids[start:start + _CHUNK]
+        for row in _dicts(
+                db, "SELECT run_id, stage, attempt, state, started_at, ended_at, "
+                    "ROUND(COALESCE(wall_s, (julianday(ended_at) - julianday(started_at)) "
+                    "* 86400.0), 3) AS duration_s, error, rows FROM stage_runs WHERE run_id IN "
+                    f"({_placeholders(chunk)}) ORDER BY run_id, started_at, stage, attempt",
+                chunk):
+            out.setdefault(row.pop("run_id"), []).append(row)
+    return out
+
+
+def run_events(db: History, run_id: str) -> list[dict[str, Any]]:
+    """Every event of one run, oldest first: ``{seq, ts, type, stage, attempt, payload}``."""
+    events = _dicts(db, "SELECT seq, ts, type, stage, attempt, payload FROM events "
+                        "WHERE run_id = ? ORDER BY seq", [run_id])
+    for event in events:
+        event["payload"] = json.loads(event["payload"])
+    return events
