@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 
 import duckdb  # noqa: E402
 
-from pipelines.config.configured import load_pipeline  # noqa: E402
+from pipelines import load_pipeline  # noqa: E402
 
 MORT = REPO / "pipelines" / "ahgd" / "data" / "aihw_mort_table1.csv"
 YAML = REPO / "pipelines" / "ahgd" / "config" / "mortality_regions.yaml"

@@ -27,7 +27,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from state import EventLog, EventType as T, new_event, store
+from state import EventLog, EventType as T, new_event, queries, store
 from state.errors import OutputMissing
 from state.locks import FileLock, run_lock_path
 from state.machine import DONE_STAGE_STATES, StageState
@@ -368,10 +368,7 @@ class BasePipeline(ABC):
             f"{', '.join(earlier)}; resume from {earlier[0]!r} instead (or run from the start)")
 
     def _drop_unkept_outputs(self, log: EventLog) -> None:
-        rows = log.query(
-            "SELECT run_id FROM runs WHERE pipeline = ? AND state IN ('COMPLETED', 'FAILED', "
-            "'CANCELLED') AND json_extract(params, '$.keep_outputs') = 0", [self.name])
-        for (run_id,) in rows:
+        for run_id in queries.ended_runs_without_kept_outputs(log, self.name):
             store.remove_run(self.state_dir, run_id)
 
     # -- plumbing ----------------------------------------------------------------------------

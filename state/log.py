@@ -36,7 +36,7 @@ from .machine import Aggregate, Key, Run, aggregate_key, apply
 from .migrations import MIGRATIONS, Migration, migrate
 from . import replay
 from .replay import CheckReport
-from .timestamps import Clock, format_ts, parse_ts, utc_now  # noqa: F401 (parse_ts: until callers import it from state)
+from .timestamps import Clock, format_ts, utc_now
 
 HISTORY_DB = "history.db"
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from state import EventLog, EventType as T, Run, new_event, parse_ts, store
+from state import EventLog, EventType as T, Run, new_event, parse_ts, queries, store
 from state.errors import AhgdError
 from state.machine import DONE_STAGE_STATES, RunState, StageState
 
@@ -218,22 +218,14 @@ class _Execution:
         human (``run.retried``) count against ``retry_attempts``; interrupted ones
         (a crash, a shutdown) do not.  A retry wait in progress keeps its deadline.
         """
-        since = self.log.query(
-            "SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id = ? AND type = 'run.retried'",
-            [run.run_id])[0][0]
-        for stage, count in self.log.query(
-                "SELECT stage, COUNT(*) FROM events WHERE run_id = ? AND seq > ? AND type IN "
-                "('stage.failed', 'stage.timed_out') GROUP BY stage", [run.run_id, since]):
-            self.tries[stage] = count
+        self.tries.update(queries.failed_attempts_since_retry(self.log, run.run_id))
         waiting = [s for s, a in run.attempts.items() if a.state == StageState.RETRYING]
         if not waiting:
             return
         now_wall = self.log.now().timestamp()
-        for stage, ts, delay in self.log.query(
-                "SELECT stage, ts, json_extract(payload, '$.delay_s') FROM events WHERE run_id = ? "
-                "AND type = 'stage.retrying' ORDER BY seq", [run.run_id]):
+        for stage, ts, delay in queries.retry_waits(self.log, run.run_id):
             if stage in waiting:
-                due = parse_ts(ts).timestamp() + float(delay or 0)
+                due = parse_ts(ts).timestamp() + delay
                 self.retry_at[stage] = self.engine.clock() + max(0.0, due - now_wall)
 
     def _ready(self, stage: str) -> bool:

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any, Callable
 
 from state.events import Event
-from state.log import parse_ts
+from state import parse_ts
 
 from . import alerts
 from .alerts import Action

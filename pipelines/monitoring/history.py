@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from state.errors import AhgdError
-from state.log import parse_ts
+from state import parse_ts
 from state.machine import ENDED_RUN_STATES
 
 from .alerts import Action, recheck_failure_rates, stale_alerts

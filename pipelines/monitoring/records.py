@@ -18,7 +18,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Sequence
 
-from state.log import format_ts
+from state import format_ts
 
 from state.errors import did_you_mean
 
