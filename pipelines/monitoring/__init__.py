@@ -23,24 +23,25 @@ Names are imported on first use (PEP 562), so that the configuration can read
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_names
 
 _EXPORTS = {
-    "ACTIVE_PENDING_SHOWN": "dashboard",
-    "CPU_WINDOW_S": "sampler",
-    "FAILURE_WINDOW": "records",
-    "FINISHED_STATES": "records",
-    "FORMATS": "export",
-    "PROMETHEUS_CONTENT_TYPE": "export",
-    "SYSTEM_METRICS": "records",
-    "Alert": "records",
-    "AlertSeverity": "records",
-    "Clock": "monitor",
-    "LiveRun": "monitor_state",
-    "MonitorThresholds": "thresholds",
-    "PipelineMonitor": "monitor",
-    "SystemSample": "records",
+    "ACTIVE_PENDING_SHOWN": ".dashboard",
+    "CPU_WINDOW_S": ".sampler",
+    "FAILURE_WINDOW": ".records",
+    "FINISHED_STATES": ".records",
+    "FORMATS": ".export",
+    "PROMETHEUS_CONTENT_TYPE": ".export",
+    "SYSTEM_METRICS": ".records",
+    "Alert": ".records",
+    "AlertSeverity": ".records",
+    "Clock": ".monitor",
+    "LiveRun": ".monitor_state",
+    "MonitorThresholds": ".thresholds",
+    "PipelineMonitor": ".monitor",
+    "SystemSample": ".records",
 }
 
 __all__ = ["ACTIVE_PENDING_SHOWN", "CPU_WINDOW_S", "FAILURE_WINDOW", "FINISHED_STATES", "FORMATS",
@@ -48,17 +49,7 @@ __all__ = ["ACTIVE_PENDING_SHOWN", "CPU_WINDOW_S", "FAILURE_WINDOW", "FINISHED_S
            "LiveRun", "MonitorThresholds", "PipelineMonitor", "SystemSample"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pipelines.monitoring' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_names(__name__, _EXPORTS)
 
 
 if TYPE_CHECKING:  # pragma: no cover
