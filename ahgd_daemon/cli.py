@@ -20,7 +20,7 @@ import click
 
 from state.errors import AhgdError
 
-from . import cli_config, cli_history, cli_runs, cli_state, cli_status
+from . import cli_config, cli_history, cli_runs, cli_state, cli_status, cli_warehouse
 from .cli_common import config_option, fail, state_dir_option
 
 
@@ -42,9 +42,12 @@ def main() -> None:
     Every run and stage transition is appended to <state dir>/history.db;
     query it with `ahgd history`, `ahgd events` or plain SQL (sqlite3).
     """
+    from state.statedir import restrict_umask
+
+    restrict_umask()  # what any command writes is for its owner and group only
 
 
-for _module in (cli_history, cli_state, cli_config, cli_runs, cli_status):
+for _module in (cli_history, cli_state, cli_config, cli_runs, cli_status, cli_warehouse):
     for _command in _module.COMMANDS:
         main.add_command(_command)
 

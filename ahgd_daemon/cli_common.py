@@ -1,18 +1,21 @@
-"""What every ``ahgd`` command shares: ``--state-dir``, ``--config``, failing with a message,
-opening the history, and asking the daemon that runs on a state directory."""
+"""What every ``ahgd`` command shares: ``--state-dir``, ``--config``, failing with a message
+(a damaged history.db with the same report from every command), opening the history, and
+asking the daemon that runs on a state directory (input files passed open)."""
 
 from __future__ import annotations
 
 import functools
 import os
+import sqlite3
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
+from state.errors import DatabaseDamaged
 from state.statedir import ENV_VAR, resolve_state_dir
 
 
@@ -28,9 +31,28 @@ def state_dir_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     )
     @functools.wraps(fn)
     def wrapper(*args: Any, state_dir: str | None, **kwargs: Any) -> Any:
-        return fn(*args, state_dir=resolve_state_dir(state_dir, os.environ), **kwargs)
+        resolved = resolve_state_dir(state_dir, os.environ)
+        try:
+            return fn(*args, state_dir=resolved, **kwargs)
+        except (DatabaseDamaged, sqlite3.DatabaseError) as exc:
+            _fail_if_history_damaged(resolved, exc)
+            raise
 
     return wrapper
+
+
+def _fail_if_history_damaged(state_dir: Path, exc: Exception) -> None:
+    """A damaged history.db is one report, the same from every command: what is left, what to do."""
+    from state import HISTORY_DB
+    from state.damage import damaged, report
+
+    db = state_dir / HISTORY_DB
+    if isinstance(exc, DatabaseDamaged):
+        if exc.path.resolve() == db.resolve():
+            fail(report(db, exc.sqlite_error))
+    elif any(w in str(exc).lower() for w in ("malformed", "not a database", "corrupt")) \
+            and damaged(db):  # a raw sqlite3 error from a read that met the damage
+        fail(report(db, str(exc)))
 
 
 def config_option(required: bool = True) -> Callable[..., Any]:
@@ -54,8 +76,12 @@ def open_log(state_dir: Path, *, must_exist: bool = True):
     return EventLog(db)
 
 
-def ask_daemon(state_dir: Path, payload: dict[str, Any], timeout: float = 30.0) -> dict[str, Any] | None:
+def ask_daemon(state_dir: Path, payload: dict[str, Any], timeout: float = 30.0,
+               fds: Sequence[int] = ()) -> dict[str, Any] | None:
     """The daemon's reply; None only when no daemon runs on this state directory.
+
+    ``fds`` (open files: ``run --input``) travel beside the request, so the
+    daemon reads them with the rights of the user who opened them.
 
     A daemon that holds the state lock but is not listening yet (still
     recovering at start-up) is waited for: running the request here instead
@@ -69,7 +95,7 @@ def ask_daemon(state_dir: Path, payload: dict[str, Any], timeout: float = 30.0) 
     deadline = time.monotonic() + 60
     while True:
         try:
-            reply = request(state_dir, payload, timeout=timeout)
+            reply = request(state_dir, payload, timeout=timeout, fds=fds)
         except ControlError as exc:
             fail(str(exc))
         if reply is not None or not is_locked(state_dir / LOCK_NAME):

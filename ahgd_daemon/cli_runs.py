@@ -8,8 +8,12 @@ run); without one, ``run`` and ``retry`` execute the run in this process
 
 from __future__ import annotations
 
+import contextlib
+import os
+import stat
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +70,34 @@ def _print_outcome(run: Any) -> None:
 def run_cmd(state_dir: Path, pipeline: str, configs: tuple[str, ...], input_file: str | None,
             resume_from: str | None, no_wait: bool, inprocess: bool) -> None:
     """Run a pipeline now (through the daemon if one runs on this state directory)."""
+    with contextlib.ExitStack() as stack:
+        source = stack.enter_context(_open_input(input_file)) if input_file else None
+        _run(state_dir, pipeline, configs, source, input_file, resume_from, no_wait, inprocess)
+
+
+@contextlib.contextmanager
+def _open_input(path: str) -> Iterator[int]:
+    """The input file, opened here with the rights of the user who runs ``ahgd``."""
+    try:  # O_NONBLOCK: a FIFO must not hang the open; it is refused below
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        fail(f"cannot read the input file {path}: {exc.strerror}; give a file you can read")
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            fail(f"the input {path} is not a regular file; --input takes a file")
+        os.set_blocking(fd, True)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _run(state_dir: Path, pipeline: str, configs: tuple[str, ...], source: int | None,
+         input_file: str | None, resume_from: str | None, no_wait: bool, inprocess: bool) -> None:
+    payload = {"cmd": "run", "pipeline": pipeline, "resume_from": resume_from}
+    if source is not None:
+        payload["input_name"] = Path(input_file).name
     # the daemon copies and hashes --input while it answers: give big files time
-    reply = ask_daemon(state_dir, {"cmd": "run", "pipeline": pipeline, "input": input_file and
-                                   str(Path(input_file).resolve()), "resume_from": resume_from},
-                       timeout=600)
+    reply = ask_daemon(state_dir, payload, timeout=600, fds=[source] if source is not None else [])
     if reply is not None:
         click.echo(f"requested run {reply['run_id']} from the daemon")
         if not no_wait:
@@ -91,8 +119,9 @@ def run_cmd(state_dir: Path, pipeline: str, configs: tuple[str, ...], input_file
     lock = FileLock(run_lock_path(state_dir, run_id), {"role": "ahgd run", "run_id": run_id},
                     remove_on_release=True).acquire()
     with EventLog.open(state_dir) as log:
-        request_run(log, state_dir, pipelines, pipeline, input_file=input_file,
-                    resume_from=resume_from, run_id=run_id)
+        request_run(log, state_dir, pipelines, pipeline, input_fd=source,
+                    input_name=input_file and Path(input_file).name, resume_from=resume_from,
+                    run_id=run_id)
         configured = pipelines[pipeline]
         if inprocess:
             configured._executor_arg = "inprocess"

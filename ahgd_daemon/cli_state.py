@@ -32,14 +32,21 @@ def state_check(state_dir: Path) -> None:
     """SQLite integrity check, and the projections compared with a fresh fold.
 
     Exit 1, listing the differences, when they disagree; `ahgd state rebuild`
-    then makes the projections agree with the events again.
+    then makes the projections agree with the events again.  A history.db
+    SQLite cannot read is reported with what can be salvaged and how.  Files
+    every user of the machine may read are listed as a warning (they do not
+    change the exit code).
     """
     with open_log(state_dir) as log:
         report = log.check()
+    _warn_world_accessible(state_dir)
     if report.integrity != ["ok"]:
+        from state.damage import report as damage_report
+
         click.echo("integrity check FAILED:", err=True)
         for line in report.integrity:
             click.echo(f"  {line}", err=True)
+        click.echo(damage_report(log.path, report.integrity[0]), err=True)
     if report.differences:
         click.echo(f"projections differ from the events ({len(report.differences)} differences):",
                    err=True)
@@ -51,6 +58,23 @@ def state_check(state_dir: Path) -> None:
     if not report.ok:
         sys.exit(1)
     click.echo(f"ok: integrity ok; projections match a fresh fold of {report.events:,} events")
+
+
+def _warn_world_accessible(state_dir: Path) -> None:
+    from state.statedir import world_accessible
+
+    count, paths = world_accessible(state_dir)
+    if not count:
+        return
+    click.echo(f"warning: {count:,} files and folders in {state_dir} are open to every user of "
+               "this machine (made before ahgd kept its files to their owner and group, or "
+               "by hand):", err=True)
+    for path in paths:
+        click.echo(f"  {path}", err=True)
+    if count > len(paths):
+        click.echo(f"  … and {count - len(paths):,} more", err=True)
+    click.echo(f"fix: chmod -R o-rwx {state_dir}   (unless other users are meant to read or drop "
+               "files there)", err=True)
 
 
 COMMANDS = [state_group]

@@ -63,8 +63,6 @@ def load_setup(config_paths: list[Path], state_dir: Path) -> Setup:
 
 def _folder(pipeline: str, trigger: Any) -> Folder:
     """The drop folder of a ``{type: drop_folder, ...}`` trigger."""
-    from pipelines.config.configured import import_object
-
     check = trigger.input_check
     return Folder(
         pipeline=pipeline, path=Path(trigger.path), pattern=trigger.pattern,
@@ -75,8 +73,19 @@ def _folder(pipeline: str, trigger: Any) -> Folder:
         required_columns=list(check.required_columns) if check else [],
         encoding=(check.encoding if check and check.encoding else "utf-8"),
         delimiter=(check.delimiter if check and check.delimiter else ","),
-        check=(import_object(check.callable, what=f"pipeline {pipeline!r} input_check")
-               if check and check.callable else None))
+        check_callable=_checked_callable(pipeline, check),
+        check_timeout=check.timeout.total_seconds() if check else 60.0)
+
+
+def _checked_callable(pipeline: str, check: Any) -> str | None:
+    """The dotted path of an ``input_check.callable``, imported once here so that a broken
+    one stops a start or a reload; it is called in a child process (ahgd_daemon.inputcheck)."""
+    from pipelines.config.configured import import_object
+
+    if check is None or not check.callable:
+        return None
+    import_object(check.callable, what=f"pipeline {pipeline!r} input_check")
+    return check.callable
 
 
 def start_triggers(setup: Setup, log: EventLog, intake: Any, now: datetime, logger: Any) -> Any:

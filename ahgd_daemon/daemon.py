@@ -37,6 +37,7 @@ from .logs import EventLogger
 from .notify import Notifier, without_notify_environment
 from .recovery import recover_and_report
 from .runs import RunSupervisor
+from .warehouse_watch import WarehouseWatch
 from .waker import Waker, install_signal_handlers
 
 LOCK_NAME = "daemon.lock"
@@ -92,10 +93,15 @@ class Daemon:
         self.executor: Any = None
         self.monitor: Any = None
         self.alerts: MonitorLink | None = None
+        self.warehouse: WarehouseWatch | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     def run(self) -> int:
+        from state.statedir import ensure_state_dir, restrict_umask
+
+        restrict_umask()  # owner and group only, for us and the workers (they inherit it)
+        ensure_state_dir(self.state_dir)
         lock = FileLock(self.state_dir / LOCK_NAME, {"role": "ahgd daemon"})
         try:
             lock.acquire()
@@ -157,6 +163,9 @@ class Daemon:
                                             max_recoveries=settings.max_recoveries):
             if recovered.parked:  # its critical alert comes from the monitor, on run.parked
                 self.runs.finished[recovered.run_id] = RunState.PARKED
+        # a warehouse deleted or damaged while no daemon watched is reported before new work
+        self.warehouse = WarehouseWatch.start(self.log, self.state_dir, self.logger,
+                                              self.options.monotonic)
         self._recovering = False
         self._loop_beat = self.options.monotonic()
         if monitoring.enabled:
@@ -226,6 +235,7 @@ class Daemon:
             self.control.stop()
         if self.watchers is not None:
             self.watchers.stop()
+        self.intake.stop()  # a file it was taking stays in its folder for the next start
         self.runs.wind_down(grace, tick=self.notifier.watchdog)
         self._reap_runs()
         if self.executor is not None:
@@ -242,7 +252,7 @@ class Daemon:
         if not self.options.once:
             return 0
         failed = any(state != RunState.COMPLETED for state in self.runs.finished.values())
-        return 1 if failed else 0
+        return 1 if failed or self.intake.left_behind() else 0
 
     # ------------------------------------------------------------------ configuration
 
@@ -309,6 +319,8 @@ class Daemon:
         if now - self._last_recovery >= RECOVERY_CHECK_S:
             self._last_recovery = now
             self._recover_orphans()
+        if self.warehouse.due():
+            self.warehouse.check()
         if self.options.progress is not None and now - self._last_progress >= 0.2:
             self._last_progress = now
             self.options.progress(self.progress_snapshot())
@@ -390,6 +402,10 @@ class Daemon:
                                           self.executor, self.progress_snapshot())
 
     def _dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
+        if str(request.get("cmd", "")).startswith("warehouse."):  # ahgd warehouse rebuild
+            from .rebuild import dispatch
+
+            return dispatch(self, request)
         from . import requests
 
         return requests.dispatch(self, request)

@@ -86,12 +86,13 @@ def profile_rows(state_dir: Path, limit: int = 5) -> tuple[list[str], list[tuple
 
 def run_demo(state_dir: Path, out: TextIO = sys.stdout) -> int:
     from state import EventLog, queries
+    from state.statedir import ensure_state_dir
 
     from . import logs
     from .daemon import Daemon, DaemonOptions
     from .tables import render_table
 
-    state_dir.mkdir(parents=True, exist_ok=True)
+    ensure_state_dir(state_dir)
     log_file = state_dir / "demo-daemon.log"
     stream = open(log_file, "a")
     logs.configure(json_lines=True, stream=stream)

@@ -1,37 +1,69 @@
-"""Drop folders: watch, wait until a file is complete, claim it, or quarantine it.
+"""Drop folders: a trigger's folder, and taking one file out of it.
 
-A file is taken only when complete: with inotify, when its writer closes it
-(or renames it into the folder); with the polling observer (network file
-systems), and for files found by the start-up scan, when its size and mtime
-have not changed for ``stable_for``.  Taking a file: hash it (SHA-256,
-streamed), move it atomically into ``<state>/files/<pipeline>/<sha256>/``,
-record ``file.arrived`` (idempotency key: pipeline + hash) together with
-``run.requested`` for a run that has the stored file as its input.  The same
-bytes dropped again are recorded as ``file.duplicate`` and moved to
-``<state>/duplicates/<pipeline>/``.  Empty, unreadable and ill-formed files go
-to ``<state>/quarantine/<pipeline>/`` beside ``<name>.reason.json``.  Nothing
-is ever deleted.
+:class:`Claimer` takes one complete file (:mod:`ahgd_daemon.intake` decides
+when).  It opens the entry without following a link and without blocking,
+and links it (or, when the inode has other names or the folder is on another
+file system, copies it) into a staging folder of the state directory,
+hashing from the same descriptor (:mod:`ahgd_daemon.inboxfiles`).  Then:
+
+- bytes that arrived before are a ``file.duplicate``, moved to
+  ``<state>/duplicates/<pipeline>/``;
+- an empty file, or one its folder's ``input_check`` refuses (run in a child
+  process: :mod:`ahgd_daemon.inputcheck`), goes to
+  ``<state>/quarantine/<pipeline>/`` beside ``<name>.reason.json``
+  (``file.quarantined``);
+- anything else moves to ``<state>/files/<pipeline>/<sha256>/<name>`` and is
+  recorded as ``file.arrived`` (idempotency key: pipeline + hash) together
+  with ``run.requested`` for a run that has the stored file as its input.
+
+An entry that is not a regular file (a symbolic link, a FIFO, a directory
+named like a file, ...) or that the daemon may not read is never read: it
+stays where it is and is recorded once as ``file.refused``.  The drop-folder
+name goes last, once the outcome is recorded, so a crash leaves the file
+where it was.  Names in events and reason files are text (undecodable bytes
+as ``\\xNN``, the exact bytes in ``name_bytes_hex``); names in the state
+directory are short and safe.  Nothing is ever deleted.
 """
 
 from __future__ import annotations
 
-import csv
-import errno
 import fnmatch
+import hashlib
 import json
 import os
 import secrets
 import shutil
+import stat
+import tempfile
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from state import DuplicateEvent, EventLog, EventType as T, new_event, store
 from state.store import safe_name
 
+from . import inputcheck
+from .inboxfiles import Entry, NotRegular, display_name, name_bytes_hex, place, stored_name
+
 IGNORED_SUFFIXES = (".part", ".partial", ".tmp", ".temp", ".swp", ".crdownload", ".download", "~")
+#: claims in progress, under ``<state>/files/``: a copy or second name of the dropped file
+STAGING = ".incoming"
+#: why an entry is refused, and what to do, by its kind
+REFUSALS = {
+    "symlink": ("it is a symbolic link: ahgd never follows a link out of a drop folder (nothing "
+                "it points to was read)", "put the file itself in the folder, not a link to it"),
+    "fifo": ("it is a FIFO (named pipe), not a regular file",
+             "write the data to a regular file and drop that; remove the FIFO"),
+    "directory": ("it is a directory, not a file", "drop files, not folders (or set recursive: "
+                  "true on the trigger to watch sub-folders)"),
+    "unreadable": ("the daemon may not read it (permission denied)",
+                   "make it readable by the user the daemon runs as (e.g. chmod g+r, group "
+                   "ahgd); it is taken once its permissions change"),
+    "special file": ("it is not a regular file", "remove it; only regular files are taken"),
+}
+REFUSALS["socket"] = ("it is a socket, not a regular file", REFUSALS["special file"][1])
+REFUSALS["device"] = ("it is a device, not a regular file", REFUSALS["special file"][1])
 
 
 def ignored(name: str) -> bool:
@@ -56,7 +88,9 @@ class Folder:
     required_columns: list[str] = field(default_factory=list)
     encoding: str = "utf-8"
     delimiter: str = ","
-    check: Callable[[Path], str | None] | None = None
+    #: ``package.module.function``, called in a child process with the file's path
+    check_callable: str | None = None
+    check_timeout: float = 60.0
 
     def matches(self, path: Path) -> bool:
         if ignored(path.name):
@@ -75,88 +109,75 @@ class Claimed:
     pipeline: str
     run_id: str | None
     sha256: str | None
-    outcome: str  # "arrived", "duplicate", "quarantined", "gone"
+    #: "arrived", "duplicate", "quarantined", "refused", "gone", "changing" (still written)
+    outcome: str
     detail: str = ""
 
 
-def _unique(path: Path) -> Path:
-    if not path.exists():
-        return path
-    stem, suffix = path.stem, path.suffix
-    for i in range(1, 100000):
-        candidate = path.with_name(f"{stem}.{i}{suffix}")
-        if not candidate.exists():
-            return candidate
-    raise FileExistsError(path)  # pragma: no cover
-
-
-def move(src: Path, dst: Path) -> Path:
-    """Move ``src`` to ``dst`` without ever losing it.
-
-    Same file system: hard-link, then unlink the inbox name.  (A rename out of
-    a watched folder makes watchdog hold every later event for half a second
-    while it waits for the other half of the move; a delete is reported at
-    once.)  A crash between the two leaves the file in both places: the
-    start-up scan then finds the bytes already recorded and files the inbox
-    copy as a duplicate.  Across file systems: copy, fsync, rename, unlink.
-    """
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-        os.unlink(src)
-        return dst
-    except OSError as exc:
-        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
-            raise
-    tmp = dst.with_name(f".{dst.name}.incoming")
-    with open(src, "rb") as fin, open(tmp, "wb") as fout:
-        shutil.copyfileobj(fin, fout, 1 << 20)
-        fout.flush()
-        os.fsync(fout.fileno())
-    os.rename(tmp, dst)
-    os.unlink(src)  # the bytes are safely in the store now
-    return dst
-
-
 class Claimer:
-    """Claims complete files for their pipeline; thread-safe (one claim at a time)."""
+    """Takes complete files for their pipeline, one at a time (the intake's thread);
+    :meth:`quarantine` (a failed run's input) may run on another thread meanwhile."""
 
     def __init__(self, log: EventLog, state_dir: Path):
         self.log = log
         self.state_dir = Path(state_dir)
-        self._lock = threading.Lock()
+        self.staging = self.state_dir / "files" / STAGING
+        #: set when the daemon stops: an input check still running is cut short
+        self.stopping = threading.Event()
 
     # -- the one entry point ---------------------------------------------------------
 
     def claim(self, folder: Folder, path: Path) -> Claimed:
-        with self._lock:
-            return self._claim(folder, path)
+        link = _linked_folder(folder, path)
+        if link is not None:  # O_NOFOLLOW guards the last part of a path, not the ones before
+            return self.refuse(folder, link, "symlink", _lstat(link))
+        try:
+            entry = Entry(path)
+        except FileNotFoundError:
+            return Claimed(folder.pipeline, None, None, "gone",
+                           "the file disappeared before it was taken")
+        except NotRegular as exc:
+            return self.refuse(folder, path, exc.kind, exc.st)
+        except PermissionError:
+            return self.refuse(folder, path, "unreadable", _lstat(path))
+        with entry:
+            return self._take(folder, path, entry)
 
-    def _claim(self, folder: Folder, path: Path) -> Claimed:
+    def _take(self, folder: Folder, path: Path, entry: Entry) -> Claimed:
         pipeline = folder.pipeline
+        self.staging.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(dir=self.staging))
         try:
-            st = path.stat()
-        except FileNotFoundError:
-            return Claimed(pipeline, None, None, "gone", "the file disappeared before it was taken")
-        if not path.is_file():
-            return Claimed(pipeline, None, None, "gone", "not a regular file")
-        if st.st_size == 0:
-            return self.quarantine(folder, path, "the file is empty (0 bytes)", sha256=EMPTY_SHA256)
-        try:
-            sha = store.sha256_file(path)
-        except PermissionError as exc:
-            return self.quarantine(folder, path, f"the file is unreadable: {exc.strerror}", sha256=None)
-        except FileNotFoundError:
-            return Claimed(pipeline, None, None, "gone", "the file disappeared while it was hashed")
-        reason = self._input_problem(folder, path)
-        if reason:
-            return self.quarantine(folder, path, reason, sha256=sha)
-        existing = self.log.aggregate(("file", f"{pipeline}\x1f{sha}"))
-        if existing is not None and existing.state == "ARRIVED" and not folder.allow_duplicates:
-            return self._duplicate(folder, path, sha, existing)
-        stored = _unique(self.state_dir / "files" / safe_name(pipeline) / sha / safe_name(path.name))
-        move(path, stored)
-        return self._record_arrival(folder, stored, sha, st.st_size, path.name, existing)
+            staged = work / path.name  # as dropped: an input check quotes the name it was given
+            if entry.link_to(staged):
+                sha, size = entry.sha256()
+            else:  # other names share the inode, or another file system: a copy of our own
+                sha, size = entry.copy_to(staged)
+            if entry.changed():
+                return Claimed(pipeline, None, None, "changing",
+                               "the file changed while it was taken")
+            existing = self.log.aggregate(("file", f"{pipeline}\x1f{sha}"))
+            if existing is not None and existing.state == "ARRIVED" and not folder.allow_duplicates:
+                return self._duplicate(folder, entry, staged, sha, existing)
+            reason = "the file is empty (0 bytes)" if size == 0 else self._check(folder, staged)
+            if reason:
+                return self._quarantine_staged(folder, entry, staged, reason, sha)
+            stored = place(staged, self.state_dir / "files" / safe_name(pipeline) / sha
+                           / stored_name(path.name))
+            try:
+                claimed = self._record_arrival(folder, stored, sha, size, path.name, existing)
+            except BaseException:
+                stored.unlink(missing_ok=True)  # not recorded: the dropped file is still there
+                raise
+            entry.release()
+            return claimed
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _check(self, folder: Folder, staged: Path) -> str | None:
+        if not inputcheck.needed(folder):
+            return None
+        return inputcheck.run(folder, staged, abort=self.stopping)
 
     def _record_arrival(self, folder: Folder, stored: Path, sha: str, size: int, name: str,
                         existing: Any = None) -> Claimed:
@@ -169,16 +190,19 @@ class Claimer:
         """
         pipeline = folder.pipeline
         run_id = f"{safe_name(pipeline)}-file-{sha[:12]}-{secrets.token_hex(3)}"
-        params = {"input_file": str(stored), "input_sha256": sha, "original_name": name}
+        shown = display_name(name)
+        params = {"input_file": str(stored), "input_sha256": sha, "original_name": shown}
         if existing is not None and existing.state == "ARRIVED":  # allow_duplicates
-            first = new_event(T.FILE_DUPLICATE, run_id, pipeline=pipeline, sha256=sha, name=name,
-                              stored_path=str(stored), first_run_id=existing.run_id, runs_again=True)
+            first = new_event(T.FILE_DUPLICATE, run_id, pipeline=pipeline, sha256=sha, name=shown,
+                              **_raw(name), stored_path=str(stored), first_run_id=existing.run_id,
+                              runs_again=True)
         else:
             key = f"file:{pipeline}:{sha}"
             if existing is not None:  # re-arrival after quarantine
                 key += f":after:{existing.last_seen}"
-            first = new_event(T.FILE_ARRIVED, run_id, pipeline=pipeline, sha256=sha, name=name,
-                              size=size, stored_path=str(stored), idempotency_key=key)
+            first = new_event(T.FILE_ARRIVED, run_id, pipeline=pipeline, sha256=sha, name=shown,
+                              **_raw(name), size=size, stored_path=str(stored),
+                              idempotency_key=key)
         try:
             self.log.append_many([
                 first,
@@ -189,69 +213,97 @@ class Claimer:
             return Claimed(pipeline, exc.existing.run_id, sha, "duplicate", "already recorded")
         return Claimed(pipeline, run_id, sha, "arrived")
 
-    def _duplicate(self, folder: Folder, path: Path, sha: str, existing: Any) -> Claimed:
-        target = _unique(self.state_dir / "duplicates" / safe_name(folder.pipeline) / safe_name(path.name))
-        move(path, target)
-        self.log.append(new_event(
-            T.FILE_DUPLICATE, existing.run_id, pipeline=folder.pipeline, sha256=sha, name=path.name,
-            moved_to=str(target), first_run_id=existing.run_id))
+    def _duplicate(self, folder: Folder, entry: Entry, staged: Path, sha: str,
+                   existing: Any) -> Claimed:
+        name = entry.path.name
+        target = place(staged, self.state_dir / "duplicates" / safe_name(folder.pipeline)
+                       / stored_name(name))
+        try:
+            self.log.append(new_event(
+                T.FILE_DUPLICATE, existing.run_id, pipeline=folder.pipeline, sha256=sha,
+                name=display_name(name), **_raw(name), moved_to=str(target),
+                first_run_id=existing.run_id))
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
+        entry.release()
         return Claimed(folder.pipeline, existing.run_id, sha, "duplicate",
                        f"the same bytes arrived before (run {existing.run_id})")
 
-    # -- quarantine ------------------------------------------------------------------
+    # -- quarantine and refusal ------------------------------------------------------------
+
+    def _quarantine_staged(self, folder: Folder, entry: Entry, staged: Path, reason: str,
+                           sha: str) -> Claimed:
+        target = place(staged, self._quarantine_dir(folder) / stored_name(entry.path.name))
+        try:
+            claimed = self._record_quarantine(folder, target, entry.path, reason, sha, None)
+        except BaseException:
+            target.with_name(target.name + ".reason.json").unlink(missing_ok=True)
+            target.unlink(missing_ok=True)
+            raise
+        entry.release()
+        return claimed
 
     def quarantine(self, folder: Folder, path: Path, reason: str, *, sha256: str | None,
-                   run_id: str | None = None, keep_source: bool = False) -> Claimed:
-        """Move (or, with keep_source, copy) ``path`` into quarantine with its reason."""
-        qdir = self.state_dir / "quarantine" / safe_name(folder.pipeline)
-        target = _unique(qdir / safe_name(path.name))
-        if keep_source:
-            qdir.mkdir(parents=True, exist_ok=True)
+                   run_id: str | None = None) -> Claimed:
+        """Put a copy of ``path`` (a stored input, which stays) in quarantine with its reason."""
+        self.staging.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(dir=self.staging))
+        try:
+            staged = work / path.name
             try:
-                os.link(path, target)
+                os.link(path, staged, follow_symlinks=False)
             except OSError:
-                shutil.copy2(path, target)
-        else:
-            move(path, target)
+                shutil.copy2(path, staged, follow_symlinks=False)
+            target = place(staged, self._quarantine_dir(folder) / stored_name(path.name))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
         if sha256 is None:
-            try:
-                sha256 = store.sha256_file(target)
-            except OSError:
-                sha256 = "unreadable-" + target.name
-        info = {"file": path.name, "pipeline": folder.pipeline, "reason": reason,
-                "sha256": sha256, "quarantined_at": self.log.now().isoformat(), "from": str(path),
+            sha256 = store.sha256_file(target)
+        return self._record_quarantine(folder, target, path, reason, sha256, run_id)
+
+    def _quarantine_dir(self, folder: Folder) -> Path:
+        return self.state_dir / "quarantine" / safe_name(folder.pipeline)
+
+    def _record_quarantine(self, folder: Folder, target: Path, source: Path, reason: str,
+                           sha256: str, run_id: str | None) -> Claimed:
+        reason = display_name(reason)
+        info = {"file": display_name(source.name), **_raw(source.name),
+                "pipeline": folder.pipeline, "reason": reason, "sha256": sha256,
+                "quarantined_at": self.log.now().isoformat(), "from": display_name(str(source)),
                 "run_id": run_id, "fix": "correct the file and drop it into the folder again"}
         reason_file = target.with_name(target.name + ".reason.json")
-        reason_file.write_text(json.dumps(info, indent=2) + "\n")
+        reason_file.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n",
+                               encoding="utf-8")
         self.log.append(new_event(T.FILE_QUARANTINED, run_id, pipeline=folder.pipeline,
-                                  sha256=sha256, name=path.name, reason=reason, path=str(target)))
+                                  sha256=sha256, name=display_name(source.name),
+                                  **_raw(source.name), reason=reason, path=str(target)))
         return Claimed(folder.pipeline, run_id, sha256, "quarantined", reason)
 
-    def _input_problem(self, folder: Folder, path: Path) -> str | None:
-        if folder.required_columns:
-            try:
-                with open(path, newline="", encoding=folder.encoding) as f:
-                    header = next(csv.reader(f, delimiter=folder.delimiter), [])
-            except UnicodeDecodeError:
-                return f"the file is not {folder.encoding} text"
-            except OSError as exc:
-                return f"the file is unreadable: {exc.strerror}"
-            have = {h.strip().lower() for h in header}
-            missing = [c for c in folder.required_columns if c.lower() not in have]
-            if missing:
-                return (f"missing required column(s) {', '.join(missing)} (the header has: "
-                        f"{', '.join(h.strip() for h in header[:30])})")
-        if folder.check is not None:
-            try:
-                return folder.check(path)
-            except Exception as exc:  # a broken check must not take the daemon down
-                return f"the input check failed: {type(exc).__name__}: {exc}"
-        return None
+    def refuse(self, folder: Folder, path: Path, kind: str, st: os.stat_result | None) -> Claimed:
+        """Record once that the entry at ``path`` is not taken (left where it is)."""
+        reason, fix = REFUSALS.get(kind) or REFUSALS["special file"]
+        shown = display_name(str(path))
+        key = None
+        if st is not None:  # the same object seen again is not news; a new one (ctime) is
+            where = hashlib.sha256(os.fsencode(path)).hexdigest()[:16]
+            key = f"refused:{folder.pipeline}:{st.st_dev}:{st.st_ino}:{st.st_ctime_ns}:{where}"
+        try:
+            self.log.append(new_event(T.FILE_REFUSED, None, idempotency_key=key,
+                                      pipeline=folder.pipeline, path=shown,
+                                      name=display_name(path.name), **_raw(path.name), kind=kind,
+                                      reason=reason, fix=fix))
+        except DuplicateEvent:
+            pass
+        return Claimed(folder.pipeline, None, None, "refused", reason)
 
     # -- crash leftovers -------------------------------------------------------------------
 
     def adopt_orphans(self, folders: dict[str, Folder]) -> list[Claimed]:
-        """Record stored files that a crash left between their move and their event."""
+        """Record stored files that a crash left between their move and their event, and
+        remove the staging copies of claims a crash cut short (their originals are still
+        in the drop folder: the drop-folder name is removed last)."""
+        shutil.rmtree(self.staging, ignore_errors=True)
         adopted = []
         root = self.state_dir / "files"
         for pipeline, folder in folders.items():
@@ -261,72 +313,46 @@ class Claimer:
             for sha_dir in pdir.iterdir():
                 for f in sha_dir.iterdir() if sha_dir.is_dir() else ():
                     if f.name.startswith("."):
-                        if f.name.endswith(".incoming"):  # a copy a crash cut short; the
-                            f.unlink(missing_ok=True)      # original is still in the inbox
+                        if f.name.endswith(".incoming"):  # a copy an older ahgd's crash cut
+                            f.unlink(missing_ok=True)      # short; the original is in the inbox
                         continue
+                    st = _lstat(f)
+                    if st is None or not stat.S_ISREG(st.st_mode):
+                        continue  # the store holds regular files only: never adopt a link
                     rec = self.log.aggregate(("file", f"{pipeline}\x1f{sha_dir.name}"))
                     if rec is None:
                         adopted.append(self._record_arrival(folder, f, sha_dir.name,
-                                                            f.stat().st_size, f.name))
+                                                            st.st_size, f.name))
         return adopted
+
+
+def _raw(name: str) -> dict[str, str]:
+    """``{"name_bytes_hex": ...}`` for a name that is not UTF-8 (its exact bytes), else ``{}``."""
+    raw = name_bytes_hex(name)
+    return {} if raw is None else {"name_bytes_hex": raw}
+
+
+def _linked_folder(folder: Folder, path: Path) -> Path | None:
+    """The first sub-folder on the way from ``folder.path`` to ``path`` that is a link."""
+    try:
+        parts = path.relative_to(folder.path).parts[:-1]
+    except ValueError:
+        return None
+    current = folder.path
+    for part in parts:
+        current = current / part
+        st = _lstat(current)
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            return current
+    return None
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except OSError:
+        return None
 
 
 #: SHA-256 of zero bytes: the identity under which empty files are quarantined
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-
-
-class Stability:
-    """Tracks candidate files until size and mtime stay unchanged for ``stable_for``."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic):
-        self._clock = clock
-        self._seen: dict[Path, tuple[int, int, float, Folder]] = {}
-        self._lock = threading.Lock()
-
-    def note(self, folder: Folder, path: Path) -> None:
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            with self._lock:
-                self._seen.pop(path, None)
-            return
-        with self._lock:
-            prev = self._seen.get(path)
-            sig = (st.st_size, st.st_mtime_ns)
-            if prev is None or (prev[0], prev[1]) != sig:
-                self._seen[path] = (sig[0], sig[1], self._clock(), folder)
-
-    def forget(self, path: Path) -> None:
-        with self._lock:
-            self._seen.pop(path, None)
-
-    def due(self) -> list[tuple[Folder, Path]]:
-        """Files unchanged for their folder's ``stable_for``; re-checks each on disk."""
-        now = self._clock()
-        out = []
-        with self._lock:
-            items = list(self._seen.items())
-        for path, (size, mtime, since, folder) in items:
-            try:
-                st = path.stat()
-            except FileNotFoundError:
-                self.forget(path)
-                continue
-            if (st.st_size, st.st_mtime_ns) != (size, mtime):
-                with self._lock:
-                    self._seen[path] = (st.st_size, st.st_mtime_ns, now, folder)
-                continue
-            if now - since >= folder.stable_for:
-                out.append((folder, path))
-                self.forget(path)
-        return out
-
-    def next_due_in(self) -> float | None:
-        now = self._clock()
-        with self._lock:
-            waits = [max(0.0, since + folder.stable_for - now) for _, _, since, folder in self._seen.values()]
-        return min(waits) if waits else None
-
-    def pending(self) -> int:
-        with self._lock:
-            return len(self._seen)

@@ -13,14 +13,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from state import DuplicateEvent, EventLog, EventType as T, Run, RunState, new_event, queries
+from state.errors import AhgdError
 
 from .configuration import Setup
 
 
 def follow_up(log: EventLog, setup: Setup, claimer: Any, run: Run) -> None:
-    """After the daemon reaped ``run``."""
-    if run.state == RunState.COMPLETED:
+    """After the daemon reaped ``run``.  (A ``rebuild`` run sets off no downstream run:
+    ``ahgd warehouse rebuild`` runs the dependants itself, once all their sources are in.)"""
+    if run.state == RunState.COMPLETED and run.trigger != "rebuild":
         for downstream in setup.downstream_of.get(run.pipeline, ()):
             request_downstream_run(log, setup, downstream, run.pipeline, run.run_id, run.ended_at)
     elif run.state == RunState.FAILED:
@@ -79,6 +83,12 @@ def quarantine_refused_input(setup: Setup, claimer: Any, run: Run) -> None:
     stored = Path(run.params.get("input_file", ""))
     if not stored.exists():
         return
-    claimer.quarantine(folder, stored, f"run {run.run_id} failed at stage {stage!r}: {attempt.error}",
-                       sha256=run.params.get("input_sha256"), run_id=run.run_id,
-                       keep_source=True)
+    try:
+        claimer.quarantine(folder, stored,
+                           f"run {run.run_id} failed at stage {stage!r}: {attempt.error}",
+                           sha256=run.params.get("input_sha256"), run_id=run.run_id)
+    except (OSError, AhgdError) as exc:  # a full disk, say: the stored input stays where it is
+        structlog.get_logger("ahgd.daemon").warning(
+            "quarantine_failed", run_id=run.run_id, pipeline=run.pipeline, path=str(stored),
+            error=str(exc), fix="nothing is lost: the input stays at that path in the store, "
+                                "not copied into quarantine; free space on the state directory")

@@ -10,7 +10,11 @@
 
 Read-only by construction: only GET and HEAD are answered (anything else is
 405), and run history is read through a ``mode=ro`` SQLite connection of each
-request's own.  It binds to loopback unless ``allow_remote`` is given with a
+request's own.  At most ``MAX_CONNECTIONS`` at once, each with
+``REQUEST_DEADLINE_S`` for its whole request; when all are taken, the one
+that has been sending its request the longest is dropped for the newcomer,
+so trickling clients cannot keep ``/healthz`` from answering
+(``connections.py``).  It binds to loopback unless ``allow_remote`` is given with a
 token; a token, when set, is checked on every request (``Authorization:
 Bearer <token>`` or ``?token=<token>``).
 """
@@ -18,23 +22,29 @@ Bearer <token>`` or ``?token=<token>``).
 from __future__ import annotations
 
 import hmac
+import io
 import ipaddress
 import json
 import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import structlog
+
 from pipelines.errors import ConfigError
 
 from . import runs_api
+from .connections import BoundedServer, DeadlineReader
 
 PAGE = ("web", "dashboard.html")
-MAX_CONNECTIONS = 32      # requests served at once; more are closed at once
-REQUEST_TIMEOUT_S = 30    # a client that stalls mid-request is dropped after this
+MAX_CONNECTIONS = 32      # connections served at once (the oldest still sending makes room)
+REQUEST_DEADLINE_S = 10   # for the whole request (line and headers), however it trickles
+REPLY_TIMEOUT_S = 30      # for a client to take its reply
 _CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
         "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
         "frame-ancestors 'none'")
@@ -84,7 +94,8 @@ def plan(listen: str, token: str | None, allow_remote: bool, settings: Any) -> H
 
 def serve(plan: HttpPlan, sources: StatusSources, logger: Any) -> StatusServer:
     """Start a server as planned, and log where it listens."""
-    server = StatusServer(plan.listen, sources, token=plan.token, allow_remote=plan.allow_remote)
+    server = StatusServer(plan.listen, sources, token=plan.token, allow_remote=plan.allow_remote,
+                          logger=logger)
     server.start()
     host = server.address[0]
     logger.info("http_status", listen=plan.listen, host=host, port=server.port,
@@ -142,24 +153,25 @@ def _ip_loopback(text: str) -> bool | None:
 
 class StatusServer:
     def __init__(self, listen: str, sources: StatusSources, *, token: str | None = None,
-                 allow_remote: bool = False):
+                 allow_remote: bool = False, logger: Any = None):
         self.address = check_bind(listen, allow_remote=allow_remote, token=token)
         self._sources = sources
         self._token = token
-        self._server: ThreadingHTTPServer | None = None
+        self._logger = logger or structlog.get_logger("ahgd.http")
+        self._server: _Server | None = None
 
     def start(self) -> None:
         handler = _handler_class(self._sources, self._token)
         host, port = self.address
         server_class = _IPv6Server if ":" in host else _Server
         try:
-            self._server = server_class(self.address, handler)
+            self._server = server_class(self.address, handler, limit=MAX_CONNECTIONS,
+                                        logger=self._logger)
         except OSError as exc:
             raise ConfigError(
                 f"cannot listen on {host}:{port} for --http: {exc.strerror or exc}; another "
                 "process may hold that port (see `ss -ltnp`): pick another port, or 0 for any "
                 "free one") from None
-        self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.5},
                          name="ahgd-http-status", daemon=True).start()
 
@@ -174,29 +186,12 @@ class StatusServer:
             self._server = None
 
 
-class _Server(ThreadingHTTPServer):
-    """At most MAX_CONNECTIONS requests at once: a flood of idle connections cannot
-    take every thread of the daemon (the token is only checked once a request is read)."""
+class _Server(BoundedServer, HTTPServer):
+    """The limits of ``connections.BoundedServer``: no flood of idle or trickling
+    connections takes every thread of the daemon, nor keeps ``/healthz`` out
+    (the token is only checked once a request is read)."""
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        super().__init__(*args, **kwargs)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
+    name = "http"
 
 
 class _IPv6Server(_Server):
@@ -266,7 +261,32 @@ def _handler_class(sources: StatusSources, token: str | None) -> type[BaseHTTPRe
     class Handler(BaseHTTPRequestHandler):
         server_version = "ahgd"
         sys_version = ""
-        timeout = REQUEST_TIMEOUT_S
+        server: _Server
+
+        def setup(self) -> None:
+            super().setup()
+            # one deadline for the request line and headers together, not one per read
+            self.rfile = io.BufferedReader(
+                DeadlineReader(self.connection, time.monotonic() + REQUEST_DEADLINE_S))
+
+        def parse_request(self) -> bool:
+            if not super().parse_request():
+                return False
+            if self.server.slots.was_dropped(self.request):
+                self.close_connection = True  # dropped for a newcomer before it was whole
+                return False
+            self.server.slots.answering(self.request)
+            self.connection.settimeout(REPLY_TIMEOUT_S)
+            return True
+
+        def handle(self) -> None:
+            super().handle()
+            if self.server.slots.was_dropped(self.request):
+                self.server.log_client_gone(self.request, None)
+
+        def log_error(self, format: str, *args: Any) -> None:
+            # http.server's own note of a client that was too slow: one debug line
+            self.server.logger.debug("http_client_gone", why=format % args)
 
         def do_GET(self) -> None:  # noqa: N802 - the http.server API
             self._answer(head=False)

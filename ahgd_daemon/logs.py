@@ -65,7 +65,8 @@ class EventLogger:
         data = event.payload if event.payload is not None else event.data()
         fields = {k: v for k, v in data.items() if k not in _SKIP_KEYS}
         level = "warning" if event.type in ("stage.failed", "stage.timed_out", "stage.retrying",
-                                            "file.quarantined", "run.failed", "run.parked") else "info"
+                                            "file.quarantined", "file.refused", "run.failed",
+                                            "run.parked") else "info"
         for key in ("seq", "pipeline", "run_id", "stage", "attempt", "event"):
             fields.pop(key, None)
         getattr(self._logger, level)(

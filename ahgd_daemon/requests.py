@@ -2,18 +2,21 @@
 
 The daemon calls these from its control socket; the CLI calls them itself
 when no daemon runs on the state directory.  Either way the checks and the
-messages are the same.
+messages are the same.  An input file is always an open descriptor, opened
+by the user who asked (never a path the daemon would open with its rights).
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
-import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
-from state import EventLog, EventType as T, new_event, store
-from state.errors import AhgdError
+from state import EventLog, EventType as T, new_event
+from state.errors import AhgdError, DiskFull
 from state.locks import describe_holder, is_locked, read_holder, run_lock_path
 from state.machine import RUN_TRANSITIONS, RunState, StageState
 from state.store import safe_name
@@ -23,41 +26,93 @@ class RequestError(AhgdError):
     """A request that cannot be honoured; the message says why and what to do."""
 
 
-def stage_input(state_dir: Path, pipeline: str, source: Path) -> tuple[Path, str]:
-    """Copy a user's input file into ``<state>/inputs/`` by content; (path, sha256).
+#: run params that ahgd sets itself: the stored input (a path the daemon opens), its hash, ...
+RESERVED_PARAMS = ("input_file", "input_sha256", "original_name", "resume_from")
+_CHUNK = 1 << 20
+
+
+def stage_input(state_dir: Path, pipeline: str, fd: int, name: str) -> tuple[Path, str]:
+    """Copy an input file, given as a descriptor open for reading, into
+    ``<state>/inputs/<pipeline>/<sha256>/<name>``; (path, sha256).
 
     Not ``files/``: that store holds drop-folder arrivals, and a file there
     without a ``file.arrived`` event is taken for a crash leftover and run.
     """
-    source = Path(source).expanduser().resolve()
-    if not source.is_file():
-        raise RequestError(f"input file {source} does not exist or is not a file")
-    sha = store.sha256_file(source)
-    target = Path(state_dir) / "inputs" / safe_name(pipeline) / sha / safe_name(source.name)
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.incoming")
-        shutil.copyfile(source, tmp)
-        tmp.rename(target)
+    name = safe_name(Path(str(name)).name or "input")
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError as exc:
+        raise RequestError(f"the input {name} cannot be looked at ({exc.strerror}); pass a file "
+                           "open for reading") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a directory" if stat.S_ISDIR(mode) else "a pipe" if stat.S_ISFIFO(mode) else
+                "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or
+                stat.S_ISBLK(mode) else "not a regular file")
+        raise RequestError(f"the input {name} is {kind}; --input takes a regular file")
+    folder = Path(state_dir) / "inputs" / safe_name(pipeline)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".incoming-{os.getpid()}-{os.urandom(6).hex()}"
+    digest = hashlib.sha256()
+    try:
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask decides
+        try:
+            offset = 0
+            while chunk := _read_input(fd, offset, name):
+                digest.update(chunk)
+                os.write(out, chunk)  # a regular file: the whole chunk is written
+                offset += len(chunk)
+        finally:
+            os.close(out)
+        sha = digest.hexdigest()
+        target = folder / sha / name
+        if target.exists():
+            tmp.unlink()
+        else:
+            target.parent.mkdir(exist_ok=True)
+            tmp.rename(target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno == errno.ENOSPC:
+            raise DiskFull(f"the disk holding {folder} is full (copying the input {name}); free "
+                           "some space and ask again") from None
+        raise
     return target, sha
 
 
+def _read_input(fd: int, offset: int, name: str) -> bytes:
+    try:
+        return os.pread(fd, _CHUNK, offset)
+    except OSError as exc:
+        raise RequestError(f"the input {name} cannot be read ({exc.strerror}); pass a file "
+                           "open for reading") from None
+
+
 def request_run(log: EventLog, state_dir: Path, pipelines: dict[str, Any], name: str, *,
-                input_file: str | None = None, resume_from: str | None = None,
-                params: dict[str, Any] | None = None, trigger: str = "manual",
-                run_id: str | None = None) -> str:
-    """Validate and record ``run.requested``; return the run id (the run is PENDING)."""
+                input_fd: int | None = None, input_name: str | None = None,
+                resume_from: str | None = None, params: dict[str, Any] | None = None,
+                trigger: str = "manual", run_id: str | None = None) -> str:
+    """Validate and record ``run.requested``; return the run id (the run is PENDING).
+
+    ``input_fd`` is the input file, open for reading by whoever asked for the run.
+    """
     from pipelines.base import new_run_id
 
     pipeline = pipelines.get(name)
     if pipeline is None:
         raise RequestError(f"no pipeline {name!r} in the configuration (known: "
                            f"{', '.join(sorted(pipelines)) or 'none'})")
+    if params is not None and not isinstance(params, dict):
+        raise RequestError(f"params must be a JSON object, not {type(params).__name__}")
+    reserved = sorted(set(params or {}) & set(RESERVED_PARAMS))
+    if reserved:
+        raise RequestError(f"params may not set {', '.join(reserved)}: ahgd sets them itself "
+                           "(give an input file with `ahgd run --input FILE`, a stage to resume "
+                           "from with --resume-from)")
     run_params = dict(params or {})
-    if input_file:
-        stored, sha = stage_input(state_dir, name, Path(input_file))
+    if input_fd is not None:
+        stored, sha = stage_input(state_dir, name, input_fd, input_name or "input")
         run_params.update(input_file=str(stored), input_sha256=sha,
-                          original_name=Path(input_file).name)
+                          original_name=Path(str(input_name or stored.name)).name)
     if resume_from:
         stages, _ = pipeline._stages_and_deps()
         pipeline._resume_plan(log, stages, resume_from)  # refuse now, with the reason
@@ -100,19 +155,27 @@ def cancel_recorded(log: EventLog, state_dir: Path, run_id: str) -> dict[str, An
 def dispatch(daemon: Any, req: dict[str, Any]) -> dict[str, Any]:
     """Requests arriving on the daemon's control socket."""
     cmd = req.get("cmd")
+    for key in ("cmd", "pipeline", "run_id", "resume_from", "input_name", "format"):
+        if req.get(key) is not None and not isinstance(req[key], str):
+            raise RequestError(f"{key} must be a string, not {type(req[key]).__name__}")
     if cmd == "ping":
         return {"pid": os.getpid()}
     if cmd == "status":
         return {"status": daemon.status()}
     if cmd == "dashboard":
-        return {"dashboard": daemon.dashboard(recent=req.get("recent"))}
+        recent = req.get("recent")
+        if recent is not None and (type(recent) is not int or not 1 <= recent <= 50):
+            raise RequestError(f"recent={recent!r} is not a whole number from 1 to 50 "
+                               "(the last runs shown per pipeline)")
+        return {"dashboard": daemon.dashboard(recent=recent)}
     if cmd == "metrics":
         fmt = req.get("format", "prometheus")
         return {"metrics": daemon.monitor.export_metrics(format=fmt)}
     if cmd == "run":
+        fd = _input_descriptor(req)
         run_id = request_run(daemon.log, daemon.state_dir, daemon.setup.pipelines, req.get("pipeline", ""),
-                             input_file=req.get("input"), resume_from=req.get("resume_from"),
-                             params=req.get("params"))
+                             input_fd=fd, input_name=req.get("input_name"),
+                             resume_from=req.get("resume_from"), params=req.get("params"))
         daemon.waker.wake()
         return {"run_id": run_id}
     if cmd == "retry":
@@ -127,3 +190,24 @@ def dispatch(daemon: Any, req: dict[str, Any]) -> dict[str, Any]:
                 return {"run_id": run_id, "previous_state": RunState.RUNNING, "cancelling": True}
             return cancel_recorded(daemon.log, daemon.state_dir, run_id)
     raise RequestError(f"unknown request {cmd!r}; known: ping, status, dashboard, metrics, run, retry, cancel")
+
+
+def _input_descriptor(req: dict[str, Any]) -> int | None:
+    """The input file of a run request: the one descriptor passed with it, or None.
+
+    A path is refused: the daemon would open it with its own rights, and the
+    asker may not be allowed to read it.
+    """
+    if req.get("input") or req.get("input_file"):
+        raise RequestError("the daemon does not open files by path (it would read them with its "
+                           "own rights, not yours): send the file itself, open, with the request, "
+                           "as `ahgd run PIPELINE --input FILE` does (an older ahgd client must be "
+                           "upgraded)")
+    fds = getattr(req, "fds", ())
+    if len(fds) > 1:
+        raise RequestError(f"{len(fds)} or more files came with the request; a run takes one "
+                           "input file")
+    if req.get("input_name") and not fds:
+        raise RequestError("input_name came without the file: pass the file open with the "
+                           "request (SCM_RIGHTS), as `ahgd run --input FILE` does")
+    return fds[0] if fds else None

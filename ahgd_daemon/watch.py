@@ -8,16 +8,22 @@ they are taken once their size and mtime have been stable for
 ``stable_for``.  A file that merely appears under inotify (a hard link, a
 file whose writer has not closed it yet) is tracked the same way, and taken
 only if no process still has it open for writing.
+
+Entries that match the pattern but are no regular file (a symbolic link, a
+FIFO; a directory, unless the folder is recursive) are reported too, so that
+the claimer records them as refused instead of passing over them in silence;
+a file whose permissions change is looked at again.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Any, Callable
 
-from watchdog.events import (FileClosedEvent, FileCreatedEvent, FileModifiedEvent, FileMovedEvent,
-                             FileSystemEvent, FileSystemEventHandler)
+from watchdog.events import (FileAttribEvent, FileClosedEvent, FileCreatedEvent, FileModifiedEvent,
+                             FileMovedEvent, FileSystemEvent, FileSystemEventHandler)
 
 from .dropfolder import Folder
 
@@ -44,10 +50,12 @@ def filesystem_type(path: Path) -> str | None:
 
 
 def open_for_writing(path: Path) -> bool:
-    """Best effort: does any process we can see hold ``path`` open for writing?"""
+    """Best effort: does any process we can see hold the regular file ``path`` open for writing?"""
     try:
-        target = os.stat(path)
-    except FileNotFoundError:
+        target = os.lstat(path)
+    except OSError:
+        return False
+    if not stat.S_ISREG(target.st_mode):  # a link or a FIFO is refused, not waited for
         return False
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -83,6 +91,12 @@ class _Handler(FileSystemEventHandler):
 
     def dispatch(self, event: FileSystemEvent) -> None:
         if event.is_directory:
+            # a sub-folder of a recursive folder is watched; elsewhere a folder named like a
+            # file is refused, so report it
+            if not self.folder.recursive and event.event_type in ("created", "moved"):
+                path = Path(os.fsdecode(getattr(event, "dest_path", "") or event.src_path))
+                if self.folder.matches(path):
+                    self.candidate(self.folder, path)
             return
         if isinstance(event, FileMovedEvent):
             path = Path(os.fsdecode(event.dest_path))
@@ -94,7 +108,7 @@ class _Handler(FileSystemEventHandler):
             return
         if isinstance(event, FileClosedEvent) and not self.polling:
             self.complete(self.folder, path)
-        elif isinstance(event, (FileCreatedEvent, FileModifiedEvent)):
+        elif isinstance(event, (FileCreatedEvent, FileModifiedEvent, FileAttribEvent)):
             self.candidate(self.folder, path)
 
 
@@ -150,9 +164,16 @@ class Watchers:
                 continue
             paths = folder.path.rglob("*") if folder.recursive else folder.path.iterdir()
             for path in sorted(paths):
-                if path.is_file() and folder.matches(path):
-                    self._candidate(folder, path)
-                    count += 1
+                if not folder.matches(path):
+                    continue
+                try:
+                    mode = os.lstat(path).st_mode
+                except OSError:
+                    continue
+                if stat.S_ISDIR(mode) and folder.recursive:
+                    continue  # a sub-folder, scanned itself
+                self._candidate(folder, path)  # files, and what is refused (links, FIFOs ...)
+                count += 1
         return count
 
     def polling(self, folder: Folder) -> bool:

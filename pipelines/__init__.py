@@ -40,10 +40,12 @@ _EXPORTS = {
     "StageError": "pipelines.errors",
     "StageOutputError": "pipelines.errors",
     "ValidationFailed": "pipelines.errors",
+    "WarehouseDamaged": "pipelines.errors",
     "ResumeRefused": "pipelines.errors",
     "parse_duration": "pipelines.durations",
     "quote": "pipelines.context",
     "sha256_file": "state.store",
+    "read_csv_header": "pipelines.csvheader",
     "load_pipeline": "pipelines.config.configured",
 }
 
@@ -62,8 +64,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .config.configured import load_pipeline
     from .context import quote
+    from .csvheader import read_csv_header
     from .errors import (ConfigError, InputError, ResumeRefused, StageError, StageOutputError,
-                         ValidationFailed)
+                         ValidationFailed, WarehouseDamaged)
     from .monitoring import AlertSeverity, PipelineMonitor
     from .orchestrator import ExecutionMode, OrchestrationResult, PipelineDefinition, PipelineOrchestrator
     from .stage import (ExtractorStage, LoaderStage, PipelineStage, ResourceUsage, StageConfig,

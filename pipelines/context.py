@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from state import store
+from state import store, warehouse as identity
 
-from .errors import StageOutputError
+from .errors import StageOutputError, WarehouseDamaged
 
 RESERVED_CATALOGS = {"main", "temp", "system", "memory"}
-WAREHOUSE = "warehouse.duckdb"
+WAREHOUSE = identity.WAREHOUSE
 
 
 def catalog_for(stage: str) -> str:
@@ -88,6 +88,8 @@ class PipelineContext:
         self._con_path: Path | None = None
         self._attached: set[str] = set()
         self._logger = logger
+        #: path -> what each warehouse() call of this attempt found (the engine records it)
+        self.warehouses_seen: dict[str, dict[str, Any]] = {}
         # the outcome, filled in when run() returns
         self.state: str | None = None
         self.error: str | None = None
@@ -235,15 +237,36 @@ class PipelineContext:
 
         DuckDB allows one writing process per file, so loaders of different
         pipelines take turns on a lock file; write idempotently (delete the
-        rows of this source, then insert) inside one transaction.
+        rows of this source, then insert) inside one transaction.  The first
+        call that creates the warehouse gives it an identity (table
+        ``_ahgd.identity``); the attempt reports the one it found, so that a
+        warehouse deleted or replaced since the last load is noticed.  A file
+        that is not a DuckDB database raises :class:`WarehouseDamaged`, which
+        names it and the fix.
         """
         import duckdb
 
         target = Path(path) if path is not None else self.state_dir / WAREHOUSE
         target.parent.mkdir(parents=True, exist_ok=True)
-        with open(target.with_name(target.name + ".lock"), "a+") as lock:
+        seen = identity.recorded_path(self.state_dir, target)
+        with open(identity.lock_path(target), "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            con = duckdb.connect(str(target), config=_duckdb_config(self.duckdb_settings))
+            created = not target.exists()
+            try:
+                con = duckdb.connect(str(target), config=_duckdb_config(self.duckdb_settings))
+                try:
+                    found = identity.ensure_identity(con, run_id=self.run_id, created=created)
+                except BaseException:
+                    con.close()
+                    raise
+            except duckdb.Error as exc:
+                damage = identity.damage_of(target, exc)
+                if damage is None:  # a lock of another program, a full disk: not the file
+                    raise
+                self.warehouses_seen[seen] = identity.report_of(self.state_dir, target, error=damage)
+                raise WarehouseDamaged(
+                    identity.damaged_message(target, damage, self.state_dir)) from None
+            self.warehouses_seen.setdefault(seen, identity.report_of(self.state_dir, target, found))
             try:
                 yield con
             finally:

@@ -38,6 +38,16 @@ class StageOutputError(StageError):
     retryable = False
 
 
+class WarehouseDamaged(StageError):
+    """``<state dir>/warehouse.duckdb`` is not a DuckDB database any more (damaged, replaced).
+
+    Not the input's fault (the file is not quarantined) and not retried: the
+    message names the file and says to move it aside and ``ahgd warehouse rebuild``.
+    """
+
+    retryable = False
+
+
 class ValidationFailed(InputError):
     """A validation rule found bad rows; retrying would find them again."""
 

@@ -6,6 +6,7 @@ Imports nothing from ``pipelines`` or ``ahgd_daemon``.
 
 from .errors import (
     AhgdError,
+    DatabaseDamaged,
     DiskFull,
     EventLogError,
     IllegalTransition,
@@ -34,7 +35,7 @@ from .migrations import MIGRATIONS, Migration
 from .timestamps import format_ts, parse_ts, utc_now
 
 __all__ = [
-    "AhgdError", "DiskFull", "EventLogError", "IllegalTransition", "MigrationFailed",
+    "AhgdError", "DatabaseDamaged", "DiskFull", "EventLogError", "IllegalTransition", "MigrationFailed",
     "OutputMissing", "SchemaTooNew", "StateDirError", "StoreError",
     "EVENT_TYPES", "Event", "EventType", "new_event",
     "HISTORY_DB", "CheckReport", "DuplicateEvent", "EventLog", "format_ts", "parse_ts", "utc_now",

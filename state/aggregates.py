@@ -31,6 +31,8 @@ class StageState(StrEnum):
     RETRYING = "RETRYING"
     TIMED_OUT = "TIMED_OUT"
     INTERRUPTED = "INTERRUPTED"
+    #: it had COMPLETED, but its recorded output was later found gone or altered: it runs again
+    INVALIDATED = "INVALIDATED"
 
 
 R, S = RunState, StageState
@@ -41,7 +43,7 @@ R, S = RunState, StageState
 ENDED_RUN_STATES = frozenset({R.COMPLETED, R.FAILED, R.CANCELLED, R.PARKED})
 DONE_STAGE_STATES = frozenset({S.COMPLETED, S.SKIPPED})
 #: attempts that ended without success and may be followed by another attempt
-ENDED_UNSUCCESSFULLY = frozenset({S.FAILED, S.TIMED_OUT, S.INTERRUPTED})
+ENDED_UNSUCCESSFULLY = frozenset({S.FAILED, S.TIMED_OUT, S.INTERRUPTED, S.INVALIDATED})
 
 
 class Attempt(NamedTuple):
@@ -169,5 +171,19 @@ class AlertRecord(NamedTuple):
     last_seq: int
 
 
-Aggregate = Run | FileRecord | ScheduleRecord | Orchestration | AlertRecord
+class Refusal(NamedTuple):
+    """A drop-folder entry that was not taken (``file.refused``: a link, a FIFO, ...).
+
+    Only the event log keeps refusals (``SELECT * FROM events WHERE type =
+    'file.refused'``); no projection table holds them."""
+
+    pipeline: str
+    path: str
+    kind: str
+    reason: str
+    last_seen: str
+    times: int
+
+
+Aggregate = Run | FileRecord | ScheduleRecord | Orchestration | AlertRecord | Refusal
 Key = tuple[str, str]

@@ -11,11 +11,11 @@ import errno
 import os
 import sqlite3
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from .errors import DiskFull, EventLogError, StateDirError
+from .errors import DatabaseDamaged, DiskFull, EventLogError, StateDirError
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 DEFAULT_BUSY_TIMEOUT_S = 60.0
@@ -91,9 +91,12 @@ def translate(exc: sqlite3.Error, path: str | os.PathLike[str], op: str) -> Exce
             f"({op}); find it with `fuser {where}` or raise busy_timeout"
         )
     if "malformed" in low or "not a database" in low:
-        return EventLogError(
-            f"{where} is damaged ({msg}); run `ahgd state check` and restore it from a backup "
-            "(the event log is the source of truth; projections can be rebuilt)"
+        return DatabaseDamaged(
+            f"{where} is damaged: SQLite says {msg!r} ({op} refused; nothing was written to it). "
+            "Stop what uses it and restore it from a backup"
+            + ("; `ahgd state check` says how many of its events can still be read and how to "
+               "salvage them" if where.name == "history.db" else ""),
+            path=where, sqlite_error=msg,
         )
     return EventLogError(f"{op} on {where} failed: {msg}")
 
@@ -173,9 +176,13 @@ def read_transaction(conn: sqlite3.Connection, path: str | os.PathLike[str]) -> 
         raise translate(exc, path, "read") from exc
     try:
         yield conn
-    finally:
-        if conn.in_transaction:
-            conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:  # a read: nothing to keep; and the first error is the one to see
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+    if conn.in_transaction:
+        conn.execute("COMMIT")
 
 
 def ensure_dir(path: Path) -> Path:

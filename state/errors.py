@@ -7,7 +7,9 @@ them into exit codes and log lines, nothing below them does.
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Iterable
+from pathlib import Path
 
 
 class AhgdError(Exception):
@@ -32,6 +34,15 @@ class EventLogError(AhgdError):
 
 class DiskFull(EventLogError):
     """The disk holding the state directory is full; nothing was written."""
+
+
+class DatabaseDamaged(EventLogError):
+    """SQLite cannot read the database file (not a database, malformed); ``path`` names it."""
+
+    def __init__(self, message: str, *, path: str | os.PathLike[str], sqlite_error: str):
+        super().__init__(message)
+        self.path = Path(path)
+        self.sqlite_error = sqlite_error
 
 
 class SchemaTooNew(EventLogError):

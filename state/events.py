@@ -31,10 +31,12 @@ class EventType(StrEnum):
     STAGE_REUSED = "stage.reused"        # output taken from an earlier run (resume)
     STAGE_TIMED_OUT = "stage.timed_out"
     STAGE_INTERRUPTED = "stage.interrupted"
+    STAGE_INVALIDATED = "stage.invalidated"  # its recorded output failed its check: it runs again
     # inputs and triggers
     FILE_ARRIVED = "file.arrived"
     FILE_DUPLICATE = "file.duplicate"
     FILE_QUARANTINED = "file.quarantined"
+    FILE_REFUSED = "file.refused"        # not taken: a link, FIFO, directory ...; left in place
     SCHEDULE_FIRED = "schedule.fired"
     # orchestrations (several pipelines run in dependency order)
     ORCH_STARTED = "orchestration.started"
@@ -46,6 +48,9 @@ class EventType(StrEnum):
     # alerts (a condition the monitor watches: raised once, resolved when it clears)
     ALERT_RAISED = "alert.raised"
     ALERT_RESOLVED = "alert.resolved"
+    # the warehouse (<state dir>/warehouse.duckdb) was found gone, replaced or unreadable;
+    # it raises the alert of the same name (an ``alerts`` row), resolved by ``alert.resolved``
+    WAREHOUSE_LOST = "warehouse.lost"
 
 
 EVENT_TYPES: frozenset[str] = frozenset(t.value for t in EventType)

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 
-from .aggregates import AlertRecord, FileRecord, Orchestration, OrchPipeline, ScheduleRecord
+from .aggregates import (AlertRecord, FileRecord, Orchestration, OrchPipeline, Refusal,
+                         ScheduleRecord)
 from .errors import IllegalTransition
 from .events import Event, EventType as T
-from .transitions import ALERT_TRANSITIONS, FILE_TRANSITIONS, ORCH_TRANSITIONS, next_state
+from .transitions import (ALERT_TRANSITIONS, FILE_TRANSITIONS, ORCH_TRANSITIONS, REFUSAL_TRANSITIONS,
+                          next_state)
 
 
 def apply_file(rec: FileRecord | None, e: Event) -> FileRecord:
@@ -47,6 +49,16 @@ def apply_file(rec: FileRecord | None, e: Event) -> FileRecord:
     )
 
 
+def apply_refusal(rec: Refusal | None, e: Event) -> Refusal:
+    """A drop-folder entry refused (again): only the log keeps it (no projection)."""
+    p = e.data()
+    next_state(REFUSAL_TRANSITIONS, None if rec is None else "REFUSED", e,  # always REFUSED
+               lambda: f"drop-folder entry {p.get('path')!r}")
+    return Refusal(str(p["pipeline"]), str(p["path"]), str(p.get("kind") or ""),
+                   str(p.get("reason") or ""), e.ts,  # type: ignore[arg-type]
+                   (rec.times if rec is not None else 0) + 1)
+
+
 def apply_schedule(rec: ScheduleRecord | None, e: Event) -> ScheduleRecord:
     p = e.data()
     fire_time = p.get("fire_time")
@@ -74,8 +86,10 @@ def apply_alert(rec: AlertRecord | None, e: Event) -> AlertRecord:
     if e.type == T.ALERT_RESOLVED:
         return rec._replace(state=new_state, resolved_at=e.ts,  # type: ignore[union-attr]
                             resolution=p.get("reason"), last_seq=e.seq)
+    if e.type == T.WAREHOUSE_LOST and current == "FIRING":  # seen again: the same condition
+        return rec._replace(last_seq=e.seq)  # type: ignore[union-attr]
     if not p.get("name") or not p.get("severity"):
-        raise IllegalTransition("alert.raised needs 'name' and 'severity' in its payload",
+        raise IllegalTransition(f"{e.type} needs 'name' and 'severity' in its payload",
                                 event_type=e.type, current=current)
     return AlertRecord(
         alert_id=str(p["alert_id"]), name=str(p["name"]), severity=str(p["severity"]),

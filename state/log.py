@@ -362,5 +362,8 @@ class EventLog:
 
     def check(self) -> CheckReport:
         """SQLite's integrity check, and the kept projections compared with a fresh fold."""
-        with self._lock, read_transaction(self._conn, self.path):
-            return replay.check_txn(self._conn)
+        try:
+            with self._lock, read_transaction(self._conn, self.path):
+                return replay.check_txn(self._conn)
+        except sqlite3.DatabaseError as exc:  # damage bad enough that the check itself fails
+            raise translate(exc, self.path, "check") from exc

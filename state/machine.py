@@ -23,7 +23,7 @@ from .aggregates import (DONE_STAGE_STATES, ENDED_RUN_STATES, ENDED_UNSUCCESSFUL
                          RunState, S, ScheduleRecord, StageState)
 from .errors import IllegalTransition
 from .events import Event, EventType as T, dumps_payload
-from .folds import apply_alert, apply_file, apply_orchestration, apply_schedule
+from .folds import apply_alert, apply_file, apply_orchestration, apply_refusal, apply_schedule
 from .transitions import (ALERT_TRANSITIONS, FILE_TRANSITIONS, ORCH_TRANSITIONS, RUN_TRANSITIONS,
                           STAGE_TRANSITIONS, illegal)
 
@@ -39,6 +39,7 @@ __all__ = ["ALERT_TRANSITIONS", "DONE_STAGE_STATES", "ENDED_RUN_STATES", "ENDED_
 
 
 _KIND = {t: t.partition(".")[0] for t in T}
+_KIND[T.FILE_REFUSED] = "refusal"  # a file event that addresses no file: nothing was taken
 
 
 def aggregate_key(event: Event) -> Key:
@@ -53,6 +54,12 @@ def aggregate_key(event: Event) -> Key:
     if kind == "file":
         p = event.data()
         return ("file", _file_id(p.get("pipeline"), p.get("sha256"), event.type))
+    if kind == "refusal":
+        p = event.data()
+        if not p.get("pipeline") or not p.get("path"):
+            raise IllegalTransition(f"{event.type} needs 'pipeline' and 'path' in its payload",
+                                    event_type=event.type, current=None)
+        return ("refusal", f"{p['pipeline']}\x1f{p['path']}")
     if kind == "schedule":
         p = event.data()
         return ("schedule", f"{p.get('pipeline')}\x1f{p.get('trigger')}")
@@ -64,7 +71,7 @@ def aggregate_key(event: Event) -> Key:
                 current=None,
             )
         return ("orchestration", event.run_id)
-    if kind == "alert":
+    if kind == "alert" or kind == "warehouse":  # warehouse.lost raises an alert: see transitions
         alert_id = event.data().get("alert_id")
         if not alert_id:
             raise IllegalTransition(
@@ -100,11 +107,13 @@ def apply(agg: Aggregate | None, event: Event) -> Aggregate:
         return _apply_run(agg, event)  # type: ignore[arg-type]
     if kind == "file":
         return apply_file(agg, event)  # type: ignore[arg-type]
+    if kind == "refusal":
+        return apply_refusal(agg, event)  # type: ignore[arg-type]
     if kind == "schedule":
         return apply_schedule(agg, event)  # type: ignore[arg-type]
     if kind == "orchestration":
         return apply_orchestration(agg, event)  # type: ignore[arg-type]
-    if kind == "alert":
+    if kind == "alert" or kind == "warehouse":
         return apply_alert(agg, event)  # type: ignore[arg-type]
     raise IllegalTransition(
         f"unknown event type {event.type!r}", event_type=event.type, current=None
@@ -232,6 +241,7 @@ _RUNNING = str(R.RUNNING)
 _S_RUNNING, _S_RETRYING = str(S.RUNNING), str(S.RETRYING)
 _STARTED, _COMPLETED, _RETRYING = str(T.STAGE_STARTED), str(T.STAGE_COMPLETED), str(T.STAGE_RETRYING)
 _SKIPPED, _REUSED = str(T.STAGE_SKIPPED), str(T.STAGE_REUSED)
+_INVALIDATED = str(T.STAGE_INVALIDATED)
 
 
 def _expected_attempt(prev: Attempt | None, t: str) -> int:
@@ -301,6 +311,10 @@ def _apply_stage(run: Run | None, e: Event) -> Run:
         att = _new(Attempt, (run_id, stage, expected, new_state, prev.started_at, e.ts, error, raw))  # type: ignore[union-attr]
     elif t == _RETRYING:
         att = _new(Attempt, (run_id, stage, expected, new_state, None, None, None, raw))
+    elif t == _INVALIDATED:  # the attempt keeps its times: it ran then, its output went later
+        error = e.data().get("error") or "its recorded output is gone or altered"
+        att = _new(Attempt, (run_id, stage, expected, new_state, prev.started_at, prev.ended_at,  # type: ignore[union-attr]
+                             error, raw))
     else:  # stage.skipped, stage.reused
         att = _new(Attempt, (run_id, stage, 0, new_state, e.ts, e.ts, None, raw))
     attempts = run.attempts.copy()

@@ -13,6 +13,7 @@ import json
 import sqlite3
 from typing import Any, Iterable
 
+from .aggregates import Refusal
 from .events import Event, dumps_payload
 from .machine import (
     Aggregate,
@@ -171,6 +172,8 @@ def load_txn(conn: sqlite3.Connection, key: Key) -> Aggregate | None:
             (pipeline, trigger),
         ).fetchone()
         return None if row is None else ScheduleRecord(*row)
+    if kind == "refusal":
+        return None  # not projected: each refusal starts afresh
     if kind == "alert":
         row = conn.execute(
             f"SELECT {', '.join(ALERT_COLUMNS)} FROM alerts WHERE alert_id = ?", (ident,)
@@ -204,6 +207,8 @@ def save_txn(conn: sqlite3.Connection, old: Aggregate | None, new: Aggregate) ->
         conn.execute(INSERT["schedules"], tuple(new))
     elif isinstance(new, AlertRecord):
         conn.execute(INSERT["alerts"], tuple(new))
+    elif isinstance(new, Refusal):
+        pass  # the event log keeps refusals; no table does
     elif isinstance(new, Orchestration):
         conn.execute(INSERT["orchestrations"], orch_row(new))
         olds = old.pipelines if isinstance(old, Orchestration) else {}
@@ -228,7 +233,8 @@ def _save_run_txn(conn: sqlite3.Connection, old: Run | None, new: Run) -> None:
 # whole-stream fold (rebuild and check)
 
 
-_FINAL_ATTEMPT_STATES = frozenset({"COMPLETED", "FAILED", "TIMED_OUT", "INTERRUPTED", "SKIPPED"})
+#: not COMPLETED: a completed attempt may still be invalidated (stage.invalidated)
+_FINAL_ATTEMPT_STATES = frozenset({"FAILED", "TIMED_OUT", "INTERRUPTED", "SKIPPED", "INVALIDATED"})
 
 
 class Projector:
@@ -287,6 +293,8 @@ class Projector:
                 out["schedules"].append(tuple(agg))
             elif kind == "alert":
                 out["alerts"].append(tuple(agg))
+            elif kind == "refusal":
+                continue  # not projected
             else:
                 out["orchestrations"].append(orch_row(agg))  # type: ignore[arg-type]
                 out["orchestration_pipelines"].extend(orch_pipeline_rows(agg))  # type: ignore[arg-type]

@@ -14,7 +14,9 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
+from .events import dumps_payload
 from .machine import RunState
+from .warehouse import alert_id as warehouse_alert_id, expectation_of
 
 
 class _Queryable(Protocol):
@@ -149,12 +151,14 @@ def recorded_output_paths(db: History, run_id: str) -> list[str]:
 def failed_attempts_since_retry(db: History, run_id: str) -> dict[str, int]:
     """Per stage, the attempts that failed or timed out since a human last retried the run
     (``run.retried``), or since it began: what counts against ``retry_attempts``.
-    Interrupted attempts (a crash, a shutdown) do not count."""
+    Interrupted attempts (a crash, a shutdown) and attempts that found the disk full
+    (``disk_full``: the run waits for room whatever its retries) do not count."""
     since = _rows(db, "SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id = ? AND type = ?",
                   [run_id, "run.retried"])[0][0]
     return {row[0]: row[1] for row in _rows(
         db, "SELECT stage, COUNT(*) FROM events WHERE run_id = ? AND seq > ? AND type IN "
-            "('stage.failed', 'stage.timed_out') GROUP BY stage", [run_id, since])}
+            "('stage.failed', 'stage.timed_out') AND json_extract(payload, '$.disk_full') IS NOT 1 "
+            "GROUP BY stage", [run_id, since])}
 
 
 def retry_waits(db: History, run_id: str) -> list[tuple[str, str, float]]:
@@ -172,6 +176,71 @@ def ended_runs_without_kept_outputs(db: History, pipeline: str) -> list[str]:
     return [row[0] for row in _rows(
         db, f"SELECT run_id FROM runs WHERE pipeline = ? AND state IN ({_placeholders(states)}) "
             "AND json_extract(params, '$.keep_outputs') = 0", [pipeline, *states])]
+
+
+# --------------------------------------------------------------------------- the warehouse
+
+
+def _warehouse_needle(path: str) -> str:
+    """The text every payload that reports the warehouse at ``path`` contains."""
+    return '"path":' + dumps_payload(path)
+
+
+def warehouse_expectation(db: History, path: str, after: int = 0) -> dict[str, Any] | None:
+    """What the log says the warehouse at ``path`` (as ``stage.completed`` names it) is now.
+
+    The identity found by the latest completed attempt that opened it (``id``,
+    ``run_id``, ``stage``, ``at``, ``seq``), or, when a ``warehouse.lost`` is
+    later, what that one found (``lost`` True; ``id`` None if nothing); None
+    when the log never recorded it (or not after event ``after``: a caller that
+    asked before reads only what is new).  Reads the log backwards and stops at
+    the first event about it, so asking is cheap wherever loads are frequent.
+    """
+    needle, alert, before = _warehouse_needle(path), warehouse_alert_id(path), None
+    while True:
+        rows = _rows(
+            db, "SELECT seq, ts, run_id, stage, type, payload FROM events WHERE "
+                "((type = 'stage.completed' AND instr(payload, ?) > 0) OR (type = "
+                "'warehouse.lost' AND json_extract(payload, '$.alert_id') = ?)) AND seq < ? "
+                "AND seq > ? ORDER BY seq DESC LIMIT 50",
+            [needle, alert, 2 ** 62 if before is None else before, after])
+        if not rows:
+            return None
+        for seq, ts, run_id, stage, type_, payload in rows:
+            said = expectation_of(type_, seq, ts, run_id, stage, json.loads(payload), path)
+            if said is not None:
+                return said
+        before = rows[-1][0]
+
+
+def warehouse_loads(db: History, path: str) -> list[dict[str, Any]]:
+    """The COMPLETED runs with a completed attempt that opened the warehouse at ``path``,
+    oldest completion first: ``{run_id, pipeline, trigger, ended_at, input_file,
+    input_sha256, original_name}``.  What ``ahgd warehouse rebuild`` runs again."""
+    needle = _warehouse_needle(path)
+    opened = {row[0] for row in _rows(
+        db, "SELECT run_id, stage, detail FROM stage_runs WHERE state = 'COMPLETED' AND "
+            "instr(detail, ?) > 0", [needle])
+        if expectation_of("stage.completed", 0, "", row[0], row[1], json.loads(row[2]), path)}
+    return [row for row in completed_runs(db) if row["run_id"] in opened]
+
+
+def completed_runs(db: History, pipeline: str | None = None) -> list[dict[str, Any]]:
+    """The COMPLETED runs (of ``pipeline``, if given), oldest completion first, each with
+    its input file: ``{run_id, pipeline, trigger, ended_at, input_file, input_sha256,
+    original_name}``."""
+    where, params = ("AND pipeline = ? ", [pipeline]) if pipeline else ("", [])
+    return _dicts(db, "SELECT run_id, pipeline, trigger, ended_at, json_extract(params, "
+                      "'$.input_file') AS input_file, json_extract(params, '$.input_sha256') AS "
+                      "input_sha256, json_extract(params, '$.original_name') AS original_name "
+                      f"FROM runs WHERE state = ? {where}ORDER BY ended_at, run_id",
+                  [RunState.COMPLETED, *params])
+
+
+def alert_state(db: History, alert_id: str) -> str | None:
+    """``FIRING`` or ``RESOLVED`` for an alert the log knows; None for one never raised."""
+    rows = _rows(db, "SELECT state FROM alerts WHERE alert_id = ?", [alert_id])
+    return rows[0][0] if rows else None
 
 
 # --------------------------------------------------------------------------- history

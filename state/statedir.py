@@ -1,8 +1,16 @@
-"""Where the state directory is, and the checks that keep users out of trouble."""
+"""Where the state directory is, who may read it, and the checks that keep users out of trouble.
+
+Everything ahgd writes is for its owner and group only: ``restrict_umask``
+adds ``027`` to the process umask (the daemon and every ``ahgd`` command call
+it first, and worker processes inherit it), and a state directory ahgd
+creates is made ``0750``.  Files made world-readable by an older version stay
+as they are; ``world_accessible`` finds them for ``ahgd state check``.
+"""
 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Mapping
 
@@ -10,6 +18,9 @@ from .errors import StateDirError
 
 ENV_VAR = "AHGD_STATE_DIR"
 DEFAULT = "state"
+#: permission bits ahgd never grants: group write, and anything for others
+UMASK_BITS = 0o027
+STATE_DIR_MODE = 0o750
 
 
 def resolve_state_dir(option: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Path:
@@ -26,3 +37,54 @@ def resolve_state_dir(option: str | os.PathLike[str] | None, environ: Mapping[st
         raise StateDirError(f"state directory {path} exists and is not a directory; "
                             "pass --state-dir with a directory path")
     return path
+
+
+def restrict_umask() -> int:
+    """Add ``UMASK_BITS`` to the process umask (a stricter one stays); the new umask."""
+    old = os.umask(UMASK_BITS)
+    os.umask(old | UMASK_BITS)
+    return old | UMASK_BITS
+
+
+def ensure_state_dir(path: Path) -> Path:
+    """Create the state directory (mode 0750) if it does not exist; an existing one is left as
+    it is."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    try:
+        path.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
+        os.chmod(path, STATE_DIR_MODE)  # whatever the umask was
+    except OSError as exc:
+        raise StateDirError(f"cannot create the state directory {path}: {exc.strerror or exc}; "
+                            "create it yourself (install -d -m 0750 DIR) or pass another "
+                            "--state-dir") from None
+    return path
+
+
+def world_accessible(state_dir: Path) -> tuple[int, list[Path]]:
+    """Files and folders under ``state_dir`` (itself included) that every user of the machine
+    may read, write or enter: (how many, the first 20).  What lies in a folder others may
+    not enter is out of their reach whatever its own mode, and is not counted."""
+    found: list[Path] = []
+    count = 0
+    for root, dirs, files in os.walk(state_dir):
+        if root == str(state_dir) and _others_bits(Path(root)):
+            count, found = count + 1, found + [Path(root)]
+        if not _others_bits(Path(root)) & 0o001:
+            dirs[:] = []  # others cannot enter: nothing inside is theirs to read
+            continue
+        for name in (*dirs, *files):
+            if _others_bits(Path(root) / name):
+                count += 1
+                if len(found) < 20:
+                    found.append(Path(root) / name)
+    return count, found
+
+
+def _others_bits(path: Path) -> int:
+    try:
+        mode = path.lstat().st_mode
+    except OSError:  # gone meanwhile
+        return 0
+    return 0 if stat.S_ISLNK(mode) else mode & 0o007

@@ -81,6 +81,41 @@ def ref_path(state_dir: Path, ref: Mapping[str, Any]) -> Path | None:
     return None if p is None else Path(state_dir) / p
 
 
+def check(state_dir: Path, ref: Mapping[str, Any], *, full: bool = True) -> dict[str, Any] | None:
+    """What is on disk instead of the file ``ref`` records; None when it matches.
+
+    Size first (a ``stat``), then, with ``full``, the SHA-256 (the expensive
+    part: a caller that hashed the file once may settle for the size after).
+    Found: ``{"exists": False}``, ``{"bytes": n}`` (another size) or
+    ``{"bytes": n, "sha256": h}`` (same size, other content).  An inline value
+    or no output has nothing on disk to lose: None.
+    """
+    path = ref_path(state_dir, ref)
+    if path is None:
+        return None
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return {"exists": False}
+    if "bytes" in ref and size != ref["bytes"]:
+        return {"bytes": size}
+    if full:
+        digest = sha256_file(path)
+        if digest != ref.get("sha256"):
+            return {"bytes": size, "sha256": digest}
+    return None
+
+
+def describe(state_dir: Path, ref: Mapping[str, Any], found: Mapping[str, Any], *, what: str) -> str:
+    """The sentence for a :func:`check` mismatch, naming the file."""
+    path = ref_path(state_dir, ref)
+    if found.get("exists") is False:
+        return f"the {what} is gone: {path} does not exist"
+    if "sha256" not in found:
+        return f"the {what} was altered: {path} has {found['bytes']} bytes, {ref.get('bytes')} were recorded"
+    return f"the {what} was altered: {path} does not match its recorded SHA-256"
+
+
 def verify(state_dir: Path, ref: Mapping[str, Any] | None, *, what: str) -> None:
     """Raise OutputMissing if the file behind ``ref`` is gone, truncated or altered.
 
@@ -88,18 +123,9 @@ def verify(state_dir: Path, ref: Mapping[str, Any] | None, *, what: str) -> None
     """
     if not ref:
         raise OutputMissing(f"the {what} was never recorded")
-    path = ref_path(state_dir, ref)
-    if path is None:  # inline value or nothing: nothing on disk to lose
-        return
-    if not path.exists():
-        raise OutputMissing(f"the {what} is gone: {path} does not exist")
-    size = path.stat().st_size
-    if "bytes" in ref and size != ref["bytes"]:
-        raise OutputMissing(
-            f"the {what} was altered: {path} has {size} bytes, {ref['bytes']} were recorded"
-        )
-    if sha256_file(path) != ref.get("sha256"):
-        raise OutputMissing(f"the {what} was altered: {path} does not match its recorded SHA-256")
+    found = check(state_dir, ref)
+    if found is not None:
+        raise OutputMissing(describe(state_dir, ref, found, what=what))
 
 
 def remove_unrecorded(state_dir: Path, run_id: str, keep: Iterable[str]) -> list[Path]:

@@ -47,6 +47,7 @@ STAGE_TRANSITIONS: dict[tuple[str | None, str], str] = _plain({
     (S.FAILED, T.STAGE_STARTED): S.RUNNING,
     (S.TIMED_OUT, T.STAGE_STARTED): S.RUNNING,
     (S.INTERRUPTED, T.STAGE_STARTED): S.RUNNING,
+    (S.INVALIDATED, T.STAGE_STARTED): S.RUNNING,
     (S.RUNNING, T.STAGE_COMPLETED): S.COMPLETED,
     (S.RUNNING, T.STAGE_FAILED): S.FAILED,
     (S.RUNNING, T.STAGE_TIMED_OUT): S.TIMED_OUT,
@@ -56,6 +57,8 @@ STAGE_TRANSITIONS: dict[tuple[str | None, str], str] = _plain({
     (S.INTERRUPTED, T.STAGE_RETRYING): S.RETRYING,
     (None, T.STAGE_SKIPPED): S.SKIPPED,
     (None, T.STAGE_REUSED): S.COMPLETED,
+    # a completed (or reused) stage whose recorded output is gone or altered runs again
+    (S.COMPLETED, T.STAGE_INVALIDATED): S.INVALIDATED,
 })
 
 FILE_TRANSITIONS: dict[tuple[str | None, str], str] = _plain({
@@ -67,11 +70,22 @@ FILE_TRANSITIONS: dict[tuple[str | None, str], str] = _plain({
     ("QUARANTINED", T.FILE_QUARANTINED): "QUARANTINED",
 })
 
+#: a refused drop-folder entry is not projected: every refusal stands on its own in the log
+REFUSAL_TRANSITIONS: dict[tuple[str | None, str], str] = _plain({
+    (None, T.FILE_REFUSED): "REFUSED",
+    ("REFUSED", T.FILE_REFUSED): "REFUSED",
+})
+
 #: one alert per condition: raising an alert that is already firing is illegal
 ALERT_TRANSITIONS: dict[tuple[str | None, str], str] = _plain({
     (None, T.ALERT_RAISED): "FIRING",
     ("RESOLVED", T.ALERT_RAISED): "FIRING",
     ("FIRING", T.ALERT_RESOLVED): "RESOLVED",
+    # warehouse.lost raises the alert warehouse.lost:<path>; found again while it fires, it
+    # is one more sighting of the same condition, not a second alert
+    (None, T.WAREHOUSE_LOST): "FIRING",
+    ("RESOLVED", T.WAREHOUSE_LOST): "FIRING",
+    ("FIRING", T.WAREHOUSE_LOST): "FIRING",
 })
 
 ORCH_TRANSITIONS: dict[tuple[str | None, str], str] = _plain({

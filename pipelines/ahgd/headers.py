@@ -3,21 +3,23 @@
 A :class:`Layout` lists the :class:`Column` s of one kind of file, each with
 the spellings publishers use; :meth:`Layout.match` reads a header's words after
 :func:`normalise` and says which position gives which column, or what is
-missing or given twice.  Only the header is read (:func:`read_header`).
+missing or given twice.  Only the header is read (:func:`read_header`: at most
+the first MiB, never through a symbolic link).  Messages show a header's
+column names (each cut short), and only from a regular file that was read.
 """
 
 from __future__ import annotations
 
-import csv
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from pipelines import ConfigError, InputError
+from pipelines import ConfigError, InputError, read_csv_header
 
 DOCS = "docs/bundled-pipelines.md"
 _SHOWN_HEADER = 8
+_SHOWN_NAME = 40
 _ENCODINGS = {"utf-8": "utf-8-sig", "utf8": "utf-8-sig", "latin-1": "latin-1",
               "latin1": "latin-1"}
 
@@ -72,7 +74,7 @@ class Layout:
         elif clashes:
             name, raws = next(iter(clashes.items()))
             problem = (f"{file_name} has {len(raws)} columns that all give {name} "
-                       f"({', '.join(raws)}); keep one of them")
+                       f"({', '.join(_name(r) for r in raws)}); keep one of them")
         return HeaderMatch(header=list(header), positions={n: ix[0] for n, ix in found.items()},
                            problem=problem)
 
@@ -90,25 +92,15 @@ class HeaderMatch:
 
 
 def _show_header(header: Sequence[str]) -> str:
-    shown = ", ".join(h if h else "''" for h in header[:_SHOWN_HEADER])
+    shown = ", ".join(_name(h) for h in header[:_SHOWN_HEADER])
     more = len(header) - _SHOWN_HEADER
     return shown + (f", ... and {more} more" if more > 0 else "") if header else "none"
 
 
 def read_header(path: Path, *, encoding: str = "utf-8", delimiter: str = ",") -> list[str]:
-    """The first row of a CSV file; raises InputError for an empty or undecodable file."""
-    try:
-        with open(path, newline="", encoding=python_codec(encoding)) as f:
-            row = next(csv.reader(f, delimiter=delimiter), None)
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path.name} is not {encoding} text ({exc.reason} at byte {exc.start}); "
-                         "save it as UTF-8 or set the stage's encoding option") from None
-    except csv.Error as exc:
-        raise InputError(f"{path.name}: the header row is not valid CSV ({exc})") from None
-    if not row:
-        raise InputError(f"{path.name} is empty; expected a CSV file whose first row names "
-                         "the columns")
-    return row
+    """The first row of a CSV file, from its first MiB at most (never through a link);
+    raises InputError for an empty, undecodable or header-less file."""
+    return read_csv_header(path, encoding=python_codec(encoding), delimiter=delimiter)
 
 
 def header_problem(path: str | Path, layout: Layout, *, encoding: str = "utf-8",
@@ -122,6 +114,13 @@ def header_problem(path: str | Path, layout: Layout, *, encoding: str = "utf-8",
         return str(exc)
     except OSError as exc:
         return f"{path.name} cannot be read ({exc.strerror or exc})"
+
+
+def _name(raw: str) -> str:
+    """A column name for a message: quoted when empty, cut short when long."""
+    if not raw:
+        return "''"
+    return raw if len(raw) <= _SHOWN_NAME else raw[:_SHOWN_NAME - 3] + "..."
 
 
 def python_codec(encoding: str) -> str:

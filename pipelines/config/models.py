@@ -100,6 +100,8 @@ class InputCheck(_Model):
     encoding: Encoding | None = None
     delimiter: Delimiter | None = None
     callable: DottedPath | None = None
+    #: how long the check (run in a child process) may take before the file is quarantined
+    timeout: PositiveDuration = timedelta(minutes=1)
 
 
 class DropFolderTrigger(_Model):

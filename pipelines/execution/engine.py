@@ -20,15 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from state import EventLog, EventType as T, Run, new_event, parse_ts, queries, store
+from state import EventLog, EventType as T, Run, new_event, store
 from state.errors import AhgdError
 from state.machine import DONE_STAGE_STATES, RunState, StageState
 
 from .executors import Executor, InProcessExecutor
 from ..resources import ResourceBudget
-from .plan import Progress, RunPlan
-from .runner import Outcome, StageTask
+from .plan import Progress, RunPlan, retry_state
+from .diskfull import disk_full_wait
+from .runner import Outcome
 from ..stage import StageConfig
+from .verify import (MAX_INVALIDATIONS, OutputChecks, ancestors, invalidated, judge_warehouses,
+                     too_often)
 
 #: how often a waiting engine looks at its stop/cancel flags
 POLL_S = 0.1
@@ -99,6 +102,10 @@ class _Execution:
         self.next_attempt: dict[str, int] = {}
         self.tries: dict[str, int] = {}
         self.retry_at: dict[str, float] = {}
+        #: stage -> (attempt, payload) of its completion, for a stage.invalidated to quote
+        self.completed: dict[str, tuple[int, dict[str, Any]]] = {}
+        self.checks = OutputChecks(engine.state_dir)
+        self.invalidations: dict[str, int] = {}
         self.failed: tuple[str, str] | None = None
         #: a ready stage is waiting for a worker slot or resource budget
         self.waiting = False
@@ -186,12 +193,13 @@ class _Execution:
             if att.state in DONE_STAGE_STATES:
                 self.done.add(stage)
                 self.outputs[stage] = att.output
+                self.completed[stage] = (att.attempt, att.info())
                 self.progress.stage(stage, state=att.state, attempts=att.attempt)
             elif att.state == StageState.RETRYING:
                 self.next_attempt[stage] = att.attempt
             else:  # failed, timed out or interrupted before this execution
                 self.next_attempt[stage] = att.attempt + 1
-        self._restore_retries(run)
+        self.tries, self.retry_at = retry_state(self.log, run, self.engine.clock)
         for stage in self.plan.stages:
             if stage in self.done:
                 continue
@@ -208,25 +216,32 @@ class _Execution:
                                           from_run=from_run, output=ref, rows=rows), durable=False)
                 self.done.add(stage)
                 self.outputs[stage] = ref
+                self.completed[stage] = (0, {"from_run": from_run, "rows": rows})
+                self.checks.trust(ref)  # checked in full when the resume was planned
                 self.progress.stage(stage, state=StageState.COMPLETED)
+        # what an earlier execution recorded is checked in full before anything reads it
+        while self.failed is None and self._invalidate_bad(
+                ancestors([s for s in self.plan.stages if s not in self.done], self.plan.deps)):
+            pass
         return run
 
-    def _restore_retries(self, run: Run) -> None:
-        """Carry the retry budget and pending waits across a pause or a crash.
-
-        Attempts that failed or timed out since the run was last (re)started by a
-        human (``run.retried``) count against ``retry_attempts``; interrupted ones
-        (a crash, a shutdown) do not.  A retry wait in progress keeps its deadline.
-        """
-        self.tries.update(queries.failed_attempts_since_retry(self.log, run.run_id))
-        waiting = [s for s, a in run.attempts.items() if a.state == StageState.RETRYING]
-        if not waiting:
-            return
-        now_wall = self.log.now().timestamp()
-        for stage, ts, delay in queries.retry_waits(self.log, run.run_id):
-            if stage in waiting:
-                due = parse_ts(ts).timestamp() + delay
-                self.retry_at[stage] = self.engine.clock() + max(0.0, due - now_wall)
+    def _invalidate_bad(self, readable: set[str]) -> bool:
+        """Invalidate the done stages whose output, read by ``readable``, is gone or altered."""
+        bad = self.checks.bad_outputs(self.plan.stages, self.done, self.outputs, readable,
+                                      self.plan.run_id)
+        for stage, mismatch in bad.items():
+            attempt, info = self.completed.pop(stage, (0, {}))
+            self._pending.append(invalidated(self.plan.run_id, stage, attempt, info,
+                                             self.outputs.pop(stage) or {}, mismatch))
+            self.done.discard(stage)
+            self.next_attempt[stage] = attempt + 1
+            self.progress.stage(stage, state=StageState.INVALIDATED, error=mismatch.message)
+            self.invalidations[stage] = n = self.invalidations.get(stage, 0) + 1
+            if n >= MAX_INVALIDATIONS and self.failed is None:
+                self.failed = (stage, too_often(stage, n, mismatch, self.plan.run_id))
+        if bad:  # committed before the next attempt starts: one commit keeps one row per stage
+            self._flush()
+        return bool(bad)
 
     def _ready(self, stage: str) -> bool:
         if stage in self.done or any(r.stage == stage for r in self.running.values()):
@@ -242,6 +257,8 @@ class _Execution:
                 return
             if not self._ready(stage):
                 continue
+            if self._invalidate_bad(ancestors([stage], self.plan.deps)):
+                return self._launch_ready() if self.failed is None else None  # from the top
             cfg = self.plan.configs[stage]
             budget = self.engine.budget
             key = (self.plan.run_id, stage)
@@ -272,22 +289,8 @@ class _Execution:
         self._pending.append(new_event(T.STAGE_STARTED, self.plan.run_id, stage=stage, attempt=attempt))
         self._flush()
         self.tries[stage] = self.tries.get(stage, 0) + 1
-        deps = [s for s in self.plan.stages if s in self.plan.deps.get(stage, set())]
-        task = StageTask(
-            run_id=self.plan.run_id,
-            pipeline_name=self.plan.pipeline_name,
-            stage=stage,
-            attempt=attempt,
-            state_dir=str(self.engine.state_dir),
-            params=self.plan.params,
-            upstream={s: self.outputs.get(s) for s in self.done},
-            input_stages=tuple(deps),
-            rules=cfg.validation_rules,
-            config_dir=str(cfg.base_dir) if cfg.base_dir else None,
-            duckdb_settings=self.plan.duckdb_settings,
-            timeout=cfg.timeout_seconds,
-            requirements=cfg.requirements(),
-        )
+        task = self.plan.task(stage, attempt, self.engine.state_dir,
+                              {s: self.outputs.get(s) for s in self.done})
         executor = self._executor_for(cfg)
         future = executor.submit(self.plan.pipeline, task)
         self.running[future] = _Running(stage, attempt, future, executor)
@@ -346,6 +349,9 @@ class _Execution:
     def _record(self, r: _Running, outcome: Outcome) -> None:
         run_id, stage, attempt = self.plan.run_id, r.stage, r.attempt
         payload = outcome.payload()
+        # a warehouse gone, replaced or unreadable: warehouse.lost before the attempt's end
+        self._pending.extend(judge_warehouses(self.log, self.engine.state_dir, self._pending,
+                                              outcome.warehouses, run_id, stage, attempt))
         if outcome.ok:
             # recorded with the next stage.started, or at the latest before the loop waits
             self._pending.append(new_event(T.STAGE_COMPLETED, run_id, stage=stage, attempt=attempt,
@@ -353,6 +359,8 @@ class _Execution:
             self._pending_durable = True
             self.done.add(stage)
             self.outputs[stage] = outcome.output
+            self.completed[stage] = (attempt, payload)
+            self.checks.trust(outcome.output)
             self.progress.stage(stage, state=StageState.COMPLETED, error=None)
             return
         self._flush()
@@ -366,11 +374,16 @@ class _Execution:
         kind = T.STAGE_TIMED_OUT if outcome.timed_out else T.STAGE_FAILED
         self.log.append(new_event(kind, run_id, stage=stage, attempt=attempt, **payload))
         cfg = self.plan.configs[stage]
+        if outcome.disk_full:  # the machine's trouble, not the stage's: wait for room, uncounted
+            self.tries[stage] = self.tries.get(stage, 1) - 1
         tries = self.tries.get(stage, 1)
-        if outcome.retryable and tries <= cfg.retry_attempts and not (self.stop.is_set() or self.cancel.is_set()):
-            delay = cfg.retry_delay_for(tries, jitter=self.engine.rng.uniform(0.8, 1.2))
+        if outcome.disk_full or (outcome.retryable and tries <= cfg.retry_attempts
+                                 and not (self.stop.is_set() or self.cancel.is_set())):
+            delay = (disk_full_wait(attempt) if outcome.disk_full else
+                     cfg.retry_delay_for(tries, jitter=self.engine.rng.uniform(0.8, 1.2)))
             self.log.append(new_event(T.STAGE_RETRYING, run_id, stage=stage, attempt=attempt + 1,
-                                      delay_s=round(delay, 3), after=kind, reason=outcome.error))
+                                      delay_s=round(delay, 3), after=kind, reason=outcome.error,
+                                      **({"disk_full": True} if outcome.disk_full else {})))
             self.next_attempt[stage] = attempt + 1
             self.retry_at[stage] = self.engine.clock() + delay
             self.progress.stage(stage, state=StageState.RETRYING, error=outcome.error)

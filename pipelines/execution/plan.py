@@ -3,18 +3,22 @@
 :class:`RunPlan` is one run's stages, dependencies and configs as the engine
 executes them; :class:`Progress` the thread-safe picture behind
 ``get_progress()``; :class:`CancelToken` the flag that cancels a run (or an
-orchestration's pipeline) with a reason.
+orchestration's pipeline) with a reason; :func:`retry_state` the retry budget
+a resumed run has left.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
+from state import parse_ts, queries
 from state.machine import DONE_STAGE_STATES, StageState
 
 from ..stage import StageConfig
+from .runner import StageTask
 
 
 class CancelToken(threading.Event):
@@ -46,6 +50,47 @@ class RunPlan:
     #: stage -> why it is skipped
     skip: dict[str, str] = field(default_factory=dict)
     reuse: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+
+    def task(self, stage: str, attempt: int, state_dir: Path,
+             upstream: dict[str, dict[str, Any] | None]) -> StageTask:
+        """What a worker needs to run ``attempt`` of ``stage``, given the outputs done so far."""
+        cfg = self.configs[stage]
+        return StageTask(
+            run_id=self.run_id,
+            pipeline_name=self.pipeline_name,
+            stage=stage,
+            attempt=attempt,
+            state_dir=str(state_dir),
+            params=self.params,
+            upstream=upstream,
+            input_stages=tuple(s for s in self.stages if s in self.deps.get(stage, set())),
+            rules=cfg.validation_rules,
+            config_dir=str(cfg.base_dir) if cfg.base_dir else None,
+            duckdb_settings=self.duckdb_settings,
+            timeout=cfg.timeout_seconds,
+            requirements=cfg.requirements(),
+        )
+
+
+def retry_state(log: Any, run: Any, clock: Callable[[], float]) -> tuple[dict[str, int],
+                                                                       dict[str, float]]:
+    """The retry budget used and the retry waits in progress, carried across a pause or a crash:
+    ``(stage -> tries, stage -> when its wait ends on clock())``.
+
+    Attempts that failed or timed out since the run was last (re)started by a
+    human (``run.retried``) count against ``retry_attempts``; interrupted ones
+    (a crash, a shutdown) do not.  A retry wait in progress keeps its deadline.
+    """
+    tries = dict(queries.failed_attempts_since_retry(log, run.run_id))
+    retry_at: dict[str, float] = {}
+    waiting = [s for s, a in run.attempts.items() if a.state == StageState.RETRYING]
+    if waiting:
+        now_wall = log.now().timestamp()
+        for stage, ts, delay in queries.retry_waits(log, run.run_id):
+            if stage in waiting:
+                due = parse_ts(ts).timestamp() + delay
+                retry_at[stage] = clock() + max(0.0, due - now_wall)
+    return tries, retry_at
 
 
 class Progress:

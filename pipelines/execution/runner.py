@@ -24,6 +24,7 @@ from state.errors import AhgdError
 
 from ..context import Passthrough, PipelineContext, quote
 from ..errors import InputError, StageError, StageOutputError
+from .diskfull import disk_full
 
 #: plain values up to this size (JSON text) ride inside the stage.completed event
 INLINE_LIMIT = 16 * 1024
@@ -64,10 +65,13 @@ class Outcome:
     traceback: str | None = None
     retryable: bool = True
     bad_input: bool = False         # the stage raised InputError: the data, not the code
+    disk_full: bool = False         # no space left on a disk: the machine, not the stage
     timed_out: bool = False
     interrupted: bool = False
     worker_pid: int | None = None
     validation: dict[str, Any] | None = None
+    #: what each warehouse the attempt opened was found to be (state.warehouse.report_of)
+    warehouses: list[dict[str, Any]] | None = None
 
     def payload(self) -> dict[str, Any]:
         """The event payload (stage.completed / stage.failed / stage.timed_out)."""
@@ -82,14 +86,20 @@ class Outcome:
                 keep["rows"] = self.rows
             if self.validation:
                 keep["validation"] = self.validation
+            if self.warehouses:
+                keep["warehouses"] = self.warehouses
         else:
             keep["error"] = self.error or "stage failed"
             keep["error_type"] = self.error_type
             keep["retryable"] = self.retryable
             if self.bad_input:
                 keep["bad_input"] = True
+            if self.disk_full:
+                keep["disk_full"] = True
             if self.traceback:
                 keep["traceback"] = self.traceback[-4000:]
+            if self.warehouses:
+                keep["warehouses"] = self.warehouses
         return keep
 
 
@@ -116,6 +126,7 @@ def run_task(pipeline: Any, task: StageTask) -> Outcome:
         outcome = _failure(task, exc)
     finally:
         ctx.close()
+    outcome.warehouses = list(ctx.warehouses_seen.values()) or None
     usage.finish(outcome)
     if not outcome.ok:
         _discard(ctx, task)
@@ -138,6 +149,7 @@ def _failure(task: StageTask, exc: BaseException) -> Outcome:
         traceback="".join(traceback.format_exception(exc)),
         retryable=retryable,
         bad_input=isinstance(exc, InputError),
+        disk_full=disk_full(exc),
     )
 
 

@@ -29,7 +29,7 @@ _CLEARED_BY_SUCCESS = ("pipeline.failing", "file.quarantined")
 class Action(NamedTuple):
     """A raise or resolve, decided on the state; logged and recorded by the monitor."""
 
-    kind: str            # "raise" | "resolve"
+    kind: str            # "raise" | "resolve" | "recorded" (a raise already in the log)
     alert: Alert
 
 
@@ -59,6 +59,16 @@ def open_alert(state: MonitorState, alert_id: str, severity: AlertSeverity, name
     state.alerts.append(alert)
     state.alert_counts[severity] += 1
     return [Action("raise", alert)]
+
+
+def recorded_alert(state: MonitorState, data: dict[str, Any], at: datetime) -> list[Action]:
+    """An alert raised by an event of its own (``warehouse.lost``): opened here unless open,
+    with a ``recorded`` action (log the line; the event is in the log already)."""
+    alert_id = str(data.get("alert_id") or data.get("name") or "unknown")
+    actions = open_alert(state, alert_id, AlertSeverity.coerce(data.get("severity") or "error"),
+                         str(data.get("name") or alert_id), str(data.get("message") or ""),
+                         dict(data.get("fields") or {}), at=at)
+    return [Action("recorded", a.alert) for a in actions]
 
 
 def close_alert(state: MonitorState, alert_id: str, reason: str, *,
@@ -229,6 +239,24 @@ def stage_ended(state: MonitorState, run_id: str, pipeline: str, stage: str, fin
             f"{attempt})", {"pipeline": pipeline, "run_id": run_id, "stage": stage,
                             "attempt": attempt, "duration_s": duration}, run_id, at=now)
     return actions
+
+
+def disk_wait(state: MonitorState, run_id: str, pipeline: str, stage: str, final: str,
+              data: dict[str, Any], now: datetime) -> list[Action]:
+    """A stage that found the disk full waits for room (``stage.retrying`` with
+    ``disk_full``): an alert until it completes or its run ends."""
+    alert_id = f"run.waiting_for_disk:{run_id}"
+    if final == "COMPLETED":
+        return close_alert(state, alert_id, f"stage {stage!r} completed", at=now)
+    if final != "RETRYING" or not data.get("disk_full"):
+        return []
+    return open_alert(
+        state, alert_id, AlertSeverity.ERROR, "run.waiting_for_disk",
+        f"run {run_id} of pipeline {pipeline!r} waits for disk space: stage {stage!r} failed "
+        f"with {data.get('reason')}; free space on that disk: the stage is tried again, first "
+        f"after {data.get('delay_s')}s, then at most every 5 minutes, whatever its retry_attempts",
+        {"pipeline": pipeline, "run_id": run_id, "stage": stage, "error": data.get("reason")},
+        run_id, at=now)
 
 
 def file_quarantined(state: MonitorState, pipeline: str, data: dict[str, Any],

@@ -214,7 +214,31 @@ def _on_stage_ended(state: MonitorState, event: Event, data: dict, at: datetime,
     return (record_stage(state, pipeline, stage, final, duration, data.get("rows"),
                          data.get("cpu_s"), data.get("peak_rss_mb"), event.attempt, run_id, now)
             + alerts.stage_ended(state, run_id, pipeline, stage, final, event.attempt, duration,
-                                 now))
+                                 now)
+            + alerts.disk_wait(state, run_id, pipeline, stage, final, data, now))
+
+
+def _on_stage_invalidated(state: MonitorState, event: Event, data: dict, at: datetime,
+                          now: datetime) -> list[Action]:
+    """A completion taken back (its output went bad): counted as INVALIDATED, not COMPLETED,
+    as the history reads it after a restart; the stage runs again."""
+    stages = state.stats(_pipeline_of(state, event, data)).stages
+    s = stages.setdefault(event.stage or "unknown", StageStats())
+    taken_back = "COMPLETED" if event.attempt else "REUSED"  # attempt 0: reused from a run
+    if s.states[taken_back] > 0:
+        s.states[taken_back] -= 1
+    s.states["INVALIDATED"] += 1
+    run = state.live.get(event.run_id or "")
+    if run is not None and event.stage:
+        run.stage_states[event.stage] = ("INVALIDATED", event.attempt or 0)
+    return []
+
+
+def _on_warehouse_lost(state: MonitorState, event: Event, data: dict, at: datetime,
+                       now: datetime) -> list[Action]:
+    """The event is itself the alert's raise (an ``alerts`` row): the monitor opens it, to
+    log its line and resolve it later, but does not record it a second time."""
+    return alerts.recorded_alert(state, data, at)
 
 
 def _on_file(state: MonitorState, event: Event, data: dict, at: datetime,
@@ -244,6 +268,8 @@ _HANDLERS: dict[str, _Handler] = {
     "stage.started": _on_stage_started,
     **dict.fromkeys(_STAGE_STATES, _on_stage_ended),
     **dict.fromkeys(_FILE_OUTCOMES, _on_file),
+    "stage.invalidated": _on_stage_invalidated,
+    "warehouse.lost": _on_warehouse_lost,
 }
 #: the event types the fold reads; any other leaves the state as it is
 OBSERVED = frozenset(_HANDLERS)

@@ -185,7 +185,7 @@ class PipelineMonitor:
         """Outside the lock: one log line per action, and its event in the log."""
         for action in actions:
             alert = action.alert
-            if action.kind == "raise":
+            if action.kind in ("raise", "recorded"):
                 getattr(self._log, alert.severity.value)(
                     alert.name, alert=True, alert_id=alert.id, alert_state="firing",
                     severity=alert.severity.value, detail=alert.message, **alert.fields)
@@ -193,7 +193,7 @@ class PipelineMonitor:
                 self._log.info(alert.name, alert=True, alert_id=alert.id, alert_state="resolved",
                                severity="info", raised_severity=alert.severity.value,
                                detail=alert.resolution)
-            if self.event_log is not None and not self.read_only:
+            if self.event_log is not None and not self.read_only and action.kind != "recorded":
                 try:
                     self.event_log.append(alert_event(action))
                 except Exception as exc:  # the log line went out; never fail the caller

@@ -190,3 +190,14 @@ def test_memory_deny_write_execute_leaves_python_and_duckdb_working(tmp_path):
     proc = subprocess.run([sys.executable, "-c", launcher, child],
                           capture_output=True, text=True, timeout=120)
     assert (proc.returncode, proc.stdout.strip()) == (0, "ok"), proc.stderr
+
+
+def test_unit_limits_open_files_and_tasks_well_above_the_connection_caps():
+    from ahgd_daemon import control, httpstatus
+
+    d = _directives(UNIT.read_text())
+    nofile, tasks = int(d["LimitNOFILE"][0]), int(d["TasksMax"][0])
+    connections = control.MAX_CONNECTIONS + httpstatus.MAX_CONNECTIONS
+    assert nofile >= 10 * connections and tasks >= 4 * connections
+    readme = README.read_text()
+    assert f"LimitNOFILE={nofile}" in readme and f"TasksMax={tasks}" in readme

@@ -1,0 +1,181 @@
+"""A drop folder's ``input_check``, run in a short-lived child process, never in the daemon.
+
+The daemon hashes and copies the bytes of a dropped file but never parses
+them.  ``required_columns`` and the ``callable`` of a trigger's
+``input_check`` run in a child (``python -m ahgd_daemon.inputcheck``) given
+the daemon's own copy of the file (a regular file in the state directory,
+under the name it was dropped with).  The daemon's intake thread waits for the
+answer, never its main loop; after ``input_check.timeout`` the child's whole
+process group is killed.  A check that hangs, crashes or runs out of memory
+takes only the child with it, and the file is quarantined with a reason that
+says the fault is the check's, not the file's.
+
+``required_columns`` reads the header from the file's first MiB at most
+(:func:`pipelines.read_csv_header`): a first line longer than that is a
+quarantine reason that says so.
+
+Protocol: one JSON request on the child's stdin, one JSON line
+``{"problem": text or null}`` on its stdout.  Anything the check prints goes
+to the daemon's stderr, never into the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+#: a reason is at most this long (a check could return anything)
+REASON_MAX = 2000
+_CODECS = {"utf-8": "utf-8-sig", "utf8": "utf-8-sig"}  # a byte-order mark is not a column
+
+
+class CheckAborted(Exception):
+    """The daemon is stopping: the check was cut short and decided nothing."""
+
+
+def needed(folder: Any) -> bool:
+    return bool(folder.required_columns or folder.check_callable)
+
+
+def run(folder: Any, path: Path, *, abort: threading.Event | None = None) -> str | None:
+    """Why the file at ``path`` fails ``folder``'s input check, or None when it passes."""
+    if not needed(folder):
+        return None
+    what = _what(folder)
+    request = json.dumps({"path": os.fspath(path), "required_columns": folder.required_columns,
+                          "encoding": folder.encoding, "delimiter": folder.delimiter,
+                          "callable": folder.check_callable}).encode()
+    env = dict(os.environ)
+    # the child must import what this process imported, wherever it came from
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ahgd_daemon.inputcheck", str(os.getpid())],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True,
+        start_new_session=True)  # its own process group: a timeout kills what it started too
+    deadline = time.monotonic() + folder.check_timeout
+    send: bytes | None = request
+    try:
+        while True:
+            try:
+                out, _ = proc.communicate(send, timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                send = None  # given once; the next call goes on where this one stopped
+                if abort is not None and abort.is_set():
+                    raise CheckAborted(what) from None
+                if time.monotonic() >= deadline:
+                    return (f"{what} did not finish within {folder.check_timeout:g}s and was "
+                            "stopped; the file may well be fine: make the check faster or raise "
+                            "input_check.timeout, then drop the file again")
+    finally:
+        _kill(proc)
+    try:
+        answer = json.loads(out.decode("utf-8").strip().splitlines()[-1])
+        problem = answer["problem"]
+    except (ValueError, IndexError, KeyError, TypeError):
+        return (f"{what} crashed ({_exit(proc.returncode)}) before it answered; that is a "
+                "fault of the check (or of the machine), not necessarily of the file: see the "
+                "daemon's log for the check's output, fix it, then drop the file again")
+    return None if problem is None else str(problem)[:REASON_MAX]
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    proc.wait()
+
+
+def _what(folder: Any) -> str:
+    return (f"the input check {folder.check_callable}" if folder.check_callable
+            else "the input check")
+
+
+def _exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        extra = ", perhaps for memory" if -code == signal.SIGKILL else ""
+        return f"killed by {name}{extra}"
+    return f"exit code {code}"
+
+
+# -- the child ----------------------------------------------------------------------------
+
+def required_columns_problem(path: Path, columns: list[str], encoding: str,
+                             delimiter: str) -> str | None:
+    """Which of ``columns`` the header of ``path`` lacks, in words; None when it has them all."""
+    from pipelines import InputError, read_csv_header
+
+    try:
+        header = read_csv_header(path, encoding=_CODECS.get(encoding.lower(), encoding),
+                                 delimiter=delimiter)
+    except InputError as exc:
+        return str(exc)
+    have = {h.strip().lower() for h in header}
+    missing = [c for c in columns if c.lower() not in have]
+    if not missing:
+        return None
+    shown = ", ".join(_cut(h.strip()) for h in header[:30])
+    more = f", ... and {len(header) - 30} more" if len(header) > 30 else ""
+    return f"missing required column(s) {', '.join(missing)} (the header has: {shown}{more})"
+
+
+def _cut(name: str, limit: int = 40) -> str:
+    return name if len(name) <= limit else name[:limit - 3] + "..."
+
+
+def _check(request: dict[str, Any]) -> str | None:
+    path = Path(request["path"])
+    if request.get("required_columns"):
+        problem = required_columns_problem(path, request["required_columns"],
+                                           request.get("encoding") or "utf-8",
+                                           request.get("delimiter") or ",")
+        if problem:
+            return problem
+    dotted = request.get("callable")
+    if not dotted:
+        return None
+    import importlib
+
+    from pipelines import InputError
+
+    module, _, attr = dotted.rpartition(".")
+    check = getattr(importlib.import_module(module), attr)
+    try:
+        result = check(path)
+    except InputError as exc:  # the check says the file is bad, in its words
+        return str(exc)
+    except OSError as exc:
+        return f"the input check {dotted} could not read the file: {exc.strerror or exc}"
+    except Exception as exc:  # noqa: BLE001 - the check's fault, said as such
+        return (f"the input check {dotted} failed with {type(exc).__name__}: {exc}; that is a "
+                "fault of the check, not necessarily of the file: fix the check, then drop the "
+                "file again")
+    return str(result) if result else None
+
+
+def main(argv: list[str]) -> None:
+    from pipelines.execution.worker import die_with_parent
+
+    die_with_parent(int(argv[1]) if len(argv) > 1 else None)
+    answer = os.dup(1)
+    os.dup2(2, 1)  # whatever the check prints goes to stderr, not into the answer
+    sys.stdout = sys.stderr
+    problem = _check(json.loads(sys.stdin.buffer.read()))
+    os.write(answer, (json.dumps({"problem": problem}) + "\n").encode())
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,298 @@
+"""Claiming drop-folder files that were not what they seemed (issue 11, items 4-7 and 9).
+
+Real files, links, FIFOs and directories in a temp folder, a real event log;
+the claimer is called the way the daemon's intake thread calls it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ahgd_daemon.dropfolder import Claimer, Folder
+from state import EventLog
+
+SECRET = "SECRET-LINE root:$6$notarealhash:19000:0:99999:7:::"
+
+
+@pytest.fixture
+def env(tmp_path: Path):
+    state = tmp_path / "state"
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    log = EventLog.open(state)
+    yield state, inbox, log, Claimer(log, state)
+    log.close()
+
+
+def folder(inbox: Path, **kw) -> Folder:
+    return Folder(pipeline="p", path=inbox, pattern="*.csv", stable_for=0.0, **kw)
+
+
+def events(state: Path, type_: str) -> list[dict]:
+    con = sqlite3.connect(state / "history.db")
+    try:
+        rows = con.execute("SELECT payload FROM events WHERE type = ? ORDER BY seq",
+                           [type_]).fetchall()
+    finally:
+        con.close()
+    return [json.loads(r[0]) for r in rows]
+
+
+def everything_under(root: Path) -> bytes:
+    """The bytes of every regular file under ``root`` (links are not followed)."""
+    out = []
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            p = Path(dirpath) / name
+            if stat.S_ISREG(os.lstat(p).st_mode):
+                out.append(p.read_bytes())
+    return b"\n".join(out)
+
+
+def claim_bounded(claimer: Claimer, f: Folder, path: Path, timeout: float = 30.0):
+    """claim() on a thread: a claim that blocks fails the test instead of hanging it."""
+    result: list = []
+
+    def claim() -> None:
+        try:
+            result.append(claimer.claim(f, path))
+        except BaseException as exc:  # handed to the test's thread
+            result.append(exc)
+
+    t = threading.Thread(target=claim, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), f"claiming {path} blocked for {timeout}s"
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return result[0]
+
+
+# -- item 4: links are never followed -------------------------------------------------------
+
+def test_a_link_to_a_private_file_is_refused_and_nothing_of_it_is_read(env, tmp_path):
+    state, inbox, log, claimer = env
+    private = tmp_path / "private" / "shadow.csv"
+    private.parent.mkdir()
+    private.write_text(SECRET + "\n1,2\n")
+    os.symlink(private, inbox / "shadow.csv")
+    f = folder(inbox, required_columns=["sa2_code"])
+    claimed = claimer.claim(f, inbox / "shadow.csv")
+    assert claimed.outcome == "refused"
+    [refused] = events(state, "file.refused")
+    assert refused["kind"] == "symlink" and refused["path"] == str(inbox / "shadow.csv")
+    assert "never follows a link" in refused["reason"]
+    assert events(state, "file.arrived") == events(state, "file.quarantined") == []
+    assert os.path.islink(inbox / "shadow.csv")          # left where it is
+    assert private.read_text().startswith(SECRET)         # and its target untouched
+    assert b"SECRET-LINE" not in everything_under(state)  # history.db, quarantine, files ...
+    assert log.check().ok
+
+
+def test_a_dangling_link_is_refused_with_an_event(env):
+    state, inbox, log, claimer = env
+    os.symlink(inbox / "nowhere.csv", inbox / "dangling.csv")
+    claimed = claimer.claim(folder(inbox), inbox / "dangling.csv")
+    assert claimed.outcome == "refused"
+    assert [e["kind"] for e in events(state, "file.refused")] == ["symlink"]
+    # seen again (a rescan), it is not news: one event per link
+    claimer.claim(folder(inbox), inbox / "dangling.csv")
+    assert len(events(state, "file.refused")) == 1
+    assert log.rebuild() == 1 and log.check().ok  # a refusal folds, and projects nothing
+
+
+def test_a_file_under_a_linked_sub_folder_is_not_taken(env, tmp_path):
+    state, inbox, log, claimer = env
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x.csv").write_text(SECRET + "\n")
+    os.symlink(outside, inbox / "sub")
+    claimed = claimer.claim(folder(inbox, recursive=True), inbox / "sub" / "x.csv")
+    assert claimed.outcome == "refused"
+    [refused] = events(state, "file.refused")
+    assert refused["path"] == str(inbox / "sub") and refused["kind"] == "symlink"
+    assert b"SECRET-LINE" not in everything_under(state)
+
+
+def test_only_regular_files_are_stored(env):
+    state, inbox, log, claimer = env
+    (inbox / "good.csv").write_text("a,b\n1,2\n")
+    claimed = claimer.claim(folder(inbox), inbox / "good.csv")
+    assert claimed.outcome == "arrived"
+    [arrived] = events(state, "file.arrived")
+    stored = Path(arrived["stored_path"])
+    assert stat.S_ISREG(os.lstat(stored).st_mode) and stored.read_text() == "a,b\n1,2\n"
+    assert not (inbox / "good.csv").exists()
+
+
+# -- item 5: hard links ------------------------------------------------------------------------
+
+def test_a_hard_link_is_stored_as_a_copy_that_later_edits_do_not_reach(env, tmp_path):
+    state, inbox, log, claimer = env
+    original = tmp_path / "sender" / "data.csv"
+    original.parent.mkdir()
+    original.write_text("a,b\n1,2\n")
+    os.link(original, inbox / "data.csv")
+    claimed = claimer.claim(folder(inbox), inbox / "data.csv")
+    assert claimed.outcome == "arrived"
+    stored = Path(events(state, "file.arrived")[0]["stored_path"])
+    assert os.stat(stored).st_ino != os.stat(original).st_ino
+    with open(original, "a") as f:  # the sender edits its own name afterwards
+        f.write("3,4\n")
+    assert stored.read_text() == "a,b\n1,2\n"
+    from state.store import sha256_file
+
+    assert sha256_file(stored) == claimed.sha256
+    assert not (inbox / "data.csv").exists() and original.exists()
+
+
+# -- item 6: names that are not UTF-8 ----------------------------------------------------------
+
+RAW_NAMES = [b"caf\xe9.csv", b"\xff\xfe.csv", b"\xfe\xff.csv", b"ok-\x80\x81.csv"]
+
+
+def test_names_that_are_not_utf8_are_taken_and_recorded_faithfully(env):
+    state, inbox, log, claimer = env
+    f = folder(inbox)
+    outcomes = []
+    for i, raw in enumerate(RAW_NAMES):
+        path = Path(os.fsdecode(os.fsencode(inbox) + b"/" + raw))
+        path.write_text(f"a,b\n{i},{i}\n")
+        outcomes.append(claimer.claim(f, path).outcome)
+    empty = Path(os.fsdecode(os.fsencode(inbox) + b"/\xe9mpty.csv"))
+    empty.write_bytes(b"")
+    outcomes.append(claimer.claim(f, empty).outcome)
+    again = Path(os.fsdecode(os.fsencode(inbox) + b"/again-\xff.csv"))
+    again.write_text("a,b\n0,0\n")   # the bytes of the first file
+    outcomes.append(claimer.claim(f, again).outcome)
+    assert outcomes == ["arrived"] * 4 + ["quarantined", "duplicate"]
+    arrived = events(state, "file.arrived")
+    for raw, event in zip(RAW_NAMES, arrived):
+        assert event["name"] == raw.decode("utf-8", "backslashreplace")
+        assert bytes.fromhex(event["name_bytes_hex"]) == raw
+    [quarantined] = events(state, "file.quarantined")
+    assert bytes.fromhex(quarantined["name_bytes_hex"]) == b"\xe9mpty.csv"
+    reason = json.loads(Path(quarantined["path"] + ".reason.json").read_text(encoding="utf-8"))
+    assert reason["file"] == "\\xe9mpty.csv" and reason["name_bytes_hex"] == b"\xe9mpty.csv".hex()
+    [duplicate] = events(state, "file.duplicate")
+    assert bytes.fromhex(duplicate["name_bytes_hex"]) == b"again-\xff.csv"
+    names = {r[0] for r in log.query("SELECT name FROM files")}
+    assert "\\xff\\xfe.csv" in names and "\\xe9mpty.csv" in names
+    assert os.listdir(inbox) == []
+    assert log.check().ok and log.rebuild() > 0
+
+
+# -- item 7: 255-byte names --------------------------------------------------------------------
+
+def test_a_255_byte_name_is_quarantined_with_its_reason_and_taken_with_duplicates(env):
+    state, inbox, log, claimer = env
+    f = folder(inbox)
+    long_name = "x" * 251 + ".csv"
+    assert len(long_name.encode()) == 255
+    (inbox / long_name).write_bytes(b"")
+    q = claimer.claim(f, inbox / long_name)
+    assert q.outcome == "quarantined"
+    [event] = events(state, "file.quarantined")
+    assert event["name"] == long_name
+    stored = Path(event["path"])
+    assert stored.exists() and len(stored.name) <= 160 and stored.name.endswith(".csv")
+    assert json.loads(Path(event["path"] + ".reason.json").read_text())["file"] == long_name
+    outcomes = []
+    for _ in range(4):  # the same bytes four times: one arrival, three duplicates
+        (inbox / long_name).write_text("a,b\n1,2\n")
+        outcomes.append(claimer.claim(f, inbox / long_name).outcome)
+    assert outcomes == ["arrived", "duplicate", "duplicate", "duplicate"]
+    assert len(os.listdir(state / "duplicates" / "p")) == 3
+    assert os.listdir(inbox) == []
+    assert [e["name"] for e in events(state, "file.duplicate")] == [long_name] * 3
+
+
+def test_long_names_that_differ_only_at_the_end_stay_apart(env):
+    state, inbox, log, claimer = env
+    f = folder(inbox)
+    for i, tail in enumerate(("aaaa", "bbbb")):
+        name = "y" * 247 + tail + ".csv"  # 255 bytes
+        (inbox / name).write_text(f"a,b\n{i},{i}\n")
+        assert claimer.claim(f, inbox / name).outcome == "arrived"
+    stored = [Path(e["stored_path"]).name for e in events(state, "file.arrived")]
+    assert len(set(stored)) == 2 and all(len(s) <= 160 for s in stored)
+    assert all(s.startswith("yyyy") and s.endswith(".csv") for s in stored)  # recognisable
+
+
+# -- item 9: FIFOs, directories ------------------------------------------------------------------
+
+def test_a_fifo_is_refused_without_blocking(env):
+    state, inbox, log, claimer = env
+    os.mkfifo(inbox / "pipe.csv")
+    claimed = claim_bounded(claimer, folder(inbox), inbox / "pipe.csv")
+    assert claimed.outcome == "refused"
+    assert [e["kind"] for e in events(state, "file.refused")] == ["fifo"]
+
+
+def test_a_fifo_swapped_in_while_files_are_claimed_never_blocks(env, tmp_path):
+    """A writer keeps replacing x.csv with a FIFO and back; no claim may hang on it."""
+    state, inbox, log, claimer = env
+    f = folder(inbox)
+    work = tmp_path / "work"
+    work.mkdir()
+    stop = threading.Event()
+
+    def swap() -> None:
+        i = 0
+        while not stop.is_set() and i < 20000:
+            i += 1
+            (work / "file").write_text(f"a,b\n{i},{i}\n")
+            os.replace(work / "file", inbox / "x.csv")
+            os.mkfifo(work / "fifo")
+            os.replace(work / "fifo", inbox / "x.csv")
+
+    swapper = threading.Thread(target=swap, daemon=True)
+    swapper.start()
+    try:
+        outcomes = set()
+        deadline = time.monotonic() + 20
+        for _ in range(300):
+            if time.monotonic() > deadline:
+                break
+            outcomes.add(claim_bounded(claimer, f, inbox / "x.csv", timeout=10).outcome)
+    finally:
+        stop.set()
+        swapper.join(10)
+    assert outcomes & {"arrived", "refused"}
+    for e in events(state, "file.arrived"):  # whatever was taken is a regular file
+        assert stat.S_ISREG(os.lstat(e["stored_path"]).st_mode)
+
+
+def test_a_directory_named_like_a_file_is_refused_with_an_event(env):
+    state, inbox, log, claimer = env
+    (inbox / "x.csv").mkdir()
+    claimed = claimer.claim(folder(inbox), inbox / "x.csv")
+    assert claimed.outcome == "refused"
+    [event] = events(state, "file.refused")
+    assert event["kind"] == "directory" and "drop files, not folders" in event["fix"]
+    assert (inbox / "x.csv").is_dir()
+
+
+def test_the_start_up_scan_reports_what_it_will_refuse(tmp_path):
+    from ahgd_daemon.watch import Watchers
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "good.csv").write_text("a,b\n")
+    os.symlink(tmp_path / "nowhere", inbox / "dangling.csv")
+    os.mkfifo(inbox / "pipe.csv")
+    (inbox / "dir.csv").mkdir()
+    (inbox / "other.txt").write_text("not the pattern")
+    seen: list[str] = []
+    watchers = Watchers([folder(inbox)], complete=lambda f, p: None,
+                        candidate=lambda f, p: seen.append(p.name), logger=None)
+    assert watchers.scan() == 4
+    assert sorted(seen) == ["dangling.csv", "dir.csv", "good.csv", "pipe.csv"]
