@@ -99,12 +99,26 @@ def upstream_completion_covered(db: History, downstream: str, upstream_ended: st
     ``upstream_ended``?
 
     Yes when one started at or after that time (it read the new data), or when one is
-    PENDING (it will read whatever has landed when it starts: a pending run absorbs every
-    upstream completion before it).
+    PENDING and has never started (it will read whatever has landed when it starts: such a
+    run absorbs every upstream completion before it).  A run that is PENDING again after a
+    crash or a clean stop started before: its finished stages may have read the old data,
+    so it covers only what ended before its first start.
     """
     return bool(_rows(
-        db, "SELECT 1 FROM runs WHERE pipeline = ? AND (state = ? OR started_at >= ?) LIMIT 1",
+        db, "SELECT 1 FROM runs WHERE pipeline = ? AND ((state = ? AND started_at IS NULL) "
+            "OR started_at >= ?) LIMIT 1",
         [downstream, RunState.PENDING, upstream_ended]))
+
+
+def earlier_runs_running(db: History, pipeline: str, run_id: str) -> list[str]:
+    """Runs of ``pipeline`` requested before ``run_id`` (by request time, then run id) that
+    are RUNNING: the run's last stages wait for them, so that loads land in the order the
+    runs were asked for."""
+    return [row[0] for row in _rows(
+        db, "SELECT r.run_id FROM runs r JOIN runs me ON me.run_id = ? WHERE r.pipeline = ? "
+            "AND r.state = ? AND (r.requested_at < me.requested_at OR (r.requested_at = "
+            "me.requested_at AND r.run_id < me.run_id)) ORDER BY r.requested_at, r.run_id",
+        [run_id, pipeline, RunState.RUNNING])]
 
 
 def last_completed_run(db: History, pipeline: str) -> tuple[str, str] | None:

@@ -29,6 +29,7 @@ from ..resources import ResourceBudget
 from .plan import Progress, RunPlan, retry_state
 from .diskfull import disk_full_wait
 from .runner import Outcome
+from .turns import LoadTurn, last_stages
 from ..stage import StageConfig
 from .verify import (MAX_INVALIDATIONS, OutputChecks, ancestors, invalidated, judge_warehouses,
                      too_often)
@@ -116,6 +117,9 @@ class _Execution:
         self._held_slots = 0
         self._held_budget: list = []
         self.inprocess: InProcessExecutor | None = None
+        #: the run's last stages start after earlier runs of the pipeline have ended
+        self.last_stages = last_stages(plan.stages, plan.deps)
+        self.turn = LoadTurn(self.log, engine.state_dir, plan.pipeline_name, plan.run_id)
 
     # -- the loop ------------------------------------------------------------------
 
@@ -259,6 +263,9 @@ class _Execution:
                 continue
             if self._invalidate_bad(ancestors([stage], self.plan.deps)):
                 return self._launch_ready() if self.failed is None else None  # from the top
+            if stage in self.last_stages and not self.turn.mine():
+                self.waiting = True
+                continue
             cfg = self.plan.configs[stage]
             budget = self.engine.budget
             key = (self.plan.run_id, stage)

@@ -142,6 +142,23 @@ class ReturnsPipeline(BasePipeline):
         return VALUES[self.kind](context)
 
 
+class LoadOrderPipeline(BasePipeline):
+    """``work`` sleeps for the run's ``params["sleep"]`` seconds; ``load`` traces the run."""
+
+    def __init__(self, name: str = "loadorder", **kw: Any):
+        kw.setdefault("max_retries", 0)
+        super().__init__(name, **kw)
+
+    def define_stages(self) -> list[str]:
+        return ["work", "load"]
+
+    def execute_stage(self, stage_name: str, context: Any) -> Any:
+        if stage_name == "work":
+            time.sleep(float(context.params.get("sleep", 0)))
+        trace(context, stage_name, run_id=context.run_id)
+        return None
+
+
 class OrderPipeline(BasePipeline):
     """``make`` returns a mapping whose key order is not alphabetical; ``use`` reports the
     order it received, so a resumed run shows whether the order survived the event log."""

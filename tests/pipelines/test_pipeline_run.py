@@ -19,6 +19,7 @@ from .sample_pipelines import (
     CrashingPipeline,
     DiamondPipeline,
     FlakyPipeline,
+    LoadOrderPipeline,
     OrderPipeline,
     ReturnsPipeline,
     RulePipeline,
@@ -393,3 +394,31 @@ def test_a_dicts_key_order_survives_the_log_on_resume(state_dir, size):
     assert resumed.state == "COMPLETED", resumed.error
     assert resumed.get_output("use") == expected
     assert list(resumed.get_output("make")["columns"]) == expected["columns"]
+
+
+def test_runs_of_one_pipeline_load_in_the_order_they_were_requested(state_dir):
+    """An older run whose work is slow still loads before a newer, quicker one: otherwise a
+    stale result (an older file's rows, a profile read before the last load) would win."""
+    from state import EventType as T, new_event
+
+    with EventLog.open(state_dir) as log:
+        for run_id, sleep in (("old-slow", 1.0), ("new-quick", 0.0)):
+            log.append(new_event(T.RUN_REQUESTED, run_id, pipeline="loadorder",
+                                 params={"sleep": sleep}))
+    results: dict[str, str] = {}
+
+    def execute(run_id: str) -> None:
+        pipeline = LoadOrderPipeline(state_dir=state_dir, executor="inprocess")
+        results[run_id] = str(pipeline.execute_run(run_id).state)
+
+    threads = [threading.Thread(target=execute, args=(r,)) for r in ("old-slow", "new-quick")]
+    for t in threads:
+        t.start()
+        time.sleep(0.2)             # the old one is RUNNING (its work sleeping) before the new
+    for t in threads:
+        t.join(timeout=60)
+    assert results == {"old-slow": "COMPLETED", "new-quick": "COMPLETED"}
+    loads = [e["run_id"] for e in executions(state_dir) if e["stage"] == "load"]
+    assert loads == ["old-slow", "new-quick"]
+    works = [e["run_id"] for e in executions(state_dir) if e["stage"] == "work"]
+    assert works == ["new-quick", "old-slow"]   # the new one worked meanwhile: only its load waited

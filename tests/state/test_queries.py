@@ -161,6 +161,20 @@ def test_an_upstream_completion_is_covered_by_a_run_started_at_or_after_it_not_b
     assert not q.upstream_completion_covered(log, "down", after)
 
 
+def test_a_run_pending_again_after_a_crash_covers_only_what_ended_before_its_start(log):
+    """Its extract may have read the warehouse before the new load: a fresh run must follow."""
+    request(log, "d1", "down")
+    start(log, "d1", ("extract", "load"))
+    log.append(new_event(T.STAGE_STARTED, "d1", stage="extract", attempt=1))
+    log.append(new_event(T.STAGE_COMPLETED, "d1", stage="extract", attempt=1, rows=1))
+    log.append(new_event(T.RUN_RECOVERED, "d1"))
+    assert log.run("d1").state == RunState.PENDING
+    started = log.run("d1").started_at
+    later = format_ts(parse_ts(started) + timedelta(seconds=1))
+    assert q.upstream_completion_covered(log, "down", started)
+    assert not q.upstream_completion_covered(log, "down", later)
+
+
 def test_a_failed_or_cancelled_downstream_run_covers_by_its_start_only(log):
     make_run(log, "never-started", "down", RunState.CANCELLED)
     assert not q.upstream_completion_covered(log, "down", format_ts(T0))
