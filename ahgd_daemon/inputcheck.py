@@ -80,7 +80,9 @@ def run(folder: Any, path: Path, *, abort: threading.Event | None = None) -> str
         answer = json.loads(out.decode("utf-8").strip().splitlines()[-1])
         problem = answer["problem"]
     except (ValueError, IndexError, KeyError, TypeError):
-        return (f"{what} crashed ({_exit(proc.returncode)}) before it answered; that is a "
+        from pipelines.execution.pool import describe_exit   # the daemon's side only
+
+        return (f"{what} {describe_exit(proc.returncode)} before it answered; that is a "
                 "fault of the check (or of the machine), not necessarily of the file: see the "
                 "daemon's log for the check's output, fix it, then drop the file again")
     return None if problem is None else str(problem)[:REASON_MAX]
@@ -98,17 +100,6 @@ def _kill(proc: subprocess.Popen) -> None:
 def _what(folder: Any) -> str:
     return (f"the input check {folder.check_callable}" if folder.check_callable
             else "the input check")
-
-
-def _exit(code: int | None) -> str:
-    if code is not None and code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        extra = ", perhaps for memory" if -code == signal.SIGKILL else ""
-        return f"killed by {name}{extra}"
-    return f"exit code {code}"
 
 
 # -- the child ----------------------------------------------------------------------------

@@ -78,3 +78,28 @@ def mortality_mismatches(row: dict, raw: dict[str, str]) -> list[str]:
             **{c: count(raw[c]) for c in MORT_COUNTS}, **{c: rate(raw[c]) for c in MORT_RATES}}
     where = f"{raw['mort']} {raw['YEAR']} {raw['SEX']}"
     return [f"{where}.{k}: warehouse {row[k]!r}, file {v!r}" for k, v in want.items() if row[k] != v]
+
+
+def latest_sa3_persons(mort: list[dict[str, str]]) -> dict[str, dict[str, str]]:
+    """The latest Persons row of each SA3 (``SA3xxxxx``): what the profile takes."""
+    latest: dict[str, dict[str, str]] = {}
+    for r in mort:
+        if r["mort"].startswith("SA3") and r["SEX"] == "Persons":
+            if r["mort"] not in latest or int(r["YEAR"]) > int(latest[r["mort"]]["YEAR"]):
+                latest[r["mort"]] = r
+    return latest
+
+
+def profile_mismatches(row: dict, seifa: dict[str, str],
+                       latest: dict[str, dict[str, str]]) -> list[str]:
+    """How a sa2_health_profile row differs from its SEIFA row and its SA3's mortality."""
+    code = seifa["sa2_code_2021"]
+    sa3 = latest[f"SA3{code[:5]}"]
+    want = {"sa2_name": seifa["sa2_name_2021"], "irsd_score": rate(seifa["irsd_score"]),
+            "irsd_decile": count(seifa["irsd_decile"]),
+            "usual_resident_population": count(seifa["usual_resident_population"]),
+            "sa3_mortality_year": int(sa3["YEAR"]),
+            "sa3_age_standardised_rate_per_100000": rate(sa3["age_standardised_rate_per_100000"]),
+            "sa3_premature_deaths_asr_per_100000": rate(sa3["premature_deaths_asr_per_100000"]),
+            "sa3_potentially_avoidable_deaths": count(sa3["potentially_avoidable_deaths"])}
+    return [f"{code}.{k}: warehouse {row[k]!r}, files {v!r}" for k, v in want.items() if row[k] != v]

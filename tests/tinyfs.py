@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -25,3 +26,15 @@ def tiny_tmpfs_available() -> bool:
 
 needs_tiny_tmpfs = pytest.mark.skipif(
     not tiny_tmpfs_available(), reason="needs unshare and a mount namespace for a tiny file system")
+
+
+def fill(path: Path) -> Path:
+    """Write zeros to ``path`` until its file system is full; the file, to delete for room."""
+    with open(path, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    return path

@@ -92,7 +92,9 @@ class _Job:
     worker: _Worker | None = field(default=None, repr=False)
 
 
-def _exit_description(code: int | None) -> str:
+def describe_exit(code: int | None) -> str:
+    """How a child process ended, from its return code, for a message: "exited with code 3",
+    "was killed by SIGKILL (the kernel kills with SIGKILL when memory runs out)"."""
     if code is None:
         return "exited"
     if code < 0:
@@ -371,7 +373,7 @@ class ProcessExecutor(Executor):
                 ok=False, error_type="WorkerDied", worker_pid=worker.pid,
                 wall_s=self._clock() - (job.started or self._clock()),
                 error=(f"the worker process running stage {job.task.stage!r} "
-                       f"{_exit_description(code)}; the attempt failed and nothing else was affected")))
+                       f"{describe_exit(code)}; the attempt failed and nothing else was affected")))
 
     def _enforce_deadlines(self) -> None:
         now = self._clock()

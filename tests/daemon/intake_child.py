@@ -19,6 +19,8 @@ from pathlib import Path
 
 import structlog
 
+from tests.tinyfs import fill
+
 
 class _Lines:
     """A structlog logger factory that keeps every line (the test reads them back)."""
@@ -102,14 +104,7 @@ def _run_out(mode: str, state: Path):
             for fd in held:
                 os.close(fd)
         return give_back
-    filler = state / "filler"
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
+    filler = fill(state / "filler")
     return lambda: filler.unlink()
 
 

@@ -103,7 +103,8 @@ def test_a_check_that_crashes_takes_only_its_child_with_it(env):
                     check_callable="tests.daemon.checks.crash")
     assert claim_bounded(claimer, folder, inbox / "x.csv").outcome == "quarantined"
     [event] = quarantined(state)
-    assert "crashed (killed by SIGKILL, perhaps for memory)" in event["reason"]
+    assert ("was killed by SIGKILL (the kernel kills with SIGKILL when memory runs out) "
+            "before it answered") in event["reason"]
     assert "a fault of the check" in event["reason"]
 
 

@@ -12,14 +12,15 @@ the file is moved aside it restores everything again.
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 import subprocess
 from pathlib import Path
 
-import duckdb
 import pytest
+
+from tests.ahgd_truth import (MORT_CSV, SEIFA_CSV, latest_sa3_persons, mortality_mismatches,
+                              profile_mismatches, read_rows, seifa_mismatches, table_by)
 
 from .harness import REPO, Daemon, ahgd_exe, env, query, wait_until
 
@@ -27,13 +28,6 @@ pytestmark = pytest.mark.slow
 
 BUNDLED = REPO / "pipelines" / "ahgd"
 MASTER = BUNDLED / "config" / "master.yaml"
-SEIFA_CSV, MORT_CSV = BUNDLED / "data" / "seifa_2021_sa2.csv", BUNDLED / "data" / "aihw_mort_table1.csv"
-INDEXES = ("irsd", "irsad", "ier", "ieo")
-MORT_COUNTS = ("deaths", "population", "premature_deaths", "potential_years_of_life_lost",
-               "potentially_avoidable_deaths")
-MORT_RATES = ("crude_rate_per_100000", "age_standardised_rate_per_100000", "rate_ratio",
-              "premature_deaths_percent", "premature_deaths_asr_per_100000",
-              "pyll_rate_per_1000", "pad_percent", "pad_asr_per_100000", "median_age")
 TABLES = {"seifa_sa2": ("sa2_code",), "mortality_region": ("mort_code", "year", "sex"),
           "sa2_health_profile": ("sa2_code",)}
 
@@ -41,77 +35,32 @@ TABLES = {"seifa_sa2": ("sa2_code",), "mortality_region": ("mort_code", "year", 
 # --------------------------------------------------------------------------- the source files
 
 
-def read_rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
-def count(text: str) -> int | None:
-    return int(text.replace(",", "")) if text else None
-
-
-def rate(text: str) -> float | None:
-    return float(text) if text else None
-
-
 def compare_with_sources(state: Path) -> int:
     """Every row's key of the three tables, and every column the files give, against the
     raw files (read with the csv module); the number of values compared."""
     seifa, mort = read_rows(SEIFA_CSV), read_rows(MORT_CSV)
-    tables = {name: rows_by(state, name, key) for name, key in TABLES.items()}
-    compared = 0
+    tables = {name: table_by(state, name, *key) for name, key in TABLES.items()}
     assert set(tables["seifa_sa2"]) == {(r["sa2_code_2021"],) for r in seifa}
-    for raw in seifa:
-        code = raw["sa2_code_2021"]
-        row = tables["seifa_sa2"][(code,)]
-        want = {"sa2_name": raw["sa2_name_2021"], "state_code": code[0], "sa4_code": code[:3],
-                "sa3_code": code[:5],
-                "usual_resident_population": count(raw["usual_resident_population"]),
-                **{f"{i}_score": rate(raw[f"{i}_score"]) for i in INDEXES},
-                **{f"{i}_decile": count(raw[f"{i}_decile"]) for i in INDEXES}}
-        assert {k: row[k] for k in want} == want, code
-        compared += len(want)
     assert set(tables["mortality_region"]) == {(r["mort"], int(r["YEAR"]), r["SEX"]) for r in mort}
-    latest: dict[str, dict[str, str]] = {}
+    assert set(tables["sa2_health_profile"]) == set(tables["seifa_sa2"])
+    latest = latest_sa3_persons(mort)
+    compared = 0
+    for raw in seifa:
+        key = (raw["sa2_code_2021"],)
+        assert seifa_mismatches(tables["seifa_sa2"][key], raw) == []
+        assert profile_mismatches(tables["sa2_health_profile"][key], raw, latest) == []
+        compared += 2 * len(raw)
     for raw in mort:
         row = tables["mortality_region"][(raw["mort"], int(raw["YEAR"]), raw["SEX"])]
-        want = {"area_name": raw["geography"], **{c: count(raw[c]) for c in MORT_COUNTS},
-                **{c: rate(raw[c]) for c in MORT_RATES}}
-        assert {k: row[k] for k in want} == want, (raw["mort"], raw["YEAR"], raw["SEX"])
-        compared += len(want)
-        if raw["mort"].startswith("SA3") and raw["SEX"] == "Persons":
-            if raw["mort"] not in latest or int(raw["YEAR"]) > int(latest[raw["mort"]]["YEAR"]):
-                latest[raw["mort"]] = raw
-    profile = tables["sa2_health_profile"]
-    assert set(profile) == {(r["sa2_code_2021"],) for r in seifa}
-    for raw in seifa:
-        row, sa3 = profile[(raw["sa2_code_2021"],)], latest[f"SA3{raw['sa2_code_2021'][:5]}"]
-        want = {"sa2_name": raw["sa2_name_2021"], "irsd_score": rate(raw["irsd_score"]),
-                "irsd_decile": count(raw["irsd_decile"]),
-                "usual_resident_population": count(raw["usual_resident_population"]),
-                "sa3_mortality_year": int(sa3["YEAR"]),
-                "sa3_age_standardised_rate_per_100000": rate(sa3["age_standardised_rate_per_100000"]),
-                "sa3_premature_deaths_asr_per_100000": rate(sa3["premature_deaths_asr_per_100000"]),
-                "sa3_potentially_avoidable_deaths": count(sa3["potentially_avoidable_deaths"])}
-        assert {k: row[k] for k in want} == want, raw["sa2_code_2021"]
-        compared += len(want)
+        assert mortality_mismatches(row, raw) == []
+        compared += len(raw)
     return compared
-
-
-def rows_by(state: Path, table: str, key: tuple[str, ...]) -> dict[tuple, dict]:
-    con = duckdb.connect(str(state / "warehouse.duckdb"), read_only=True)
-    try:
-        rel = con.table(table)
-        cols = rel.columns
-        return {tuple(r[cols.index(k)] for k in key): dict(zip(cols, r)) for r in rel.fetchall()}
-    finally:
-        con.close()
 
 
 def snapshot(state: Path) -> dict[str, dict]:
     """Every table, every column but the run that loaded it."""
     return {name: {k: {c: v for c, v in row.items() if c != "_run_id"}
-                   for k, row in rows_by(state, name, key).items()}
+                   for k, row in table_by(state, name, *key).items()}
             for name, key in TABLES.items()}
 
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from pipelines import BasePipeline, StageConfig
+from tests.tinyfs import fill
 
 
 class BigOutput(BasePipeline):
@@ -46,14 +47,7 @@ def _free_when_waiting(state: Path, filler: Path) -> None:
 
 
 def main(state: Path) -> None:
-    filler = state / "data" / "filler"
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
+    filler = fill(state / "data" / "filler")
     threading.Thread(target=_free_when_waiting, args=(state, filler), daemon=True).start()
     pipeline = BigOutput("big", state_dir=state, stage_configs={
         "make": StageConfig("make", retry_attempts=0), "count": StageConfig("count")})
