@@ -42,9 +42,11 @@ def main() -> None:
     Every run and stage transition is appended to <state dir>/history.db;
     query it with `ahgd history`, `ahgd events` or plain SQL (sqlite3).
     """
+    from pipelines.execution.children import working_directory_last
     from state.statedir import restrict_umask
 
     restrict_umask()  # what any command writes is for its owner and group only
+    working_directory_last()  # stage modules kept there import, as in the worker processes
 
 
 for _module in (cli_history, cli_state, cli_config, cli_runs, cli_status, cli_warehouse):

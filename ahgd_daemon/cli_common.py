@@ -16,22 +16,24 @@ from typing import Any
 import click
 
 from state.errors import DatabaseDamaged
-from state.statedir import ENV_VAR, resolve_state_dir
+from state.statedir import DEFAULT, ENV_VAR, resolve_state_dir
 
 
 def state_dir_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``--state-dir`` on every command, resolved (option, $AHGD_STATE_DIR, ./state)."""
+    """``--state-dir`` on every command, resolved (option, $AHGD_STATE_DIR, ./ahgd-state; a
+    ./state of an earlier version with a note)."""
 
     @click.option(
         "--state-dir",
         "state_dir",
         default=None,
         metavar="DIR",
-        help=f"State directory (default: ${ENV_VAR}, else ./state).",
+        help=f"State directory (default: ${ENV_VAR}, else ./{DEFAULT}).",
     )
     @functools.wraps(fn)
     def wrapper(*args: Any, state_dir: str | None, **kwargs: Any) -> Any:
-        resolved = resolve_state_dir(state_dir, os.environ)
+        resolved = resolve_state_dir(state_dir, os.environ,
+                                     note=lambda text: click.echo(f"note: {text}", err=True))
         try:
             return fn(*args, state_dir=resolved, **kwargs)
         except (DatabaseDamaged, sqlite3.DatabaseError) as exc:
@@ -66,14 +68,30 @@ def fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
-def open_log(state_dir: Path, *, must_exist: bool = True):
-    from state import HISTORY_DB, EventLog
+def require_history(state_dir: Path) -> Path:
+    """``<state dir>/history.db``; fail, saying so, when there is none (a wrong --state-dir
+    must not look like an empty history)."""
+    from state import HISTORY_DB
 
     db = state_dir / HISTORY_DB
-    if must_exist and not db.exists():
+    if not db.exists():
         fail(f"no history at {db}: nothing has run with this state directory yet "
              f"(pass --state-dir or set {ENV_VAR} to the directory the daemon uses)")
-    return EventLog(db)
+    return db
+
+
+def open_log(state_dir: Path, *, must_exist: bool = True):
+    """The event log of ``state_dir``; one that does not exist is refused unless not
+    ``must_exist`` (then it is created: only what starts runs may do that)."""
+    from state import HISTORY_DB, EventLog
+
+    return EventLog(require_history(state_dir) if must_exist else state_dir / HISTORY_DB)
+
+
+def check_name(message: str | None) -> None:
+    """Fail with ``message`` (from :mod:`ahgd_daemon.names`) unless it is None."""
+    if message:
+        fail(message)
 
 
 def ask_daemon(state_dir: Path, payload: dict[str, Any], timeout: float = 30.0,

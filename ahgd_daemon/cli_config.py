@@ -21,16 +21,24 @@ def config_group() -> None:
 @click.option("--no-import", is_flag=True, help="Do not import stage classes.")
 @state_dir_option
 def config_check(state_dir: Path, files: tuple[str, ...], no_import: bool) -> None:
-    """Validate pipeline and master files; list every error, exit 1 if any."""
-    from pipelines.config import check_files
+    """Validate pipeline and master files (and the pipeline files a master file lists); list
+    every problem of every file at once, exit 1 if there is any.
 
-    problems = check_files(list(files), state_dir=state_dir, import_classes=not no_import)
-    for line in problems:
+    Stage classes and input_check callables are imported in a fresh interpreter, as a
+    worker process will import them.
+    """
+    from pipelines.config import check_config
+
+    found = check_config(list(files), state_dir=state_dir, import_classes=not no_import)
+    listing = "".join(f"\n  {name}" for name in found.files)
+    for line in found.problems:
         click.echo(line, err=True)
-    if problems:
-        click.echo(f"{len(problems)} problem(s) found", err=True)
+    if found.problems:
+        click.echo(f"{len(found.problems)} problem(s) found in {len(found.files)} file(s) "
+                   f"checked:{listing}", err=True)
         sys.exit(1)
-    click.echo(f"ok: {len(files)} file(s) valid")
+    imported = " (not importing stage classes)" if no_import else ""
+    click.echo(f"ok: {len(found.files)} file(s) valid{imported}:{listing}")
 
 
 @config_group.command("schema")

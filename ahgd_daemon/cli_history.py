@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .cli_common import open_log, state_dir_option
+from .cli_common import check_name, open_log, state_dir_option
 
 
 @click.command()
@@ -17,20 +17,35 @@ from .cli_common import open_log, state_dir_option
 @state_dir_option
 def history(state_dir: Path, pipeline: str | None, limit: int, as_json: bool) -> None:
     """Recent runs, newest first (the run_history view)."""
-    from state import queries
+    from state import RunState, queries
+    from state.orphans import owners_gone
 
+    from .names import pipeline_without_runs
     from .tables import render_table
 
     with open_log(state_dir) as log:
+        if pipeline is not None:
+            check_name(pipeline_without_runs(log, pipeline))
         records = queries.run_history(log, pipeline=pipeline, limit=limit, newest_first=True)
+        gone = owners_gone(log, state_dir, pipeline=pipeline) if any(
+            r["state"] == RunState.RUNNING for r in records) else {}
+    for record in records:  # RUNNING, and nobody runs it: its process was killed
+        if record["run_id"] in gone:
+            record["owner_gone"] = gone[record["run_id"]].as_dict()
     if as_json:
         click.echo(json.dumps(records, indent=2))
         return
     if not records:
         click.echo("no runs yet" + (f" of pipeline {pipeline!r}" if pipeline else ""))
         return
-    click.echo(render_table(records, ["run_id", "pipeline", "trigger", "state", "started_at",
-                                      "duration_s", "error"]))
+    shown = [{**r, "state": f"{r['state']} ({r['owner_gone']['text']})"} if "owner_gone" in r
+             else r for r in records]
+    click.echo(render_table(shown, ["run_id", "pipeline", "trigger", "state", "started_at",
+                                    "duration_s", "error"]))
+    if gone:
+        click.echo(f"\n{len(gone)} run(s) RUNNING with their owner gone (killed, or the machine "
+                   "went down): `ahgd retry RUN_ID` resumes one at its first unfinished stage; "
+                   "a running daemon recovers them itself")
 
 
 @click.command()
@@ -43,7 +58,12 @@ def history(state_dir: Path, pipeline: str | None, limit: int, as_json: bool) ->
 def events(state_dir: Path, run_id: str | None, types: tuple[str, ...], after: int,
            limit: int | None, as_json: bool) -> None:
     """The raw event log, oldest first."""
+    from .names import unknown_event_types, unknown_run
+
     with open_log(state_dir) as log:
+        check_name(unknown_event_types(types))
+        if run_id is not None:
+            check_name(unknown_run(log, run_id, any_event=True))
         found = log.events(run_id=run_id, types=types or None, after=after, limit=limit)
     records = [
         {"seq": e.seq, "ts": e.ts, "type": e.type, "run_id": e.run_id, "stage": e.stage,

@@ -21,10 +21,12 @@ import click
 
 from state.machine import ENDED_RUN_STATES, RunState
 
-from .cli_common import ask_daemon, config_option, fail, state_dir_option
+from .cli_common import ask_daemon, check_name, config_option, fail, open_log, state_dir_option
 
 
-def _local_pipelines(state_dir: Path, configs: tuple[str, ...]) -> dict[str, Any]:
+def _local_pipelines(state_dir: Path, configs: tuple[str, ...],
+                     ) -> tuple[dict[str, Any], dict[str, Path]]:
+    """The pipelines of ``configs`` by name, and the disabled ones (name -> master file)."""
     if not configs:
         fail("no daemon is running on this state directory, so --config is needed to run "
              "pipelines here (or start the daemon: ahgd daemon --config FILE)")
@@ -32,7 +34,8 @@ def _local_pipelines(state_dir: Path, configs: tuple[str, ...]) -> dict[str, Any
     from pipelines.config.configured import build_pipelines
 
     loaded = load_config([Path(c) for c in configs], state_dir=state_dir, import_classes=True)
-    return build_pipelines(loaded, state_dir=state_dir)
+    disabled = {n: p.master or p.source for n, p in loaded.pipelines.items() if not p.enabled}
+    return build_pipelines(loaded, state_dir=state_dir), disabled
 
 
 def _wait_for(state_dir: Path, run_id: str, timeout: float | None) -> int:
@@ -66,13 +69,16 @@ def _print_outcome(run: Any) -> None:
 @click.option("--resume-from", default=None, help="Reuse the recorded outputs of earlier stages.")
 @click.option("--no-wait", is_flag=True, help="With a daemon: print the run id and return.")
 @click.option("--inprocess", is_flag=True, help="Without a daemon: run stages on threads.")
+@click.option("--force", is_flag=True,
+              help="Run it even though the configuration disables it (enabled: false).")
 @state_dir_option
 def run_cmd(state_dir: Path, pipeline: str, configs: tuple[str, ...], input_file: str | None,
-            resume_from: str | None, no_wait: bool, inprocess: bool) -> None:
+            resume_from: str | None, no_wait: bool, inprocess: bool, force: bool) -> None:
     """Run a pipeline now (through the daemon if one runs on this state directory)."""
     with contextlib.ExitStack() as stack:
         source = stack.enter_context(_open_input(input_file)) if input_file else None
-        _run(state_dir, pipeline, configs, source, input_file, resume_from, no_wait, inprocess)
+        _run(state_dir, pipeline, configs, source, input_file, resume_from, no_wait, inprocess,
+             force)
 
 
 @contextlib.contextmanager
@@ -92,8 +98,11 @@ def _open_input(path: str) -> Iterator[int]:
 
 
 def _run(state_dir: Path, pipeline: str, configs: tuple[str, ...], source: int | None,
-         input_file: str | None, resume_from: str | None, no_wait: bool, inprocess: bool) -> None:
+         input_file: str | None, resume_from: str | None, no_wait: bool, inprocess: bool,
+         force: bool) -> None:
     payload = {"cmd": "run", "pipeline": pipeline, "resume_from": resume_from}
+    if force:
+        payload["force"] = True
     if source is not None:
         payload["input_name"] = Path(input_file).name
     # the daemon copies and hashes --input while it answers: give big files time
@@ -108,20 +117,26 @@ def _run(state_dir: Path, pipeline: str, configs: tuple[str, ...], source: int |
     from state.locks import FileLock, run_lock_path
 
     from . import logs
+    from .names import disabled_pipeline, unknown_pipeline
     from .requests import request_run
 
     logs.configure(level="warning")
-    pipelines = _local_pipelines(state_dir, configs)
+    pipelines, disabled = _local_pipelines(state_dir, configs)
     if pipeline not in pipelines:
-        fail(f"no pipeline {pipeline!r} in the configuration (known: {', '.join(sorted(pipelines))})")
+        fail(unknown_pipeline(pipeline, pipelines))
+    if pipeline in disabled and not force:  # before the run's lock and the history are made
+        fail(disabled_pipeline(pipeline, disabled[pipeline]))
     run_id = new_run_id(pipeline)
     # hold the run's lock before it exists, so a daemon starting now leaves it to us
     lock = FileLock(run_lock_path(state_dir, run_id), {"role": "ahgd run", "run_id": run_id},
                     remove_on_release=True).acquire()
     with EventLog.open(state_dir) as log:
+        from pipelines.execution.interrupted import close_interrupted_runs
+
+        close_interrupted_runs(log, state_dir, pipeline)  # a killed `ahgd run`'s (a warning each)
         request_run(log, state_dir, pipelines, pipeline, input_fd=source,
                     input_name=input_file and Path(input_file).name, resume_from=resume_from,
-                    run_id=run_id)
+                    run_id=run_id, disabled=disabled, force=force)
         configured = pipelines[pipeline]
         if inprocess:
             configured._executor_arg = "inprocess"
@@ -160,7 +175,8 @@ def _execute_here(pipeline: Any, run_id: str, log: Any, lock: Any = None) -> Any
 @click.option("--no-wait", is_flag=True, help="With a daemon: return once it is queued.")
 @state_dir_option
 def retry(state_dir: Path, run_id: str, configs: tuple[str, ...], no_wait: bool) -> None:
-    """Run a FAILED, PARKED or CANCELLED run again from its first unfinished stage."""
+    """Run a FAILED, PARKED or CANCELLED run again from its first unfinished stage; also a
+    RUNNING one whose owner is gone (its process was killed)."""
     reply = ask_daemon(state_dir, {"cmd": "retry", "run_id": run_id})
     if reply is not None:
         click.echo(f"run {run_id} ({reply['pipeline']}) is queued again in the daemon "
@@ -168,19 +184,21 @@ def retry(state_dir: Path, run_id: str, configs: tuple[str, ...], no_wait: bool)
         if not no_wait:
             sys.exit(_wait_for(state_dir, run_id, None))
         return
-    from state import EventLog
     from state.locks import FileLock, run_lock_path
 
+    from .names import unknown_run
     from .requests import retry as retry_run
 
-    pipelines = _local_pipelines(state_dir, configs)  # before anything is recorded
-    with EventLog.open(state_dir) as log:
+    with open_log(state_dir) as log:  # a wrong run id is said before --config is asked for
+        check_name(unknown_run(log, run_id))
+    pipelines, _ = _local_pipelines(state_dir, configs)  # before anything is recorded
+    with open_log(state_dir) as log:
         before = log.run(run_id)
         if before is not None and before.pipeline not in pipelines:
             fail(f"pipeline {before.pipeline!r} of run {run_id} is not in the configuration given")
         lock = FileLock(run_lock_path(state_dir, run_id), {"role": "ahgd retry", "run_id": run_id},
                         remove_on_release=True).acquire()
-        out = retry_run(log, run_id)
+        out = retry_run(log, run_id, state_dir, lock_held=True)
         click.echo(f"retrying {run_id} here (it was {out['previous_state']}); Ctrl-C cancels it")
         _execute_here(pipelines[out["pipeline"]], run_id, log, lock)
         run = log.run(run_id)
@@ -195,11 +213,9 @@ def cancel(state_dir: Path, run_id: str) -> None:
     """Cancel a pending, parked or running run."""
     reply = ask_daemon(state_dir, {"cmd": "cancel", "run_id": run_id})
     if reply is None:
-        from state import EventLog
-
         from .requests import cancel_recorded
 
-        with EventLog.open(state_dir) as log:
+        with open_log(state_dir) as log:  # no history: nothing to cancel, and none is made
             reply = cancel_recorded(log, state_dir, run_id)
     if reply.get("cancelling"):
         click.echo(f"run {run_id} is being cancelled by the daemon")

@@ -34,11 +34,12 @@ def state_check(state_dir: Path) -> None:
     Exit 1, listing the differences, when they disagree; `ahgd state rebuild`
     then makes the projections agree with the events again.  A history.db
     SQLite cannot read is reported with what can be salvaged and how.  Files
-    every user of the machine may read are listed as a warning (they do not
-    change the exit code).
+    every user of the machine may read, and RUNNING runs whose process is
+    gone, are listed as warnings (they do not change the exit code).
     """
     with open_log(state_dir) as log:
         report = log.check()
+        _warn_owners_gone(log, state_dir)
     _warn_world_accessible(state_dir)
     if report.integrity != ["ok"]:
         from state.damage import report as damage_report
@@ -58,6 +59,22 @@ def state_check(state_dir: Path) -> None:
     if not report.ok:
         sys.exit(1)
     click.echo(f"ok: integrity ok; projections match a fresh fold of {report.events:,} events")
+
+
+def _warn_owners_gone(log: object, state_dir: Path) -> None:
+    """RUNNING runs nobody runs (a killed script): a warning, the exit code is unaffected."""
+    from state.orphans import daemon_serves, owners_gone
+
+    gone = owners_gone(log, state_dir)
+    if not gone:
+        return
+    click.echo(f"warning: {len(gone)} run(s) are RUNNING in the log but nobody runs them (the "
+               "process was killed, or the machine went down):", err=True)
+    for owner in gone.values():
+        click.echo(f"  {owner.run_id} ({owner.pipeline}): {owner.describe()}", err=True)
+    click.echo("the daemon on this state directory recovers them within 30 s" if daemon_serves(
+        state_dir) else "fix: `ahgd retry RUN_ID` resumes one at its first unfinished stage "
+        "(the next run of its pipeline from a script closes it as FAILED)", err=True)
 
 
 def _warn_world_accessible(state_dir: Path) -> None:

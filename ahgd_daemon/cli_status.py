@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from .cli_common import ask_daemon, fail, state_dir_option
+from .cli_common import ask_daemon, require_history, state_dir_option
 
 
 @click.command()
@@ -29,6 +29,7 @@ def status(state_dir: Path, as_json: bool, recent: int) -> None:
         doc = reply["dashboard"]
     else:
         doc = _history_dashboard(state_dir, recent)
+    _mark_owners_gone(doc, state_dir)
     if as_json:
         click.echo(json.dumps(doc, indent=2, default=str))
         return
@@ -39,15 +40,26 @@ def status(state_dir: Path, as_json: bool, recent: int) -> None:
     render_status(doc, console=Console(), recent=recent, state_dir=str(state_dir))
 
 
+def _mark_owners_gone(doc: dict[str, Any], state_dir: Path) -> None:
+    """``owner_gone`` ({pid, host, text}) on each run of the document that the log says is
+    RUNNING while no process holds it (a killed script or ``ahgd run``)."""
+    from state import HISTORY_DB
+    from state.db import ReadOnlyHistory
+    from state.orphans import owners_gone
+
+    if not (state_dir / HISTORY_DB).exists():
+        return
+    with ReadOnlyHistory(state_dir / HISTORY_DB) as history:
+        gone = owners_gone(history, state_dir)
+    recent = doc.get("recent_runs") if isinstance(doc.get("recent_runs"), dict) else {}
+    for run in [*(doc.get("active_runs") or []), *(r for rs in recent.values() for r in rs)]:
+        if isinstance(run, dict) and run.get("run_id") in gone:
+            run["owner_gone"] = gone[run["run_id"]].as_dict()
+
+
 def _history_dashboard(state_dir: Path, recent: int) -> dict[str, Any]:
     """No daemon runs here: the same document, from the event log alone (read only)."""
-    from state import HISTORY_DB
-
-    if not (state_dir / HISTORY_DB).exists():  # nothing has run here: an empty document
-        from pipelines.monitoring import PipelineMonitor
-
-        return PipelineMonitor(state_dir / "metrics", enable_system_monitoring=False,
-                               read_only=True).get_dashboard_data(recent=recent)
+    require_history(state_dir)  # no daemon and no history: a wrong --state-dir, not a report
     with _read_only_monitor(state_dir) as monitor:
         return monitor.get_dashboard_data(recent=recent)
 
@@ -74,11 +86,7 @@ def metrics(state_dir: Path, fmt: str) -> None:
     if reply is not None:
         click.echo(reply["metrics"], nl=False)
         return
-    from state import HISTORY_DB
-
-    if not (state_dir / HISTORY_DB).exists():
-        fail(f"no daemon running on {state_dir} and no history there ({state_dir / HISTORY_DB} "
-             "does not exist); check --state-dir")
+    require_history(state_dir)
     with _read_only_monitor(state_dir) as monitor:
         click.echo(monitor.export_metrics(format=fmt), nl=False)
 

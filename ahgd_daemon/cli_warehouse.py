@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 import click
 
-from .cli_common import ask_daemon, config_option, fail, state_dir_option
+from .cli_common import ask_daemon, config_option, fail, require_history, state_dir_option
 
 
 @click.group("warehouse")
@@ -75,6 +75,7 @@ def _here(state_dir: Path, only: tuple[str, ...], configs: tuple[str, ...], dry_
     from .configuration import load_setup
     from .requests import request_run
 
+    require_history(state_dir)  # nothing ever ran here: nothing to reload (and none is made)
     if not configs:
         fail("no daemon is running on this state directory, so --config is needed to rebuild "
              "here (or start the daemon: ahgd daemon --config FILE)")

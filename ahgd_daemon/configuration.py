@@ -2,9 +2,14 @@
 
 ``load_setup`` reads the master and pipeline files (importing stage classes,
 so a broken one is refused before the daemon starts or reloads) and builds
-the enabled pipelines, their drop folders, their schedules, which pipelines
-an upstream completion starts, and which pipelines each one waits for.  The
-daemon replaces the whole :class:`Setup` on a reload, never part of it.
+the pipelines, the drop folders and schedules of the enabled ones, which
+pipelines an upstream completion starts, and which pipelines each one waits
+for.  A pipeline with ``enabled: false`` is loaded with its triggers off: no
+drop folder watched, no schedule, no upstream run; ``ahgd run`` refuses it,
+saying so, unless given ``--force``.  The
+daemon replaces the whole :class:`Setup` on a reload, never part of it, then
+renews its worker processes and forgets the stage modules it imported itself
+(``forget_stage_modules``): new attempts run the code on disk.
 ``start_triggers`` sets a setup's triggers going: the drop folders' watchers,
 and the schedules' ticks missed while no daemon ran.
 """
@@ -27,13 +32,14 @@ class Setup:
     """Everything derived from the configuration (replaced as a whole on reload)."""
 
     config: Any                                  # the loaded configuration files
-    pipelines: dict[str, Any]                    # name -> ConfiguredPipeline, enabled ones only
+    pipelines: dict[str, Any]                    # name -> ConfiguredPipeline, disabled ones too
     folders: list[Folder]
     schedules: list[Schedule]
     downstream_of: dict[str, list[str]]          # pipeline -> pipelines its completion starts
     dependencies: dict[str, list[str]]           # pipeline -> pipelines it waits for
     settings: Any                                # the master file's ``daemon:`` section
     folder_by_pipeline: dict[str, Folder] = field(default_factory=dict)  # each one's first
+    disabled: dict[str, Path] = field(default_factory=dict)  # enabled: false -> its master file
 
 
 def load_setup(config_paths: list[Path], state_dir: Path) -> Setup:
@@ -43,12 +49,14 @@ def load_setup(config_paths: list[Path], state_dir: Path) -> Setup:
     config = load_config(config_paths, state_dir=state_dir, import_classes=True)
     setup = Setup(config, {}, [], [], {}, {}, config.daemon)
     for name, loaded in config.pipelines.items():
-        if not loaded.enabled:
-            continue
         setup.pipelines[name] = ConfiguredPipeline(loaded.file, state_dir=state_dir,
                                                    source=loaded.source)
         setup.dependencies[name] = list(loaded.dependencies)
+        if not loaded.enabled:  # its triggers are off; its upstream triggers still order rebuilds
+            setup.disabled[name] = loaded.master or loaded.source
         for trigger in loaded.file.triggers:
+            if not loaded.enabled and trigger.type != "upstream":
+                continue
             if trigger.type == "drop_folder":
                 folder = _folder(name, trigger)
                 setup.folders.append(folder)
@@ -78,14 +86,37 @@ def _folder(pipeline: str, trigger: Any) -> Folder:
 
 
 def _checked_callable(pipeline: str, check: Any) -> str | None:
-    """The dotted path of an ``input_check.callable``, imported once here so that a broken
-    one stops a start or a reload; it is called in a child process (ahgd_daemon.inputcheck)."""
-    from pipelines.config.configured import import_object
-
+    """The dotted path of an ``input_check.callable``.  ``load_config`` has imported it in a
+    fresh interpreter (a broken one stops a start or a reload), never in the daemon, whose
+    ``sys.modules`` remembers modules as they were; it is called in a child process
+    (ahgd_daemon.inputcheck)."""
     if check is None or not check.callable:
         return None
-    import_object(check.callable, what=f"pipeline {pipeline!r} input_check")
     return check.callable
+
+
+def forget_stage_modules(*setups: Setup | None) -> list[str]:
+    """Drop the modules of the setups' stage classes and input checks from this process's
+    ``sys.modules`` (ahgd's own packages excepted); the names dropped.
+
+    Stages run in worker processes, which a reload replaces; a stage with ``executor:
+    inprocess`` runs in the daemon itself, whose ``sys.modules`` would otherwise keep the
+    module as it was first imported.  A module dropped is imported from disk next time.
+    """
+    import sys
+
+    names: set[str] = set()
+    for setup in setups:
+        for loaded in (setup.config.pipelines.values() if setup is not None else ()):
+            dotted = [stage.class_ for stage in loaded.file.stages]
+            dotted += [getattr(getattr(t, "input_check", None), "callable", None)
+                       for t in loaded.file.triggers]
+            names.update(d.rpartition(".")[0] for d in dotted if d)
+    dropped = sorted(n for n in names if n in sys.modules
+                     and n.partition(".")[0] not in ("state", "pipelines", "ahgd_daemon"))
+    for name in dropped:
+        del sys.modules[name]
+    return dropped
 
 
 def start_triggers(setup: Setup, log: EventLog, intake: Any, now: datetime, logger: Any) -> Any:

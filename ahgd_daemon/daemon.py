@@ -29,7 +29,7 @@ from state.locks import FileLock, Locked
 
 from . import schedules, statusdocs
 from .alerts import MonitorLink
-from .configuration import Setup, load_setup, start_triggers
+from .configuration import Setup, forget_stage_modules, load_setup, start_triggers
 from .dropfolder import Claimer
 from .followups import catch_up_upstream, follow_up
 from .intake import FileIntake
@@ -278,6 +278,9 @@ class Daemon:
             return
         if old_watchers is not None:
             old_watchers.stop()
+        # new attempts run the stage code on disk; attempts running now finish on theirs
+        self.executor.renew()
+        forget_stage_modules(old_setup, new)
         self.monitor.set_thresholds(**_thresholds(new.settings))
         self.monitor.set_disk_paths(self._disk_paths())
         self.monitor.sample_interval = new.settings.monitoring.sample_interval.total_seconds()

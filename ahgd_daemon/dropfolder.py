@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from state import DuplicateEvent, EventLog, EventType as T, new_event, store
+from state import DuplicateEvent, EventLog, EventType as T, format_ts, new_event, store
 from state.store import safe_name
 
 from . import inputcheck
@@ -159,7 +159,8 @@ class Claimer:
             existing = self.log.aggregate(("file", f"{pipeline}\x1f{sha}"))
             if existing is not None and existing.state == "ARRIVED" and not folder.allow_duplicates:
                 return self._duplicate(folder, entry, staged, sha, existing)
-            reason = "the file is empty (0 bytes)" if size == 0 else self._check(folder, staged)
+            reason = (inputcheck.Refusal("the file is empty (0 bytes)", EMPTY_FIX) if size == 0
+                      else self._check(folder, staged))
             if reason:
                 return self._quarantine_staged(folder, entry, staged, reason, sha)
             stored = place(staged, self.state_dir / "files" / safe_name(pipeline) / sha
@@ -174,7 +175,7 @@ class Claimer:
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
-    def _check(self, folder: Folder, staged: Path) -> str | None:
+    def _check(self, folder: Folder, staged: Path) -> inputcheck.Refusal | None:
         if not inputcheck.needed(folder):
             return None
         return inputcheck.run(folder, staged, abort=self.stopping)
@@ -232,11 +233,12 @@ class Claimer:
 
     # -- quarantine and refusal ------------------------------------------------------------
 
-    def _quarantine_staged(self, folder: Folder, entry: Entry, staged: Path, reason: str,
-                           sha: str) -> Claimed:
+    def _quarantine_staged(self, folder: Folder, entry: Entry, staged: Path,
+                           reason: inputcheck.Refusal, sha: str) -> Claimed:
         target = place(staged, self._quarantine_dir(folder) / stored_name(entry.path.name))
         try:
-            claimed = self._record_quarantine(folder, target, entry.path, reason, sha, None)
+            claimed = self._record_quarantine(folder, target, entry.path, reason, sha, None,
+                                              fix=reason.fix)
         except BaseException:
             target.with_name(target.name + ".reason.json").unlink(missing_ok=True)
             target.unlink(missing_ok=True)
@@ -266,12 +268,13 @@ class Claimer:
         return self.state_dir / "quarantine" / safe_name(folder.pipeline)
 
     def _record_quarantine(self, folder: Folder, target: Path, source: Path, reason: str,
-                           sha256: str, run_id: str | None) -> Claimed:
+                           sha256: str, run_id: str | None, *,
+                           fix: str = inputcheck.FILE_FIX) -> Claimed:
         reason = display_name(reason)
         info = {"file": display_name(source.name), **_raw(source.name),
                 "pipeline": folder.pipeline, "reason": reason, "sha256": sha256,
-                "quarantined_at": self.log.now().isoformat(), "from": display_name(str(source)),
-                "run_id": run_id, "fix": "correct the file and drop it into the folder again"}
+                "quarantined_at": format_ts(self.log.now()), "from": display_name(str(source)),
+                "run_id": run_id, "fix": fix}
         reason_file = target.with_name(target.name + ".reason.json")
         reason_file.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n",
                                encoding="utf-8")
@@ -353,6 +356,10 @@ def _lstat(path: Path) -> os.stat_result | None:
     except OSError:
         return None
 
+
+#: what to do about an empty file (often one taken before its writer wrote anything)
+EMPTY_FIX = ("drop the file again with its content: write it under a temporary name (.x, "
+             "*.part) and rename it into the folder when it is complete")
 
 #: SHA-256 of zero bytes: the identity under which empty files are quarantined
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"

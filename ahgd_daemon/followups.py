@@ -3,9 +3,11 @@
 A completed run requests a run of every pipeline with an ``upstream`` trigger
 on its pipeline, unless a run of that pipeline already covers it (one pending,
 or one started since).  Completions that no daemon saw (it crashed in between)
-are caught up at start-up.  A failed drop-folder run whose stage refused the
-file itself (the first stage, or an input error no retry would change) puts a
-copy of that file in quarantine, when its folder asks for it.
+are caught up at start-up.  A failed drop-folder run whose stage said the file
+itself is bad (it raised ``pipelines.InputError``, such as ``ValidationFailed``,
+at any stage) puts one copy of that file in quarantine, when its folder asks
+for it; an error of the code, the configuration or the machine never does:
+the file stays in the store, ready for ``ahgd retry``.
 """
 
 from __future__ import annotations
@@ -28,15 +30,15 @@ def follow_up(log: EventLog, setup: Setup, claimer: Any, run: Run) -> None:
         for downstream in setup.downstream_of.get(run.pipeline, ()):
             request_downstream_run(log, setup, downstream, run.pipeline, run.run_id, run.ended_at)
     elif run.state == RunState.FAILED:
-        quarantine_refused_input(setup, claimer, run)
+        quarantine_refused_input(log, setup, claimer, run)
 
 
 def request_downstream_run(log: EventLog, setup: Setup, downstream: str, upstream: str,
                            upstream_run: str, upstream_ended: str) -> str | None:
     """Request a run of ``downstream`` for the completion of ``upstream_run``; its run id, or
     None when none was needed (or another request for that completion was recorded first)."""
-    if downstream not in setup.pipelines:
-        return None
+    if downstream not in setup.pipelines or downstream in setup.disabled:
+        return None  # gone from the configuration, or enabled: false (its triggers are off)
     if queries.upstream_completion_covered(log, downstream, upstream_ended):
         return None
     from pipelines.base import new_run_id
@@ -63,23 +65,21 @@ def catch_up_upstream(log: EventLog, setup: Setup) -> None:
             request_downstream_run(log, setup, downstream, upstream, run_id, ended_at)
 
 
-def quarantine_refused_input(setup: Setup, claimer: Any, run: Run) -> None:
+def quarantine_refused_input(log: EventLog, setup: Setup, claimer: Any, run: Run) -> None:
     if run.trigger != "drop_folder":
         return
     folder = next((f for f in setup.folders if f.pipeline == run.pipeline), None)
-    stages = list(run.stages)
-    if folder is None or not folder.quarantine_on_extract_failure or not stages:
+    if folder is None or not folder.quarantine_on_extract_failure:
         return
     stage = run.failed_stage
     attempt = run.attempts.get(stage) if stage else None
-    if attempt is None:
+    # only the stage's own word that the data is bad (InputError, recorded as bad_input):
+    # a worker that cannot load the pipeline, a config error, a killed worker, a timeout
+    # or a full disk is no fault of the file
+    if attempt is None or not attempt.info().get("bad_input"):
         return
-    info = attempt.info()
-    # the file itself is bad: its first stage refused it, or a later stage found
-    # it malformed (an input or validation error, which no retry would change)
-    is_input_error = bool(info.get("bad_input"))   # the stage raised InputError
-    if info.get("retryable", True) or not (stage == stages[0] or is_input_error):
-        return
+    if queries.run_input_quarantined(log, run.run_id):
+        return  # `ahgd retry` of a run whose file is in quarantine already: one copy is enough
     stored = Path(run.params.get("input_file", ""))
     if not stored.exists():
         return

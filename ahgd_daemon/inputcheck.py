@@ -2,7 +2,7 @@
 
 The daemon hashes and copies the bytes of a dropped file but never parses
 them.  ``required_columns`` and the ``callable`` of a trigger's
-``input_check`` run in a child (``python -m ahgd_daemon.inputcheck``) given
+``input_check`` run in a child (``python -P -m ahgd_daemon.inputcheck``) given
 the daemon's own copy of the file (a regular file in the state directory,
 under the name it was dropped with).  The daemon's intake thread waits for the
 answer, never its main loop; after ``input_check.timeout`` the child's whole
@@ -15,8 +15,9 @@ says the fault is the check's, not the file's.
 quarantine reason that says so.
 
 Protocol: one JSON request on the child's stdin, one JSON line
-``{"problem": text or null}`` on its stdout.  Anything the check prints goes
-to the daemon's stderr, never into the answer.
+``{"problem": text or null, "fix": "file" or "check"}`` on its stdout (whose
+fault a problem is: the ``.reason.json``'s ``fix`` follows it).  Anything the
+check prints goes to the daemon's stderr, never into the answer.
 """
 
 from __future__ import annotations
@@ -36,6 +37,24 @@ REASON_MAX = 2000
 _CODECS = {"utf-8": "utf-8-sig", "utf8": "utf-8-sig"}  # a byte-order mark is not a column
 
 
+#: what to do about a file a check found bad, and about one it could not judge
+FILE_FIX = "correct the file and drop it into the folder again"
+CHECK_FIX = ("the file may well be fine: fix the input check (what it printed is in the "
+             "daemon's log), then drop the file into the folder again")
+TIMEOUT_FIX = ("the file may well be fine: make the check faster or raise input_check.timeout, "
+               "then drop the file into the folder again")
+
+
+class Refusal(str):
+    """Why a file fails its check (the text itself), and what to do about it: ``fix`` (the
+    ``.reason.json`` says it), which differs when the check, not the file, is at fault."""
+
+    def __new__(cls, text: str, fix: str = FILE_FIX) -> "Refusal":
+        self = super().__new__(cls, text)
+        self.fix = fix
+        return self
+
+
 class CheckAborted(Exception):
     """The daemon is stopping: the check was cut short and decided nothing."""
 
@@ -44,7 +63,7 @@ def needed(folder: Any) -> bool:
     return bool(folder.required_columns or folder.check_callable)
 
 
-def run(folder: Any, path: Path, *, abort: threading.Event | None = None) -> str | None:
+def run(folder: Any, path: Path, *, abort: threading.Event | None = None) -> Refusal | None:
     """Why the file at ``path`` fails ``folder``'s input check, or None when it passes."""
     if not needed(folder):
         return None
@@ -52,12 +71,13 @@ def run(folder: Any, path: Path, *, abort: threading.Event | None = None) -> str
     request = json.dumps({"path": os.fspath(path), "required_columns": folder.required_columns,
                           "encoding": folder.encoding, "delimiter": folder.delimiter,
                           "callable": folder.check_callable}).encode()
-    env = dict(os.environ)
-    # the child must import what this process imported, wherever it came from
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    from pipelines.execution.children import child_env, python_command
+
+    # the child must import what this process imported, wherever it came from, and never a
+    # folder of the working directory in place of ahgd's packages
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ahgd_daemon.inputcheck", str(os.getpid())],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True,
+        python_command("ahgd_daemon.inputcheck", str(os.getpid())),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=child_env(), close_fds=True,
         start_new_session=True)  # its own process group: a timeout kills what it started too
     deadline = time.monotonic() + folder.check_timeout
     send: bytes | None = request
@@ -71,9 +91,10 @@ def run(folder: Any, path: Path, *, abort: threading.Event | None = None) -> str
                 if abort is not None and abort.is_set():
                     raise CheckAborted(what) from None
                 if time.monotonic() >= deadline:
-                    return (f"{what} did not finish within {folder.check_timeout:g}s and was "
-                            "stopped; the file may well be fine: make the check faster or raise "
-                            "input_check.timeout, then drop the file again")
+                    return Refusal(f"{what} did not finish within {folder.check_timeout:g}s and "
+                                   "was stopped; the file may well be fine: make the check "
+                                   "faster or raise input_check.timeout, then drop the file "
+                                   "again", TIMEOUT_FIX)
     finally:
         _kill(proc)
     try:
@@ -82,10 +103,14 @@ def run(folder: Any, path: Path, *, abort: threading.Event | None = None) -> str
     except (ValueError, IndexError, KeyError, TypeError):
         from pipelines.execution.pool import describe_exit   # the daemon's side only
 
-        return (f"{what} {describe_exit(proc.returncode)} before it answered; that is a "
-                "fault of the check (or of the machine), not necessarily of the file: see the "
-                "daemon's log for the check's output, fix it, then drop the file again")
-    return None if problem is None else str(problem)[:REASON_MAX]
+        return Refusal(f"{what} {describe_exit(proc.returncode)} before it answered; that is a "
+                       "fault of the check (or of the machine), not necessarily of the file: see "
+                       "the daemon's log for the check's output, fix it, then drop the file "
+                       "again", CHECK_FIX)
+    if problem is None:
+        return None
+    fix = CHECK_FIX if answer.get("fix") == "check" else FILE_FIX
+    return Refusal(str(problem)[:REASON_MAX], fix)
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -149,23 +174,27 @@ def _check(request: dict[str, Any]) -> str | None:
     except InputError as exc:  # the check says the file is bad, in its words
         return str(exc)
     except OSError as exc:
-        return f"the input check {dotted} could not read the file: {exc.strerror or exc}"
+        return Refusal(f"the input check {dotted} could not read the file: "
+                       f"{exc.strerror or exc}", CHECK_FIX)
     except Exception as exc:  # noqa: BLE001 - the check's fault, said as such
-        return (f"the input check {dotted} failed with {type(exc).__name__}: {exc}; that is a "
-                "fault of the check, not necessarily of the file: fix the check, then drop the "
-                "file again")
+        return Refusal(f"the input check {dotted} failed with {type(exc).__name__}: {exc}; that "
+                       "is a fault of the check, not necessarily of the file: fix the check, "
+                       "then drop the file again", CHECK_FIX)
     return str(result) if result else None
 
 
 def main(argv: list[str]) -> None:
+    from pipelines.execution.children import working_directory_last
     from pipelines.execution.worker import die_with_parent
 
+    working_directory_last()  # a check module kept there imports, after ahgd's own packages
     die_with_parent(int(argv[1]) if len(argv) > 1 else None)
     answer = os.dup(1)
     os.dup2(2, 1)  # whatever the check prints goes to stderr, not into the answer
     sys.stdout = sys.stderr
     problem = _check(json.loads(sys.stdin.buffer.read()))
-    os.write(answer, (json.dumps({"problem": problem}) + "\n").encode())
+    fix = "check" if getattr(problem, "fix", FILE_FIX) != FILE_FIX else "file"
+    os.write(answer, (json.dumps({"problem": problem, "fix": fix}) + "\n").encode())
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 from state import EventLog, EventType as T, new_event, queries, warehouse
 from state.machine import RunState
 
+from .names import unknown_pipeline
 from .requests import RequestError
 
 #: the trigger of the runs a rebuild requests (their completion sets off no upstream trigger:
@@ -63,8 +64,7 @@ def plan(log: EventLog, state_dir: Path, pipelines: Mapping[str, Any],
     used = {row["pipeline"] for row in loads}
     for name in only:
         if name not in pipelines:
-            raise RequestError(f"no pipeline {name!r} in the configuration (known: "
-                               f"{', '.join(sorted(pipelines)) or 'none'})")
+            raise RequestError(unknown_pipeline(name, pipelines))
     prereqs = {p: set(dependencies.get(p, ())) | {u for u, ds in downstream_of.items() if p in ds}
                for p in pipelines}
     if only:

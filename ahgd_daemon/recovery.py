@@ -12,49 +12,27 @@ again; ``ahgd retry RUN_ID`` un-parks it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from state import EventLog, EventType as T, new_event, queries, store
-from state.locks import is_locked, run_lock_path
-from state.machine import RunState, StageState
+from state import EventLog
+from state.machine import RunState
+from state.orphans import Recovered, recover as recover_run, remove_unrecorded_outputs
 
-
-@dataclass
-class Recovered:
-    run_id: str
-    pipeline: str
-    interrupted: list[str]
-    parked: bool
-    recoveries: int
+__all__ = ["Recovered", "recover", "recover_and_report", "remove_unrecorded_outputs"]
 
 
 def recover(log: EventLog, state_dir: Path, *, max_recoveries: int,
             skip: set[str] | None = None) -> list[Recovered]:
+    """Every RUNNING run no live process holds, recorded as recovered (or parked)."""
     out = []
     for run in log.runs(states=[RunState.RUNNING]):
-        if (skip and run.run_id in skip) or is_locked(run_lock_path(state_dir, run.run_id)):
-            continue  # a script or `ahgd run` in another process is running it right now
-        in_flight = sorted((s, a.attempt) for s, a in run.attempts.items() if a.state == StageState.RUNNING)
-        events = [new_event(T.STAGE_INTERRUPTED, run.run_id, stage=s, attempt=n,
-                            error="the process running this attempt stopped (crash or kill); "
-                                  "the stage runs again")
-                  for s, n in in_flight]
-        recoveries = run.recoveries + 1
-        parked = recoveries > max_recoveries
-        if parked:
-            events.append(new_event(
-                T.RUN_PARKED, run.run_id,
-                reason=(f"run was interrupted by a crash {recoveries} times (limit "
-                        f"{max_recoveries}); it may be what crashes the daemon. Fix the cause, "
-                        f"then `ahgd retry {run.run_id}`")))
-        else:
-            events.append(new_event(T.RUN_RECOVERED, run.run_id, recoveries=recoveries,
-                                    interrupted=[s for s, _ in in_flight]))
-        log.append_many(events)
-        remove_unrecorded_outputs(log, state_dir, run.run_id)
-        out.append(Recovered(run.run_id, run.pipeline, [s for s, _ in in_flight], parked, recoveries))
+        if skip and run.run_id in skip:
+            continue  # ours: running right now
+        # None: a script or `ahgd run` in another process is running it right now
+        recovered = recover_run(log, state_dir, run.run_id, max_recoveries=max_recoveries)
+        if recovered is not None:
+            out.append(recovered)
     return out
 
 
@@ -65,10 +43,6 @@ def recover_and_report(log: EventLog, state_dir: Path, *, max_recoveries: int, l
     for recovered in found:
         logger.info("run_parked" if recovered.parked else "run_recovered",
                     run_id=recovered.run_id, pipeline=recovered.pipeline,
-                    interrupted=recovered.interrupted, recoveries=recovered.recoveries)
+                    interrupted=recovered.interrupted, recoveries=recovered.recoveries,
+                    owner=recovered.owner.describe() if recovered.owner else None)
     return found
-
-
-def remove_unrecorded_outputs(log: EventLog, state_dir: Path, run_id: str) -> None:
-    """Delete the files of attempts that never completed: they do not exist."""
-    store.remove_unrecorded(state_dir, run_id, queries.recorded_output_paths(log, run_id))

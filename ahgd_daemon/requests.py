@@ -13,13 +13,15 @@ import hashlib
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from state import EventLog, EventType as T, new_event
 from state.errors import AhgdError, DiskFull
 from state.locks import describe_holder, is_locked, read_holder, run_lock_path
 from state.machine import RUN_TRANSITIONS, RunState, StageState
 from state.store import safe_name
+
+from .names import disabled_pipeline, unknown_pipeline, unknown_run
 
 
 class RequestError(AhgdError):
@@ -90,17 +92,21 @@ def _read_input(fd: int, offset: int, name: str) -> bytes:
 def request_run(log: EventLog, state_dir: Path, pipelines: dict[str, Any], name: str, *,
                 input_fd: int | None = None, input_name: str | None = None,
                 resume_from: str | None = None, params: dict[str, Any] | None = None,
-                trigger: str = "manual", run_id: str | None = None) -> str:
+                trigger: str = "manual", run_id: str | None = None,
+                disabled: Mapping[str, Any] | None = None, force: bool = False) -> str:
     """Validate and record ``run.requested``; return the run id (the run is PENDING).
 
     ``input_fd`` is the input file, open for reading by whoever asked for the run.
+    A pipeline in ``disabled`` (name -> the master file that disables it) is refused
+    unless ``force``.
     """
     from pipelines.base import new_run_id
 
     pipeline = pipelines.get(name)
     if pipeline is None:
-        raise RequestError(f"no pipeline {name!r} in the configuration (known: "
-                           f"{', '.join(sorted(pipelines)) or 'none'})")
+        raise RequestError(unknown_pipeline(name, pipelines))
+    if disabled and name in disabled and not force:
+        raise RequestError(disabled_pipeline(name, disabled[name]))
     if params is not None and not isinstance(params, dict):
         raise RequestError(f"params must be a JSON object, not {type(params).__name__}")
     reserved = sorted(set(params or {}) & set(RESERVED_PARAMS))
@@ -122,13 +128,28 @@ def request_run(log: EventLog, state_dir: Path, pipelines: dict[str, Any], name:
     return run_id
 
 
-def retry(log: EventLog, run_id: str) -> dict[str, Any]:
+def retry(log: EventLog, run_id: str, state_dir: Path | None = None, *,
+          lock_held: bool = False) -> dict[str, Any]:
+    """Make a FAILED, PARKED or CANCELLED run PENDING again (``run.retried``), or a RUNNING
+    one whose owner is gone (a killed script): that one is recorded interrupted and
+    recovered (``run.recovered``), as the daemon would after a crash.  Either way it resumes
+    at its first unfinished stage.  ``lock_held``: the caller holds the run's lock."""
     run = log.run(run_id)
     if run is None:
-        raise RequestError(f"no run {run_id!r} in this state directory (see `ahgd history`)")
+        raise RequestError(unknown_run(log, run_id))
+    if run.state == RunState.RUNNING and state_dir is not None:
+        from state.orphans import recover
+
+        recovered = recover(log, state_dir, run_id, lock_held=lock_held)
+        if recovered is None:
+            lock = run_lock_path(state_dir, run_id)
+            raise RequestError(f"run {run_id!r} is RUNNING in {describe_holder(read_holder(lock))}"
+                               "; it cannot be retried while it runs (`ahgd cancel` stops it)")
+        return {"run_id": run_id, "pipeline": run.pipeline,
+                "previous_state": f"RUNNING, {recovered.owner.describe()}"}
     if run.state not in (RunState.FAILED, RunState.PARKED, RunState.CANCELLED):
-        raise RequestError(f"run {run_id!r} is {run.state}; only FAILED, PARKED or CANCELLED runs "
-                           "can be retried")
+        raise RequestError(f"run {run_id!r} is {run.state}; only FAILED, PARKED or CANCELLED runs, "
+                           "and RUNNING ones whose owner is gone, can be retried")
     log.append(new_event(T.RUN_RETRIED, run_id, previous_state=run.state))
     return {"run_id": run_id, "pipeline": run.pipeline, "previous_state": run.state}
 
@@ -137,7 +158,7 @@ def cancel_recorded(log: EventLog, state_dir: Path, run_id: str) -> dict[str, An
     """Cancel a run that no process of ours is executing (PENDING, PARKED, or stale)."""
     run = log.run(run_id)
     if run is None:
-        raise RequestError(f"no run {run_id!r} in this state directory (see `ahgd history`)")
+        raise RequestError(unknown_run(log, run_id))
     if (run.state, T.RUN_CANCELLED) not in RUN_TRANSITIONS:
         raise RequestError(f"run {run_id!r} is already {run.state}; there is nothing to cancel")
     lock = run_lock_path(state_dir, run_id)
@@ -158,6 +179,8 @@ def dispatch(daemon: Any, req: dict[str, Any]) -> dict[str, Any]:
     for key in ("cmd", "pipeline", "run_id", "resume_from", "input_name", "format"):
         if req.get(key) is not None and not isinstance(req[key], str):
             raise RequestError(f"{key} must be a string, not {type(req[key]).__name__}")
+    if req.get("force") is not None and not isinstance(req["force"], bool):
+        raise RequestError(f"force must be true or false, not {type(req['force']).__name__}")
     if cmd == "ping":
         return {"pid": os.getpid()}
     if cmd == "status":
@@ -175,11 +198,12 @@ def dispatch(daemon: Any, req: dict[str, Any]) -> dict[str, Any]:
         fd = _input_descriptor(req)
         run_id = request_run(daemon.log, daemon.state_dir, daemon.setup.pipelines, req.get("pipeline", ""),
                              input_fd=fd, input_name=req.get("input_name"),
-                             resume_from=req.get("resume_from"), params=req.get("params"))
+                             resume_from=req.get("resume_from"), params=req.get("params"),
+                             disabled=daemon.setup.disabled, force=bool(req.get("force")))
         daemon.waker.wake()
         return {"run_id": run_id}
     if cmd == "retry":
-        out = retry(daemon.log, req.get("run_id", ""))
+        out = retry(daemon.log, req.get("run_id", ""), daemon.state_dir)
         daemon.waker.wake()
         return out
     if cmd == "cancel":

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from state import DuplicateEvent, EventLog, EventType as T, new_event
+from state import DuplicateEvent, EventLog, EventType as T, format_ts, new_event, parse_ts
 from state.store import safe_name
 
 #: interval schedules count from this instant, so their ticks are the same on every start
@@ -65,7 +65,7 @@ def run_id_for(schedule: Schedule, fire_time: datetime) -> str:
 def fire(log: EventLog, schedule: Schedule, fire_time: datetime, *, catch_up: bool = False) -> str | None:
     """Record the tick and request its run; None if this tick was already fired."""
     run_id = run_id_for(schedule, fire_time)
-    iso = fire_time.astimezone(timezone.utc).isoformat()
+    iso = format_ts(fire_time)
     try:
         log.append_many([
             new_event(T.SCHEDULE_FIRED, run_id, pipeline=schedule.pipeline, trigger=schedule.trigger_id,
@@ -80,7 +80,7 @@ def fire(log: EventLog, schedule: Schedule, fire_time: datetime, *, catch_up: bo
 
 def last_fire_time(log: EventLog, schedule: Schedule) -> datetime | None:
     rec = log.aggregate(("schedule", f"{schedule.pipeline}\x1f{schedule.trigger_id}"))
-    return None if rec is None else datetime.fromisoformat(rec.last_fire_time)
+    return None if rec is None else parse_ts(rec.last_fire_time)
 
 
 #: a tick noticed this late is on time; later than this it is a misfire (the

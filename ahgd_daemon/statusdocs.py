@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from state import EventLog, queries
+from state import EventLog, format_ts, queries
 
 from .configuration import Setup
 from .runs import ActiveRun
@@ -60,11 +60,12 @@ def status_document(state_dir: Path, uptime_s: float, setup: Setup, executor: An
         "state_dir": str(state_dir),
         "uptime_s": round(uptime_s, 1),
         "pipelines": sorted(setup.pipelines),
+        "disabled": sorted(setup.disabled),   # enabled: false: no trigger starts them
         "workers": {"max": executor.max_workers, "busy": executor.in_use(),
                     "pids": executor.worker_pids()},
         "watching": {str(f.path): f.pipeline for f in setup.folders},
         "schedules": [{"pipeline": s.pipeline, "trigger": s.trigger_id,
-                       "next_fire": s.next_fire.isoformat() if s.next_fire else None}
+                       "next_fire": format_ts(s.next_fire) if s.next_fire else None}
                       for s in setup.schedules],
         **snapshot,
     }
@@ -82,4 +83,5 @@ def dashboard_section(state_dir: Path, uptime_s: float, health: tuple[bool, str]
         "workers": {"max": executor.max_workers, "busy": executor.in_use()},
         "files_waiting": files_waiting,
         "pipelines": sorted(setup.pipelines) if setup else [],
+        "disabled": sorted(setup.disabled) if setup else [],
     }

@@ -111,6 +111,12 @@ class _View:
         self.console.print(Padding(table, (0, 0, 0, 2), expand=False))
         if more:
             self.line(Text(f"and {more} more queued (the oldest are shown)"))
+        for run in runs:
+            gone = _mapping(run.get("owner_gone"))
+            if gone:
+                self.line(Text(f"  {run.get('run_id')}: {gone.get('text') or 'owner gone'} "
+                               f"{self.dash} nobody is running it; `ahgd retry "
+                               f"{run.get('run_id')}` resumes it", style="bold red"))
 
     def open_alerts(self) -> None:
         alerts = _dicts(_mapping(self.doc.get("alerts")).get("open"))
@@ -183,9 +189,12 @@ class _View:
 
     def run_line(self, run: dict[str, Any], id_width: int) -> None:
         state = str(run.get("state") or "?")
+        gone = _mapping(run.get("owner_gone"))
+        if gone:  # RUNNING in the log, but its process was killed
+            state = f"{state} ({gone.get('text') or 'owner gone'})"
         when = run.get("ended_at") or run.get("started_at") or run.get("requested_at")
         text = Text("    ")
-        text.append(f"{state:<9}", style=RUN_STATE_STYLES.get(state, ""))
+        text.append(f"{state:<9}", style="bold red" if gone else RUN_STATE_STYLES.get(state, ""))
         text.append(f"  {str(run.get('run_id') or '?'):<{id_width}}  {self.ago(when):>12}"
                     f"  took {_duration(run.get('duration_s'), self.dash)}")
         self.console.print(text, soft_wrap=True)  # one line per run, even in a narrow pipe

@@ -24,6 +24,7 @@ Targets: in-process <= 1 ms/stage, warm workers <= 5 ms/stage, each start-up
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import sqlite3
@@ -166,6 +167,8 @@ def median_ms(runs: dict[int, list[float]], n: int) -> float:
 
 
 def main() -> None:
+    # the engine is measured, not a terminal: the runs' INFO lines (pipelines.logs) stay off
+    logging.getLogger("pipelines").setLevel(logging.WARNING)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="\n".join(__doc__.splitlines()[2:]))

@@ -2,7 +2,8 @@
 
     from pipelines import (BasePipeline, PipelineContext, StageConfig,
                            PipelineOrchestrator, PipelineDefinition,
-                           CheckpointManager, PipelineMonitor)
+                           CheckpointManager, PipelineMonitor,
+                           CsvExtractor, WarehouseLoader)
 
 Names are imported on first use (PEP 562), so ``import pipelines`` stays cheap
 for the CLI and for worker processes.  Imports nothing from ``ahgd_daemon``.
@@ -42,10 +43,15 @@ _EXPORTS = {
     "ValidationFailed": "pipelines.errors",
     "WarehouseDamaged": "pipelines.errors",
     "ResumeRefused": "pipelines.errors",
+    "RetryLater": "pipelines.retries",
     "parse_duration": "pipelines.durations",
     "quote": "pipelines.context",
     "sha256_file": "state.store",
     "read_csv_header": "pipelines.csvheader",
+    "read_csv_sql": "pipelines.csvfile",
+    "csv_error": "pipelines.csvfile",
+    "CsvExtractor": "pipelines.extractors",
+    "WarehouseLoader": "pipelines.loaders",
     "load_pipeline": "pipelines.config.configured",
 }
 
@@ -64,10 +70,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .config.configured import load_pipeline
     from .context import quote
+    from .csvfile import csv_error, read_csv_sql
     from .csvheader import read_csv_header
+    from .extractors import CsvExtractor
+    from .loaders import WarehouseLoader
     from .errors import (ConfigError, InputError, ResumeRefused, StageError, StageOutputError,
                          ValidationFailed, WarehouseDamaged)
     from .monitoring import AlertSeverity, PipelineMonitor
     from .orchestrator import ExecutionMode, OrchestrationResult, PipelineDefinition, PipelineOrchestrator
+    from .retries import RetryLater
     from .stage import (ExtractorStage, LoaderStage, PipelineStage, ResourceUsage, StageConfig,
                         StageState, TransformerStage, ValidatorStage)

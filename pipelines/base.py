@@ -21,14 +21,13 @@ import random
 import secrets
 import threading
 from abc import ABC, abstractmethod
-from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from enum import Enum
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from state import EventLog, EventType as T, new_event, queries, store
-from state.errors import OutputMissing
+from state.errors import OutputMissing, did_you_mean
 from state.locks import FileLock, run_lock_path
 from state.machine import DONE_STAGE_STATES, StageState
 from state.statedir import resolve_state_dir
@@ -36,13 +35,15 @@ from state.statedir import resolve_state_dir
 from .context import PipelineContext, result_from_attempt
 from .durations import parse_duration
 from .execution.engine import RunEngine
+from .execution.interrupted import close_interrupted_runs
 from .execution.plan import CancelToken, Progress, RunPlan
 from .errors import ConfigError, ResumeRefused
-from .graph import find_cycle
 from .execution.executors import Executor
 from .execution.pool import make_executor
+from .logs import RunLogger
 from .resources import ResourceBudget
-from .stage import STAGE_NAME, StageConfig
+from .stage import PipelineStage, StageConfig
+from .stagelist import read_stages, stages_and_deps
 
 
 class PipelineState(str, Enum):
@@ -58,7 +59,7 @@ class PipelineState(str, Enum):
     PARKED = "PARKED"
 
 
-_RUNTIME_ATTRS = ("_progress", "_cancel", "_lock", "_executor_arg", "_log")
+_RUNTIME_ATTRS = ("_progress", "_cancel", "_lock", "_executor_arg", "_log", "_stage_objects")
 
 
 class BasePipeline(ABC):
@@ -118,28 +119,44 @@ class BasePipeline(ABC):
         self._cancel = CancelToken()
         self._lock = threading.Lock()
         self._log: EventLog | None = None
+        self._stage_objects: dict[str, PipelineStage] | None = None
 
     # -- what subclasses provide ------------------------------------------------------
 
     @abstractmethod
-    def define_stages(self) -> list[str]:
-        """The stage names, in order."""
+    def define_stages(self) -> list[Any]:
+        """The stages, in order: names, or stage objects (``ExtractorStage(config=...)``,
+        whose StageConfig then applies), or both."""
 
-    @abstractmethod
     def execute_stage(self, stage_name: str, context: PipelineContext) -> Any:
-        """Do one stage's work; what it returns is the stage's output."""
+        """Do one stage's work; what it returns is the stage's output.
+
+        By default, runs the stage object ``define_stages()`` returned for it.
+        """
+        stage = self._objects().get(stage_name)
+        if stage is None:
+            raise ConfigError(f"pipeline {self.name!r}: stage {stage_name!r} is a name, not a "
+                              "stage object; define execute_stage(stage_name, context)")
+        return stage.execute(context)
 
     def get_stage_dependencies(self, stage_name: str) -> set[str]:
-        """Stages that must complete before ``stage_name`` (default: the previous one)."""
-        stages = self.define_stages()
+        """Stages that must complete before ``stage_name``: its StageConfig's
+        ``prerequisites`` when it has some, else the previous stage."""
+        wanted = self.stage_config(stage_name).prerequisites
+        if wanted:
+            return set(wanted)
+        stages, _ = read_stages(self)
         i = stages.index(stage_name)
         return {stages[i - 1]} if i > 0 else set()
 
     # -- configuration ------------------------------------------------------------------
 
     def stage_config(self, stage: str) -> StageConfig:
-        """The effective config of a stage: its own, else the pipeline-wide defaults."""
+        """The effective config of a stage: its own (``stage_configs``, else its stage
+        object's), else the pipeline-wide defaults."""
         cfg = self.stage_configs.get(stage)
+        if cfg is None and stage in self._objects():
+            cfg = self._objects()[stage].config
         if cfg is None:
             return StageConfig(name=stage, retry_attempts=self.max_retries, retry_delay=self.retry_delay)
         explicit = getattr(cfg, "_explicit", None)
@@ -149,32 +166,18 @@ class BasePipeline(ABC):
                 changes["retry_attempts"] = self.max_retries
             if "retry_delay" not in explicit:
                 changes["retry_delay"] = self.retry_delay
-        return replace(cfg, **changes) if changes else cfg
+        return cfg.changed(**changes) if changes else cfg
+
+    def _objects(self) -> dict[str, PipelineStage]:
+        """The stage objects among what define_stages() returns, by name."""
+        if getattr(self, "_stage_objects", None) is None:
+            self._stage_objects = read_stages(self)[1]
+        return self._stage_objects  # type: ignore[return-value]
 
     def _stages_and_deps(self) -> tuple[list[str], dict[str, set[str]]]:
-        stages = list(self.define_stages())
-        where = f"pipeline {self.name!r}"
-        if not stages:
-            raise ConfigError(f"{where} defines no stages; define_stages() must return names")
-        seen: set[str] = set()
-        for s in stages:
-            if not isinstance(s, str) or not STAGE_NAME.match(s):
-                raise ConfigError(f"{where}: stage name {s!r} is not allowed; use letters, digits "
-                                  "and _ (starting with a letter or _)")
-            if s in seen:
-                raise ConfigError(f"{where}: stage {s!r} is defined twice")
-            seen.add(s)
-        for key in self.stage_configs:
-            if key not in seen:
-                raise ConfigError(f"{where}: stage_configs names stage {key!r}, which "
-                                  f"define_stages() does not return ({', '.join(stages)})")
-        deps = {s: set(self.get_stage_dependencies(s) or ()) for s in stages}
-        for s, ds in deps.items():
-            unknown = ds - seen
-            if unknown:
-                raise ConfigError(f"{where}: stage {s!r} depends on unknown stage(s) "
-                                  f"{', '.join(sorted(unknown))}")
-        _check_acyclic(stages, deps, where)
+        """The stage names and each one's dependencies, checked (``pipelines.stagelist``)."""
+        stages, deps, self._stage_objects = stages_and_deps(
+            self, default_execute=type(self).execute_stage is BasePipeline.execute_stage)
         return stages, deps
 
     # -- running --------------------------------------------------------------------------
@@ -220,6 +223,7 @@ class BasePipeline(ABC):
         if resume_from:
             run_params["resume_from"] = resume_from
         self._drop_unkept_outputs(log)
+        close_interrupted_runs(log, self.state_dir, self.name)  # a killed script's runs
         log.append(new_event(T.RUN_REQUESTED, run_id, pipeline=self.name, trigger=trigger,
                              params=run_params, stages=stages))
         return self.execute_run(run_id, log=log, skip=skip, reuse=reuse, stages=(stages, deps),
@@ -325,6 +329,13 @@ class BasePipeline(ABC):
         ctx.stage_results = {s: result_from_attempt(s, a) for s, a in run.attempts.items()}
         return ctx
 
+    def retry(self, run_id: str) -> PipelineContext:
+        """Run ``run_id`` again from its first unfinished stage, as ``ahgd retry`` does: a
+        FAILED, PARKED or CANCELLED run, or a RUNNING one whose process was killed."""
+        from .execution.interrupted import retry_run
+
+        return retry_run(self, run_id)
+
     def cancel(self, reason: str = "cancelled on request") -> None:
         """Ask the current run to stop (from another thread); it ends CANCELLED."""
         self._cancel.set(reason)
@@ -339,8 +350,9 @@ class BasePipeline(ABC):
 
     def _resume_plan(self, log: EventLog, stages: list[str], resume_from: str) -> dict[str, tuple[str, dict]]:
         if resume_from not in stages:
-            raise ResumeRefused(f"pipeline {self.name!r} has no stage {resume_from!r} to resume from "
-                                f"(its stages: {', '.join(stages)})")
+            close = did_you_mean(resume_from, stages)
+            raise ResumeRefused(f"pipeline {self.name!r} has no stage {resume_from!r} to resume from"
+                                f"{'; ' + close if close else ''} (its stages: {', '.join(stages)})")
         earlier = stages[: stages.index(resume_from)]
         if not earlier:
             return {}
@@ -377,6 +389,7 @@ class BasePipeline(ABC):
         with self._lock:
             if self._log is None:
                 self._log = EventLog.open(self.state_dir)
+                self._log.add_listener(RunLogger(self.name))  # a script's lines (pipelines.logs)
             return self._log
 
     def close(self) -> None:
@@ -396,6 +409,7 @@ class BasePipeline(ABC):
         self._lock = threading.Lock()
         self._executor_arg = "inprocess"
         self._log = None
+        self._stage_objects = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
@@ -404,13 +418,6 @@ class BasePipeline(ABC):
 def new_run_id(pipeline: str) -> str:
     now = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     return f"{store.safe_name(pipeline)}-{now}-{secrets.token_hex(3)}"
-
-
-def _check_acyclic(stages: list[str], deps: dict[str, set[str]], where: str) -> None:
-    cycle = find_cycle({s: sorted(deps.get(s, ())) for s in stages})
-    if cycle:
-        raise ConfigError(f"{where}: stage dependency cycle {' -> '.join(cycle)}; remove one "
-                          "of these dependencies")
 
 
 __all__ = ["BasePipeline", "PipelineState", "new_run_id"]

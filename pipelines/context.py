@@ -70,6 +70,7 @@ class PipelineContext:
         duckdb_settings: Mapping[str, Any] | None = None,
         logger: Any = None,
         config_dir: str | os.PathLike[str] | None = None,
+        stage_config: Any = None,
     ) -> None:
         self.run_id = run_id
         self.pipeline_name = pipeline_name
@@ -81,6 +82,9 @@ class PipelineContext:
         #: the folder of the YAML file that configured this stage (None for Python pipelines):
         #: resolve relative paths in a stage's options against it
         self.config_dir = None if config_dir is None else Path(config_dir)
+        #: the StageConfig this run applies to the stage (timeout, retries, validation
+        #: rules, and your own ``parameters`` and ``tags``); None outside a stage
+        self.stage_config = stage_config
         self._outputs: dict[str, dict[str, Any] | None] = dict(outputs or {})
         self._added: dict[str, Any] = {}
         self._input_stages = input_stages
@@ -112,11 +116,13 @@ class PipelineContext:
 
     @property
     def log(self) -> Any:
-        """A structlog logger bound to pipeline, run_id and stage."""
+        """A logger bound to pipeline, run_id and stage (structlog's calling convention:
+        ``context.log.info("event", key=value)``): the daemon's JSON log, or in a script
+        the standard ``logging`` logger ``pipelines.stage`` (:mod:`pipelines.logs`)."""
         if self._logger is None:
-            import structlog
+            from .logs import get_logger
 
-            self._logger = structlog.get_logger("ahgd.stage").bind(
+            self._logger = get_logger("pipelines.stage").bind(
                 pipeline=self.pipeline_name, run_id=self.run_id, stage=self.stage_name,
                 attempt=self.attempt)
         return self._logger
@@ -128,6 +134,11 @@ class PipelineContext:
     def input_stage(self) -> str | None:
         """The stage this one depends on (the last, if several)."""
         return self._input_stages[-1] if self._input_stages else None
+
+    @property
+    def input_stages(self) -> tuple[str, ...]:
+        """Every stage this one depends on, in the pipeline's order."""
+        return tuple(self._input_stages)
 
     # -- outputs -----------------------------------------------------------------
 
@@ -142,11 +153,16 @@ class PipelineContext:
         self._added[stage] = value
 
     def get_output(self, stage: str, table: str | None = None) -> Any:
-        """The output of an earlier stage.
+        """The output of an earlier stage, in a shape that depends on what it returned,
+        never on its data.
 
         Tables come back as a DuckDB relation (several tables: a dict of
-        relations, or the one named by ``table``); plain values as themselves;
-        a skipped stage or one that returned None gives None.
+        relations; ``table`` names one); a list of dicts (or a dict of
+        columns) as that again, read from its table; plain values as
+        themselves; a skipped stage or one that returned None gives None.
+        The rows a ``quarantine`` moved aside are never part of the default
+        shape: ``get_output(stage, table=f"{stage}_rejected")`` reads them
+        (the table exists, empty when no row was rejected).
         """
         if stage in self._added:
             return self._added[stage]
@@ -166,9 +182,14 @@ class PipelineContext:
             if table not in tables:
                 raise KeyError(f"stage {stage!r} has no table {table!r} (its tables: {', '.join(tables)})")
             return con.table(f"{quote(catalog_for(stage))}.{quote(table)}")
-        if len(tables) == 1:
-            return con.table(f"{quote(catalog_for(stage))}.{quote(tables[0])}")
-        return {t: con.table(f"{quote(catalog_for(stage))}.{quote(t)}") for t in tables}
+        side = ref.get("rejected_table") or f"{stage}_rejected"
+        shown = [t for t in tables if t != side] or tables
+        if ref.get("shape") and "output" in tables:  # records: given back as records
+            return _read_back(con.sql(f"SELECT * FROM {quote(catalog_for(stage))}.\"output\" "
+                                      "ORDER BY rowid"), ref["shape"])
+        if len(shown) == 1:
+            return con.table(f"{quote(catalog_for(stage))}.{quote(shown[0])}")
+        return {t: con.table(f"{quote(catalog_for(stage))}.{quote(t)}") for t in shown}
 
     def output_table(self, stage: str, table: str = "output") -> str:
         """The quoted SQL name of an earlier stage's table, attached and ready to query."""
@@ -237,7 +258,14 @@ class PipelineContext:
 
         DuckDB allows one writing process per file, so loaders of different
         pipelines take turns on a lock file; write idempotently (delete the
-        rows of this source, then insert) inside one transaction.  The first
+        rows of this source, then insert) inside one transaction.  The tables
+        of earlier stages are attached to it read-only, as on ``duckdb``, so
+        ``output_table(stage)`` names them here too::
+
+            with context.warehouse() as con:
+                con.execute(f"CREATE OR REPLACE TABLE deaths AS "
+                            f"SELECT * FROM {context.output_table('transform')}")
+  The first
         call that creates the warehouse gives it an identity (table
         ``_ahgd.identity``); the attempt reports the one it found, so that a
         warehouse deleted or replaced since the last load is noticed.  A file
@@ -268,9 +296,21 @@ class PipelineContext:
                     identity.damaged_message(target, damage, self.state_dir)) from None
             self.warehouses_seen.setdefault(seen, identity.report_of(self.state_dir, target, found))
             try:
+                self._attach_outputs(con)
                 yield con
             finally:
                 con.close()
+
+    def _attach_outputs(self, con: Any) -> None:
+        """Attach every earlier stage's tables to ``con`` read-only, as :meth:`_attach` does
+        on the attempt's own connection (a stage named like the warehouse file is left out:
+        read it through :meth:`output_path`)."""
+        own = con.execute("SELECT current_database()").fetchone()[0]
+        for stage, ref in self._outputs.items():
+            catalog = catalog_for(stage)
+            if ref and ref.get("kind") == "tables" and catalog.lower() != own.lower():
+                con.execute(f"ATTACH {_sql_string(str(store.ref_path(self.state_dir, ref)))} "
+                            f"AS {quote(catalog)} (READ_ONLY)")
 
     def close(self) -> None:
         if self._con is not None:
@@ -315,6 +355,16 @@ def _load_value(state_dir: Path, ref: Mapping[str, Any], stage: str) -> Any:
     if fmt == "pickle":
         return pickle.loads(path.read_bytes())  # type: ignore[union-attr]
     raise StageOutputError(f"output of stage {stage!r} has unknown format {fmt!r}")
+
+
+def _read_back(relation: Any, shape: str) -> Any:
+    """A table made from records (``pipelines.records``) as a list of dicts, or a dict of
+    lists for ``shape == "columns"``."""
+    names = list(relation.columns)
+    rows = relation.fetchall()
+    if shape == "columns":
+        return {n: [row[i] for row in rows] for i, n in enumerate(names)}
+    return [dict(zip(names, row)) for row in rows]
 
 
 def result_from_attempt(stage: str, attempt: Any) -> StageResult:

@@ -31,6 +31,7 @@ from .execution.executors import Executor
 from .execution.pool import make_executor
 from .execution.orchestration import OrchestrationResult, OrchestrationRun, PipelineOutcome
 from .resources import ResourceBudget
+from .stagelist import read_stages
 
 
 class ExecutionMode(str, Enum):
@@ -171,7 +172,7 @@ class PipelineOrchestrator:
         if definition.resource_requirements:
             return dict(definition.resource_requirements)
         # a pipeline needs what its heaviest stage needs (stages of one run share it)
-        needs = [pipeline.stage_config(s).requirements() for s in pipeline.define_stages()]
+        needs = [pipeline.stage_config(s).requirements() for s in read_stages(pipeline)[0]]
         return {k: max((n.get(k, 0) for n in needs), default=0) for k in ("cpu", "memory")}
 
     # -- planning -------------------------------------------------------------------------

@@ -10,6 +10,7 @@ pipeline-wide values apply where a stage has none.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -21,6 +22,7 @@ from state.machine import StageState
 
 from .durations import format_duration, parse_duration
 from .errors import ConfigError, ValidationFailed
+from .retries import exception_names, same_class_in_both
 
 if TYPE_CHECKING:  # pragma: no cover
     from .context import PipelineContext
@@ -62,7 +64,10 @@ class StageConfig:
     ``retry_attempts`` counts retries after the first attempt (3 means up to 4
     attempts).  Delays and ``timeout`` take a ``timedelta``, seconds, or ISO 8601
     text such as ``"PT30M"``.  ``retry_backoff`` multiplies the delay after each
-    failed attempt; a random jitter of +/-20 % spreads retries out.
+    failed attempt; a random jitter of +/-20 % spreads retries out.  Only errors
+    a retry could fix are retried (:mod:`pipelines.retries`); ``retry_on`` and
+    ``no_retry_on`` name exception classes (``"OSError"``, ``"duckdb.IOException"``,
+    or the classes) that are retried, or not, whatever their kind.
     """
 
     name: str
@@ -85,12 +90,15 @@ class StageConfig:
     #: "inprocess" runs this stage on a thread of the run's process (no timeout
     #: enforcement); None: the pipeline's executor
     executor: str | None = None
+    #: exception classes (builtin names, dotted paths, or the classes) retried / not
+    #: retried whatever their kind; see pipelines.retries
+    retry_on: Any = ()
+    no_retry_on: Any = ()
 
     def __post_init__(self) -> None:
         where = f"stage {self.name!r}"
         # which retry settings the author gave: the pipeline's defaults fill the rest
-        self._explicit = {f for f in ("retry_attempts", "retry_delay", "resource_usage")
-                          if getattr(self, f) is not _UNSET}
+        self._explicit = {f for f in _EXPLICIT if getattr(self, f) is not _UNSET}
         if self.resource_usage is _UNSET:
             self.resource_usage = ResourceUsage.MEDIUM
         if self.retry_attempts is _UNSET:
@@ -127,8 +135,19 @@ class StageConfig:
             if not isinstance(value, (int, float)) or value < 0:
                 raise ConfigError(f"{where}: resource_requirements.{key} is {value!r}; "
                                   "use a number of 0 or more")
+        if self.checkpoint_enabled is not True:
+            raise ConfigError(
+                f"{where}: checkpoint_enabled={self.checkpoint_enabled!r} is not supported per "
+                "stage: every stage's output is kept while its run needs it (for resume and "
+                "recovery); BasePipeline(enable_checkpoints=False) drops a pipeline's outputs "
+                "once each run has ended")
         if self.executor not in (None, "process", "inprocess"):
             raise ConfigError(f"{where}: executor {self.executor!r} is not 'process' or 'inprocess'")
+        self.retry_on = exception_names(self.retry_on, where=where, key="retry_on")
+        self.no_retry_on = exception_names(self.no_retry_on, where=where, key="no_retry_on")
+        both = same_class_in_both(self.retry_on, self.no_retry_on)
+        if both:
+            raise ConfigError(f"{where}: {both}")
         if self.validation_rules:
             from .validation import check_rules
 
@@ -158,6 +177,29 @@ class StageConfig:
         t = "none" if self.timeout is None else format_duration(self.timeout)
         return f"{self.name}: timeout {t}, {self.retry_attempts} retries"
 
+    def changed(self, **changes: Any) -> "StageConfig":
+        """A copy with ``changes``; the settings given explicitly stay the ones given."""
+        new = replace(self, **changes)
+        new._explicit = set(self._explicit) | {k for k in changes if k in _EXPLICIT}
+        return new
+
+    def unapplied(self, applied: "StageConfig") -> list[str]:
+        """The settings this config gives that ``applied`` (what a run applies) does not."""
+        out = [name for name, default in _SETTINGS
+               if getattr(self, name, default) != default
+               and getattr(self, name, default) != getattr(applied, name, default)]
+        out += [name for name in _EXPLICIT
+                if name in self._explicit and getattr(self, name) != getattr(applied, name)]
+        return out
+
+
+#: settings the engine acts on, with their defaults (prerequisites are checked with the
+#: dependencies; description, parameters and tags are for the author's own code)
+_SETTINGS = (("validation_rules", {}), ("timeout", None), ("retry_backoff", 2.0),
+             ("max_retry_delay", timedelta(hours=1)), ("resource_requirements", {}),
+             ("executor", None), ("enabled", True), ("retry_on", ()), ("no_retry_on", ()))
+_EXPLICIT = ("retry_attempts", "retry_delay", "resource_usage")
+
 
 # --------------------------------------------------------------------------- stages
 
@@ -166,8 +208,10 @@ class PipelineStage:
     """One unit of work.  Subclasses implement :meth:`execute`.
 
     What ``execute`` returns is the stage's output: a DuckDB relation, an
-    Arrow table, a pandas DataFrame, a dict of those (several tables), or a
-    plain Python value.
+    Arrow table, a pandas DataFrame, a dict of those (several tables), a list
+    of dicts (a table too), or a plain Python value.  Return stage objects from
+    ``BasePipeline.define_stages()`` and their configs apply (see
+    :meth:`check_applied`).
     """
 
     kind = "stage"
@@ -181,6 +225,42 @@ class PipelineStage:
     @property
     def name(self) -> str:
         return self.config.name
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        run = cls.__dict__.get("execute")
+        if run is not None and not getattr(run, "_checks_settings", False):
+            @functools.wraps(run)
+            def execute(self: "PipelineStage", context: "PipelineContext") -> Any:
+                self.check_applied(context)
+                return run(self, context)
+
+            execute._checks_settings = True  # type: ignore[attr-defined]
+            cls.execute = execute  # type: ignore[method-assign]
+
+    def check_applied(self, context: "PipelineContext") -> None:
+        """Refuse to run when this stage's config sets what the run does not apply.
+
+        The engine applies the StageConfig it knows: the stage object's own when
+        ``define_stages()`` returned the object, else ``stage_configs``.  A stage
+        object run from ``execute_stage`` whose timeout, retries or validation
+        rules the pipeline never saw would run without them: that is an error,
+        not a silent drop.
+        """
+        applied = getattr(context, "stage_config", None)
+        if applied is None or applied is self.config:
+            return
+        names = self.config.unapplied(applied)
+        deps = set(getattr(context, "input_stages", ()) or ())
+        if self.config.prerequisites and set(self.config.prerequisites) != deps:
+            names.append("prerequisites")
+        if names:
+            stage = context.stage_name
+            raise ConfigError(
+                f"stage {stage!r} ran {self!r}, whose StageConfig sets {', '.join(names)}, but "
+                f"the pipeline's configuration of stage {stage!r} does not: they would not "
+                "apply.  Return the stage object from define_stages() (its settings then "
+                f"apply), or give its StageConfig as stage_configs={{{stage!r}: ...}}")
 
     def execute(self, context: "PipelineContext") -> Any:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__}.execute")
@@ -257,7 +337,7 @@ class ValidatorStage(_ClassStage):
                  schema_path: str | Path | None = None, **options: Any):
         if schema_path is not None:
             rules = {**config.validation_rules, "schema": str(schema_path)}
-            config = replace(config, validation_rules=rules)
+            config = config.changed(validation_rules=rules)
         super().__init__(config, validator_class, options)
         self.schema_path = schema_path
 

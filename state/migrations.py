@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from datetime import datetime, timezone
 from typing import Callable, NamedTuple, Sequence
 
 from .db import write_transaction
 from .errors import MigrationFailed, SchemaTooNew
+from .timestamps import format_ts, utc_now
 
 
 class Migration(NamedTuple):
@@ -179,12 +179,54 @@ SELECT alert_id, name, severity, message, raised_at, run_id, fields
 FROM alerts WHERE state = 'FIRING'
 """
 
+#: The views as of 0004.  ``run_history.duration_s`` is the time the run spent running, the
+#: sum of its executions (each from a ``run.started`` to the event that ended it: completed,
+#: failed, cancelled, suspended, or, after a crash, the last event recorded before it), no
+#: longer ``ended_at - started_at``, which counted the hours a run sat FAILED before ``ahgd
+#: retry`` and the time a daemon was down.  ``started_at`` stays the first start;
+#: ``last_started_at`` (added) is the start of the latest execution.
+#: ``stage_timings.rows_rejected`` (added): the rows an attempt's validation rules moved to
+#: ``<stage>_rejected`` (``quarantine: true``).
+_EXECUTION_END = """(SELECT CASE WHEN e.type IN ('run.recovered', 'run.parked')
+            THEN (SELECT MAX(b.ts) FROM events b WHERE b.run_id = s.run_id AND b.seq >= s.seq
+                  AND b.seq < e.seq AND b.type <> 'stage.interrupted')
+            ELSE e.ts END
+     FROM events e WHERE e.run_id = s.run_id AND e.seq > s.seq
+       AND e.type IN ('run.completed', 'run.failed', 'run.cancelled', 'run.suspended',
+                      'run.recovered', 'run.parked')
+     ORDER BY e.seq LIMIT 1)"""
+VIEWS_0004 = f"""
+DROP VIEW run_history;
+CREATE VIEW run_history AS
+SELECT run_id, pipeline, trigger, state, started_at, ended_at,
+       CASE WHEN ended_at IS NOT NULL AND started_at IS NOT NULL THEN
+           (SELECT ROUND(SUM(julianday({_EXECUTION_END}) - julianday(s.ts)) * 86400.0, 3)
+            FROM events s WHERE s.run_id = runs.run_id AND s.type = 'run.started')
+       END AS duration_s,
+       error,
+       requested_at, failed_stage, recoveries, retries,
+       json_extract(params, '$.input_file') AS input_file,
+       json_extract(params, '$.input_sha256') AS input_sha256,
+       (SELECT MAX(s.ts) FROM events s WHERE s.run_id = runs.run_id
+        AND s.type = 'run.started') AS last_started_at
+FROM runs;
+DROP VIEW stage_timings;
+CREATE VIEW stage_timings AS
+SELECT s.run_id, r.pipeline, s.stage, s.attempt, s.state, s.started_at, s.ended_at,
+       ROUND((julianday(s.ended_at) - julianday(s.started_at)) * 86400.0, 3) AS duration_s,
+       s.error, s.rows, s.wall_s, s.cpu_s, s.peak_rss_mb,
+       json_extract(s.detail, '$.validation.rejected') AS rows_rejected
+FROM stage_runs s JOIN runs r ON r.run_id = s.run_id
+"""
+
 #: The schema, in order.  Append new steps; never edit or reorder released ones.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_initial_event_log", _sql(INITIAL)),
     Migration("0002_alerts", _sql(ALERTS)),
     # newest runs first (/api/runs, ahgd history) without sorting the whole table
     Migration("0003_runs_by_time", _sql("CREATE INDEX runs_by_time ON runs(requested_at, run_id)")),
+    # run_history.duration_s: the time spent running; last_started_at; rows_rejected
+    Migration("0004_running_time_and_rejected_rows", _sql(VIEWS_0004)),
 )
 
 
@@ -242,7 +284,7 @@ def migrate(
                 step.apply(conn)
                 conn.execute(
                     "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-                    (number, step.name, datetime.now(timezone.utc).isoformat()),
+                    (number, step.name, format_ts(utc_now())),
                 )
         except sqlite3.Error as exc:
             raise MigrationFailed(

@@ -159,6 +159,19 @@ def recorded_output_paths(db: History, run_id: str) -> list[str]:
     return paths
 
 
+def running_run_owners(db: History, *, pipeline: str | None = None) -> list[tuple[str, str, Any]]:
+    """``(run_id, pipeline, owner)`` of each RUNNING run (of ``pipeline``, if given), oldest
+    request first; ``owner`` is what its latest ``run.started`` recorded (``{"pid": ..,
+    "host": ..}``, as JSON text), or None.  Whose run lock to look at, to tell a run whose
+    owner is gone (``state/orphans.py``)."""
+    where, params = ("AND r.pipeline = ? ", [pipeline]) if pipeline else ("", [])
+    return [(row[0], row[1], row[2]) for row in _rows(
+        db, "SELECT r.run_id, r.pipeline, (SELECT json_extract(e.payload, '$.owner') FROM events "
+            "e WHERE e.run_id = r.run_id AND e.type = 'run.started' ORDER BY e.seq DESC LIMIT 1) "
+            f"FROM runs r WHERE r.state = ? {where}ORDER BY r.requested_at, r.run_id",
+        [RunState.RUNNING, *params])]
+
+
 # --------------------------------------------------------------------------- a run's own story
 
 
@@ -173,6 +186,13 @@ def failed_attempts_since_retry(db: History, run_id: str) -> dict[str, int]:
         db, "SELECT stage, COUNT(*) FROM events WHERE run_id = ? AND seq > ? AND type IN "
             "('stage.failed', 'stage.timed_out') AND json_extract(payload, '$.disk_full') IS NOT 1 "
             "GROUP BY stage", [run_id, since])}
+
+
+def run_input_quarantined(db: History, run_id: str) -> bool:
+    """Has a copy of the run's input file been put in quarantine for it already?  (A failed
+    run's file goes to quarantine once, however often ``ahgd retry`` fails it again.)"""
+    return bool(_rows(db, "SELECT 1 FROM events WHERE run_id = ? AND type = 'file.quarantined' "
+                          "LIMIT 1", [run_id]))
 
 
 def retry_waits(db: History, run_id: str) -> list[tuple[str, str, float]]:
@@ -251,6 +271,17 @@ def completed_runs(db: History, pipeline: str | None = None) -> list[dict[str, A
                   [RunState.COMPLETED, *params])
 
 
+def last_clean_completion(db: History, pipeline: str) -> str | None:
+    """When the latest completed run of ``pipeline`` that rejected no row ended (no attempt
+    of it moved rows aside with ``quarantine: true``); None if there is none.  Such a run
+    resolves the ``pipeline.rows_rejected`` alert."""
+    rows = _rows(db, "SELECT MAX(r.ended_at) FROM runs r WHERE r.pipeline = ? AND r.state = "
+                     "'COMPLETED' AND NOT EXISTS (SELECT 1 FROM stage_runs s WHERE s.run_id = "
+                     "r.run_id AND s.attempt > 0 AND json_extract(s.detail, "
+                     "'$.validation.rejected') > 0)", [pipeline])
+    return rows[0][0] if rows else None
+
+
 def alert_state(db: History, alert_id: str) -> str | None:
     """``FIRING`` or ``RESOLVED`` for an alert the log knows; None for one never raised."""
     rows = _rows(db, "SELECT state FROM alerts WHERE alert_id = ?", [alert_id])
@@ -275,6 +306,24 @@ def run_history(db: History, *, pipeline: str | None = None, limit: int | None =
         sql += " LIMIT ?"
         params.append(int(limit))
     return _dicts(db, sql, params)
+
+
+def pipelines_with_runs(db: History) -> list[str]:
+    """The pipelines the history has runs of, by name (``ahgd history --pipeline`` checks
+    the name it is given against them)."""
+    return [r[0] for r in _rows(db, "SELECT DISTINCT pipeline FROM runs ORDER BY pipeline")]
+
+
+def has_events(db: History, run_id: str) -> bool:
+    """Whether any event carries ``run_id`` (a run's, or an orchestration's id)."""
+    return bool(_rows(db, "SELECT 1 FROM events WHERE run_id = ? LIMIT 1", [run_id]))
+
+
+def recent_run_ids(db: History, limit: int = 1000) -> list[str]:
+    """The ids of the newest ``limit`` runs (by time of request): the candidates of a "did
+    you mean" for a run id that is not there."""
+    return [r[0] for r in _rows(db, "SELECT run_id FROM runs ORDER BY requested_at DESC, "
+                                    "run_id DESC LIMIT ?", [int(limit)])]
 
 
 def run_summary(db: History, run_id: str) -> dict[str, Any] | None:

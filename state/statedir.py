@@ -1,5 +1,10 @@
 """Where the state directory is, who may read it, and the checks that keep users out of trouble.
 
+The default is ``./ahgd-state``: a name of its own, where ``./state`` (the default
+before) is what many projects call a folder of their own, and in a clone of this
+repository is the ``state`` package itself.  A ``./state`` holding a ``history.db``
+is still found when there is no ``./ahgd-state``, with a note.
+
 Everything ahgd writes is for its owner and group only: ``restrict_umask``
 adds ``027`` to the process umask (the daemon and every ``ahgd`` command call
 it first, and worker processes inherit it), and a state directory ahgd
@@ -11,21 +16,29 @@ from __future__ import annotations
 
 import os
 import stat
+import warnings
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 from .errors import StateDirError
 
 ENV_VAR = "AHGD_STATE_DIR"
-DEFAULT = "state"
+DEFAULT = "ahgd-state"
+#: the default before ``ahgd-state``: still used, with a note, where it holds a history
+LEGACY_DEFAULT = "state"
 #: permission bits ahgd never grants: group write, and anything for others
 UMASK_BITS = 0o027
 STATE_DIR_MODE = 0o750
 
 
-def resolve_state_dir(option: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Path:
-    """``--state-dir``, else ``$AHGD_STATE_DIR``, else ``./state``; absolute."""
-    raw = option if option not in (None, "") else environ.get(ENV_VAR) or DEFAULT
+def resolve_state_dir(option: str | os.PathLike[str] | None, environ: Mapping[str, str], *,
+                      note: Callable[[str], None] | None = None) -> Path:
+    """``--state-dir``, else ``$AHGD_STATE_DIR``, else ``./ahgd-state``; absolute.
+
+    ``./state`` was the default before: where it holds a ``history.db`` and there is no
+    ``./ahgd-state``, it is still used, and ``note`` (default: a warning) says so once.
+    """
+    raw = option if option not in (None, "") else environ.get(ENV_VAR) or _default(note)
     path = Path(raw).expanduser().resolve()
     if (path / "__init__.py").exists():
         raise StateDirError(
@@ -37,6 +50,26 @@ def resolve_state_dir(option: str | os.PathLike[str] | None, environ: Mapping[st
         raise StateDirError(f"state directory {path} exists and is not a directory; "
                             "pass --state-dir with a directory path")
     return path
+
+
+def _default(note: Callable[[str], None] | None) -> str:
+    legacy = Path(LEGACY_DEFAULT)
+    if (Path(DEFAULT).exists() or not (legacy / "history.db").is_file()
+            or (legacy / "__init__.py").exists()):
+        return DEFAULT
+    message = (f"using {legacy.resolve()}, a state directory of an earlier ahgd (whose default "
+               f"was ./{LEGACY_DEFAULT}; it is now ./{DEFAULT}); to keep it without this note, "
+               f"rename it (mv {LEGACY_DEFAULT} {DEFAULT}) or name it: --state-dir "
+               f"{LEGACY_DEFAULT}, or {ENV_VAR}={LEGACY_DEFAULT}")
+    if note is not None:
+        note(message)
+    else:
+        warnings.warn(message, LegacyStateDir, stacklevel=4)
+    return LEGACY_DEFAULT
+
+
+class LegacyStateDir(UserWarning):
+    """The default state directory was found at ``./state``, where earlier versions kept it."""
 
 
 def restrict_umask() -> int:

@@ -1,8 +1,9 @@
 """What the bundled AHGD pipelines share: finding and identifying the input
 file, reading it with DuckDB, the SQL that parses numbers and checks parsed
 tables.  Matching a header to the columns a pipeline needs is in
-:mod:`pipelines.ahgd.headers`; the loader that writes the warehouse in
-:mod:`pipelines.ahgd.warehouse`.
+:mod:`pipelines.ahgd.headers`; finding the file, reading it strictly and
+loading the warehouse are the generic ``pipelines.CsvExtractor``,
+``pipelines.read_csv_sql`` and ``pipelines.WarehouseLoader``.
 
 Every stage follows the same split so that the data is written once per run
 before it reaches the warehouse:
@@ -22,12 +23,11 @@ run naming the column and an example.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from pipelines import ConfigError, InputError, quote, sha256_file
+from pipelines import CsvExtractor as GenericCsvExtractor, InputError, quote, read_csv_sql
 
 from .headers import Column, Layout, python_codec, read_header
 
@@ -45,50 +45,36 @@ RUN_ID = "_run_id"
 # --------------------------------------------------------------------------- finding the input
 
 
-def resolve_input(context: Any, source: str | None, base_dir: str | Path | None) -> Path:
-    """The file to read: the one that triggered the run, else the stage's ``source`` option."""
-    if context.input_file is not None:
-        path = Path(context.input_file)
-    elif source:
-        path = Path(source).expanduser()
-        if not path.is_absolute():
-            path = Path(os.path.normpath(Path(base_dir or context.config_dir or CONFIG_DIR) / path))
-    else:
-        inbox = Path(context.state_dir) / "inbox" / context.pipeline_name
-        raise InputError(f"pipeline {context.pipeline_name!r} needs an input file: drop one into "
-                         f"{inbox} or pass --input FILE")
-    if not path.is_file():
-        raise InputError(f"input file {path} of pipeline {context.pipeline_name!r} does not "
-                         "exist; check the path (--input or the extract stage's source option)")
-    return path.resolve()
-
-
-class CsvExtractor:
+class CsvExtractor(GenericCsvExtractor):
     """Find the input CSV, check its header against ``layout``, hash it: a manifest, not rows.
 
+    The file is found as :class:`pipelines.CsvExtractor` finds it; the rows are
+    read by the transform (:func:`read_source_sql`), strictly, in the same way.
     Options (the stage's YAML ``config``): ``source`` (used when the run was not
     started by a file; relative to ``base_dir``, by default the bundled config
     folder), ``encoding`` (utf-8 or latin-1), ``delimiter``.
     """
 
     layout: Layout
+    default_base_dir = CONFIG_DIR
 
     def __init__(self, source: str | None = None, encoding: str = "utf-8", delimiter: str = ",",
                  base_dir: str | None = None):
         python_codec(encoding)
-        if not isinstance(delimiter, str) or len(delimiter) != 1:
-            raise ConfigError(f"delimiter {delimiter!r} must be one character, such as ','")
-        self.source, self.encoding, self.delimiter = source, encoding, delimiter
-        self.base_dir = base_dir
+        super().__init__(source=source, encoding=encoding, delimiter=delimiter, base_dir=base_dir)
+
+    def missing_input(self, context: Any) -> InputError:
+        inbox = Path(context.state_dir) / "inbox" / context.pipeline_name
+        return InputError(f"pipeline {context.pipeline_name!r} needs an input file: drop one "
+                          f"into {inbox} or pass --input FILE")
 
     def extract(self, context: Any) -> dict[str, Any]:
-        path = resolve_input(context, self.source, self.base_dir)
+        path = self.locate(context)
         match = self.layout.match(read_header(path, encoding=self.encoding,
                                               delimiter=self.delimiter), path.name)
         if match.problem:
             raise InputError(match.problem)
-        # the daemon and --input hashed the triggering file already; a `source` file is hashed here
-        sha = (context.input_file is not None and context.input_sha256) or sha256_file(path)
+        sha = self.source_sha256(context, path)
         st = path.stat()
         ignored = [h for i, h in enumerate(match.header) if i not in match.positions.values()]
         context.log.info("source_identified", path=str(path), sha256=sha, bytes=st.st_size,
@@ -115,7 +101,8 @@ def source_columns(manifest: Mapping[str, Any], layout: Layout) -> list[str]:
 
 
 def read_source_sql(manifest: Mapping[str, Any], layout: Layout) -> tuple[str, dict[str, Any]]:
-    """``read_csv(...)`` of the extracted file, every column VARCHAR, named by what it gives.
+    """``read_csv(...)`` of the extracted file, every column VARCHAR, named by what it gives
+    (:func:`pipelines.read_csv_sql`: a ragged row or an unclosed quote fails, naming the line).
 
     Refuses a file that changed since the extract stage identified it (its
     size or modification time differ): its hash would no longer be its lineage.
@@ -129,12 +116,10 @@ def read_source_sql(manifest: Mapping[str, Any], layout: Layout) -> tuple[str, d
     if (st.st_size, st.st_mtime_ns) != (manifest["bytes"], manifest["mtime_ns"]):
         raise InputError(f"input file {path} changed after the extract stage hashed it; run the "
                          "pipeline again from extract")
-    sql = ("read_csv($path, header = true, auto_detect = false, delim = $delim, quote = '\"', "
-           "escape = '\"', columns = $columns, encoding = $encoding)")
     encoding = "latin-1" if python_codec(manifest["encoding"]) == "latin-1" else "utf-8"
-    return sql, {"path": str(path), "delim": manifest["delimiter"],
-                 "columns": {name: "VARCHAR" for name in source_columns(manifest, layout)},
-                 "encoding": encoding}
+    sql, params = read_csv_sql(source_columns(manifest, layout), delimiter=manifest["delimiter"],
+                               encoding=encoding)
+    return sql, {"path": str(path), **params}
 
 
 # --------------------------------------------------------------------------- parsing SQL

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipelines import quote
+from pipelines import csv_error, quote
 from .common import (PARSE_ERRORS, SOURCE_SHA, CsvExtractor, ParsedColumns, blank_sql,
                      parse_error_problems, read_source_sql, suppressed_param)
 from .headers import Column, Layout, header_problem
@@ -138,7 +138,13 @@ class SeifaTransformer:
                                             "suppressed": self.suppressed})
         counts = context.sql(self._suppressed_sql(source, present), params={
             **params, "suppressed": self.suppressed})
-        found = {idx: n for idx, _rows, n in counts.fetchall()}
+        try:  # the first read of the file: a ragged row or an open quote is named here
+            found = {idx: n for idx, _rows, n in counts.fetchall()}
+        except Exception as exc:
+            problem = csv_error(exc, input_file=context.input_file)
+            if problem is None:
+                raise
+            raise problem from None
         context.log.info("seifa_suppressed", **{f"{k}_score": v for k, v in found.items()})
         return {"output": output, "suppressed_counts": counts}
 

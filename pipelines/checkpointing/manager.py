@@ -29,19 +29,18 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import structlog
-
 from state.db import connect, ensure_dir, translate, write_transaction
 from state import format_ts, utc_now
 from state.migrations import Migration, migrate
 
 from ..errors import CheckpointCorrupt, CheckpointError, CheckpointNotFound
+from ..logs import get_logger
 from .arguments import as_enum, check_count, check_days, check_name, metadata_json, slug
 from .formats import (SUFFIX, TABLE_FORMATS, CheckpointFormat, read_data, verify_file, write_atomically)
 
 INDEX_DB = "checkpoints.db"
 
-log = structlog.get_logger("pipelines.checkpointing")
+log = get_logger("pipelines.checkpointing")
 
 
 class RecoveryStrategy(enum.Enum):

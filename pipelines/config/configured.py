@@ -134,6 +134,8 @@ def _stage_config(spec: Any, base_dir: Path | None) -> StageConfig:
         resource_requirements=requirements,
         base_dir=base_dir,
         executor=spec.executor,
+        retry_on=tuple(spec.retry_on),
+        no_retry_on=tuple(spec.no_retry_on),
     )
 
 

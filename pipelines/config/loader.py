@@ -15,7 +15,6 @@ and imports.
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,10 +28,12 @@ from state.errors import did_you_mean
 
 from ..errors import ConfigError
 from ..graph import find_cycle
+from ..retries import retry_key_problems
 from .models import (DaemonSettings, MasterEntry, MasterFile, MasterOrchestration, PipelineFile,
                      ResourceRequirements)
 from .problems import ConfigIssue, pydantic_problems
 from .source import Doc, Substitutions, expand, file_kind, format_path, read_yaml
+from .imports import import_problems, named_imports
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class LoadedConfig:
     orchestration: MasterOrchestration
     daemon: DaemonSettings
     files: list[Path]
+    read: list[str] = field(default_factory=list)   # every file read, as shown in messages
 
 
 def load_pipeline_file(path: str | os.PathLike, *, state_dir: str | os.PathLike | None = None,
@@ -109,34 +111,40 @@ def load_config(paths: Iterable[str | os.PathLike], *,
             resource_requirements=entry.resource_requirements,
             retry_policy=dict(entry.retry_policy))
     return LoadedConfig(pipelines=pipelines, orchestration=orchestration, daemon=daemon,
-                        files=[Path(os.path.abspath(p)) for p in files])
+                        files=[Path(os.path.abspath(p)) for p in files],
+                        read=session.files_read())
+
+
+@dataclass(frozen=True)
+class ConfigCheck:
+    """What ``ahgd config check`` found: every problem, and every file it read to find them."""
+
+    problems: list[str]
+    files: list[str]     # the files given and the pipeline files their master files list
+
+
+def check_config(paths: Iterable[str | os.PathLike], *,
+                 state_dir: str | os.PathLike | None = None, import_classes: bool = True,
+                 env: Mapping[str, str] | None = None) -> ConfigCheck:
+    """Every problem of every file as ``file:line: key: message`` lines, all in one pass.
+
+    Imports stage classes and input_check callables by default, as a worker will: in a
+    fresh interpreter (:mod:`pipelines.config.imports`), whatever this process imported.
+    """
+    try:
+        loaded = load_config(paths, state_dir=state_dir, import_classes=import_classes, env=env)
+    except ConfigError as exc:
+        return ConfigCheck([str(issue) for issue in getattr(exc, "issues", [exc])],
+                           list(getattr(exc, "files", [])))
+    return ConfigCheck([], list(loaded.read))
 
 
 def check_files(paths: Iterable[str | os.PathLike], *,
                 state_dir: str | os.PathLike | None = None, import_classes: bool = True,
                 env: Mapping[str, str] | None = None) -> list[str]:
-    """Every problem of every file as ``file:line: key: message`` lines ([] when all is well).
-
-    Imports stage classes and input_check callables by default, as the daemon will.
-    """
-    try:
-        load_config(paths, state_dir=state_dir, import_classes=import_classes, env=env)
-    except ConfigError as exc:
-        return [str(issue) for issue in exc.issues]
-    return []
-
-
-def config_schema() -> dict[str, Any]:
-    """JSON Schema (draft 2020-12) accepting a pipeline file or a master file."""
-    from pydantic.json_schema import models_json_schema
-    _, top = models_json_schema([(PipelineFile, "validation"), (MasterFile, "validation")],
-                                ref_template="#/$defs/{model}")
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "title": "ahgd pipeline file or master file",
-        "oneOf": [{"$ref": "#/$defs/PipelineFile"}, {"$ref": "#/$defs/MasterFile"}],
-        "$defs": top["$defs"],
-    }
+    """The problems of :func:`check_config` alone ([] when all is well)."""
+    return check_config(paths, state_dir=state_dir, import_classes=import_classes,
+                        env=env).problems
 
 
 # --- the loading session -----------------------------------------------------------
@@ -169,11 +177,17 @@ class _Session:
         self._pipeline_cache: dict[Path, tuple[Doc | None, PipelineFile | None]] = {}
         self._read_order: list[str] = []
         self._seen: set[Path] = set()
+        self._imports: list[tuple[Doc, tuple, Any]] = []  # (file, key path, dotted path)
 
     def report(self, doc: Doc, path: tuple, message: str) -> None:
         self.issues.append(ConfigIssue(doc.display, doc.line_of(path), format_path(path), message))
 
+    def files_read(self) -> list[str]:
+        """Every file this load read (masters and the pipeline files they list), as shown."""
+        return list(dict.fromkeys(self._read_order))
+
     def raise_issues(self) -> None:
+        self.check_imports()
         if not self.issues:
             return
         order = {name: i for i, name in enumerate(dict.fromkeys(self._read_order))}
@@ -183,6 +197,7 @@ class _Session:
         unique.sort(key=lambda i: (order[i.file], i.line is None, i.line or 0))
         exc = ConfigError("\n".join(str(i) for i in unique))
         exc.issues = unique
+        exc.files = self.files_read()
         raise exc
 
     # files
@@ -240,10 +255,12 @@ class _Session:
     def _pipeline(self, doc: Doc) -> PipelineFile | None:
         file = self._validate(doc, PipelineFile)
         self._check_stages(doc)
+        if self.import_classes:  # from the file itself: checked even if its model failed
+            self._imports += [(doc, path, dotted) for path, dotted in named_imports(doc.data)]
+        for path, problem in retry_key_problems(doc.data) if self.import_classes else ():
+            self.report(doc, path, problem)   # retry_on / no_retry_on name exception classes
         if file is not None:
             file._source = doc.path
-            if self.import_classes:
-                self._check_imports(doc, file)
         self._pipeline_cache[doc.path] = (doc, file)
         return file
 
@@ -400,17 +417,16 @@ class _Session:
             merged.append(model.model_validate(values))
         return merged[0], merged[1]
 
-    def _check_imports(self, doc: Doc, file: PipelineFile) -> None:
-        targets = [(("stages", i, "class"), s.class_) for i, s in enumerate(file.stages)]
-        for i, trig in enumerate(file.triggers):
-            check = getattr(trig, "input_check", None)
-            if check is not None and check.callable:
-                targets.append((("triggers", i, "input_check", "callable"), check.callable))
-        for path, dotted in targets:
-            if dotted:
-                problem = _import_problem(dotted)
-                if problem:
-                    self.report(doc, path, problem)
+    def check_imports(self) -> None:
+        """Import every collected dotted path at once, in a fresh interpreter (imports.py)."""
+        reported = {(i.file, i.path) for i in self.issues}  # a bad value is not imported too
+        targets = [(doc, path, dotted) for doc, path, dotted in self._imports
+                   if (doc.display, format_path(path)) not in reported]
+        self._imports = []
+        found = import_problems([dotted for _, _, dotted in targets]) if targets else {}
+        for doc, path, dotted in targets:
+            if found.get(dotted):
+                self.report(doc, path, found[dotted])
 
 
 def _unknown(noun: str, name: str, known: set[str]) -> str:
@@ -421,20 +437,3 @@ def _unknown(noun: str, name: str, known: set[str]) -> str:
         return f"unknown {noun} {name!r}; known {noun}s are {', '.join(sorted(known))}"
     return f"unknown {noun} {name!r}"
 
-
-def _import_problem(dotted: str) -> str | None:
-    """Import ``package.module.Attr`` (nothing is called); the problem, or None."""
-    module_name, _, attr = dotted.rpartition(".")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        return f"cannot import module {module_name!r}: {exc}"
-    except (Exception, SystemExit) as exc:
-        return f"importing module {module_name!r} raised {type(exc).__name__}: {exc}"
-    if not hasattr(module, attr):
-        names = [n for n in dir(module) if not n.startswith("_")]
-        hint = did_you_mean(attr, names)
-        return f"module {module_name!r} has no attribute {attr!r}{'; ' + hint if hint else ''}"
-    if not callable(getattr(module, attr)):
-        return f"{dotted!r} is a {type(getattr(module, attr)).__name__}, not a class or function"
-    return None

@@ -20,10 +20,11 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo,
 
 from ..durations import format_duration
 from ..monitoring.thresholds import ThresholdField, threshold_fields
-from .values import (Delimiter, DottedPath, Duration, Encoding, ExecutionMode, Executor,
-                     ExistingFile, ListenAddress, MemorySize, Misfire, Observer, PipelineName,
-                     PositiveDuration, RangePair, Regex, ResolvedPath, StageName, StageType,
-                     Synchronous, TimeZone, fail)
+from ..retries import same_class_in_both
+from .values import (Delimiter, DottedPath, Duration, Encoding, ExceptionName, ExecutionMode,
+                     Executor, ExistingFile, ListenAddress, MemorySize, Misfire, Observer,
+                     PipelineName, PositiveDuration, RangePair, Regex, ResolvedPath, StageName,
+                     StageType, Synchronous, TimeZone, fail)
 
 # --- models ----------------------------------------------------------------------
 
@@ -81,15 +82,34 @@ class StageSpec(_Model):
     resource_requirements: ResourceRequirements | None = None
     validation_rules: ValidationRules = Field(default_factory=ValidationRules)
     executor: Executor | None = None
+    retry_on: list[ExceptionName] = Field(default_factory=list)
+    no_retry_on: list[ExceptionName] = Field(default_factory=list)
 
     model_config = ConfigDict(json_schema_extra={
         "if": {"properties": {"type": {"const": "validator"}}},
         "else": {"required": ["class"]}})
 
+    @field_validator("validation_rules")
+    @classmethod
+    def _quarantine_needs_a_class(cls, rules: ValidationRules,
+                                  info: ValidationInfo) -> ValidationRules:
+        # a validator without a class passes its input through unchanged, and rows of an
+        # input it does not own cannot be moved aside: every run would fail
+        if rules.quarantine and "class_" in info.data and info.data["class_"] is None \
+                and info.data.get("type") == "validator":
+            raise fail("quarantine: true needs the validator to have a class: without one it "
+                       "passes its input on unchanged and cannot move rows aside; give it a "
+                       "class whose validate() returns a relation, or put these rules on the "
+                       "stage that makes the table")
+        return rules
+
     @model_validator(mode="after")
     def _class_needed(self) -> StageSpec:
         if self.class_ is None and self.type != "validator":
             raise fail("missing required key 'class'")
+        both = same_class_in_both(self.retry_on, self.no_retry_on)
+        if both:
+            raise fail(both)
         return self
 
 
@@ -321,3 +341,14 @@ class MasterFile(_Model):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
+def config_schema() -> dict[str, Any]:
+    """JSON Schema (draft 2020-12) accepting a pipeline file or a master file."""
+    from pydantic.json_schema import models_json_schema
+    _, top = models_json_schema([(PipelineFile, "validation"), (MasterFile, "validation")],
+                                ref_template="#/$defs/{model}")
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "ahgd pipeline file or master file",
+        "oneOf": [{"$ref": "#/$defs/PipelineFile"}, {"$ref": "#/$defs/MasterFile"}],
+        "$defs": top["$defs"],
+    }

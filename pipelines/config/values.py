@@ -116,7 +116,9 @@ PipelineName = _text(_NAME_RE, "{value} is not a valid pipeline name; use letter
                      "'_', '-' and '.', starting with a letter, digit or '_'")
 StageName = _text(_NAME_RE, "{value} is not a valid stage name; use letters, digits, "
                   "'_', '-' and '.', starting with a letter, digit or '_'")
-DottedPath = _text(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$",
+#: ``package.module.Name``: what a stage ``class`` or an ``input_check.callable`` must look like
+DOTTED_PATH_RE = r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$"
+DottedPath = _text(DOTTED_PATH_RE,
                    "{value} is not a dotted import path; use package.module.Name such as "
                    "mypackage.seifa.SeifaExtractor")
 MemorySize = _text(r"(?i)^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
@@ -222,3 +224,18 @@ RangePair = Annotated[list, *_plain(_range_pair, {
 TimeZone = Annotated[str, *_plain(_timezone, {"type": "string", "description": "IANA time zone"})]
 
 
+
+
+def _exception_name(value: Any) -> str:
+    from ..retries import name_problem   # a dotted path is imported later (import checks)
+
+    problem = name_problem(value, key="the list", import_modules=False)
+    if problem:
+        raise fail(problem)
+    return value
+
+
+#: an exception class of ``retry_on`` / ``no_retry_on``: a builtin name or a dotted path
+ExceptionName = Annotated[str, *_plain(_exception_name, {
+    "type": "string", "pattern": r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$",
+    "description": "an exception class: a builtin name (OSError) or a dotted path"})]

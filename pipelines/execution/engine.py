@@ -27,8 +27,8 @@ from state.machine import DONE_STAGE_STATES, RunState, StageState
 from .executors import Executor, InProcessExecutor
 from ..resources import ResourceBudget
 from .plan import Progress, RunPlan, retry_state
-from .diskfull import disk_full_wait
 from .runner import Outcome
+from ..retries import after_failure, failure_message
 from .turns import LoadTurn, last_stages
 from ..stage import StageConfig
 from .verify import (MAX_INVALIDATIONS, OutputChecks, ancestors, invalidated, judge_warehouses,
@@ -379,15 +379,16 @@ class _Execution:
             self.progress.stage(stage, state=StageState.INTERRUPTED, error=outcome.error)
             return
         kind = T.STAGE_TIMED_OUT if outcome.timed_out else T.STAGE_FAILED
-        self.log.append(new_event(kind, run_id, stage=stage, attempt=attempt, **payload))
         cfg = self.plan.configs[stage]
         if outcome.disk_full:  # the machine's trouble, not the stage's: wait for room, uncounted
             self.tries[stage] = self.tries.get(stage, 1) - 1
         tries = self.tries.get(stage, 1)
-        if outcome.disk_full or (outcome.retryable and tries <= cfg.retry_attempts
-                                 and not (self.stop.is_set() or self.cancel.is_set())):
-            delay = (disk_full_wait(attempt) if outcome.disk_full else
-                     cfg.retry_delay_for(tries, jitter=self.engine.rng.uniform(0.8, 1.2)))
+        again = after_failure(outcome, cfg, tries, attempt, self.engine.rng,
+                              stopping=self.stop.is_set() or self.cancel.is_set())
+        self.log.append(new_event(kind, run_id, stage=stage, attempt=attempt, **payload,
+                                  retry=again.record()))
+        if again.retry:
+            delay = again.after or 0.0
             self.log.append(new_event(T.STAGE_RETRYING, run_id, stage=stage, attempt=attempt + 1,
                                       delay_s=round(delay, 3), after=kind, reason=outcome.error,
                                       **({"disk_full": True} if outcome.disk_full else {})))
@@ -399,8 +400,7 @@ class _Execution:
         state = StageState.TIMED_OUT if outcome.timed_out else StageState.FAILED
         self.progress.stage(stage, state=state, error=outcome.error)
         if self.failed is None:
-            why = "" if outcome.retryable else " (not retryable)"
-            self.failed = (stage, f"stage {stage!r} failed after {tries} attempt(s){why}: {outcome.error}")
+            self.failed = (stage, failure_message(stage, tries, again, outcome.error))
 
     def _interrupt_all(self, reason: str) -> None:
         for future, r in list(self.running.items()):

@@ -4,6 +4,8 @@ JSON lines (journald keeps them; alerting reads them) with ``timestamp``,
 ``level`` and ``event`` first; pretty console output on a terminal.  Worker
 processes read ``AHGD_LOG_FORMAT`` (``json`` or ``console``), which the
 daemon sets, so a stage's ``context.log`` lines join the daemon's JSON log.
+Outside such processes (a script) the framework logs through the standard
+``logging`` hierarchy instead (:mod:`pipelines.logs`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ LOG_FORMAT_ENV = "AHGD_LOG_FORMAT"
 def configure_logging(*, json_lines: bool | None = None, level: str = "info",
                       stream: TextIO | None = None) -> None:
     import structlog
+
+    from ..logs import use_structlog
 
     stream = stream or sys.stdout
     # libraries' own logging (watchdog says things when observers stop) stays quiet
@@ -40,6 +44,7 @@ def configure_logging(*, json_lines: bool | None = None, level: str = "info",
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
+    use_structlog(True)  # the framework's own lines (pipelines.logs) go here too
 
 
 def _order(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:

@@ -69,6 +69,9 @@ class RunPlan:
             duckdb_settings=self.duckdb_settings,
             timeout=cfg.timeout_seconds,
             requirements=cfg.requirements(),
+            retry_on=cfg.retry_on,
+            no_retry_on=cfg.no_retry_on,
+            config=cfg,
         )
 
 

@@ -5,7 +5,8 @@ really stops the work (the worker and its process group are killed), and a
 stage that segfaults, calls ``os._exit`` or is killed for memory fails that
 attempt and nothing else.  Workers stay warm between attempts: a stage does
 not pay for a fresh interpreter and its imports.  Fresh workers run
-``python -m pipelines.execution.worker`` (see that module).
+``python -P -m pipelines.execution.worker`` (see that module, and children.py
+for their ``sys.path``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import pickle
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections import deque
@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable
 
+from .children import child_env, python_command
+from ..logs import get_logger
 from .executors import Executor, InProcessExecutor
 from .runner import Outcome, StageTask
 
@@ -38,6 +40,7 @@ class _Worker:
     pipeline_key: str | None = None
     job: "_Job | None" = None
     ready: bool = False
+    generation: int = 0  # the pool's generation when it started (renew() retires older ones)
 
     @property
     def sentinel(self) -> int:
@@ -129,6 +132,7 @@ class ProcessExecutor(Executor):
         self._workers: list[_Worker] = []
         self._ids = itertools.count(1)
         self._want = 0  # workers to keep started even when idle (prestart)
+        self._generation = 0  # bumped by renew(): workers of older ones take no new work
         self._wake_r, self._wake_w = socket.socketpair()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="ahgd-workers", daemon=True)
@@ -144,6 +148,7 @@ class ProcessExecutor(Executor):
         except Exception as exc:
             future.set_result(Outcome(
                 ok=False, retryable=False, error_type=type(exc).__name__,
+                retry_why="the pipeline cannot be pickled: a retry would fail the same way",
                 error=(f"pipeline {task.pipeline_name!r} cannot be sent to a worker process "
                        f"({type(exc).__name__}: {exc}); keep unpicklable objects (connections, "
                        "locks, open files) out of the pipeline's attributes, or run it with "
@@ -195,6 +200,18 @@ class ProcessExecutor(Executor):
             self._want = min(count or self.max_workers, self.max_workers)
         self._wake()
 
+    def renew(self) -> None:
+        """From now on attempts start in workers that import stage code afresh.
+
+        A worker keeps every module it imported; after a deploy (the daemon's
+        SIGHUP) new attempts must run the code on disk.  Idle workers are
+        stopped now and new ones started as needed; a worker running an
+        attempt finishes it on the code it has, and is stopped then.
+        """
+        with self._lock:
+            self._generation += 1
+        self._wake()
+
     def worker_pids(self) -> list[int]:
         with self._lock:
             return [w.pid for w in self._workers]
@@ -225,10 +242,8 @@ class ProcessExecutor(Executor):
                 if self._step():
                     return
             except Exception as exc:  # this thread must outlive any one failure
-                import structlog
-
-                structlog.get_logger("ahgd.workers").error("worker_pool_error", error=str(exc),
-                                                           error_type=type(exc).__name__)
+                get_logger("pipelines.workers").error("worker_pool_error", error=str(exc),
+                                                      error_type=type(exc).__name__)
                 time.sleep(0.5)
 
     def _step(self) -> bool:
@@ -265,6 +280,8 @@ class ProcessExecutor(Executor):
         return max(0.0, min(deadlines) - self._clock()) if deadlines else None
 
     def _dispatch(self) -> None:
+        for worker in [w for w in self._workers if w.job is None and w.generation < self._generation]:
+            self._retire(worker)  # it imported stage code before renew(): none of it is wanted
         while len(self._workers) < self._want:
             try:
                 self._workers.append(self._spawn(False))
@@ -322,18 +339,20 @@ class ProcessExecutor(Executor):
                 finally:
                     os._exit(code)
             child_sock.close()
-            return _Worker(None, Connection(parent_sock.detach()), pid, True)
+            return _Worker(None, Connection(parent_sock.detach()), pid, True,
+                           generation=self._generation)
         fd = child_sock.fileno()
-        env = dict(os.environ if self._env is None else self._env)
-        # the worker must import what this process imported, wherever it came from
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        # the worker must import what this process imported, wherever it came from, and
+        # never a folder of the working directory in place of ahgd's packages (children.py)
+        env = child_env(self._env)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.execution.worker", str(fd), str(os.getpid())],
+            python_command("pipelines.execution.worker", str(fd), str(os.getpid())),
             pass_fds=(fd,), env=env, stdin=subprocess.DEVNULL, close_fds=True,
             stdout=self._stdout, stderr=subprocess.STDOUT if self._stdout is not None else None,
         )
         child_sock.close()
-        return _Worker(proc, Connection(parent_sock.detach()), proc.pid, False)
+        return _Worker(proc, Connection(parent_sock.detach()), proc.pid, False,
+                       generation=self._generation)
 
     def _start_job(self, worker: _Worker, job: _Job) -> None:
         blob = None if worker.pipeline_key == job.key else job.blob
@@ -342,8 +361,7 @@ class ProcessExecutor(Executor):
         except (OSError, BrokenPipeError):
             self._worker_died(worker, job)
             return
-        worker.pipeline_key = job.key
-        worker.job = job
+        worker.job = job  # pipeline_key changes once the worker says it loaded it (_receive)
         job.worker = worker
         job.started = self._clock()
         if job.task.timeout:
@@ -359,9 +377,11 @@ class ProcessExecutor(Executor):
         if message[0] == "ready":
             worker.ready = True
             return
-        _, task_id, outcome = message
+        _, task_id, outcome, *loaded = message
         job = worker.job
         worker.job = None
+        # the key of the pipeline the worker holds now (None: loading it failed, send it again)
+        worker.pipeline_key = loaded[0] if loaded else None
         if job is not None and job.task_id == task_id and not job.future.done():
             job.future.set_result(outcome)
 

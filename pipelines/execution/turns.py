@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import structlog
-
 from state import EventLog, queries
 from state.locks import is_locked, run_lock_path
 
-log = structlog.get_logger("ahgd.engine")
+from ..logs import get_logger
+
+log = get_logger("pipelines.engine")
 
 
 def last_stages(stages: list[str], deps: dict[str, set[str]]) -> set[str]:

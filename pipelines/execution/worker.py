@@ -1,7 +1,7 @@
 """The worker process: receives stage attempts, runs them, sends back outcomes.
 
 Started by :class:`pipelines.execution.pool.ProcessExecutor` either as a fresh
-interpreter (``python -m pipelines.execution.worker FD``, the default: nothing of the
+interpreter (``python -P -m pipelines.execution.worker FD``, the default: nothing of the
 parent's threads, SQLite or DuckDB handles comes along) or, for pipeline
 classes defined in a script's ``__main__``, by ``fork`` (a fresh interpreter
 could not import them).
@@ -9,12 +9,18 @@ could not import them).
 Protocol over a ``multiprocessing.connection.Connection``::
 
     parent -> worker: ("run", task_id, pipeline_key, pipeline_blob_or_None, task)
-    worker -> parent: ("ready", pid) once, then ("done", task_id, outcome) per task
+    worker -> parent: ("ready", pid) once, then ("done", task_id, outcome, loaded_key) per task
     parent -> worker: ("stop",)
+
+``loaded_key`` is the key of the pipeline the worker holds after the task
+(None when loading it failed): the parent sends the blob again until the
+worker has confirmed it, so a pipeline that failed to load once (its module
+broken, or not yet deployed) loads on a later attempt.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import signal
@@ -25,7 +31,7 @@ from typing import Any
 
 def serve(conn: Connection) -> None:
     """Run tasks from ``conn`` until told to stop or the parent goes away."""
-    from .runner import Outcome, run_task
+    from .runner import failure, run_task
 
     # the parent decides when work stops: Ctrl-C in a terminal reaches the
     # whole process group, and a half-finished stage must not die of it
@@ -49,14 +55,17 @@ def serve(conn: Connection) -> None:
         try:
             if blob is not None:
                 pipelines.clear()  # keep one pipeline object: workers are shared
+                importlib.invalidate_caches()  # a module deployed since we started is found
                 pipelines[key] = pickle.loads(blob)
+            if key not in pipelines:  # the parent thought we had it: say so, it sends it again
+                raise RuntimeError("the worker no longer held the pipeline; the next attempt "
+                                   "sends it again")
             outcome = run_task(pipelines[key], task)
-        except Exception as exc:  # unpickling failed: report, keep serving
-            outcome = Outcome(ok=False, error=f"the worker could not load the pipeline: "
-                              f"{type(exc).__name__}: {exc}", error_type=type(exc).__name__,
-                              retryable=False)
+        except Exception as exc:  # unpickling failed: report, keep serving (the code's
+            # fault or the machine's, never the input's: retried or not by its kind)
+            outcome = failure(task, exc, prefix="the worker could not load the pipeline: ")
         try:
-            conn.send(("done", task_id, outcome))
+            conn.send(("done", task_id, outcome, key if key in pipelines else None))
         except (EOFError, OSError, BrokenPipeError):
             return
 
@@ -76,6 +85,9 @@ def die_with_parent(parent_pid: int | None = None) -> None:
 
 
 def main(argv: list[str]) -> None:
+    from .children import working_directory_last
+
+    working_directory_last()  # stage modules kept there import, after ahgd's own packages
     fd = int(argv[1])
     die_with_parent(int(argv[2]) if len(argv) > 2 else None)
     os.setpgrp()  # our own process group: a timeout kills the stage's children too

@@ -24,6 +24,8 @@ SYSTEM_ALERTS = {
 }
 #: alerts that a later completed run of their pipeline resolves
 _CLEARED_BY_SUCCESS = ("pipeline.failing", "file.quarantined")
+#: rows quarantined by validation rules: resolved by a later run that completes rejecting none
+ROWS_REJECTED = "pipeline.rows_rejected"
 
 
 class Action(NamedTuple):
@@ -189,15 +191,20 @@ def recheck_failure_rates(state: MonitorState, now: datetime) -> list[Action]:
 
 def run_ended(state: MonitorState, run_id: str, pipeline: str, final: str,
               extra: dict[str, Any], *, latest: bool, at: datetime,
-              now: datetime) -> list[Action]:
+              now: datetime, clean: bool = False) -> list[Action]:
     """A run ended ``final`` at ``at``: its own alerts close; a completion clears its
-    pipeline, a failure (the pipeline's ``latest`` ending) or parking raises one."""
+    pipeline (and, if ``clean``: no rows rejected, its rejected rows), a failure (the
+    pipeline's ``latest`` ending) or parking raises one."""
     actions = close_where(state, lambda a: a.run_id == run_id and a.name != "run.parked",
                           f"run {run_id} ended {final}", at=now)
     if final == "COMPLETED" and latest:
         actions += close_where(
             state, lambda a: a.name in _CLEARED_BY_SUCCESS and a.fields.get("pipeline") == pipeline,
             f"run {run_id} of pipeline {pipeline!r} completed", at=now)
+        if clean:
+            actions += close_alert(state, f"{ROWS_REJECTED}:{pipeline}",
+                                   f"run {run_id} of pipeline {pipeline!r} completed without "
+                                   "rejecting a row", at=now)
     elif final == "FAILED" and latest:
         where = f" at stage {extra['stage']!r}" if extra.get("stage") else ""
         why = f": {extra['error']}" if extra.get("error") else ""
@@ -212,6 +219,26 @@ def run_ended(state: MonitorState, run_id: str, pipeline: str, final: str,
             f"it needs a human (ahgd retry {run_id}, or ahgd cancel {run_id})",
             {"pipeline": pipeline, "run_id": run_id, **extra}, run_id, at=at)
     return actions
+
+
+def rows_rejected(state: MonitorState, run_id: str, pipeline: str, stage: str, rejected: int,
+                  payload: dict[str, Any], at: datetime) -> list[Action]:
+    """A stage's ``validation_rules`` with ``quarantine: true`` moved ``rejected`` rows aside
+    (``payload``: its ``stage.completed``): the run went on with the others, but someone
+    should look at those."""
+    output = payload.get("output") if isinstance(payload.get("output"), dict) else {}
+    table = output.get("rejected_table") or f"{stage}_rejected"
+    where = f" of {output['path']} in the state directory" if output.get("path") else ""
+    checked = (payload.get("validation") or {}).get("rows")
+    of = f" of {checked}" if type(checked) is int else ""
+    return open_alert(
+        state, f"{ROWS_REJECTED}:{pipeline}", AlertSeverity.WARNING, ROWS_REJECTED,
+        f"run {run_id} of pipeline {pipeline!r} rejected {rejected}{of} row(s) at stage "
+        f"{stage!r} (validation_rules with quarantine: true) and carried on without them; "
+        f"they are in table {table}{where}, each with its reason in _rejected_reason. Fix "
+        "them at the source and drop the file again",
+        {"pipeline": pipeline, "run_id": run_id, "stage": stage, "rows_rejected": rejected,
+         "rejected_table": table, "path": output.get("path")}, at=at)
 
 
 def unparked(state: MonitorState, run_id: str, how: str, now: datetime) -> list[Action]:
@@ -291,4 +318,9 @@ def _cleared(state: MonitorState, alert: Alert) -> str | None:
         success = state.stats(pipeline).last_success_at if pipeline else None
         if success is not None and success > alert.at:
             return f"a later run of pipeline {pipeline!r} completed"
+    if alert.name == ROWS_REJECTED:
+        pipeline = alert.fields.get("pipeline")
+        clean = state.stats(pipeline).last_clean_success_at if pipeline else None
+        if clean is not None and clean > alert.at:
+            return f"a later run of pipeline {pipeline!r} completed without rejecting a row"
     return None

@@ -106,8 +106,11 @@ def _stage_families(m: MonitorState) -> list:
     duration = HistogramMetricFamily("ahgd_stage_duration_seconds", "Wall time of stage "
                                      "attempts that ran (completed, failed, timed out, "
                                      "interrupted).", labels=labels)
-    rows = CounterMetricFamily("ahgd_stage_rows", "Rows output by completed attempts.",
-                               labels=labels)
+    rows = CounterMetricFamily("ahgd_stage_rows", "Rows output by completed attempts (a "
+                               "loader's: the rows it wrote).", labels=labels)
+    rejected = CounterMetricFamily("ahgd_stage_rows_rejected", "Rows moved aside to "
+                                   "<stage>_rejected by validation_rules with quarantine: true.",
+                                   labels=labels)
     cpu = CounterMetricFamily("ahgd_stage_cpu_seconds", "CPU time of stage attempts.",
                               labels=labels)
     peak = GaugeMetricFamily("ahgd_stage_peak_resident_memory_bytes", "Highest peak memory of "
@@ -120,10 +123,11 @@ def _stage_families(m: MonitorState) -> list:
             if s.durations.count:
                 duration.add_metric([name, stage], s.durations.cumulative(), s.durations.total)
             rows.add_metric([name, stage], s.rows)
+            rejected.add_metric([name, stage], s.rows_rejected)
             cpu.add_metric([name, stage], s.cpu_s)
             if s.peak_rss_mb is not None:
                 peak.add_metric([name, stage], round(s.peak_rss_mb * 2**20))
-    return [attempts, retries, duration, rows, cpu, peak]
+    return [attempts, retries, duration, rows, rejected, cpu, peak]
 
 
 def _queue_families(queue: dict[str, int]) -> list:

@@ -89,12 +89,15 @@ def end_run(state: MonitorState, run_id: str, final: str, at: datetime, extra: d
     latest = seq is None or seq > stats.last_end_seq
     if seq is not None and latest:
         stats.last_end_seq = seq
+    clean = live is not None and not live.rows_rejected
     if final == "COMPLETED":
         stats.last_success_at = max(stats.last_success_at or at, at)
+        if clean:
+            stats.last_clean_success_at = max(stats.last_clean_success_at or at, at)
     elif final == "PARKED":
         state.parked.add(run_id)
     actions = alerts.run_ended(state, run_id, pipeline, final, extra, latest=latest, at=at,
-                               now=now)
+                               now=now, clean=clean)
     if final in FINISHED_STATES:
         stats.recent.append(final != "COMPLETED")
         actions += alerts.check_failure_rate(state, pipeline, now)
@@ -104,8 +107,9 @@ def end_run(state: MonitorState, run_id: str, final: str, at: datetime, extra: d
 def record_stage(state: MonitorState, pipeline: str, stage: str, final: str,
                  duration_s: float | None, rows: int | None, cpu_s: float | None,
                  peak_rss_mb: float | None, attempt: int | None, run_id: str | None,
-                 now: datetime) -> list[Action]:
-    """How one attempt ended (``run_id`` None: told by code, not by an event)."""
+                 now: datetime, rows_rejected: int | None = None) -> list[Action]:
+    """How one attempt ended (``run_id`` None: told by code, not by an event);
+    ``rows_rejected``: the rows its validation rules quarantined."""
     s = state.stats(pipeline).stages.setdefault(stage, StageStats())
     if final == "RETRYING":   # not an outcome: the failed attempt was counted already,
         return []             # and the retry counts when it starts
@@ -113,6 +117,7 @@ def record_stage(state: MonitorState, pipeline: str, stage: str, final: str,
     if final not in ("SKIPPED", "REUSED"):
         s.durations.add(duration_s)
     s.rows += rows or 0
+    s.rows_rejected += rows_rejected or 0
     s.cpu_s += cpu_s or 0.0
     if peak_rss_mb is not None:
         s.peak_rss_mb = max(s.peak_rss_mb or 0.0, peak_rss_mb)
@@ -211,8 +216,16 @@ def _on_stage_ended(state: MonitorState, event: Event, data: dict, at: datetime,
     run = state.live.get(run_id)
     if run is not None and event.stage:
         run.stage_states[event.stage] = (final, event.attempt or 1)
+    validation = data.get("validation") if final == "COMPLETED" else None
+    rejected = validation.get("rejected") if isinstance(validation, dict) else None
+    rejected = rejected if type(rejected) is int and rejected > 0 else 0
+    if rejected and run is not None:
+        run.rows_rejected += rejected
     return (record_stage(state, pipeline, stage, final, duration, data.get("rows"),
-                         data.get("cpu_s"), data.get("peak_rss_mb"), event.attempt, run_id, now)
+                         data.get("cpu_s"), data.get("peak_rss_mb"), event.attempt, run_id, now,
+                         rows_rejected=rejected)
+            + (alerts.rows_rejected(state, run_id, pipeline, stage, rejected, data, at)
+               if rejected else [])
             + alerts.stage_ended(state, run_id, pipeline, stage, final, event.attempt, duration,
                                  now)
             + alerts.disk_wait(state, run_id, pipeline, stage, final, data, now))

@@ -20,10 +20,10 @@ from datetime import datetime
 from typing import Any
 
 from state.errors import AhgdError
-from state import parse_ts
+from state import parse_ts, queries
 from state.machine import ENDED_RUN_STATES
 
-from .alerts import Action, recheck_failure_rates, stale_alerts
+from .alerts import ROWS_REJECTED, Action, recheck_failure_rates, stale_alerts
 from .monitor_state import LiveRun, MonitorState
 from .records import (DURATION_BUCKETS_S, DURATION_WINDOW, FAILURE_WINDOW, FINISHED_STATES,
                       Alert, AlertSeverity, StageStats)
@@ -94,16 +94,20 @@ def _stages(state: MonitorState, log: Any) -> None:
         "WITH s AS MATERIALIZED (SELECT run_id, stage, CASE WHEN attempt = 0 AND state = "
         "'COMPLETED' THEN 'REUSED' ELSE state END AS state, attempt, rows, cpu_s, peak_rss_mb, "
         "CASE WHEN attempt > 0 THEN COALESCE(wall_s, (julianday(ended_at) - "
-        "julianday(started_at)) * 86400.0) END AS d "
+        "julianday(started_at)) * 86400.0) END AS d, "
+        # rows its validation rules quarantined, counted where they were (not when reused)
+        "CASE WHEN attempt > 0 AND state IN ('COMPLETED', 'INVALIDATED') THEN "
+        "json_extract(detail, '$.validation.rejected') END AS rejected "
         "FROM stage_runs) "
         "SELECT r.pipeline, s.stage, s.state, COUNT(*), MAX(s.attempt), "
         "COALESCE(SUM(s.rows), 0), COALESCE(SUM(s.cpu_s), 0), MAX(s.peak_rss_mb), "
-        "SUM(s.attempt > 1 AND s.state != 'RETRYING'), "
+        "SUM(s.attempt > 1 AND s.state != 'RETRYING'), COALESCE(SUM(s.rejected), 0), "
         f"COUNT(d), SUM(d), MAX(d), {_buckets_sql('d')} FROM s "
         "JOIN runs r ON r.run_id = s.run_id GROUP BY r.pipeline, s.stage, s.state")
     for row in rows:
         pipeline, stage, outcome, n, max_attempt, rows_out, cpu, peak, retries = row[:9]
-        timed, total, longest, buckets = row[9], row[10], row[11], tuple(row[12:])
+        rejected, timed, total, longest = row[9:13]
+        buckets = tuple(row[13:])
         s = state.stats(pipeline).stages.setdefault(stage, StageStats())
         s.retries += retries
         if outcome in ("PENDING", "RUNNING", "RETRYING"):  # not an outcome (yet)
@@ -111,6 +115,7 @@ def _stages(state: MonitorState, log: Any) -> None:
         s.states[outcome] += n
         s.max_attempt = max(s.max_attempt, max_attempt or 0)
         s.rows += rows_out
+        s.rows_rejected += rejected
         s.cpu_s += cpu
         if peak is not None:
             s.peak_rss_mb = max(s.peak_rss_mb or 0.0, peak)
@@ -136,10 +141,13 @@ def _live(state: MonitorState, log: Any) -> None:
         state.live[run_id] = run
     if state.live:
         ids = list(state.live)
-        for run_id, stage, attempt, stage_state, started in log.query(
-                "SELECT run_id, stage, attempt, state, started_at FROM stage_runs WHERE run_id IN "
-                f"({', '.join('?' * len(ids))}) ORDER BY run_id, stage, attempt", ids):
+        for run_id, stage, attempt, stage_state, started, rejected in log.query(
+                "SELECT run_id, stage, attempt, state, started_at, CASE WHEN attempt > 0 AND "
+                "state = 'COMPLETED' THEN json_extract(detail, '$.validation.rejected') END "
+                f"FROM stage_runs WHERE run_id IN ({', '.join('?' * len(ids))}) "
+                "ORDER BY run_id, stage, attempt", ids):
             state.live[run_id].stage_states[stage] = (stage_state, attempt)
+            state.live[run_id].rows_rejected += rejected or 0
             if stage_state == "RUNNING":
                 state.stage_started[(run_id, stage)] = parse_ts(started)
     for (run_id,) in log.query("SELECT run_id FROM runs WHERE state = 'PARKED'"):
@@ -160,3 +168,7 @@ def _alerts(state: MonitorState, log: Any, now: datetime) -> None:
                       json.loads(fields or "{}"), parse_ts(raised) or now, run_id)
         state.open[alert_id] = alert
         state.alerts.append(alert)
+        pipeline = alert.fields.get("pipeline")
+        if name == ROWS_REJECTED and isinstance(pipeline, str):  # cleared while none watched?
+            clean = queries.last_clean_completion(log, pipeline)
+            state.stats(pipeline).last_clean_success_at = parse_ts(clean)

@@ -13,8 +13,9 @@ structlog line (``alert=true``, ``alert_state="firing"``) and an
 ``alert.raised`` event in the event log when the monitor has one; raising it
 again while it is open changes nothing; when the condition clears it is
 resolved (a second line, ``alert_state="resolved"``, and ``alert.resolved``).
-Nothing here configures structlog; the logger is passed in or
-``get_logger("ahgd.monitor")``.
+Nothing here configures logging; the logger is passed in (the daemon's structlog
+logger) or ``pipelines.logs.get_logger("pipelines.monitor")`` (a script's
+``logging``, see :mod:`pipelines.logs`).
 
 What the monitor knows is one :class:`~pipelines.monitoring.monitor_state.MonitorState`
 (``monitor.state``), seeded by :mod:`~pipelines.monitoring.history` and
@@ -33,12 +34,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-import structlog
-
 from state.events import Event
 
 from ..durations import parse_duration
 from ..errors import ConfigError
+from ..logs import get_logger
 from . import fold
 from .alerts import Action, alert_event, close_alert, open_alert
 from .dashboard import ACTIVE_PENDING_SHOWN, dashboard_document
@@ -87,7 +87,7 @@ class PipelineMonitor:
             MonitorThresholds.from_mapping(thresholds), recent_runs=recent_runs,
             max_samples=max_samples, max_alerts=max_alerts,
             find_pipeline=self._logged_pipeline if event_log is not None else None)
-        self._log = logger if logger is not None else structlog.get_logger("ahgd.monitor")
+        self._log = logger if logger is not None else get_logger("pipelines.monitor")
         self._clock = clock or (lambda: datetime.now(timezone.utc))
         self._lock = threading.RLock()
         # held from deciding an alert action until its line and event are written, so

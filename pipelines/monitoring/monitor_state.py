@@ -40,6 +40,7 @@ class LiveRun:
     started_at: datetime | None = None
     stages: list[str] = field(default_factory=list)
     stage_states: dict[str, tuple[str, int]] = field(default_factory=dict)  # stage -> (state, attempt)
+    rows_rejected: int = 0      # by its stages' validation_rules quarantine, so far
 
     def progress(self, now: datetime) -> dict[str, Any]:
         states = [self.stage_states.get(s, ("PENDING", 0)) for s in self.stages]

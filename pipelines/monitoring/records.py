@@ -187,13 +187,15 @@ class StageStats:
     durations: Histogram = field(default_factory=Histogram)
     retries: int = 0
     rows: int = 0
+    rows_rejected: int = 0     # moved to <stage>_rejected by validation_rules quarantine
     cpu_s: float = 0.0
     peak_rss_mb: float | None = None
     max_attempt: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"attempts": dict(self.states), "retries": self.retries,
-                "duration_s": self.durations.to_dict(), "rows": self.rows, "cpu_s": self.cpu_s,
+                "duration_s": self.durations.to_dict(), "rows": self.rows,
+                "rows_rejected": self.rows_rejected, "cpu_s": self.cpu_s,
                 "peak_rss_mb": self.peak_rss_mb, "max_attempt": self.max_attempt}
 
 
@@ -204,6 +206,7 @@ class PipelineStats:
     completed_durations: deque = field(default_factory=lambda: deque(maxlen=DURATION_WINDOW))
     last_run: dict[str, Any] | None = None
     last_success_at: datetime | None = None
+    last_clean_success_at: datetime | None = None           # ...that rejected no rows
     last_end_seq: int = 0                                   # event seq of the latest ending
     recent: deque = field(default_factory=lambda: deque(maxlen=FAILURE_WINDOW))
     recent_runs: deque = field(default_factory=lambda: deque(maxlen=RECENT_RUNS))

@@ -122,5 +122,6 @@ def test_status_and_metrics_without_a_daemon_leave_an_older_history_untouched(
 def test_metrics_without_a_daemon_or_history_names_the_directory(state_dir, ahgd, clean_env):
     proc = run(ahgd, clean_env, "metrics", "--state-dir", str(state_dir))
     assert proc.returncode == 1
-    assert (f"no daemon running on {state_dir} and no history there "
-            f"({state_dir / 'history.db'} does not exist); check --state-dir") in proc.stderr
+    assert proc.stderr == (f"error: no history at {state_dir / 'history.db'}: nothing has run "
+                           "with this state directory yet (pass --state-dir or set "
+                           "AHGD_STATE_DIR to the directory the daemon uses)\n")

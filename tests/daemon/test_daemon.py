@@ -373,8 +373,8 @@ def test_cli_runs_in_the_foreground_without_a_daemon_and_cancel(setup):
                            "lod", "--state-dir", str(state)], capture_output=True, text=True,
                           timeout=120, env=env())
     assert proc.returncode == 1
-    assert "pipeline 'csvpipe' has no stage 'lod' to resume from (its stages: extract, transform, load)" \
-        in proc.stderr
+    assert ("pipeline 'csvpipe' has no stage 'lod' to resume from; did you mean 'load'? (its "
+            "stages: extract, transform, load)") in proc.stderr
     proc = subprocess.run([*ahgd_exe(), "run", "csvpipe", "--config", str(config), "--resume-from",
                            "load", "--state-dir", str(state)], capture_output=True, text=True,
                           timeout=120, env=env())

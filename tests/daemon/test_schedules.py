@@ -29,7 +29,7 @@ def test_latest_after_a_long_outage_fires_the_newest_tick(state_dir):
         sched.fire(log, s, datetime(2026, 1, 1, 0, 0, tzinfo=UTC))
         now = datetime(2026, 1, 2, 0, 0, 30, tzinfo=UTC)  # a day later: 1,440 ticks missed
         sched.catch_up(log, s, now)
-        assert _fired(log)[-1] == "2026-01-02T00:00:00+00:00"
+        assert _fired(log)[-1] == "2026-01-02T00:00:00.000000Z"
         assert len(_fired(log)) == 2
         assert s.next_fire == datetime(2026, 1, 2, 0, 1, tzinfo=UTC)
 
@@ -39,7 +39,7 @@ def test_all_fires_every_missed_tick_up_to_the_limit_newest_kept(state_dir):
     with EventLog.open(state_dir) as log:
         sched.fire(log, s, datetime(2026, 1, 1, 0, 0, tzinfo=UTC))
         sched.catch_up(log, s, datetime(2026, 1, 1, 5, 30, tzinfo=UTC))
-        assert _fired(log)[1:] == [f"2026-01-01T0{h}:00:00+00:00" for h in range(1, 6)]
+        assert _fired(log)[1:] == [f"2026-01-01T0{h}:00:00.000000Z" for h in range(1, 6)]
 
 
 def test_skip_fires_no_missed_tick_but_an_on_time_one(state_dir):
@@ -50,7 +50,7 @@ def test_skip_fires_no_missed_tick_but_an_on_time_one(state_dir):
         assert len(_fired(log)) == 1
         assert s.next_fire == datetime(2026, 1, 1, 1, 10, tzinfo=UTC)
         sched.due(log, [s], datetime(2026, 1, 1, 1, 10, 1, tzinfo=UTC))  # on time
-        assert _fired(log)[-1] == "2026-01-01T01:10:00+00:00"
+        assert _fired(log)[-1] == "2026-01-01T01:10:00.000000Z"
         sched.due(log, [s], datetime(2026, 1, 1, 2, 58, 0, tzinfo=UTC))  # slept through ticks
         assert len(_fired(log)) == 2
 
@@ -60,7 +60,7 @@ def test_a_clock_jump_while_running_fires_one_tick_for_latest(state_dir):
     with EventLog.open(state_dir) as log:
         sched.catch_up(log, s, datetime(2026, 1, 1, 0, 0, 30, tzinfo=UTC))
         sched.due(log, [s], datetime(2026, 1, 1, 2, 0, 30, tzinfo=UTC))
-        assert _fired(log) == ["2026-01-01T02:00:00+00:00"]
+        assert _fired(log) == ["2026-01-01T02:00:00.000000Z"]
         assert s.next_fire == datetime(2026, 1, 1, 2, 1, tzinfo=UTC)
 
 

@@ -287,7 +287,10 @@ def _history(log: EventLog) -> None:
                new_event(T.RUN_STARTED, run_id, stages=["extract", "load"]),
                new_event(T.STAGE_STARTED, run_id, stage="extract", attempt=1),
                new_event(T.STAGE_COMPLETED, run_id, stage="extract", attempt=1, wall_s=0.5,
-                         rows=10, cpu_s=0.25, peak_rss_mb=40.0),
+                         rows=10, cpu_s=0.25, peak_rss_mb=40.0,
+                         # a1 and b1 quarantine rows: a3 (clean) resolves health's alert
+                         **({"validation": {"rows": 12, "rejected": 2}}
+                            if run_id in ("a1", "b1") else {})),
                new_event(T.STAGE_STARTED, run_id, stage="load", attempt=1))
         if outcome == "ok":
             append(new_event(T.STAGE_FAILED, run_id, stage="load", attempt=1, error="locked",
@@ -308,6 +311,9 @@ def _history(log: EventLog) -> None:
            new_event(T.RUN_REQUESTED, "live", pipeline="health", trigger="manual"),
            new_event(T.RUN_STARTED, "live", stages=["extract", "load"]),
            new_event(T.STAGE_STARTED, "live", stage="extract", attempt=1),
+           new_event(T.STAGE_COMPLETED, "live", stage="extract", attempt=1, wall_s=0.5,
+                     rows=4, validation={"rows": 5, "rejected": 1}),
+           new_event(T.STAGE_STARTED, "live", stage="load", attempt=1),
            new_event(T.RUN_REQUESTED, "queued", pipeline="seifa", trigger="schedule"))
 
 
@@ -327,12 +333,12 @@ def _comparable(state: MonitorState) -> dict:
             "completed_durations": len(s.completed_durations),
             "duration_buckets": s.durations.counts,
             "recent_runs": [(r["run_id"], r["state"]) for r in s.recent_runs],
-            "stages": {stage: (dict(st.states), st.retries, st.rows, st.cpu_s, st.peak_rss_mb,
-                               st.max_attempt, st.durations.counts)
+            "stages": {stage: (dict(st.states), st.retries, st.rows, st.rows_rejected, st.cpu_s,
+                               st.peak_rss_mb, st.max_attempt, st.durations.counts)
                        for stage, st in s.stages.items()},
         } for name, s in state.pipelines.items()},
         "live": {k: (r.pipeline, r.state, r.trigger, r.requested_at, r.started_at, r.stages,
-                     r.stage_states) for k, r in state.live.items()},
+                     r.stage_states, r.rows_rejected) for k, r in state.live.items()},
         "parked": state.parked,
         "open": {k: (a.name, a.severity, a.message, a.fields, a.run_id)
                  for k, a in state.open.items()},
@@ -351,7 +357,10 @@ def test_a_state_seeded_from_the_log_equals_the_history_folded_event_by_event(st
         seeded = MonitorState.new(MonitorThresholds.from_mapping(QUIET))
         assert load_history(seeded, log, NOW) == []  # nothing left to resolve
     assert sorted(folded.open) == ["file.quarantined:seifa", "pipeline.failing:seifa",
-                                   "run.parked:b2"]
+                                   "pipeline.rows_rejected:health",   # by the live run
+                                   "pipeline.rows_rejected:seifa", "run.parked:b2"]
+    assert folded.pipelines["seifa"].stages["extract"].rows_rejected == 2
+    assert folded.pipelines["health"].stages["extract"].rows_rejected == 3
     assert folded.open["pipeline.failing:seifa"].message == (
         "run b3 of pipeline 'seifa' failed at stage 'load': bad")
     assert _comparable(seeded) == _comparable(folded)

@@ -655,8 +655,10 @@ def test_a_failing_validation_rule_fails_the_yaml_run_naming_the_rule(state_dir,
     ctx = load_pipeline(path, state_dir=state_dir, executor="inprocess").run(input_file=deaths_csv)
     assert ctx.state == "FAILED"
     assert ctx.failed_stage == "check"
-    assert ctx.error == ("stage 'check' failed after 1 attempt(s) (not retryable): stage "
-                         "'check': min_records: 3 rows, at least 5 required")
+    assert ctx.error == ("stage 'check' failed after 1 attempt(s) (not retried: "
+                         "ValidationFailed: the data broke a validation rule, and a retry would "
+                         "check the same data): stage 'check': min_records: 3 rows, at least 5 "
+                         "required")
     assert [r["stage"] for r in records(state_dir)] == ["extract", "scale"]
 
 

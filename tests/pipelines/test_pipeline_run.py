@@ -102,8 +102,9 @@ def test_resume_refusals_name_the_stage_to_resume_from(state_dir):
     p = FlakyPipeline(state_dir=state_dir, executor="inprocess", failures=0)
     with pytest.raises(ResumeRefused) as exc:
         p.run(resume_from="transfrom")
-    assert str(exc.value) == ("pipeline 'flaky' has no stage 'transfrom' to resume from "
-                              "(its stages: extract, transform, validate, load)")
+    assert str(exc.value) == ("pipeline 'flaky' has no stage 'transfrom' to resume from; did "
+                              "you mean 'transform'? (its stages: extract, transform, validate, "
+                              "load)")
     with pytest.raises(ResumeRefused) as exc:
         p.run(resume_from="validate")
     assert str(exc.value) == ("cannot resume pipeline 'flaky' from 'validate': no earlier run "
@@ -250,7 +251,8 @@ def test_stage_outputs_of_every_kind_are_stored_and_read_back(state_dir, kind, e
 def test_an_unstorable_output_is_a_clear_non_retried_failure(state_dir):
     ctx = ReturnsPipeline(state_dir=state_dir, kind="generator", executor="inprocess").run()
     assert ctx.state == "FAILED"
-    assert ctx.error.startswith("stage 'make' failed after 1 attempt(s) (not retryable): stage "
+    assert ctx.error.startswith("stage 'make' failed after 1 attempt(s) (not retried: "
+                                "StageOutputError: a retry would return the same output): stage "
                                 "'make' returned a generator, which cannot be stored (TypeError:")
     assert ctx.error.endswith("return a DuckDB relation, an Arrow table, a DataFrame, or a value "
                               "that JSON or pickle can hold")
@@ -261,7 +263,8 @@ def test_validation_failure_fails_the_stage_with_the_rule_and_rows(state_dir):
                        rules={"ranges": {"d": [1, 10]}, "min_records": 2},
                        sql="SELECT * FROM (VALUES (1), (11), (12)) t(d)").run()
     assert ctx.state == "FAILED"
-    assert "not retryable" in ctx.error
+    assert ("(not retried: ValidationFailed: the data broke a validation rule, and a retry "
+            "would check the same data)") in ctx.error
     assert "ranges: 2 rows have d outside [1, 10]" in ctx.error
 
 

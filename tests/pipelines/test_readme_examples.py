@@ -12,12 +12,15 @@ runs in a subprocess (``python example.py``, cwd ``tmp_path``,
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from state import EventLog
@@ -446,11 +449,13 @@ def test_basic_pipeline_creation_runs_to_completed_in_history(tmp_path, example_
     assert _query(state, "SELECT stage, state FROM stage_timings ORDER BY started_at") == [
         ("extract", "COMPLETED"), ("transform", "COMPLETED"), ("validate", "COMPLETED"),
         ("load", "COMPLETED")]
-    out = _query(state, "SELECT json_extract(output, '$.value') FROM stage_runs "
-                        "WHERE stage = 'transform'")
-    assert json.loads(out[0][0]) == [
-        {"sa2_code": "101021007", "deaths": 3, "population": 2500, "deaths_per_1000": 1.2},
-        {"sa2_code": "101021008", "deaths": 5, "population": 4000, "deaths_per_1000": 1.25}]
+    # a list of dicts is a table (README "Stage outputs"), read back as the same records
+    out = _query(state, "SELECT json_extract(output, '$.path'), json_extract(output, '$.shape') "
+                        "FROM stage_runs WHERE stage = 'transform'")
+    assert out[0][1] == "records"
+    with duckdb.connect(str(state / out[0][0]), read_only=True) as con:
+        assert con.execute("SELECT * FROM output ORDER BY sa2_code").fetchall() == [
+            ("101021007", 3, 2500, 1.2), ("101021008", 5, 4000, 1.25)]
     # the class lives in the script's __main__: its stages ran in forked worker processes
     owner = _query(state, "SELECT json_extract(payload, '$.owner.pid') FROM events "
                           "WHERE type = 'run.started'")[0][0]
@@ -560,3 +565,61 @@ def test_integration_stage_snippets_construct(tmp_path, example_env):
         "ValidatorStage extract_health_data HealthDataValidator []",
         "LoaderStage extract_health_data DataWarehouseLoader ['target_database']",
         "schemas/health_schema.json"]
+
+
+# --------------------------------------------------------------------------- this README's own
+# The examples of this repository's README.md marked `<!-- readme-example: NAME -->`, read
+# from the README itself (so the text and the test cannot drift apart) and run as written.
+
+
+def readme_example(name: str) -> str:
+    """The code block right after ``<!-- readme-example: name -->`` in README.md."""
+    text = (REPO / "README.md").read_text()
+    marker = f"<!-- readme-example: {name} -->\n"
+    assert text.count(marker) == 1, f"README.md has no example {name!r}"
+    block = text.split(marker, 1)[1]
+    assert block.startswith("```"), f"example {name!r} must follow its marker"
+    return block.split("\n", 1)[1].split("\n```\n", 1)[0] + "\n"
+
+
+def test_the_readme_python_example_loads_a_csv_into_the_warehouse(tmp_path, example_env):
+    from tests.ahgd_truth import MORT_CSV, read_rows
+
+    raw = [r for r in read_rows(MORT_CSV) if r["deaths"]]
+    shutil.copy(MORT_CSV, tmp_path / "mort.csv")   # the file the example reads, as it says
+    proc = _run(tmp_path, example_env, "csv_to_warehouse", readme_example("python-csv-to-warehouse"))
+    nsw = sorted((r["SEX"], int(r["deaths"].replace(",", ""))) for r in raw
+                 if r["mort"] == "STE01" and r["YEAR"] == "2023")
+    assert proc.stdout.splitlines() == ["COMPLETED None None", f"{{'rows': {len(raw)}}}", str(nsw)]
+    assert "INFO pipelines.run: stage.started pipeline=deaths" in proc.stderr
+    with duckdb.connect(str(tmp_path / "var" / "warehouse.duckdb"), read_only=True) as con:
+        loaded = {(a, str(y), s): d for a, y, s, d in con.execute(
+            "SELECT area, year, sex, deaths FROM deaths").fetchall()}
+    assert loaded == {(r["mort"], r["YEAR"], r["SEX"]): int(r["deaths"].replace(",", ""))
+                      for r in raw}
+
+
+def test_the_readme_yaml_example_loads_mort_with_lineage_and_again_without_duplicates(tmp_path):
+    from pipelines import load_pipeline
+    from tests.ahgd_truth import MORT_CSV, read_rows
+
+    raw = read_rows(MORT_CSV)
+    path = tmp_path / "deaths.yaml"
+    path.write_text(readme_example("yaml-csv-to-warehouse"))
+    state = tmp_path / "state"
+    runs = [load_pipeline(path, state_dir=state, executor="process").run(input_file=MORT_CSV)
+            for _ in range(2)]
+    assert [r.state for r in runs] == ["COMPLETED", "COMPLETED"], [r.error for r in runs]
+    with duckdb.connect(str(state / "warehouse.duckdb"), read_only=True) as con:
+        rows = con.execute("SELECT mort, year, sex, deaths, age_standardised_rate_per_100000, "
+                           "_source_sha256, _run_id FROM mort_table1").fetchall()
+    sha = hashlib.sha256(MORT_CSV.read_bytes()).hexdigest()
+    assert len(rows) == len(raw)
+    assert {r[5:] for r in rows} == {(sha, runs[1].run_id)}
+    by_key = {(m, str(y), s): (d, asr) for m, y, s, d, asr, *_ in rows}
+    for r in raw:
+        deaths, asr = by_key[(r["mort"], r["YEAR"], r["SEX"])]
+        assert deaths == (int(r["deaths"].replace(",", "")) if r["deaths"] else None)
+        want = float(r["age_standardised_rate_per_100000"]) \
+            if r["age_standardised_rate_per_100000"] else None
+        assert asr == want

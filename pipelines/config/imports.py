@@ -1,0 +1,174 @@
+"""Whether the stage classes and input-check callables a configuration names can be imported,
+checked in a fresh interpreter: what a worker process will find, not what this process remembers.
+
+A long-lived process (the daemon reloading on SIGHUP, a notebook) keeps every
+module it ever imported in ``sys.modules``: importing again there would answer
+for the module as it was then, not as it is on disk now.  So the dotted paths
+are imported by a short-lived child (``python -m pipelines.config.imports``,
+given this process's ``sys.path``), which also keeps a module that hangs,
+crashes or exits when imported away from the caller.  A module that exists only
+in this process (``__main__``, or one put into ``sys.modules`` by hand, with no
+file behind it) cannot be imported anywhere else, so it is checked here.
+
+Protocol: a JSON list of dotted paths on the child's stdin; one JSON line
+``{"target": dotted, "problem": text or null}`` per path on its stdout, each as
+soon as it is known.  What the imported modules print goes to stderr.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+from state.errors import did_you_mean
+
+from .values import DOTTED_PATH_RE
+
+#: how long the child may take to import everything before the rest is reported as hanging
+TIMEOUT_S = 60.0
+_DOTTED = re.compile(DOTTED_PATH_RE)
+
+
+def named_imports(data: Any) -> list[tuple[tuple, str]]:
+    """(key path, dotted path) of each stage ``class`` and ``input_check.callable`` in the
+    data of a pipeline file, read from the data itself (not its model, which may have
+    failed); values that are no dotted path are left to the model to report."""
+    data = data if isinstance(data, dict) else {}
+    found: list[tuple[tuple, Any]] = []
+    for i, stage in enumerate(_list(data.get("stages"))):
+        if isinstance(stage, dict):
+            found.append((("stages", i, "class"), stage.get("class")))
+    for i, trigger in enumerate(_list(data.get("triggers"))):
+        check = trigger.get("input_check") if isinstance(trigger, dict) else None
+        if isinstance(check, dict):
+            found.append((("triggers", i, "input_check", "callable"), check.get("callable")))
+    return [(path, dotted) for path, dotted in found
+            if isinstance(dotted, str) and _DOTTED.match(dotted)]
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def import_problems(dotted_paths: Iterable[str], *, timeout: float = TIMEOUT_S,
+                    ) -> dict[str, str | None]:
+    """Each of ``dotted_paths`` (``package.module.Attr``) -> why it cannot be imported, or None.
+
+    Nothing is called or instantiated; modules are imported (their top level runs).
+    """
+    targets = list(dict.fromkeys(dotted_paths))
+    here = [t for t in targets if _only_in_this_process(t.rpartition(".")[0])]
+    out = {t: import_problem(t) for t in here}
+    fresh = [t for t in targets if t not in out]
+    if fresh:
+        out.update(_in_child(fresh, timeout))
+    return {t: out[t] for t in targets}
+
+
+def import_problem(dotted: str) -> str | None:
+    """Import ``package.module.Attr`` in this process; the problem in words, or None."""
+    module_name, _, attr = dotted.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        return f"cannot import module {module_name!r}: {exc}"
+    except (Exception, SystemExit) as exc:
+        return f"importing module {module_name!r} raised {type(exc).__name__}: {exc}"
+    if not hasattr(module, attr):
+        names = [n for n in dir(module) if not n.startswith("_")]
+        hint = did_you_mean(attr, names)
+        return f"module {module_name!r} has no attribute {attr!r}{'; ' + hint if hint else ''}"
+    if not callable(getattr(module, attr)):
+        return f"{dotted!r} is a {type(getattr(module, attr)).__name__}, not a class or function"
+    return None
+
+
+def _only_in_this_process(module_name: str) -> bool:
+    """``__main__`` or a module (or package above it) made by hand, without a file."""
+    parts = module_name.split(".")
+    if parts[0] == "__main__":
+        return True
+    for i in range(1, len(parts) + 1):
+        module = sys.modules.get(".".join(parts[:i]))
+        if module is not None and getattr(module, "__spec__", None) is None:
+            return True
+    return False
+
+
+def _in_child(targets: list[str], timeout: float) -> dict[str, str | None]:
+    from ..execution.children import child_env, python_command
+
+    # the child must find modules where this process (and so a worker) finds them, and
+    # never a folder of the working directory in place of ahgd's packages (children.py)
+    env = child_env()
+    proc = subprocess.Popen(
+        python_command("pipelines.config.imports", str(os.getpid())),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        close_fds=True, start_new_session=True)  # a timeout kills what the imports started too
+    timed_out = False
+    try:
+        out, err = proc.communicate(json.dumps(targets).encode(), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        _kill(proc)
+        out, err = proc.communicate()
+    finally:
+        _kill(proc)
+    found: dict[str, str | None] = {}
+    for line in out.decode("utf-8", "replace").splitlines():
+        try:
+            answer = json.loads(line)
+            found[answer["target"]] = answer["problem"]
+        except (ValueError, KeyError, TypeError):
+            continue
+    for target in targets:
+        if target in found:
+            continue
+        module = target.rpartition(".")[0]
+        if timed_out:
+            found[target] = (f"importing module {module!r} did not finish within {timeout:g}s "
+                             "(does it wait for something, or loop, when imported?); make its "
+                             "import quick: a worker process imports it before every run")
+        else:
+            from ..execution.pool import describe_exit
+
+            last = err.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no message"]
+            found[target] = (f"importing module {module!r} stopped the interpreter that "
+                             f"imported it (it {describe_exit(proc.returncode)}: {last[0][:300]}); "
+                             "a worker process would stop the same way: fix what the module "
+                             "does when imported")
+    return found
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    proc.wait()
+
+
+def main(argv: list[str]) -> None:
+    from ..execution.children import working_directory_last
+    from ..execution.worker import die_with_parent
+
+    working_directory_last()  # as in a worker: stage modules kept there import, last
+    die_with_parent(int(argv[1]) if len(argv) > 1 else None)
+    answer = os.dup(1)
+    os.dup2(2, 1)  # what the modules print goes to stderr, not into the answer
+    sys.stdout = sys.stderr
+    for target in json.loads(sys.stdin.buffer.read()):
+        line = json.dumps({"target": target, "problem": import_problem(target)}) + "\n"
+        os.write(answer, line.encode())
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,80 @@
+"""How ahgd starts a Python child: its own packages first, the working directory last.
+
+Worker processes (``pipelines.execution.worker``), the input checks
+(``ahgd_daemon.inputcheck``) and the configuration's import check
+(``pipelines.config.imports``) are fresh interpreters started with ``-m``.
+Plain ``python -m`` puts the working directory first on ``sys.path``, and a
+folder there named like one of ahgd's packages — a state directory called
+``state``, a folder of YAML called ``pipelines`` — is then imported instead of
+it, as an empty namespace package (``cannot import name 'EventLog' from 'state'
+(unknown location)``).  With an editable install, whose packages are found by
+an import hook after ``sys.path``, any such folder wins.
+
+So a child is started with ``-P`` (nothing put in front of ``sys.path``), and
+its ``PYTHONPATH`` is the folders ahgd's own packages were imported from, then
+this process's ``sys.path`` without the working directory.  The child appends
+the working directory at the end (:func:`working_directory_last`): stage
+modules kept there still import, after everything installed, and never in
+place of it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+#: the project's top-level packages: never to be shadowed in a child
+PACKAGES = ("state", "pipelines", "ahgd_daemon")
+
+
+def python_command(module: str, *args: str) -> list[str]:
+    """``python -P -m module args...`` with this interpreter."""
+    return [sys.executable, "-P", "-m", module, *args]
+
+
+def child_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default: our environment) with the ``PYTHONPATH`` a child needs."""
+    env = dict(os.environ if base is None else base)
+    env["PYTHONPATH"] = os.pathsep.join(child_path())
+    return env
+
+
+def child_path() -> list[str]:
+    """The folders of ahgd's packages, then our ``sys.path`` without the working directory."""
+    here = _cwd()
+    rest = [p for p in sys.path if p and p != "." and os.path.abspath(p) != here]
+    return list(dict.fromkeys([*package_roots(), *rest]))
+
+
+def package_roots() -> list[str]:
+    """The folders that hold ahgd's packages as this process imported them (site-packages
+    for an ordinary install, the clone for an editable one)."""
+    roots = [str(Path(__file__).resolve().parents[2])]  # pipelines/execution/children.py
+    for name in PACKAGES:
+        module = sys.modules.get(name)
+        where = getattr(module, "__file__", None)
+        if where:  # a regular package, not a namespace folder
+            roots.append(str(Path(where).resolve().parents[1]))
+    return list(dict.fromkeys(roots))
+
+
+def working_directory_last() -> None:
+    """Append the working directory to ``sys.path`` (in a child, or the ``ahgd`` command):
+    the user's own modules there import, after the installed packages.
+
+    ahgd's packages are imported first: an editable install finds them through an import
+    hook that Python asks only after every ``sys.path`` entry, so a folder named ``state``
+    anywhere on ``sys.path`` would otherwise still win."""
+    import state  # noqa: F401  (``pipelines`` is in already: this module is part of it)
+    here = _cwd()
+    if here and here not in sys.path:
+        sys.path.append(here)
+
+
+def _cwd() -> str:
+    try:
+        return os.getcwd()
+    except OSError:  # the working directory was deleted: nothing to find there
+        return ""
