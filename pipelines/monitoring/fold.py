@@ -184,7 +184,9 @@ def _on_run_ended(state: MonitorState, event: Event, data: dict, at: datetime,
     run_id = event.run_id or ""
     _pipeline_of(state, event, data)
     actions = alerts.unparked(state, run_id, "cancelled", now) if final == "CANCELLED" else []
-    extra = {"stage": data.get("stage") or event.stage, "error": data.get("error"),
+    # the engine says ``stage``; a script's crashed run, failed on replay, says ``failed_stage``
+    extra = {"stage": data.get("stage") or data.get("failed_stage") or event.stage,
+             "error": data.get("error"),
              "reason": data.get("reason")}
     return actions + end_run(state, run_id, final, at,
                              {k: v for k, v in extra.items() if v is not None}, now,

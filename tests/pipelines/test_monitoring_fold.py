@@ -84,6 +84,15 @@ def test_a_failing_run_raises_pipeline_failing_and_a_later_completion_resolves_i
     assert stats.stages["extract"].states == {"FAILED": 2, "COMPLETED": 1}
 
 
+def test_a_run_failed_on_replay_names_its_stage_from_failed_stage(state):
+    # state/orphans.py fails a script's crashed run with ``failed_stage`` in the payload
+    events = run(0, "r1", "run.failed", failed_stage="extract", error="the script died")
+    [(_, alert)] = fold(state, *events)
+    assert alert.message == ("run r1 of pipeline 'health' failed at stage 'extract': "
+                             "the script died")
+    assert state.pipelines["health"].last_run["failed_stage"] == "extract"
+
+
 def test_only_the_latest_ending_of_a_pipeline_decides_whether_it_is_failing(state):
     fold(state, *run(0, "new", "run.completed")[:-1], *run(10, "old", "run.failed")[:-1])
     assert fold(state, ev(30, "run.completed", "new")) == []
