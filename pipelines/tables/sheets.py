@@ -1,0 +1,264 @@
+"""Spreadsheets as publishers lay them out: title rows, a one- or two-line header, the data,
+then footnotes; found in the top rows, then loaded through Arrow into DuckDB.
+
+    book = Workbook(path, member=None)        # .xlsx/.xlsm, .xls, .ods, or one inside a .zip
+    rows = book.top_rows("Table 1")           # the first PROBE_ROWS rows, as text
+    spot = find_header(rows, score)           # where the header is, and its column names
+    book.stage(con, "Table 1", spot.data_row, {0: "sa2_code", 2: "irsd_score"}, "temp.t")
+
+The header is looked for in the first :data:`PROBE_ROWS` rows (streamed for an
+``.xlsx``: :mod:`pipelines.tables.xlsxrows`).  A two-line header's upper
+cells, merged across the columns they head (``Ranking within Australia`` over
+``Rank | Decile | Percentile``), are joined to each cell below them; the rows
+above the header are the table's title, whose words help name columns that
+say too little by themselves (``Score``).  Loading reads the whole sheet with
+fastexcel (Rust: calamine, and Arrow), keeps only the columns asked for, and
+drops the rows below the header that are not data: empty rows, and notes,
+footnotes and copyright lines (a row with fewer than two cells filled).
+Numbers stored as numbers arrive as text written exactly (``4343``, ``583.7``);
+numbers stored as text arrive as written.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..context import quote
+from ..errors import InputError
+from . import files, xlsxrows
+
+PROBE_ROWS = 60
+_NUMBER = re.compile(r"^\s*[-+]?(\d{1,3}(,\d{3})+|\d+)?(\.\d+)?([eE][-+]?\d+)?\s*%?\s*$")
+
+
+def _is_number(text: str | None) -> bool:
+    return bool(text) and bool(_NUMBER.match(text)) and any(c.isdigit() for c in text)
+
+
+class Workbook:
+    """A spreadsheet file (or a ZIP member that is one), opened on demand."""
+
+    def __init__(self, path: str | Path, member: str | None = None, kind: str | None = None):
+        self.path, self.member = Path(path), member
+        self.kind = kind or (files.member_kind(path, member)[0] if member
+                             else files.file_kind(path))
+        self.label = f"{self.path.name}" + (f" (member {member})" if member else "")
+        self._reader: Any = None
+
+    def _source(self) -> Any:
+        if self.member is not None:
+            return files.member_bytes(self.path, self.member)
+        return str(self.path)
+
+    def reader(self) -> Any:
+        if self._reader is None:
+            try:
+                import fastexcel
+            except ImportError:   # pragma: no cover - a dependency of ahgd
+                raise ImportError("reading spreadsheets needs fastexcel: pip install fastexcel"
+                                  ) from None
+            with files.open_regular(self.path):   # refuses a link or FIFO before reading
+                pass
+            try:
+                self._reader = fastexcel.read_excel(self._source())
+            except Exception as exc:  # fastexcel's own errors: the file is not what it says
+                raise InputError(f"{self.label} is not a spreadsheet fastexcel can read "
+                                 f"({_first_line(exc)}); save it again as .xlsx") from None
+        return self._reader
+
+    def sheet_names(self) -> list[str]:
+        if self.kind == "xlsx":
+            with self._stream() as book:
+                try:
+                    return xlsxrows.sheet_names(book)
+                except (KeyError, OSError, SyntaxError, ValueError) as exc:
+                    raise InputError(f"{self.label} is not a workbook that can be read "
+                                     f"({_first_line(exc)}); save it again as .xlsx") from None
+        return list(self.reader().sheet_names)
+
+    def _stream(self) -> Any:
+        import io
+
+        if self.member is not None:
+            return io.BytesIO(files.member_bytes(self.path, self.member))
+        return files.open_regular(self.path)
+
+    def top_rows(self, sheet: str, limit: int = PROBE_ROWS) -> list[list[str | None]]:
+        """The sheet's first ``limit`` rows as text, numbered from the sheet's row 1."""
+        if self.kind == "xlsx":
+            with self._stream() as book:
+                try:
+                    return xlsxrows.first_rows(book, sheet, limit)
+                except (KeyError, OSError, SyntaxError, ValueError) as exc:
+                    raise InputError(f"sheet {sheet!r} of {self.label} cannot be read "
+                                     f"({_first_line(exc)})") from None
+        loaded = self.reader().load_sheet(sheet, header_row=None, n_rows=limit, dtypes="string",
+                                          skip_rows=0)
+        con = _scratch()
+        con.register("top", loaded)
+        rows = con.execute("SELECT * FROM top").fetchall()
+        offset = [c.absolute_index for c in loaded.available_columns()]
+        width = (max(offset) + 1) if offset else 0
+        out: list[list[str | None]] = []    # skip_rows=0: from the sheet's row 1
+        for row in rows:
+            cells: list[str | None] = [None] * width
+            for i, v in zip(offset, row):
+                cells[i] = v
+            out.append(cells)
+        return out[:limit]
+
+    def stage(self, con: Any, sheet: str, data_row: int, columns: dict[int, str],
+              table: str, *, create: bool) -> int:
+        """Load the sheet's rows from ``data_row`` (1-based) into ``table`` (VARCHAR columns
+        named by ``columns``: absolute position -> name), dropping rows that are not data;
+        returns the rows dropped."""
+        wanted = set(columns)
+        loaded = self.reader().load_sheet(
+            sheet, header_row=None, skip_rows=data_row - 1, schema_sample_rows=None,
+            dtype_coercion="coerce", use_columns=lambda c: c.absolute_index in wanted)
+        info = {c.absolute_index: c for c in loaded.selected_columns}
+        exprs = []
+        for pos, name in columns.items():
+            c = info.get(pos)
+            exprs.append(f"{_as_text(quote(c.name), c.dtype) if c else 'NULL::VARCHAR'} "
+                         f"AS {quote(name)}")
+        view = f"_ahgd_sheet_{abs(hash((sheet, table))) % 10**8}"
+        con.register(view, loaded)
+        try:
+            body = f"SELECT {', '.join(exprs)} FROM {quote(view)}"
+            filled = " + ".join(f"(CASE WHEN {quote(n)} IS NULL THEN 0 ELSE 1 END)"
+                                for n in columns.values())
+            keep = f"({filled}) >= 2" if len(columns) > 1 else "TRUE"
+            count = f"SELECT count(*) FROM {table}"
+            before = 0 if create else con.execute(count).fetchall()[0][0]
+            if create:
+                con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT * FROM ({body}) "
+                            f"WHERE {keep}")
+            else:
+                con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM ({body}) WHERE {keep}")
+            # counted in the table, not by reading the sheet's Arrow data a second time
+            kept = con.execute(count).fetchall()[0][0] - before
+            total = loaded.height
+        finally:
+            con.unregister(view)
+            del loaded
+        return total - kept
+
+
+def _as_text(col: str, dtype: str) -> str:
+    """A cell as the text it holds: whole numbers without ``.0``, others exactly."""
+    if dtype == "float":
+        return (f"CASE WHEN {col} = trunc({col}) AND abs({col}) < 1e15 THEN "
+                f"CAST(CAST({col} AS BIGINT) AS VARCHAR) ELSE CAST({col} AS VARCHAR) END")
+    if dtype == "datetime":
+        return (f"CASE WHEN CAST({col} AS TIME) = TIME '00:00:00' THEN strftime({col}, "
+                f"'%Y-%m-%d') ELSE strftime({col}, '%Y-%m-%d %H:%M:%S') END")
+    if dtype == "string":
+        return f"nullif(trim({col}), '')"
+    return f"CAST({col} AS VARCHAR)"
+
+
+def _scratch() -> Any:
+    import duckdb
+
+    return duckdb.connect()
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+# --------------------------------------------------------------------------- the header
+
+
+@dataclass
+class HeaderSpot:
+    """Where a sheet's header is: its rows (1-based), its cells (two lines joined), the
+    words of the title rows above it, and the first row below it."""
+
+    rows: list[int]
+    cells: list[str]
+    title: list[str]
+
+    @property
+    def data_row(self) -> int:
+        return self.rows[-1] + 1
+
+
+def header_cells(rows: Sequence[Sequence[str | None]], at: int, lines: int) -> list[str]:
+    """The header's cells at 0-based row ``at``: one line, or two with the upper line's
+    merged cells carried right over the cells they head."""
+    top = list(rows[at])
+    if lines == 1:
+        return [(c or "").strip() for c in top]
+    bottom = list(rows[at + 1])
+    width = max(len(top), len(bottom))
+    top += [None] * (width - len(top))
+    bottom += [None] * (width - len(bottom))
+    out, carried = [], None
+    for t, b in zip(top, bottom):
+        if t:
+            carried = t if b else None     # a group heads its own column's sub-label too
+        elif not b:
+            carried = None
+        upper = t or (carried if b else None)
+        out.append(" ".join(x.strip() for x in (upper, b) if x and x.strip()))
+    return out
+
+
+def find_header(rows: Sequence[Sequence[str | None]],
+                score: Callable[[list[str], list[str]], tuple | None] | None = None,
+                given: Sequence[int] | None = None) -> HeaderSpot | None:
+    """Where the header of ``rows`` is: ``given`` (1-based rows), else the one- or
+    two-line header ``score(cells, title)`` rates highest (None: not a header), else the
+    first row of text that the data follows."""
+    if given:
+        at, lines = given[0] - 1, len(given)
+        if at + lines > len(rows):
+            return None
+        return HeaderSpot(list(given), header_cells(rows, at, lines), _title(rows, at))
+    if score is None:
+        return _plain_header(rows)
+    best: tuple[tuple, HeaderSpot] | None = None
+    for at in range(len(rows)):
+        if sum(1 for c in rows[at] if c) < 1:
+            continue
+        for lines in (1, 2):
+            if at + lines > len(rows):
+                continue
+            cells = header_cells(rows, at, lines)
+            rated = score(cells, _title(rows, at))
+            if rated is None:
+                continue
+            key = (*rated, -lines, -at)
+            if best is None or key > best[0]:
+                best = (key, HeaderSpot(list(range(at + 1, at + lines + 1)), cells,
+                                        _title(rows, at)))
+    return best[1] if best else None
+
+
+def _plain_header(rows: Sequence[Sequence[str | None]]) -> HeaderSpot | None:
+    """The first row of two or more text cells whose next row (or the one after a second
+    header line) holds a number; a second line when it fills columns the first leaves."""
+    for at, row in enumerate(rows):
+        texts = [c for c in row if c]
+        if len(texts) < 2 or any(_is_number(c) for c in texts):
+            continue
+        below = rows[at + 1] if at + 1 < len(rows) else []
+        lines = 1
+        if below and not any(_is_number(c) for c in below if c) and any(
+                b and not (row[i] if i < len(row) else None) for i, b in enumerate(below)):
+            lines = 2
+        return HeaderSpot(list(range(at + 1, at + lines + 1)), header_cells(rows, at, lines),
+                          _title(rows, at))
+    return None
+
+
+def _title(rows: Sequence[Sequence[str | None]], at: int) -> list[str]:
+    return [c for row in rows[max(0, at - 10):at] for c in row if c]
+
+
+__all__ = ["PROBE_ROWS", "Workbook", "HeaderSpot", "find_header", "header_cells"]

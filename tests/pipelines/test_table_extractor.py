@@ -1,0 +1,268 @@
+"""``pipelines.TableExtractor`` from YAML, and the pieces under it (issue 16): header words,
+spreadsheets found below their title rows, publishers' conventions, compressed files, and
+input checks that read only the top of a file."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import zipfile
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from pipelines import ConfigError
+from pipelines.config.configured import load_pipeline
+from pipelines.tables import source, xlsxrows
+from pipelines.tables.headers import Wanted, match_header, words
+
+PIPELINE = """\
+pipeline: {{name: deaths, description: a table as its publisher ships it}}
+stages:
+  - name: extract
+    type: extractor
+    class: pipelines.TableExtractor
+    config: {config}
+  - name: load
+    type: loader
+    class: pipelines.WarehouseLoader
+    config: {{table: deaths, key: [area]}}
+"""
+
+
+def load(tmp_path: Path, path: Path, config: str, name: str = "state"):
+    """Run the YAML pipeline on ``path``; the warehouse table's rows (sorted) and types."""
+    yaml = tmp_path / f"{name}.yaml"
+    yaml.write_text(PIPELINE.format(config=config))
+    state = tmp_path / name
+    ctx = load_pipeline(yaml, state_dir=state, executor="inprocess").run(input_file=path)
+    assert ctx.state == "COMPLETED", ctx.error
+    with duckdb.connect(str(state / "warehouse.duckdb"), read_only=True) as con:
+        rel = con.sql("SELECT * EXCLUDE (_run_id, _source_sha256) FROM deaths ORDER BY ALL")
+        return rel.fetchall(), dict(zip(rel.columns, map(str, rel.types)))
+
+
+def book(path: Path, sheets: dict[str, list[list]], merge: str | None = None) -> Path:
+    from openpyxl import Workbook
+
+    wb = Workbook()
+    wb.remove(wb.active)
+    for name, rows in sheets.items():
+        ws = wb.create_sheet(name)
+        for r in rows:
+            ws.append(r)
+        if merge and name == list(sheets)[-1]:
+            ws.merge_cells(merge)
+    wb.save(path)
+    return path
+
+
+DEATHS = [
+    ["Table 3: Deaths by area, 2021"],
+    ["Australian Institute of Health and Welfare"],
+    [],
+    ["Area code", "Area", "Deaths", None, "Note"],
+    [None, None, "Number", "Rate per 100,000", None],
+    ["0800", "Darwin", 1234, 583.7, "x"],
+    ["0820", "Palmerston", "1,005", "n.p.", None],
+    ["2000", "Sydney", "np", "..", None],
+    ["3000", "Melbourne", "—", 612.25, None],
+    [],
+    ["n.p. not published. Rates are age-standardised."],
+    ["© Commonwealth of Australia 2024"],
+]
+EXPECTED = [("0800", "Darwin", 1234, 583.7), ("0820", "Palmerston", 1005, None),
+            ("2000", "Sydney", None, None), ("3000", "Melbourne", None, 612.25)]
+MAPPING = "{columns: {area: 1, name: Area, deaths: Deaths Number, rate: 4}, sheet: Deaths}"
+
+
+def test_a_workbook_sheet_below_title_rows_loads_through_the_columns_mapping(tmp_path):
+    """Title rows, a two-line header ("Deaths" merged over Number | Rate), numbers stored as
+    numbers and as text ("1,005"), NULL markers, a footnote and a copyright line below;
+    codes keep their leading zeros; the sheet by name, then by index."""
+    path = book(tmp_path / "deaths.xlsx", {"Contents": [["Contents"], ["Table 3", "Deaths"]],
+                                           "Deaths": DEATHS}, merge="C4:D4")
+    got, types = load(tmp_path, path, MAPPING)
+    assert got == EXPECTED
+    assert types == {"area": "VARCHAR", "name": "VARCHAR", "deaths": "BIGINT", "rate": "DOUBLE"}
+    by_index = MAPPING.replace("sheet: Deaths", "sheet: 1, header_row: [4, 5]")
+    assert load(tmp_path, path, by_index, "by_index")[0] == EXPECTED
+
+
+def test_the_same_table_as_csv_gzip_and_zip_loads_the_same_rows(tmp_path):
+    text = ("\ufeffArea code,Area,Deaths Number,\"Rate per 100,000\"\r\n"
+            "0800,Darwin,\"1,234\",583.7\r\n0820,Palmerston,\"1,005\",n.p.\r\n"
+            "2000,Sydney,np,..\r\n3000,Melbourne,—,612.25\r\n")
+    plain = tmp_path / "deaths.csv"
+    plain.write_bytes(text.encode("utf-8"))
+    gz = tmp_path / "deaths.csv.gz"
+    gz.write_bytes(gzip.compress(plain.read_bytes()))
+    zipped = tmp_path / "deaths.zip"
+    with zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as z:
+        z.write(gz, "data/deaths.csv.gz")
+        z.writestr("__MACOSX/._deaths.csv.gz", b"junk")
+    mapping = "{columns: {area: 1, name: Area, deaths: 3, rate: 4}}"
+    for i, path in enumerate((plain, gz, zipped)):
+        assert load(tmp_path, path, mapping, f"s{i}")[0] == EXPECTED, path.name
+
+
+def test_latin1_is_guessed_and_said_and_utf8_can_be_insisted_on(tmp_path):
+    from pipelines import TableExtractor
+
+    path = tmp_path / "areas.csv"
+    path.write_bytes("area,name\n1,Café\n2,Gundagai\n".encode("latin-1"))
+    got, _ = load(tmp_path, path, "{}")
+    assert got == [(1, "Café"), (2, "Gundagai")]
+    found = TableExtractor().identify(path)        # what the extract stage logs as guessed
+    assert (found["encoding"], found["encoding_guessed"]) == ("latin-1", True)
+    yaml = tmp_path / "strict.yaml"
+    yaml.write_text(PIPELINE.format(config="{encoding: utf-8}"))
+    ctx = load_pipeline(yaml, state_dir=tmp_path / "strict", executor="inprocess").run(
+        input_file=path)
+    assert ctx.state == "FAILED" and "is not utf-8 text" in ctx.stage_results["extract"].error
+
+
+def test_a_missing_column_and_a_bad_option_say_what_to_do(tmp_path):
+    path = book(tmp_path / "deaths.xlsx", {"Deaths": DEATHS}, merge="C4:D4")
+    yaml = tmp_path / "p.yaml"
+    yaml.write_text(PIPELINE.format(config="{columns: {area: 1, deaths: Dead}}"))
+    ctx = load_pipeline(yaml, state_dir=tmp_path / "s", executor="inprocess").run(input_file=path)
+    error = ctx.stage_results["extract"].error
+    assert error.startswith("deaths.xlsx has no sheet that is a table: sheet 'Deaths' ")
+    assert "columns: deaths: the file has no column 'Dead' (its columns: " in error
+    with pytest.raises(ConfigError, match="sheet .* must be a sheet's name, its index"):
+        from pipelines import TableExtractor
+
+        TableExtractor(sheet=1.5)
+
+
+# --------------------------------------------------------------------------- header words
+
+
+def test_three_spellings_are_one_column_and_the_most_specific_wins():
+    decile = Wanted("irsd_decile", ("index of relative socio-economic disadvantage decile",))
+    state = Wanted("irsd_state_decile", ("irsd decile state",))
+    for cell in ("IRSD_Decile_Australia", "Index of Relative Socio-economic Disadvantage - "
+                 "Decile", "irsd decile"):
+        assert match_header(["SA2", cell, "IRSD_Decile_State"], [decile, state]).positions == {
+            "irsd_decile": 1, "irsd_state_decile": 2}, cell
+    assert words("SA2_MAINCODE_2021") == {"sa2", "maincode"}
+    # a cell that says too little by itself is read with the title above it
+    assert match_header(["Score"], [Wanted("irsd_score", ("irsd score",))],
+                        context=["Table 1 IRSD, 2021"]).positions == {"irsd_score": 0}
+
+
+# --------------------------------------------------------------------------- bounded checks
+
+
+def test_an_input_check_reads_the_top_of_a_sheet_only(tmp_path):
+    from openpyxl import Workbook
+
+    wb = Workbook(write_only=True)
+    ws = wb.create_sheet("Big")
+    ws.append(["A title"])
+    ws.append(["area", "deaths"])
+    for i in range(20000):
+        ws.append([f"{i:05d}", i])
+    path = tmp_path / "big.xlsx"
+    wb.save(path)
+    with open(path, "rb") as f:
+        top = xlsxrows.first_rows(f, "Big", 60, max_bytes=4096)
+    assert top[:3] == [["A title", None], ["area", "deaths"], ["00000", "0"]]
+    assert 3 < len(top) < 60          # cut at 4 KiB of the sheet's XML, not at 60 rows
+
+
+def test_a_spreadsheet_that_cannot_be_streamed_is_left_to_the_run_when_large(tmp_path,
+                                                                            monkeypatch):
+    path = book(tmp_path / "deaths.xlsx", {"Deaths": DEATHS}, merge="C4:D4")
+    zipped = tmp_path / "deaths.zip"
+    with zipfile.ZipFile(zipped, "w") as z:
+        z.write(path, "deaths.xlsx")
+    from pipelines.tables.extractor import AllColumns
+
+    named = AllColumns({"name": "Area", "deaths": "Deaths Number"})
+    checked = source.identify(zipped, named, whole_file=False)
+    assert checked["sheets"][0]["header_rows"] == [4, 5] and "unchecked" not in checked
+    monkeypatch.setattr(source, "CHECK_WHOLE_LIMIT", 1000)
+    assert source.identify(zipped, named, whole_file=False)["unchecked"]
+    assert "unchecked" not in source.identify(zipped, named)
+    # a gzip'd CSV's check decompresses its first MiB, not the file
+    big = tmp_path / "big.csv.gz"
+    with gzip.open(big, "wb") as f:
+        f.write(b"area,deaths\n" + b"0800,1\n" * 400_000)
+    raw = io.BytesIO(big.read_bytes())
+    assert len(raw.getvalue()) < 100_000
+    assert source.identify(big, AllColumns(), whole_file=False)["columns"] == ["area", "deaths"]
+
+
+def test_bundled_drop_folders_take_spreadsheets_and_compressed_files(tmp_path):
+    from ahgd_daemon.dropfolder import Folder, glob_alternatives
+    from pipelines.config import load_config
+
+    config = load_config([Path(__file__).resolve().parents[2] / "pipelines" / "ahgd" / "config"
+                          / "master.yaml"], state_dir=tmp_path)
+    for name in ("seifa_sa2", "mortality_regions"):
+        [trigger] = config.pipelines[name].file.triggers
+        folder = Folder(name, tmp_path, trigger.pattern)
+        taken = [n for n in ("a.csv", "a.csv.gz", "SEIFA 2021.xlsx", "b.xls", "c.ods", "d.zip",
+                             "notes.txt", "a.csv.part", "x.pdf") if folder.matches(tmp_path / n)]
+        assert taken == ["a.csv", "a.csv.gz", "SEIFA 2021.xlsx", "b.xls", "c.ods", "d.zip"]
+    assert glob_alternatives("a{b,c{d,e}}f") == ["abf", "acdf", "acef"]
+    assert glob_alternatives("x{y}") == ["x{y}"] and glob_alternatives("*.{a") == ["*.{a"]
+
+
+def test_required_columns_read_compressed_files_and_spreadsheets_from_their_top(tmp_path):
+    from ahgd_daemon.inputcheck import required_columns_problem
+
+    gz = tmp_path / "deaths.csv.gz"
+    gz.write_bytes(gzip.compress(b"area,deaths\n0800,1\n"))
+    assert required_columns_problem(gz, ["area", "deaths"], "utf-8", ",") is None
+    assert required_columns_problem(gz, ["area", "rate"], "utf-8", ",") == (
+        "missing required column(s) rate (the header has: area, deaths)")
+    path = book(tmp_path / "deaths.xlsx", {"Contents": [["Contents"], ["Table 3", "Deaths"]],
+                                           "Deaths": DEATHS})
+    assert required_columns_problem(path, ["Area code", "Area"], "utf-8", ",") is None
+    assert required_columns_problem(path, ["Area code", "Postcode"], "utf-8", ",") == (
+        "missing required column(s) Postcode (the header has: Area code, Area, Deaths, , Note)")
+
+
+def ods(path: Path, sheets: dict[str, list[list]]) -> Path:
+    """A minimal OpenDocument spreadsheet (no writer for it is installed): text and numbers."""
+    from xml.sax.saxutils import escape
+
+    def cell(v) -> str:
+        if v is None:
+            return "<table:table-cell/>"
+        if isinstance(v, (int, float)):
+            return (f'<table:table-cell office:value-type="float" office:value="{v}">'
+                    f"<text:p>{v}</text:p></table:table-cell>")
+        return (f'<table:table-cell office:value-type="string"><text:p>{escape(v)}</text:p>'
+                "</table:table-cell>")
+
+    body = "".join(f'<table:table table:name="{name}">' + "".join(
+        "<table:table-row>" + "".join(cell(v) for v in row) + "</table:table-row>"
+        for row in rows) + "</table:table>" for name, rows in sheets.items())
+    ns = ('xmlns:office="urn:oasis:names:tc:opendocument:xmlns:office:1.0" '
+          'xmlns:table="urn:oasis:names:tc:opendocument:xmlns:table:1.0" '
+          'xmlns:text="urn:oasis:names:tc:opendocument:xmlns:text:1.0"')
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("mimetype", "application/vnd.oasis.opendocument.spreadsheet",
+                   compress_type=zipfile.ZIP_STORED)
+        z.writestr("content.xml", f'<?xml version="1.0" encoding="UTF-8"?><office:document-'
+                   f'content {ns} office:version="1.2"><office:body><office:spreadsheet>{body}'
+                   "</office:spreadsheet></office:body></office:document-content>")
+        z.writestr("META-INF/manifest.xml", '<?xml version="1.0" encoding="UTF-8"?><manifest:'
+                   'manifest xmlns:manifest="urn:oasis:names:tc:opendocument:xmlns:manifest:1.0"'
+                   ' manifest:version="1.2"><manifest:file-entry manifest:full-path="/" manifest:'
+                   'media-type="application/vnd.oasis.opendocument.spreadsheet"/><manifest:file-'
+                   'entry manifest:full-path="content.xml" manifest:media-type="text/xml"/>'
+                   "</manifest:manifest>")
+    return path
+
+
+def test_an_ods_workbook_loads_as_the_xlsx_does(tmp_path):
+    two_line = [list(r) for r in DEATHS]
+    two_line[3][3] = "Deaths"          # no merged cells here: the group is named over both
+    path = ods(tmp_path / "deaths.ods", {"Contents": [["Contents"]], "Deaths": two_line})
+    assert load(tmp_path, path, MAPPING)[0] == EXPECTED
