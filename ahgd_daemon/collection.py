@@ -1,0 +1,240 @@
+"""The daemon's own collection: when it runs, in steps that never hold up the loop, and what it says.
+
+The daemon collects its state directory by the configuration's ``retain:`` policy
+(``ahgd_daemon/retention.py`` decides, ``ahgd_daemon/removal.py`` removes): once soon
+after start-up, then every :data:`INTERVAL_S`, and at once when the alert
+``system.disk_nearly_full`` fires.  The main loop calls :meth:`DaemonCollection.step`
+each turn; a step advances the collection for at most :data:`STEP_BUDGET_S` (one removal
+or one small chunk of the walk past that, at worst) and returns, so schedules, drop folders
+and runs are served between steps.  ``ahgd gc`` through the daemon's socket
+(:meth:`DaemonCollection.request`) runs a whole collection on the socket's thread,
+while the loop's steps wait.  Each collection ends with one ``gc_done`` log line (what went,
+how long it took, its longest step), and feeds ``storage`` in ``ahgd status``, the page
+and ``/metrics`` (``ahgd_daemon/storage.py``).  A collection that fails is logged and
+tried again at the next interval; it never stops the daemon.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pipelines.config.retain import Policy, policy as make_policy
+from state import format_ts
+from state.errors import AhgdError
+
+from . import storage
+from .removal import Collector, Report
+
+#: between two collections (a disk alert starts one at once)
+INTERVAL_S = 900.0
+#: the first collection, after start-up and recovery
+FIRST_AFTER_S = 5.0
+#: the most one step of the loop spends collecting (then the loop goes on)
+STEP_BUDGET_S = 0.01
+DISK_ALERT = "system.disk_nearly_full"
+BUDGET_ALERT = "retention.data_budget_exceeded"
+
+
+def timed(step: Iterator[Any], budget_s: float) -> tuple[bool, float]:
+    """Advance ``step`` until ``budget_s`` has passed (at a pause); (finished, seconds)."""
+    began = time.perf_counter()
+    for _ in step:
+        if time.perf_counter() - began >= budget_s:
+            return False, time.perf_counter() - began
+    return True, time.perf_counter() - began
+
+
+def setup_policy(setup: Any) -> Policy:
+    """The ``retain:`` policy of a daemon's configuration (master defaults, pipeline overrides)."""
+    return config_policy(setup.config)
+
+
+def config_policy(config: Any) -> Policy:
+    """The ``retain:`` policy of a loaded configuration (``pipelines.config.load_config``)."""
+    return make_policy(config.retain, {n: p.file.retain for n, p in config.pipelines.items()})
+
+
+class DaemonCollection:
+    def __init__(self, log: Any, state_dir: Path, policy: Policy, *, logger: Any,
+                 wake: Callable[[], None], alerts: Any, clock: Callable[[], datetime],
+                 monotonic: Callable[[], float] = time.monotonic):
+        self.collector = Collector(log, state_dir, policy, clock, delete_aside=True)
+        self.state_dir, self.logger, self.wake, self.alerts = Path(state_dir), logger, wake, alerts
+        self.monotonic = monotonic
+        self._lock = threading.Lock()        # one collection at a time: the loop's or ahgd gc's
+        self._asap = threading.Event()       # a disk alert: collect now
+        self._due = monotonic() + FIRST_AFTER_S
+        self._steps: Iterator[None] | None = None
+        self._current: Report | None = None
+        self.last: Report | None = None
+        self.sizes: dict[str, int] | None = None
+        self.measured_at: str | None = None
+        self.ended = 0                       # collections ended (or failed) so far
+        self._settle_from: int | None = None
+
+    @classmethod
+    def start(cls, daemon: Any) -> "DaemonCollection":
+        """The collection of a daemon that has recovered its runs: a crash's trash finished
+        now (before any request), the disk alert listened to, the sizes exported."""
+        collection = cls(daemon.log, daemon.state_dir, setup_policy(daemon.setup),
+                         logger=daemon.logger, wake=daemon.waker.wake, alerts=daemon.alerts,
+                         clock=daemon.options.clock, monotonic=daemon.options.monotonic)
+        try:
+            collection.collector.recover()
+        except (AhgdError, OSError) as exc:
+            collection._failed(exc)
+        daemon.log.add_listener(collection.on_event)
+        daemon.monitor.add_collector(storage.StorageCollector(collection.section))
+        return collection
+
+    def dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
+        """``{"cmd": "gc", "dry_run": bool, "pipeline": name or null}`` from the socket."""
+        from .requests import RequestError
+
+        dry_run, pipeline = request.get("dry_run", False), request.get("pipeline")
+        if not isinstance(dry_run, bool) or not (pipeline is None or isinstance(pipeline, str)):
+            raise RequestError("gc takes dry_run (true or false) and pipeline (a name or null)")
+        return {"gc": self.request(dry_run=dry_run, pipeline=pipeline)}
+
+    def configure(self, policy: Policy) -> None:
+        """A reload's policy, from the next collection on."""
+        self.collector.policy = policy
+
+    # -- when ----------------------------------------------------------------------------
+
+    def on_event(self, event: Any) -> None:
+        """An event log listener: the disk alert starts a collection at once."""
+        if event.type == "alert.raised" and (event.data() or {}).get("name") == DISK_ALERT:
+            self._asap.set()
+            self.wake()
+
+    def _is_due(self) -> bool:
+        return self._asap.is_set() or self.monotonic() >= self._due
+
+    def sleep_hint(self) -> float:
+        """How long the loop may sleep as far as collecting goes (0: a step is waiting)."""
+        if self._steps is not None or self._is_due():
+            return 0.0
+        return max(0.0, self._due - self.monotonic())
+
+    # -- from the loop ---------------------------------------------------------------------
+
+    def step(self) -> None:
+        """Advance the collection by at most :data:`STEP_BUDGET_S`; start one when due."""
+        if not self._lock.acquire(blocking=False):
+            return  # `ahgd gc` is collecting on the socket's thread
+        try:
+            if self._steps is None:
+                if not self._is_due():
+                    return
+                self._asap.clear()
+                self._current = self.collector.new_report()
+                self._steps = self.collector.collect(self._current)
+            report = self._current
+            try:
+                finished, took = timed(self._steps, STEP_BUDGET_S)
+            except Exception as exc:  # a full disk, a permission: next time, never a crash
+                self._failed(exc)
+                return
+            report.steps += 1
+            report.longest_step_s = max(report.longest_step_s, took)
+            if finished:
+                self._finish(report, "interval")
+        finally:
+            self._lock.release()
+
+    def settle(self) -> bool:
+        """``--once``: one whole collection once the work is done; True when it has ended."""
+        if self._settle_from is None:
+            self._settle_from = self.ended
+            self._asap.set()
+            return False
+        return self.ended > self._settle_from and self._steps is None and not self._asap.is_set()
+
+    # -- ahgd gc through the socket ----------------------------------------------------------
+
+    def request(self, *, dry_run: bool, pipeline: str | None) -> dict[str, Any]:
+        """``ahgd gc`` asked over the control socket: one whole collection, here and now."""
+        if dry_run:
+            return self.collector.run(dry_run=True, pipeline=pipeline).as_dict()
+        with self._lock:
+            if self._steps is not None:  # the loop's collection gives way to this one
+                self._steps.close()
+                self._steps = self._current = None
+            began = time.perf_counter()
+            report = self.collector.run(pipeline=pipeline)
+            report.steps, report.longest_step_s = 1, time.perf_counter() - began
+            self._finish(report, "ahgd gc")
+        return report.as_dict()
+
+    # -- what it says ----------------------------------------------------------------------
+
+    def _finish(self, report: Report, trigger: str) -> None:
+        self._steps = self._current = None
+        self.ended += 1
+        self._due = self.monotonic() + INTERVAL_S
+        self.last = report
+        if report.pipeline is None:
+            self.sizes, self.measured_at = report.sizes_after(), report.as_of
+            self._judge_budget(report)
+        summary = self.last_summary()
+        self.logger.info("gc_done", trigger=trigger, removed=summary["items"],
+                         freed_bytes=summary["bytes"], by_area=summary["by_area"],
+                         kept=report.walk.kept, skipped=len(report.skipped),
+                         restored=report.restored, duration_s=summary["duration_s"],
+                         steps=report.steps, longest_step_ms=summary["longest_step_ms"])
+
+    def _failed(self, exc: Exception) -> None:
+        self._steps = self._current = None
+        self.ended += 1
+        self._due = self.monotonic() + INTERVAL_S
+        level = self.logger.warning if isinstance(exc, (AhgdError, OSError)) else self.logger.error
+        level("gc_failed", error=f"{type(exc).__name__}: {exc}",
+              fix="nothing was lost: a removal not recorded is put back at the next collection; "
+                  "it is tried again in 15 minutes (or now with `ahgd gc`)")
+
+    def _judge_budget(self, report: Report) -> None:
+        budget = self.collector.policy.data_budget
+        alert_id = f"{BUDGET_ALERT}:data"
+        if budget is not None and report.walk.over_budget:
+            self.alerts.alert("warning", alert_id, (
+                f"data/ stays {storage.removals.human_bytes(report.walk.over_budget)} over "
+                f"retain.data_budget ({storage.removals.human_bytes(budget)}) after collection: "
+                "what is left is needed (runs that may still run or be retried, the newest "
+                "outputs of each pipeline); raise the budget, lower retain.successful_runs or "
+                "retain.failed_runs_for, or free the disk"),
+                over_bytes=report.walk.over_budget, budget_bytes=budget)
+        else:
+            self.alerts.resolve(alert_id, "data/ is within retain.data_budget")
+
+    def last_summary(self) -> dict[str, Any] | None:
+        report = self.last
+        if report is None:
+            return None
+        freed = report.freed()
+        return {"collection": report.collection, "at": format_ts(self.collector.clock()),
+                "items": len(report.items), "bytes": sum(freed.values()), "by_area": freed,
+                "pipeline": report.pipeline, "skipped": len(report.skipped),
+                "duration_s": round((report.ended or report.started) - report.started, 3),
+                "steps": report.steps, "longest_step_ms": round(report.longest_step_s * 1000, 2)}
+
+    def section(self) -> dict[str, Any]:
+        """The ``storage`` section of the dashboard document."""
+        return storage.section(
+            self.state_dir, self.sizes, self.measured_at, self._last_shown(),
+            data_budget=self.collector.policy.data_budget,
+            over_budget=self.last.walk.over_budget if self.last else None,
+            next_in_s=self.sleep_hint())
+
+    def _last_shown(self) -> dict[str, Any] | None:
+        summary = self.last_summary()
+        if summary is not None:
+            return summary
+        from state import removals
+
+        return removals.last_collection(self.collector.log)
