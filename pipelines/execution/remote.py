@@ -1,0 +1,237 @@
+"""What runs on a Dask worker: one attempt, claimed once, in a local worker process.
+
+:class:`~pipelines.execution.cluster.DaskExecutor` submits :func:`run_attempt`
+for each attempt that runs on the cluster.  On the worker it
+
+1. refuses to run if this worker's ahgd, Python or DuckDB differ from the
+   daemon's (the attempt fails, saying which);
+2. *claims* the attempt: it takes the one token the daemon put in a Dask
+   queue for it.  Dask runs a task again on another worker when the worker
+   running it dies, and recomputes a result it lost; the second run finds no
+   token and returns at once without running anything, so an attempt runs at
+   most once whatever Dask does;
+3. runs the attempt in this host's warm pool of worker processes
+   (:class:`~pipelines.execution.pool.ProcessExecutor`, one per Dask worker
+   process): a timeout kills the process group, a segfault or ``os._exit``
+   fails the attempt only, wall/CPU/peak RSS are measured, as on the daemon's
+   host.  It writes under a local scratch directory, never the daemon's
+   state directory, and never opens ``history.db``;
+4. stops the attempt when Dask no longer wants it: ``ahgd cancel``, the
+   daemon gone (its client's tasks are released), a new daemon of the same
+   state directory connecting (:func:`stop_owned`);
+5. puts the output file into the object store and records its URI; the file
+   stays in the local cache, by its SHA-256, for the next stage here.
+
+Nothing here writes an event: the outcome goes back to the daemon, which does.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import sys
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from .runner import Outcome, StageTask
+
+#: how often a running attempt looks whether Dask still wants it
+WATCH_S = 0.1
+#: how long a claim waits for its token (sent beside the task: there within milliseconds)
+CLAIM_WAIT_S = 0.5
+
+_pool: Any = None
+_pool_lock = threading.Lock()
+#: Dask key -> (the pool's future, the daemon that owns it)
+_running: dict[str, tuple[Any, str]] = {}
+
+
+@functools.lru_cache(maxsize=1)
+def _versions() -> tuple[tuple[str, str], ...]:
+    return tuple(_installed().items())
+
+
+def versions() -> dict[str, str]:
+    """What must be the same on the daemon and every worker (what this process has imported:
+    it does not change while it runs)."""
+    return dict(_versions())
+
+
+def _installed() -> dict[str, str]:
+    from importlib import metadata
+
+    import duckdb
+
+    try:
+        ahgd = metadata.version("ahgd-daemon")
+    except metadata.PackageNotFoundError:  # a clone on PYTHONPATH: not installed
+        ahgd = "not installed"
+    return {"ahgd": ahgd, "python": ".".join(map(str, sys.version_info[:3])),
+            "duckdb": duckdb.__version__}
+
+
+def describe(dask_worker: Any = None) -> dict[str, Any]:
+    """This worker, for the daemon's version check and its status page."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "versions": versions()}
+
+
+def run_attempt(claim: str, blob: bytes, pipeline_key: str, task: StageTask,
+                expected: dict[str, str], owner: str, scratch: str | None) -> Outcome:
+    """Run one attempt here, at most once (see the module's docstring)."""
+    from distributed import get_worker
+
+    worker = get_worker()
+    host = socket.gethostname()
+    here = dict(host=host, worker=worker.address)
+    mine = versions()
+    if mine != expected:
+        return Outcome(ok=False, retryable=False, error_type="VersionMismatch", **here,
+                       retry_why="another version on the worker fails the same way again",
+                       error=(f"the Dask worker {worker.address} on {host} has {_show(mine)}, "
+                              f"the daemon {_show(expected)}; install the same versions on "
+                              "every worker (pip install of the same ahgd-daemon[dask] in the "
+                              "same Python), then restart the worker"))
+    if not _claim(worker, claim):
+        return Outcome(ok=False, error_type="AlreadyClaimed", **here,
+                       error="this attempt had started on another Dask worker already; "
+                             "Dask ran it again after that worker was lost, and it was not run twice")
+    key = worker.get_current_task()
+    base = Path(scratch) if scratch else Path(worker.local_directory) / "ahgd"
+    try:
+        params = local_input(task.params, base, task.object_store)
+    except Exception as exc:  # gone or changed in the store, or the store is down
+        return Outcome(ok=False, error_type=type(exc).__name__, **here,
+                       error=f"the run's input file could not be fetched here: {exc}")
+    task = replace(task, state_dir=str(base), remote_host=host, params=params)
+    future = _local_pool(worker).submit_pickled(blob, pipeline_key, task)
+    _running[key] = (future, owner)
+    finished = threading.Event()
+    future.add_done_callback(lambda _f: finished.set())
+    try:
+        while not finished.wait(WATCH_S):
+            if not _wanted(worker, key):
+                _local_pool(worker).cancel(future, "the daemon no longer wants this attempt "
+                                                   "(cancelled, or the daemon stopped)")
+        outcome: Outcome = future.result()
+    finally:
+        _running.pop(key, None)
+    outcome.host, outcome.worker = host, worker.address
+    if outcome.ok:
+        try:
+            outcome.output = upload(outcome.output, base, task.object_store)
+        except Exception as exc:  # the store is down: the attempt failed, the stage may not
+            from state import store
+
+            store.remove_attempt(base, task.run_id, task.stage, task.attempt)
+            return Outcome(ok=False, error_type=type(exc).__name__, **here,
+                           wall_s=outcome.wall_s, cpu_s=outcome.cpu_s,
+                           error=(f"stage {task.stage!r} finished, but its output could not be "
+                                  f"put into the object store: {exc}"))
+    return outcome
+
+
+def upload(ref: dict[str, Any] | None, base: Path, settings: dict[str, Any] | None) -> Any:
+    """Put the file behind ``ref`` (written under ``base``) into the object store; the ref with
+    its ``uri``.  The file moves into the cache by its SHA-256 (a next stage here reads it from
+    there).  A ref with a ``uri`` already (a passthrough of an upstream output) is kept."""
+    if not ref or not ref.get("path") or ref.get("uri"):
+        return ref
+    from state import objectstore, store
+    from state.errors import ObjectStoreError
+
+    found = objectstore.configure(settings)
+    if found is None:
+        raise ObjectStoreError("no object store is configured for this attempt")
+    path = store.ref_path(base, ref)
+    done = dict(ref, uri=found.put(path, str(ref["path"]), str(ref["sha256"])))
+    cached = objectstore.cache_path(base / objectstore.CACHE_DIR, done)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(path, cached)
+    Path(f"{path}.wal").unlink(missing_ok=True)
+    return done
+
+
+def local_input(params: dict[str, Any], base: Path,
+                settings: dict[str, Any] | None) -> dict[str, Any]:
+    """The run's parameters with ``input_file`` pointing at a local copy of the input the
+    daemon put into the object store (``input_uri``), fetched and its SHA-256 verified."""
+    uri = params.get("input_uri")
+    if not uri:
+        return params
+    from state import objectstore
+
+    found = objectstore.configure(settings)
+    local = found.fetch_input(str(uri), str(params["input_sha256"]), base / objectstore.CACHE_DIR)
+    return {**params, "input_file": str(local)}
+
+
+def stop_owned(owner: str, dask_worker: Any = None) -> int:
+    """Stop every attempt here that ``owner`` (a daemon, by its state directory) started: run
+    by a daemon as it connects, whatever is still running for it is left from a daemon that
+    died.  How many were stopped."""
+    stopped = 0
+    for key, (future, who) in list(_running.items()):
+        if who == owner and not future.done():
+            _local_pool(None).cancel(future, "left running by a daemon that stopped; its "
+                                             "successor recovers the run")
+            stopped += 1
+    return stopped
+
+
+def renew(dask_worker: Any = None) -> bool:
+    """New attempts here import stage code afresh (the daemon's SIGHUP)."""
+    with _pool_lock:
+        if _pool is not None:
+            _pool.renew()
+    return True
+
+
+def _claim(worker: Any, name: str) -> bool:
+    """Take the attempt's one token.  The daemon sends it beside the task, not before, so a
+    queue not there yet is waited for (up to ``CLAIM_WAIT_S``); a queue that stays empty (a
+    second run: the token was taken) or never appears (released: the attempt is over) is no
+    claim, and nothing runs."""
+    import time
+
+    from distributed.utils import sync
+
+    deadline = time.monotonic() + CLAIM_WAIT_S
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            sync(worker.loop, worker.scheduler.queue_get, name=name, timeout=max(left, 0.01))
+            return True
+        except Exception as exc:  # no token left (a timeout), or no queue (yet, or any more)
+            if "Timeout" in type(exc).__name__ or left <= 0:
+                return False
+            time.sleep(0.005)
+
+
+def _wanted(worker: Any, key: str) -> bool:
+    """Dask still wants the attempt: its task is here and not released, and this worker is
+    not closing (it closes when it loses the scheduler: the daemon has given the attempt up)."""
+    if getattr(worker.status, "name", "running") not in ("running", "paused"):
+        return False
+    ts = worker.state.tasks.get(key)
+    return ts is not None and ts.state not in ("cancelled", "released", "forgotten")
+
+
+def _local_pool(worker: Any) -> Any:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            from .pool import ProcessExecutor
+
+            threads = getattr(getattr(worker, "state", None), "nthreads", None) or 2
+            _pool = ProcessExecutor(max(1, threads))
+        return _pool
+
+
+def _show(v: dict[str, str]) -> str:
+    return ", ".join(f"{k} {v[k]}" for k in sorted(v))
+
+
+__all__ = ["run_attempt", "versions", "describe", "stop_owned", "renew", "upload"]

@@ -1,0 +1,84 @@
+"""Pipelines for the executor contract and the scale-out tests (importable on Dask workers:
+the workers get the repository on PYTHONPATH)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+from pipelines import BasePipeline, StageConfig
+
+
+def mark(path: str | None, text: str) -> None:
+    """Append a line to a side-effect marker file: how a test counts executions."""
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{text} pid={os.getpid()} host={socket.gethostname()}\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+class Behaving(BasePipeline):
+    """One stage, ``work``, doing what ``context.params["do"]`` says."""
+
+    def define_stages(self):
+        return ["work"]
+
+    def execute_stage(self, stage_name, context):
+        do = context.params.get("do", "rows")
+        mark(context.params.get("marker"), f"start {context.run_id} a{context.attempt}")
+        if do == "rows":
+            return context.sql(f"SELECT range AS n FROM range({int(context.params.get('n', 5))})")
+        if do == "fail":
+            raise RuntimeError("the stage failed on purpose")
+        if do == "sleep":
+            time.sleep(float(context.params.get("seconds", 30)))
+            mark(context.params.get("marker"), f"end {context.run_id} a{context.attempt}")
+            return {"slept": True}
+        if do == "exit":
+            os._exit(3)
+        if do == "warehouse":
+            with context.warehouse() as con:
+                con.execute("CREATE OR REPLACE TABLE t AS SELECT 1 AS x")
+            return {"rows": 1}
+        raise ValueError(f"unknown behaviour {do!r}")
+
+
+class TwoStages(BasePipeline):
+    """``make`` a table, then ``count`` it (reading the first stage's output)."""
+
+    def define_stages(self):
+        return ["make", "count"]
+
+    def execute_stage(self, stage_name, context):
+        if stage_name == "make":
+            mark(context.params.get("marker"), f"make {context.run_id} a{context.attempt}")
+            pause = float(context.params.get("pause", 0))
+            if pause:
+                time.sleep(pause)
+            return context.sql("SELECT range AS n, range * 2 AS twice FROM range(100)")
+        return context.sql(f"SELECT count(*) AS rows, sum(twice) AS total "
+                           f"FROM {context.output_table('make')}")
+
+
+def behaving(state_dir: Path, **kw) -> Behaving:
+    return Behaving("behaving", state_dir=state_dir, max_retries=0,
+                    stage_configs={"work": StageConfig("work", retry_attempts=0, **kw)})
+
+
+class MarkedTransformer:
+    """A YAML transformer that marks each execution in ``marker`` (an absolute path: the
+    Dask workers on loopback share this machine's disk) and takes ``sleep`` seconds."""
+
+    def __init__(self, marker: str, sleep: float = 0.0):
+        self.marker, self.sleep = marker, sleep
+
+    def transform(self, context):
+        mark(self.marker, f"start {context.run_id} a{context.attempt}")
+        deadline = time.monotonic() + self.sleep
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+        mark(self.marker, f"end {context.run_id} a{context.attempt}")
+        return context.sql(f"SELECT *, 1 AS seen FROM {context.output_table('extract')}")

@@ -1,0 +1,117 @@
+"""The real daemon with ``daemon.executor: {type: dask}``: killed with an attempt running on a
+worker and started again, and ``ahgd demo`` on the cluster giving what the local run gives."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import textwrap
+
+import duckdb
+
+from ahgd_daemon.demo import BUNDLED
+
+from ..daemon.harness import Daemon, ahgd_exe, drop_csv, query, wait_until
+from .processes import S3_ENV, child_env
+
+
+def dask_section(cluster, s3, prefix: str) -> str:
+    return textwrap.dedent(f"""\
+        daemon:
+          max_workers: 2
+          shutdown_grace: PT2S
+          executor: {{type: dask, scheduler: "{cluster.address}", local_workers: 1}}
+          object_store: {{url: "s3://ahgd-test/{prefix}", endpoint_url: "{s3.endpoint}", region: us-east-1}}
+        """)
+
+
+def lines(path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_the_daemon_killed_with_an_attempt_on_a_worker_recovers_and_stops_the_orphan(
+        cluster, s3, tmp_path):
+    marker = tmp_path / "marker"
+    (tmp_path / "remote.yaml").write_text(textwrap.dedent(f"""\
+        pipeline: {{name: remote}}
+        triggers:
+          - {{type: drop_folder, path: "${{state_dir}}/inbox/remote", pattern: "*.csv", stable_for: PT0.2S}}
+        stages:
+          - {{name: extract, type: extractor, class: tests.daemon.stages.CsvExtractor, retry_attempts: 0}}
+          - {{name: transform, type: transformer, class: tests.cluster.stages.MarkedTransformer, config: {{marker: "{marker}", sleep: 3}}, retry_attempts: 0}}
+          - {{name: load, type: loader, class: tests.daemon.stages.CountLoader, retry_attempts: 0}}
+        """))
+    master = tmp_path / "master.yaml"
+    master.write_text("pipelines:\n  - {name: remote, config_file: remote.yaml}\n"
+                      + dask_section(cluster, s3, "crash"))
+    state = tmp_path / "state"
+    d = Daemon(master, state, extra_env=S3_ENV).wait_ready(60)
+    drop_csv(state / "inbox" / "remote", "one.csv", rows=4)
+    wait_until(lambda: lines(marker), 60, "the transform to start on a worker")
+    d.kill()  # SIGKILL: the attempt runs on in the cluster, its daemon gone
+    [(run_id,)] = query(state, "SELECT run_id FROM runs")
+    d2 = Daemon(master, state, extra_env=S3_ENV).wait_ready(60)
+    try:
+        wait_until(lambda: query(state, "SELECT state FROM runs") == [("COMPLETED",)], 90,
+                   "the run to complete after the restart")
+    finally:
+        assert d2.stop() == 0, d2.output()
+    # the orphaned attempt was stopped (it never ended), and the new one ran to its end
+    seen = [line.split()[0] + " " + line.split()[2] for line in lines(marker)]
+    assert seen[0] == "start a1" and "end a1" not in seen, seen
+    assert seen[-1].startswith("end a") and seen.count(seen[-1].replace("end", "start")) == 1
+    # the warehouse got the four rows once; nothing of the orphan is left in the bucket
+    assert [t["rows"] for t in __import__("tests.daemon.harness", fromlist=["traces"]).traces(state)
+            if t.get("event") == "done" and t["stage"] == "load"] == [4]
+    recorded = {r[0] for r in query(state, "SELECT json_extract(output, '$.path') FROM "
+                                           "stage_runs WHERE state = 'COMPLETED'") if r[0]}
+    objects = {k.split("crash/", 1)[1] for k in s3.keys(f"crash/data/{run_id}/")}
+    assert objects and objects <= recorded, (objects, recorded)
+    # the daemon is the only writer of the log: no worker opened or made one
+    assert not [p for p in cluster.root.rglob("*") if p.name.startswith("history.db")]
+    hosts = query(state, "SELECT stage, host FROM stage_timings WHERE state = 'COMPLETED'")
+    assert {s for s, h in hosts if h} == {"extract", "transform", "load"}
+
+
+def test_ahgd_demo_on_the_cluster_gives_the_rows_and_states_of_the_local_run(cluster, s3, tmp_path):
+    config = tmp_path / "ahgd" / "config"
+    shutil.copytree(BUNDLED / "config", config)
+    (tmp_path / "ahgd" / "data").symlink_to(BUNDLED / "data")
+    master = config / "master.yaml"
+    local_master = config / "local.yaml"
+    shutil.copyfile(master, local_master)
+    master.write_text(master.read_text() + dask_section(cluster, s3, "demo"))
+    runs: dict = {}
+    tables: dict = {}
+    for kind, cfg in (("local", local_master), ("dask", master)):
+        state = tmp_path / kind
+        proc = subprocess.run([*ahgd_exe(), "demo", "--config", str(cfg), "--state-dir",
+                               str(state)], capture_output=True, text=True, timeout=300,
+                              env=child_env(), cwd=tmp_path)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        runs[kind] = sorted(query(state, "SELECT pipeline, trigger, state FROM run_history"))
+        con = duckdb.connect(str(state / "warehouse.duckdb"), read_only=True)
+        try:
+            for t in ("seifa_sa2", "mortality_region", "sa2_health_profile"):
+                same = [c for c in con.table(t).columns if c not in ("_run_id", "_loaded_at")]
+                tables.setdefault(kind, {})[t] = con.execute(
+                    f"SELECT {', '.join(same)} FROM {t} ORDER BY ALL").fetchall()
+        finally:
+            con.close()
+        if kind == "dask":  # the transforms ran on Dask workers, their outputs in the bucket
+            hosts = query(state, "SELECT DISTINCT json_extract(detail, '$.worker') FROM "
+                                 "stage_runs WHERE stage = 'transform'")
+            assert all(h and h[0].startswith("tcp://127.0.0.1:") for h in hosts), hosts
+            assert any("/transform-a1.duckdb" in k for k in s3.keys("demo/data/"))
+            # loaders, and the profile's extract (`executor: local`: it reads the warehouse),
+            # ran on the daemon's host
+            here = query(state, "SELECT DISTINCT s.stage, json_extract(s.detail, '$.worker') "
+                                "FROM stage_runs s JOIN runs r USING (run_id) WHERE "
+                                "s.stage = 'load' OR (r.pipeline = 'sa2_health_profile' AND "
+                                "s.stage = 'extract')")
+            assert sorted(here) == [("extract", None), ("load", None)], here
+    assert runs["dask"] == runs["local"] == sorted([
+        ("seifa_sa2", "drop_folder", "COMPLETED"), ("mortality_regions", "drop_folder", "COMPLETED"),
+        ("sa2_health_profile", "upstream", "COMPLETED")])
+    assert tables["dask"] == tables["local"]
+    assert len(tables["dask"]["sa2_health_profile"]) == 2293

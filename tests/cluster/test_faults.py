@@ -1,0 +1,179 @@
+"""Faults on a real loopback Dask cluster: a worker killed, a stage calling ``os._exit``, the
+scheduler killed and started again.  Each test puts the session's cluster back as it found it
+(the same address, two workers), as systemd's Restart= would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import uuid
+
+import pytest
+
+from pipelines import StageConfig
+from pipelines.execution.runner import StageTask
+
+from .stages import Behaving, behaving
+
+
+@pytest.fixture
+def own_cluster(cluster):
+    """The session's cluster, put back together after the test (a worker or the scheduler
+    killed: started again on the same address)."""
+    yield cluster
+    grace = 0.0
+    if cluster.scheduler.poll() is not None:
+        cluster.start_scheduler()
+        grace = 30.0  # its workers stop, having lost it
+    cluster.restart_exited_workers(grace)
+    cluster.wait_for_workers(2, timeout=60)
+
+
+def dask_executor(cluster, s3, tmp_path, **kw):
+    from pipelines.execution.cluster import DaskExecutor
+
+    return DaskExecutor(cluster.address, object_store=s3.settings(uuid.uuid4().hex[:8]),
+                        owner=f"test:{tmp_path}", **kw)
+
+
+def lines(path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+
+
+def sleeping_task(tmp_path, marker, run_id="r1", seconds=3.0) -> StageTask:
+    return StageTask(run_id, "behaving", "work", 1, str(tmp_path / "state"),
+                     {"do": "sleep", "seconds": seconds, "marker": str(marker)}, {}, (), {},
+                     None, {}, timeout=120)
+
+
+def test_a_killed_worker_fails_the_attempt_once_and_dask_never_runs_it_again(
+        own_cluster, s3, tmp_path):
+    marker = tmp_path / "marker"
+    ex = dask_executor(own_cluster, s3, tmp_path)
+    try:
+        future = ex.submit(behaving(tmp_path / "state"), sleeping_task(tmp_path, marker))
+        wait_for(lambda: lines(marker), 30, "the attempt to start")
+        pid = own_cluster.worker_pid_running("ahgd-r1-work")
+        os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        outcome = future.result(timeout=30)
+        took = time.monotonic() - killed_at
+        assert not outcome.ok and outcome.error_type == "WorkerDied", outcome
+        assert outcome.retryable  # the stage's retry policy decides, as for any crash
+        assert outcome.host and outcome.host in outcome.error
+        assert "does not run it again" in outcome.error
+        assert took < 5, f"the attempt failed {took:.1f}s after its worker was killed"
+        # Dask moves the task to the other worker (allowed-failures): it finds no claim and
+        # runs nothing; the worker process of the dead worker died with it (no "end")
+        wait_for(lambda: time.monotonic() - killed_at > 3.2, 10, "3 s after the kill")
+        assert [line.split()[0] for line in lines(marker)] == ["start"]
+        assert ex.in_use() == 0
+    finally:
+        ex.shutdown()
+
+
+def test_the_stage_retry_policy_runs_a_new_attempt_after_a_worker_died(own_cluster, s3, tmp_path):
+    marker = tmp_path / "marker"
+    ex = dask_executor(own_cluster, s3, tmp_path)
+    p = Behaving("again", state_dir=tmp_path / "state", max_retries=1,
+                 stage_configs={"work": StageConfig("work", retry_attempts=1, retry_delay=0)})
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("ctx", p.run(
+        params={"do": "sleep", "seconds": 2, "marker": str(marker)}, executor=ex)))
+    t.start()
+    try:
+        wait_for(lambda: lines(marker), 30, "the first attempt to start")
+        pid = own_cluster.worker_pid_running("-work-a1-")
+        os.kill(pid, signal.SIGKILL)
+        t.join(timeout=60)
+        assert not t.is_alive()
+        assert result["ctx"].state == "COMPLETED"
+        seen = [" ".join(line.split()[:1] + line.split()[2:3]) for line in lines(marker)]
+        assert seen == ["start a1", "start a2", "end a2"]  # attempt 1 ran once, and stopped
+        import sqlite3
+
+        con = sqlite3.connect(tmp_path / "state" / "history.db")
+        rows = con.execute("SELECT attempt, state, host, error FROM stage_timings "
+                           "ORDER BY attempt").fetchall()
+        con.close()
+        assert [r[:2] for r in rows] == [(1, "FAILED"), (2, "COMPLETED")]
+        assert rows[0][2] and "was lost" in rows[0][3] and rows[1][2]
+    finally:
+        ex.shutdown()
+
+
+def test_a_stage_calling_os_exit_fails_its_attempt_only(own_cluster, s3, tmp_path):
+    ex = dask_executor(own_cluster, s3, tmp_path)
+    try:
+        workers = {n: p.pid for n, p in own_cluster.named.items()}
+        p = behaving(tmp_path / "state")
+        ctx = p.run(params={"do": "exit"}, executor=ex)
+        assert ctx.state == "FAILED"
+        import sqlite3
+
+        con = sqlite3.connect(tmp_path / "state" / "history.db")
+        [(error, host)] = con.execute("SELECT error, host FROM stage_timings").fetchall()
+        con.close()
+        assert "exited with code 3" in error and host
+        # the Dask workers are the same processes, and the next attempt runs
+        assert all(own_cluster.named[n].poll() is None for n in workers)
+        assert {n: p.pid for n, p in own_cluster.named.items()} == workers
+        assert behaving(tmp_path / "s2").run(params={"do": "rows"}, executor=ex).state == "COMPLETED"
+    finally:
+        ex.shutdown()
+
+
+@pytest.mark.parametrize("policy", ["wait", "local"])
+def test_the_scheduler_lost_interrupts_alerts_and_reconnects(own_cluster, s3, tmp_path, policy):
+    alerts, resolved = [], []
+    ex = dask_executor(own_cluster, s3, tmp_path, on_scheduler_lost=policy, connect_timeout=3,
+                       alert=lambda *a, **k: alerts.append(a),
+                       resolve=lambda name, why: resolved.append(name))
+    marker = tmp_path / "marker"
+    try:
+        running = ex.submit(behaving(tmp_path / "state"), sleeping_task(tmp_path, marker, "r1", 4))
+        wait_for(lambda: lines(marker), 30, "the attempt to start")
+        os.kill(own_cluster.scheduler.pid, signal.SIGKILL)
+        own_cluster.scheduler.wait(timeout=10)
+        killed_at = time.monotonic()
+        outcome = running.result(timeout=30)
+        assert not outcome.ok and outcome.interrupted  # the stage runs again: not a failure
+        wait_for(lambda: alerts, 10, "the scheduler_lost alert")
+        assert alerts[0][1] == "daemon.scheduler_lost" and own_cluster.address in alerts[0][2]
+        # new work while it is lost: held (wait), or run on this host (local)
+        later = ex.submit(behaving(tmp_path / "s2"), StageTask(
+            "r2", "behaving", "work", 1, str(tmp_path / "s2"), {"do": "rows"}, {}, (), {}, None,
+            {}, timeout=60))
+        if policy == "local":
+            done = later.result(timeout=30)
+            assert done.ok and done.host == __import__("socket").gethostname()
+            assert done.output.get("uri", "").startswith("s3://")  # for the cluster's stages
+        else:
+            time.sleep(1)
+            assert not later.done()
+        own_cluster.start_scheduler()
+        own_cluster.restart_exited_workers(30)  # as systemd does (Restart=always)
+        own_cluster.wait_for_workers(2, timeout=60)
+        # the attempt cut off was stopped on its worker too: its 4 s sleep never ended
+        wait_for(lambda: time.monotonic() - killed_at > 5, 10, "5 s after the kill")
+        assert [line.split()[0] for line in lines(marker)] == ["start"]
+        if policy == "wait":
+            done = later.result(timeout=60)
+            assert done.ok and done.worker  # it ran on a Dask worker once the scheduler was back
+        wait_for(lambda: resolved, 30, "the alert to resolve")
+        # and the executor works as before
+        again = behaving(tmp_path / "s3").run(params={"do": "rows"}, executor=ex)
+        assert again.state == "COMPLETED"
+    finally:
+        ex.shutdown()
