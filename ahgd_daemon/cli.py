@@ -3,7 +3,10 @@
 This module is the ``ahgd`` group (the console script's entry point,
 ``ahgd_daemon.cli:main``), the ``daemon`` and ``demo`` commands, and the
 registration of the other commands, which live by topic in ``cli_history``,
-``cli_runs``, ``cli_status``, ``cli_state`` and ``cli_config``.
+``cli_runs``, ``cli_status``, ``cli_state``, ``cli_config``, ``cli_warehouse``,
+``cli_logs`` (logs, runs show), ``cli_pipelines`` (pause, resume, pipelines, backfill),
+``cli_quarantine`` (quarantine list, release, purge), ``cli_export`` (export) and
+``cli_gc`` (gc).
 
 Exit codes: 0 success; 1 the thing asked for failed (a run failed, a check
 found differences, an error with a message); 2 the command line was wrong.
@@ -20,7 +23,9 @@ import click
 
 from state.errors import AhgdError
 
-from . import cli_config, cli_history, cli_runs, cli_state, cli_status, cli_warehouse
+from . import (cli_config, cli_export, cli_history, cli_logs, cli_pipelines, cli_quarantine,
+               cli_runs, cli_state, cli_status, cli_warehouse)
+from . import cli_gc
 from .cli_common import config_option, fail, state_dir_option
 
 
@@ -49,7 +54,8 @@ def main() -> None:
     working_directory_last()  # stage modules kept there import, as in the worker processes
 
 
-for _module in (cli_history, cli_state, cli_config, cli_runs, cli_status, cli_warehouse):
+for _module in (cli_history, cli_state, cli_config, cli_runs, cli_status, cli_warehouse,
+                cli_logs, cli_pipelines, cli_quarantine, cli_export, cli_gc):
     for _command in _module.COMMANDS:
         main.add_command(_command)
 
@@ -74,11 +80,20 @@ for _module in (cli_history, cli_state, cli_config, cli_runs, cli_status, cli_wa
 @click.option("--http-token-file", type=click.Path(dir_okay=False), default=None,
               help="File holding the token every HTTP request must carry (Authorization: "
                    "Bearer TOKEN, or ?token=TOKEN). Default: $AHGD_HTTP_TOKEN.")
+@click.option("--dry-run", is_flag=True,
+              help="Print what the daemon would do now (files it would take or leave and why, "
+                   "ticks due, runs waiting), change nothing, and exit.")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
 @state_dir_option
 def daemon(state_dir: Path, configs: tuple[str, ...], once: bool, max_workers: int | None,
            log_level: str, json_logs: bool | None, http: str | None, http_allow_remote: bool,
-           http_token_file: str | None) -> None:
+           http_token_file: str | None, dry_run: bool, as_json: bool) -> None:
     """Run the daemon: drop folders, schedules, recovery; under systemd use Type=notify."""
+    if dry_run:
+        _dry_run(state_dir, configs, as_json)
+        return
+    if as_json:
+        fail("--json goes with --dry-run (the daemon's own log lines: --json-logs)", code=2)
     from . import logs
     from .daemon import Daemon, DaemonOptions
     from .httpstatus import read_token
@@ -96,16 +111,45 @@ def daemon(state_dir: Path, configs: tuple[str, ...], once: bool, max_workers: i
     sys.exit(code)
 
 
+def _dry_run(state_dir: Path, configs: tuple[str, ...], as_json: bool) -> None:
+    """``ahgd daemon --dry-run``: the plan of :mod:`ahgd_daemon.dryrun`; writes nothing."""
+    import json
+
+    from state import HISTORY_DB, utc_now
+    from state.db import ReadOnlyHistory
+
+    from .configuration import load_setup
+    from .dryrun import plan, render
+
+    setup = load_setup([Path(c) for c in configs], state_dir)
+    db = state_dir / HISTORY_DB
+    history = ReadOnlyHistory(db) if db.exists() else None
+    try:
+        doc = plan(setup, history, utc_now())
+    finally:
+        if history is not None:
+            history.close()
+    if as_json:
+        click.echo(json.dumps(doc, indent=2, default=str))
+        return
+    for line in render(doc):
+        click.echo(line)
+
+
 @main.command()
 @click.option("--state-dir", "state_dir_opt", default="ahgd-demo-state", show_default=True,
               metavar="DIR", help="Where the demo keeps its history, inboxes and warehouse.")
-def demo(state_dir_opt: str) -> None:
+@click.option("--config", "config", default=None, metavar="FILE",
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A master file listing the bundled pipelines (default: theirs), e.g. with "
+                   "daemon.executor set to run them on a Dask cluster.")
+def demo(state_dir_opt: str, config: Path | None) -> None:
     """Run the daemon once on the bundled pipelines and real AHGD sample data."""
     from state.statedir import resolve_state_dir
 
-    from .demo import run_demo
+    from .demo import MASTER, run_demo
 
-    sys.exit(run_demo(resolve_state_dir(state_dir_opt, {})))
+    sys.exit(run_demo(resolve_state_dir(state_dir_opt, {}), master=config or MASTER))
 
 
 if __name__ == "__main__":  # pragma: no cover

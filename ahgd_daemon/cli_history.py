@@ -7,26 +7,75 @@ from pathlib import Path
 
 import click
 
-from .cli_common import check_name, open_log, state_dir_option
+from .cli_common import check_name, fail, open_log, state_dir_option
+
+#: the triggers a run can have, whether or not the history has one yet
+TRIGGERS = ("manual", "drop_folder", "schedule", "upstream", "backfill", "rebuild",
+            "orchestrator")
+
+
+def _since(text: str) -> str:
+    """``--since``: a date (its start, UTC) or an ISO 8601 time, as the history's timestamps."""
+    from datetime import date, datetime, timezone
+
+    from state import format_ts
+
+    try:
+        day = date.fromisoformat(text)
+        return format_ts(datetime(day.year, day.month, day.day, tzinfo=timezone.utc))
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        fail(f"--since {text!r} is not a date or a time; use YYYY-MM-DD (a day, from its start "
+             "in UTC) or ISO 8601 such as 2026-12-01T02:00:00+11:00")
+    return format_ts(moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc))
+
+
+def _one_of(option: str, value: str, known: list[str]) -> None:
+    from state.errors import did_you_mean
+
+    if value not in known:
+        close = did_you_mean(value, known)
+        fail(f"{option} {value!r} is not one of {', '.join(known)}" + (f"; {close}" if close
+                                                                          else ""))
 
 
 @click.command()
 @click.option("--pipeline", "-p", default=None, help="Only runs of this pipeline.")
+@click.option("--state", "state", default=None, metavar="STATE",
+              help="Only runs in this state: PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, "
+                   "PARKED.")
+@click.option("--trigger", default=None, metavar="TRIGGER",
+              help="Only runs started by this trigger: manual, drop_folder, schedule, upstream, "
+                   "backfill, rebuild.")
+@click.option("--since", default=None, metavar="DATE",
+              help="Only runs requested at or after this day (UTC) or ISO 8601 time.")
 @click.option("--limit", "-n", default=20, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of run_history rows.")
 @state_dir_option
-def history(state_dir: Path, pipeline: str | None, limit: int, as_json: bool) -> None:
-    """Recent runs, newest first (the run_history view)."""
-    from state import RunState, queries
+def history(state_dir: Path, pipeline: str | None, state: str | None, trigger: str | None,
+            since: str | None, limit: int, as_json: bool) -> None:
+    """Recent runs, newest first (the run_history view), filtered by pipeline, state, trigger
+    and time of request."""
+    from state import RunState, ops_queries, queries
     from state.orphans import owners_gone
 
     from .names import pipeline_without_runs
     from .tables import render_table
 
+    if state is not None:
+        state = state.upper()
+        _one_of("--state", state, [s.value for s in RunState])
+    since_ts = _since(since) if since is not None else None
     with open_log(state_dir) as log:
         if pipeline is not None:
             check_name(pipeline_without_runs(log, pipeline))
-        records = queries.run_history(log, pipeline=pipeline, limit=limit, newest_first=True)
+        if trigger is not None:
+            _one_of("--trigger", trigger, sorted({*TRIGGERS, *ops_queries.run_triggers(log)}))
+        records = queries.run_history(log, pipeline=pipeline, limit=limit, newest_first=True,
+                                      state=state, trigger=trigger, since=since_ts)
         gone = owners_gone(log, state_dir, pipeline=pipeline) if any(
             r["state"] == RunState.RUNNING for r in records) else {}
     for record in records:  # RUNNING, and nobody runs it: its process was killed
@@ -36,7 +85,9 @@ def history(state_dir: Path, pipeline: str | None, limit: int, as_json: bool) ->
         click.echo(json.dumps(records, indent=2))
         return
     if not records:
-        click.echo("no runs yet" + (f" of pipeline {pipeline!r}" if pipeline else ""))
+        filters = [f"{k} {v}" for k, v in (("pipeline", pipeline), ("state", state),
+                                            ("trigger", trigger), ("since", since)) if v]
+        click.echo("no runs" + (f" match: {', '.join(filters)}" if filters else " yet"))
         return
     shown = [{**r, "state": f"{r['state']} ({r['owner_gone']['text']})"} if "owner_gone" in r
              else r for r in records]

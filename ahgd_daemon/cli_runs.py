@@ -71,14 +71,24 @@ def _print_outcome(run: Any) -> None:
 @click.option("--inprocess", is_flag=True, help="Without a daemon: run stages on threads.")
 @click.option("--force", is_flag=True,
               help="Run it even though the configuration disables it (enabled: false).")
+@click.option("--param", "-p", "param_pairs", multiple=True, metavar="KEY=VALUE",
+              help="A run parameter, checked against the params: of the pipeline file and "
+                   "given to its stages as context.params (repeatable).")
 @state_dir_option
 def run_cmd(state_dir: Path, pipeline: str, configs: tuple[str, ...], input_file: str | None,
-            resume_from: str | None, no_wait: bool, inprocess: bool, force: bool) -> None:
+            resume_from: str | None, no_wait: bool, inprocess: bool, force: bool,
+            param_pairs: tuple[str, ...]) -> None:
     """Run a pipeline now (through the daemon if one runs on this state directory)."""
+    from pipelines.config.params import parse_assignments
+
+    try:
+        params = parse_assignments(param_pairs)
+    except ValueError as exc:
+        fail(str(exc), code=2)
     with contextlib.ExitStack() as stack:
         source = stack.enter_context(_open_input(input_file)) if input_file else None
         _run(state_dir, pipeline, configs, source, input_file, resume_from, no_wait, inprocess,
-             force)
+             force, params)
 
 
 @contextlib.contextmanager
@@ -99,8 +109,10 @@ def _open_input(path: str) -> Iterator[int]:
 
 def _run(state_dir: Path, pipeline: str, configs: tuple[str, ...], source: int | None,
          input_file: str | None, resume_from: str | None, no_wait: bool, inprocess: bool,
-         force: bool) -> None:
-    payload = {"cmd": "run", "pipeline": pipeline, "resume_from": resume_from}
+         force: bool, params: dict[str, str]) -> None:
+    payload: dict[str, Any] = {"cmd": "run", "pipeline": pipeline, "resume_from": resume_from}
+    if params:
+        payload["params"] = params
     if force:
         payload["force"] = True
     if source is not None:
@@ -126,6 +138,9 @@ def _run(state_dir: Path, pipeline: str, configs: tuple[str, ...], source: int |
         fail(unknown_pipeline(pipeline, pipelines))
     if pipeline in disabled and not force:  # before the run's lock and the history are made
         fail(disabled_pipeline(pipeline, disabled[pipeline]))
+    from .requests import checked_params
+
+    checked_params(pipelines[pipeline], pipeline, params)  # refused before anything is made
     run_id = new_run_id(pipeline)
     # hold the run's lock before it exists, so a daemon starting now leaves it to us
     lock = FileLock(run_lock_path(state_dir, run_id), {"role": "ahgd run", "run_id": run_id},
@@ -136,7 +151,7 @@ def _run(state_dir: Path, pipeline: str, configs: tuple[str, ...], source: int |
         close_interrupted_runs(log, state_dir, pipeline)  # a killed `ahgd run`'s (a warning each)
         request_run(log, state_dir, pipelines, pipeline, input_fd=source,
                     input_name=input_file and Path(input_file).name, resume_from=resume_from,
-                    run_id=run_id, disabled=disabled, force=force)
+                    run_id=run_id, disabled=disabled, force=force, params=params)
         configured = pipelines[pipeline]
         if inprocess:
             configured._executor_arg = "inprocess"
@@ -210,7 +225,13 @@ def retry(state_dir: Path, run_id: str, configs: tuple[str, ...], no_wait: bool)
 @click.argument("run_id")
 @state_dir_option
 def cancel(state_dir: Path, run_id: str) -> None:
-    """Cancel a pending, parked or running run."""
+    """Cancel a pending, parked or running run, or every run of a backfill not yet ended
+    (RUN_ID: the backfill's id, backfill-...)."""
+    from .backfill import TRIGGER
+
+    if run_id.startswith(TRIGGER + "-"):
+        _cancel_backfill(state_dir, run_id)
+        return
     reply = ask_daemon(state_dir, {"cmd": "cancel", "run_id": run_id})
     if reply is None:
         from .requests import cancel_recorded
@@ -221,6 +242,19 @@ def cancel(state_dir: Path, run_id: str) -> None:
         click.echo(f"run {run_id} is being cancelled by the daemon")
     else:
         click.echo(f"run {run_id} cancelled (it was {reply['previous_state']})")
+
+
+def _cancel_backfill(state_dir: Path, backfill_id: str) -> None:
+    reply = ask_daemon(state_dir, {"cmd": "backfill.cancel", "backfill": backfill_id})
+    if reply is None:
+        from .backfill import cancel_group
+
+        with open_log(state_dir) as log:
+            reply = cancel_group(log, state_dir, backfill_id)
+    click.echo(f"backfill {backfill_id}: {len(reply['cancelled'])} run(s) cancelled, "
+               f"{len(reply['cancelling'])} being cancelled by the daemon, of {reply['runs']}")
+    for line in reply["not_cancelled"]:
+        click.echo(f"  not cancelled: {line}")
 
 
 COMMANDS = [run_cmd, retry, cancel]

@@ -34,13 +34,15 @@ def state_check(state_dir: Path) -> None:
     Exit 1, listing the differences, when they disagree; `ahgd state rebuild`
     then makes the projections agree with the events again.  A history.db
     SQLite cannot read is reported with what can be salvaged and how.  Files
-    every user of the machine may read, and RUNNING runs whose process is
-    gone, are listed as warnings (they do not change the exit code).
+    every user of the machine may read, RUNNING runs whose process is gone,
+    and removals by retention a crash cut short are listed as warnings (they
+    do not change the exit code).
     """
     with open_log(state_dir) as log:
         report = log.check()
         _warn_owners_gone(log, state_dir)
     _warn_world_accessible(state_dir)
+    _warn_trash(state_dir)
     if report.integrity != ["ok"]:
         from state.damage import report as damage_report
 
@@ -75,6 +77,18 @@ def _warn_owners_gone(log: object, state_dir: Path) -> None:
     click.echo("the daemon on this state directory recovers them within 30 s" if daemon_serves(
         state_dir) else "fix: `ahgd retry RUN_ID` resumes one at its first unfinished stage "
         "(the next run of its pipeline from a script closes it as FAILED)", err=True)
+
+
+def _warn_trash(state_dir: Path) -> None:
+    """Removals a crash cut short (retention): finished by the next collection."""
+    from .removal import TRASH, trash_waiting
+
+    count = trash_waiting(state_dir)
+    if count:
+        click.echo(f"warning: {count} removal(s) by retention were cut short (files wait in "
+                   f"{state_dir / TRASH}); the next collection finishes them: deleted if the "
+                   "log recorded the removal, put back if it did not (the daemon does it at "
+                   "start-up; or run `ahgd gc`)", err=True)
 
 
 def _warn_world_accessible(state_dir: Path) -> None:

@@ -29,6 +29,10 @@ def status(state_dir: Path, as_json: bool, recent: int) -> None:
         doc = reply["dashboard"]
     else:
         doc = _history_dashboard(state_dir, recent)
+    if "paused" not in doc:  # a daemon from before pausing, or none: the history says
+        doc["paused"] = _pauses(state_dir)
+    if "storage" not in doc:  # no daemon: the state directory measured here
+        doc["storage"] = _storage(state_dir)
     _mark_owners_gone(doc, state_dir)
     if as_json:
         click.echo(json.dumps(doc, indent=2, default=str))
@@ -55,6 +59,29 @@ def _mark_owners_gone(doc: dict[str, Any], state_dir: Path) -> None:
     for run in [*(doc.get("active_runs") or []), *(r for rs in recent.values() for r in rs)]:
         if isinstance(run, dict) and run.get("run_id") in gone:
             run["owner_gone"] = gone[run["run_id"]].as_dict()
+
+
+def _pauses(state_dir: Path) -> dict[str, Any]:
+    """The pipelines paused by hand (``ahgd pause``): who, when, why."""
+    from state import HISTORY_DB, ops_queries
+    from state.db import ReadOnlyHistory
+
+    if not (state_dir / HISTORY_DB).exists():
+        return {}
+    with ReadOnlyHistory(state_dir / HISTORY_DB) as history:
+        return {name: {k: v for k, v in pause.items() if k != "seq"}
+                for name, pause in ops_queries.pipeline_pauses(history).items()}
+
+
+def _storage(state_dir: Path) -> dict[str, Any]:
+    """Sizes by area, walked now, and the last collection, from the event log."""
+    from state import HISTORY_DB
+    from state.db import ReadOnlyHistory
+
+    from .storage import history_section
+
+    with ReadOnlyHistory(state_dir / HISTORY_DB) as history:
+        return history_section(state_dir, history)
 
 
 def _history_dashboard(state_dir: Path, recent: int) -> dict[str, Any]:

@@ -58,7 +58,7 @@ def load_setup(config_paths: list[Path], state_dir: Path) -> Setup:
             if not loaded.enabled and trigger.type != "upstream":
                 continue
             if trigger.type == "drop_folder":
-                folder = _folder(name, trigger)
+                folder = _folder(name, trigger, loaded.file.stages)
                 setup.folders.append(folder)
                 setup.folder_by_pipeline.setdefault(name, folder)
             elif trigger.type == "schedule":
@@ -69,9 +69,11 @@ def load_setup(config_paths: list[Path], state_dir: Path) -> Setup:
     return setup
 
 
-def _folder(pipeline: str, trigger: Any) -> Folder:
-    """The drop folder of a ``{type: drop_folder, ...}`` trigger."""
+def _folder(pipeline: str, trigger: Any, stages: Any = ()) -> Folder:
+    """The drop folder of a ``{type: drop_folder, ...}`` trigger (``stages``: its pipeline's,
+    for an ``input_check.stage``)."""
     check = trigger.input_check
+    spec = next((s for s in stages if check and s.name == check.stage), None)
     return Folder(
         pipeline=pipeline, path=Path(trigger.path), pattern=trigger.pattern,
         recursive=trigger.recursive, stable_for=trigger.stable_for.total_seconds(),
@@ -82,6 +84,8 @@ def _folder(pipeline: str, trigger: Any) -> Folder:
         encoding=(check.encoding if check and check.encoding else "utf-8"),
         delimiter=(check.delimiter if check and check.delimiter else ","),
         check_callable=_checked_callable(pipeline, check),
+        check_stage=({"name": spec.name, "class": spec.class_, "config": dict(spec.config)}
+                     if spec is not None else None),
         check_timeout=check.timeout.total_seconds() if check else 60.0)
 
 

@@ -23,14 +23,16 @@ from typing import Any
 
 import structlog
 
-from state import EventLog, RunState, queries
+from state import EventLog, RunState, ops_queries, queries
 from state.errors import AhgdError, StateDirError
 from state.locks import FileLock, Locked
 
 from . import schedules, statusdocs
 from .alerts import MonitorLink
+from .collection import DaemonCollection, setup_policy
 from .configuration import Setup, forget_stage_modules, load_setup, start_triggers
 from .dropfolder import Claimer
+from .executor import build_executor
 from .followups import catch_up_upstream, follow_up
 from .intake import FileIntake
 from .logs import EventLogger
@@ -94,6 +96,7 @@ class Daemon:
         self.monitor: Any = None
         self.alerts: MonitorLink | None = None
         self.warehouse: WarehouseWatch | None = None
+        self.collection: DaemonCollection | None = None  # retain: (ahgd_daemon/collection.py)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -120,10 +123,12 @@ class Daemon:
                 self._shutdown()
         finally:
             lock.release()
+            from pipelines.execution.logsetup import keep_run_logs
+
+            keep_run_logs(None)  # an in-process daemon (ahgd demo) leaves no run-log tee behind
         return self._exit_code()
 
     def _startup(self) -> None:
-        from pipelines.execution.pool import ProcessExecutor
         from pipelines.monitoring import PipelineMonitor
         from pipelines.resources import ResourceBudget
 
@@ -135,7 +140,16 @@ class Daemon:
         workers = self.options.max_workers or settings.max_workers
         worker_env = without_notify_environment(os.environ)
         worker_env.setdefault("AHGD_LOG_FORMAT", "json" if self.options.json_logs else "console")
-        self.executor = ProcessExecutor(workers, env=worker_env, stdout=self.options.worker_output)
+        # every line about a run also goes to <state dir>/logs/<run id>.jsonl (`ahgd logs`)
+        from pipelines.execution.logsetup import RUN_LOGS_ENV, keep_run_logs
+
+        keep_run_logs(self.state_dir)
+        worker_env[RUN_LOGS_ENV] = str(self.state_dir)
+        # daemon.executor: this host's worker pool, or a Dask cluster (ahgd_daemon/executor.py)
+        self.executor = build_executor(
+            settings, workers=workers, env=worker_env, stdout=self.options.worker_output,
+            state_dir=self.state_dir, alert=lambda *a, **k: self.alerts.alert(*a, **k),
+            resolve=lambda name, why: self.alerts.resolve(name, why))
         monitoring = settings.monitoring
         self.monitor = PipelineMonitor(
             self.state_dir / "metrics", enable_system_monitoring=monitoring.enabled,
@@ -166,6 +180,7 @@ class Daemon:
         # a warehouse deleted or damaged while no daemon watched is reported before new work
         self.warehouse = WarehouseWatch.start(self.log, self.state_dir, self.logger,
                                               self.options.monotonic)
+        self.collection = DaemonCollection.start(self)  # a crash's half-done removal finished
         self._recovering = False
         self._loop_beat = self.options.monotonic()
         if monitoring.enabled:
@@ -221,7 +236,8 @@ class Daemon:
             self._reap_runs()
             self._start_runs()
             self._heartbeat()
-            if self.options.once and self._nothing_left():
+            self.collection.step()  # retention: a few milliseconds at most per turn
+            if self.options.once and self._nothing_left() and self.collection.settle():
                 return
             self._sleep()
 
@@ -285,6 +301,7 @@ class Daemon:
         self.monitor.set_disk_paths(self._disk_paths())
         self.monitor.sample_interval = new.settings.monitoring.sample_interval.total_seconds()
         self.monitor.resolve_alert("daemon.config_reload_failed", "the configuration reloaded")
+        self.collection.configure(setup_policy(new))
         self.logger.info("config_reloaded", pipelines=sorted(new.pipelines))
         self.notifier.ready(self._status_line())
 
@@ -340,7 +357,9 @@ class Daemon:
     def _nothing_left(self) -> bool:
         if self.runs.active or not self.intake.idle():
             return False
-        return queries.pipelines_with_pending_runs(self.log).isdisjoint(self.setup.pipelines)
+        waiting = queries.pipelines_with_pending_runs(self.log) - set(
+            ops_queries.pipeline_pauses(self.log))  # a paused pipeline's runs wait for resume
+        return waiting.isdisjoint(self.setup.pipelines)
 
     # ------------------------------------------------------------------ sleep, stop and reload
 
@@ -361,6 +380,7 @@ class Daemon:
             timeouts.append(1.0)
         if self.options.progress is not None:
             timeouts.append(0.2)
+        timeouts.append(self.collection.sleep_hint())  # 0 while a collection is under way
         self.waker.sleep(max(0.0, min(timeouts)))
 
     def request_stop(self) -> None:
@@ -391,6 +411,10 @@ class Daemon:
         doc["daemon"] = statusdocs.dashboard_section(
             self.state_dir, self._uptime_s(), self.health(), self._recovering, self.executor,
             waiting, self.setup)
+        if self.collection is not None:  # sizes by area, the last collection
+            doc["storage"] = self.collection.section()
+        doc["paused"] = {name: {k: v for k, v in pause.items() if k != "seq"}  # ahgd pause
+                         for name, pause in ops_queries.pipeline_pauses(self.log).items()}
         return doc
 
     def _status_line(self) -> str:
@@ -405,10 +429,16 @@ class Daemon:
                                           self.executor, self.progress_snapshot())
 
     def _dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
+        if request.get("cmd") == "gc":  # ahgd gc
+            return self.collection.dispatch(request)
         if str(request.get("cmd", "")).startswith("warehouse."):  # ahgd warehouse rebuild
             from .rebuild import dispatch
 
             return dispatch(self, request)
+        from . import operations  # pause, resume, pipelines, backfill, quarantine
+
+        if request.get("cmd") in operations.COMMANDS:
+            return operations.dispatch(self, request)
         from . import requests
 
         return requests.dispatch(self, request)

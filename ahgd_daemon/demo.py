@@ -84,7 +84,7 @@ def profile_rows(state_dir: Path, limit: int = 5) -> tuple[list[str], list[tuple
         con.close()
 
 
-def run_demo(state_dir: Path, out: TextIO = sys.stdout) -> int:
+def run_demo(state_dir: Path, out: TextIO = sys.stdout, master: Path = MASTER) -> int:
     from state import EventLog, queries
     from state.statedir import ensure_state_dir
 
@@ -99,10 +99,10 @@ def run_demo(state_dir: Path, out: TextIO = sys.stdout) -> int:
     click.echo(f"state directory: {state_dir}", file=out)
     click.echo(f"dropping the bundled ABS SEIFA and AIHW MORT files into {state_dir / 'inbox'}", file=out)
     drop_inputs(state_dir)
-    click.echo(f"running the daemon once on {MASTER} (JSON log: {log_file})", file=out)
+    click.echo(f"running the daemon once on {master} (JSON log: {log_file})", file=out)
     progress = Progress(out)
     try:
-        code = Daemon(DaemonOptions(config_paths=[MASTER], state_dir=state_dir, once=True,
+        code = Daemon(DaemonOptions(config_paths=[master], state_dir=state_dir, once=True,
                                     progress=progress, install_signals=True,
                                     worker_output=stream)).run()
     finally:
@@ -124,7 +124,7 @@ def run_demo(state_dir: Path, out: TextIO = sys.stdout) -> int:
                f"'{state_dir / 'warehouse.duckdb'}', read_only=True).sql("
                "'SELECT * FROM sa2_health_profile LIMIT 5'))\"", file=out)
     click.echo(f"runs, alerts, the machine:  ahgd status --state-dir {state_dir}", file=out)
-    click.echo(f"the same as a web page:     ahgd daemon --config {MASTER} --state-dir "
+    click.echo(f"the same as a web page:     ahgd daemon --config {master} --state-dir "
                f"{state_dir} --http 127.0.0.1:8787   (then open http://127.0.0.1:8787/)",
                file=out)
     return code

@@ -90,6 +90,9 @@ class Folder:
     delimiter: str = ","
     #: ``package.module.function``, called in a child process with the file's path
     check_callable: str | None = None
+    #: ``{"name", "class", "config"}`` of a stage whose object's ``check_input(path)`` is
+    #: called in that child (``input_check.stage``)
+    check_stage: dict | None = None
     check_timeout: float = 60.0
 
     def matches(self, path: Path) -> bool:
@@ -101,7 +104,33 @@ class Folder:
             return False
         if not self.recursive and len(rel.parts) != 1:
             return False
-        return fnmatch.fnmatch(path.name, self.pattern)
+        return any(fnmatch.fnmatch(path.name, p) for p in glob_alternatives(self.pattern))
+
+
+def glob_alternatives(pattern: str) -> list[str]:
+    """The globs a pattern stands for: ``*.{csv,csv.gz,xlsx}`` is ``*.csv``, ``*.csv.gz`` and
+    ``*.xlsx`` (braces as the shell reads them; nested braces too).  Case matters, as in
+    the file system: ``*.{xlsx,XLSX}`` takes both."""
+    start = pattern.find("{")
+    if start < 0:
+        return [pattern]
+    depth, parts, last = 0, [], start + 1
+    for i in range(start, len(pattern)):
+        ch = pattern[i]
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                parts.append(pattern[last:i])
+                head, tail = pattern[:start], pattern[i + 1:]
+                if len(parts) == 1:     # {x}: no alternatives, a literal brace
+                    return [head + "{" + parts[0] + "}" + t for t in glob_alternatives(tail)]
+                return [head + alt for part in parts for alt in glob_alternatives(part + tail)]
+        elif ch == "," and depth == 1:
+            parts.append(pattern[last:i])
+            last = i + 1
+    return [pattern]                    # an unclosed brace is a literal one
 
 
 @dataclass

@@ -6,6 +6,7 @@
     GET /api/dashboard  the dashboard document (active runs, last runs, alerts, system)
     GET /api/runs       ?limit=50&pipeline=NAME: runs with every stage attempt, newest first
     GET /api/runs/{id}  one run and its events
+    GET /api/runs/{id}/log  the run's log as text (?stage=S; ?format=json: one object a line)
     GET /status         what `ahgd status --json` shows of the daemon
 
 Read-only by construction: only GET and HEAD are answered (anything else is
@@ -237,6 +238,10 @@ def _route(sources: StatusSources, path: str, query: dict[str, list[str]]) -> _R
         pipeline = (query.get("pipeline") or [None])[0]
         with runs_api.connect_ro(sources.history_db()) as conn:
             return _json(200, runs_api.runs_document(conn, limit=limit, pipeline=pipeline))
+    if path.startswith("/api/runs/") and path.endswith("/log"):
+        run_id = unquote(path[len("/api/runs/"):-len("/log")])
+        with runs_api.connect_ro(sources.history_db()) as conn:
+            return _run_log(conn, sources.history_db(), run_id, query)
     if path.startswith("/api/runs/"):
         run_id = unquote(path[len("/api/runs/"):])
         with runs_api.connect_ro(sources.history_db()) as conn:
@@ -247,6 +252,21 @@ def _route(sources: StatusSources, path: str, query: dict[str, list[str]]) -> _R
         return _json(200, doc)
     return _json(404, {"error": f"no page {path!r}; try /, /healthz, /metrics, /api/dashboard, "
                                 "/api/runs, /api/runs/RUN_ID or /status"})
+
+
+def _run_log(conn: Any, history_db: str, run_id: str, query: dict[str, list[str]]) -> _Reply:
+    """``ahgd logs RUN_ID`` over HTTP: its last lines as text, or JSON lines."""
+    lines = runs_api.run_log(conn, Path(history_db).parent, run_id,
+                             (query.get("stage") or [None])[0])
+    if lines is None:
+        return _json(404, {"error": f"no run {run_id!r} in the event log; list runs with "
+                                    "/api/runs"})
+    if (query.get("format") or ["text"])[0] == "json":
+        return _Reply(200, "".join(json.dumps(r, default=str) + "\n" for r in lines).encode(),
+                      "application/x-ndjson")
+    from .runlog import render
+
+    return _text(200, "".join(render(r) + "\n" for r in lines) or "(no lines yet)\n")
 
 
 def _limit(query: dict[str, list[str]]) -> int | _Reply:

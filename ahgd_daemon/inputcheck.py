@@ -11,8 +11,11 @@ takes only the child with it, and the file is quarantined with a reason that
 says the fault is the check's, not the file's.
 
 ``required_columns`` reads the header from the file's first MiB at most
-(:func:`pipelines.read_csv_header`): a first line longer than that is a
-quarantine reason that says so.
+(decompressed, for a ``.csv.gz`` or a CSV in a ZIP): a first line longer
+than that is a quarantine reason that says so.  Of a spreadsheet it reads
+the first sheet's header, found in its top rows (streamed, for an ``.xlsx``;
+an ``.xls``/``.ods`` or a zipped one over 64 MiB is left to the run):
+:func:`pipelines.tables.source.identify`.
 
 Protocol: one JSON request on the child's stdin, one JSON line
 ``{"problem": text or null, "fix": "file" or "check"}`` on its stdout (whose
@@ -34,7 +37,6 @@ from typing import Any
 
 #: a reason is at most this long (a check could return anything)
 REASON_MAX = 2000
-_CODECS = {"utf-8": "utf-8-sig", "utf8": "utf-8-sig"}  # a byte-order mark is not a column
 
 
 #: what to do about a file a check found bad, and about one it could not judge
@@ -60,7 +62,8 @@ class CheckAborted(Exception):
 
 
 def needed(folder: Any) -> bool:
-    return bool(folder.required_columns or folder.check_callable)
+    return bool(folder.required_columns or folder.check_callable
+                or getattr(folder, "check_stage", None))
 
 
 def run(folder: Any, path: Path, *, abort: threading.Event | None = None) -> Refusal | None:
@@ -70,7 +73,8 @@ def run(folder: Any, path: Path, *, abort: threading.Event | None = None) -> Ref
     what = _what(folder)
     request = json.dumps({"path": os.fspath(path), "required_columns": folder.required_columns,
                           "encoding": folder.encoding, "delimiter": folder.delimiter,
-                          "callable": folder.check_callable}).encode()
+                          "callable": folder.check_callable,
+                          "stage": getattr(folder, "check_stage", None)}).encode()
     from pipelines.execution.children import child_env, python_command
 
     # the child must import what this process imported, wherever it came from, and never a
@@ -123,6 +127,9 @@ def _kill(proc: subprocess.Popen) -> None:
 
 
 def _what(folder: Any) -> str:
+    stage = getattr(folder, "check_stage", None)
+    if stage and not folder.check_callable:
+        return f"the input check (stage {stage['name']!r}, {stage['class']})"
     return (f"the input check {folder.check_callable}" if folder.check_callable
             else "the input check")
 
@@ -132,13 +139,19 @@ def _what(folder: Any) -> str:
 def required_columns_problem(path: Path, columns: list[str], encoding: str,
                              delimiter: str) -> str | None:
     """Which of ``columns`` the header of ``path`` lacks, in words; None when it has them all."""
-    from pipelines import InputError, read_csv_header
+    from pipelines import InputError
+    from pipelines.tables.source import identify
 
-    try:
-        header = read_csv_header(path, encoding=_CODECS.get(encoding.lower(), encoding),
-                                 delimiter=delimiter)
+    try:   # a CSV's first MiB (decompressed when gzip'd or zipped), each sheet's top rows
+        found = identify(path, _Required(columns), encoding=encoding, delimiter=delimiter,
+                         whole_file=False)
     except InputError as exc:
         return str(exc)
+    if found.get("unchecked"):
+        return None       # a spreadsheet read only whole: the run's extract stage checks it
+    headers = [found["header"]] if found["format"] == "csv" else [
+        s["header"] for s in found["sheets"]]
+    header = max(headers, key=lambda h: _Required(columns).match(h, []).score)
     have = {h.strip().lower() for h in header}
     missing = [c for c in columns if c.lower() not in have]
     if not missing:
@@ -146,6 +159,23 @@ def required_columns_problem(path: Path, columns: list[str], encoding: str,
     shown = ", ".join(_cut(h.strip()) for h in header[:30])
     more = f", ... and {len(header) - 30} more" if len(header) > 30 else ""
     return f"missing required column(s) {', '.join(missing)} (the header has: {shown}{more})"
+
+
+class _Required:
+    """A header rated by how many of the required columns it names (a sheet's header row is
+    the one naming most)."""
+
+    key, rates = (), True
+
+    def __init__(self, columns: list[str]):
+        self.wanted = {c.strip().lower() for c in columns}
+        self.what = f"a table with the required column(s) {', '.join(columns)}"
+
+    def match(self, header: list[str], title: list[str]) -> Any:
+        from pipelines.tables.source import HeaderFit
+
+        have = sum(1 for h in header if h.strip().lower() in self.wanted)
+        return HeaderFit([h if h.strip() else None for h in header], None, (have,))
 
 
 def _cut(name: str, limit: int = 40) -> str:
@@ -158,6 +188,10 @@ def _check(request: dict[str, Any]) -> str | None:
         problem = required_columns_problem(path, request["required_columns"],
                                            request.get("encoding") or "utf-8",
                                            request.get("delimiter") or ",")
+        if problem:
+            return problem
+    if request.get("stage"):
+        problem = _stage_check(path, request["stage"])
         if problem:
             return problem
     dotted = request.get("callable")
@@ -180,6 +214,35 @@ def _check(request: dict[str, Any]) -> str | None:
         return Refusal(f"the input check {dotted} failed with {type(exc).__name__}: {exc}; that "
                        "is a fault of the check, not necessarily of the file: fix the check, "
                        "then drop the file again", CHECK_FIX)
+    return str(result) if result else None
+
+
+def _stage_check(path: Path, stage: dict[str, Any]) -> str | None:
+    """``input_check.stage``: the stage's object, built with its config, checks the file.
+
+    A stage that cannot be built here (its module does not import, its config is refused)
+    cannot be built by the run either: the file passes, and the run fails saying why,
+    keeping the file for ``ahgd retry`` rather than quarantining a file that may be fine."""
+    import importlib
+
+    what = f"the input check (stage {stage['name']!r}, {stage['class']})"
+    try:
+        module, _, attr = stage["class"].rpartition(".")
+        obj = getattr(importlib.import_module(module), attr)(**stage["config"])
+    except Exception as exc:  # noqa: BLE001 - the run reports it, as a configuration error
+        print(f"{what} could not build the stage ({type(exc).__name__}: {exc}); the file is "
+              "passed to the run, which reports it", file=sys.stderr)
+        return None
+    check = getattr(obj, "check_input", None)
+    if check is None:
+        return Refusal(f"{what} cannot check files: {stage['class']} has no check_input(path) "
+                       "method; use input_check.callable instead", CHECK_FIX)
+    try:
+        result = check(path)
+    except Exception as exc:  # noqa: BLE001 - the check's fault, said as such
+        return Refusal(f"{what} failed with {type(exc).__name__}: {exc}; that is a fault of "
+                       "the check, not necessarily of the file: fix the check, then drop the "
+                       "file again", CHECK_FIX)
     return str(result) if result else None
 
 

@@ -3,7 +3,8 @@
 Every event appended to the event log is also one log line with the same
 fields (``event`` is the event type, plus ``seq``, ``pipeline``, ``run_id``,
 ``stage``, ``attempt`` where they apply).  Alerts are lines with
-``alert: true`` and a ``severity``.
+``alert: true`` and a ``severity``.  Where run logs are kept, a failed attempt's
+line carries its traceback into the run's log (not to stdout).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, TextIO
 
 import structlog
 
+from pipelines.execution.logsetup import RUN_LOG_ONLY
 from state import Event, EventLog
 
 #: payload keys too bulky for a log line (they stay in the event log)
@@ -42,7 +44,7 @@ class EventLogger:
             if name and event.run_id:
                 self._remember(event.run_id, name)
             return name
-        if event.type.startswith("file.") or event.type == "schedule.fired":
+        if event.type.startswith(("file.", "schedule.", "pipeline.")):
             return data.get("pipeline")
         if event.run_id is None or event.type.startswith("orchestration."):
             return event.stage if event.type.startswith("orchestration.") else None
@@ -69,6 +71,10 @@ class EventLogger:
                                             "run.parked") else "info"
         for key in ("seq", "pipeline", "run_id", "stage", "attempt", "event"):
             fields.pop(key, None)
+        if data.get("traceback"):  # too bulky for stdout; the run's own log keeps it
+            fields[RUN_LOG_ONLY] = {"traceback": data["traceback"]}
+        # a pause names a pipeline, not a run (its run_id only indexes it in the log)
+        run_id = None if event.type.startswith("pipeline.") else event.run_id
         getattr(self._logger, level)(
-            event.type, seq=event.seq, pipeline=self.pipeline_of(event), run_id=event.run_id,
+            event.type, seq=event.seq, pipeline=self.pipeline_of(event), run_id=run_id,
             stage=event.stage, attempt=event.attempt, **fields)

@@ -89,13 +89,24 @@ def plan(log: EventLog, state_dir: Path, pipelines: Mapping[str, Any],
         raise RequestError(f"pipeline(s) {', '.join(empty)} never completed a run in this state "
                            "directory, so there is nothing of theirs to reload; run them with "
                            "`ahgd run`, or leave them out")
-    missing = [f"{r.input_file} (input of run {r.replays})" for rs in replays.values() for r in rs
+    missing = [f"{r.input_file} (input of run {r.replays}{_removed(log, state_dir, r)})"
+               for rs in replays.values() for r in rs
                if r.input_file and not Path(r.input_file).is_file()]
     if missing:
         raise RequestError("input files of the runs to replay are gone from the store: "
                            f"{'; '.join(missing)}. Drop those files again (or run their pipeline "
                            "with --input), then rebuild the rest with --pipeline")
     return [[r for p in wave for r in replays[p]] for wave in _waves(sorted(targets), prereqs)]
+
+
+def _removed(log: EventLog, state_dir: Path, replay: Replay) -> str:
+    """``; removed by retention on <ts> (retain.inputs_for)`` when that is why it is gone."""
+    from state import removals
+
+    gone = removals.removed_file(log, state_dir, removals.relative_to_state(
+        state_dir, str(replay.input_file)))
+    return "" if gone is None else (f"; removed by retention on {gone['ts']} "
+                                    f"(retain.{gone.get('rule') or 'inputs_for'})")
 
 
 def _depends_on(pipeline: str, sources: set[str], prereqs: Mapping[str, set[str]]) -> bool:

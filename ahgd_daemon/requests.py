@@ -29,7 +29,10 @@ class RequestError(AhgdError):
 
 
 #: run params that ahgd sets itself: the stored input (a path the daemon opens), its hash, ...
-RESERVED_PARAMS = ("input_file", "input_sha256", "original_name", "resume_from")
+RESERVED_PARAMS = ("input_file", "input_sha256", "original_name", "resume_from", "fire_time",
+                   "backfill", "keep_outputs")
+#: what `ahgd warehouse rebuild` gives its runs (ahgd's own: no params: section declares them)
+REBUILD_PARAMS = ("rebuild", "replays")
 _CHUNK = 1 << 20
 
 
@@ -114,7 +117,7 @@ def request_run(log: EventLog, state_dir: Path, pipelines: dict[str, Any], name:
         raise RequestError(f"params may not set {', '.join(reserved)}: ahgd sets them itself "
                            "(give an input file with `ahgd run --input FILE`, a stage to resume "
                            "from with --resume-from)")
-    run_params = dict(params or {})
+    run_params = checked_params(pipeline, name, params or {})
     if input_fd is not None:
         stored, sha = stage_input(state_dir, name, input_fd, input_name or "input")
         run_params.update(input_file=str(stored), input_sha256=sha,
@@ -126,6 +129,22 @@ def request_run(log: EventLog, state_dir: Path, pipelines: dict[str, Any], name:
     run_id = run_id or new_run_id(name)
     log.append(new_event(T.RUN_REQUESTED, run_id, pipeline=name, trigger=trigger, params=run_params))
     return run_id
+
+
+def checked_params(pipeline: Any, name: str, given: Mapping[str, Any]) -> dict[str, Any]:
+    """``given`` checked against the pipeline file's ``params:`` (converted, defaults filled
+    in); a pipeline built in Python (no ``spec``) takes its params unchecked."""
+    spec = getattr(pipeline, "spec", None)
+    if spec is None:
+        return dict(given)
+    from pipelines.config.params import ParamError, resolve
+
+    own = {k: v for k, v in given.items() if k in REBUILD_PARAMS}  # ahgd's, not the user's
+    try:
+        return {**resolve(name, spec.params, {k: v for k, v in given.items() if k not in own},
+                          where=getattr(pipeline, "source", None)), **own}
+    except ParamError as exc:
+        raise RequestError(str(exc)) from None
 
 
 def retry(log: EventLog, run_id: str, state_dir: Path | None = None, *,
@@ -150,6 +169,12 @@ def retry(log: EventLog, run_id: str, state_dir: Path | None = None, *,
     if run.state not in (RunState.FAILED, RunState.PARKED, RunState.CANCELLED):
         raise RequestError(f"run {run_id!r} is {run.state}; only FAILED, PARKED or CANCELLED runs, "
                            "and RUNNING ones whose owner is gone, can be retried")
+    if state_dir is not None:  # what it needs, removed by retention: said now, nothing recorded
+        from state.removals import retry_refusal
+
+        refused = retry_refusal(log, state_dir, run)
+        if refused:
+            raise RequestError(refused)
     log.append(new_event(T.RUN_RETRIED, run_id, previous_state=run.state))
     return {"run_id": run_id, "pipeline": run.pipeline, "previous_state": run.state}
 

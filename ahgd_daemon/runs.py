@@ -2,8 +2,9 @@
 
 Admission: PENDING runs start oldest request first, at most ``2 x max_workers``
 runs at once, and only runs of pipelines none of whose dependencies has a run
-in flight.  A run another process holds (``ahgd run`` in a terminal) is left
-to it.  Each run executes on a thread of its own; its stages go to the worker
+in flight, never runs of a paused pipeline (``ahgd pause``), and at most
+``max_workers`` runs of backfills at once.  A run another process holds
+(``ahgd run`` in a terminal) is left to it.  Each run executes on a thread of its own; its stages go to the worker
 pool.  Reaping collects the threads that ended, records a run whose thread
 died as failed, and hands every reaped run to the daemon's follow-ups.
 """
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from state import EventLog, EventType as T, Run, new_event, queries
+from state import EventLog, EventType as T, Run, new_event, ops_queries, queries
 from state.errors import AhgdError
 from state.locks import Locked, is_locked, run_lock_path
 from state.machine import ENDED_RUN_STATES, RunState, StageState
@@ -68,13 +69,18 @@ class RunSupervisor:
         limit = max(2, 2 * self.executor.max_workers)
         if len(self.active) >= limit:
             return
-        # pipelines whose dependencies have work in flight wait for it
+        # pipelines whose dependencies have work in flight wait for it; paused ones wait for
+        # `ahgd resume`
         busy = queries.pipelines_in_flight(self.log)
-        startable = [name for name in setup.pipelines
-                     if not any(dep in busy for dep in setup.dependencies.get(name, ()))]
+        paused = ops_queries.pipeline_pauses(self.log)
+        startable = [name for name in setup.pipelines if name not in paused
+                     and not any(dep in busy for dep in setup.dependencies.get(name, ()))]
         if not startable:
             return
-        candidates = queries.pending_runs(self.log, startable, limit + len(self.active))
+        # a backfill's runs take at most max_workers run slots: the other runs go on meanwhile
+        slots = self.executor.max_workers - ops_queries.running_backfill_count(self.log)
+        candidates = queries.pending_runs(self.log, startable, limit + len(self.active),
+                                          backfill_slots=slots)
         with self.lock:
             for run_id, pipeline in candidates:
                 if len(self.active) >= limit:

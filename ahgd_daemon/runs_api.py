@@ -1,4 +1,5 @@
-"""Run history as JSON documents for the HTTP API (``/api/runs``, ``/api/runs/{id}``).
+"""Run history as JSON documents for the HTTP API (``/api/runs``, ``/api/runs/{id}``, and a
+run's log lines for ``/api/runs/{id}/log``).
 
 The projections and the events table, read through :mod:`state.queries` on a
 read-only connection opened per request: the HTTP side cannot write even by
@@ -47,3 +48,17 @@ def run_document(conn: sqlite3.Connection, run_id: str) -> dict[str, Any] | None
         return None
     run["attempts"] = queries.stage_attempts(conn, [run_id]).get(run_id, [])
     return {"run": run, "events": queries.run_events(conn, run_id)}
+
+
+#: the most lines ``/api/runs/{id}/log`` returns (the last ones); ``ahgd logs`` has them all
+MAX_LOG_LINES = 5000
+
+
+def run_log(conn: sqlite3.Connection, state_dir: Any, run_id: str,
+            stage: str | None = None) -> list[dict[str, Any]] | None:
+    """The last :data:`MAX_LOG_LINES` lines of a run's log (``ahgd logs``); None if unknown."""
+    from .runlog import RunLogReader
+
+    if queries.run_summary(conn, run_id) is None:
+        return None
+    return RunLogReader(state_dir, run_id, stage).poll(conn, final=True)[-MAX_LOG_LINES:]

@@ -7,7 +7,9 @@ the trigger and the fire time (``sched-<pipeline>-<trigger>-<UTC time>``), so
 one tick runs at most once across restarts.  Ticks missed while the daemon
 was down follow the trigger's policy, from the last fire time in the log:
 ``skip`` none, ``latest`` the most recent one, ``all`` every one (up to
-``MAX_CATCH_UP``).
+``MAX_CATCH_UP``).  A tick of a paused pipeline (``ahgd pause``) is recorded
+``schedule.skipped`` instead of fired; ``ahgd resume`` fires the skipped ones
+by the same policy (``pausing.py``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from state import DuplicateEvent, EventLog, EventType as T, format_ts, new_event, parse_ts
+from state import (DuplicateEvent, EventLog, EventType as T, IllegalTransition, format_ts,
+                   new_event, ops_queries, parse_ts)
 from state.store import safe_name
 
 #: interval schedules count from this instant, so their ticks are the same on every start
@@ -78,6 +81,29 @@ def fire(log: EventLog, schedule: Schedule, fire_time: datetime, *, catch_up: bo
     return run_id
 
 
+def skip(log: EventLog, schedule: Schedule, fire_time: datetime, pause: dict[str, Any]) -> bool:
+    """Record that a tick came while its pipeline was paused (``schedule.skipped``; once per
+    tick).  False when the pipeline was resumed meanwhile: the tick is the caller's to fire."""
+    run_id = run_id_for(schedule, fire_time)
+    try:
+        log.append(new_event(T.SCHEDULE_SKIPPED, run_id, pipeline=schedule.pipeline,
+                             trigger=schedule.trigger_id, fire_time=format_ts(fire_time),
+                             reason="the pipeline is paused", paused_at=pause.get("since"),
+                             idempotency_key=f"schedule-skipped:{run_id}"))
+    except DuplicateEvent:
+        pass
+    except IllegalTransition:  # resumed between our look and this tick: it is not skipped
+        return False
+    return True
+
+
+def _fire_or_skip(log: EventLog, schedule: Schedule, fire_time: datetime,
+                  pause: dict[str, Any] | None, *, catch_up: bool) -> str | None:
+    if pause is not None and skip(log, schedule, fire_time, pause):
+        return None
+    return fire(log, schedule, fire_time, catch_up=catch_up)
+
+
 def last_fire_time(log: EventLog, schedule: Schedule) -> datetime | None:
     rec = log.aggregate(("schedule", f"{schedule.pipeline}\x1f{schedule.trigger_id}"))
     return None if rec is None else parse_ts(rec.last_fire_time)
@@ -129,18 +155,27 @@ def _by_policy(schedule: Schedule, ticks: list[datetime], now: datetime, *, live
     return ticks[-1:] if live and (now - ticks[-1]).total_seconds() <= ON_TIME_S else []
 
 
+def missed_ticks(schedule: Schedule, last: datetime | None, now: datetime) -> list[datetime]:
+    """The ticks missed since ``last`` (the last recorded fire time) that the trigger's
+    policy fires at a start-up at ``now``; none when it never fired."""
+    if last is None:
+        return []
+    zone = getattr(schedule.apscheduler_trigger, "timezone", None)
+    if zone is not None:
+        last = last.astimezone(zone)
+    return _by_policy(schedule, _ticks(schedule, last, now, MAX_CATCH_UP), now, live=False)
+
+
 def catch_up(log: EventLog, schedule: Schedule, now: datetime) -> list[str]:
-    """At start-up: fire the ticks missed since the last recorded one, by the policy."""
-    last = last_fire_time(log, schedule)
+    """At start-up: fire the ticks missed since the last recorded one, by the policy (while
+    the pipeline is paused, record them skipped instead: its resume fires them)."""
     fired: list[str] = []
-    if last is not None:
-        zone = getattr(schedule.apscheduler_trigger, "timezone", None)
-        if zone is not None:
-            last = last.astimezone(zone)
-        for t in _by_policy(schedule, _ticks(schedule, last, now, MAX_CATCH_UP), now, live=False):
-            run_id = fire(log, schedule, t, catch_up=True)
-            if run_id:
-                fired.append(run_id)
+    ticks = missed_ticks(schedule, last_fire_time(log, schedule), now)
+    pause = ops_queries.pipeline_pauses(log).get(schedule.pipeline) if ticks else None
+    for t in ticks:
+        run_id = _fire_or_skip(log, schedule, t, pause, catch_up=True)
+        if run_id:
+            fired.append(run_id)
     schedule.next_fire = schedule.next_after(None, now + timedelta(microseconds=1))
     return fired
 
@@ -152,13 +187,16 @@ def due(log: EventLog, schedules: list[Schedule], now: datetime) -> list[str]:
     several may be: the trigger's misfire policy picks which run, as at start-up.
     """
     fired = []
+    pauses: dict[str, Any] | None = None
     for s in schedules:
         if s.next_fire is None or s.next_fire > now:
             continue
+        if pauses is None:  # a paused pipeline's tick is recorded skipped, not fired
+            pauses = ops_queries.pipeline_pauses(log)
         first = s.next_fire
         ticks = [first] + _ticks(s, first, now, MAX_CATCH_UP)
         for t in _by_policy(s, ticks[-MAX_CATCH_UP:], now, live=True):
-            run_id = fire(log, s, t, catch_up=t is not ticks[-1])
+            run_id = _fire_or_skip(log, s, t, pauses.get(s.pipeline), catch_up=t is not ticks[-1])
             if run_id:
                 fired.append(run_id)
         nxt = s.next_after(ticks[-1], now + timedelta(microseconds=1))

@@ -63,6 +63,7 @@ def status_document(state_dir: Path, uptime_s: float, setup: Setup, executor: An
         "disabled": sorted(setup.disabled),   # enabled: false: no trigger starts them
         "workers": {"max": executor.max_workers, "busy": executor.in_use(),
                     "pids": executor.worker_pids()},
+        **cluster_section(executor),
         "watching": {str(f.path): f.pipeline for f in setup.folders},
         "schedules": [{"pipeline": s.pipeline, "trigger": s.trigger_id,
                        "next_fire": format_ts(s.next_fire) if s.next_fire else None}
@@ -81,7 +82,15 @@ def dashboard_section(state_dir: Path, uptime_s: float, health: tuple[bool, str]
         "uptime_s": round(uptime_s, 1), "healthy": healthy,
         "health": why, "recovering": recovering,
         "workers": {"max": executor.max_workers, "busy": executor.in_use()},
+        **cluster_section(executor),
         "files_waiting": files_waiting,
         "pipelines": sorted(setup.pipelines) if setup else [],
         "disabled": sorted(setup.disabled) if setup else [],
     }
+
+
+def cluster_section(executor: Any) -> dict[str, Any]:
+    """``{"cluster": {scheduler, connected, object_store, workers: [...]}}`` when attempts run
+    on a Dask cluster (daemon.executor type dask); nothing otherwise."""
+    cluster = getattr(executor, "cluster", None)
+    return {"cluster": cluster()} if callable(cluster) else {}

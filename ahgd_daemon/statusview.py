@@ -59,10 +59,12 @@ class _View:
 
     def render(self) -> None:
         self.header()
+        self.paused()
         self.active_runs()
         self.open_alerts()
         self.last_runs()
         self.system()
+        self.storage()
 
     # -- sections -----------------------------------------------------------
 
@@ -136,6 +138,18 @@ class _View:
             )
         self.console.print(Padding(table, (0, 0, 0, 2), expand=False))
 
+    def paused(self) -> None:
+        """Pipelines paused by hand (``ahgd pause``): who, when, why; only when there are."""
+        paused = _mapping(self.doc.get("paused"))
+        if not paused:
+            return
+        from .pausing import describe
+
+        self.heading("Paused pipelines", len(paused))
+        for name, pause in sorted(paused.items()):
+            self.line(Text(f"  {name}: {describe(_mapping(pause))}; its runs wait "
+                           f"(`ahgd resume {name}`)"))
+
     def last_runs(self) -> None:
         by_pipeline = _mapping(self.doc.get("recent_runs"))
         groups = [(str(name), _dicts(runs)[: self.recent])
@@ -172,6 +186,26 @@ class _View:
             text.append(f" ({_bytes(disk.get('free_bytes'))} free)")
             self.line(text)
         self.workers(_dicts(system.get("workers")))
+
+    def storage(self) -> None:
+        """The state directory by area, and what the last collection freed (retention)."""
+        doc = _mapping(self.doc.get("storage"))
+        if not doc:
+            return
+        areas = _mapping(doc.get("areas"))
+        self.heading("State directory")
+        self.line(Text(f"  {_bytes(doc.get('total_bytes'))}: " + ", ".join(
+            f"{area} {_bytes(size)}" for area, size in areas.items()
+            if area in ("data", "history") or (_is_number(size) and size > 0))), clip=True)
+        last = _mapping(doc.get("last_collection"))
+        if last:
+            self.line(Text(f"  last collection {self.ago(last.get('at'))}: removed "
+                           f"{_num(last.get('items'))}, freed {_bytes(last.get('bytes'))}"))
+        else:
+            self.line(Text("  nothing removed by retention yet", style="dim"))
+        if _is_number(doc.get("over_budget_bytes")):
+            self.line(Text(f"  data/ is {_bytes(doc['over_budget_bytes'])} over retain.data_budget",
+                           style="bold red"))
 
     # -- pieces -------------------------------------------------------------
 

@@ -22,6 +22,10 @@ pipeline's time goes (per stage, from ``stage_timings`` in history.db), the
 workers' peak RSS (``peak_rss_mb``) and this process's peak RSS during the run.
 Targets: ratio <= 1.3, peak RSS <= 1 GB.  Both loads are checked to hold the
 same rows.
+
+``--spreadsheets`` runs the spreadsheet path instead (bench/sheetpath.py): the
+SEIFA data cube layout and a 1.5 M-row MORT workbook, each against the same
+data as CSV (target: spreadsheet <= 3x CSV, peak RSS <= 1 GB).
 """
 
 from __future__ import annotations
@@ -195,8 +199,9 @@ def run_floor(script, csv_path: Path, work: Path, threads: int | None) -> float:
 
 # --------------------------------------------------------------------------- the pipeline
 
-def run_pipeline(csv_path: Path, state: Path, threads: int | None) -> tuple[float, float, str]:
-    pipeline = load_pipeline(YAML, state_dir=state, executor="process")
+def run_pipeline(csv_path: Path, state: Path, threads: int | None,
+                 yaml: Path = YAML) -> tuple[float, float, str]:
+    pipeline = load_pipeline(yaml, state_dir=state, executor="process")
     if threads:
         pipeline.duckdb_settings["threads"] = threads
     _reset_peak_rss()
@@ -252,7 +257,13 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="timed runs of each side")
     ap.add_argument("--threads", type=int, default=None, help="DuckDB threads (default: DuckDB's)")
     ap.add_argument("--dir", type=Path, default=None, help="work directory (default: a temp dir)")
+    ap.add_argument("--spreadsheets", action="store_true",
+                    help="the spreadsheet path: .xlsx against CSV (bench/sheetpath.py)")
+    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "ahgd-bench-cache",
+                    help="where --spreadsheets keeps the workbooks it builds once")
     args = ap.parse_args()
+    if args.spreadsheets:
+        return spreadsheets(args)
     root = Path(tempfile.mkdtemp(prefix="ahgd-datapath-", dir=args.dir))
     try:
         csv_path = root / "mort_big.csv"
@@ -290,6 +301,66 @@ def main() -> None:
         print(f"peak RSS: worker {worker_peak:.0f} MB, parent {max(peaks):.0f} MB (target <= 1024)")
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def spreadsheets(args: argparse.Namespace) -> None:
+    """The spreadsheet path: each workbook and its CSV through the bundled pipeline."""
+    import sheetpath
+
+    cache = args.cache
+    cache.mkdir(parents=True, exist_ok=True)
+    inputs = {"seifa_sa2": (REPO / "pipelines" / "ahgd" / "data" / "seifa_2021_sa2.csv",
+                            cache / "seifa_cube.xlsx"),
+              "mortality_regions": (cache / f"mort_{args.reps}.csv",
+                                    cache / f"mort_{args.reps}.xlsx")}
+    csv_mort, xlsx_mort = inputs["mortality_regions"]
+    builders = ((csv_mort, lambda p: generate(p, args.reps)),
+                (xlsx_mort, lambda p: sheetpath.mort_workbook(csv_mort, p)),
+                (inputs["seifa_sa2"][1], lambda p: sheetpath.seifa_workbook(p, REPO)))
+    for path, build in builders:
+        if path.exists():
+            continue
+        part = path.with_name(f"{path.stem}.part{path.suffix}")   # an interrupted build: no file
+        t0 = time.perf_counter()
+        build(part)
+        part.rename(path)
+        print(f"built {path.name} ({path.stat().st_size / 1e6:.0f} MB) in "
+              f"{time.perf_counter() - t0:.1f} s")
+    root = Path(tempfile.mkdtemp(prefix="ahgd-sheetpath-", dir=args.dir))
+    try:
+        for name, (csv_path, xlsx_path) in inputs.items():
+            yaml = REPO / "pipelines" / "ahgd" / "config" / f"{name}.yaml"
+            runs: dict[str, list] = {"csv": [], "xlsx": []}
+            for i in range(args.repeat):
+                for kind, path in (("csv", csv_path), ("xlsx", xlsx_path)):
+                    state = root / f"{name}-{kind}{i}"
+                    wall, _parent, run_id = run_pipeline(path, state, args.threads, yaml)
+                    runs[kind].append((wall, stage_report(state, run_id)))
+            table = "seifa_sa2" if name == "seifa_sa2" else "mortality_region"
+            n, same = same_table(root / f"{name}-csv0" / "warehouse.duckdb",
+                                 root / f"{name}-xlsx0" / "warehouse.duckdb", table)
+            print(f"{name}: {n:,} rows; CSV and spreadsheet loaded the same rows: {same}")
+            sheetpath.compare(name, runs)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def same_table(a: Path, b: Path, table: str) -> tuple[int, bool]:
+    """Rows of ``table`` in both warehouses, and whether they agree (DOUBLEs to 9 decimals:
+    a spreadsheet holds 15 significant digits); columns only one of them has are left out."""
+    con = duckdb.connect()
+    con.execute(f"ATTACH '{a}' AS a (READ_ONLY)")
+    con.execute(f"ATTACH '{b}' AS b (READ_ONLY)")
+    types = {r[0]: r[1] for r in con.execute(f"DESCRIBE a.{table}").fetchall()}
+    other = {r[0] for r in con.execute(f"DESCRIBE b.{table}").fetchall()}
+    cols = ", ".join(f'round("{c}", 9)' if t == "DOUBLE" else f'"{c}"' for c, t in types.items()
+                     if c in other and c not in ("_run_id", "_source_sha256"))
+    n = con.execute(f"SELECT count(*) FROM a.{table}").fetchone()[0]
+    diff = con.execute(f"SELECT count(*) FROM ((SELECT {cols} FROM a.{table} EXCEPT ALL "
+                       f"SELECT {cols} FROM b.{table}) UNION ALL (SELECT {cols} FROM b.{table} "
+                       f"EXCEPT ALL SELECT {cols} FROM a.{table}))").fetchone()[0]
+    con.close()
+    return n, diff == 0
 
 
 if __name__ == "__main__":

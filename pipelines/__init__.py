@@ -3,7 +3,7 @@
     from pipelines import (BasePipeline, PipelineContext, StageConfig,
                            PipelineOrchestrator, PipelineDefinition,
                            CheckpointManager, PipelineMonitor,
-                           CsvExtractor, WarehouseLoader)
+                           CsvExtractor, TableExtractor, WarehouseLoader)
 
 Names are imported on first use (PEP 562), so ``import pipelines`` stays cheap
 for the CLI and for worker processes.  Imports nothing from ``ahgd_daemon``.
@@ -52,6 +52,13 @@ _EXPORTS = {
     "csv_error": "pipelines.csvfile",
     "CsvExtractor": "pipelines.extractors",
     "WarehouseLoader": "pipelines.loaders",
+    "TableExtractor": "pipelines.tables.extractor",
+    "read_table": "pipelines.tables.extractor",
+    "HeaderFit": "pipelines.tables.source",
+    "Wanted": "pipelines.tables.headers",
+    "match_header": "pipelines.tables.headers",
+    "mapping_lines": "pipelines.tables.headers",
+    "show_header": "pipelines.tables.headers",
     "load_pipeline": "pipelines.config.configured",
 }
 
@@ -74,6 +81,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .csvheader import read_csv_header
     from .extractors import CsvExtractor
     from .loaders import WarehouseLoader
+    from .tables.extractor import TableExtractor, read_table
+    from .tables.headers import Wanted, mapping_lines, match_header, show_header
+    from .tables.source import HeaderFit
     from .errors import (ConfigError, InputError, ResumeRefused, StageError, StageOutputError,
                          ValidationFailed, WarehouseDamaged)
     from .monitoring import AlertSeverity, PipelineMonitor

@@ -26,7 +26,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from state import EventLog, EventType as T, new_event, queries, store
+from state import EventLog, EventType as T, new_event, queries, removals, store
 from state.errors import OutputMissing, did_you_mean
 from state.locks import FileLock, run_lock_path
 from state.machine import DONE_STAGE_STATES, StageState
@@ -359,6 +359,7 @@ class BasePipeline(ABC):
         if not self.enable_checkpoints:
             raise ResumeRefused(f"pipeline {self.name!r} runs with enable_checkpoints=False, so no "
                                 "stage outputs are kept to resume from; run it from the start")
+        gone = None  # outputs retention removed: an earlier run may still have them
         for run in reversed(log.runs(pipeline=self.name)):
             done = {s: a for s, a in run.attempts.items() if a.state == StageState.COMPLETED}
             if not all(s in done for s in earlier) or not run.params.get("keep_outputs", True):
@@ -369,12 +370,21 @@ class BasePipeline(ABC):
                 try:
                     store.verify(self.state_dir, ref, what=f"output of stage {s!r} of run {run.run_id}")
                 except OutputMissing as exc:
-                    raise ResumeRefused(
-                        f"cannot resume pipeline {self.name!r} from {resume_from!r}: {exc}; "
-                        f"resume from {s!r} instead") from None
+                    removed = removals.removed_file(log, self.state_dir, str(ref.get("path")))
+                    if removed is None:
+                        raise ResumeRefused(f"cannot resume pipeline {self.name!r} from "
+                                            f"{resume_from!r}: {exc}; resume from {s!r} instead"
+                                            ) from None
+                    gone = gone or removed
+                    break
                 src = done[s].info().get("from_run") or run.run_id
                 reuse[s] = (src, ref)
-            return reuse
+            else:
+                return reuse
+        if gone is not None:
+            raise ResumeRefused(f"cannot resume pipeline {self.name!r} from {resume_from!r}: "
+                                f"{removals.describe(gone)}; resume from {earlier[0]!r} instead "
+                                "(or run from the start)")
         raise ResumeRefused(
             f"cannot resume pipeline {self.name!r} from {resume_from!r}: no earlier run completed "
             f"{', '.join(earlier)}; resume from {earlier[0]!r} instead (or run from the start)")

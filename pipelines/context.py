@@ -19,15 +19,18 @@ import json
 import os
 import pickle
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from state import store, warehouse as identity
 
-from .errors import StageOutputError, WarehouseDamaged
+from .errors import ConfigError, StageOutputError, WarehouseDamaged
 
 RESERVED_CATALOGS = {"main", "temp", "system", "memory"}
+#: the Dask worker this attempt runs on (its host), None on the daemon's own host
+REMOTE_HOST: ContextVar[str | None] = ContextVar("ahgd_remote_host", default=None)
 WAREHOUSE = identity.WAREHOUSE
 
 
@@ -202,11 +205,12 @@ class PipelineContext:
     def output_path(self, stage: str) -> Path:
         """The DuckDB file holding an earlier stage's tables, to ``ATTACH ... (READ_ONLY)``
         from another connection (a loader's ``warehouse()``); ``output_table`` is the way
-        from this attempt's own connection."""
+        from this attempt's own connection.  An output in the object store is fetched into
+        the local cache first."""
         ref = self._outputs.get(stage)
         if not ref or ref.get("kind") != "tables":
             raise KeyError(f"stage {stage!r} has no table output in run {self.run_id}")
-        return store.ref_path(self.state_dir, ref)
+        return store.local_path(self.state_dir, ref)
 
     def passthrough(self, stage: str) -> "Passthrough":
         """Return this from a stage to make its output that of ``stage``, without a copy."""
@@ -247,7 +251,7 @@ class PipelineContext:
         ref = self._outputs.get(stage)
         if not ref or ref.get("kind") != "tables":
             return
-        path = store.ref_path(self.state_dir, ref)
+        path = store.local_path(self.state_dir, ref)
         self.duckdb.execute(
             f"ATTACH {_sql_string(str(path))} AS {quote(catalog_for(stage))} (READ_ONLY)")
         self._attached.add(stage)
@@ -274,6 +278,12 @@ class PipelineContext:
         """
         import duckdb
 
+        if REMOTE_HOST.get() is not None:
+            raise ConfigError(
+                f"stage {self.stage_name!r} of pipeline {self.pipeline_name!r} opened the "
+                f"warehouse on {REMOTE_HOST.get()}, a Dask worker; stages that write the "
+                "warehouse run on the daemon's host: give the stage `executor: local` "
+                "(StageConfig(executor='local') in Python)")
         target = Path(path) if path is not None else self.state_dir / WAREHOUSE
         target.parent.mkdir(parents=True, exist_ok=True)
         seen = identity.recorded_path(self.state_dir, target)
@@ -309,7 +319,7 @@ class PipelineContext:
         for stage, ref in self._outputs.items():
             catalog = catalog_for(stage)
             if ref and ref.get("kind") == "tables" and catalog.lower() != own.lower():
-                con.execute(f"ATTACH {_sql_string(str(store.ref_path(self.state_dir, ref)))} "
+                con.execute(f"ATTACH {_sql_string(str(store.local_path(self.state_dir, ref)))} "
                             f"AS {quote(catalog)} (READ_ONLY)")
 
     def close(self) -> None:
@@ -349,7 +359,7 @@ def _load_value(state_dir: Path, ref: Mapping[str, Any], stage: str) -> Any:
     if fmt == "inline":
         return ref.get("value")
     store.verify(state_dir, ref, what=f"output of stage {stage!r}")
-    path = store.ref_path(state_dir, ref)
+    path = store.local_path(state_dir, ref)
     if fmt == "json":
         return json.loads(path.read_text())  # type: ignore[union-attr]
     if fmt == "pickle":

@@ -45,19 +45,22 @@ def one_char(value: Any, what: str) -> str:
 
 def read_csv_sql(columns: Sequence[str] | dict[str, str], *, delimiter: str = ",",
                  quote: str = '"', escape: str = '"', encoding: str = "utf-8",
-                 ) -> tuple[str, dict[str, Any]]:
+                 compression: str | None = None) -> tuple[str, dict[str, Any]]:
     """``read_csv($path, ...)`` of a file whose header names ``columns``, nothing guessed.
 
     ``columns`` is the column names in the file's order (all VARCHAR) or a mapping
     of name to DuckDB type.  Bind ``path`` (and the returned parameters) when
     running it.  A row with more or fewer values than the header, or a quote
     that is never closed, makes DuckDB raise: pass that to :func:`csv_error`.
+    ``compression="gzip"`` reads a gzip'd file (whatever its name).
     """
     typed = dict(columns) if isinstance(columns, dict) else {c: "VARCHAR" for c in columns}
     q, e = one_char(quote, "quote"), one_char(escape, "escape")
+    if compression not in (None, "gzip"):
+        raise ConfigError(f"compression {compression!r} is not supported; use gzip or none")
     sql = ("read_csv($path, header = true, auto_detect = false, delim = $delim, "
            f"quote = {_literal(q)}, escape = {_literal(e)}, columns = $columns, "
-           "encoding = $encoding)")
+           "encoding = $encoding" + (", compression = 'gzip')" if compression else ")"))
     return sql, {"delim": one_char(delimiter, "delimiter"), "columns": typed,
                  "encoding": duckdb_encoding(encoding)}
 
@@ -153,7 +156,7 @@ def locate_problem(path: str | Path, *, delimiter: str = ",", quote: str = '"',
     values) gives ``(line, None)`` for the row DuckDB named; else None.
     """
     label = duckdb_encoding(encoding)
-    with open(path, "rb") as raw:
+    with _open_plain(path) as raw:
         text = io.TextIOWrapper(raw, encoding="latin-1", newline="")   # any bytes: structure
         lines = _checked_lines(text, label)
         reader = csv.reader(lines, delimiter=delimiter, quotechar=quote, strict=True,
@@ -182,6 +185,17 @@ def locate_problem(path: str | Path, *, delimiter: str = ",", quote: str = '"',
     if hit is not None:
         return hit, None
     return None
+
+
+def _open_plain(path: str | Path) -> Any:
+    """The file's bytes, decompressed when it is gzip'd."""
+    with open(path, "rb") as raw:
+        gzipped = raw.read(2) == b"\x1f\x8b"
+    if gzipped:
+        import gzip
+
+        return gzip.open(path, "rb")
+    return open(path, "rb")
 
 
 def _quote_problem(message: str, quote: str) -> str:

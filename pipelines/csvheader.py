@@ -36,6 +36,13 @@ def read_csv_header(path: str | os.PathLike[str], *, encoding: str = "utf-8-sig"
     path = Path(path)
     name = _shown(path.name)
     data, whole = _prefix(path, name, limit)
+    return parse_header(data, whole, name, encoding=encoding, delimiter=delimiter, limit=limit)
+
+
+def parse_header(data: bytes, whole: bool, name: str, *, encoding: str = "utf-8-sig",
+                 delimiter: str = ",", limit: int = HEADER_LIMIT) -> list[str]:
+    """The first row of the CSV text whose first bytes are ``data`` (all of it when
+    ``whole``), as :func:`read_csv_header` reads it; ``name`` is the file's, for messages."""
     label = encoding.lower().removesuffix("-sig").removesuffix("_sig")
     try:
         text = codecs.getincrementaldecoder(encoding)().decode(data, final=whole)

@@ -88,7 +88,8 @@ class StageConfig:
     #: where relative paths in validation_rules (a JSON Schema file) are resolved
     base_dir: Path | None = None
     #: "inprocess" runs this stage on a thread of the run's process (no timeout
-    #: enforcement); None: the pipeline's executor
+    #: enforcement); "local" in a worker process on the daemon's own host even when the
+    #: daemon's executor is a Dask cluster; None: the pipeline's executor
     executor: str | None = None
     #: exception classes (builtin names, dotted paths, or the classes) retried / not
     #: retried whatever their kind; see pipelines.retries
@@ -141,8 +142,9 @@ class StageConfig:
                 "stage: every stage's output is kept while its run needs it (for resume and "
                 "recovery); BasePipeline(enable_checkpoints=False) drops a pipeline's outputs "
                 "once each run has ended")
-        if self.executor not in (None, "process", "inprocess"):
-            raise ConfigError(f"{where}: executor {self.executor!r} is not 'process' or 'inprocess'")
+        if self.executor not in (None, "process", "local", "inprocess"):
+            raise ConfigError(f"{where}: executor {self.executor!r} is not 'process', 'local' "
+                              "(the daemon's host, with a Dask cluster too) or 'inprocess'")
         self.retry_on = exception_names(self.retry_on, where=where, key="retry_on")
         self.no_retry_on = exception_names(self.no_retry_on, where=where, key="no_retry_on")
         both = same_class_in_both(self.retry_on, self.no_retry_on)

@@ -185,5 +185,31 @@ class Refusal(NamedTuple):
     times: int
 
 
-Aggregate = Run | FileRecord | ScheduleRecord | Orchestration | AlertRecord | Refusal
+class Removal(NamedTuple):
+    """A file or folder that retention removed (``file.expired``: a stored input, a duplicate,
+    a quarantined file, ...).  Like refusals, only the event log keeps them (the ``removals``
+    view reads it); no projection table holds them."""
+
+    path: str               # relative to the state directory
+    area: str               # files, inputs, duplicates, quarantine, tmp, metrics
+    bytes: int
+    at: str
+
+
+class PipelineRecord(NamedTuple):
+    """Whether a pipeline is paused by hand (``ahgd pause``): ``PAUSED`` or ``ACTIVE``.
+
+    No table holds it: the pipeline's latest ``pipeline.paused`` / ``pipeline.resumed``
+    event is the record (``state.ops_queries.pipeline_pauses``)."""
+
+    pipeline: str
+    state: str              # PAUSED | ACTIVE
+    reason: str | None
+    by: dict[str, Any]      # who: user, uid, pid, host
+    since: str              # when it was paused (or resumed)
+    seq: int
+
+
+Aggregate = (Run | FileRecord | ScheduleRecord | Orchestration | AlertRecord | Refusal
+             | PipelineRecord | Removal)
 Key = tuple[str, str]

@@ -65,6 +65,10 @@ class OutputMissing(StoreError):
     """A recorded stage output is gone from disk or fails its checksum."""
 
 
+class ObjectStoreError(StoreError):
+    """The object store holding stage outputs is not configured, not installed or not reachable."""
+
+
 def did_you_mean(word: str, choices: Iterable[str], *, cutoff: float = 0.6) -> str:
     """``"did you mean 'x'?"`` for the choice closest to ``word``, or ``""`` if none is close.
 

@@ -37,7 +37,16 @@ class EventType(StrEnum):
     FILE_DUPLICATE = "file.duplicate"
     FILE_QUARANTINED = "file.quarantined"
     FILE_REFUSED = "file.refused"        # not taken: a link, FIFO, directory ...; left in place
+    FILE_RELEASED = "file.released"      # a quarantined file put back into its drop folder
+    # retention (`ahgd gc`, the daemon's collection): what was removed, why, and how many bytes
+    DATA_EXPIRED = "data.expired"        # a run's stage outputs (data/<run>/); addresses the run
+    FILE_EXPIRED = "file.expired"        # a stored input, a duplicate, a quarantined file, ...
     SCHEDULE_FIRED = "schedule.fired"
+    SCHEDULE_SKIPPED = "schedule.skipped"  # a tick that came while its pipeline was paused
+    # a pipeline paused and resumed by hand (`ahgd pause` / `ahgd resume`); their run_id is
+    # PIPELINE_ID_PREFIX + the pipeline's name, so one pipeline's are found by index
+    PIPELINE_PAUSED = "pipeline.paused"
+    PIPELINE_RESUMED = "pipeline.resumed"
     # orchestrations (several pipelines run in dependency order)
     ORCH_STARTED = "orchestration.started"
     ORCH_PIPELINE_STARTED = "orchestration.pipeline_started"
@@ -54,6 +63,10 @@ class EventType(StrEnum):
 
 
 EVENT_TYPES: frozenset[str] = frozenset(t.value for t in EventType)
+
+#: the run_id of ``pipeline.paused`` / ``pipeline.resumed`` events is this plus the pipeline's
+#: name (run ids never hold a colon)
+PIPELINE_ID_PREFIX = "pipeline:"
 
 
 class Event(NamedTuple):

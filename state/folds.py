@@ -1,17 +1,18 @@
-"""The folds of the aggregates beside runs: drop-folder files, schedules, alerts and
-orchestrations.  Pure functions ``(record or None, event) -> record``, dispatched
-to by :func:`state.machine.apply`.
+"""The folds of the aggregates beside runs: drop-folder files, schedules, alerts,
+orchestrations and paused pipelines.  Pure functions ``(record or None, event) ->
+record``, dispatched to by :func:`state.machine.apply`.
 """
 
 from __future__ import annotations
 
 import json
 
-from .aggregates import (AlertRecord, FileRecord, Orchestration, OrchPipeline, Refusal,
-                         ScheduleRecord)
+from .aggregates import (AlertRecord, FileRecord, Orchestration, OrchPipeline, PipelineRecord,
+                         Refusal, Removal, ScheduleRecord)
 from .errors import IllegalTransition
 from .events import Event, EventType as T
-from .transitions import (ALERT_TRANSITIONS, FILE_TRANSITIONS, ORCH_TRANSITIONS, REFUSAL_TRANSITIONS,
+from .transitions import (ALERT_TRANSITIONS, FILE_TRANSITIONS, ORCH_TRANSITIONS,
+                          PIPELINE_TRANSITIONS, REFUSAL_TRANSITIONS, REMOVAL_TRANSITIONS,
                           next_state)
 
 
@@ -36,6 +37,9 @@ def apply_file(rec: FileRecord | None, e: Event) -> FileRecord:
         )
     if e.type == T.FILE_DUPLICATE:
         return rec._replace(last_seen=e.ts, duplicates=rec.duplicates + 1)
+    if e.type == T.FILE_RELEASED:  # its next arrival is a new one (the key holds last_seen)
+        return rec._replace(state=new_state, last_seen=e.ts, stored_path=p.get("to") or
+                            rec.stored_path)
     if e.type == T.FILE_QUARANTINED:
         return rec._replace(
             state=new_state, last_seen=e.ts, reason=p.get("reason"),
@@ -49,6 +53,18 @@ def apply_file(rec: FileRecord | None, e: Event) -> FileRecord:
     )
 
 
+def apply_pipeline(rec: PipelineRecord | None, e: Event) -> PipelineRecord:
+    """A pipeline paused or resumed by hand; a tick skipped is legal only while it is paused."""
+    p = e.data()
+    current = rec.state if rec is not None else None
+    new_state = next_state(PIPELINE_TRANSITIONS, current, e, lambda: f"pipeline {p.get('pipeline')!r}",
+                           "it is paused already" if current == "PAUSED" else "")
+    if e.type == T.SCHEDULE_SKIPPED:
+        return rec  # type: ignore[return-value]  # the pause stands; the log keeps the tick
+    return PipelineRecord(str(p["pipeline"]), new_state, p.get("reason"), p.get("by") or {},
+                          e.ts, e.seq)  # type: ignore[arg-type]
+
+
 def apply_refusal(rec: Refusal | None, e: Event) -> Refusal:
     """A drop-folder entry refused (again): only the log keeps it (no projection)."""
     p = e.data()
@@ -57,6 +73,16 @@ def apply_refusal(rec: Refusal | None, e: Event) -> Refusal:
     return Refusal(str(p["pipeline"]), str(p["path"]), str(p.get("kind") or ""),
                    str(p.get("reason") or ""), e.ts,  # type: ignore[arg-type]
                    (rec.times if rec is not None else 0) + 1)
+
+
+def apply_removal(rec: Removal | None, e: Event) -> Removal:
+    """A file retention removed (``file.expired``): only the log keeps it (no projection)."""
+    p = e.data()
+    next_state(REMOVAL_TRANSITIONS, None, e, lambda: f"removal of {p.get('path')!r}")
+    if not p.get("area") or not isinstance(p.get("bytes"), int):
+        raise IllegalTransition(f"{e.type} needs 'area' and 'bytes' in its payload",
+                                event_type=e.type, current=None)
+    return Removal(str(p["path"]), str(p["area"]), p["bytes"], e.ts)  # type: ignore[arg-type]
 
 
 def apply_schedule(rec: ScheduleRecord | None, e: Event) -> ScheduleRecord:

@@ -227,6 +227,11 @@ class EventLog:
             stored: list[Event] = []
             touched: dict[Key, tuple[Aggregate | None, Aggregate]] = {}
             for e, payload in prepared:
+                # the aggregate as it was before this event (loaded before the event's row is
+                # written: an aggregate kept only in the log, a pause, must not see it)
+                key = aggregate_key(e)
+                if key not in touched:
+                    touched[key] = (self._load_txn(key),) * 2  # type: ignore[assignment]
                 try:
                     cur = conn.execute(
                         _INSERT_EVENT,
@@ -238,11 +243,7 @@ class EventLog:
                     raise
                 ev = _new_tuple(Event, (e.type, e.run_id, e.stage, e.attempt, e.payload,
                                         e.idempotency_key, cur.lastrowid, ts, payload))
-                key = aggregate_key(ev)
-                if key in touched:
-                    original, current = touched[key]
-                else:
-                    original = current = self._load_txn(key)
+                original, current = touched[key]
                 touched[key] = (original, apply(current, ev))
                 stored.append(ev)
             for original, new in touched.values():

@@ -6,7 +6,8 @@ same transaction), rebuilds and replays (a fold over every event), and tests.
 
 An event addresses one *aggregate*: a run (``run.*`` and ``stage.*``), a file
 (``file.*``), a schedule (``schedule.*``), an orchestration
-(``orchestration.*``) or an alert (``alert.*``).  Legal transitions are listed explicitly in the
+(``orchestration.*``), an alert (``alert.*``) or a paused pipeline (``pipeline.*``,
+``schedule.skipped``).  Legal transitions are listed explicitly in the
 ``*_TRANSITIONS`` tables of :mod:`state.transitions`; anything else raises
 :class:`IllegalTransition` before the log writes a byte.  This module addresses
 events to aggregates and folds runs and their stage attempts; the other
@@ -23,7 +24,8 @@ from .aggregates import (DONE_STAGE_STATES, ENDED_RUN_STATES, ENDED_UNSUCCESSFUL
                          RunState, S, ScheduleRecord, StageState)
 from .errors import IllegalTransition
 from .events import Event, EventType as T, dumps_payload
-from .folds import apply_alert, apply_file, apply_orchestration, apply_refusal, apply_schedule
+from .folds import (apply_alert, apply_file, apply_orchestration, apply_pipeline, apply_refusal,
+                    apply_removal, apply_schedule)
 from .transitions import (ALERT_TRANSITIONS, FILE_TRANSITIONS, ORCH_TRANSITIONS, RUN_TRANSITIONS,
                           STAGE_TRANSITIONS, illegal)
 
@@ -40,6 +42,9 @@ __all__ = ["ALERT_TRANSITIONS", "DONE_STAGE_STATES", "ENDED_RUN_STATES", "ENDED_
 
 _KIND = {t: t.partition(".")[0] for t in T}
 _KIND[T.FILE_REFUSED] = "refusal"  # a file event that addresses no file: nothing was taken
+_KIND[T.SCHEDULE_SKIPPED] = "pipeline"  # legal only while the tick's pipeline is paused
+_KIND[T.DATA_EXPIRED] = "run"       # a run's outputs removed: legal only once the run has ended
+_KIND[T.FILE_EXPIRED] = "removal"   # a file retention removed: each one stands on its own
 
 
 def aggregate_key(event: Event) -> Key:
@@ -60,9 +65,21 @@ def aggregate_key(event: Event) -> Key:
             raise IllegalTransition(f"{event.type} needs 'pipeline' and 'path' in its payload",
                                     event_type=event.type, current=None)
         return ("refusal", f"{p['pipeline']}\x1f{p['path']}")
+    if kind == "removal":
+        path = event.data().get("path")
+        if not path:
+            raise IllegalTransition(f"{event.type} needs 'path' in its payload",
+                                    event_type=event.type, current=None)
+        return ("removal", str(path))
     if kind == "schedule":
         p = event.data()
         return ("schedule", f"{p.get('pipeline')}\x1f{p.get('trigger')}")
+    if kind == "pipeline":
+        name = event.data().get("pipeline")
+        if not name:
+            raise IllegalTransition(f"{event.type} needs 'pipeline' in its payload",
+                                    event_type=event.type, current=None)
+        return ("pipeline", str(name))
     if kind == "orchestration":
         if not event.run_id:
             raise IllegalTransition(
@@ -109,8 +126,12 @@ def apply(agg: Aggregate | None, event: Event) -> Aggregate:
         return apply_file(agg, event)  # type: ignore[arg-type]
     if kind == "refusal":
         return apply_refusal(agg, event)  # type: ignore[arg-type]
+    if kind == "removal":
+        return apply_removal(agg, event)  # type: ignore[arg-type]
     if kind == "schedule":
         return apply_schedule(agg, event)  # type: ignore[arg-type]
+    if kind == "pipeline":
+        return apply_pipeline(agg, event)  # type: ignore[arg-type]
     if kind == "orchestration":
         return apply_orchestration(agg, event)  # type: ignore[arg-type]
     if kind == "alert" or kind == "warehouse":
@@ -181,6 +202,8 @@ def _apply_run(run: Run | None, e: Event) -> Run:
             last_seq=e.seq,  # type: ignore[arg-type]
             attempts={},
         )
+    if t == T.DATA_EXPIRED:  # the run is as it was; its outputs are gone (the event says which)
+        return run
     if t == T.RUN_STARTED:
         stages = tuple(p["stages"]) if p.get("stages") else run.stages
         return run._replace(

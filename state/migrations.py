@@ -219,6 +219,46 @@ SELECT s.run_id, r.pipeline, s.stage, s.attempt, s.state, s.started_at, s.ended_
 FROM stage_runs s JOIN runs r ON r.run_id = s.run_id
 """
 
+#: Retention (0005).  ``removals``: every file and folder ``ahgd gc`` or the daemon's
+#: collection removed (``data.expired``, ``file.expired``), with why and how many bytes.  The
+#: partial indexes cost nothing for other events; they answer "was this path removed, when?"
+#: (a retry or resume refused, naming it), "when was this file set aside?" (its age), and
+#: "which runs read this input?" without scanning the log.
+_REMOVED = "type IN ('data.expired', 'file.expired')"
+RETENTION_0005 = f"""
+CREATE INDEX events_removed_path ON events(json_extract(payload, '$.path')) WHERE {_REMOVED};
+CREATE INDEX events_removals ON events(seq) WHERE {_REMOVED};
+CREATE INDEX events_quarantined_path ON events(json_extract(payload, '$.path'))
+    WHERE type = 'file.quarantined';
+CREATE INDEX events_duplicate_moved_to ON events(json_extract(payload, '$.moved_to'))
+    WHERE type = 'file.duplicate';
+CREATE INDEX runs_by_input ON runs(json_extract(params, '$.input_sha256'), pipeline);
+CREATE VIEW removals AS
+SELECT seq, ts, type, run_id,
+       json_extract(payload, '$.area') AS area,
+       json_extract(payload, '$.path') AS path,
+       json_extract(payload, '$.pipeline') AS pipeline,
+       json_extract(payload, '$.files') AS files,
+       json_extract(payload, '$.bytes') AS bytes,
+       json_extract(payload, '$.rule') AS rule,
+       json_extract(payload, '$.reason') AS reason,
+       json_extract(payload, '$.collection') AS collection
+FROM events WHERE {_REMOVED}
+"""
+
+#: ``stage_timings.host`` (0006): the machine that ran the attempt, from its payload (the
+#: daemon's host, or the Dask worker's; NULL for attempts recorded before)
+STAGE_HOST_0006 = """
+DROP VIEW stage_timings;
+CREATE VIEW stage_timings AS
+SELECT s.run_id, r.pipeline, s.stage, s.attempt, s.state, s.started_at, s.ended_at,
+       ROUND((julianday(s.ended_at) - julianday(s.started_at)) * 86400.0, 3) AS duration_s,
+       s.error, s.rows, s.wall_s, s.cpu_s, s.peak_rss_mb,
+       json_extract(s.detail, '$.validation.rejected') AS rows_rejected,
+       json_extract(s.detail, '$.host') AS host
+FROM stage_runs s JOIN runs r ON r.run_id = s.run_id
+"""
+
 #: The schema, in order.  Append new steps; never edit or reorder released ones.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_initial_event_log", _sql(INITIAL)),
@@ -227,6 +267,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0003_runs_by_time", _sql("CREATE INDEX runs_by_time ON runs(requested_at, run_id)")),
     # run_history.duration_s: the time spent running; last_started_at; rows_rejected
     Migration("0004_running_time_and_rejected_rows", _sql(VIEWS_0004)),
+    # retention: the removals view, and the indexes its questions need
+    Migration("0005_retention", _sql(RETENTION_0005)),
+    # stage_timings.host: the machine that ran each attempt (a Dask worker's, or this one)
+    Migration("0006_stage_host", _sql(STAGE_HOST_0006)),
 )
 
 

@@ -13,8 +13,8 @@ import json
 import sqlite3
 from typing import Any, Iterable
 
-from .aggregates import Refusal
-from .events import Event, dumps_payload
+from .aggregates import PipelineRecord, Refusal, Removal
+from .events import PIPELINE_ID_PREFIX, Event, dumps_payload
 from .machine import (
     Aggregate,
     AlertRecord,
@@ -140,6 +140,13 @@ def attempt_from_row(a: tuple) -> Attempt:
     return Attempt(*a)
 
 
+def pipeline_record(name: str, type_: str, ts: str, payload: str, seq: int) -> PipelineRecord:
+    """A pipeline's pause record from its latest ``pipeline.paused`` / ``pipeline.resumed``."""
+    p = json.loads(payload)
+    return PipelineRecord(name, "PAUSED" if type_ == "pipeline.paused" else "ACTIVE",
+                          p.get("reason"), p.get("by") or {}, ts, seq)
+
+
 # --------------------------------------------------------------------------
 # load / save inside a transaction
 
@@ -172,8 +179,14 @@ def load_txn(conn: sqlite3.Connection, key: Key) -> Aggregate | None:
             (pipeline, trigger),
         ).fetchone()
         return None if row is None else ScheduleRecord(*row)
-    if kind == "refusal":
-        return None  # not projected: each refusal starts afresh
+    if kind == "refusal" or kind == "removal":
+        return None  # not projected: each refusal (or removal) starts afresh
+    if kind == "pipeline":  # no table: its latest pause or resume is the record
+        row = conn.execute(
+            "SELECT type, ts, payload, seq FROM events WHERE run_id = ? AND type IN "
+            "('pipeline.paused', 'pipeline.resumed') ORDER BY seq DESC LIMIT 1",
+            (PIPELINE_ID_PREFIX + ident,)).fetchone()
+        return None if row is None else pipeline_record(ident, *row)
     if kind == "alert":
         row = conn.execute(
             f"SELECT {', '.join(ALERT_COLUMNS)} FROM alerts WHERE alert_id = ?", (ident,)
@@ -207,8 +220,8 @@ def save_txn(conn: sqlite3.Connection, old: Aggregate | None, new: Aggregate) ->
         conn.execute(INSERT["schedules"], tuple(new))
     elif isinstance(new, AlertRecord):
         conn.execute(INSERT["alerts"], tuple(new))
-    elif isinstance(new, Refusal):
-        pass  # the event log keeps refusals; no table does
+    elif isinstance(new, (Refusal, PipelineRecord, Removal)):
+        pass  # the event log keeps refusals, pauses and removals; no table does
     elif isinstance(new, Orchestration):
         conn.execute(INSERT["orchestrations"], orch_row(new))
         olds = old.pipelines if isinstance(old, Orchestration) else {}
@@ -293,7 +306,7 @@ class Projector:
                 out["schedules"].append(tuple(agg))
             elif kind == "alert":
                 out["alerts"].append(tuple(agg))
-            elif kind == "refusal":
+            elif kind in ("refusal", "pipeline", "removal"):
                 continue  # not projected
             else:
                 out["orchestrations"].append(orch_row(agg))  # type: ignore[arg-type]

@@ -63,19 +63,28 @@ def pipelines_in_flight(db: History) -> set[str]:
         db, f"SELECT DISTINCT pipeline FROM runs WHERE state IN ({_placeholders(states)})", states)}
 
 
-def pending_runs(db: History, pipelines: Sequence[str], limit: int) -> list[tuple[str, str]]:
+def pending_runs(db: History, pipelines: Sequence[str], limit: int, *,
+                 backfill_slots: int | None = None) -> list[tuple[str, str]]:
     """``(run_id, pipeline)`` of the PENDING runs of ``pipelines``, in the order they start:
-    oldest request first (ties by run id), at most ``limit``.
+    oldest request first (ties by run id), at most ``limit``; of the runs of a backfill
+    (trigger ``backfill``), only the first ``backfill_slots`` when given.
 
     Filtering by pipeline here, not after, means a queue of runs that must wait can never
-    hide, behind the limit, the run that would unblock them.
+    hide, behind the limit, the run that would unblock them (nor a long backfill, the runs
+    requested after it).
     """
     if not pipelines:
         return []
+    where, params = "", []
+    if backfill_slots is not None:
+        where = ("AND (trigger <> 'backfill' OR run_id IN (SELECT run_id FROM runs WHERE state "
+                 f"= ? AND trigger = 'backfill' AND pipeline IN ({_placeholders(pipelines)}) "
+                 "ORDER BY requested_at, run_id LIMIT ?)) ")
+        params = [RunState.PENDING, *pipelines, max(0, backfill_slots)]
     rows = _rows(
         db, f"SELECT run_id, pipeline FROM runs WHERE state = ? AND pipeline IN "
-            f"({_placeholders(pipelines)}) ORDER BY requested_at, run_id LIMIT ?",
-        [RunState.PENDING, *pipelines, limit])
+            f"({_placeholders(pipelines)}) {where}ORDER BY requested_at, run_id LIMIT ?",
+        [RunState.PENDING, *pipelines, *params, limit])
     return [(row[0], row[1]) for row in rows]
 
 
@@ -292,13 +301,19 @@ def alert_state(db: History, alert_id: str) -> str | None:
 
 
 def run_history(db: History, *, pipeline: str | None = None, limit: int | None = None,
-                newest_first: bool = False,
-                columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
+                newest_first: bool = False, columns: Sequence[str] | None = None,
+                state: str | None = None, trigger: str | None = None,
+                since: str | None = None) -> list[dict[str, Any]]:
     """Rows of the ``run_history`` view (every column, or ``columns``), by time of request
-    (ties by run id): oldest first, or ``newest_first``; only runs of ``pipeline`` if given;
-    at most ``limit``."""
+    (ties by run id): oldest first, or ``newest_first``; only runs of ``pipeline``, in
+    ``state``, started by ``trigger``, or requested at or after ``since`` (a timestamp, or
+    a date: its start) when given; at most ``limit``."""
     select = ", ".join(columns) if columns else "*"
-    where, params = ("WHERE pipeline = ? ", [pipeline]) if pipeline else ("", [])
+    filters = [(f"{column} {op} ?", value) for column, op, value in (
+        ("pipeline", "=", pipeline), ("state", "=", state), ("trigger", "=", trigger),
+        ("requested_at", ">=", since)) if value is not None]
+    where = ("WHERE " + " AND ".join(f for f, _ in filters) + " ") if filters else ""
+    params: list[Any] = [v for _, v in filters]
     order = "DESC" if newest_first else "ASC"
     sql = (f"SELECT {select} FROM run_history {where}"
            f"ORDER BY requested_at {order}, run_id {order}")

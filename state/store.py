@@ -20,6 +20,11 @@ Output references::
     {"kind": "value", "format": "json" | "pickle", "path": "data/…", "sha256": "…", "bytes": n}
     {"kind": "tables", "format": "duckdb", "path": "data/…", "sha256": "…", "bytes": n,
      "tables": {"output": <rows>, …}}
+
+An attempt that ran on another machine (a Dask worker) adds ``"uri": "s3://…"``:
+its file is in the object store (:mod:`state.objectstore`) under the same
+``path``, and readers fetch it into ``cache/objects/`` by its SHA-256
+(:func:`local_path`).
 """
 
 from __future__ import annotations
@@ -81,6 +86,16 @@ def ref_path(state_dir: Path, ref: Mapping[str, Any]) -> Path | None:
     return None if p is None else Path(state_dir) / p
 
 
+def local_path(state_dir: Path, ref: Mapping[str, Any]) -> Path | None:
+    """The file to read for ``ref``: its path under the state directory, or, for an output in
+    the object store, the cached copy (fetched and its SHA-256 verified the first time)."""
+    if ref.get("uri"):
+        from . import objectstore
+
+        return objectstore.for_ref(ref).fetch(ref, Path(state_dir) / objectstore.CACHE_DIR)
+    return ref_path(state_dir, ref)
+
+
 def check(state_dir: Path, ref: Mapping[str, Any], *, full: bool = True) -> dict[str, Any] | None:
     """What is on disk instead of the file ``ref`` records; None when it matches.
 
@@ -90,6 +105,11 @@ def check(state_dir: Path, ref: Mapping[str, Any], *, full: bool = True) -> dict
     ``{"bytes": n, "sha256": h}`` (same size, other content).  An inline value
     or no output has nothing on disk to lose: None.
     """
+    if ref.get("uri"):
+        from . import objectstore
+
+        return objectstore.for_ref(ref).check(ref, Path(state_dir) / objectstore.CACHE_DIR,
+                                              full=full)
     path = ref_path(state_dir, ref)
     if path is None:
         return None
@@ -108,7 +128,7 @@ def check(state_dir: Path, ref: Mapping[str, Any], *, full: bool = True) -> dict
 
 def describe(state_dir: Path, ref: Mapping[str, Any], found: Mapping[str, Any], *, what: str) -> str:
     """The sentence for a :func:`check` mismatch, naming the file."""
-    path = ref_path(state_dir, ref)
+    path = ref.get("uri") or ref_path(state_dir, ref)
     if found.get("exists") is False:
         return f"the {what} is gone: {path} does not exist"
     if "sha256" not in found:
@@ -135,6 +155,9 @@ def remove_unrecorded(state_dir: Path, run_id: str, keep: Iterable[str]) -> list
     out or were interrupted leave such files behind.
     """
     keep_set = {str(k) for k in keep}
+    from . import objectstore  # attempts that ran elsewhere left their objects there
+
+    objectstore.remove_unrecorded(f"{DATA_DIR}/{safe_name(run_id)}", keep_set)
     d = run_dir(state_dir, run_id)
     removed = []
     if not d.is_dir():

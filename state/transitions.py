@@ -1,8 +1,8 @@
 """The legal transitions of every aggregate, as explicit tables.
 
 ``(current state, or None for "does not exist yet", event type) -> new state``
-for runs, stage attempts, files, alerts and orchestrations.  Anything not in a
-table raises :class:`IllegalTransition` (built by :func:`illegal`, which lists
+for runs, stage attempts, files, alerts, orchestrations and paused pipelines.  Anything
+not in a table raises :class:`IllegalTransition` (built by :func:`illegal`, which lists
 the states the event is allowed from) before the log writes a byte.
 """
 
@@ -37,6 +37,11 @@ RUN_TRANSITIONS: dict[tuple[str | None, str], str] = _plain({
     (R.FAILED, T.RUN_RETRIED): R.PENDING,
     (R.PARKED, T.RUN_RETRIED): R.PENDING,
     (R.CANCELLED, T.RUN_RETRIED): R.PENDING,
+    # retention removed the outputs of a run that has ended; never of one that may still run
+    # (PENDING, RUNNING, PARKED), and a run retried meanwhile makes it illegal, atomically
+    (R.COMPLETED, T.DATA_EXPIRED): R.COMPLETED,
+    (R.FAILED, T.DATA_EXPIRED): R.FAILED,
+    (R.CANCELLED, T.DATA_EXPIRED): R.CANCELLED,
 })
 
 # (current state of the stage's latest attempt, None if never tried, event type)
@@ -68,6 +73,25 @@ FILE_TRANSITIONS: dict[tuple[str | None, str], str] = _plain({
     (None, T.FILE_QUARANTINED): "QUARANTINED",
     ("ARRIVED", T.FILE_QUARANTINED): "QUARANTINED",
     ("QUARANTINED", T.FILE_QUARANTINED): "QUARANTINED",
+    # `ahgd quarantine release`: back into the drop folder, to be taken again (not a duplicate)
+    ("QUARANTINED", T.FILE_RELEASED): "RELEASED",
+    (None, T.FILE_RELEASED): "RELEASED",            # set aside by a crash before its event
+    ("RELEASED", T.FILE_RELEASED): "RELEASED",      # another quarantined copy of the same bytes
+    ("RELEASED", T.FILE_ARRIVED): "ARRIVED",
+    ("RELEASED", T.FILE_QUARANTINED): "QUARANTINED",
+})
+
+#: a pipeline paused by hand; a schedule's tick that comes meanwhile is recorded skipped
+PIPELINE_TRANSITIONS: dict[tuple[str | None, str], str] = _plain({
+    (None, T.PIPELINE_PAUSED): "PAUSED",
+    ("ACTIVE", T.PIPELINE_PAUSED): "PAUSED",
+    ("PAUSED", T.PIPELINE_RESUMED): "ACTIVE",
+    ("PAUSED", T.SCHEDULE_SKIPPED): "PAUSED",
+})
+
+#: a file retention removed is not projected: each removal stands on its own in the log
+REMOVAL_TRANSITIONS: dict[tuple[str | None, str], str] = _plain({
+    (None, T.FILE_EXPIRED): "REMOVED",
 })
 
 #: a refused drop-folder entry is not projected: every refusal stands on its own in the log

@@ -1,16 +1,18 @@
 """What the bundled AHGD pipelines share: finding and identifying the input
 file, reading it with DuckDB, the SQL that parses numbers and checks parsed
-tables.  Matching a header to the columns a pipeline needs is in
-:mod:`pipelines.ahgd.headers`; finding the file, reading it strictly and
-loading the warehouse are the generic ``pipelines.CsvExtractor``,
-``pipelines.read_csv_sql`` and ``pipelines.WarehouseLoader``.
+tables.  The columns each pipeline reads (and their synonyms) are a
+:class:`~pipelines.ahgd.headers.Layout`; finding the file, identifying it (CSV,
+gzip'd, spreadsheet, in a ZIP), reading it and loading the warehouse are the
+generic ``pipelines.TableExtractor``, ``pipelines.read_table`` and
+``pipelines.WarehouseLoader``.
 
 Every stage follows the same split so that the data is written once per run
 before it reaches the warehouse:
 
-* ``extract`` finds the file, reads **only its header**, matches the columns
-  and hashes the file; its output is a small manifest (a plain value);
-* ``transform`` reads the CSV with DuckDB (``all_varchar``) and parses,
+* ``extract`` finds the file, reads **only its header** (a spreadsheet's top
+  rows), matches the columns and hashes the file; its output is a small
+  manifest (a plain value);
+* ``transform`` reads the table into DuckDB (every column text) and parses,
   cleans and derives in one SQL statement; its output is the run's table;
 * ``validate`` runs the YAML ``validation_rules`` and the SQL checks of a
   validator class against that table (a passthrough: nothing is copied);
@@ -27,16 +29,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from pipelines import CsvExtractor as GenericCsvExtractor, InputError, quote, read_csv_sql
+from pipelines import InputError, TableExtractor, quote, read_csv_sql, read_table
+from pipelines.tables.source import Source
 
-from .headers import Column, Layout, python_codec, read_header
+from .headers import Column, Layout, python_codec
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 CONFIG_DIR = PACKAGE_DIR / "config"
 DATA_DIR = PACKAGE_DIR / "data"
 
 #: cells read as "suppressed / not published" (NULL) besides blank ones; compared lower-case
-DEFAULT_SUPPRESSED = ("n.p.", "np")
+DEFAULT_SUPPRESSED = ("n.p.", "np", "..", "-", "\u2014", "\u2013", "n.a.", "n/a")
 PARSE_ERRORS = "_parse_errors"
 SOURCE_SHA = "_source_sha256"
 RUN_ID = "_run_id"
@@ -45,23 +48,39 @@ RUN_ID = "_run_id"
 # --------------------------------------------------------------------------- finding the input
 
 
-class CsvExtractor(GenericCsvExtractor):
-    """Find the input CSV, check its header against ``layout``, hash it: a manifest, not rows.
+class SourceExtractor(TableExtractor):
+    """Find the input file, match its header to ``layout``, hash it: a manifest, not rows.
 
-    The file is found as :class:`pipelines.CsvExtractor` finds it; the rows are
-    read by the transform (:func:`read_source_sql`), strictly, in the same way.
-    Options (the stage's YAML ``config``): ``source`` (used when the run was not
-    started by a file; relative to ``base_dir``, by default the bundled config
-    folder), ``encoding`` (utf-8 or latin-1), ``delimiter``.
+    The file is found as :class:`pipelines.CsvExtractor` finds it, and may be
+    a CSV (plain, gzip'd or in a ZIP) or a spreadsheet (``.xlsx``, ``.xls``,
+    ``.ods``, or one in a ZIP): :class:`pipelines.TableExtractor` identifies
+    it from its top.  The rows are read by the transform (:func:`read_input`).
+    Options (the stage's YAML ``config``): ``source`` (used when the run was
+    not started by a file; relative to ``base_dir``, by default the bundled
+    config folder), ``columns`` (the layout's column -> the file's column name
+    or position, counting from 1), ``sheet``, ``header_row``, ``member``,
+    ``encoding`` (``auto``, the default: UTF-8, else Latin-1 and the log says
+    so; or ``utf-8``, ``latin-1``), ``delimiter``.
     """
 
     layout: Layout
     default_base_dir = CONFIG_DIR
+    #: of a workbook: every sheet that fits (True: joined on the layout's key), the first
+    #: (False), or the first and those continuing it ("same")
+    all_sheets: bool | str = False
 
-    def __init__(self, source: str | None = None, encoding: str = "utf-8", delimiter: str = ",",
-                 base_dir: str | None = None):
-        python_codec(encoding)
-        super().__init__(source=source, encoding=encoding, delimiter=delimiter, base_dir=base_dir)
+    def __init__(self, source: str | None = None, encoding: str = "auto", delimiter: str = ",",
+                 base_dir: str | None = None, columns: Mapping[str, Any] | None = None,
+                 sheet: Any = None, header_row: Any = None, member: str | None = None):
+        if str(encoding).lower() != "auto":
+            python_codec(encoding)
+        super().__init__(source=source, encoding=encoding, delimiter=delimiter,
+                         base_dir=base_dir, columns=columns, sheet=sheet,
+                         header_row=header_row, member=member, lineage=False)
+        self.bound = self.layout.bind(self.columns)
+
+    def table_columns(self) -> Any:
+        return self.bound
 
     def missing_input(self, context: Any) -> InputError:
         inbox = Path(context.state_dir) / "inbox" / context.pipeline_name
@@ -69,20 +88,36 @@ class CsvExtractor(GenericCsvExtractor):
                           f"into {inbox} or pass --input FILE")
 
     def extract(self, context: Any) -> dict[str, Any]:
-        path = self.locate(context)
-        match = self.layout.match(read_header(path, encoding=self.encoding,
-                                              delimiter=self.delimiter), path.name)
-        if match.problem:
-            raise InputError(match.problem)
-        sha = self.source_sha256(context, path)
-        st = path.stat()
-        ignored = [h for i, h in enumerate(match.header) if i not in match.positions.values()]
-        context.log.info("source_identified", path=str(path), sha256=sha, bytes=st.st_size,
-                         columns={n: match.header[i] for n, i in match.positions.items()},
-                         ignored_columns=ignored)
-        return {"path": str(path), "sha256": sha, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns,
-                "encoding": self.encoding, "delimiter": self.delimiter,
-                "header": match.header, "columns": match.names()}
+        manifest = self.manifest(context)
+        if manifest["format"] == "spreadsheet":
+            where = {s["sheet"]: _given(s["header"], s["columns"]) for s in manifest["sheets"]}
+        else:
+            where = _given(manifest["header"], manifest["columns"])
+        context.log.info("source_identified", path=manifest["path"], sha256=manifest["sha256"],
+                         bytes=manifest["bytes"], format=manifest["format"],
+                         member=manifest.get("member"), columns=where)
+        return manifest
+
+
+#: the name earlier versions (and YAML files) used
+CsvExtractor = SourceExtractor
+
+
+def _given(header: list[str], names: list[str]) -> dict[str, str]:
+    return {n: h for h, n in zip(header, names) if not n.startswith("_unused_")}
+
+
+def read_input(context: Any, layout: Layout) -> Source:
+    """The whole table of the extract stage's manifest as a FROM item on ``context.duckdb``,
+    every column VARCHAR and named by what it gives (:func:`pipelines.read_table`).  A
+    manifest recorded before spreadsheets were read (a CSV's, its columns possibly a
+    mapping) is read as it was then."""
+    manifest = dict(context.get_output("extract"))
+    if "format" not in manifest:
+        manifest.update(format="csv", columns=source_columns(manifest, layout),
+                        encoding="latin-1" if python_codec(manifest["encoding"]) == "latin-1"
+                        else "utf-8")
+    return read_table(context, manifest, key=layout.key)
 
 
 def source_columns(manifest: Mapping[str, Any], layout: Layout) -> list[str]:
@@ -97,7 +132,8 @@ def source_columns(manifest: Mapping[str, Any], layout: Layout) -> list[str]:
     columns = manifest["columns"]
     if isinstance(columns, list):
         return [str(c) for c in columns]
-    return layout.match(manifest["header"], Path(manifest["path"]).name).names()
+    found = layout.bind().match(list(manifest["header"]), [])
+    return [n or f"_unused_{i}" for i, n in enumerate(found.names)]
 
 
 def read_source_sql(manifest: Mapping[str, Any], layout: Layout) -> tuple[str, dict[str, Any]]:

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from pipelines import quote
-from .common import (SOURCE_SHA, CsvExtractor, ParsedColumns, duplicate_key_problems,
-                     parse_error_problems, read_source_sql, suppressed_param)
-from .headers import Column, Layout, header_problem
+from .common import (SOURCE_SHA, ParsedColumns, SourceExtractor, duplicate_key_problems,
+                     parse_error_problems, read_input, suppressed_param)
+from .headers import Column, Layout
 from .warehouse import WarehouseLoader
 
 LEVELS = ("STE", "LGA", "SA3", "SA4", "PHN", "GCCSA", "REM", "SEG")
@@ -37,38 +37,46 @@ SEXES = {"males": "Males", "male": "Males", "m": "Males", "females": "Females",
          "female": "Females", "f": "Females", "persons": "Persons", "person": "Persons",
          "p": "Persons", "total": "Persons"}
 
+#: synonyms are phrases matched by their words (case, punctuation, years and "of"... do
+#: not matter); docs/bundled-pipelines.md lists them
 INDICATORS = (
-    Column("deaths", ("number_of_deaths",), required=True, kind="integer"),
-    Column("population", ("estimated_resident_population", "erp"), required=True,
+    Column("deaths", ("number of deaths", "deaths number"), required=True, kind="integer"),
+    Column("population", ("estimated resident population", "erp"), required=True,
            kind="integer"),
-    Column("crude_rate_per_100000", ("crude_rate",), kind="number"),
+    Column("crude_rate_per_100000", ("crude rate", "crude death rate"), kind="number"),
     Column("age_standardised_rate_per_100000", (
-        "age_standardized_rate_per_100000", "age_standardised_rate", "asr_per_100000"),
-        required=True, kind="number"),
+        "age standardized rate per 100000", "age standardised rate", "age standardized rate",
+        "asr per 100000", "age standardised death rate"), required=True, kind="number"),
     Column("rate_ratio", (), kind="number"),
     Column("premature_deaths", (), kind="integer"),
-    Column("premature_deaths_percent", ("premature_deaths_per_cent",), kind="number"),
-    Column("premature_deaths_asr_per_100000", ("premature_deaths_asr",), kind="number"),
+    Column("premature_deaths_percent", ("premature deaths per cent",),
+           kind="number"),
+    Column("premature_deaths_asr_per_100000", (
+        "premature deaths asr", "premature deaths age standardised rate"), kind="number"),
     Column("potential_years_of_life_lost", ("pyll",), kind="integer"),
-    Column("pyll_rate_per_1000", ("pyll_rate",), kind="number"),
+    Column("pyll_rate_per_1000", ("pyll rate",), kind="number"),
     Column("potentially_avoidable_deaths", ("pad",), kind="integer"),
-    Column("pad_percent", ("pad_per_cent",), kind="number"),
-    Column("pad_asr_per_100000", ("pad_asr",), kind="number"),
-    Column("median_age", ("median_age_at_death",), kind="number"),
+    Column("pad_percent", ("pad per cent", "potentially avoidable deaths per cent",
+                           "potentially avoidable deaths percent"), kind="number"),
+    Column("pad_asr_per_100000", ("pad asr", "potentially avoidable deaths asr",
+                                  "potentially avoidable deaths age standardised rate"),
+           kind="number"),
+    Column("median_age", ("median age at death",), kind="number"),
 )
-LAYOUT = Layout("an AIHW MORT Table 1 CSV", (
-    Column("mort", ("area_code", "mort_code", "code"), required=True),
-    Column("category", ("geography_type", "area_type")),
-    Column("geography", ("area_name", "geography_name", "name")),
+LAYOUT = Layout("an AIHW MORT Table 1 table", (
+    Column("mort", ("area code", "mort code", "geography code"), required=True),
+    Column("category", ("geography type", "area type")),
+    Column("geography", ("area name", "geography name", "name")),
     Column("year", (), required=True, kind="integer"),
     Column("sex", (), required=True),
     *INDICATORS,
-))
+), key=("mort", "year", "sex"))
 
 
 def check_input(path: Path) -> str | None:
-    """For a drop folder's ``input_check``: why ``path`` is not a MORT Table 1 CSV, or None."""
-    return header_problem(path, LAYOUT)
+    """For a drop folder's ``input_check``: why ``path`` is not a MORT Table 1 table (from its
+    top alone), or None."""
+    return MortalityExtractor().check_input(path)
 
 
 def area_code_sql(code: str) -> dict[str, str]:
@@ -94,8 +102,12 @@ def category_level_sql(category: str) -> str:
     return f"CASE {whens} END"
 
 
-class MortalityExtractor(CsvExtractor):
-    """Identify a MORT Table 1 CSV (see :class:`~pipelines.ahgd.common.CsvExtractor`)."""
+class MortalityExtractor(SourceExtractor):
+    """Identify a MORT Table 1 table (see :class:`~pipelines.ahgd.common.SourceExtractor`):
+    of a workbook, the first sheet that is one (a MORT book's Table 1), and the sheets after
+    it that continue it (the same columns; a sheet holds at most 1,048,576 rows)."""
+
+    all_sheets = "same"
 
     layout = LAYOUT
 
@@ -112,8 +124,9 @@ class MortalityTransformer:
 
     def transform(self, context: Any) -> Any:
         manifest = context.get_output("extract")
-        source, params = read_source_sql(manifest, LAYOUT)
-        present = {n for n in params["columns"] if not n.startswith("_unused_")}
+        read = read_input(context, LAYOUT)
+        source, params = read.sql, read.params
+        present = set(read.columns)
         numeric = [LAYOUT.column("year"), *INDICATORS]
         parsed = ParsedColumns(numeric)
         text = {n: f"trim({quote(n)})" if n in present else "NULL::VARCHAR"

@@ -5,11 +5,14 @@
     validate -> SeifaValidator    parse errors, suppression and decile/score consistency
     load     -> SeifaLoader       warehouse table seifa_sa2, upsert by sa2_code
 
-Column names are matched after :func:`~pipelines.ahgd.headers.normalise`
-(lower case, anything else than letters and digits becomes ``_``), so
-``SA2_CODE21``, ``sa2_maincode_2021`` and "2021 Statistical Area Level 2 (SA2)
-9-Digit Code" all give ``sa2_code``.  The IRSD score and decile are required;
-IRSAD, IER and IEO are optional (NULL when the file lacks them); ranks and
+Column names are matched by their words (:mod:`pipelines.tables.headers`), so
+``SA2_CODE21``, ``SA2_Code_2021`` and "2021 Statistical Area Level 2 (SA2)
+9-Digit Code" all give ``sa2_code``, and ``IRSD_Decile_Australia`` and "Index
+of Relative Socio-economic Disadvantage - Decile" give ``irsd_decile``; in the
+ABS data cube (one index per sheet, ``Score`` and ``Decile`` under a title that
+names the index) the title's words name the index.  ``sa2_code`` and the
+score of at least one index are required, and each index given needs its
+decile; the other indexes are NULL (an IRSD-only file fills IRSD); ranks and
 percentiles are kept when the file has them.
 """
 
@@ -19,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from pipelines import csv_error, quote
-from .common import (PARSE_ERRORS, SOURCE_SHA, CsvExtractor, ParsedColumns, blank_sql,
-                     parse_error_problems, read_source_sql, suppressed_param)
-from .headers import Column, Layout, header_problem
+from .common import (PARSE_ERRORS, SOURCE_SHA, ParsedColumns, SourceExtractor, blank_sql,
+                     parse_error_problems, read_input, suppressed_param)
+from .headers import Column, Layout
 from .warehouse import WarehouseLoader
 
 INDEXES = {
@@ -33,16 +36,12 @@ INDEXES = {
 #: measure -> (header suffixes ABS uses, type); scores are DOUBLE (LGA files publish 1045.6)
 MEASURES = {
     "score": (("score",), "number"),
-    "decile": (("decile", "decile_within_australia", "australia_decile"), "integer"),
-    "rank": (("rank", "rank_within_australia", "australia_rank"), "integer"),
-    "percentile": (("percentile", "percentile_within_australia", "australia_percentile"),
-                   "integer"),
-    "state_rank": (("rank_within_state", "rank_within_state_or_territory", "state_rank"),
-                   "integer"),
-    "state_decile": (("decile_within_state", "decile_within_state_or_territory", "state_decile"),
-                     "integer"),
-    "state_percentile": (("percentile_within_state", "percentile_within_state_or_territory",
-                          "state_percentile"), "integer"),
+    "decile": (("decile", "decile australia"), "integer"),
+    "rank": (("rank", "rank australia"), "integer"),
+    "percentile": (("percentile", "percentile australia"), "integer"),
+    "state_rank": (("rank state", "rank state territory"), "integer"),
+    "state_decile": (("decile state", "decile state territory"), "integer"),
+    "state_percentile": (("percentile state", "percentile state territory"), "integer"),
 }
 #: ASGS 2021 state and territory codes (the first digit of every SA2 code)
 STATES = {
@@ -60,33 +59,29 @@ ALWAYS = {f"{idx}_{m}" for idx in INDEXES for m in CORE} | {"usual_resident_popu
 def _index_columns() -> list[Column]:
     out = []
     for idx, long in INDEXES.items():
-        for measure, (suffixes, kind) in MEASURES.items():
-            aliases = [f"{p}_{s}{y}" for p in (idx, long) for s in suffixes for y in ("", "_2021")]
-            out.append(Column(f"{idx}_{measure}", tuple(aliases),
-                              required=idx == "irsd" and measure in CORE, kind=kind))
+        for measure, (phrases, kind) in MEASURES.items():
+            aliases = [f"{p} {s}" for p in (idx, long) for s in phrases]
+            out.append(Column(f"{idx}_{measure}", tuple(aliases), kind=kind))
     return out
 
 
-LAYOUT = Layout("an ABS SEIFA by SA2 CSV", (
-    Column("sa2_code", (
-        "sa2_code_2021", "sa2_maincode_2021", "sa2_main_code_2021", "sa2_code21", "sa2_code_21",
-        "sa2_main21", "sa2_maincode", "sa2_9_digit_code", "sa2_9_digit_code_2021",
-        "2021_statistical_area_level_2_sa2_9_digit_code",
-        "statistical_area_level_2_sa2_9_digit_code",
-        "2021_sa2_9_digit_code", "sa2_code_9_digit"), required=True),
-    Column("sa2_name", (
-        "sa2_name_2021", "sa2_name21", "sa2_name_21", "2021_statistical_area_level_2_sa2_name",
-        "statistical_area_level_2_sa2_name", "2021_sa2_name")),
+#: synonyms are phrases matched by their words (case, punctuation, years and "of",
+#: "within"... do not matter); docs/bundled-pipelines.md lists them
+LAYOUT = Layout("an ABS SEIFA by SA2 table", (
+    Column("sa2_code", ("sa2 maincode", "sa2 main code", "sa2 main", "sa2 9 digit code",
+                        "statistical area level 2 code"), required=True),
+    Column("sa2_name", ("sa2 name", "statistical area level 2 name")),
     *_index_columns(),
-    Column("usual_resident_population", (
-        "usual_resident_population_2021", "urp", "urp_2021", "population", "total_population"),
-        kind="integer"),
-))
+    Column("usual_resident_population", ("usual resident population", "urp", "population",
+                                         "total population"), kind="integer"),
+), key=("sa2_code",), one_of=(tuple(f"{idx}_score" for idx in INDEXES),),
+    together=tuple((f"{idx}_score", f"{idx}_decile") for idx in INDEXES))
 
 
 def check_input(path: Path) -> str | None:
-    """For a drop folder's ``input_check``: why ``path`` is not a SEIFA SA2 CSV, or None."""
-    return header_problem(path, LAYOUT)
+    """For a drop folder's ``input_check``: why ``path`` is not a SEIFA SA2 table (from its
+    top alone), or None."""
+    return SeifaExtractor().check_input(path)
 
 
 def sa2_parts_sql(code: str) -> dict[str, str]:
@@ -103,10 +98,13 @@ def sa2_parts_sql(code: str) -> dict[str, str]:
             "sa3_code": f"CASE WHEN {valid} THEN left({code}, 5) END"}
 
 
-class SeifaExtractor(CsvExtractor):
-    """Identify a SEIFA SA2 CSV (see :class:`~pipelines.ahgd.common.CsvExtractor`)."""
+class SeifaExtractor(SourceExtractor):
+    """Identify a SEIFA SA2 table (see :class:`~pipelines.ahgd.common.SourceExtractor`):
+    of a workbook, every sheet that is one (the data cube's one index per sheet), joined
+    on ``sa2_code``."""
 
     layout = LAYOUT
+    all_sheets = True
 
 
 class SeifaTransformer:
@@ -123,8 +121,9 @@ class SeifaTransformer:
 
     def transform(self, context: Any) -> dict[str, Any]:
         manifest = context.get_output("extract")
-        source, params = read_source_sql(manifest, LAYOUT)
-        present = {n for n in params["columns"] if not n.startswith("_unused_")}
+        read = read_input(context, LAYOUT)
+        source, params = read.sql, read.params
+        present = set(read.columns)
         numeric = [c for c in LAYOUT.columns[2:] if c.name in present or c.name in ALWAYS]
         parsed = ParsedColumns(numeric)
         raw = ", ".join(f"{_raw(c.name, present)} AS {quote(c.name)}" for c in numeric)

@@ -22,6 +22,7 @@ from ..context import PipelineContext
 from ..errors import ConfigError
 from ..stage import (ExtractorStage, LoaderStage, PipelineStage, StageConfig, TransformerStage,
                     ValidatorStage)
+from .params import with_defaults
 
 _STAGE_TYPES = {
     "extractor": ExtractorStage,
@@ -83,6 +84,8 @@ class ConfiguredPipeline(BasePipeline):
         return set(spec.prerequisites or ())
 
     def execute_stage(self, stage_name: str, context: PipelineContext) -> Any:
+        for name, value in with_defaults(self.spec.params, {}).items():  # params: defaults
+            context.params.setdefault(name, value)
         return self.stage(stage_name).execute(context)
 
     # -- stages ------------------------------------------------------------------------
@@ -98,6 +101,11 @@ class ConfiguredPipeline(BasePipeline):
                 raise ConfigError(f"pipeline {self.name!r} stage {name!r} has no class")
             self._stages[name] = kind(self.stage_config(name), cls, **dict(spec.config))
         return self._stages[name]
+
+    def stage_type(self, name: str) -> str:
+        """``extractor``, ``transformer``, ``validator`` or ``loader``: loaders write the
+        warehouse, so a Dask executor runs them on the daemon's host."""
+        return str(self._spec(name).type)
 
     def _spec(self, name: str) -> Any:
         for s in self.spec.stages:

@@ -32,6 +32,7 @@ from ..retries import retry_key_problems
 from .models import (DaemonSettings, MasterEntry, MasterFile, MasterOrchestration, PipelineFile,
                      ResourceRequirements)
 from .problems import ConfigIssue, pydantic_problems
+from .retain import RetainSettings
 from .source import Doc, Substitutions, expand, file_kind, format_path, read_yaml
 from .imports import import_problems, named_imports
 
@@ -61,6 +62,7 @@ class LoadedConfig:
     daemon: DaemonSettings
     files: list[Path]
     read: list[str] = field(default_factory=list)   # every file read, as shown in messages
+    retain: RetainSettings = field(default_factory=RetainSettings)  # the master files' retain:
 
 
 def load_pipeline_file(path: str | os.PathLike, *, state_dir: str | os.PathLike | None = None,
@@ -98,7 +100,7 @@ def load_config(paths: Iterable[str | os.PathLike], *,
     for path in files:
         session.load(path, expect=None)
     session.check_across()
-    orchestration, daemon = session.merged_settings()
+    orchestration, daemon, retain = session.merged_settings()
     session.raise_issues()
     pipelines = {}
     for rec in session.unique_records():
@@ -112,7 +114,7 @@ def load_config(paths: Iterable[str | os.PathLike], *,
             retry_policy=dict(entry.retry_policy))
     return LoadedConfig(pipelines=pipelines, orchestration=orchestration, daemon=daemon,
                         files=[Path(os.path.abspath(p)) for p in files],
-                        read=session.files_read())
+                        read=session.files_read(), retain=retain)
 
 
 @dataclass(frozen=True)
@@ -397,9 +399,10 @@ class _Session:
             out.append(rec)
         return out
 
-    def merged_settings(self) -> tuple[MasterOrchestration, DaemonSettings]:
+    def merged_settings(self) -> tuple[MasterOrchestration, DaemonSettings, RetainSettings]:
         merged = []
-        for section, model in (("orchestration", MasterOrchestration), ("daemon", DaemonSettings)):
+        for section, model in (("orchestration", MasterOrchestration), ("daemon", DaemonSettings),
+                               ("retain", RetainSettings)):
             values: dict[str, Any] = {}
             origin: dict[str, Doc] = {}
             for doc, master in self.master_docs:
@@ -415,7 +418,7 @@ class _Session:
                     values.setdefault(key, value)
                     origin.setdefault(key, doc)
             merged.append(model.model_validate(values))
-        return merged[0], merged[1]
+        return merged[0], merged[1], merged[2]
 
     def check_imports(self) -> None:
         """Import every collected dotted path at once, in a fresh interpreter (imports.py)."""

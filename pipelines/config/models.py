@@ -21,6 +21,9 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo,
 from ..durations import format_duration
 from ..monitoring.thresholds import ThresholdField, threshold_fields
 from ..retries import same_class_in_both
+from .params import ParamSpec, problems_of as param_problems
+from .retain import RetainOverrides, RetainSettings
+from .cluster import ExecutorSettings, ObjectStoreSettings, check_cluster
 from .values import (Delimiter, DottedPath, Duration, Encoding, ExceptionName, ExecutionMode,
                      Executor, ExistingFile, ListenAddress, MemorySize, Misfire, Observer,
                      PipelineName, PositiveDuration, RangePair, Regex, ResolvedPath, StageName,
@@ -120,6 +123,9 @@ class InputCheck(_Model):
     encoding: Encoding | None = None
     delimiter: Delimiter | None = None
     callable: DottedPath | None = None
+    #: a stage of this pipeline whose class checks the file (``check_input(path)``), built
+    #: with that stage's ``config``: the check reads the file as the stage will
+    stage: StageName | None = None
     #: how long the check (run in a child process) may take before the file is quarantined
     timeout: PositiveDuration = timedelta(minutes=1)
 
@@ -225,7 +231,11 @@ class PipelineFile(_Model):
     orchestration: PipelineOrchestration = Field(default_factory=PipelineOrchestration)
     duckdb: DuckDBSettings = Field(default_factory=DuckDBSettings)
     triggers: list[Trigger] = Field(default_factory=list)
+    #: the run parameters it takes (`ahgd run --param`), checked: pipelines.config.params
+    params: dict[str, ParamSpec] = Field(default_factory=dict)
     stages: list[StageSpec] = Field(min_length=1)
+    #: what of its runs the state directory keeps, over the master file's retain: (retain.py)
+    retain: RetainOverrides | None = None
 
     _source: Path | None = PrivateAttr(None)
 
@@ -234,6 +244,15 @@ class PipelineFile(_Model):
         for i, stage in enumerate(self.stages):
             if stage.prerequisites is None:
                 stage.prerequisites = [self.stages[i - 1].name] if i else []
+        problems = param_problems(self.params, self.triggers, self.pipeline.name)
+        if problems:
+            raise fail("params: " + "; ".join(problems))
+        names = [s.name for s in self.stages]
+        for trigger in self.triggers:
+            check = getattr(trigger, "input_check", None)
+            if check is not None and check.stage is not None and check.stage not in names:
+                raise fail(f"input_check.stage: {check.stage!r} is not a stage of this "
+                           f"pipeline (its stages: {', '.join(names)})")
         return self
 
     @property
@@ -316,6 +335,15 @@ class DaemonSettings(_Model):
     http_allow_remote: bool = False
     http_token_file: ResolvedPath | None = None
     monitoring: MonitoringSettings = Field(default_factory=lambda: MonitoringSettings())
+    #: where attempts run (this host's worker pool, or a Dask cluster), and the bucket their
+    #: outputs travel through when they run elsewhere (pipelines/config/cluster.py)
+    executor: ExecutorSettings = Field(default_factory=lambda: ExecutorSettings())
+    object_store: ObjectStoreSettings | None = None
+
+    @model_validator(mode="after")
+    def _cluster(self) -> DaemonSettings:
+        check_cluster(self.executor, self.object_store)
+        return self
 
 
 class MasterFile(_Model):
@@ -324,6 +352,8 @@ class MasterFile(_Model):
     pipelines: list[MasterEntry] = Field(min_length=1)
     orchestration: MasterOrchestration = Field(default_factory=MasterOrchestration)
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
+    #: what the state directory keeps, for every pipeline (pipelines.config.retain)
+    retain: RetainSettings = Field(default_factory=RetainSettings)
 
     _source: Path | None = PrivateAttr(None)
     _pipeline_files: dict[str, PipelineFile] = PrivateAttr(default_factory=dict)

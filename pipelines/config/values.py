@@ -90,7 +90,9 @@ def _choice(noun: str, options: tuple[str, ...]):
 
 StageType = _choice("a stage type", STAGE_TYPES)
 ExecutionMode = _choice("an execution mode", ("sequential", "parallel"))
-Executor = _choice("an executor", ("process", "inprocess"))
+#: a stage's executor: the daemon's (process: worker processes, or its Dask cluster), local
+#: (the daemon's own host, even with a Dask cluster), inprocess (threads, no timeouts)
+Executor = _choice("an executor", ("process", "local", "inprocess"))
 Observer = _choice("an observer", ("auto", "inotify", "polling"))
 Misfire = _choice("a misfire policy", ("skip", "latest", "all"))
 Synchronous = _choice("a SQLite synchronous mode", ("FULL", "EXTRA", "NORMAL", "OFF"))

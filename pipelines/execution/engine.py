@@ -32,7 +32,7 @@ from ..retries import after_failure, failure_message
 from .turns import LoadTurn, last_stages
 from ..stage import StageConfig
 from .verify import (MAX_INVALIDATIONS, OutputChecks, ancestors, invalidated, judge_warehouses,
-                     too_often)
+                     refused_by_retention, too_often)
 
 #: how often a waiting engine looks at its stop/cancel flags
 POLL_S = 0.1
@@ -105,7 +105,7 @@ class _Execution:
         self.retry_at: dict[str, float] = {}
         #: stage -> (attempt, payload) of its completion, for a stage.invalidated to quote
         self.completed: dict[str, tuple[int, dict[str, Any]]] = {}
-        self.checks = OutputChecks(engine.state_dir)
+        self.checks = OutputChecks(engine.state_dir, engine.log)
         self.invalidations: dict[str, int] = {}
         self.failed: tuple[str, str] | None = None
         #: a ready stage is waiting for a worker slot or resource budget
@@ -227,12 +227,19 @@ class _Execution:
         while self.failed is None and self._invalidate_bad(
                 ancestors([s for s in self.plan.stages if s not in self.done], self.plan.deps)):
             pass
+        if self.failed is None:  # its input, removed by retention: refused, never run anew
+            self.failed = refused_by_retention(self.log, self.engine.state_dir, self.plan,
+                                               self.done, {})
         return run
 
     def _invalidate_bad(self, readable: set[str]) -> bool:
         """Invalidate the done stages whose output, read by ``readable``, is gone or altered."""
         bad = self.checks.bad_outputs(self.plan.stages, self.done, self.outputs, readable,
                                       self.plan.run_id)
+        if self.failed is None and any(m.removed for m in bad.values()):
+            self.failed = refused_by_retention(self.log, self.engine.state_dir, self.plan,
+                                               self.done, bad)
+            return True
         for stage, mismatch in bad.items():
             attempt, info = self.completed.pop(stage, (0, {}))
             self._pending.append(invalidated(self.plan.run_id, stage, attempt, info,

@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from state import EventType as T, RunState, new_event
+from state import EventType as T, RunState, new_event, removals
 from state.locks import FileLock, run_lock_path
 from state.orphans import GoneOwner, close, daemon_serves, owners_gone, recover
 
@@ -62,6 +62,9 @@ def retry_run(pipeline: Any, run_id: str) -> Any:
         if run.state == RunState.RUNNING:
             recover(history, pipeline.state_dir, run_id, lock_held=True)
         elif run.state in (RunState.FAILED, RunState.PARKED, RunState.CANCELLED):
+            refused = removals.retry_refusal(history, pipeline.state_dir, run)
+            if refused:  # what it needs, removed by retention: said before anything is recorded
+                raise ConfigError(refused)
             history.append(new_event(T.RUN_RETRIED, run_id, previous_state=run.state))
         else:
             raise ConfigError(f"run {run_id!r} is {run.state}; only FAILED, PARKED or CANCELLED "

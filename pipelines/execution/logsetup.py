@@ -5,7 +5,9 @@ JSON lines (journald keeps them; alerting reads them) with ``timestamp``,
 processes read ``AHGD_LOG_FORMAT`` (``json`` or ``console``), which the
 daemon sets, so a stage's ``context.log`` lines join the daemon's JSON log.
 Outside such processes (a script) the framework logs through the standard
-``logging`` hierarchy instead (:mod:`pipelines.logs`).
+``logging`` hierarchy instead (:mod:`pipelines.logs`).  Where run logs are
+kept (the daemon and its workers, ``ahgd run``), each line that names a
+``run_id`` is also appended to that run's ``<state dir>/logs/<run id>.jsonl``.
 """
 
 from __future__ import annotations
@@ -15,14 +17,46 @@ import sys
 from typing import Any, TextIO
 
 LOG_FORMAT_ENV = "AHGD_LOG_FORMAT"
+#: the state directory whose ``logs/<run id>.jsonl`` get a copy of every line about a run
+#: (set by the daemon for its workers; :func:`keep_run_logs` in the process itself)
+RUN_LOGS_ENV = "AHGD_RUN_LOGS"
+#: a line's keys that go to the run's own log only, not to stdout (a traceback, say)
+RUN_LOG_ONLY = "run_log_only"
+
+_run_logs: str | None = None
+
+
+def keep_run_logs(state_dir: Any) -> None:
+    """From now on, every line of this process that names a ``run_id`` is also appended to
+    that run's log in ``state_dir`` (``state.runlogs``); None stops it."""
+    global _run_logs
+    _run_logs = None if state_dir is None else str(state_dir)
+
+
+def _tee_to_run_log(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """A copy of each line about a run into that run's log file, whatever the renderer."""
+    only = event_dict.pop(RUN_LOG_ONLY, None)
+    run_id = event_dict.get("run_id")
+    if _run_logs is not None and isinstance(run_id, str) and run_id:
+        from state.runlogs import append
+
+        record = {k: v for k, v in event_dict.items() if v is not None}
+        if isinstance(only, dict):
+            record.update(only)
+        append(_run_logs, run_id, _order(None, "", record))
+    return event_dict
 
 
 def configure_logging(*, json_lines: bool | None = None, level: str = "info",
                       stream: TextIO | None = None) -> None:
+    import os
+
     import structlog
 
     from ..logs import use_structlog
 
+    if os.environ.get(RUN_LOGS_ENV):  # a worker of the daemon: keep its runs' logs too
+        keep_run_logs(os.environ[RUN_LOGS_ENV])
     stream = stream or sys.stdout
     # libraries' own logging (watchdog says things when observers stop) stays quiet
     logging.getLogger("watchdog").setLevel(logging.ERROR)
@@ -36,6 +70,7 @@ def configure_logging(*, json_lines: bool | None = None, level: str = "info",
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            _tee_to_run_log,
             _drop_none,
             _order,
             renderer,

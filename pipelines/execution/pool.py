@@ -14,100 +14,22 @@ from __future__ import annotations
 import itertools
 import os
 import pickle
-import signal
 import socket
 import subprocess
 import threading
 import time
 from collections import deque
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable
 
 from .children import child_env, python_command
 from ..logs import get_logger
 from .executors import Executor, InProcessExecutor
-from .runner import Outcome, StageTask
+from .poolparts import _Job, _Worker, describe_exit
+from .runner import HOSTNAME, Outcome, StageTask
 
-
-@dataclass
-class _Worker:
-    proc: Any  # subprocess.Popen or a forked pid holder
-    conn: Connection
-    pid: int
-    fork: bool
-    pipeline_key: str | None = None
-    job: "_Job | None" = None
-    ready: bool = False
-    generation: int = 0  # the pool's generation when it started (renew() retires older ones)
-
-    @property
-    def sentinel(self) -> int:
-        return self.conn.fileno()
-
-    def alive(self) -> bool:
-        if self.fork:
-            try:
-                pid, _ = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:
-                return False
-            return pid == 0
-        return self.proc.poll() is None
-
-    def kill(self) -> None:
-        for target in (lambda: os.killpg(self.pid, signal.SIGKILL), lambda: os.kill(self.pid, signal.SIGKILL)):
-            try:
-                target()
-            except (ProcessLookupError, PermissionError):
-                pass
-        self.reap()
-
-    def reap(self) -> int | None:
-        try:
-            self.conn.close()
-        except OSError:
-            pass
-        if self.fork:
-            try:
-                _, status = os.waitpid(self.pid, 0)
-                return os.waitstatus_to_exitcode(status)
-            except ChildProcessError:
-                return None
-        try:
-            return self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL does not take this long
-            return None
-
-
-@dataclass
-class _Job:
-    task_id: int
-    pipeline: Any
-    key: str
-    blob: bytes
-    fork: bool
-    task: StageTask
-    future: Future
-    started: float | None = None
-    deadline: float | None = None
-    cancel_reason: str | None = None
-    worker: _Worker | None = field(default=None, repr=False)
-
-
-def describe_exit(code: int | None) -> str:
-    """How a child process ended, from its return code, for a message: "exited with code 3",
-    "was killed by SIGKILL (the kernel kills with SIGKILL when memory runs out)"."""
-    if code is None:
-        return "exited"
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        hint = " (the kernel kills with SIGKILL when memory runs out)" if -code == signal.SIGKILL else ""
-        return f"was killed by {name}{hint}"
-    return f"exited with code {code}"
+__all__ = ["ProcessExecutor", "describe_exit", "make_executor"]
 
 
 class ProcessExecutor(Executor):
@@ -141,11 +63,11 @@ class ProcessExecutor(Executor):
     # -- public ------------------------------------------------------------------
 
     def submit(self, pipeline: Any, task: StageTask) -> Future:
-        future: Future = Future()
         fork = getattr(type(pipeline), "__module__", "") == "__main__"
         try:
             blob = pickle.dumps(pipeline, protocol=5)
         except Exception as exc:
+            future: Future = Future()
             future.set_result(Outcome(
                 ok=False, retryable=False, error_type=type(exc).__name__,
                 retry_why="the pipeline cannot be pickled: a retry would fail the same way",
@@ -154,8 +76,15 @@ class ProcessExecutor(Executor):
                        "locks, open files) out of the pipeline's attributes, or run it with "
                        "executor='inprocess'")))
             return future
-        key = f"{id(pipeline)}:{hash(blob)}"
-        job = _Job(next(self._ids), pipeline, key, blob, fork, task, future)
+        return self.submit_pickled(blob, f"{id(pipeline)}:{hash(blob)}", task, fork=fork)
+
+    def submit_pickled(self, blob: bytes, key: str, task: StageTask, *,
+                       fork: bool = False) -> Future:
+        """An attempt of a pipeline pickled already (``blob``; ``key`` names it, so a worker
+        holding it is not sent it again): how a Dask worker runs the attempts it is given
+        without unpickling stage code in its own process."""
+        future: Future = Future()
+        job = _Job(next(self._ids), None, key, blob, fork, task, future)
         with self._lock:
             if self._closed:
                 raise RuntimeError("this ProcessExecutor has been shut down")
@@ -390,7 +319,7 @@ class ProcessExecutor(Executor):
         self._workers.remove(worker)
         if job is not None and not job.future.done():
             job.future.set_result(Outcome(
-                ok=False, error_type="WorkerDied", worker_pid=worker.pid,
+                ok=False, error_type="WorkerDied", worker_pid=worker.pid, host=HOSTNAME,
                 wall_s=self._clock() - (job.started or self._clock()),
                 error=(f"the worker process running stage {job.task.stage!r} "
                        f"{describe_exit(code)}; the attempt failed and nothing else was affected")))

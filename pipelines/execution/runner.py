@@ -11,6 +11,7 @@ retry could help.
 from __future__ import annotations
 
 import os
+import socket
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any
 from state import store
 from state.errors import AhgdError
 
-from ..context import PipelineContext
+from ..context import REMOTE_HOST, PipelineContext
 from ..errors import InputError
 from ..retries import classify
 from .diskfull import disk_full
@@ -50,6 +51,10 @@ class StageTask:
     no_retry_on: tuple[str, ...] = ()
     #: the StageConfig the run applies to this stage (``context.stage_config``)
     config: Any = None
+    #: the object store holding outputs of attempts that ran elsewhere (state.objectstore)
+    object_store: dict[str, Any] | None = None
+    #: the host of the Dask worker running the attempt; None on the daemon's own host
+    remote_host: str | None = None
 
 
 @dataclass
@@ -73,6 +78,9 @@ class Outcome:
     timed_out: bool = False
     interrupted: bool = False
     worker_pid: int | None = None
+    #: the machine that ran the attempt, and the Dask worker's address when one did
+    host: str | None = None
+    worker: str | None = None
     validation: dict[str, Any] | None = None
     #: what each warehouse the attempt opened was found to be (state.warehouse.report_of)
     warehouses: list[dict[str, Any]] | None = None
@@ -80,7 +88,7 @@ class Outcome:
     def payload(self) -> dict[str, Any]:
         """The event payload (stage.completed / stage.failed / stage.timed_out)."""
         keep = {"wall_s": round(self.wall_s, 6)}
-        for key in ("cpu_s", "peak_rss_mb", "worker_pid"):
+        for key in ("cpu_s", "peak_rss_mb", "worker_pid", "host", "worker"):
             value = getattr(self, key)
             if value is not None:
                 keep[key] = round(value, 6) if isinstance(value, float) else value
@@ -110,6 +118,11 @@ class Outcome:
 def run_task(pipeline: Any, task: StageTask) -> Outcome:
     """Execute one attempt of ``task.stage`` of ``pipeline``; never raises for stage errors."""
     usage = _Usage()
+    if task.object_store is not None:  # upstream outputs may be objects: fetched on first read
+        from state import objectstore
+
+        objectstore.configure(task.object_store)
+    remote = REMOTE_HOST.set(task.remote_host)
     ctx = PipelineContext(
         run_id=task.run_id,
         pipeline_name=task.pipeline_name,
@@ -131,6 +144,7 @@ def run_task(pipeline: Any, task: StageTask) -> Outcome:
         outcome = failure(task, exc)
     finally:
         ctx.close()
+        REMOTE_HOST.reset(remote)
     outcome.warehouses = list(ctx.warehouses_seen.values()) or None
     usage.finish(outcome)
     if not outcome.ok:
@@ -187,6 +201,11 @@ class _Usage:
         outcome.cpu_s = round(_cpu_seconds() - self.cpu0, 6)
         outcome.peak_rss_mb = _proc_files().peak_rss_mb()
         outcome.worker_pid = os.getpid()
+        outcome.host = outcome.host or HOSTNAME
+
+
+#: this machine, as the attempts it runs record it (``stage_timings.host``)
+HOSTNAME = socket.gethostname()
 
 
 def _cpu_seconds() -> float:

@@ -15,7 +15,10 @@ A file that fails (gone, another size, another hash) invalidates every
 completed stage whose recorded output it is (a passthrough stage shares its
 input's file): ``stage.invalidated`` records the file, what was expected and
 what was found, and the stage runs again as its next attempt.  The bad file
-is left where it is, for inspection; it is never read again.
+is left where it is, for inspection; it is never read again.  A file that is
+gone because retention removed it (a ``data.expired`` in the log) is not
+damage: the run is refused instead (:func:`removed_by_retention`), naming what
+was removed and when, and nothing runs again silently.
 
 Each attempt that opened the warehouse reports which one it found
 (:mod:`state.warehouse`); :func:`judge_warehouses` turns a warehouse that is not
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from state import EventType as T, new_event, queries, store, warehouse
+from state import EventType as T, new_event, queries, removals, store, warehouse
 from state.events import Event
 
 #: a stage whose output is found bad this many times in one execution fails the run
@@ -46,13 +49,15 @@ class Mismatch:
     expected: dict[str, Any]        # {"bytes", "sha256"}
     found: dict[str, Any]           # {"exists": False} | {"bytes"} | {"bytes", "sha256"}
     message: str                    # names the file, the stage and the run
+    removed: dict[str, Any] | None = None   # retention removed it: state.removals.removal_of
 
 
 class OutputChecks:
     """The checks of one execution, remembering which files it has hashed or written."""
 
-    def __init__(self, state_dir: Path):
+    def __init__(self, state_dir: Path, history: Any = None):
         self.state_dir = Path(state_dir)
+        self.history = history   # to tell a file retention removed from a damaged one
         self._hashed: set[str] = set()
         self._bad: dict[str, dict[str, Any]] = {}
 
@@ -75,8 +80,10 @@ class OutputChecks:
                 return None
             self._bad[path] = found
         what = f"output of stage {stage!r} of run {ref_run(ref, run_id)}"
+        removed = (removals.removal_of(self.history, path) if self.history is not None
+                   and found.get("exists") is False and not ref.get("uri") else None)
         return Mismatch(path, {"bytes": ref.get("bytes"), "sha256": ref.get("sha256")}, found,
-                        store.describe(self.state_dir, ref, found, what=what))
+                        store.describe(self.state_dir, ref, found, what=what), removed)
 
     def bad_outputs(self, stages: Iterable[str], done: set[str],
                     outputs: Mapping[str, Mapping[str, Any] | None], readable: set[str],
@@ -92,6 +99,26 @@ class OutputChecks:
             if ref and str(ref.get("path")) in bad:
                 out[s] = self.check(ref, stage=s, run_id=run_id)  # type: ignore[assignment]
         return out
+
+
+def refused_by_retention(history: Any, state_dir: Path, plan: Any, done: set[str],
+                         bad: Mapping[str, Mismatch]) -> tuple[str, str] | None:
+    """``(stage, why)`` the run fails with when retention removed what it needs (outputs
+    among ``bad``, or its input file while a stage is still to run), naming what was
+    removed and when; None when nothing it needs was removed (a bad output is then damage)."""
+    gone = {m.removed["seq"]: m.removed for m in bad.values() if m.removed}
+    input_file = plan.params.get("input_file")
+    todo = [s for s in plan.stages if s not in done]
+    if input_file and todo and not Path(input_file).exists():
+        removal = removals.removal_of(history, removals.relative_to_state(state_dir, input_file))
+        if removal is not None:
+            gone[removal["seq"]] = removal
+    if not gone:
+        return None
+    stage = next(iter(bad), None) or (todo or plan.stages)[0]
+    return stage, removals.removed_message(f"run {plan.run_id} cannot go on",
+                                           [gone[k] for k in sorted(gone)], plan.pipeline_name,
+                                           bool(input_file), "No stage ran again")
 
 
 def ref_run(ref: Mapping[str, Any], run_id: str) -> str:

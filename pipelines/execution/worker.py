@@ -37,11 +37,15 @@ def serve(conn: Connection) -> None:
     # whole process group, and a half-finished stage must not die of it
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    from .capture import start_capture
+
+    capture = start_capture()  # the daemon keeps run logs: what stages print goes there too
     fmt = os.environ.get("AHGD_LOG_FORMAT")
     if fmt in ("json", "console"):  # the daemon's format, so stage logs join its log
         from .logsetup import configure_logging
 
-        configure_logging(json_lines=fmt == "json", level=os.environ.get("AHGD_LOG_LEVEL", "info"))
+        configure_logging(json_lines=fmt == "json", level=os.environ.get("AHGD_LOG_LEVEL", "info"),
+                          stream=capture.original_stdout() if capture is not None else None)
     pipelines: dict[str, Any] = {}
     conn.send(("ready", os.getpid()))
     while True:
@@ -60,7 +64,11 @@ def serve(conn: Connection) -> None:
             if key not in pipelines:  # the parent thought we had it: say so, it sends it again
                 raise RuntimeError("the worker no longer held the pipeline; the next attempt "
                                    "sends it again")
-            outcome = run_task(pipelines[key], task)
+            if capture is not None:
+                with capture.attempt(task.run_id, task.pipeline_name, task.stage, task.attempt):
+                    outcome = run_task(pipelines[key], task)
+            else:
+                outcome = run_task(pipelines[key], task)
         except Exception as exc:  # unpickling failed: report, keep serving (the code's
             # fault or the machine's, never the input's: retried or not by its kind)
             outcome = failure(task, exc, prefix="the worker could not load the pipeline: ")

@@ -314,6 +314,12 @@ class PipelineMonitor:
                 self.state, self._now(), recent,
                 {"system": self.is_monitoring, "sample_interval_s": self.sample_interval})
 
+    def add_collector(self, collector: Any) -> None:
+        """Export ``collector``'s metrics (a ``prometheus_client`` collector) beside ours."""
+        self._extra_collectors = [*getattr(self, "_extra_collectors", []), collector]
+        if self._registry is not None:
+            self._registry.register(collector)
+
     def export_metrics(self, format: str = "json") -> str:
         """The metrics as ``json``, ``prometheus`` (text format 0.0.4) or ``csv``."""
         fmt = check_format(format)
@@ -321,6 +327,8 @@ class PipelineMonitor:
             # a look at the history: this process is not the daemon, so no process figures
             self._registry = build_registry(self.state, self._lock, self.event_log,
                                             process=not self.read_only)
+            for collector in getattr(self, "_extra_collectors", []):
+                self._registry.register(collector)
         return render_metrics(fmt, self._registry,
                               self.get_dashboard_data() if fmt == "json" else None)
 

@@ -65,12 +65,15 @@ def test_a_state_directory_with_no_history_is_an_error_and_is_left_alone(
     (["events", "--type", "run.completd"],
      "unknown event type 'run.completd'; did you mean 'run.completed'?"),
     (["events", "--type", "run.failed", "--type", "nonsense"],
-     "unknown event type 'nonsense'; the types are alert.raised, alert.resolved, file.arrived, "
-     "file.duplicate, file.quarantined, file.refused, orchestration.completed, "
+     "unknown event type 'nonsense'; the types are alert.raised, alert.resolved, "
+     "data.expired, file.arrived, file.duplicate, file.expired, file.quarantined, "
+     "file.refused, file.released, orchestration.completed, "
      "orchestration.failed, orchestration.pipeline_finished, orchestration.pipeline_skipped, "
-     "orchestration.pipeline_started, orchestration.started, run.cancelled, run.completed, "
+     "orchestration.pipeline_started, orchestration.started, pipeline.paused, "
+     "pipeline.resumed, run.cancelled, run.completed, "
      "run.failed, run.parked, run.recovered, run.requested, run.retried, run.started, "
-     "run.suspended, schedule.fired, stage.completed, stage.failed, stage.interrupted, "
+     "run.suspended, schedule.fired, schedule.skipped, stage.completed, stage.failed, "
+     "stage.interrupted, "
      "stage.invalidated, stage.retrying, stage.reused, stage.skipped, stage.started, "
      "stage.timed_out, warehouse.lost"),
     (["history", "--pipeline", "seifa"],

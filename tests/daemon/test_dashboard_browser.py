@@ -178,6 +178,11 @@ def test_dashboard_shows_the_failed_and_the_completed_run(tmp_path, browser):
             assert browser.find_element(By.ID, "status").text.startswith("paused")
             bars = _check_timeline(browser, failed, completed)
             _check_failures(browser, failed)
+            # the failure links to the run's log (issue 17), the token passed on
+            href = _attr(browser.find_element(By.CSS_SELECTOR, ".failure a.loglink"), "href")
+            assert f"/api/runs/{failed}/log?token=" in href
+            with urllib.request.urlopen(href, timeout=10) as reply:
+                assert "missing columns" in reply.read().decode()
             alerts = browser.find_elements(By.CSS_SELECTOR, ".alert")
             assert [_attr(a, "data-severity") for a in alerts
                     if "system.disk_nearly_full" in a.text] == ["error"]

@@ -147,6 +147,9 @@ def history(tmp_path_factory):
     d = Daemon(MASTER, state, once=True, args=["--config", str(extra)])
     assert d.wait(timeout=120) == 0, d.output()
     _ahgd("warehouse", "rebuild", *configs)         # ... and rebuilt
+    keep_one = tmp / "extra-retain.yaml"            # retention: older runs' outputs removed
+    keep_one.write_text(extra.read_text() + "retain: {successful_runs: 1}\n")
+    _ahgd("gc", "--config", MASTER, "--config", keep_one, "--state-dir", state)
     now = datetime.now(timezone.utc)
     old = _record_old_runs(state, now)
     return {"state": state, "flaky": flaky, "old": old, "tmp": tmp}
@@ -313,6 +316,30 @@ def check_refused_inline(h, rows):
     assert json.loads(payload)["path"].endswith("link.csv")
 
 
+def _removal_events(h) -> list[dict]:
+    rows = _query(h["state"], "SELECT seq, ts, type, payload FROM events WHERE type IN "
+                              "('data.expired', 'file.expired') ORDER BY seq")
+    return [{"seq": q, "ts": ts, "type": t, **json.loads(p)} for q, ts, t, p in rows]
+
+
+def check_removals(h, rows):
+    removed = _removal_events(h)
+    assert any(r["type"] == "data.expired" for r in removed)   # the fixture's ahgd gc
+    assert rows == [(r["ts"], r["type"], r["area"], r["path"], r["bytes"], r["rule"], r["reason"])
+                    for r in reversed(removed)][:20]
+    for r in removed:
+        assert not (h["state"] / r["path"]).exists()
+
+
+def check_removals_by_area(h, rows):
+    by_area = defaultdict(lambda: [0, 0])
+    for r in _removal_events(h):
+        by_area[r["area"]][0] += 1
+        by_area[r["area"]][1] += r["bytes"]
+    assert sorted(rows) == sorted((a, n, b / 1e9) for a, (n, b) in by_area.items())
+    assert dict((a, n) for a, n, _ in rows)["data"] >= 1
+
+
 def check_invalidated(h, rows):
     # the changed file, and the stage that passed that very file through
     assert [r[:4] for r in rows] == [(h["flaky"], "flaky", "extract", 1),
@@ -397,6 +424,10 @@ CHECKS = {
         check_story,
     "SELECT ts, payload FROM events WHERE type = 'file.refused'": check_refused_inline,
     "SELECT * FROM open_alerts": check_open_alerts,
+    "SELECT ts, type, area, path, bytes, rule, reason FROM removals ORDER BY seq DESC LIMIT 20":
+        check_removals,
+    "SELECT area, COUNT(*), SUM(bytes) / 1e9 AS gb FROM removals GROUP BY area":
+        check_removals_by_area,
     "SELECT * FROM run_history ORDER BY started_at DESC LIMIT 10": check_shell_history,
     "SELECT _source_sha256, _run_id, COUNT(*) FROM seifa_sa2 GROUP BY 1, 2": check_lineage,
 }

@@ -309,19 +309,23 @@ def test_the_profile_is_replaced_as_a_whole(tmp_path):
                  "FROM sa2_health_profile") == [(2293, 2293, 1)]
 
 
-def test_latin1_files_load_with_the_encoding_option(tmp_path):
+def test_latin1_files_load_guessed_and_reported_or_as_the_encoding_option_says(tmp_path):
     lines = SEIFA_CSV.read_text().splitlines()[:30]
     lines[1] = lines[1].replace("Braidwood", "Braidwood Café")
     path = tmp_path / "seifa_latin1.csv"
     path.write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
-    plain = pipeline("seifa_sa2", tmp_path / "a").run(input_file=path)
-    assert plain.stage_results["extract"].error.startswith(
+    utf8 = {"config: {source: ../data/seifa_2021_sa2.csv}": "config: {encoding: utf-8}"}
+    strict = pipeline("seifa_sa2", tmp_path / "a", **utf8).run(input_file=path)
+    assert strict.stage_results["extract"].error.startswith(
         "seifa_latin1.csv is not utf-8 text (invalid continuation byte")
-    latin1 = {"config: {source: ../data/seifa_2021_sa2.csv}": "config: {encoding: latin-1}"}
-    ctx = pipeline("seifa_sa2", tmp_path / "b", **latin1).run(input_file=path)
-    assert ctx.state == "COMPLETED", ctx.error
-    assert query(tmp_path / "b", "SELECT sa2_name FROM seifa_sa2 WHERE sa2_code = '101021007'") \
-        == [("Braidwood Café",)]
+    for state, options in ((tmp_path / "b", {}),     # encoding: auto, the default
+                           (tmp_path / "c", {"config: {source: ../data/seifa_2021_sa2.csv}":
+                                             "config: {encoding: latin-1}"})):
+        ctx = pipeline("seifa_sa2", state, **options).run(input_file=path)
+        assert ctx.state == "COMPLETED", ctx.error
+        assert ctx.get_output("extract")["encoding_guessed"] == (not options)
+        assert query(state, "SELECT sa2_name FROM seifa_sa2 WHERE sa2_code = '101021007'") \
+            == [("Braidwood Café",)]
 
 
 def query_history(state: Path, run_id: str) -> list[float]:
@@ -336,10 +340,13 @@ def query_history(state: Path, run_id: str) -> list[float]:
 
 
 def test_mortality_file_given_to_seifa_is_refused_naming_the_columns(tmp_path):
-    reason = ("aihw_mort_table1.csv is not an ABS SEIFA by SA2 CSV: missing column(s) sa2_code, "
-              "irsd_score, irsd_decile (its columns: mort, category, geography, YEAR, SEX, deaths, "
-              "population, crude_rate_per_100000, ... and 11 more); see docs/bundled-pipelines.md "
-              "for the accepted column names")
+    reason = ("aihw_mort_table1.csv is not an ABS SEIFA by SA2 table: missing column(s) sa2_code, "
+              "and one of irsd_score, irsad_score, ier_score, ieo_score (its columns: mort, "
+              "category, geography, YEAR, SEX, deaths, population, crude_rate_per_100000, ... and "
+              "11 more); see docs/bundled-pipelines.md for the accepted column names, or map them "
+              "in the extract stage's config:\n  columns:\n    sa2_code: <its name in the file, or "
+              "its position counting from 1>\n    irsd_score: <its name in the file, or its "
+              "position counting from 1>")
     assert seifa.check_input(MORT_CSV) == reason
     assert seifa.check_input(SEIFA_CSV) is None
     ctx = pipeline("seifa_sa2", tmp_path).run(input_file=MORT_CSV)
@@ -350,8 +357,8 @@ def test_mortality_file_given_to_seifa_is_refused_naming_the_columns(tmp_path):
 
 def test_seifa_file_given_to_mortality_is_refused(tmp_path):
     assert mortality.check_input(SEIFA_CSV).startswith(
-        "seifa_2021_sa2.csv is not an AIHW MORT Table 1 CSV: missing column(s) mort, year, sex, "
-        "deaths, population, age_standardised_rate_per_100000 (its columns: sa2_code_2021, ")
+        "seifa_2021_sa2.csv is not an AIHW MORT Table 1 table: missing column(s) mort, year, "
+        "sex, deaths, age_standardised_rate_per_100000 (its columns: sa2_code_2021, ")
     assert mortality.check_input(MORT_CSV) is None
     assert mortality.check_input(tmp_path / "absent.csv") == (
         "absent.csv cannot be read (No such file or directory)")

@@ -83,6 +83,6 @@ def test_messages_show_column_names_cut_short(tmp_path):
     path = tmp_path / "odd.csv"
     path.write_text("a" * 300 + ",b\n1,2\n")
     problem = seifa.check_input(path)
-    assert problem.startswith("odd.csv is not an ABS SEIFA by SA2 CSV: missing column(s) ")
+    assert problem.startswith("odd.csv is not an ABS SEIFA by SA2 table: missing column(s) ")
     assert "(its columns: " + "a" * 37 + "..., b)" in problem
     assert "a" * 41 not in problem
