@@ -26,7 +26,7 @@ from state.errors import AhgdError
 from . import (cli_config, cli_export, cli_history, cli_logs, cli_pipelines, cli_quarantine,
                cli_runs, cli_state, cli_status, cli_warehouse)
 from . import cli_gc
-from .cli_common import config_option, fail, state_dir_option
+from .cli_common import config_option, fail, history_answer, state_dir_option
 
 
 class AhgdGroup(click.Group):
@@ -115,20 +115,13 @@ def _dry_run(state_dir: Path, configs: tuple[str, ...], as_json: bool) -> None:
     """``ahgd daemon --dry-run``: the plan of :mod:`ahgd_daemon.dryrun`; writes nothing."""
     import json
 
-    from state import HISTORY_DB, utc_now
-    from state.db import ReadOnlyHistory
+    from state import utc_now
 
     from .configuration import load_setup
     from .dryrun import plan, render
 
     setup = load_setup([Path(c) for c in configs], state_dir)
-    db = state_dir / HISTORY_DB
-    history = ReadOnlyHistory(db) if db.exists() else None
-    try:
-        doc = plan(setup, history, utc_now())
-    finally:
-        if history is not None:
-            history.close()
+    doc = history_answer(state_dir, lambda history: plan(setup, history, utc_now()))
     if as_json:
         click.echo(json.dumps(doc, indent=2, default=str))
         return

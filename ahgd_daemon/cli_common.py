@@ -80,6 +80,19 @@ def require_history(state_dir: Path) -> Path:
     return db
 
 
+def history_answer(state_dir: Path, question: Callable[[Any], Any]) -> Any:
+    """``question(history)`` asked of ``<state dir>/history.db`` read-only, or of None when
+    nothing has run there yet (for commands that also work from the configuration alone)."""
+    from state import HISTORY_DB
+    from state.db import ReadOnlyHistory
+
+    db = state_dir / HISTORY_DB
+    if not db.exists():
+        return question(None)
+    with ReadOnlyHistory(db) as history:
+        return question(history)
+
+
 def open_log(state_dir: Path, *, must_exist: bool = True):
     """The event log of ``state_dir``; one that does not exist is refused unless not
     ``must_exist`` (then it is created: only what starts runs may do that)."""

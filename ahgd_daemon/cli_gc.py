@@ -88,7 +88,7 @@ def _collect_here(state_dir: Path, configs: tuple[str, ...], dry_run: bool,
 
 
 def _print(report: dict[str, Any], where: str) -> None:
-    from pipelines.config.retain import format_size
+    from state.removals import human_bytes as format_size
 
     items = report["items"]
     verb = "would remove" if report["dry_run"] else "removed"

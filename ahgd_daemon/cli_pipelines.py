@@ -18,7 +18,8 @@ from typing import Any
 
 import click
 
-from .cli_common import ask_daemon, config_option, fail, open_log, state_dir_option
+from .cli_common import (ask_daemon, config_option, fail, history_answer, open_log,
+                         state_dir_option)
 
 
 def _local_config(state_dir: Path, configs: tuple[str, ...], what: str) -> Any:
@@ -103,19 +104,12 @@ def pipelines_cmd(state_dir: Path, configs: tuple[str, ...], as_json: bool) -> N
     if reply is not None:
         doc = reply["pipelines"]
     else:
-        from state import HISTORY_DB, utc_now
-        from state.db import ReadOnlyHistory
+        from state import utc_now
 
         from .pipelineview import document
 
         config = _local_config(state_dir, configs, "list the pipelines")
-        db = state_dir / HISTORY_DB
-        history = ReadOnlyHistory(db) if db.exists() else None
-        try:
-            doc = document(config, history, utc_now())
-        finally:
-            if history is not None:
-                history.close()
+        doc = history_answer(state_dir, lambda history: document(config, history, utc_now()))
     if as_json:
         click.echo(json.dumps(doc, indent=2, default=str))
         return

@@ -77,8 +77,10 @@ class _Cut(Exception):
     """The header needs more than the bytes read."""
 
 
-def _prefix(path: Path, name: str, limit: int) -> tuple[bytes, bool]:
-    """Up to ``limit`` bytes from the start of the file, and whether that is all of it."""
+def open_regular_fd(path: str | os.PathLike[str], name: str | None = None) -> int:
+    """A read-only descriptor of ``path``: never through a link, never a FIFO or device
+    (an :class:`InputError` naming the file, ``name`` or its own, says so)."""
+    name = name or Path(path).name
     try:
         fd = os.open(path, _FLAGS)
     except OSError as exc:
@@ -86,10 +88,16 @@ def _prefix(path: Path, name: str, limit: int) -> tuple[bytes, bool]:
             raise InputError(f"{name} is a symbolic link or a special file; only regular files "
                              "are read (copy the file itself there)") from None
         raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise InputError(f"{name} is not a regular file; only regular files are read")
+    return fd
+
+
+def _prefix(path: Path, name: str, limit: int) -> tuple[bytes, bool]:
+    """Up to ``limit`` bytes from the start of the file, and whether that is all of it."""
+    fd = open_regular_fd(path, name)
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise InputError(f"{name} is not a regular file; only regular files are read")
         chunks, size = [], 0
         while size <= limit:
             block = os.pread(fd, limit + 1 - size, size)

@@ -19,13 +19,13 @@ boto3 is imported only when an object store is used (``pip install
 from __future__ import annotations
 
 import configparser
-import hashlib
 import logging
 import os
 import threading
 from pathlib import Path
 from typing import Any, Mapping
 
+from .digest import sha256_file
 from .errors import ObjectStoreError, OutputMissing, StoreError
 
 CACHE_DIR = Path("cache") / "objects"
@@ -192,14 +192,6 @@ def cache_path(cache_dir: Path, ref: Mapping[str, Any]) -> Path:
     """Where the object of ``ref`` is kept in ``cache_dir``: by its SHA-256 (and suffix)."""
     suffix = Path(str(ref.get("path") or ref.get("uri") or "")).suffix
     return Path(cache_dir) / f"{ref.get('sha256')}{suffix}"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- the process's store

@@ -29,12 +29,12 @@ its file is in the object store (:mod:`state.objectstore`) under the same
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shutil
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from .digest import sha256_file
 from .errors import OutputMissing, StoreError
 
 DATA_DIR = "data"
@@ -60,15 +60,6 @@ def attempt_path(state_dir: Path, run_id: str, stage: str, attempt: int, suffix:
 
 def relative(state_dir: Path, path: Path) -> str:
     return Path(path).relative_to(state_dir).as_posix()
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file, streamed (constant memory whatever its size)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def file_ref(state_dir: Path, path: Path, **extra: Any) -> dict[str, Any]:

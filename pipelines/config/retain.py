@@ -46,18 +46,6 @@ def parse_size(value: Any) -> int:
     return size
 
 
-def format_size(size: float | int | None) -> str:
-    """Bytes as people read them: ``950 B``, ``1.2 MB``, ``50.0 GB`` (decimal units)."""
-    if size is None:
-        return "?"
-    value, unit = float(size), "B"
-    for bigger in ("KB", "MB", "GB", "TB"):
-        if abs(value) < 1000:
-            break
-        value, unit = value / 1000, bigger
-    return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-
-
 def dump_size(size: int) -> str | int:
     """A size as a config file writes it, exactly: ``50GB``, ``512MiB``, else bytes."""
     for unit in ("TB", "TiB", "GB", "GiB", "MB", "MiB", "KB", "KiB"):

@@ -14,36 +14,23 @@ here reads more than it must: :func:`csv_prefix` decompresses at most
 from __future__ import annotations
 
 import codecs
-import errno
 import gzip
 import os
-import stat
 import zipfile
 from pathlib import Path
 from typing import BinaryIO
 
+from ..csvheader import open_regular_fd
 from ..errors import InputError
 
 SPREADSHEETS = ("xlsx", "xls", "ods")
-_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _OLE2 = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 _CHUNK = 1 << 20
 
 
 def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
     """``path`` opened for reading: never through a link, never a FIFO or device."""
-    name = Path(path).name
-    try:
-        fd = os.open(path, _FLAGS)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENXIO):
-            raise InputError(f"{name} is a symbolic link or a special file; only regular files "
-                             "are read (copy the file itself there)") from None
-        raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise InputError(f"{name} is not a regular file; only regular files are read")
-    return os.fdopen(fd, "rb")
+    return os.fdopen(open_regular_fd(path), "rb")
 
 
 def sniff(head: bytes, names: list[str] | None = None) -> str:

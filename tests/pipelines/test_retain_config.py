@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from pipelines.config import load_config
-from pipelines.config.retain import format_size, parse_size, policy
+from pipelines.config.retain import parse_size, policy
+from state.removals import human_bytes as format_size
 from pipelines.errors import ConfigError
 
 PIPELINE = """\
