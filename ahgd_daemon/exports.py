@@ -59,7 +59,13 @@ def warehouse_file(state_dir: Path) -> Path:
     return path
 
 
-def export(source: Path, table: str, fmt: str, target: Path, *, what: str) -> dict[str, Any]:
+#: DuckDB's memory for an export: the copy streams, so this bounds the process whatever the
+#: table's size (beyond it DuckDB would raise, not swap), and leaves the server's memory to runs
+MEMORY_LIMIT = "1GB"
+
+
+def export(source: Path, table: str, fmt: str, target: Path, *, what: str,
+           memory_limit: str = MEMORY_LIMIT) -> dict[str, Any]:
     """Copy ``table`` of the DuckDB file ``source`` to ``target`` as ``fmt``; the row count."""
     import duckdb
 
@@ -72,7 +78,7 @@ def export(source: Path, table: str, fmt: str, target: Path, *, what: str) -> di
     if not target.parent.is_dir():
         raise ExportError(f"--to {target}: the folder {target.parent} does not exist; create it "
                           "first")
-    con = duckdb.connect(":memory:")
+    con = duckdb.connect(":memory:", config={"memory_limit": memory_limit})
     try:
         try:
             con.execute(f"ATTACH {_literal(str(source))} AS src (READ_ONLY)")

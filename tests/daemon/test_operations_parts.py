@@ -273,6 +273,23 @@ def test_export_streams_a_table_and_leaves_nothing_half_written(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.csv", "big.parquet", "w.duckdb"]
 
 
+def test_an_export_streams_a_table_larger_than_its_memory(tmp_path):
+    """156 MB of values exported with DuckDB held to 100 MB: only a streamed copy fits."""
+    from ahgd_daemon.exports import export
+
+    db = tmp_path / "w.duckdb"
+    with duckdb.connect(str(db)) as con:
+        con.execute("CREATE TABLE big AS SELECT range AS i, repeat(md5(range::VARCHAR), 3) AS t "
+                    "FROM range(1500000)")
+        values = con.execute("SELECT SUM(length(t)) + 8 * COUNT(*) FROM big").fetchone()[0]
+    assert values > 1.5 * 100e6
+    for fmt in ("parquet", "csv"):
+        out = export(db, "big", fmt, tmp_path / f"big.{fmt}", what="w", memory_limit="100MB")
+        assert out["rows"] == 1500000
+        assert duckdb.sql(f"SELECT COUNT(*), SUM(i) FROM '{tmp_path / f'big.{fmt}'}'"
+                          ).fetchall() == [(1500000, sum(range(1500000)))]
+
+
 # --------------------------------------------------------------------------- run logs
 
 
