@@ -16,6 +16,7 @@ tried again at the next interval; it never stops the daemon.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -145,6 +146,12 @@ class DaemonCollection:
             report.longest_step_s = max(report.longest_step_s, took)
             if finished:
                 self._finish(report, "interval")
+            else:
+                # what the collection holds (its plan of thousands of items) lives until it
+                # ends: kept out of the collector's full scans meanwhile, which otherwise take
+                # 70-110 ms each with 20,000 runs (measured, bench/retention.py) and pause the
+                # loop wherever they strike; unfrozen when the collection ends
+                gc.freeze()
         finally:
             self._lock.release()
 
@@ -166,6 +173,7 @@ class DaemonCollection:
             if self._steps is not None:  # the loop's collection gives way to this one
                 self._steps.close()
                 self._steps = self._current = None
+                gc.unfreeze()
             began = time.perf_counter()
             report = self.collector.run(pipeline=pipeline)
             report.steps, report.longest_step_s = 1, time.perf_counter() - began
@@ -176,6 +184,7 @@ class DaemonCollection:
 
     def _finish(self, report: Report, trigger: str) -> None:
         self._steps = self._current = None
+        gc.unfreeze()
         self.ended += 1
         self._due = self.monotonic() + INTERVAL_S
         self.last = report
@@ -191,6 +200,7 @@ class DaemonCollection:
 
     def _failed(self, exc: Exception) -> None:
         self._steps = self._current = None
+        gc.unfreeze()
         self.ended += 1
         self._due = self.monotonic() + INTERVAL_S
         level = self.logger.warning if isinstance(exc, (AhgdError, OSError)) else self.logger.error

@@ -12,7 +12,7 @@ import pytest
 from .processes import S3_ENV, DaskCluster, S3Server, need_dask
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # stopped once tests/cluster is done
 def s3(tmp_path_factory):
     need_dask()
     server = S3Server(tmp_path_factory.mktemp("moto"))
@@ -20,7 +20,7 @@ def s3(tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # stopped once tests/cluster is done
 def cluster(tmp_path_factory, s3):
     need_dask()
     found = DaskCluster(tmp_path_factory.mktemp("dask"), workers=2)
