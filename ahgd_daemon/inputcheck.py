@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -75,7 +74,7 @@ def run(folder: Any, path: Path, *, abort: threading.Event | None = None) -> Ref
                           "encoding": folder.encoding, "delimiter": folder.delimiter,
                           "callable": folder.check_callable,
                           "stage": getattr(folder, "check_stage", None)}).encode()
-    from pipelines.execution.children import child_env, python_command
+    from pipelines.execution.children import child_env, kill_session, python_command
 
     # the child must import what this process imported, wherever it came from, and never a
     # folder of the working directory in place of ahgd's packages
@@ -100,7 +99,7 @@ def run(folder: Any, path: Path, *, abort: threading.Event | None = None) -> Ref
                                    "faster or raise input_check.timeout, then drop the file "
                                    "again", TIMEOUT_FIX)
     finally:
-        _kill(proc)
+        kill_session(proc)
     try:
         answer = json.loads(out.decode("utf-8").strip().splitlines()[-1])
         problem = answer["problem"]
@@ -115,15 +114,6 @@ def run(folder: Any, path: Path, *, abort: threading.Event | None = None) -> Ref
         return None
     fix = CHECK_FIX if answer.get("fix") == "check" else FILE_FIX
     return Refusal(str(problem)[:REASON_MAX], fix)
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    proc.wait()
 
 
 def _what(folder: Any) -> str:

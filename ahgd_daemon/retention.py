@@ -389,15 +389,20 @@ def _subdirs(folder: Path) -> list[Path]:
                   if e.is_dir(follow_symlinks=False) and not e.name.startswith("."))
 
 
-def _du(folder: Path) -> tuple[int, list[str]]:
-    """The bytes and the file names (relative) under ``folder``; links are not followed."""
-    total, names = 0, []
-    for root, dirs, files in os.walk(folder):
+def files_under(folder: Path) -> Iterator[tuple[str, int]]:
+    """Each file under ``folder``: its path and its size; links are not followed, and a file
+    gone meanwhile is left out."""
+    for root, _dirs, files in os.walk(folder):
         for name in files:
+            path = os.path.join(root, name)
             try:
-                total += os.lstat(os.path.join(root, name)).st_size
+                yield path, os.lstat(path).st_size
             except OSError:
                 continue
-            names.append(os.path.relpath(os.path.join(root, name), folder))
-    return total, sorted(names)
+
+
+def _du(folder: Path) -> tuple[int, list[str]]:
+    """The bytes and the file names (relative) under ``folder``; links are not followed."""
+    found = list(files_under(folder))
+    return sum(size for _, size in found), sorted(os.path.relpath(p, folder) for p, _ in found)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from state import HISTORY_DB, parse_ts, removals
 
-from .retention import AREAS, TMP_DIR
+from .retention import AREAS, TMP_DIR, files_under
 
 #: the areas shown, in order: the collected ones, then the event log itself
 SHOWN = (*AREAS, "history")
@@ -45,14 +45,7 @@ def measure(state_dir: Path) -> dict[str, int]:
 
 
 def _walk_bytes(folder: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(folder):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_size
-            except OSError:
-                continue
-    return total
+    return sum(size for _, size in files_under(folder))
 
 
 def section(state_dir: Path, sizes: dict[str, int] | None, measured_at: str | None,

@@ -21,7 +21,6 @@ import importlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -103,7 +102,7 @@ def _only_in_this_process(module_name: str) -> bool:
 
 
 def _in_child(targets: list[str], timeout: float) -> dict[str, str | None]:
-    from ..execution.children import child_env, python_command
+    from ..execution.children import child_env, kill_session, python_command
 
     # the child must find modules where this process (and so a worker) finds them, and
     # never a folder of the working directory in place of ahgd's packages (children.py)
@@ -117,10 +116,10 @@ def _in_child(targets: list[str], timeout: float) -> dict[str, str | None]:
         out, err = proc.communicate(json.dumps(targets).encode(), timeout=timeout)
     except subprocess.TimeoutExpired:
         timed_out = True
-        _kill(proc)
+        kill_session(proc)
         out, err = proc.communicate()
     finally:
-        _kill(proc)
+        kill_session(proc)
     found: dict[str, str | None] = {}
     for line in out.decode("utf-8", "replace").splitlines():
         try:
@@ -145,15 +144,6 @@ def _in_child(targets: list[str], timeout: float) -> dict[str, str | None]:
                              "a worker process would stop the same way: fix what the module "
                              "does when imported")
     return found
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    proc.wait()
 
 
 def main(argv: list[str]) -> None:

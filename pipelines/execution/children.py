@@ -21,6 +21,8 @@ place of it.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -78,3 +80,14 @@ def _cwd() -> str:
         return os.getcwd()
     except OSError:  # the working directory was deleted: nothing to find there
         return ""
+
+
+def kill_session(proc: subprocess.Popen) -> None:
+    """Stop ``proc`` (started with ``start_new_session=True``) and everything it started: its
+    whole process group gets SIGKILL unless it has ended already; then it is reaped."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    proc.wait()

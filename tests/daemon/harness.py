@@ -111,6 +111,26 @@ class Daemon:
         return code
 
 
+def write_rejecting_pipeline(tmp: Path, name: str) -> Path:
+    """``<tmp>/<name>.yaml``: a drop folder ``${state_dir}/inbox/<name>`` whose files are
+    extracted, validated (rows whose ``a`` is not ``ok`` set aside) and loaded row by row."""
+    path = tmp / f"{name}.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        pipeline: {{name: {name}}}
+        triggers:
+          - {{type: drop_folder, path: "${{state_dir}}/inbox/{name}", pattern: "*.csv", stable_for: PT0.2S}}
+        stages:
+          - {{name: extract, type: extractor, class: tests.daemon.stages.CsvExtractor, retry_attempts: 0}}
+          - name: transform
+            type: transformer
+            class: tests.daemon.stages.SlowTransformer
+            retry_attempts: 0
+            validation_rules: {{allowed_values: {{a: [ok]}}, quarantine: true}}
+          - {{name: load, type: loader, class: tests.daemon.toggle_stages.RowsLoader, retry_attempts: 0}}
+        """))
+    return path
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

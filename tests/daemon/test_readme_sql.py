@@ -31,7 +31,7 @@ import pytest
 
 from state import EventLog, EventType as T, format_ts, new_event, parse_ts
 
-from .harness import REPO, Daemon, ahgd_exe, env
+from .harness import REPO, Daemon, ahgd_exe, env, write_rejecting_pipeline
 
 MASTER = REPO / "pipelines" / "ahgd" / "config" / "master.yaml"
 SEIFA = REPO / "pipelines" / "ahgd" / "data" / "seifa_2021_sa2.csv"
@@ -61,19 +61,7 @@ def _ahgd(*args, ok=(0,)):
 
 
 def _extra_config(tmp: Path) -> Path:
-    (tmp / "checked.yaml").write_text(textwrap.dedent("""\
-        pipeline: {name: checked}
-        triggers:
-          - {type: drop_folder, path: "${state_dir}/inbox/checked", pattern: "*.csv", stable_for: PT0.2S}
-        stages:
-          - {name: extract, type: extractor, class: tests.daemon.stages.CsvExtractor, retry_attempts: 0}
-          - name: transform
-            type: transformer
-            class: tests.daemon.stages.SlowTransformer
-            retry_attempts: 0
-            validation_rules: {allowed_values: {a: [ok]}, quarantine: true}
-          - {name: load, type: loader, class: tests.daemon.toggle_stages.RowsLoader, retry_attempts: 0}
-        """))
+    write_rejecting_pipeline(tmp, "checked")
     (tmp / "flaky.yaml").write_text(textwrap.dedent("""\
         pipeline: {name: flaky}
         stages:

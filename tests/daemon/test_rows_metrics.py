@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import re
 import subprocess
-import textwrap
 
-from .harness import Daemon, ahgd_exe, env, query
+from .harness import Daemon, ahgd_exe, env, query, write_rejecting_pipeline
 
 
 def _ahgd(*args):
@@ -17,19 +16,7 @@ def _ahgd(*args):
 
 
 def _config(tmp):
-    (tmp / "quar.yaml").write_text(textwrap.dedent("""\
-        pipeline: {name: quar}
-        triggers:
-          - {type: drop_folder, path: "${state_dir}/inbox/quar", pattern: "*.csv", stable_for: PT0.2S}
-        stages:
-          - {name: extract, type: extractor, class: tests.daemon.stages.CsvExtractor, retry_attempts: 0}
-          - name: transform
-            type: transformer
-            class: tests.daemon.stages.SlowTransformer
-            retry_attempts: 0
-            validation_rules: {allowed_values: {a: [ok]}, quarantine: true}
-          - {name: load, type: loader, class: tests.daemon.toggle_stages.RowsLoader, retry_attempts: 0}
-        """))
+    write_rejecting_pipeline(tmp, "quar")
     master = tmp / "master.yaml"
     master.write_text("pipelines:\n  - {name: quar, config_file: quar.yaml}\n"
                       "daemon: {max_workers: 2, shutdown_grace: PT5S}\n")
