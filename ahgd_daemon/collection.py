@@ -27,6 +27,7 @@ from typing import Any
 from pipelines.config.retain import Policy, policy as make_policy
 from state import format_ts
 from state.errors import AhgdError
+from state.removals import human_bytes
 
 from . import storage
 from .removal import Collector, Report
@@ -213,8 +214,8 @@ class DaemonCollection:
         alert_id = f"{BUDGET_ALERT}:data"
         if budget is not None and report.walk.over_budget:
             self.alerts.alert("warning", alert_id, (
-                f"data/ stays {storage.removals.human_bytes(report.walk.over_budget)} over "
-                f"retain.data_budget ({storage.removals.human_bytes(budget)}) after collection: "
+                f"data/ stays {human_bytes(report.walk.over_budget)} over "
+                f"retain.data_budget ({human_bytes(budget)}) after collection: "
                 "what is left is needed (runs that may still run or be retried, the newest "
                 "outputs of each pipeline); raise the budget, lower retain.successful_runs or "
                 "retain.failed_runs_for, or free the disk"),
