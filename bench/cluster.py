@@ -1,6 +1,6 @@
 """Scale-out costs: stage attempts on a Dask cluster (loopback) against this host's worker pool.
 
-    python bench/cluster.py [--attempts 200] [--files 1000] [--reps 95] [--skip throughput,datapath]
+    python bench/cluster.py [--attempts 200] [--files 1000] [--reps 95] [--kills 5] [--skip throughput,datapath]
 
 Starts a real ``dask scheduler``, ``dask worker`` processes and moto's S3
 server on 127.0.0.1 (as tests/cluster does; needs ``pip install -e '.[test]'``),
@@ -13,11 +13,16 @@ then measures, on the same machine in the same run:
 2. **the daemon's extra memory with a Dask client**: the RSS of a fresh
    process holding a warm ``ProcessExecutor``, then after it has connected a
    ``DaskExecutor`` and run 20 attempts through it.  Target: <= 50 MB.
-3. **throughput**: ``--files`` small CSV files, each one run of the 4-stage
-   pipeline of bench/latency.py (read, transform, validate, load), 4 runs at
-   a time from threads sharing one executor: the local pool (4 processes), and
-   Dask with 1 and with 2 workers (2 threads each; the loader runs on this host).
-4. **the data path**: bench/datapath.py's mortality_regions pipeline on a MORT
+3. **a worker killed**: ``--kills`` times, an attempt (a stage sleeping 30 s)
+   runs on one of two workers; that worker gets SIGKILL; the time from the
+   kill to the attempt's outcome (``WorkerDied``).  Target: <= 2 s.
+4. **throughput**: ``--files`` (1,000) small CSV files dropped at once into the
+   folder of bench/latency.py's 4-stage pipeline (read, transform, validate,
+   load), through the real daemon (``ahgd daemon``, ``max_workers: 4``), as
+   bench/latency.py measures it: runs/s from the first ``file.arrived`` to the
+   last ``run.completed``, with the daemon's own pool, and with Dask with 1 and
+   with 2 workers (2 threads each; the loader runs on the daemon's host).
+5. **the data path**: bench/datapath.py's mortality_regions pipeline on a MORT
    table of ``--reps`` copies (95: ~1.5 M rows), with the process executor and
    through Dask and the object store (median of ``--repeat``).  Target: <= 1.5x.
 
@@ -33,8 +38,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -45,7 +48,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from pipelines import BasePipeline, load_pipeline  # noqa: E402
 from pipelines.execution.runner import StageTask  # noqa: E402
-from tests.cluster.processes import S3_ENV, DaskCluster, S3Server  # noqa: E402
+from tests.cluster.processes import S3_ENV, DaskCluster, S3Server, stop  # noqa: E402
 
 os.environ.update(S3_ENV)
 
@@ -115,52 +118,81 @@ def extra_memory(cluster, s3, root: Path) -> tuple[float, float]:
     return before, after
 
 
-def throughput_pipeline(root: Path) -> Path:
-    yaml = root / "throughput.yaml"
-    yaml.write_text(textwrap.dedent("""\
-        pipeline: {name: throughput}
-        stages:
-          - {name: extract, type: extractor, class: bench.latency_stages.CsvExtract}
-          - {name: transform, type: transformer, class: bench.latency_stages.Transform}
-          - {name: validate, type: validator, class: bench.latency_stages.Validate}
-          - {name: load, type: loader, class: bench.latency_stages.Load}
-        """))
-    return yaml
+def throughput(root: Path, files: int, workers: int, cluster=None, s3=None) -> dict:
+    """``files`` CSV files dropped at once into the folder of bench/latency.py's 4-stage
+    pipeline, through the real daemon (``ahgd daemon``, ``max_workers: workers``): its own
+    pool, or (``cluster``) the Dask cluster with the object store; bench/latency.py's
+    measure_throughput (runs/s from the first ``file.arrived`` to the last ``run.completed``)."""
+    import latency as lat
+
+    root.mkdir(parents=True, exist_ok=True)
+    master = lat.write_config(root, workers)
+    if cluster is not None:  # the same master file, with the executor and the bucket
+        text = master.read_text()
+        old = f"daemon: {{max_workers: {workers}, shutdown_grace: PT10S}}"
+        assert old in text, text
+        store = s3.settings(uuid.uuid4().hex[:6])
+        master.write_text(text.replace(old, (
+            f"daemon: {{max_workers: {workers}, shutdown_grace: PT10S, executor: {{type: dask, "
+            f"scheduler: '{cluster.address}', local_workers: 2}}, object_store: {{url: "
+            f"'{store['url']}', endpoint_url: '{store['endpoint_url']}', region: us-east-1}}}}")))
+    state = root / "state"
+    daemon = lat.DaemonProcess(master, state, root / "daemon.log")
+    history = None
+    try:
+        daemon.wait_ready(60)
+        history = lat.History(state)
+        found = lat.measure_throughput(history, state / "inbox" / "throughput", root / "staging",
+                                       files, 20, 900.0)
+    finally:
+        if history is not None:
+            history.close()
+        daemon.stop()
+    if found["failed"] or found["lost"]:
+        raise SystemExit(f"{found['failed']} runs failed, {found['lost']} files lost; the "
+                         f"daemon's log: {root / 'daemon.log'}")
+    return found
 
 
-def throughput(ex, root: Path, files: int, yaml: Path) -> float:
-    inputs = root / "files"
-    inputs.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(files):
-        path = inputs / f"f{i}.csv"
-        path.write_text("id,value,label\n" + "".join(f"{j},{i + j},x{j}\n" for j in range(20)))
-        paths.append(path)
-    state = root / f"state-{uuid.uuid4().hex[:6]}"
-    pipeline = load_pipeline(yaml, state_dir=state)
-    queue, failed = list(paths), []
-    lock = threading.Lock()
+def kill_times(cluster, dask, root: Path, kills: int) -> list[float]:
+    """Seconds from a worker's SIGKILL to the failed outcome of the attempt it ran."""
+    import signal
 
-    def work():
-        while True:
-            with lock:
-                if not queue:
-                    return
-                path = queue.pop()
-            ctx = pipeline.run(input_file=path, executor=ex)
-            if ctx.state != "COMPLETED":
-                failed.append(ctx.error)
+    from tests.cluster.stages import behaving
 
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    took = time.perf_counter() - t0
-    if failed:
-        raise SystemExit(f"{len(failed)} runs failed, the first: {failed[0]}")
-    return files / took
+    if "k1" not in cluster.named:
+        cluster.add_worker("k1", resources="cpu=8,memory=8192")
+    out = []
+    ex = dask()
+    try:
+        for i in range(kills):
+            cluster.restart_exited_workers()
+            cluster.wait_for_workers(2)
+            root.mkdir(parents=True, exist_ok=True)
+            marker = root / f"kill{i}.marker"
+            task = StageTask(f"k{i}", "behaving", "work", 1, str(root / "kill"),
+                             {"do": "sleep", "seconds": 30, "marker": str(marker)}, {}, (), {},
+                             None, {}, timeout=120)
+            future = ex.submit(behaving(root / "kill"), task)
+            deadline = time.monotonic() + 30
+            while not marker.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if future.done():
+                raise SystemExit(f"the attempt ended before its worker was killed: "
+                                 f"{future.result().error}")
+            os.kill(cluster.worker_pid_running(f"ahgd-k{i}-work"), signal.SIGKILL)
+            killed = time.monotonic()
+            outcome = future.result(timeout=60)
+            out.append(time.monotonic() - killed)
+            if outcome.error_type != "WorkerDied":
+                raise SystemExit(f"the attempt ended {outcome.error_type}: {outcome.error}")
+    finally:
+        ex.shutdown()
+    cluster.restart_exited_workers()
+    extra = cluster.named.pop("k1")  # back to one worker
+    cluster.workers.remove(extra)
+    stop(extra)
+    return out
 
 
 def datapath(ex_factory, root: Path, reps: int, repeat: int) -> tuple[list[float], list[float]]:
@@ -195,7 +227,9 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=1000)
     ap.add_argument("--reps", type=int, default=95)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--skip", default="", help="comma-separated: overhead,memory,throughput,datapath")
+    ap.add_argument("--kills", type=int, default=5)
+    ap.add_argument("--skip", default="",
+                    help="comma-separated: overhead,memory,kill,throughput,datapath")
     ap.add_argument("--dir", type=Path, default=None)
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -226,26 +260,26 @@ def main() -> None:
             before, after = extra_memory(cluster, s3, root / "memory")
             print(f"2. daemon RSS with the local pool {before:.0f} MB; with a Dask client too "
                   f"{after:.0f} MB: +{after - before:.0f} MB (target: <= 50 MB)")
+        if "kill" not in skip:
+            took = kill_times(cluster, dask, root / "kill", args.kills)
+            print(f"3. a worker killed (SIGKILL) to its attempt failed, {args.kills} times (s): "
+                  f"median {statistics.median(took):.2f}, max {max(took):.2f} (target: <= 2 s)")
         if "throughput" not in skip:
-            yaml = throughput_pipeline(root)
-            print(f"3. throughput, {args.files} files through 4 stages, 4 runs at a time (runs/s):")
-            ex = ProcessExecutor(4)
-            try:
-                print(f"   local pool (4 processes)  {throughput(ex, root / 'tl', args.files, yaml):7.1f}")
-            finally:
-                ex.shutdown()
+            print(f"4. throughput, {args.files} files dropped at once, 4 stages, the real daemon "
+                  f"with max_workers 4 (runs/s):")
+            found = throughput(root / "tl", args.files, 4)
+            print(f"   local pool (4 processes)   {found['runs'] / found['elapsed']:7.1f}")
             for workers in (1, 2):
-                if workers == 2:
+                if workers == 2 and "w1" not in cluster.named:
                     cluster.add_worker("w1", resources="cpu=8,memory=8192")
-                    cluster.wait_for_workers(2)
-                ex = dask(max_workers=4)
-                try:
-                    rate = throughput(ex, root / f"td{workers}", args.files, yaml)
-                finally:
-                    ex.shutdown()
-                print(f"   Dask, {workers} worker(s)           {rate:7.1f}")
+                cluster.restart_exited_workers()
+                cluster.wait_for_workers(workers)
+                found = throughput(root / f"td{workers}", args.files, 4, cluster, s3)
+                print(f"   Dask, {workers} worker(s), 2 threads each  "
+                      f"{found['runs'] / found['elapsed']:7.1f}   (the loader runs on the "
+                      "daemon's host)")
         if "datapath" not in skip:
-            print(f"4. data path, MORT x{args.reps}:")
+            print(f"5. data path, MORT x{args.reps}:")
             local, remote = datapath(dask, root / "datapath", args.reps, args.repeat)
             lm, rm = statistics.median(local), statistics.median(remote)
             print(f"   process executor {lm:.2f} s; Dask + object store {rm:.2f} s: ratio "

@@ -11,8 +11,11 @@ the object store.  The rules (README, "Scaling out"):
   Dask may run the task again on another worker (its ``allowed-failures``) or
   recompute a lost result: that run finds no token and does nothing.  A worker
   lost while it ran the attempt fails the attempt (``WorkerDied``, with the
-  host; the stage's retry policy decides), within ``poll_s`` of the scheduler
-  noticing.  Results are released as soon as they are read.
+  host; the stage's retry policy decides) as soon as the scheduler removes it
+  (its ``remove-worker`` event), or at the latest at the watcher's next look
+  (every ``poll_s``).  The outcome comes as an event the worker publishes as
+  the task ends (the task's result when it does not); tasks are released
+  after the next submit, or by the watcher within ``poll_s``.
 * **Timeouts and cancel kill the work**: the Dask worker runs the attempt in
   its own worker process, killed at the timeout; a cancel releases the task,
   and the worker kills the process it runs in.
@@ -90,6 +93,8 @@ class DaskExecutor(ClusterWatch, Executor):
         self._hosts: dict[str, str] = {}     # worker address -> host name
         self._inputs: dict[str, str] = {}    # input files put into the store: sha256 -> uri
         self._forget: list[StageTask] = []   # attempts cut off by a lost scheduler
+        self._done: list[Job] = []           # settled: their Dask task and claim to release
+        self._removed: list[tuple[str, set[str]]] = []  # workers removed, with their tasks
         self._ids = itertools.count(1)
         self._closed = False
         self._lost_at: float | None = None
@@ -97,6 +102,7 @@ class DaskExecutor(ClusterWatch, Executor):
         self._wake = threading.Event()
         self.local = ProcessExecutor(local_workers, env=env, stdout=stdout)
         self._uploads = ThreadPoolExecutor(2, thread_name_prefix="ahgd-upload")
+        self._settling = ThreadPoolExecutor(1, thread_name_prefix="ahgd-outcome")
         try:
             self._client: Any = self._connect()
         except link.SchedulerUnreachable as exc:  # it may start after us: the watcher retries
@@ -181,12 +187,14 @@ class DaskExecutor(ClusterWatch, Executor):
             self.cancel(job.outer, "executor shut down")
         self._wake.set()
         self._thread.join(timeout=10)
+        self._release_done()
         try:
             self._client.close(timeout=5)
         except Exception:
             pass
         self.local.shutdown()
         self._uploads.shutdown(wait=True)
+        self._settling.shutdown(wait=True)
 
     def prestart(self, count: int | None = None) -> None:
         """Nothing to start here: the cluster's workers are started by their own units."""
@@ -223,13 +231,14 @@ class DaskExecutor(ClusterWatch, Executor):
         task = job.task
         job.key = f"ahgd-{task.run_id}-{task.stage}-a{task.attempt}-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
         resources = {k: float(v) for k, v in (task.requirements or {}).items() if v}
-        problem = unplaceable(self._offers(), resources) and unplaceable(self._offers(fresh=True),
-                                                                       resources)
+        problem = None if not resources else unplaceable(self._offers(), resources) and \
+            unplaceable(self._offers(fresh=True), resources)
         if problem is not None:
             self._finish(job, Outcome(ok=False, error_type="NoWorkerFits", error=problem,
                                       retry_why="a worker with those resources may join"))
             return
         try:
+            link.prompt(self._client)
             job.claim = link.put_token(self._client, f"{job.key}-claim", self.connect_timeout)
             job.sent_at = time.monotonic()
             job.dask = self._client.submit(
@@ -248,6 +257,23 @@ class DaskExecutor(ClusterWatch, Executor):
                 self._park(job)
             return
         job.dask.add_done_callback(lambda f, job=job: self._received(job, f))
+        self._release_done()
+
+    def _release_done(self) -> None:
+        """Release the Dask tasks and claims of settled attempts.  Done after a submit (and by
+        the watcher every ``poll_s``), not as each attempt settles: the scheduler then sends the
+        next task to a worker before the release of the last one, not up to 5 ms after it (its
+        stream to a worker batches messages 5 ms apart)."""
+        with self._lock:
+            done, self._done = self._done, []
+        for job in done:
+            for release in (job.claim and (lambda j=job: link.drop_token(self._client, j.claim)),
+                            getattr(job.dask, "release", None)):
+                try:
+                    if release is not None:
+                        release()
+                except Exception:
+                    pass
 
     def _offers(self, fresh: bool = False) -> list[dict[str, float]] | None:
         """The resources each worker offers, asked of the scheduler at most every 2 s (or now:
@@ -303,13 +329,7 @@ class DaskExecutor(ClusterWatch, Executor):
                 return
             job.settled = True
             self._jobs.pop(job.outer, None)
-        for release in (job.claim and (lambda: link.drop_token(self._client, job.claim)),
-                        getattr(job.dask, "release", None)):
-            try:
-                if release is not None:
-                    release()
-            except Exception:
-                pass
+            self._done.append(job)  # released after the next submit (_release_done)
         if outcome.error_type == "WorkerDied":
             forget_outputs(self.object_store, job.task)
         settle(job.outer, outcome)

@@ -29,14 +29,23 @@ def connect(scheduler: str, security: Mapping[str, Any] | None, timeout: float,
     """A ``distributed.Client`` to ``scheduler``, its workers checked (:func:`check`)."""
     from distributed import Client
 
+    if scheduler.startswith("tls://") and not security:
+        raise ClusterUnavailable(
+            f"the Dask scheduler at {scheduler} is a TLS address, but daemon.executor has no "
+            "security section: add security: {ca_file: ..., cert: ..., key: ...} (this "
+            "daemon's certificate and key, signed by the CA the scheduler trusts)")
     try:
         client = Client(scheduler, security=_security(security), set_as_default=False,
                         timeout=timeout)
     except (OSError, TimeoutError) as exc:
+        tls = (" If it is running, check that the certificate in daemon.executor.security is "
+               "signed by the CA the scheduler and workers trust (their --tls-ca-file), and "
+               "that the scheduler was given theirs (--tls-cert, --tls-key): a certificate it "
+               "does not trust is refused without a word." if security else "")
         raise SchedulerUnreachable(
             f"cannot reach the Dask scheduler at {scheduler} ({exc}); start it "
             "(systemctl start ahgd-dask-scheduler, or `dask scheduler`) or correct "
-            "daemon.executor.scheduler") from None
+            f"daemon.executor.scheduler.{tls}") from None
     try:
         check(client, scheduler, expected, owner, hosts)
     except BaseException:
@@ -91,6 +100,20 @@ def put_token(client: Any, name: str, timeout: float) -> str:
 
     client.loop.add_callback(create_and_put)
     return name
+
+
+#: how long the client's stream to the scheduler holds a message to batch it with others
+#: (Dask's default, 10 ms, was most of an attempt's overhead: see bench/cluster.py)
+SEND_INTERVAL_S = 0.001
+
+
+def prompt(client: Any) -> None:
+    """Let the client's messages to the scheduler (a task, a release) wait at most
+    ``SEND_INTERVAL_S`` to be batched, not Dask's 10 ms; set again after Dask reconnects (its
+    new stream has the default)."""
+    comm = getattr(client, "scheduler_comm", None)
+    if comm is not None and getattr(comm, "interval", 0) > SEND_INTERVAL_S:
+        comm.interval = SEND_INTERVAL_S
 
 
 def is_connection_error(exc: BaseException) -> bool:

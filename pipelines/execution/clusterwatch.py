@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from . import clusterlink as link
+from . import clusterlink as link, remote
 from .clusterjobs import died, forget_outputs
 
 ALERT = "daemon.scheduler_lost"
@@ -32,7 +32,8 @@ class ClusterWatch:
 
     def _watch(self) -> None:
         while not self._closed:
-            self._wake.wait(self.poll_s)
+            if self._wake.wait(self.poll_s):
+                self._wake.clear()  # a worker removed (_event), or shut down (_closed is set)
             try:
                 self._look()
             except Exception as exc:  # this thread must outlive any one failure
@@ -48,7 +49,10 @@ class ClusterWatch:
             return
         if self._lost_at is not None:  # Dask's client reconnected by itself
             self._check(client)
+            self._subscribe(client)
             self._back()
+        self._release_done()
+        self._fail_removed(client)
         with self._lock:
             busy = [j for j in self._jobs.values() if j.dask is not None]
         if not busy:
@@ -88,8 +92,68 @@ class ClusterWatch:
             self._alert("error", ALERT, message, scheduler=self.scheduler)
 
     def _connect(self) -> Any:
-        return link.connect(self.scheduler, self.security, self.connect_timeout, self._expected,
-                            self.owner, self._hosts)
+        client = link.connect(self.scheduler, self.security, self.connect_timeout,
+                              self._expected, self.owner, self._hosts)
+        self._subscribe(client)
+        return client
+
+    def _subscribe(self, client: Any) -> None:
+        """Be told by the scheduler the moment it removes a worker (its ``all`` topic), with
+        the tasks that worker was running: their attempts fail then, not at the next look."""
+        try:
+            client.subscribe_topic("all", self._event)
+            client.subscribe_topic(remote.OUTCOME_TOPIC, self._told)
+        except Exception:  # the looks every poll_s still find lost workers, results still come
+            pass
+
+    def _told(self, event: Any) -> None:
+        """An outcome a worker published as its task ended (:func:`remote._tell`; on the
+        client's event loop: settled on a thread of ours).  Another daemon's, or one already
+        settled, is ignored; one that never comes is the task's result."""
+        msg = event[1] if isinstance(event, (tuple, list)) and len(event) == 2 else None
+        if not isinstance(msg, dict):
+            return
+        key = msg.get("key")
+        with self._lock:
+            job = next((j for j in self._jobs.values() if j.key == key), None)
+        if job is not None and not job.settled and isinstance(msg.get("outcome"), bytes):
+            self._settling.submit(self._settle_told, job, msg["outcome"])
+
+    def _settle_told(self, job: Any, blob: bytes) -> None:
+        import pickle
+
+        try:
+            outcome = pickle.loads(blob)
+        except Exception:  # the task's result brings it
+            return
+        self._finish(job, outcome)
+
+    def _event(self, event: Any) -> None:
+        """An event of the scheduler's ``all`` topic (on the client's event loop: no waiting
+        here; the watcher thread does the rest)."""
+        msg = event[1] if isinstance(event, (tuple, list)) and len(event) == 2 else None
+        if not isinstance(msg, dict) or msg.get("action") != "remove-worker":
+            return
+        keys = {str(k) for k in msg.get("processing-tasks") or ()}
+        if keys:
+            with self._lock:
+                self._removed.append((str(msg.get("worker") or ""), keys))
+            self._wake.set()
+
+    def _fail_removed(self, client: Any) -> None:
+        """Fail the attempts of the workers the scheduler removed (:meth:`_event`)."""
+        with self._lock:
+            removed, self._removed = self._removed, []
+            jobs = {j.key: j for j in self._jobs.values() if j.dask is not None}
+        for worker, keys in removed:
+            for key in keys & jobs.keys():
+                job = jobs[key]
+                job.seen_on, job.cancel_reason = worker or job.seen_on, "its worker was lost"
+                self._finish(job, died(job, self._hosts, "the scheduler removed it"))
+                try:  # Dask runs it again elsewhere: that run finds no claim, and is released
+                    client.cancel([job.dask], reason=job.cancel_reason)
+                except Exception:
+                    pass
 
     def _check(self, client: Any) -> None:
         link.check(client, self.scheduler, self._expected, self.owner, self._hosts)

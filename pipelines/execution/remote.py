@@ -20,7 +20,10 @@ for each attempt that runs on the cluster.  On the worker it
    daemon gone (its client's tasks are released), a new daemon of the same
    state directory connecting (:func:`stop_owned`);
 5. puts the output file into the object store and records its URI; the file
-   stays in the local cache, by its SHA-256, for the next stage here.
+   stays in the local cache, by its SHA-256, for the next stage here;
+6. publishes the outcome on the scheduler's ``OUTCOME_TOPIC`` (it reaches the
+   daemon with the task's completion, sparing it the fetch of the result),
+   and returns it (the answer when the event does not come).
 
 Nothing here writes an event: the outcome goes back to the daemon, which does.
 """
@@ -42,6 +45,11 @@ from .runner import Outcome, StageTask
 WATCH_S = 0.1
 #: how long a claim waits for its token (sent beside the task: there within milliseconds)
 CLAIM_WAIT_S = 0.5
+#: the scheduler's topic an attempt's outcome is published on as the task ends (:func:`_tell`)
+OUTCOME_TOPIC = "ahgd-outcome"
+#: a larger outcome (pickled) is not published: the daemon fetches it as the task's result
+#: (the scheduler keeps its last 1,000 events per topic: at most 16 MB here)
+OUTCOME_EVENT_MAX_BYTES = 16 * 1024
 
 _pool: Any = None
 _pool_lock = threading.Lock()
@@ -126,11 +134,26 @@ def run_attempt(claim: str, blob: bytes, pipeline_key: str, task: StageTask,
             from state import store
 
             store.remove_attempt(base, task.run_id, task.stage, task.attempt)
-            return Outcome(ok=False, error_type=type(exc).__name__, **here,
-                           wall_s=outcome.wall_s, cpu_s=outcome.cpu_s,
-                           error=(f"stage {task.stage!r} finished, but its output could not be "
-                                  f"put into the object store: {exc}"))
+            outcome = Outcome(ok=False, error_type=type(exc).__name__, **here,
+                              wall_s=outcome.wall_s, cpu_s=outcome.cpu_s,
+                              error=(f"stage {task.stage!r} finished, but its output could not "
+                                     f"be put into the object store: {exc}"))
+    _tell(worker, key, outcome)
     return outcome
+
+
+def _tell(worker: Any, key: str, outcome: Outcome) -> None:
+    """Publish the outcome on the scheduler's ``OUTCOME_TOPIC``: it reaches the daemon beside
+    the task's completion, which saves the daemon fetching the result (a round trip through
+    the scheduler to this worker).  The result stays the answer when this is not sent."""
+    import pickle
+
+    try:
+        blob = pickle.dumps(outcome, protocol=5)
+        if len(blob) <= OUTCOME_EVENT_MAX_BYTES:
+            worker.log_event(OUTCOME_TOPIC, {"key": key, "outcome": blob})
+    except Exception:  # the daemon fetches the result instead
+        pass
 
 
 def upload(ref: dict[str, Any] | None, base: Path, settings: dict[str, Any] | None) -> Any:

@@ -87,11 +87,13 @@ class DaskCluster:
     """``dask scheduler`` and ``workers`` × ``dask worker`` (no nanny) on 127.0.0.1."""
 
     def __init__(self, root: Path, workers: int = 2, nthreads: int = 2,
-                 resources: str = "cpu=2,memory=4096", port: int | None = None):
+                 resources: str = "cpu=2,memory=4096", port: int | None = None,
+                 tls: dict[str, str] | None = None):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
-        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.tls = tls  # {"ca_file", "cert", "key"}: every process of the cluster uses TLS
+        self.address = f"{'tls' if tls else 'tcp'}://127.0.0.1:{self.port}"
         self.nthreads, self.resources = nthreads, resources
         self.scheduler: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
@@ -101,6 +103,21 @@ class DaskCluster:
         for i in range(workers):
             self.add_worker(f"w{i}")
         self.wait_for_workers(workers)
+
+    def security(self):
+        """What a client of this cluster needs (None: plain TCP)."""
+        if not self.tls:
+            return None
+        from distributed.security import Security
+
+        return Security(tls_ca_file=self.tls["ca_file"], tls_client_cert=self.tls["cert"],
+                        tls_client_key=self.tls["key"], require_encryption=True)
+
+    def _tls_args(self) -> list[str]:
+        if not self.tls:
+            return []
+        return ["--tls-ca-file", self.tls["ca_file"], "--tls-cert", self.tls["cert"],
+                "--tls-key", self.tls["key"]]
 
     def _popen(self, argv: list[str], name: str) -> subprocess.Popen:
         log = open(self.root / f"{name}.log", "ab")
@@ -112,7 +129,8 @@ class DaskCluster:
     def start_scheduler(self) -> None:
         self.scheduler = self._popen(
             [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-             "--port", str(self.port), "--no-dashboard", "--no-show"], "scheduler")
+             "--port", str(self.port), "--no-dashboard", "--no-show",
+             *(["--protocol", "tls"] if self.tls else []), *self._tls_args()], "scheduler")
         wait_for_port(self.port, self.scheduler, "dask scheduler")
 
     def add_worker(self, name: str, resources: str | None = None) -> subprocess.Popen:
@@ -120,7 +138,8 @@ class DaskCluster:
             [sys.executable, "-m", "distributed.cli.dask_worker", self.address, "--host",
              "127.0.0.1", "--no-nanny", "--nthreads", str(self.nthreads), "--no-dashboard",
              "--name", name, "--local-directory", str(self.root / name),
-             "--resources", resources or self.resources, "--death-timeout", "60"], name)
+             "--resources", resources or self.resources, "--death-timeout", "60",
+             *self._tls_args()], name)
         self.workers.append(proc)
         self.named[name] = proc
         return proc
@@ -140,20 +159,27 @@ class DaskCluster:
     def wait_for_workers(self, n: int, timeout: float = 30.0) -> None:
         from distributed import Client
 
-        with Client(self.address, timeout=timeout, set_as_default=False) as client:
+        with Client(self.address, timeout=timeout, set_as_default=False,
+                    security=self.security()) as client:
             client.wait_for_workers(n, timeout=timeout)
 
     def worker_pid_running(self, key_part: str, timeout: float = 20.0) -> int:
         """The PID of the worker whose processing list has a key containing ``key_part``."""
+        return self.worker_running(key_part, timeout)[0]
+
+    def worker_running(self, key_part: str, timeout: float = 20.0) -> tuple[int, str]:
+        """The PID and address of the worker whose processing list has a key containing
+        ``key_part``."""
         from distributed import Client
 
         deadline = time.monotonic() + timeout
-        with Client(self.address, timeout=10, set_as_default=False) as client:
+        with Client(self.address, timeout=10, set_as_default=False,
+                    security=self.security()) as client:
             while time.monotonic() < deadline:
                 info = client.scheduler_info(n_workers=-1)["workers"]
                 for addr, keys in client.processing().items():
                     if any(key_part in str(k) for k in keys):
-                        return self.named[str(info[addr].get("name"))].pid
+                        return self.named[str(info[addr].get("name"))].pid, addr
                 time.sleep(0.05)
         raise AssertionError(f"no worker ran a task like {key_part!r} within {timeout:g}s")
 

@@ -83,6 +83,29 @@ def test_a_killed_worker_fails_the_attempt_once_and_dask_never_runs_it_again(
         ex.shutdown()
 
 
+def test_a_killed_worker_is_known_from_the_scheduler_at_once_not_from_the_next_look(
+        own_cluster, s3, tmp_path):
+    """The scheduler tells the executor it removed the worker, with the tasks it ran: the
+    attempt fails naming that worker though the watcher's look (every poll_s, 60 s here)
+    never ran, and Dask's second run of the task (on the other worker) is refused."""
+    marker = tmp_path / "marker"
+    ex = dask_executor(own_cluster, s3, tmp_path, poll_s=60)
+    try:
+        future = ex.submit(behaving(tmp_path / "state"), sleeping_task(tmp_path, marker, "rk"))
+        wait_for(lambda: lines(marker), 30, "the attempt to start")
+        pid, address = own_cluster.worker_running("ahgd-rk-work")
+        os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        outcome = future.result(timeout=20)
+        print(f"failed {time.monotonic() - killed_at:.3f} s after the kill")  # figure, not a test
+        assert outcome.error_type == "WorkerDied" and outcome.worker == address, outcome
+        assert address in outcome.error and "removed it" in outcome.error
+        wait_for(lambda: time.monotonic() - killed_at > 1.0, 5, "1 s after the kill")
+        assert [line.split()[0] for line in lines(marker)] == ["start"]
+    finally:
+        ex.shutdown()
+
+
 def test_the_stage_retry_policy_runs_a_new_attempt_after_a_worker_died(own_cluster, s3, tmp_path):
     marker = tmp_path / "marker"
     ex = dask_executor(own_cluster, s3, tmp_path)
