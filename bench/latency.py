@@ -16,7 +16,8 @@ pipelines whose stages live in ``bench/latency_stages.py``, then measures:
 Event times are the ``ts`` of the events in history.db; file close times are
 ``time.time()`` right after ``close()``.  Drop folders use the default
 ``stable_for`` and the inotify observer (a local disk).
-Targets: p50 <= 20 ms, p95 <= 100 ms; idle CPU <= 1 % of a core, RSS <= 120 MB.
+Targets: p50 <= 20 ms, p95 <= 100 ms; throughput >= 50 runs/s on 2 cores; idle CPU <= 1 %
+of a core, RSS <= 120 MB.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ TARGET_P50_MS = 20.0
 TARGET_P95_MS = 100.0
 TARGET_IDLE_CPU_PCT = 1.0
 TARGET_IDLE_RSS_MB = 120.0
+#: issue 18 item 2: bursts of small files through the 4-stage pipeline, 2 workers
+TARGET_RUNS_PER_S = 50.0
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "PARKED")
 STAGES = "bench.latency_stages"
 
@@ -343,7 +346,11 @@ def report(lat: dict[str, Any], thr: dict[str, Any] | None, idle: dict[str, Any]
         print(f"   {thr['completed']} runs completed, {thr['failed']} failed, {thr['lost']} not run "
               f"(quarantined or duplicate) in {thr['elapsed']:.2f} s (first file.arrived -> last "
               f"run.completed)")
-        print(f"   {rate:.1f} runs/s  ({rate * 4:.1f} stages/s)")
+        print(f"   {rate:.1f} runs/s  ({rate * 4:.1f} stages/s)   target >= {TARGET_RUNS_PER_S:g} runs/s"
+              f" on 2 cores   ratio {rate / TARGET_RUNS_PER_S:5.2f}x   "
+              f"{'ok' if rate >= TARGET_RUNS_PER_S else 'UNDER'}")
+        cpu_run = sum((cpu or 0) for _, _, _, cpu, _, _ in thr["stages"])
+        print(f"   worker CPU per run (the stages' cpu_s summed): {cpu_run * 1e3:.1f} ms")
         print(f"   a run took {thr['run_avg_s'] * 1e3:.1f} ms on average from run.started to its end"
               f" (queued {thr['queue_avg_s']:.1f} s on average before it started)")
         print("   per stage (averages): stage      wall_s in worker  cpu_s  started->ended  peak RSS")
