@@ -39,7 +39,7 @@ from .execution.interrupted import close_interrupted_runs
 from .execution.plan import CancelToken, Progress, RunPlan
 from .errors import ConfigError, ResumeRefused
 from .execution.executors import Executor
-from .execution.pool import make_executor
+from .execution.pool import run_executor
 from .logs import RunLogger
 from .resources import ResourceBudget
 from .stage import PipelineStage, StageConfig
@@ -59,7 +59,8 @@ class PipelineState(str, Enum):
     PARKED = "PARKED"
 
 
-_RUNTIME_ATTRS = ("_progress", "_cancel", "_lock", "_executor_arg", "_log", "_stage_objects")
+_RUNTIME_ATTRS = ("_progress", "_cancel", "_lock", "_executor_arg", "_log", "_stage_objects",
+                  "_stages_read", "_stages_reading", "_configs_read")
 
 
 class BasePipeline(ABC):
@@ -68,7 +69,8 @@ class BasePipeline(ABC):
     ``stage_configs`` maps stage names to :class:`StageConfig` (timeout,
     retries, validation); ``max_retries`` and ``retry_delay`` apply to stages
     that do not set their own.  ``executor`` is ``"process"`` (default: each
-    attempt in a warm worker process; timeouts really stop work),
+    attempt in a warm worker process; timeouts really stop work; the pool is the
+    process's own, kept warm across runs and shut down at exit),
     ``"inprocess"`` (threads; cannot enforce timeouts), or an Executor
     shared with other pipelines.
     """
@@ -145,8 +147,14 @@ class BasePipeline(ABC):
         wanted = self.stage_config(stage_name).prerequisites
         if wanted:
             return set(wanted)
-        stages, _ = read_stages(self)
-        i = stages.index(stage_name)
+        read = getattr(self, "_stages_read", None)  # kept while _stages_and_deps asks them all
+        if read is None:
+            stages, _ = read_stages(self)
+            read = (stages, {s: i for i, s in enumerate(stages) if isinstance(s, str)})
+            if getattr(self, "_stages_reading", False):
+                self._stages_read = read
+        stages, index = read
+        i = index[stage_name] if stage_name in index else stages.index(stage_name)
         return {stages[i - 1]} if i > 0 else set()
 
     # -- configuration ------------------------------------------------------------------
@@ -154,6 +162,15 @@ class BasePipeline(ABC):
     def stage_config(self, stage: str) -> StageConfig:
         """The effective config of a stage: its own (``stage_configs``, else its stage
         object's), else the pipeline-wide defaults."""
+        memo = getattr(self, "_configs_read", None)  # while _stages_and_deps checks them all
+        if memo is not None:
+            found = memo.get(stage)
+            if found is None:
+                found = memo[stage] = self._stage_config(stage)
+            return found
+        return self._stage_config(stage)
+
+    def _stage_config(self, stage: str) -> StageConfig:
         cfg = self.stage_configs.get(stage)
         if cfg is None and stage in self._objects():
             cfg = self._objects()[stage].config
@@ -176,8 +193,13 @@ class BasePipeline(ABC):
 
     def _stages_and_deps(self) -> tuple[list[str], dict[str, set[str]]]:
         """The stage names and each one's dependencies, checked (``pipelines.stagelist``)."""
-        stages, deps, self._stage_objects = stages_and_deps(
-            self, default_execute=type(self).execute_stage is BasePipeline.execute_stage)
+        # define_stages() is read once for all the stages' dependencies, not once per stage
+        self._stages_reading, self._stages_read, self._configs_read = True, None, {}
+        try:
+            stages, deps, self._stage_objects = stages_and_deps(
+                self, default_execute=type(self).execute_stage is BasePipeline.execute_stage)
+        finally:
+            self._stages_reading, self._stages_read, self._configs_read = False, None, None
         return stages, deps
 
     # -- running --------------------------------------------------------------------------
@@ -268,9 +290,10 @@ class BasePipeline(ABC):
                         reuse: dict[str, tuple[str, dict[str, Any]]] | None,
                         stop: threading.Event | None, grace_deadline: Any,
                         cancel: threading.Event | None) -> PipelineContext:
+        configs = {s: self.stage_config(s) for s in stages_}  # built once: each is a new object
         skips = {s: "skipped on request" for s in (skip or ())}
         skips.update({s: "disabled in the configuration" for s in stages_
-                      if not self.stage_config(s).enabled and s not in skips})
+                      if not configs[s].enabled and s not in skips})
         run = log.run(run_id)  # read under the lock: nobody else changes it now
         if run is None:
             raise ConfigError(f"run {run_id!r} was never requested")
@@ -288,7 +311,7 @@ class BasePipeline(ABC):
             pipeline_name=self.name,
             stages=stages_,
             deps=deps,
-            configs={s: self.stage_config(s) for s in stages_},
+            configs=configs,
             parallel=self.max_workers if self.parallel_stages else 1,
             params=run.params,
             duckdb_settings=self.duckdb_settings,
@@ -296,9 +319,9 @@ class BasePipeline(ABC):
             reuse=reuse or {},
         )
         self._progress = Progress(stages_)
-        own_executor = False
-        if executor is None:
-            executor, own_executor = make_executor(self._executor_arg, plan.parallel)
+        done_with = None
+        if executor is None:  # "process": the process-wide warm pool, kept for later runs
+            executor, done_with = run_executor(self._executor_arg, plan.parallel, self)
         timer = None
         if self.timeout is not None:  # the pipeline's own limit for a whole run
             from .durations import format_duration
@@ -314,8 +337,8 @@ class BasePipeline(ABC):
         finally:
             if timer is not None:
                 timer.cancel()
-            if own_executor:
-                executor.shutdown()
+            if done_with is not None:
+                done_with()
         return self._result(final)
 
     def _result(self, run: Any) -> PipelineContext:

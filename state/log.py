@@ -32,7 +32,7 @@ from .db import (
 )
 from .errors import AhgdError, EventLogError, IllegalTransition
 from .events import EVENT_TYPES, Event
-from .machine import Aggregate, Key, Run, aggregate_key, apply
+from .machine import STAGE_TYPES, Aggregate, Key, Run, aggregate_key, apply
 from .migrations import MIGRATIONS, Migration, migrate
 from . import replay
 from .replay import CheckReport
@@ -226,6 +226,9 @@ class EventLog:
                 self._data_version = version
             stored: list[Event] = []
             touched: dict[Key, tuple[Aggregate | None, Aggregate]] = {}
+            # per run: the stages its stage events named (None once a run-level event came):
+            # only their attempts can have changed
+            named: dict[Key, set[str] | None] = {}
             for e, payload in prepared:
                 # the aggregate as it was before this event (loaded before the event's row is
                 # written: an aggregate kept only in the log, a pause, must not see it)
@@ -246,8 +249,14 @@ class EventLog:
                 original, current = touched[key]
                 touched[key] = (original, apply(current, ev))
                 stored.append(ev)
-            for original, new in touched.values():
-                P.save_txn(conn, original, new)
+                if e.type in STAGE_TYPES and e.stage:
+                    stages = named.setdefault(key, set())
+                    if stages is not None:
+                        stages.add(e.stage)
+                else:
+                    named[key] = None
+            for key, (original, new) in touched.items():
+                P.save_txn(conn, original, new, named.get(key))
         except sqlite3.Error as exc:
             rollback(conn)
             self._cache.clear()

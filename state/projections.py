@@ -210,10 +210,15 @@ def load_txn(conn: sqlite3.Connection, key: Key) -> Aggregate | None:
     raise ValueError(f"unknown aggregate kind {kind!r}")
 
 
-def save_txn(conn: sqlite3.Connection, old: Aggregate | None, new: Aggregate) -> None:
-    """Write the rows that changed between ``old`` and ``new``."""
+def save_txn(conn: sqlite3.Connection, old: Aggregate | None, new: Aggregate,
+             stages: Iterable[str] | None = None) -> None:
+    """Write the rows that changed between ``old`` and ``new``.
+
+    ``stages``: for a run changed by stage events only, the stages they named (a stage
+    event changes its own stage's attempt and nothing else): the others are not compared.
+    """
     if isinstance(new, Run):
-        _save_run_txn(conn, old, new)  # type: ignore[arg-type]
+        _save_run_txn(conn, old, new, stages)  # type: ignore[arg-type]
     elif isinstance(new, FileRecord):
         conn.execute(INSERT["files"], tuple(new))
     elif isinstance(new, ScheduleRecord):
@@ -232,12 +237,16 @@ def save_txn(conn: sqlite3.Connection, old: Aggregate | None, new: Aggregate) ->
         raise TypeError(f"not an aggregate: {type(new).__name__}")
 
 
-def _save_run_txn(conn: sqlite3.Connection, old: Run | None, new: Run) -> None:
+def _save_run_txn(conn: sqlite3.Connection, old: Run | None, new: Run,
+                  stages: Iterable[str] | None = None) -> None:
     # fields 0..13 are the run's own columns; 14 is the attempts
     if old is None or old[:14] != new[:14]:
         conn.execute(INSERT["runs"], run_row(new))
     old_attempts = old.attempts if old is not None else {}
-    for stage, att in new.attempts.items():
+    attempts = new.attempts
+    changed = attempts.items() if stages is None or old is None else (
+        (s, attempts[s]) for s in stages if s in attempts)
+    for stage, att in changed:
         if old_attempts.get(stage) is not att:
             conn.execute(INSERT["stage_runs"], attempt_row(att))
 

@@ -10,6 +10,7 @@ says the run has already done.
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import socket
@@ -107,6 +108,11 @@ class _Execution:
         self.completed: dict[str, tuple[int, dict[str, Any]]] = {}
         self.checks = OutputChecks(engine.state_dir, engine.log)
         self.invalidations: dict[str, int] = {}
+        self._ancestor_sets: dict[str, set[str]] = {}
+        #: done stages whose output is a file (what the checks before each stage look at)
+        self.on_disk: set[str] = set()
+        #: every stage before this index of the plan is done (where _launch_ready looks first)
+        self._scan_from = 0
         self.failed: tuple[str, str] | None = None
         #: a ready stage is waiting for a worker slot or resource budget
         self.waiting = False
@@ -197,6 +203,7 @@ class _Execution:
             if att.state in DONE_STAGE_STATES:
                 self.done.add(stage)
                 self.outputs[stage] = att.output
+                self._note_output(stage, att.output)
                 self.completed[stage] = (att.attempt, att.info())
                 self.progress.stage(stage, state=att.state, attempts=att.attempt)
             elif att.state == StageState.RETRYING:
@@ -220,6 +227,7 @@ class _Execution:
                                           from_run=from_run, output=ref, rows=rows), durable=False)
                 self.done.add(stage)
                 self.outputs[stage] = ref
+                self._note_output(stage, ref)
                 self.completed[stage] = (0, {"from_run": from_run, "rows": rows})
                 self.checks.trust(ref)  # checked in full when the resume was planned
                 self.progress.stage(stage, state=StageState.COMPLETED)
@@ -234,7 +242,9 @@ class _Execution:
 
     def _invalidate_bad(self, readable: set[str]) -> bool:
         """Invalidate the done stages whose output, read by ``readable``, is gone or altered."""
-        bad = self.checks.bad_outputs(self.plan.stages, self.done, self.outputs, readable,
+        # only outputs kept in files can go bad (an inline value is in the log itself)
+        bad = self.checks.bad_outputs(self.plan.stages, self.done, self.outputs,
+                                      readable & self.on_disk,
                                       self.plan.run_id)
         if self.failed is None and any(m.removed for m in bad.values()):
             self.failed = refused_by_retention(self.log, self.engine.state_dir, self.plan,
@@ -244,7 +254,9 @@ class _Execution:
             attempt, info = self.completed.pop(stage, (0, {}))
             self._pending.append(invalidated(self.plan.run_id, stage, attempt, info,
                                              self.outputs.pop(stage) or {}, mismatch))
+            self.on_disk.discard(stage)
             self.done.discard(stage)
+            self._scan_from = 0
             self.next_attempt[stage] = attempt + 1
             self.progress.stage(stage, state=StageState.INVALIDATED, error=mismatch.message)
             self.invalidations[stage] = n = self.invalidations.get(stage, 0) + 1
@@ -253,6 +265,26 @@ class _Execution:
         if bad:  # committed before the next attempt starts: one commit keeps one row per stage
             self._flush()
         return bool(bad)
+
+    def _ancestors(self, stage: str) -> set[str]:
+        """The stages ``stage`` may read (the plan's dependencies do not change: kept, and
+        built from its dependencies' own sets when those are known)."""
+        known = self._ancestor_sets
+        found = known.get(stage)
+        if found is None:
+            deps = self.plan.deps.get(stage, ())
+            if all(d in known for d in deps):
+                found = set(deps).union(*(known[d] for d in deps))
+            else:
+                found = ancestors([stage], self.plan.deps)
+            known[stage] = found
+        return found
+
+    def _note_output(self, stage: str, ref: dict[str, Any] | None) -> None:
+        if ref and ref.get("path"):
+            self.on_disk.add(stage)
+        else:
+            self.on_disk.discard(stage)
 
     def _ready(self, stage: str) -> bool:
         if stage in self.done or any(r.stage == stage for r in self.running.values()):
@@ -263,12 +295,16 @@ class _Execution:
 
     def _launch_ready(self) -> None:
         self.waiting = False
-        for stage in self.plan.stages:
+        stages, done, i = self.plan.stages, self.done, self._scan_from
+        while i < len(stages) and stages[i] in done:  # the stages before i are all done
+            i += 1
+        self._scan_from = i
+        for stage in itertools.islice(stages, i, None):
             if len(self.running) >= self.plan.parallel:
                 return
             if not self._ready(stage):
                 continue
-            if self._invalidate_bad(ancestors([stage], self.plan.deps)):
+            if self._invalidate_bad(self._ancestors(stage)):
                 return self._launch_ready() if self.failed is None else None  # from the top
             if stage in self.last_stages and not self.turn.mine():
                 self.waiting = True
@@ -303,8 +339,10 @@ class _Execution:
         self._pending.append(new_event(T.STAGE_STARTED, self.plan.run_id, stage=stage, attempt=attempt))
         self._flush()
         self.tries[stage] = self.tries.get(stage, 0) + 1
+        outputs = self.outputs  # the outputs of exactly the done stages, in the usual case
         task = self.plan.task(stage, attempt, self.engine.state_dir,
-                              {s: self.outputs.get(s) for s in self.done})
+                              dict(outputs) if len(outputs) == len(self.done)
+                              else {s: outputs.get(s) for s in self.done})
         executor = self._executor_for(cfg)
         future = executor.submit(self.plan.pipeline, task)
         self.running[future] = _Running(stage, attempt, future, executor)
@@ -373,6 +411,7 @@ class _Execution:
             self._pending_durable = True
             self.done.add(stage)
             self.outputs[stage] = outcome.output
+            self._note_output(stage, outcome.output)
             self.completed[stage] = (attempt, payload)
             self.checks.trust(outcome.output)
             self.progress.stage(stage, state=StageState.COMPLETED, error=None)

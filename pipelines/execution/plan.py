@@ -55,6 +55,7 @@ class RunPlan:
              upstream: dict[str, dict[str, Any] | None]) -> StageTask:
         """What a worker needs to run ``attempt`` of ``stage``, given the outputs done so far."""
         cfg = self.configs[stage]
+        deps = self.deps.get(stage, set())
         return StageTask(
             run_id=self.run_id,
             pipeline_name=self.pipeline_name,
@@ -63,7 +64,8 @@ class RunPlan:
             state_dir=str(state_dir),
             params=self.params,
             upstream=upstream,
-            input_stages=tuple(s for s in self.stages if s in self.deps.get(stage, set())),
+            input_stages=(tuple(deps) if len(deps) < 2  # else in the plan's order
+                          else tuple(s for s in self.stages if s in deps)),
             rules=cfg.validation_rules,
             config_dir=str(cfg.base_dir) if cfg.base_dir else None,
             duckdb_settings=self.duckdb_settings,

@@ -11,13 +11,16 @@ for their ``sys.path``).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import pickle
 import socket
 import subprocess
+import sys
 import threading
 import time
+import weakref
 from collections import deque
 from concurrent.futures import Future
 from multiprocessing.connection import Connection, wait
@@ -29,7 +32,10 @@ from .executors import Executor, InProcessExecutor
 from .poolparts import _Job, _Worker, describe_exit
 from .runner import HOSTNAME, Outcome, StageTask
 
-__all__ = ["ProcessExecutor", "describe_exit", "make_executor"]
+_MISSING = object()
+
+__all__ = ["ProcessExecutor", "acquire_shared", "describe_exit", "make_executor", "release_shared",
+           "run_executor", "shutdown_shared"]
 
 
 class ProcessExecutor(Executor):
@@ -55,6 +61,8 @@ class ProcessExecutor(Executor):
         self._ids = itertools.count(1)
         self._want = 0  # workers to keep started even when idle (prestart)
         self._generation = 0  # bumped by renew(): workers of older ones take no new work
+        #: id(pipeline) -> (weakref to it, the execution's params, pickled pipeline, key)
+        self._pickled: dict[int, tuple[Any, Any, bytes, str]] = {}
         self._wake_r, self._wake_w = socket.socketpair()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="ahgd-workers", daemon=True)
@@ -64,6 +72,11 @@ class ProcessExecutor(Executor):
 
     def submit(self, pipeline: Any, task: StageTask) -> Future:
         fork = getattr(type(pipeline), "__module__", "") == "__main__"
+        # pickled once per execution of a run, not once per attempt: the tasks of one execution
+        # share its params dict (a retry or a later run, read from the log, has its own)
+        kept = self._pickled.get(id(pipeline))
+        if kept is not None and kept[0]() is pipeline and kept[1] is task.params:
+            return self.submit_pickled(kept[2], kept[3], task, fork=fork)
         try:
             blob = pickle.dumps(pipeline, protocol=5)
         except Exception as exc:
@@ -76,7 +89,15 @@ class ProcessExecutor(Executor):
                        "locks, open files) out of the pipeline's attributes, or run it with "
                        "executor='inprocess'")))
             return future
-        return self.submit_pickled(blob, f"{id(pipeline)}:{hash(blob)}", task, fork=fork)
+        key = f"{id(pipeline)}:{hash(blob)}"
+        with self._lock:
+            if len(self._pickled) >= 64:  # runs that ended long ago
+                self._pickled.pop(next(iter(self._pickled)))
+            try:
+                self._pickled[id(pipeline)] = (weakref.ref(pipeline), task.params, blob, key)
+            except TypeError:  # no weak references to it: pickled for every attempt
+                pass
+        return self.submit_pickled(blob, key, task, fork=fork)
 
     def submit_pickled(self, blob: bytes, key: str, task: StageTask, *,
                        fork: bool = False) -> Future:
@@ -88,7 +109,18 @@ class ProcessExecutor(Executor):
         with self._lock:
             if self._closed:
                 raise RuntimeError("this ProcessExecutor has been shut down")
-            self._queue.append(job)
+            worker = None if self._queue else next(
+                (w for w in self._workers if w.job is None and w.fork == fork and w.ready
+                 and w.generation == self._generation), None)
+            if worker is None:
+                self._queue.append(job)
+            else:  # a warm worker is idle: send it the attempt now, without a hop through the
+                # dispatcher thread (which already waits on that worker's connection)
+                self._start_job(worker, job)
+                if job.worker is worker and job.deadline is None:
+                    return future
+                # a deadline for the dispatcher to watch, or that worker had died and
+                # _start_job queued the attempt again: the dispatcher takes it from here
         self._wake()
         return future
 
@@ -285,9 +317,23 @@ class ProcessExecutor(Executor):
 
     def _start_job(self, worker: _Worker, job: _Job) -> None:
         blob = None if worker.pipeline_key == job.key else job.blob
+        task, gone = job.task, None
+        sent = worker.upstream
+        if sent is not None and sent[0] is task.params and sent[1] == task.run_id:
+            # the worker holds the upstream outputs of this execution's previous attempt: send
+            # what changed (the stages done since), not every output again
+            before, now = sent[2], task.upstream
+            gone = list(before.keys() - now.keys())
+            task = dataclasses.replace(task, upstream={
+                s: ref for s, ref in now.items() if before.get(s, _MISSING) is not ref})
         try:
-            worker.conn.send(("run", job.task_id, job.key, blob, job.task))
+            worker.conn.send(("run", job.task_id, job.key, blob, task, gone))
+            worker.upstream = (job.task.params, job.task.run_id, job.task.upstream)
         except (OSError, BrokenPipeError):
+            if worker.ready:  # a warm worker died while idle: the attempt never began in it,
+                self._worker_died(worker, None)  # so it waits for another worker instead
+                self._queue.appendleft(job)
+                return
             self._worker_died(worker, job)
             return
         worker.job = job  # pipeline_key changes once the worker says it loaded it (_receive)
@@ -362,12 +408,162 @@ class ProcessExecutor(Executor):
             self._retire(worker)
 
 
+# --------------------------------------------------------------------------- the shared pool
+
+
+class _Shared:
+    """One process-wide warm pool: who uses it, and what it was started for."""
+
+    def __init__(self, key: tuple, executor: ProcessExecutor):
+        self.key = key                  # (max_workers, working directory, environment)
+        self.executor = executor
+        self.users = 0
+        self.code: dict[str, tuple[Any, Any]] = {}   # pipeline class -> (weakref, file stat)
+
+
+_shared_lock = threading.Lock()
+_shared: dict[int, _Shared] = {}        # by max_workers
+_retired: list[_Shared] = []            # replaced while a run still used them
+_atexit_registered = False
+
+
+def _spawn_key(max_workers: int) -> tuple:
+    """What a worker takes from us when it starts: a pool started under other ones is not
+    reused (a script that changed directory, ``sys.path`` or the environment)."""
+    env = child_env(None)
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        cwd = ""
+    return (max_workers, cwd, tuple(sorted(env.items())))
+
+
+def _code_of(cls: type) -> tuple[str, Any, Any]:
+    """``(name, weakref to the class, stat of its module's file)``: a class defined again
+    (``importlib.reload``, a notebook cell run again) or a module file changed on disk makes
+    the shared pool's workers stale."""
+    module = sys.modules.get(cls.__module__)
+    where = getattr(module, "__file__", None)
+    try:
+        st = os.stat(where) if where else None
+        stat = (st.st_mtime_ns, st.st_size, st.st_ino) if st else None
+    except OSError:
+        stat = None
+    try:
+        ref = weakref.ref(cls)
+    except TypeError:  # pragma: no cover - classes take weak references
+        ref = None
+    return f"{cls.__module__}.{cls.__qualname__}", ref, stat
+
+
+def acquire_shared(max_workers: int, pipeline: Any = None) -> ProcessExecutor:
+    """The process-wide warm pool of ``max_workers`` workers, kept across ``run()`` calls.
+
+    Started on first use, shut down at interpreter exit (and forgotten in a forked child).
+    A pool whose dispatcher has stopped, or that was started with another working directory
+    or environment, is replaced; when ``pipeline``'s class was defined again or its module
+    changed on disk since the pool last ran it, the pool's workers are renewed (as the
+    daemon's reload renews its own) so that no attempt runs stale code.  Give it back with
+    :func:`release_shared`.
+    """
+    global _atexit_registered
+    key = _spawn_key(max_workers)
+    with _shared_lock:
+        entry = _shared.get(max_workers)
+        if entry is not None and (entry.key != key or entry.executor._closed
+                                  or not entry.executor._thread.is_alive()):
+            del _shared[max_workers]
+            _retire_shared(entry)
+            entry = None
+        if entry is None:
+            entry = _shared[max_workers] = _Shared(key, ProcessExecutor(max_workers))
+            if not _atexit_registered:
+                import atexit
+
+                atexit.register(shutdown_shared)
+                _atexit_registered = True
+        if pipeline is not None:
+            name, ref, stat = _code_of(type(pipeline))
+            seen = entry.code.get(name)
+            if seen is not None and (seen[0] is None or seen[0]() is not type(pipeline)
+                                     or seen[1] != stat):
+                entry.executor.renew()
+            entry.code[name] = (ref, stat)
+        entry.users += 1
+        return entry.executor
+
+
+def release_shared(executor: Executor) -> None:
+    """A run is done with a pool from :func:`acquire_shared`; a replaced one shuts down once
+    no run uses it."""
+    stop = None
+    with _shared_lock:
+        for entry in [*_shared.values(), *_retired]:
+            if entry.executor is executor:
+                entry.users = max(0, entry.users - 1)
+                if entry in _retired and entry.users == 0:
+                    _retired.remove(entry)
+                    stop = entry.executor
+                break
+    if stop is not None:
+        stop.shutdown()
+
+
+def _retire_shared(entry: _Shared) -> None:
+    """Under ``_shared_lock``: stop ``entry``'s pool now if unused, else when released."""
+    if entry.users == 0:
+        threading.Thread(target=entry.executor.shutdown, name="ahgd-pool-stop", daemon=True).start()
+    else:
+        _retired.append(entry)
+
+
+def shutdown_shared() -> None:
+    """Stop every shared pool (at interpreter exit; tests)."""
+    with _shared_lock:
+        entries = [*_shared.values(), *_retired]
+        _shared.clear()
+        _retired.clear()
+    for entry in entries:
+        entry.executor.shutdown()
+
+
+def _forget_shared_in_child() -> None:
+    # a forked child has none of the pools' threads: their workers are the parent's
+    global _shared_lock, _shared, _retired
+    _shared_lock = threading.Lock()
+    _shared = {}
+    _retired = []
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_shared_in_child)
+
+
+def run_executor(kind: str | Executor | None, max_workers: int,
+                 pipeline: Any = None) -> tuple[Executor, Callable[[], None]]:
+    """The executor a run uses when given a name, and what to call when the run is done.
+
+    ``"process"``: the shared warm pool (:func:`acquire_shared`); ``"inprocess"``: threads
+    of this run's own; an Executor: itself, left as it is."""
+    if isinstance(kind, Executor):
+        return kind, lambda: None
+    name = (kind or "process").lower()
+    if name in _PROCESS_NAMES:
+        executor = acquire_shared(max_workers, pipeline)
+        return executor, lambda: release_shared(executor)
+    own, _ = make_executor(kind, max_workers)
+    return own, own.shutdown
+
+
+_PROCESS_NAMES = ("process", "processes", "worker", "workers")
+
+
 def make_executor(kind: str | Executor | None, max_workers: int) -> tuple[Executor, bool]:
     """An executor from a name; the bool says whether the caller owns (and closes) it."""
     if isinstance(kind, Executor):
         return kind, False
     name = (kind or "process").lower()
-    if name in ("process", "processes", "worker", "workers"):
+    if name in _PROCESS_NAMES:
         return ProcessExecutor(max_workers), True
     if name in ("inprocess", "in-process", "thread", "threads"):
         return InProcessExecutor(max_workers), True

@@ -27,6 +27,9 @@ class _Worker:
     job: "_Job | None" = None
     ready: bool = False
     generation: int = 0  # the pool's generation when it started (renew() retires older ones)
+    #: (params, run_id, upstream outputs) of the last attempt sent: the next one of the same
+    #: execution sends only what changed (pool._start_job, worker.serve)
+    upstream: Any = None
 
     @property
     def sentinel(self) -> int:

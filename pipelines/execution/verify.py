@@ -91,9 +91,11 @@ class OutputChecks:
         """The done stages to invalidate, in ``stages`` order, each with its mismatch: those
         whose output file, read by one of ``readable``, fails its check, and every other done
         stage whose recorded output is that same file (a passthrough)."""
-        bad = {str(m.path) for s in stages if s in readable and s in done
+        bad = {str(m.path) for s in readable if s in done
                if (m := self.check(outputs.get(s), stage=s, run_id=run_id)) is not None}
         out: dict[str, Mismatch] = {}
+        if not bad:
+            return out
         for s in stages:
             ref = outputs.get(s) if s in done else None
             if ref and str(ref.get("path")) in bad:

@@ -8,9 +8,14 @@ could not import them).
 
 Protocol over a ``multiprocessing.connection.Connection``::
 
-    parent -> worker: ("run", task_id, pipeline_key, pipeline_blob_or_None, task)
+    parent -> worker: ("run", task_id, pipeline_key, pipeline_blob_or_None, task, gone)
     worker -> parent: ("ready", pid) once, then ("done", task_id, outcome, loaded_key) per task
     parent -> worker: ("stop",)
+
+``gone`` is None when ``task.upstream`` holds every upstream output; otherwise
+it holds only those that changed since the previous task (of the same
+execution of the same run), and ``gone`` lists the stages whose outputs were
+dropped since (invalidated).
 
 ``loaded_key`` is the key of the pipeline the worker holds after the task
 (None when loading it failed): the parent sends the blob again until the
@@ -47,6 +52,7 @@ def serve(conn: Connection) -> None:
         configure_logging(json_lines=fmt == "json", level=os.environ.get("AHGD_LOG_LEVEL", "info"),
                           stream=capture.original_stdout() if capture is not None else None)
     pipelines: dict[str, Any] = {}
+    held: dict[str, Any] = {}  # the previous task's upstream outputs
     conn.send(("ready", os.getpid()))
     while True:
         try:
@@ -55,7 +61,15 @@ def serve(conn: Connection) -> None:
             return
         if message[0] == "stop":
             return
-        _, task_id, key, blob, task = message
+        _, task_id, key, blob, task, *rest = message
+        gone = rest[0] if rest else None
+        if gone is not None:  # only what changed since the previous task: merge it in
+            upstream = dict(held)
+            for stage in gone:
+                upstream.pop(stage, None)
+            upstream.update(task.upstream)
+            task.upstream = upstream
+        held = task.upstream
         try:
             if blob is not None:
                 pipelines.clear()  # keep one pipeline object: workers are shared
