@@ -11,8 +11,10 @@ The header is looked for in the first :data:`PROBE_ROWS` rows (streamed for an
 cells, merged across the columns they head (``Ranking within Australia`` over
 ``Rank | Decile | Percentile``), are joined to each cell below them; the rows
 above the header are the table's title, whose words help name columns that
-say too little by themselves (``Score``).  Loading reads the whole sheet with
-fastexcel (Rust: calamine, and Arrow), keeps only the columns asked for, and
+say too little by themselves (``Score``).  Loading reads the sheet with
+fastexcel (Rust: calamine, and Arrow): whole, or for an ``.xlsx`` sheet of more
+than 64 MiB of XML a piece at a time (:mod:`pipelines.tables.xlsxstream`), keeps
+only the columns asked for, and
 drops the rows below the header that are not data: empty rows, and notes,
 footnotes and copyright lines (a row with fewer than two cells filled).
 Numbers stored as numbers arrive as text written exactly (``4343``, ``583.7``);
@@ -22,13 +24,14 @@ numbers stored as text arrive as written.
 from __future__ import annotations
 
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..context import quote
 from ..errors import InputError
-from . import files, xlsxrows
+from . import files, xlsxrows, xlsxstream
 
 PROBE_ROWS = 60
 _NUMBER = re.compile(r"^\s*[-+]?(\d{1,3}(,\d{3})+|\d+)?(\.\d+)?([eE][-+]?\d+)?\s*%?\s*$")
@@ -114,38 +117,91 @@ class Workbook:
               table: str, *, create: bool) -> int:
         """Load the sheet's rows from ``data_row`` (1-based) into ``table`` (VARCHAR columns
         named by ``columns``: absolute position -> name), dropping rows that are not data;
-        returns the rows dropped."""
+        returns the rows dropped.  An ``.xlsx`` sheet larger than
+        :func:`~pipelines.tables.xlsxstream.stream_bytes` is read in pieces."""
         wanted = set(columns)
-        loaded = self.reader().load_sheet(
-            sheet, header_row=None, skip_rows=data_row - 1, schema_sample_rows=None,
-            dtype_coercion="coerce", use_columns=lambda c: c.absolute_index in wanted)
-        info = {c.absolute_index: c for c in loaded.selected_columns}
-        exprs = []
-        for pos, name in columns.items():
-            c = info.get(pos)
-            exprs.append(f"{_as_text(quote(c.name), c.dtype) if c else 'NULL::VARCHAR'} "
-                         f"AS {quote(name)}")
-        view = f"_ahgd_sheet_{abs(hash((sheet, table))) % 10**8}"
-        con.register(view, loaded)
+        options = {"schema_sample_rows": None, "dtype_coercion": "coerce",
+                   "use_columns": lambda c: c.absolute_index in wanted}
+        if self.kind == "xlsx" and self._sheet_size(sheet) > xlsxstream.stream_bytes():
+            try:
+                return self._stage_pieces(con, sheet, data_row, columns, table, create, options)
+            except xlsxstream.Unsupported:
+                pass     # written in a way the piece reader does not take: read it whole
+        loaded = self.reader().load_sheet(sheet, header_row=None, skip_rows=data_row - 1,
+                                          **options)
         try:
-            body = f"SELECT {', '.join(exprs)} FROM {quote(view)}"
-            filled = " + ".join(f"(CASE WHEN {quote(n)} IS NULL THEN 0 ELSE 1 END)"
-                                for n in columns.values())
-            keep = f"({filled}) >= 2" if len(columns) > 1 else "TRUE"
-            count = f"SELECT count(*) FROM {table}"
-            before = 0 if create else con.execute(count).fetchall()[0][0]
-            if create:
-                con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT * FROM ({body}) "
-                            f"WHERE {keep}")
-            else:
-                con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM ({body}) WHERE {keep}")
-            # counted in the table, not by reading the sheet's Arrow data a second time
-            kept = con.execute(count).fetchall()[0][0] - before
-            total = loaded.height
+            total, kept = loaded.height, _append(con, loaded, columns, table, create)
         finally:
-            con.unregister(view)
             del loaded
         return total - kept
+
+    def _sheet_size(self, sheet: str) -> int:
+        with self._stream() as book:
+            try:
+                return xlsxstream.sheet_size(book, sheet)
+            except (KeyError, OSError, ValueError, zipfile.BadZipFile):
+                return 0     # fastexcel says what is wrong with it
+
+    def _stage_pieces(self, con: Any, sheet: str, data_row: int, columns: dict[int, str],
+                      table: str, create: bool, options: dict[str, Any]) -> int:
+        """:meth:`stage` a piece at a time; a piece the reader does not take (raising
+        Unsupported) leaves ``table`` as it was, for the caller to read the sheet whole."""
+        count = f"SELECT count(*) FROM {table}"
+        before = None if create else con.execute(count).fetchall()[0][0]
+        total = kept = 0
+        made = False
+        try:
+            with self._stream() as book:
+                for _piece, loaded in xlsxstream.sheet_pieces(book, sheet, data_row, **options):
+                    kept += _append(con, loaded, columns, table, create=create and not made)
+                    total += loaded.height
+                    made = True
+                    del loaded
+            if not made:
+                raise xlsxstream.Unsupported("no rows below the header")   # read it whole
+        except xlsxstream.Unsupported:
+            if made and create:
+                con.execute(f"DROP TABLE IF EXISTS {table}")
+            elif made:       # only ever appended to: its rows after ``before`` are this sheet's
+                con.execute(f"DELETE FROM {table} WHERE rowid >= {int(before)}")
+            raise
+        except Exception as exc:
+            import fastexcel
+
+            if not isinstance(exc, fastexcel.FastExcelError):
+                raise
+            # fastexcel's own errors: a piece of the sheet is not what it should be
+            raise InputError(f"sheet {sheet!r} of {self.label} cannot be read "
+                             f"({_first_line(exc)}); save it again as .xlsx") from None
+        return total - kept
+
+
+def _append(con: Any, loaded: Any, columns: dict[int, str], table: str, create: bool) -> int:
+    """Appends the rows of ``loaded`` (a fastexcel sheet) that fill two or more of
+    ``columns`` to ``table`` (created when ``create``), each cell as text; the rows kept."""
+    info = {c.absolute_index: c for c in loaded.selected_columns}
+    exprs = []
+    for pos, name in columns.items():
+        c = info.get(pos)
+        exprs.append(f"{_as_text(quote(c.name), c.dtype) if c else 'NULL::VARCHAR'} "
+                     f"AS {quote(name)}")
+    view = f"_ahgd_sheet_{abs(hash((id(loaded), table))) % 10**8}"
+    con.register(view, loaded)
+    try:
+        body = f"SELECT {', '.join(exprs)} FROM {quote(view)}"
+        filled = " + ".join(f"(CASE WHEN {quote(n)} IS NULL THEN 0 ELSE 1 END)"
+                            for n in columns.values())
+        keep = f"({filled}) >= 2" if len(columns) > 1 else "TRUE"
+        if create:
+            done = con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT * FROM "
+                               f"({body}) WHERE {keep}")
+        else:
+            done = con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM ({body}) "
+                               f"WHERE {keep}")
+        # the rows written, as the statement counts them: not read from the table again
+        return done.fetchall()[0][0]
+    finally:
+        con.unregister(view)
 
 
 def _as_text(col: str, dtype: str) -> str:

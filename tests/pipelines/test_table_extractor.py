@@ -196,6 +196,59 @@ def test_a_spreadsheet_that_cannot_be_streamed_is_left_to_the_run_when_large(tmp
     assert source.identify(big, AllColumns(), whole_file=False)["columns"] == ["area", "deaths"]
 
 
+def test_a_sheet_over_the_streaming_size_loads_in_pieces_the_rows_fastexcel_gives(
+        tmp_path, monkeypatch):
+    """A large .xlsx sheet is read in pieces (here: over 0 bytes, pieces of 16 KiB); the
+    rows are those the whole sheet gives through fastexcel: the title row, the two-line
+    header, codes as text, numbers, dates, NULL markers, an empty row, the footnote and the
+    copyright line below all read as before, and every row once across the pieces."""
+    import datetime
+    import itertools
+
+    from pipelines.tables import xlsxstream
+    from pipelines.tables.sheets import Workbook
+
+    rows = [r for r in DEATHS[:5]]
+    rows[3] = ["Area code", "Area", "Deaths", None, "Note", "Updated"]
+    for i in range(2500):
+        code = f"{i:04d}" if i % 3 else i + 10000       # text with leading zeros, a number
+        deaths = "n.p." if i % 97 == 0 else (i * 7 if i % 2 else f"{i * 7:,}")
+        rows.append([code, f"Area {i % 40}", deaths, round(i / 7, 3) if i % 11 else "..",
+                     None, datetime.datetime(2024, 1, 1 + i % 28, 0 if i % 5 else 9)])
+        if i == 1200:
+            rows.append([])
+    rows += [[], ["n.p. not published. Rates are age-standardised."],
+             ["© Commonwealth of Australia 2024"]]
+    path = book(tmp_path / "deaths.xlsx", {"Contents": [["Contents"]], "Deaths": rows},
+                merge="C4:D4")
+    mapping = ("{columns: {area: 1, name: Area, deaths: Deaths Number, rate: 4, updated: 6}, "
+               "sheet: Deaths}")
+    whole = load(tmp_path, path, mapping, "whole")
+    monkeypatch.setenv("AHGD_XLSX_STREAM_BYTES", "0")
+    monkeypatch.setenv("AHGD_XLSX_PIECE_BYTES", str(16 << 10))
+    monkeypatch.setattr(xlsxstream, "RENUMBER_AFTER", 1000)   # pieces after row 1000: from 1
+    pieces = load(tmp_path, path, mapping, "pieces")
+    assert len(whole[0]) == 2500 and pieces == whole
+    assert ("0001", "Area 1", 7, 0.143, "2024-01-02") in whole[0]
+    with open(path, "rb") as f:
+        got = [(p.first, p.last, p.skip_rows, loaded.height) for p, loaded in
+               xlsxstream.sheet_pieces(f, "Deaths", 6, size=16 << 10)]
+    assert len(got) > 5 and got[0][:3] == (6, got[0][1], 5) and got[-1][2] == 0
+    assert all(b[0] == a[1] + 1 for a, b in itertools.pairwise(got))
+    assert sum(h for *_x, h in got) == len(rows) - 5     # every row from 6 to the last, once
+    # a sheet the piece reader does not take is read whole, with the same rows
+    con = duckdb.connect()
+    odd = tmp_path / "odd.xlsx"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(odd, "w") as out:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename == "xl/worksheets/sheet2.xml":
+                data = data.replace(b'<row r="', b'<row spans="1:6" r="')
+            out.writestr(item, data)
+    dropped = Workbook(odd).stage(con, "Deaths", 6, {0: "area", 2: "deaths"}, "t", create=True)
+    assert dropped == 4 and con.execute("SELECT count(*) FROM t").fetchone()[0] == 2500
+
+
 def test_bundled_drop_folders_take_spreadsheets_and_compressed_files(tmp_path):
     from ahgd_daemon.dropfolder import Folder, glob_alternatives
     from pipelines.config import load_config
