@@ -113,38 +113,37 @@ def sqlite_floor(path: Path, n: int) -> list[float]:
     return times
 
 
-def time_run(cls: type, n: int, state_dir: Path, executor: Any) -> float:
-    """Wall seconds of one run of an n-stage chain; raises unless it completed."""
-    pipeline = cls(n, state_dir=state_dir, executor=executor if isinstance(executor, str) else "process")
+def _timed(pipeline: Any, n: int, executor: Any = None, *, cold: bool = False) -> float:
+    """Wall seconds of ``pipeline.run()`` (on a pool started for it and shut down after it
+    when ``cold``); raises unless the n-stage chain completed."""
     try:
         t0 = time.perf_counter()
-        ctx = pipeline.run(executor=None if isinstance(executor, str) else executor)
+        if cold:
+            from pipelines.execution.pool import ProcessExecutor
+
+            executor = ProcessExecutor(1)
+        try:
+            ctx = pipeline.run(executor=executor)
+        finally:
+            if cold:
+                executor.shutdown()
         elapsed = time.perf_counter() - t0
     finally:
         pipeline.close()
     if ctx.state != "COMPLETED":
         raise SystemExit(f"the {n}-stage chain ended {ctx.state} at stage {ctx.failed_stage}: {ctx.error}")
     return elapsed
+
+
+def time_run(cls: type, n: int, state_dir: Path, executor: Any) -> float:
+    """Wall seconds of one run of an n-stage chain; raises unless it completed."""
+    pipeline = cls(n, state_dir=state_dir, executor=executor if isinstance(executor, str) else "process")
+    return _timed(pipeline, n, None if isinstance(executor, str) else executor)
 
 
 def time_cold(cls: type, n: int, state_dir: Path) -> float:
     """Wall seconds of one run on a pool started for it and shut down after it."""
-    from pipelines.execution.pool import ProcessExecutor
-
-    pipeline = cls(n, state_dir=state_dir)
-    try:
-        t0 = time.perf_counter()
-        executor = ProcessExecutor(1)
-        try:
-            ctx = pipeline.run(executor=executor)
-        finally:
-            executor.shutdown()
-        elapsed = time.perf_counter() - t0
-    finally:
-        pipeline.close()
-    if ctx.state != "COMPLETED":
-        raise SystemExit(f"the {n}-stage chain ended {ctx.state} at stage {ctx.failed_stage}: {ctx.error}")
-    return elapsed
+    return _timed(cls(n, state_dir=state_dir), n, cold=True)
 
 
 def chain_figures(cls: type, sizes: list[int], repeat: int, state_dir: Path, executor: Any) -> dict[int, list[float]]:

@@ -47,16 +47,35 @@ class Unsupported(Exception):
     """The sheet is written in a way the piece reader does not take."""
 
 
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def env_size(name: str, default: int) -> int:
+    """A size in bytes from the environment variable ``name`` (``67108864``, ``64M``, ``4G``),
+    else ``default``.  A value that is no size is said once in the log, naming the variable
+    and what it takes, and the default is used: a typo there must not fail a run."""
+    value = os.environ.get(name, "").strip().upper().removesuffix("B").removesuffix("I")
+    if not value:
+        return default
+    digits, unit = (value[:-1], value[-1]) if value[-1] in _UNITS else (value, "")
+    if digits.isdigit():
+        return int(digits) * _UNITS[unit]
+    logging.getLogger(__name__).warning(
+        "%s=%r is not a size; using %d bytes. Give bytes (67108864) or a size with K, M or G "
+        "(64M, 4G), or unset it (this is the environment's setting, not the file's fault)",
+        name, os.environ.get(name), default)
+    return default
+
+
 def stream_bytes() -> int:
-    """The size above which a sheet is read in pieces (see :data:`STREAM_BYTES`)."""
-    value = os.environ.get("AHGD_XLSX_STREAM_BYTES", "")
-    return int(value) if value.strip().isdigit() else STREAM_BYTES
+    """The size above which a sheet is read in pieces (see :data:`STREAM_BYTES`;
+    ``AHGD_XLSX_STREAM_BYTES`` overrides it)."""
+    return env_size("AHGD_XLSX_STREAM_BYTES", STREAM_BYTES)
 
 
 def piece_bytes() -> int:
     """The XML of one piece (see :data:`PIECE_BYTES`; ``AHGD_XLSX_PIECE_BYTES`` overrides)."""
-    value = os.environ.get("AHGD_XLSX_PIECE_BYTES", "")
-    return max(1, int(value)) if value.strip().isdigit() else PIECE_BYTES
+    return max(1, env_size("AHGD_XLSX_PIECE_BYTES", PIECE_BYTES))
 
 
 def sheet_size(book: BinaryIO, sheet: str) -> int:
@@ -214,5 +233,5 @@ def _row_runs(f: BinaryIO, size: int) -> Iterator[bytes]:
         yield head
 
 
-__all__ = ["STREAM_BYTES", "PIECE_BYTES", "Unsupported", "Piece", "sheet_pieces", "sheet_size",
-           "stream_bytes", "piece_bytes"]
+__all__ = ["STREAM_BYTES", "PIECE_BYTES", "Unsupported", "Piece", "env_size", "sheet_pieces",
+           "sheet_size", "stream_bytes", "piece_bytes"]

@@ -319,3 +319,19 @@ def test_an_ods_workbook_loads_as_the_xlsx_does(tmp_path):
     two_line[3][3] = "Deaths"          # no merged cells here: the group is named over both
     path = ods(tmp_path / "deaths.ods", {"Contents": [["Contents"]], "Deaths": two_line})
     assert load(tmp_path, path, MAPPING)[0] == EXPECTED
+
+
+def test_the_piece_sizes_from_the_environment_take_units_and_a_typo_is_said_not_obeyed(
+        monkeypatch, caplog):
+    from pipelines.tables import xlsxstream
+
+    monkeypatch.setenv("AHGD_XLSX_STREAM_BYTES", "4G")
+    monkeypatch.setenv("AHGD_XLSX_PIECE_BYTES", "16MiB")
+    assert (xlsxstream.stream_bytes(), xlsxstream.piece_bytes()) == (4 << 30, 16 << 20)
+    monkeypatch.setenv("AHGD_XLSX_STREAM_BYTES", "0")     # 0: every sheet in pieces
+    assert xlsxstream.stream_bytes() == 0
+    monkeypatch.setenv("AHGD_XLSX_STREAM_BYTES", "4 gigs")
+    with caplog.at_level("WARNING", logger="pipelines.tables.xlsxstream"):
+        assert xlsxstream.stream_bytes() == xlsxstream.STREAM_BYTES
+    assert "AHGD_XLSX_STREAM_BYTES='4 gigs' is not a size" in caplog.text
+    assert "64M, 4G" in caplog.text
