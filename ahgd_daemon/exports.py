@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pipelines.sqltext import quote, sql_literal
 from state import store
 from state.errors import AhgdError, did_you_mean
 from state.warehouse import WAREHOUSE
@@ -81,7 +82,7 @@ def export(source: Path, table: str, fmt: str, target: Path, *, what: str,
     con = duckdb.connect(":memory:", config={"memory_limit": memory_limit})
     try:
         try:
-            con.execute(f"ATTACH {_literal(str(source))} AS src (READ_ONLY)")
+            con.execute(f"ATTACH {sql_literal(str(source))} AS src (READ_ONLY)")
         except duckdb.IOException as exc:
             if "lock" in str(exc).lower():
                 raise ExportError(f"{source} is being written (a loader runs now); try again "
@@ -91,9 +92,9 @@ def export(source: Path, table: str, fmt: str, target: Path, *, what: str,
         partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
         options = "FORMAT parquet" if fmt == "parquet" else "FORMAT csv, HEADER true"
         try:
-            con.execute(f"COPY (SELECT * FROM src.{_ident(schema)}.{_ident(name)}) TO "
-                        f"{_literal(str(partial))} ({options})")
-            rows = con.execute(f"SELECT COUNT(*) FROM src.{_ident(schema)}.{_ident(name)}"
+            con.execute(f"COPY (SELECT * FROM src.{quote(schema)}.{quote(name)}) TO "
+                        f"{sql_literal(str(partial))} ({options})")
+            rows = con.execute(f"SELECT COUNT(*) FROM src.{quote(schema)}.{quote(name)}"
                                ).fetchone()[0]
             os.replace(partial, target)
         finally:
@@ -117,11 +118,3 @@ def _find(con: Any, table: str, what: str) -> tuple[str, str]:
     close = did_you_mean(table, names)
     raise ExportError(f"no table {table!r} in {what}" + (f"; {close}" if close else "")
                       + f" (its tables: {', '.join(names) or 'none'})")
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"

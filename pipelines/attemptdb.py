@@ -30,6 +30,8 @@ import threading
 from pathlib import Path
 from typing import Any, Mapping
 
+from .sqltext import quote, sql_literal
+
 #: the catalogs every DuckDB instance has
 BUILTIN_CATALOGS = frozenset({"memory", "system", "temp"})
 
@@ -100,11 +102,11 @@ class AttemptDatabase:
             self.con.close()
         except Exception:
             pass
-        own = _quote(self.alias)
+        own = quote(self.alias)
         try:
             for catalog in inst.catalogs():  # the inputs, and anything the stage attached
                 if catalog != self.alias:
-                    inst.con.execute(f"DETACH {_quote(catalog)}")
+                    inst.con.execute(f"DETACH {quote(catalog)}")
             inst.con.execute(f"DETACH {own}")
         except BaseException:
             inst.close()  # closing the instance closes (and checkpoints) what is still attached
@@ -133,13 +135,13 @@ def open_attempt(path: Path, config: Mapping[str, Any]) -> AttemptDatabase | Non
         return None
     alias = path.name[: -len(".duckdb")] if path.name.endswith(".duckdb") else path.name
     try:
-        inst.con.execute(f"ATTACH {_sql_string(str(path))} AS {_quote(alias)}")
+        inst.con.execute(f"ATTACH {sql_literal(str(path))} AS {quote(alias)}")
     except BaseException:
         inst.close()
         raise
     try:
         con = inst.con.cursor()
-        con.execute(f"USE {_quote(alias)}")
+        con.execute(f"USE {quote(alias)}")
     except BaseException:
         inst.close()
         raise
@@ -151,14 +153,6 @@ def open_attempt(path: Path, config: Mapping[str, Any]) -> AttemptDatabase | Non
 def warm_instance() -> Any:
     """This thread's warm instance (for tests and benchmarks), or None."""
     return getattr(_LOCAL, "instance", None)
-
-
-def _quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
-
-
-def _sql_string(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 __all__ = ["AttemptDatabase", "open_attempt", "warm_instance"]

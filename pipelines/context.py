@@ -27,6 +27,7 @@ from typing import Any, Iterator, Mapping
 from state import store, warehouse as identity
 
 from . import attemptdb
+from .sqltext import quote, sql_literal
 from .errors import ConfigError, StageOutputError, WarehouseDamaged
 
 RESERVED_CATALOGS = {"main", "temp", "system", "memory"}
@@ -38,10 +39,6 @@ WAREHOUSE = identity.WAREHOUSE
 def catalog_for(stage: str) -> str:
     """The catalog name under which a stage's output is attached."""
     return f"stage_{stage}" if stage.lower() in RESERVED_CATALOGS else stage
-
-
-def quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
 
 
 @dataclass
@@ -259,7 +256,7 @@ class PipelineContext:
             return
         path = store.local_path(self.state_dir, ref)
         self.duckdb.execute(
-            f"ATTACH {_sql_string(str(path))} AS {quote(catalog_for(stage))} (READ_ONLY)")
+            f"ATTACH {sql_literal(str(path))} AS {quote(catalog_for(stage))} (READ_ONLY)")
         self._attached.add(stage)
 
     @contextmanager
@@ -325,7 +322,7 @@ class PipelineContext:
         for stage, ref in self._outputs.items():
             catalog = catalog_for(stage)
             if ref and ref.get("kind") == "tables" and catalog.lower() != own.lower():
-                con.execute(f"ATTACH {_sql_string(str(store.local_path(self.state_dir, ref)))} "
+                con.execute(f"ATTACH {sql_literal(str(store.local_path(self.state_dir, ref)))} "
                             f"AS {quote(catalog)} (READ_ONLY)")
 
     def close(self) -> None:
@@ -351,8 +348,6 @@ class Passthrough:
     stage: str
 
 
-def _sql_string(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _duckdb_config(settings: Mapping[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import ConfigError, InputError, StageError
+from .sqltext import sql_literal
 
 #: Python codec -> DuckDB's name for it
 ENCODINGS = {"utf-8": "utf-8", "utf8": "utf-8", "utf-8-sig": "utf-8", "latin-1": "latin-1",
@@ -59,14 +60,10 @@ def read_csv_sql(columns: Sequence[str] | dict[str, str], *, delimiter: str = ",
     if compression not in (None, "gzip"):
         raise ConfigError(f"compression {compression!r} is not supported; use gzip or none")
     sql = ("read_csv($path, header = true, auto_detect = false, delim = $delim, "
-           f"quote = {_literal(q)}, escape = {_literal(e)}, columns = $columns, "
+           f"quote = {sql_literal(q)}, escape = {sql_literal(e)}, columns = $columns, "
            "encoding = $encoding" + (", compression = 'gzip')" if compression else ")"))
     return sql, {"delim": one_char(delimiter, "delimiter"), "columns": typed,
                  "encoding": duckdb_encoding(encoding)}
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 # --------------------------------------------------------------------------- errors

@@ -25,14 +25,10 @@ from typing import Any, Sequence
 from .context import quote
 from .errors import ConfigError, StageError
 from .extractors import SOURCE_SHA
+from .sqltext import sql_literal
 
 RUN_ID = "_run_id"
 _UNSET: Any = object()
-
-
-def sql_literal(text: str) -> str:
-    """``text`` as an SQL string literal."""
-    return "'" + str(text).replace("'", "''") + "'"
 
 
 class WarehouseLoader:

@@ -20,6 +20,7 @@ from typing import Any
 from state.errors import did_you_mean
 
 from ..errors import ConfigError, StageOutputError
+from ..sqltext import quote
 from .rules import Schema, is_list, is_name
 
 _SHOWN_COLUMNS = 20
@@ -103,10 +104,6 @@ def resolve(con: Any, table: str | Sequence[str], p: str) -> Target:
     _, db, sch, name, is_table = ranked[0]
     cols = con.execute(f"DESCRIBE {'.'.join(quote(x) for x in (db, sch, name))}").fetchall()
     return Target((db, sch, name), bool(is_table), tuple((c[0], c[1]) for c in cols))
-
-
-def quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _ident_text(name: str) -> str:
