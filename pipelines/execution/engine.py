@@ -109,8 +109,6 @@ class _Execution:
         self.checks = OutputChecks(engine.state_dir, engine.log)
         self.invalidations: dict[str, int] = {}
         self._ancestor_sets: dict[str, set[str]] = {}
-        #: done stages whose output is a file (what the checks before each stage look at)
-        self.on_disk: set[str] = set()
         #: every stage before this index of the plan is done (where _launch_ready looks first)
         self._scan_from = 0
         self.failed: tuple[str, str] | None = None
@@ -203,7 +201,6 @@ class _Execution:
             if att.state in DONE_STAGE_STATES:
                 self.done.add(stage)
                 self.outputs[stage] = att.output
-                self._note_output(stage, att.output)
                 self.completed[stage] = (att.attempt, att.info())
                 self.progress.stage(stage, state=att.state, attempts=att.attempt)
             elif att.state == StageState.RETRYING:
@@ -227,7 +224,6 @@ class _Execution:
                                           from_run=from_run, output=ref, rows=rows), durable=False)
                 self.done.add(stage)
                 self.outputs[stage] = ref
-                self._note_output(stage, ref)
                 self.completed[stage] = (0, {"from_run": from_run, "rows": rows})
                 self.checks.trust(ref)  # checked in full when the resume was planned
                 self.progress.stage(stage, state=StageState.COMPLETED)
@@ -243,8 +239,9 @@ class _Execution:
     def _invalidate_bad(self, readable: set[str]) -> bool:
         """Invalidate the done stages whose output, read by ``readable``, is gone or altered."""
         # only outputs kept in files can go bad (an inline value is in the log itself)
-        bad = self.checks.bad_outputs(self.plan.stages, self.done, self.outputs,
-                                      readable & self.on_disk,
+        outputs = self.outputs
+        on_disk = {s for s in readable if (outputs.get(s) or {}).get("path")}
+        bad = self.checks.bad_outputs(self.plan.stages, self.done, outputs, on_disk,
                                       self.plan.run_id)
         if self.failed is None and any(m.removed for m in bad.values()):
             self.failed = refused_by_retention(self.log, self.engine.state_dir, self.plan,
@@ -254,7 +251,6 @@ class _Execution:
             attempt, info = self.completed.pop(stage, (0, {}))
             self._pending.append(invalidated(self.plan.run_id, stage, attempt, info,
                                              self.outputs.pop(stage) or {}, mismatch))
-            self.on_disk.discard(stage)
             self.done.discard(stage)
             self._scan_from = 0
             self.next_attempt[stage] = attempt + 1
@@ -279,12 +275,6 @@ class _Execution:
                 found = ancestors([stage], self.plan.deps)
             known[stage] = found
         return found
-
-    def _note_output(self, stage: str, ref: dict[str, Any] | None) -> None:
-        if ref and ref.get("path"):
-            self.on_disk.add(stage)
-        else:
-            self.on_disk.discard(stage)
 
     def _ready(self, stage: str) -> bool:
         if stage in self.done or any(r.stage == stage for r in self.running.values()):
@@ -411,7 +401,6 @@ class _Execution:
             self._pending_durable = True
             self.done.add(stage)
             self.outputs[stage] = outcome.output
-            self._note_output(stage, outcome.output)
             self.completed[stage] = (attempt, payload)
             self.checks.trust(outcome.output)
             self.progress.stage(stage, state=StageState.COMPLETED, error=None)
