@@ -74,14 +74,12 @@ def run(folder: Any, path: Path, *, abort: threading.Event | None = None) -> Ref
                           "encoding": folder.encoding, "delimiter": folder.delimiter,
                           "callable": folder.check_callable,
                           "stage": getattr(folder, "check_stage", None)}).encode()
-    from pipelines.execution.children import child_env, kill_session, python_command
+    from pipelines.execution.children import kill_session, start_child
 
-    # the child must import what this process imported, wherever it came from, and never a
-    # folder of the working directory in place of ahgd's packages
-    proc = subprocess.Popen(
-        python_command("ahgd_daemon.inputcheck", str(os.getpid())),
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=child_env(), close_fds=True,
-        start_new_session=True)  # its own process group: a timeout kills what it started too
+    # the child imports what this process imported, wherever it came from, and never a
+    # folder of the working directory in place of ahgd's packages; in its own session, a
+    # timeout kills what it started too
+    proc = start_child("ahgd_daemon.inputcheck")
     deadline = time.monotonic() + folder.check_timeout
     send: bytes | None = request
     try:
@@ -237,14 +235,11 @@ def _stage_check(path: Path, stage: dict[str, Any]) -> str | None:
 
 
 def main(argv: list[str]) -> None:
-    from pipelines.execution.children import working_directory_last
-    from pipelines.execution.worker import die_with_parent
+    from pipelines.execution.children import child_begins
 
-    working_directory_last()  # a check module kept there imports, after ahgd's own packages
-    die_with_parent(int(argv[1]) if len(argv) > 1 else None)
-    answer = os.dup(1)
-    os.dup2(2, 1)  # whatever the check prints goes to stderr, not into the answer
-    sys.stdout = sys.stderr
+    # a check module kept in the working directory imports, after ahgd's own packages;
+    # whatever the check prints goes to stderr, not into the answer
+    answer = child_begins(argv)
     problem = _check(json.loads(sys.stdin.buffer.read()))
     fix = "check" if getattr(problem, "fix", FILE_FIX) != FILE_FIX else "file"
     os.write(answer, (json.dumps({"problem": problem, "fix": fix}) + "\n").encode())

@@ -102,15 +102,12 @@ def _only_in_this_process(module_name: str) -> bool:
 
 
 def _in_child(targets: list[str], timeout: float) -> dict[str, str | None]:
-    from ..execution.children import child_env, kill_session, python_command
+    from ..execution.children import kill_session, start_child
 
     # the child must find modules where this process (and so a worker) finds them, and
-    # never a folder of the working directory in place of ahgd's packages (children.py)
-    env = child_env()
-    proc = subprocess.Popen(
-        python_command("pipelines.config.imports", str(os.getpid())),
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-        close_fds=True, start_new_session=True)  # a timeout kills what the imports started too
+    # never a folder of the working directory in place of ahgd's packages (children.py); in a
+    # session of its own, a timeout kills what the imports started too
+    proc = start_child("pipelines.config.imports", stderr=subprocess.PIPE)
     timed_out = False
     try:
         out, err = proc.communicate(json.dumps(targets).encode(), timeout=timeout)
@@ -147,14 +144,11 @@ def _in_child(targets: list[str], timeout: float) -> dict[str, str | None]:
 
 
 def main(argv: list[str]) -> None:
-    from ..execution.children import working_directory_last
-    from ..execution.worker import die_with_parent
+    from ..execution.children import child_begins
 
-    working_directory_last()  # as in a worker: stage modules kept there import, last
-    die_with_parent(int(argv[1]) if len(argv) > 1 else None)
-    answer = os.dup(1)
-    os.dup2(2, 1)  # what the modules print goes to stderr, not into the answer
-    sys.stdout = sys.stderr
+    # as in a worker: stage modules kept in the working directory import, last; what the
+    # modules print goes to stderr, not into the answer
+    answer = child_begins(argv)
     for target in json.loads(sys.stdin.buffer.read()):
         line = json.dumps({"target": target, "problem": import_problem(target)}) + "\n"
         os.write(answer, line.encode())

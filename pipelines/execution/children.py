@@ -82,6 +82,30 @@ def _cwd() -> str:
         return ""
 
 
+def start_child(module: str, *, stderr: int | None = None) -> subprocess.Popen:
+    """``python -P -m module <our pid>`` with the environment a child needs (:func:`child_env`),
+    stdin and stdout piped, in a session of its own: :func:`kill_session` then stops it and
+    everything it started (a timeout, a daemon stopping).  The one-shot children (input
+    checks, import checks, regular-expression checks) are started so."""
+    return subprocess.Popen(python_command(module, str(os.getpid())), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=stderr, env=child_env(),
+                            close_fds=True, start_new_session=True)
+
+
+def child_begins(argv: list[str]) -> int:
+    """In a child :func:`start_child` started: the working directory last on ``sys.path``,
+    death with the parent (its pid is ``argv[1]``), and whatever the child's code prints sent
+    to stderr; returns the descriptor the answer is written to (the real stdout)."""
+    from .worker import die_with_parent
+
+    working_directory_last()
+    die_with_parent(int(argv[1]) if len(argv) > 1 else None)
+    answer = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return answer
+
+
 def kill_session(proc: subprocess.Popen) -> None:
     """Stop ``proc`` (started with ``start_new_session=True``) and everything it started: its
     whole process group gets SIGKILL unless it has ended already; then it is reaped."""

@@ -82,20 +82,16 @@ def _in_duckdb(regexes: list[str]) -> dict[str, str | None]:
 def _in_child(regexes: list[str]) -> dict[str, str | None]:
     """Asked in a child; if the child cannot answer (DuckDB broken, killed), asked here, so
     that a broken environment shows its own error rather than a wrong verdict."""
-    from ..execution.children import child_env, kill_session, python_command
+    from ..execution.children import kill_session, start_child
 
-    proc = subprocess.Popen(python_command("pipelines.validation.regexes", str(os.getpid())),
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, env=child_env(), close_fds=True,
-                            start_new_session=True)
+    proc = start_child("pipelines.validation.regexes", stderr=subprocess.DEVNULL)
     try:
         out, _ = proc.communicate(json.dumps(regexes).encode(), timeout=TIMEOUT_S)
         answer = json.loads(out.decode("utf-8")) if proc.returncode == 0 else None
     except (subprocess.TimeoutExpired, ValueError):
         answer = None
     finally:
-        kill_session(proc)
-        proc.wait()
+        kill_session(proc)  # and reaped
     if not isinstance(answer, dict) or any(r not in answer for r in regexes):
         return _in_duckdb(regexes)
     return {r: answer[r] for r in regexes}
@@ -221,10 +217,13 @@ class _Subset:
         return False
 
 
-def _main() -> None:
-    regexes = json.loads(sys.stdin.read())
-    json.dump(_in_duckdb([str(r) for r in regexes]), sys.stdout)
+def _main(argv: list[str]) -> None:
+    from ..execution.children import child_begins
+
+    answer = child_begins(argv)
+    regexes = json.loads(sys.stdin.buffer.read())
+    os.write(answer, json.dumps(_in_duckdb([str(r) for r in regexes])).encode())
 
 
 if __name__ == "__main__":
-    _main()
+    _main(sys.argv)
