@@ -110,7 +110,7 @@ class ClusterWatch:
         """An outcome a worker published as its task ended (:func:`remote._tell`; on the
         client's event loop: settled on a thread of ours).  Another daemon's, or one already
         settled, is ignored; one that never comes is the task's result."""
-        msg = event[1] if isinstance(event, (tuple, list)) and len(event) == 2 else None
+        msg = _message(event)
         if not isinstance(msg, dict):
             return
         key = msg.get("key")
@@ -131,7 +131,7 @@ class ClusterWatch:
     def _event(self, event: Any) -> None:
         """An event of the scheduler's ``all`` topic (on the client's event loop: no waiting
         here; the watcher thread does the rest)."""
-        msg = event[1] if isinstance(event, (tuple, list)) and len(event) == 2 else None
+        msg = _message(event)
         if not isinstance(msg, dict) or msg.get("action") != "remove-worker":
             return
         keys = {str(k) for k in msg.get("processing-tasks") or ()}
@@ -193,6 +193,11 @@ class ClusterWatch:
             self._resolve_alert(ALERT, f"the Dask scheduler at {self.scheduler} is back")
         for job in held:
             self._send(job)
+
+
+def _message(event: Any) -> Any:
+    """The message of a scheduler topic's event (``(time, message)``), else None."""
+    return event[1] if isinstance(event, (tuple, list)) and len(event) == 2 else None
 
 
 __all__ = ["ALERT", "ClusterWatch", "TIMEOUT_SLACK_S"]
