@@ -92,12 +92,24 @@ def start_child(module: str, *, stderr: int | None = None) -> subprocess.Popen:
                             close_fds=True, start_new_session=True)
 
 
+def die_with_parent(parent_pid: int | None = None) -> None:
+    """Ask Linux to SIGKILL us when our parent dies (a SIGKILLed daemon leaves no workers)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the parent's EOF still ends us later
+        return
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(0)  # the parent died before prctl took effect
+
+
 def child_begins(argv: list[str]) -> int:
     """In a child :func:`start_child` started: the working directory last on ``sys.path``,
     death with the parent (its pid is ``argv[1]``), and whatever the child's code prints sent
     to stderr; returns the descriptor the answer is written to (the real stdout)."""
-    from .worker import die_with_parent
-
     working_directory_last()
     die_with_parent(int(argv[1]) if len(argv) > 1 else None)
     answer = os.dup(1)

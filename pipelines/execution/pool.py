@@ -289,7 +289,8 @@ class ProcessExecutor(Executor):
                 code = 0
                 try:
                     parent_sock.close()
-                    from .worker import die_with_parent, serve
+                    from .children import die_with_parent
+                    from .worker import serve
 
                     die_with_parent(parent)
                     os.setpgrp()

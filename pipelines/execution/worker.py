@@ -33,6 +33,8 @@ import sys
 from multiprocessing.connection import Connection
 from typing import Any
 
+from .children import die_with_parent, working_directory_last
+
 
 def serve(conn: Connection) -> None:
     """Run tasks from ``conn`` until told to stop or the parent goes away."""
@@ -92,23 +94,7 @@ def serve(conn: Connection) -> None:
             return
 
 
-def die_with_parent(parent_pid: int | None = None) -> None:
-    """Ask Linux to SIGKILL us when our parent dies (a SIGKILLed daemon leaves no workers)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the parent's EOF still ends us later
-        return
-    if parent_pid is not None and os.getppid() != parent_pid:
-        os._exit(0)  # the parent died before prctl took effect
-
-
 def main(argv: list[str]) -> None:
-    from .children import working_directory_last
-
     working_directory_last()  # stage modules kept there import, after ahgd's own packages
     fd = int(argv[1])
     die_with_parent(int(argv[2]) if len(argv) > 2 else None)
