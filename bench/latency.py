@@ -253,13 +253,16 @@ def measure_latency(history: History, inbox: Path, files: int, gap: float, timeo
 
 
 def measure_throughput(history: History, inbox: Path, staging: Path, files: int, rows: int,
-                       timeout: float) -> dict[str, Any]:
-    """Move ``files`` CSV files into the folder at once; wait until every run has ended."""
+                       timeout: float, daemon_pid: int | None = None) -> dict[str, Any]:
+    """Move ``files`` CSV files into the folder at once; wait until every run has ended.
+
+    With ``daemon_pid``, also the CPU time the daemon and its workers spent meanwhile."""
     staging.mkdir(parents=True, exist_ok=True)
     inbox.mkdir(parents=True, exist_ok=True)
     names = [f"thr-{i:05d}.csv" for i in range(files)]
     for i, name in enumerate(names):
         (staging / name).write_text(csv_text(10**6 + i, rows))
+    cpu0 = _cpu_split(daemon_pid)
     t_drop = time.time()
     for name in names:
         os.rename(staging / name, inbox / name)  # a complete file appears: the way `mv` drops
@@ -272,6 +275,7 @@ def measure_throughput(history: History, inbox: Path, staging: Path, files: int,
         return len(ids) + lost >= files and all(r in history.ended for r in ids)
 
     wait_for(all_ended, timeout, 0.25, f"{files} throughput runs to end")
+    cpu1 = _cpu_split(daemon_pid)
     ids = [history.arrived[("throughput", n)][0] for n in names if ("throughput", n) in history.arrived]
     first_arrival = min(history.arrived[("throughput", n)][1] for n in names if ("throughput", n) in history.arrived)
     ends = [history.ended[r] for r in ids]
@@ -288,7 +292,26 @@ def measure_throughput(history: History, inbox: Path, staging: Path, files: int,
         "FROM runs WHERE pipeline = 'throughput'")
     return {"files": files, "runs": len(ids), "completed": completed, "failed": len(ids) - completed,
             "lost": files - len(ids), "drop_s": t_dropped - t_drop, "elapsed": last_end - first_arrival,
-            "stages": stage_rows, "run_avg_s": run_rows[0][0], "queue_avg_s": run_rows[0][1]}
+            "stages": stage_rows, "run_avg_s": run_rows[0][0], "queue_avg_s": run_rows[0][1],
+            "cpu_s": None if cpu0 is None or cpu1 is None else
+            {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}}
+
+
+def _cpu_split(daemon_pid: int | None) -> dict[str, float] | None:
+    """CPU seconds (user + system) so far of the daemon and of its workers (summed)."""
+    if daemon_pid is None:
+        return None
+    try:
+        daemon = psutil.Process(daemon_pid)
+        out = {"daemon": sum(daemon.cpu_times()[:2]), "workers": 0.0}
+        for child in daemon.children(recursive=True):
+            try:
+                out["workers"] += sum(child.cpu_times()[:2])
+            except psutil.NoSuchProcess:
+                pass
+        return out
+    except psutil.NoSuchProcess:
+        return None
 
 
 def measure_idle(daemon_pid: int, seconds: float) -> dict[str, Any]:
@@ -351,6 +374,11 @@ def report(lat: dict[str, Any], thr: dict[str, Any] | None, idle: dict[str, Any]
               f"{'ok' if rate >= TARGET_RUNS_PER_S else 'UNDER'}")
         cpu_run = sum((cpu or 0) for _, _, _, cpu, _, _ in thr["stages"])
         print(f"   worker CPU per run (the stages' cpu_s summed): {cpu_run * 1e3:.1f} ms")
+        if thr.get("cpu_s") and thr["completed"]:
+            n = thr["completed"]
+            print(f"   CPU per run over the burst, by process: daemon {thr['cpu_s']['daemon'] / n * 1e3:.1f}"
+                  f" ms, workers {thr['cpu_s']['workers'] / n * 1e3:.1f} ms (50 runs/s on 2 cores"
+                  f" leaves 40 ms for both)")
         print(f"   a run took {thr['run_avg_s'] * 1e3:.1f} ms on average from run.started to its end"
               f" (queued {thr['queue_avg_s']:.1f} s on average before it started)")
         print("   per stage (averages): stage      wall_s in worker  cpu_s  started->ended  peak RSS")
@@ -408,7 +436,8 @@ def main() -> None:
         thr = None
         if args.throughput_files > 0:
             thr = measure_throughput(history, state / "inbox" / "throughput", root / "staging",
-                                     args.throughput_files, args.rows, args.timeout)
+                                     args.throughput_files, args.rows, args.timeout,
+                                     daemon_pid=daemon.proc.pid)
         idle = measure_idle(daemon.proc.pid, args.idle_seconds) if args.idle_seconds > 0 else None
         report(lat, thr, idle, ready_rss, args.workers)
         if daemon.proc.poll() is not None:

@@ -132,3 +132,80 @@ def test_run_task_records_the_closed_files_hash_and_a_failure_leaves_nothing(sta
     path = state_dir / done.output["path"]
     assert sorted(p.name for p in path.parent.iterdir()) == ["extract-a1.duckdb"]   # no WAL
     assert done.output["sha256"] == sha256_file(path) and done.output["tables"] == {"output": 3}
+
+
+LEAKS = {   # a setting changed by each way a stage may change one: all caught
+    "SET": ["SET default_null_order = 'nulls_first'"],
+    "PRAGMA": ["PRAGMA default_null_order = 'nulls_first'"],
+    "among other statements": ["SELECT 1; SET default_null_order = 'nulls_first'; SELECT 2"],
+    "the log turned off first": ["SELECT * FROM disable_logging()",
+                                 "SET default_null_order = 'nulls_first'"],
+    "the log emptied after": ["SET default_null_order = 'nulls_first'",
+                              "CALL truncate_duckdb_logs()"],
+    "a table in the memory catalog": ["USE memory", "CREATE TABLE kept AS SELECT 1 AS x"],
+}
+
+
+def test_settings_are_compared_only_after_a_statement_that_may_change_one(state_dir):
+    """Reading DuckDB's ~170 settings costs ~6 ms an attempt: the instance's query log says
+    when it is needed (issue 18 item 2); a plain attempt reads none, and a setting changed
+    by any way (SET, PRAGMA, amid other statements, the log turned off or emptied) still
+    gets the instance replaced, as does a table left in its ``memory`` catalog."""
+    default_order = duckdb.connect().execute(
+        "SELECT current_setting('default_null_order')").fetchone()
+
+    def plain(run_id: str):
+        ctx = attempt(state_dir, run_id, "extract")
+        ctx.duckdb.execute("CREATE TABLE output AS SELECT range AS id FROM range(5)")
+        assert ctx.sql("SELECT count(*) FROM output").fetchall() == [(5,)]
+        warm = attemptdb.warm_instance()
+        ctx.close()
+        return warm
+
+    warm = plain("run-0")
+    compared = warm.settings_compared
+    for i in range(1, 4):
+        assert plain(f"run-{i}") is warm
+    assert attemptdb.warm_instance() is warm and warm.settings_compared == compared
+
+    for n, (how, statements) in enumerate(LEAKS.items()):
+        ctx = attempt(state_dir, f"leak-{n}", "extract")
+        for sql in statements:
+            ctx.duckdb.execute(sql)
+        leaky = attemptdb.warm_instance()
+        ctx.close()
+        assert attemptdb.warm_instance() is None, how      # closed: the next one is fresh
+        fresh = plain(f"after-{n}")
+        assert fresh is not leaky, how
+        check = attempt(state_dir, f"check-{n}", "extract")
+        assert check.duckdb.execute("SELECT current_setting('default_null_order')"
+                                    ).fetchone() == default_order, how
+        assert check.duckdb.execute("SELECT count(*) FROM duckdb_tables() "
+                                    "WHERE database_name = 'memory'").fetchone() == (0,), how
+        check.close()
+        assert attemptdb.warm_instance() is fresh, how     # and it is reused again
+
+
+class _Returns:
+    """Relations of the attempt's own connection: stored by one CREATE TABLE AS their query,
+    or (a table the stage made itself under the name) the long way."""
+
+    def execute_stage(self, stage, context):
+        if context.params.get("own"):
+            context.duckdb.execute("CREATE TABLE output AS SELECT range AS id FROM range(4)")
+            return context.duckdb.table("output")
+        return context.sql("SELECT * FROM read_csv(?, header = true)", params=[context.params["csv"]])
+
+
+def test_a_relation_is_stored_by_its_own_query_or_over_the_stages_own_table(state_dir, tmp_path):
+    csv = tmp_path / "in.csv"
+    csv.write_text("id,label\n1,a\n2,b\n3,c\n")
+    for run_id, params, rows in (("run-csv", {"csv": str(csv)}, [(1, "a"), (2, "b"), (3, "c")]),
+                                 ("run-own", {"own": True}, [(0,), (1,), (2,), (3,)])):
+        done = run_task(_Returns(), _task(state_dir, run_id, **params))
+        assert done.ok, done.error
+        assert done.output["tables"] == {"output": len(rows)}
+        path = state_dir / done.output["path"]
+        assert done.output["sha256"] == sha256_file(path)
+        with duckdb.connect(str(path), read_only=True) as con:
+            assert con.execute("SELECT * FROM output ORDER BY 1").fetchall() == rows
