@@ -160,7 +160,8 @@ def compare(name: str, runs: dict[str, list[tuple[float, list[tuple]]]]) -> None
     print(f"{name}: CSV {med['csv']:.2f} s, spreadsheet {med['xlsx']:.2f} s, ratio "
           f"{med['xlsx'] / med['csv']:.2f} (target <= 3)")
     for kind, done in runs.items():
-        stages = ", ".join(f"{s} {w:.2f} s" for s, w, _c, _p, _r in done[0][1])
+        stages = ", ".join(f"{s} {w:.2f} s ({c:.1f} s CPU, {p or 0:.0f} MB)"
+                           for s, w, c, p, _r in done[0][1])
         peak = max(p or 0 for _w, rep in done for _s, _w2, _c, p, _r in rep)
         print(f"  {kind:<5} {stages}; worker peak RSS {peak:.0f} MB (target <= 1024)")
 

@@ -1,7 +1,8 @@
 """A large ``.xlsx`` sheet read in bounded pieces: memory does not grow with the sheet.
 
-    for piece, loaded in sheet_pieces(book, "Table 1", data_row, use_columns=...):
-        ...        # loaded: a fastexcel sheet (Arrow) of the rows after piece.skip_rows
+    for piece, loaded in sheet_pieces(book, "Table 1", data_row, marker_column=7,
+                                      use_columns=...):   # not column 7
+        ...        # loaded (a Loaded): the marker row, then the piece's rows, in Arrow
 
 fastexcel (calamine) holds a whole sheet before it gives a row: a sheet of a
 million rows by 19 columns took 1.6 GB.  Parsing the cells outside calamine is
@@ -13,11 +14,22 @@ becomes a small workbook in memory (the original's other parts: shared
 strings, styles; the sheet holding only the piece's rows; stored, not
 compressed), which fastexcel reads as it reads any workbook.  Cells therefore
 come out as they do from the whole sheet (types, dates, shared strings, rich
-text), and one piece is held at a time.  Rows keep their
-numbers, so rows and columns are where the whole sheet has them.  A sheet whose
-rows do not carry their ``r`` reference first, or whose tags have a namespace
-prefix (``<x:row>``), raises :class:`Unsupported` (from the piece where it is
-met); the caller then reads the sheet whole.
+text).  Rows and cells keep their numbers, so rows and columns are where the
+whole sheet has them.  fastexcel lays a sheet out from its row 1 when told how
+many rows to skip (a piece of rows 1,000,001 on would cost what a million rows
+cost), but from its first row with a cell when not told; so each piece starts
+with a marker row: the row before the piece's first, holding one number in a
+column the caller does not load (``marker_column``).  Loaded rows then start at
+the marker row, exactly, whatever the piece's first rows hold (an earlier
+version renumbered each piece's rows from 1 instead: a Python call per row, and
+a text cell ending in its own row's number and a quote was changed with them).
+fastexcel releases the GIL while it reads, as zlib does while it inflates, so
+one thread cuts pieces from the stream and :data:`LOAD_AHEAD` threads read
+them while the caller appends the previous one to DuckDB; the caller gets them
+in order.
+A sheet whose rows do not carry their ``r`` reference first, or whose tags have
+a namespace prefix (``<x:row>``), raises :class:`Unsupported` (from the piece
+where it is met); the caller then reads the sheet whole.
 """
 
 from __future__ import annotations
@@ -25,7 +37,10 @@ from __future__ import annotations
 import io
 import logging
 import os
+import queue
+import threading
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Iterator
 
@@ -34,11 +49,11 @@ from . import xlsxrows
 #: sheets whose XML is larger than this (uncompressed) are read in pieces
 #: (``AHGD_XLSX_STREAM_BYTES`` overrides it, for tests and measurements)
 STREAM_BYTES = 64 << 20
-#: the XML of one piece (about 48,000 rows of 19 columns; ``AHGD_XLSX_PIECE_BYTES``)
-PIECE_BYTES = 32 << 20
+#: the XML of one piece (about 24,000 rows of 20 columns; ``AHGD_XLSX_PIECE_BYTES``)
+PIECE_BYTES = 16 << 20
+#: pieces read at once (in threads: fastexcel releases the GIL)
+LOAD_AHEAD = 2
 _READ = 4 << 20
-#: pieces after this row are numbered from 1 (see :func:`_renumbered`)
-RENUMBER_AFTER = 65536
 _EMPTY = (b'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<worksheet xmlns="'
           b'http://schemas.openxmlformats.org/spreadsheetml/2006/main"><sheetData/></worksheet>')
 
@@ -89,41 +104,108 @@ def sheet_size(book: BinaryIO, sheet: str) -> int:
 
 
 @dataclass
+class Loaded:
+    """A piece's rows as fastexcel read them: its columns as fastexcel describes them
+    (``selected_columns``: name, ``absolute_index``, ``dtype``), ``height``, and ``arrow``,
+    the rows (a pyarrow RecordBatch)."""
+
+    selected_columns: list[Any]
+    height: int
+    arrow: Any
+
+
+@dataclass
 class Piece:
-    """One piece of a sheet: a small workbook holding rows ``first``..``last`` of it."""
+    """One piece of a sheet: a small workbook holding rows ``first``..``last`` of it (the
+    rows after the previous piece's), after a marker row ``first - 1`` when ``marked`` (not
+    when ``first`` is the sheet's row 1)."""
 
     sheet: str
     data: bytes
     first: int
     last: int
-    skip_rows: int   # rows of the piece's own sheet before its rows (0: numbered from 1)
+    marked: bool
 
     def load(self, **options: Any) -> Any:
+        """The piece's rows through fastexcel: from the marker row (``marked``) or the
+        sheet's row 1, to the piece's last row with a cell."""
         import fastexcel
 
         # "Could not determine dtype ... falling back to string": said of every piece where a
         # column is empty; the cells are read as text anyway
         logging.getLogger("fastexcel.types.dtype").setLevel(logging.ERROR)
 
-        return fastexcel.read_excel(self.data).load_sheet(
-            self.sheet, header_row=None, skip_rows=self.skip_rows, **options)
+        # skip_rows=None: from the first row with a cell, the marker row (not laid out from
+        # row 1, as a number of rows to skip would be)
+        sheet = fastexcel.read_excel(self.data).load_sheet(
+            self.sheet, header_row=None, skip_rows=None if self.marked else 0, **options)
+        # made Arrow here, in the reading thread (fastexcel releases the GIL), rather than
+        # when DuckDB scans it, on the caller's thread
+        return Loaded(sheet.selected_columns, sheet.height, sheet.to_arrow())
+
+    def end(self, loaded: Any) -> int:
+        """The sheet's row of the last of ``loaded`` (its last row with a cell; the row
+        before the piece when it has none)."""
+        return self.first - 1 + loaded.height - (1 if self.marked else 0)
 
 
 def sheet_pieces(book: BinaryIO, sheet: str, data_row: int, *, size: int | None = None,
+                 marker_column: int = 0, ahead: int = LOAD_AHEAD,
                  **options: Any) -> Iterator[tuple[Piece, Any]]:
     """(piece, its rows loaded with fastexcel ``options``) for the rows of ``sheet`` from
     ``data_row`` (1-based) on, in order.  Pieces together give every row from ``data_row``
-    to the sheet's last row with a cell, once.  (Loading the next piece in a thread while
-    the caller appends this one was measured: no faster on 2 cores.)"""
-    pieces = _pieces(book, sheet, data_row, size or piece_bytes())
+    to the sheet's last row with a cell, once; a loaded piece starts with its marker row
+    (``piece.marked``), a number in column ``marker_column`` (0-based), which ``options``
+    must not load.  A thread cuts the pieces from ``book`` and ``ahead`` threads read them
+    while the caller uses the one it was given: at most ``ahead`` + 2 pieces are held."""
+    pieces = _pieces(book, sheet, data_row, size or piece_bytes(), marker_column)
+    ahead = max(1, ahead)
+    pool = ThreadPoolExecutor(ahead, thread_name_prefix="ahgd-xlsx-read")
+    ready: queue.Queue = queue.Queue(maxsize=ahead)   # (piece, its reading), in order
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def cut() -> None:
+        try:
+            for piece in pieces:
+                if not put((piece, pool.submit(piece.load, **options))):
+                    return
+                del piece
+            put(None)
+        except BaseException as exc:  # noqa: BLE001 - raised to the caller, in order
+            put(exc)
+
+    cutter = threading.Thread(target=cut, name="ahgd-xlsx-cut", daemon=True)
+    cutter.start()
     try:
-        for piece in pieces:
-            yield piece, piece.load(**options)
+        while (item := ready.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            piece, reading = item
+            del item
+            yield piece, reading.result()
+            del piece, reading
     finally:
+        stop.set()
+        cutter.join()
+        while not ready.empty():
+            item = ready.get_nowait()
+            if isinstance(item, tuple):
+                item[1].cancel()
+        pool.shutdown(wait=True)
         pieces.close()
 
 
-def _pieces(book: BinaryIO, sheet: str, data_row: int, want: int) -> Iterator[Piece]:
+def _pieces(book: BinaryIO, sheet: str, data_row: int, want: int,
+            marker_column: int = 0) -> Iterator[Piece]:
     with zipfile.ZipFile(book) as z:
         paths = dict(xlsxrows._sheets(z))
         path = paths.get(sheet)
@@ -136,36 +218,31 @@ def _pieces(book: BinaryIO, sheet: str, data_row: int, want: int) -> Iterator[Pi
         # a large shared-string table is parsed with every piece: make pieces larger then
         size = max(want, 4 * len(parts.get("xl/sharedStrings.xml", b"")))
         after = data_row - 1       # the sheet's rows before the next piece's
+        column = _letters(marker_column).encode()
         with z.open(path) as f:
-            for rows in _row_runs(f, size):
-                last = _number(rows, rows.rfind(b"<row "))
+            for rows, end in _row_runs(f, size):
+                last = _number(rows, rows.rfind(b"<row ", 0, end))
                 if last <= after:
                     continue
                 at = 0
                 while _number(rows, at) <= after:     # rows above data_row: the first piece
-                    at = rows.find(b"<row ", at + 1)
-                first = _number(rows, at)
-                if after > RENUMBER_AFTER:
-                    # fastexcel lays out a sheet from its row 1: a piece of rows 1,000,001 on
-                    # would cost what a million rows cost; numbered from 1 it costs its own
-                    body, skip = _renumbered(rows[at:], after), 0
-                else:
-                    body, skip = memoryview(rows)[at:], after
-                yield Piece(sheet, _workbook(parts, sheets, path, body), first, last, skip)
+                    at = rows.find(b"<row ", at + 1, end)
+                marker = (b'<row r="%d"><c r="%s%d"><v>0</v></c></row>' % (after, column, after)
+                          if after else b"")
+                yield Piece(sheet, _workbook(parts, sheets, path, marker,
+                                             memoryview(rows)[at:end]),
+                            after + 1, last, bool(after))
                 after = last
 
 
-def _renumbered(rows: bytes, offset: int) -> bytes:
-    """``rows`` (starting ``<row r="``) with ``offset`` taken off each row's number, in the
-    row and in its cells' references (``C1000005"`` -> ``C5"``): each row's number followed
-    by ``"`` is replaced in that row.  The numbers are over :data:`RENUMBER_AFTER`, more
-    than any style index (``s="..."``) may be; only a text cell ending in its own row's
-    number and a ``"`` (``1000005"``) would be changed with them."""
-    out = []
-    for row in rows.split(b"<row ")[1:]:
-        n = row[3:row.index(b'"', 3)]
-        out.append(row.replace(n + b'"', b"%d\"" % (int(n) - offset)))
-    return b"<row " + b"<row ".join(out)
+def _letters(column: int) -> str:
+    """The letters of a 0-based column (``0`` -> ``A``, ``26`` -> ``AA``)."""
+    out = ""
+    column += 1
+    while column:
+        column, r = divmod(column - 1, 26)
+        out = chr(65 + r) + out
+    return out
 
 
 def _number(rows: bytes, at: int) -> int:
@@ -178,7 +255,8 @@ def _number(rows: bytes, at: int) -> int:
         raise Unsupported("a row whose first attribute is not its reference") from None
 
 
-def _workbook(parts: dict[str, bytes], sheets: set[str], path: str, rows: Any) -> bytes:
+def _workbook(parts: dict[str, bytes], sheets: set[str], path: str, marker: bytes,
+              rows: Any) -> bytes:
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
         for name, data in parts.items():
@@ -191,14 +269,16 @@ def _workbook(parts: dict[str, bytes], sheets: set[str], path: str, rows: Any) -
                     b'xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" '
                     b'xmlns:r="http://schemas.openxmlformats.org/officeDocument/2006/'
                     b'relationships"><sheetData>')
+            f.write(marker)
             f.write(rows)
             f.write(b"</sheetData></worksheet>")
     return out.getvalue()
 
 
-def _row_runs(f: BinaryIO, size: int) -> Iterator[bytes]:
-    """Runs of whole rows of the sheet XML in ``f``, each starting ``<row r="``, about
-    ``size`` bytes a run."""
+def _row_runs(f: BinaryIO, size: int) -> Iterator[tuple[bytes, int]]:
+    """Runs of whole rows of the sheet XML in ``f``, about ``size`` bytes a run: (buffer,
+    end), the run being ``buffer[:end]``, starting ``<row r="`` (not copied out of the
+    buffer it was read into)."""
     buf = b""
     more: list[bytes] = []
     held = 0
@@ -210,7 +290,8 @@ def _row_runs(f: BinaryIO, size: int) -> Iterator[bytes]:
         held += len(data)
         if not ended and held < (size if started else min(_READ, size)):
             continue
-        buf, more, held = buf + b"".join(more), [], 0
+        buf = b"".join([buf, *more])
+        more, held = [], 0
         if not started:
             at = buf.find(b"<sheetData")
             if at < 0:
@@ -223,15 +304,15 @@ def _row_runs(f: BinaryIO, size: int) -> Iterator[bytes]:
             buf, started = buf[first if first >= 0 else at:], True
         stop = buf.find(b"</sheetData>")
         if stop >= 0:
-            buf, ended = buf[:stop], True
-        cut = len(buf) if ended else buf.rfind(b"<row ")
+            ended = True
+        cut = (stop if stop >= 0 else len(buf)) if ended else buf.rfind(b"<row ")
         if cut <= 0:
             continue
-        head, buf = buf[:cut], buf[cut:]
-        if not head.startswith(b'<row r="') or b"<row>" in head:
+        if not buf.startswith(b'<row r="') or buf.find(b"<row>", 0, cut) >= 0:
             raise Unsupported("a row whose first attribute is not its reference")
-        yield head
+        yield buf, cut
+        buf = buf[cut:] if not ended else b""
 
 
-__all__ = ["STREAM_BYTES", "PIECE_BYTES", "Unsupported", "Piece", "env_size", "sheet_pieces",
-           "sheet_size", "stream_bytes", "piece_bytes"]
+__all__ = ["STREAM_BYTES", "PIECE_BYTES", "LOAD_AHEAD", "Unsupported", "Piece", "Loaded",
+           "env_size", "sheet_pieces", "sheet_size", "stream_bytes", "piece_bytes"]

@@ -226,16 +226,16 @@ def test_a_sheet_over_the_streaming_size_loads_in_pieces_the_rows_fastexcel_give
     whole = load(tmp_path, path, mapping, "whole")
     monkeypatch.setenv("AHGD_XLSX_STREAM_BYTES", "0")
     monkeypatch.setenv("AHGD_XLSX_PIECE_BYTES", str(16 << 10))
-    monkeypatch.setattr(xlsxstream, "RENUMBER_AFTER", 1000)   # pieces after row 1000: from 1
     pieces = load(tmp_path, path, mapping, "pieces")
     assert len(whole[0]) == 2500 and pieces == whole
     assert ("0001", "Area 1", 7, 0.143, "2024-01-02") in whole[0]
     with open(path, "rb") as f:
-        got = [(p.first, p.last, p.skip_rows, loaded.height) for p, loaded in
-               xlsxstream.sheet_pieces(f, "Deaths", 6, size=16 << 10)]
-    assert len(got) > 5 and got[0][:3] == (6, got[0][1], 5) and got[-1][2] == 0
+        got = [(p.first, p.last, p.marked, p.end(loaded), loaded.height) for p, loaded in
+               xlsxstream.sheet_pieces(f, "Deaths", 6, size=16 << 10, marker_column=7)]
+    assert len(got) > 5 and got[0][:3] == (6, got[0][1], True)
     assert all(b[0] == a[1] + 1 for a, b in itertools.pairwise(got))
-    assert sum(h for *_x, h in got) == len(rows) - 5     # every row from 6 to the last, once
+    # every row from 6 to the last (the copyright line), once, after each piece's marker row
+    assert got[-1][3] == len(rows) and sum(h - 1 for *_x, h in got) <= len(rows) - 5
     # a sheet the piece reader does not take is read whole, with the same rows
     con = duckdb.connect()
     odd = tmp_path / "odd.xlsx"
@@ -247,6 +247,99 @@ def test_a_sheet_over_the_streaming_size_loads_in_pieces_the_rows_fastexcel_give
             out.writestr(item, data)
     dropped = Workbook(odd).stage(con, "Deaths", 6, {0: "area", 2: "deaths"}, "t", create=True)
     assert dropped == 4 and con.execute("SELECT count(*) FROM t").fetchone()[0] == 2500
+
+
+def raw_book(path: Path, sheet: str, rows: bytes) -> Path:
+    """A minimal .xlsx of one sheet whose ``<sheetData>`` holds ``rows`` as given."""
+    main = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
+    rel = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
+    pkg = "http://schemas.openxmlformats.org/package/2006/relationships"
+    ct = "application/vnd.openxmlformats-officedocument.spreadsheetml"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("[Content_Types].xml", '<Types xmlns="http://schemas.openxmlformats.org/'
+                   'package/2006/content-types"><Default Extension="xml" ContentType='
+                   f'"application/xml"/><Override PartName="/xl/workbook.xml" ContentType="{ct}'
+                   '.sheet.main+xml"/><Override PartName="/xl/worksheets/sheet1.xml" '
+                   f'ContentType="{ct}.worksheet+xml"/></Types>')
+        z.writestr("_rels/.rels", f'<Relationships xmlns="{pkg}"><Relationship Id="rId1" '
+                   f'Type="{rel}/officeDocument" Target="xl/workbook.xml"/></Relationships>')
+        z.writestr("xl/workbook.xml", f'<workbook xmlns="{main}" xmlns:r="{rel}"><sheets>'
+                   f'<sheet name="{sheet}" sheetId="1" r:id="rId1"/></sheets></workbook>')
+        z.writestr("xl/_rels/workbook.xml.rels", f'<Relationships xmlns="{pkg}"><Relationship '
+                   f'Id="rId1" Type="{rel}/worksheet" Target="worksheets/sheet1.xml"/>'
+                   "</Relationships>")
+        z.writestr("xl/worksheets/sheet1.xml", f'<worksheet xmlns="{main}"><sheetData>'.encode()
+                   + rows + b"</sheetData></worksheet>")
+    return path
+
+
+def test_pieces_give_the_whole_sheets_rows_and_dropped_count_wherever_they_are_cut(
+        tmp_path, monkeypatch):
+    """Pieces far down a sheet (rows 70,000 on), pieces that end or start in a long run of
+    empty rows, a stretch with column A empty, one-cell note rows, and text cells ending in
+    their own row's number and a quote (``row 66000"``): the rows kept and the rows dropped
+    are those of the whole sheet, for several columns and for one."""
+    from pipelines.tables.sheets import Workbook
+
+    def text(ref: str, value: str) -> str:
+        return f'<c r="{ref}" t="inlineStr"><is><t>{value}</t></is></c>'
+
+    out = ['<row r="1">' + text("A1", "code") + text("B1", "n") + text("C1", "note") + "</row>"]
+    for n in range(2, 72_001):
+        if 20_000 <= n < 40_000:
+            out.append(f'<row r="{n}"/>')           # longer than a piece: pieces of empties
+            continue
+        cells = "" if 50_000 <= n < 51_000 else text(f"A{n}", f"{n:06d}")
+        cells += f'<c r="B{n}"><v>{n}.5</v></c>' if n % 7 else ""
+        if n % 1000 == 0:
+            cells += text(f"C{n}", f'row {n}"')     # ends in its own row's number and a quote
+        out.append(f'<row r="{n}">{cells}</row>')
+    out.append('<row r="72005">' + text("A72005", "Source: a footnote") + "</row>")
+    path = raw_book(tmp_path / "long.xlsx", "Long", "".join(out).encode())
+    con = duckdb.connect()
+
+    def staged(table: str, columns: dict[int, str]) -> tuple[int, list]:
+        dropped = Workbook(path).stage(con, "Long", 2, columns, table, create=True)
+        return dropped, con.execute(f"SELECT * FROM {table} ORDER BY rowid").fetchall()
+
+    three, one = {0: "code", 1: "n", 2: "note"}, {1: "n"}
+    whole = staged("w3", three), staged("w1", one)
+    monkeypatch.setenv("AHGD_XLSX_STREAM_BYTES", "0")
+    monkeypatch.setenv("AHGD_XLSX_PIECE_BYTES", str(256 << 10))
+    pieces = staged("p3", three), staged("p1", one)
+    assert whole[0][1][0] == ("000002", "2.5", None) and ("066000", "66000.5", 'row 66000"') in \
+        whole[0][1]
+    filled = [(not 50_000 <= n < 51_000) + (n % 7 > 0) + (n % 1000 == 0)
+              for n in range(2, 72_001) if not 20_000 <= n < 40_000]
+    assert len(whole[0][1]) == sum(f >= 2 for f in filled)
+    assert whole[0][0] == 72_004 - len(whole[0][1])                 # of rows 2 to 72005
+    assert pieces == whole
+
+
+def test_a_sheet_that_opens_but_does_not_load_says_what_is_wrong(tmp_path, monkeypatch):
+    """A sheet whose XML breaks below the rows the header is looked for in (a cell not
+    closed): an InputError naming the sheet and the file, not fastexcel's error, whether
+    the sheet is read whole or in pieces (the broken one read in a thread)."""
+    from pipelines.errors import InputError
+    from pipelines.tables.sheets import Workbook
+
+    rows = [('<row r="1"><c r="A1" t="inlineStr"><is><t>area</t></is></c>'
+             '<c r="B1" t="inlineStr"><is><t>deaths</t></is></c></row>')]
+    rows += [f'<row r="{n}"><c r="A{n}"><v>{n}</v></c><c r="B{n}"><v>1</v></c></row>'
+             for n in range(2, 200)]
+    rows[150] = rows[150].replace("</c>", "", 1)
+    path = raw_book(tmp_path / "broken.xlsx", "Deaths", "".join(rows).encode())
+    book = Workbook(path)
+    assert book.top_rows("Deaths", 60)[1] == ["2", "1"]      # the top reads
+    with pytest.raises(InputError) as err:
+        book.stage(duckdb.connect(), "Deaths", 2, {0: "area", 1: "deaths"}, "t", create=True)
+    assert str(err.value).startswith("sheet 'Deaths' of broken.xlsx cannot be read (")
+    assert str(err.value).endswith("; save it again as .xlsx")
+    monkeypatch.setenv("AHGD_XLSX_STREAM_BYTES", "0")
+    monkeypatch.setenv("AHGD_XLSX_PIECE_BYTES", "1K")
+    with pytest.raises(InputError) as err:
+        book.stage(duckdb.connect(), "Deaths", 2, {0: "area", 1: "deaths"}, "t", create=True)
+    assert str(err.value).startswith("sheet 'Deaths' of broken.xlsx cannot be read (")
 
 
 def test_bundled_drop_folders_take_spreadsheets_and_compressed_files(tmp_path):
