@@ -5,6 +5,7 @@ then footnotes; found in the top rows, then loaded through Arrow into DuckDB.
     rows = book.top_rows("Table 1")           # the first PROBE_ROWS rows, as text
     spot = find_header(rows, score)           # where the header is, and its column names
     book.stage(con, "Table 1", spot.data_row, {0: "sa2_code", 2: "irsd_score"}, "temp.t")
+    con.sql(f"SELECT * FROM {text_sql(con, 'temp.t')}")   # every cell as text
 
 The header is looked for in the first :data:`PROBE_ROWS` rows (streamed for an
 ``.xlsx``: :mod:`pipelines.tables.xlsxrows`).  A two-line header's upper
@@ -18,7 +19,9 @@ only the columns asked for, and
 drops the rows below the header that are not data: empty rows, and notes,
 footnotes and copyright lines (a row with fewer than two cells filled).
 Numbers stored as numbers arrive as text written exactly (``4343``, ``583.7``);
-numbers stored as text arrive as written.
+numbers stored as text arrive as written.  (A column is staged as numbers or dates
+while every piece gives it so, and made text when it is read, :func:`text_sql`:
+appending text cost DuckDB three times what appending the numbers did.)
 """
 
 from __future__ import annotations
@@ -115,9 +118,10 @@ class Workbook:
 
     def stage(self, con: Any, sheet: str, data_row: int, columns: dict[int, str],
               table: str, *, create: bool) -> int:
-        """Load the sheet's rows from ``data_row`` (1-based) into ``table`` (VARCHAR columns
-        named by ``columns``: absolute position -> name), dropping rows that are not data;
-        returns the rows dropped.  An ``.xlsx`` sheet larger than
+        """Load the sheet's rows from ``data_row`` (1-based) into ``table`` (columns named by
+        ``columns``: absolute position -> name; numbers and dates staged as such, read them
+        as text through :func:`text_sql`), dropping rows that are not data; returns the rows
+        dropped.  An ``.xlsx`` sheet larger than
         :func:`~pipelines.tables.xlsxstream.stream_bytes` is read in pieces."""
         wanted = set(columns)
         options = {"schema_sample_rows": None, "dtype_coercion": "coerce",
@@ -168,8 +172,10 @@ class Workbook:
                 for piece, loaded in xlsxstream.sheet_pieces(book, sheet, data_row,
                                                              marker_column=marker, **options):
                     # each append commits on its own: DuckDB then compresses the table's
-                    # full row groups (MORT: about 0.5 s of CPU a 120,000 rows, and a third
-                    # of the memory; appended in one transaction, 1.3 GB against 0.5 GB)
+                    # full row groups (MORT staged as text: about 0.5 s of CPU a 120,000
+                    # rows, and a third of the memory; appended in one transaction, 1.3 GB
+                    # against 0.5 GB; numbers staged as numbers, in source.STAGING, cost
+                    # about half that CPU)
                     kept += _append(con, loaded, columns, table, create=create and not made)
                     end = max(end, piece.end(loaded))
                     made = True
@@ -193,16 +199,57 @@ class Workbook:
         return end - (data_row - 1) - kept
 
 
+#: fastexcel's dtypes staged as they come (the cells' text is made when the table is read,
+#: :func:`text_sql`): appending the numbers of a piece costs a third of appending their text
+_TYPED = ("float", "int", "boolean", "date", "datetime")
+
+
+def _staged(con: Any, table: str) -> dict[str, str | None]:
+    """The fastexcel dtype each column of ``table`` holds as it came (None: text)."""
+    rel = con.sql(f"SELECT * FROM {table} LIMIT 0")
+    return {n: _dtype(str(t)) for n, t in zip(rel.columns, rel.types)}
+
+
+def _dtype(duck: str) -> str | None:
+    if duck.startswith("TIMESTAMP") and "TIME ZONE" not in duck:
+        return "datetime"
+    return {"DOUBLE": "float", "BIGINT": "int", "BOOLEAN": "boolean", "DATE": "date"}.get(duck)
+
+
+def text_sql(con: Any, table: str) -> str:
+    """A FROM item giving ``table`` (staged by :meth:`Workbook.stage`) with every column as
+    the text its cells hold: ``table`` itself when every column is text already."""
+    typed = _staged(con, table)
+    if not any(typed.values()):
+        return table
+    cols = ", ".join(f"{_as_text(quote(n), d) if d else quote(n)} AS {quote(n)}"
+                     for n, d in typed.items())
+    return f"(SELECT {cols} FROM {table})"
+
+
 def _append(con: Any, loaded: Any, columns: dict[int, str], table: str, create: bool) -> int:
     """Appends the rows of ``loaded`` (a fastexcel sheet, or a piece's rows) that fill two
     or more of ``columns`` (the one, when one is asked for) to ``table`` (created when
-    ``create``), each cell as text; the rows kept."""
+    ``create``); the rows kept.  A column is staged in fastexcel's type (numbers, dates:
+    :data:`_TYPED`) while every piece gives it that type, else as text (:func:`_as_text`;
+    a column staged typed is made text, its cells as :func:`_as_text` writes them, when a
+    piece first gives it another type): :func:`text_sql` reads it as text."""
     info = {c.absolute_index: c for c in loaded.selected_columns}
+    have = {} if create else _staged(con, table)
     exprs = []
     for pos, name in columns.items():
         c = info.get(pos)
-        exprs.append(f"{_as_text(quote(c.name), c.dtype) if c else 'NULL::VARCHAR'} "
-                     f"AS {quote(name)}")
+        held = (c.dtype if c and c.dtype in _TYPED else None) if create else have.get(name)
+        if c is None:
+            expr = "NULL::VARCHAR" if held is None else "NULL"
+        elif held is not None and c.dtype == held:
+            expr = quote(c.name)
+        else:
+            if held is not None:    # typed so far; this piece gives it another type: text
+                con.execute(f"ALTER TABLE {table} ALTER {quote(name)} TYPE VARCHAR USING "
+                            f"{_as_text(quote(name), held)}")
+            expr = _as_text(quote(c.name), c.dtype)
+        exprs.append(f"{expr} AS {quote(name)}")
     view = f"_ahgd_sheet_{abs(hash((id(loaded), table))) % 10**8}"
     # a piece comes as Arrow already (xlsxstream.Loaded); a whole sheet as fastexcel's sheet
     con.register(view, loaded.arrow if isinstance(loaded, xlsxstream.Loaded) else loaded)
@@ -212,8 +259,9 @@ def _append(con: Any, loaded: Any, columns: dict[int, str], table: str, create: 
                             for n in columns.values())
         # (a piece's marker row fills none of ``columns``: left out as any empty row is)
         keep = f"({filled}) >= {2 if len(columns) > 1 else 1}" if columns else "TRUE"
-        if create:
-            done = con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT * FROM "
+        if create:     # a TEMP table unless named in a database (source.STAGING)
+            kind = "TABLE" if "." in table and not table.startswith("temp.") else "TEMP TABLE"
+            done = con.execute(f"CREATE OR REPLACE {kind} {table} AS SELECT * FROM "
                                f"({body}) WHERE {keep}")
         else:
             done = con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM ({body}) "
@@ -337,4 +385,5 @@ def _title(rows: Sequence[Sequence[str | None]], at: int) -> list[str]:
     return [c for row in rows[max(0, at - 10):at] for c in row if c]
 
 
-__all__ = ["PROBE_ROWS", "Workbook", "HeaderSpot", "find_header", "header_cells"]
+__all__ = ["PROBE_ROWS", "Workbook", "HeaderSpot", "find_header", "header_cells",
+           "text_sql"]
