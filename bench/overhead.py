@@ -5,7 +5,8 @@
 A chain of N no-op stages (each returns ``{"i": i}`` and reads the previous
 stage's output with ``context.get_output(prev)``) is run through
 ``BasePipeline.run()``:
-  * in process (``executor="inprocess"``);
+  * in process (``executor="inprocess"``: one stage at a time, each attempt on the
+    engine's own thread);
   * in worker processes, warm: one ``ProcessExecutor`` pre-started and passed
     in as ``executor=``, after a warm-up run;
   * in worker processes, cold: a ``ProcessExecutor`` started for the run and
@@ -14,12 +15,15 @@ stage's output with ``context.get_output(prev)``) is run through
     process-wide warm pool kept across ``run()`` calls, for the pipeline class
     kept in a module (fresh-interpreter workers) and defined in the script
     (``__main__``: forked workers).
-Per stage = wall time of ``run()`` / N (the stages themselves do nothing);
+Per stage = wall time of ``run()`` / N (the stages themselves do nothing), with
+the CPU time this process spent per stage beside it (all its threads; not the
+worker processes');
 "marginal" = (T(largest N) - T(smallest N)) / (difference in N), which leaves
 out the per-run costs (run.requested/started/completed, the run lock).
 Beside them, on the same disk in the same run: one INSERT + COMMIT in plain
-sqlite3 (WAL, synchronous=FULL), the floor for the one durable commit
-(``stage.completed``) each stage needs.  Then the whole-process start-up of
+sqlite3 (WAL, synchronous=FULL), the floor for the one durable commit each
+stage needs (its ``stage.completed``, in one transaction with the next
+``stage.started``).  Then the whole-process start-up of
 ``ahgd --help`` and ``python -c "import pipelines"`` (median wall time).
 Targets: in-process <= 1.5x the floor measured in the same run, warm workers
 <= 1 ms/stage, each start-up <= 0.4 s.
@@ -113,10 +117,19 @@ def sqlite_floor(path: Path, n: int) -> list[float]:
     return times
 
 
-def _timed(pipeline: Any, n: int, executor: Any = None, *, cold: bool = False) -> float:
+class Timing(float):
+    """Wall seconds of one run, carrying the CPU seconds this process spent on it (``cpu``:
+    every thread of this process, not the worker processes): on a shared machine the CPU
+    figure moves less with the load than the wall time does."""
+
+    cpu: float = 0.0
+
+
+def _timed(pipeline: Any, n: int, executor: Any = None, *, cold: bool = False) -> Timing:
     """Wall seconds of ``pipeline.run()`` (on a pool started for it and shut down after it
     when ``cold``); raises unless the n-stage chain completed."""
     try:
+        cpu0 = time.process_time()
         t0 = time.perf_counter()
         if cold:
             from pipelines.execution.pool import ProcessExecutor
@@ -127,7 +140,8 @@ def _timed(pipeline: Any, n: int, executor: Any = None, *, cold: bool = False) -
         finally:
             if cold:
                 executor.shutdown()
-        elapsed = time.perf_counter() - t0
+        elapsed = Timing(time.perf_counter() - t0)
+        elapsed.cpu = time.process_time() - cpu0
     finally:
         pipeline.close()
     if ctx.state != "COMPLETED":
@@ -178,7 +192,9 @@ def per_stage_lines(label: str, runs: dict[int, list[float]], target_ms: float |
     lines = []
     for n, times in runs.items():
         med, best = statistics.median(times) * 1e3 / n, min(times) * 1e3 / n
-        lines.append(f"  {label:<28} N={n:<4} {med:7.3f} ms/stage (best {best:6.3f})  {judged(med)}")
+        cpu = statistics.median(getattr(t, "cpu", 0.0) for t in times) * 1e3 / n
+        lines.append(f"  {label:<28} N={n:<4} {med:7.3f} ms/stage (best {best:6.3f}, CPU here "
+                     f"{cpu:6.3f})  {judged(med)}")
     ns = sorted(runs)
     if len(ns) > 1:
         lo, hi = statistics.median(runs[ns[0]]), statistics.median(runs[ns[-1]])
@@ -224,8 +240,8 @@ def main() -> None:
         floor_ms = statistics.median(floor) * 1e3
         print(f"\nfloor: plain sqlite3 INSERT+COMMIT, WAL, synchronous=FULL: median {floor_ms:.3f} ms, "
               f"mean {statistics.mean(floor) * 1e3:.3f} ms ({len(floor)} commits)")
-        print("  (each stage needs one such durable commit: stage.completed; stage.started is "
-              "appended with durable=False)")
+        print("  (each stage needs one such durable commit: its stage.completed, committed with "
+              "the next stage.started)")
 
         print(f"\norchestration per stage = wall time of run() / N (median of {args.repeat} runs, after a "
               "warm-up run):")

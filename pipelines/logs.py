@@ -56,6 +56,18 @@ def _via_structlog() -> bool:
     return structlog.is_configured()
 
 
+#: name -> its standard logger (``logging.getLogger`` takes the module's lock on each call;
+#: a logger, once made, is the same object for the life of the process)
+_STD: dict[str, logging.Logger] = {}
+
+
+def _std_logger(name: str) -> logging.Logger:
+    logger = _STD.get(name)
+    if logger is None:
+        logger = _STD[name] = logging.getLogger(name)
+    return logger
+
+
 def get_logger(name: str = ROOT, **context: Any) -> "FrameworkLogger":
     """A logger for ``name`` (under ``pipelines``), with structlog's calling convention:
     ``log.info("event_name", key=value)`` and ``log.bind(key=value)``."""
@@ -85,7 +97,7 @@ class FrameworkLogger:
         if _via_structlog():
             return True
         script_default()
-        return logging.getLogger(self.name).isEnabledFor(level)
+        return _std_logger(self.name).isEnabledFor(level)
 
     def log(self, level: int, event: str, **values: Any) -> None:
         name = str(logging.getLevelName(level)).lower()
@@ -110,7 +122,7 @@ class FrameworkLogger:
                 event, **({"exc_info": True} if method == "exception" else {}), **values)
             return
         level = _LEVELS[method]
-        logger = logging.getLogger(self.name)
+        logger = _std_logger(self.name)
         script_default()
         if not logger.isEnabledFor(level):
             return
@@ -165,9 +177,8 @@ def script_default() -> None:
     global _HANDLER
     if _via_structlog():
         return
-    top = logging.getLogger(ROOT)
-    configured = bool(logging.getLogger().handlers) or any(
-        h is not _HANDLER for h in top.handlers)
+    top = _std_logger(ROOT)
+    configured = bool(logging.root.handlers) or any(h is not _HANDLER for h in top.handlers)
     if _HANDLER is not None:
         if configured:  # the script set logging up after our first line: it decides now
             top.removeHandler(_HANDLER)

@@ -37,6 +37,8 @@ TABLES = ("runs", "stage_runs", "files", "schedules", "orchestrations", "orchest
 
 def dumps(value: Any) -> str:
     """The JSON text of a value, as the event log writes payloads (compact, order kept)."""
+    if type(value) is dict and not value:  # a stage.started's: no encoder call
+        return "{}"
     return dumps_payload(value)
 
 

@@ -16,7 +16,7 @@ import random
 import socket
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -26,9 +26,10 @@ from state.errors import AhgdError
 from state.machine import DONE_STAGE_STATES, RunState, StageState
 
 from .executors import Executor, InProcessExecutor
+from .. import attemptdb
 from ..resources import ResourceBudget
 from .plan import Progress, RunPlan, retry_state
-from .runner import Outcome
+from .runner import Outcome, run_here
 from ..retries import after_failure, failure_message
 from .turns import LoadTurn, last_stages
 from ..stage import StageConfig
@@ -49,6 +50,30 @@ class _Running:
     attempt: int
     future: Future
     executor: Executor
+
+
+class _Outputs(dict):
+    """stage -> its recorded output, knowing which stages' outputs are files (``files``):
+    those are the ones checked on disk before a stage that may read them starts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.files: set[str] = set()
+
+    def __setitem__(self, stage: str, ref: dict[str, Any] | None) -> None:
+        super().__setitem__(stage, ref)
+        if ref and ref.get("path"):
+            self.files.add(stage)
+        else:
+            self.files.discard(stage)
+
+    def pop(self, stage: str, *default: Any) -> Any:  # type: ignore[override]
+        self.files.discard(stage)
+        return super().pop(stage, *default)
+
+    def __delitem__(self, stage: str) -> None:
+        self.files.discard(stage)
+        super().__delitem__(stage)
 
 
 class RunEngine:
@@ -99,7 +124,7 @@ class _Execution:
         self.progress = progress
         self.log = engine.log
         self.done: set[str] = set()
-        self.outputs: dict[str, dict[str, Any] | None] = {}
+        self.outputs = _Outputs()
         self.running: dict[Future, _Running] = {}
         self.next_attempt: dict[str, int] = {}
         self.tries: dict[str, int] = {}
@@ -121,6 +146,8 @@ class _Execution:
         self._held_slots = 0
         self._held_budget: list = []
         self.inprocess: InProcessExecutor | None = None
+        #: (this thread's warm DuckDB instance before) once an attempt ran on this thread
+        self._warm_before: tuple[Any] | None = None
         #: the run's last stages start after earlier runs of the pipeline have ended
         self.last_stages = last_stages(plan.stages, plan.deps)
         self.turn = LoadTurn(self.log, engine.state_dir, plan.pipeline_name, plan.run_id)
@@ -137,6 +164,10 @@ class _Execution:
             self._release_held()  # never leak a worker slot or budget
             if self.inprocess is not None:
                 self.inprocess.shutdown()
+            if self._warm_before is not None:  # attempts ran on this thread: its warm DuckDB
+                warm = attemptdb.warm_instance()  # instance goes, as a pool thread's would
+                if warm is not None and warm is not self._warm_before[0]:
+                    warm.close()
 
     def _abandon(self) -> None:
         for future, r in list(self.running.items()):
@@ -240,7 +271,9 @@ class _Execution:
         """Invalidate the done stages whose output, read by ``readable``, is gone or altered."""
         # only outputs kept in files can go bad (an inline value is in the log itself)
         outputs = self.outputs
-        on_disk = {s for s in readable if (outputs.get(s) or {}).get("path")}
+        on_disk = readable & outputs.files
+        if not on_disk:
+            return False
         bad = self.checks.bad_outputs(self.plan.stages, self.done, outputs, on_disk,
                                       self.plan.run_id)
         if self.failed is None and any(m.removed for m in bad.values()):
@@ -334,6 +367,15 @@ class _Execution:
                               dict(outputs) if len(outputs) == len(self.done)
                               else {s: outputs.get(s) for s in self.done})
         executor = self._executor_for(cfg)
+        if self.plan.parallel == 1 and isinstance(executor, InProcessExecutor):
+            # one stage at a time, on a thread of this process: on this thread, then (it can
+            # no more be stopped on another); it has ended when run_here returns
+            self.progress.stage(stage, state=StageState.RUNNING, attempts=attempt)
+            if self._warm_before is None:
+                self._warm_before = (attemptdb.warm_instance(),)
+            future = run_here(self.plan.pipeline, task)
+            self.running[future] = _Running(stage, attempt, future, executor)
+            return
         future = executor.submit(self.plan.pipeline, task)
         self.running[future] = _Running(stage, attempt, future, executor)
         self.progress.stage(stage, state=StageState.RUNNING, attempts=attempt)
@@ -365,7 +407,19 @@ class _Execution:
         if not self.running:
             self.engine.executor.wait_for_slot(timeout)
             return
-        finished, _ = wait(list(self.running), timeout=timeout, return_when=FIRST_COMPLETED)
+        # an attempt run on this thread has ended already: no waiting to do
+        finished = [f for f in self.running if f.done()]
+        if not finished and len(self.running) == 1:
+            # one attempt out: wait on its own future (concurrent.futures.wait installs and
+            # removes a waiter on every call, ~10 µs of a warm stage's ~1 ms)
+            (future,) = self.running
+            try:
+                future.exception(timeout)
+            except (TimeoutError, CancelledError):
+                pass
+            finished = [future] if future.done() else []
+        elif not finished:
+            finished = wait(list(self.running), timeout=timeout, return_when=FIRST_COMPLETED)[0]
         for future in finished:
             self._finish(self.running.pop(future), future.result())
 

@@ -50,31 +50,35 @@ class RunPlan:
     #: stage -> why it is skipped
     skip: dict[str, str] = field(default_factory=dict)
     reuse: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    #: (stage, state_dir) -> what every task of that stage carries (the plan does not change)
+    _fixed: dict[tuple[str, Path], dict[str, Any]] = field(default_factory=dict, init=False,
+                                                           repr=False, compare=False)
 
     def task(self, stage: str, attempt: int, state_dir: Path,
              upstream: dict[str, dict[str, Any] | None]) -> StageTask:
         """What a worker needs to run ``attempt`` of ``stage``, given the outputs done so far."""
-        cfg = self.configs[stage]
-        deps = self.deps.get(stage, set())
-        return StageTask(
-            run_id=self.run_id,
-            pipeline_name=self.pipeline_name,
-            stage=stage,
-            attempt=attempt,
-            state_dir=str(state_dir),
-            params=self.params,
-            upstream=upstream,
-            input_stages=(tuple(deps) if len(deps) < 2  # else in the plan's order
-                          else tuple(s for s in self.stages if s in deps)),
-            rules=cfg.validation_rules,
-            config_dir=str(cfg.base_dir) if cfg.base_dir else None,
-            duckdb_settings=self.duckdb_settings,
-            timeout=cfg.timeout_seconds,
-            requirements=cfg.requirements(),
-            retry_on=cfg.retry_on,
-            no_retry_on=cfg.no_retry_on,
-            config=cfg,
-        )
+        fixed = self._fixed.get((stage, state_dir))
+        if fixed is None:
+            cfg = self.configs[stage]
+            deps = self.deps.get(stage, set())
+            fixed = self._fixed[(stage, state_dir)] = {
+                "run_id": self.run_id,
+                "pipeline_name": self.pipeline_name,
+                "stage": stage,
+                "state_dir": str(state_dir),
+                "params": self.params,
+                "input_stages": (tuple(deps) if len(deps) < 2  # else in the plan's order
+                                 else tuple(s for s in self.stages if s in deps)),
+                "rules": cfg.validation_rules,
+                "config_dir": str(cfg.base_dir) if cfg.base_dir else None,
+                "duckdb_settings": self.duckdb_settings,
+                "timeout": cfg.timeout_seconds,
+                "requirements": cfg.requirements(),
+                "retry_on": cfg.retry_on,
+                "no_retry_on": cfg.no_retry_on,
+                "config": cfg,
+            }
+        return StageTask(attempt=attempt, upstream=upstream, **fixed)
 
 
 def retry_state(log: Any, run: Any, clock: Callable[[], float]) -> tuple[dict[str, int],

@@ -11,7 +11,6 @@ for their ``sys.path``).
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import os
 import pickle
@@ -325,7 +324,7 @@ class ProcessExecutor(Executor):
             # what changed (the stages done since), not every output again
             before, now = sent[2], task.upstream
             gone = list(before.keys() - now.keys())
-            task = dataclasses.replace(task, upstream={
+            task = _with_upstream(task, {
                 s: ref for s, ref in now.items() if before.get(s, _MISSING) is not ref})
         try:
             worker.conn.send(("run", job.task_id, job.key, blob, task, gone))
@@ -407,6 +406,15 @@ class ProcessExecutor(Executor):
             if job is not None and not job.future.done():
                 job.future.set_result(Outcome(ok=False, interrupted=True, error="executor shut down"))
             self._retire(worker)
+
+
+def _with_upstream(task: StageTask, upstream: dict[str, Any]) -> StageTask:
+    """A shallow copy of ``task`` with other upstream outputs (``dataclasses.replace`` runs
+    ``__init__`` again: ~4 µs of the ~1 ms a warm stage costs, against ~1 µs)."""
+    copy = object.__new__(StageTask)
+    copy.__dict__.update(task.__dict__)
+    copy.upstream = upstream
+    return copy
 
 
 # --------------------------------------------------------------------------- the shared pool

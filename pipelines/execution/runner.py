@@ -10,10 +10,12 @@ retry could help.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import socket
 import time
 import traceback
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,7 +128,7 @@ def run_task(pipeline: Any, task: StageTask) -> Outcome:
     ctx = PipelineContext(
         run_id=task.run_id,
         pipeline_name=task.pipeline_name,
-        state_dir=Path(task.state_dir),
+        state_dir=_state_path(task.state_dir),
         params=task.params,
         outputs=task.upstream,
         stage_name=task.stage,
@@ -150,6 +152,39 @@ def run_task(pipeline: Any, task: StageTask) -> Outcome:
     if not outcome.ok:
         _discard(ctx, task)
     return outcome
+
+
+_STATE_PATHS: dict[str, Path] = {}
+
+
+def _state_path(state_dir: str) -> Path:
+    """``Path(state_dir)``, made once per state directory (a Path is immutable)."""
+    path = _STATE_PATHS.get(state_dir)
+    if path is None:
+        if len(_STATE_PATHS) > 64:
+            _STATE_PATHS.clear()
+        path = _STATE_PATHS[state_dir] = Path(state_dir)
+    return path
+
+
+def run_here(pipeline: Any, task: StageTask) -> Future:
+    """Execute one attempt on the calling thread; a resolved Future of its Outcome.
+
+    For an in-process run that executes one stage at a time: handing the attempt to
+    a pool thread and waiting for it cost ~0.15 ms a stage, and a thread of this
+    process can no more be stopped or timed out than the caller can.  The attempt
+    runs in a copy of the caller's context variables, as it would on a pool thread
+    (what it sets does not leak into the caller).  Ctrl-C (``KeyboardInterrupt``)
+    propagates after what the attempt wrote is removed (it was never recorded).
+    """
+    future: Future = Future()
+    try:
+        outcome = contextvars.copy_context().run(run_task, pipeline, task)
+    except BaseException:
+        store.remove_attempt(Path(task.state_dir), task.run_id, task.stage, task.attempt)
+        raise
+    future.set_result(outcome)
+    return future
 
 
 def failure(task: StageTask, exc: BaseException, prefix: str = "") -> Outcome:
