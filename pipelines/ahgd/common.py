@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from pipelines import InputError, TableExtractor, quote, read_csv_sql, read_table
+from pipelines.tables.sheets import number_column
 from pipelines.tables.source import Source
 
 from .headers import Column, Layout, python_codec
@@ -199,9 +200,17 @@ class ParsedColumns:
     """
 
     columns: list[Column] = field(default_factory=list)
+    #: columns the source also gives as numbers (:attr:`Source.numbers`, each named
+    #: :func:`number_column`): taken as they are, not parsed from their text again
+    numbers: Sequence[str] = ()
 
     def inner(self) -> list[str]:
-        return [f"{number_sql(quote(c.name))} AS {quote(c.name + '__num')}" for c in self.columns]
+        return [f"{self._number(c)} AS {quote(c.name + '__num')}" for c in self.columns]
+
+    def _number(self, c: Column) -> str:
+        if c.name in self.numbers:
+            return quote(number_column(c.name))
+        return number_sql(quote(c.name))
 
     def typed(self, c: Column) -> str:
         num = quote(c.name + "__num")
@@ -217,7 +226,15 @@ class ParsedColumns:
             bad_number = f"({num} IS NULL AND NOT {blank_sql(raw)})"
             bad = bad_number
             problem = "'not a number'"
-            if c.kind == "integer":
+            if c.name in self.numbers:
+                # a number in the file: never "not a number"; its text (not read, so as not
+                # to write every cell as text) is the number's own
+                if c.kind != "integer":
+                    continue
+                bad, problem = f"({num} IS NOT NULL AND {self.typed(c)} IS NULL)", \
+                    "'not a whole number'"
+                raw = f"CAST({num} AS VARCHAR)"
+            elif c.kind == "integer":
                 bad = f"({bad_number} OR ({num} IS NOT NULL AND {self.typed(c)} IS NULL))"
                 problem = (f"CASE WHEN {num} IS NULL THEN 'not a number' "
                            "ELSE 'not a whole number' END")

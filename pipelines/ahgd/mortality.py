@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines import quote
+from pipelines.tables.sheets import number_column
 from .common import (SOURCE_SHA, ParsedColumns, SourceExtractor, duplicate_key_problems,
                      parse_error_problems, read_input, suppressed_param)
 from .headers import Column, Layout
@@ -128,11 +129,13 @@ class MortalityTransformer:
         source, params = read.sql, read.params
         present = set(read.columns)
         numeric = [LAYOUT.column("year"), *INDICATORS]
-        parsed = ParsedColumns(numeric)
+        numbers = [n for n in read.numbers if n in {c.name for c in numeric}]
+        parsed = ParsedColumns(numeric, numbers)
         text = {n: f"trim({quote(n)})" if n in present else "NULL::VARCHAR"
                 for n in ("category", "geography")}
         raw = ", ".join(f"{quote(c.name) if c.name in present else 'NULL::VARCHAR'} AS "
                         f"{quote(c.name)}" for c in numeric)
+        raw += "".join(f", {quote(number_column(n))}" for n in numbers)
         src = (f"SELECT upper(trim(mort)) AS mort_code, {text['category']} AS category, "
                f"{text['geography']} AS area_name, {sex_sql('sex')} AS sex, {raw} FROM {source}")
         code = area_code_sql("mort_code")
@@ -144,8 +147,10 @@ class MortalityTransformer:
                  f"area_code, area_name, {kind} AS area_kind, category, mort_code, "
                  f"{typed.pop('year')}, sex, {', '.join(typed.values())}, $sha AS {SOURCE_SHA}, "
                  f"{parsed.errors()} FROM (SELECT *, {', '.join(parsed.inner())} FROM ({src}))")
-        return context.sql(query, params={**params, "sha": manifest["sha256"],
-                                          "suppressed": self.suppressed})
+        params = {**params, "sha": manifest["sha256"]}
+        if "$suppressed" in query:   # not when every numeric column came as numbers
+            params["suppressed"] = self.suppressed
+        return context.sql(query, params=params)
 
 
 class MortalityValidator:

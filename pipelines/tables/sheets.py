@@ -219,12 +219,26 @@ def _dtype(duck: str) -> str | None:
 def text_sql(con: Any, table: str) -> str:
     """A FROM item giving ``table`` (staged by :meth:`Workbook.stage`) with every column as
     the text its cells hold: ``table`` itself when every column is text already."""
+    return staged_sql(con, table, numbers=False)[0]
+
+
+def number_column(name: str) -> str:
+    """The name :func:`staged_sql` gives the number of column ``name``."""
+    return f"_ahgd_number_{name}"
+
+
+def staged_sql(con: Any, table: str, *, numbers: bool = True) -> tuple[str, list[str]]:
+    """:func:`text_sql`, and (``numbers``) the columns whose every cell was a number in the
+    sheet: the FROM item gives each of those a second time as DOUBLE, named
+    :func:`number_column` — the value its text parses to, without writing it as text and
+    parsing it back (MORT: about 3 s of CPU for 1.5 M rows)."""
     typed = _staged(con, table)
+    nums = [n for n, d in typed.items() if numbers and d in ("float", "int")]
     if not any(typed.values()):
-        return table
-    cols = ", ".join(f"{_as_text(quote(n), d) if d else quote(n)} AS {quote(n)}"
-                     for n, d in typed.items())
-    return f"(SELECT {cols} FROM {table})"
+        return table, []
+    cols = [f"{_as_text(quote(n), d) if d else quote(n)} AS {quote(n)}" for n, d in typed.items()]
+    cols += [f"CAST({quote(n)} AS DOUBLE) AS {quote(number_column(n))}" for n in nums]
+    return f"(SELECT {', '.join(cols)} FROM {table})", nums
 
 
 def _append(con: Any, loaded: Any, columns: dict[int, str], table: str, create: bool) -> int:

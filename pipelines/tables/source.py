@@ -30,7 +30,7 @@ from ..csvfile import csv_error, read_csv_sql
 from ..csvheader import HEADER_LIMIT
 from ..errors import InputError
 from . import files
-from .sheets import PROBE_ROWS, Workbook, find_header, text_sql
+from .sheets import PROBE_ROWS, Workbook, find_header, staged_sql, text_sql
 
 UNUSED = "_unused_"
 #: the in-memory database sheets are staged in (attached with COMPRESS on the stage's DuckDB
@@ -243,6 +243,9 @@ class Source:
     params: dict[str, Any]
     columns: list[str]
     dropped_rows: int = 0
+    #: columns whose every cell was a number (a spreadsheet's): ``sql`` also gives each as
+    #: DOUBLE, named :func:`~pipelines.tables.sheets.number_column`, the value its text parses to
+    numbers: tuple[str, ...] = ()
 
 
 def present(manifest: dict[str, Any]) -> list[str]:
@@ -302,10 +305,12 @@ def _read_sheets(con: Any, manifest: dict[str, Any], key: Sequence[str], prefix:
         if create:
             table = groups[names] = f"{STAGING}.{quote(f'{prefix}_{len(groups)}')}"
         dropped += book.stage(con, s["sheet"], s["data_row"], wanted, table, create=create)
-    # numbers and dates were staged as such: each table read with every cell as text
+    # numbers and dates were staged as such: each table read with every cell as text (and,
+    # from one table, its numbers as such too)
+    if len(groups) == 1:
+        sql, numbers = staged_sql(con, next(iter(groups.values())))
+        return Source(sql, {}, present(manifest), dropped, tuple(numbers))
     tables = [text_sql(con, t) for t in groups.values()]
-    if len(tables) == 1:
-        return Source(tables[0], {}, present(manifest), dropped)
     join = [k for k in key if all(k in n for n in groups)]
     if not join:
         sql = " UNION ALL BY NAME ".join(f"SELECT * FROM {t}" for t in tables)

@@ -300,3 +300,29 @@ def test_the_drop_folder_check_reads_the_file_as_the_extract_stage_will(tmp_path
     with pytest.raises(ConfigError, match="input_check.stage: 'extrct' is not a stage of this "
                        "pipeline"):
         load_config([bad], state_dir=tmp_path)
+
+
+def test_a_books_numbers_reach_the_transform_as_numbers_judged_as_their_text_would_be(
+        tmp_path, raw_mort, mort_truth):
+    """Columns whose cells are all numbers are given to the transform as numbers too
+    (Source.numbers), not written as text and parsed back: the same rows as the CSV, and a
+    year that is not whole is refused with the same words as from the CSV."""
+    from pipelines.tables.source import read_source
+
+    book = mort_book(tmp_path / "blanks.xlsx", raw_mort, blank=None, split=200)
+    ctx = pipeline("mortality_regions", tmp_path / "s").run(input_file=book)
+    assert ctx.state == "COMPLETED", ctx.error
+    assert rows(tmp_path / "s", "mortality_region") == mort_truth
+    source = read_source(duckdb.connect(), dict(ctx.get_output("extract")), tmp_path / "tmp")
+    assert {"year", "deaths", "crude_rate_per_100000"} <= set(source.numbers)
+
+    bad = [dict(r) for r in raw_mort]
+    bad[7]["YEAR"] = "2020.5"
+    errors = []
+    for path in (write_csv(tmp_path / "bad.csv", bad),
+                 mort_book(tmp_path / "bad.xlsx", bad, blank=None)):
+        failed = pipeline("mortality_regions", tmp_path / path.suffix[1:]).run(input_file=path)
+        assert failed.state == "FAILED", path
+        errors.append(str(failed.error))
+    assert "2020.5" in errors[0] and "not a whole number" in errors[0], errors[0]
+    assert errors[1].replace("bad.xlsx", "bad.csv") == errors[0]
