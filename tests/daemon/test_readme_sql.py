@@ -89,7 +89,9 @@ def _extra_config(tmp: Path) -> Path:
 def _record_old_runs(state: Path, now: datetime) -> dict[str, str]:
     """Two runs of pipeline 'archive' a week ago, through the event log's own clock."""
     boundary_day = (now - timedelta(days=7)).replace(hour=0, minute=0, second=0, microsecond=0)
-    outside = min(now - timedelta(days=7, hours=1),
+    # on that day, before the boundary: an hour before it, or (between 00:00 and 01:00)
+    # halfway between midnight and it
+    outside = max(now - timedelta(days=7, hours=1),
                   boundary_day + (now - timedelta(days=7) - boundary_day) / 2)
     starts = {"archive-inside": now - timedelta(days=6), "archive-outside": outside}
     lengths = {"archive-inside": 30.0, "archive-outside": 100.0}
