@@ -28,6 +28,8 @@ from typing import Callable, Iterator
 
 import duckdb
 
+from pipelines.tables.xlsxstream import column_letters
+
 SHEET_ROWS = 1_048_576
 _CT = ('<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<Types xmlns="http://schemas.'
        'openxmlformats.org/package/2006/content-types"><Default Extension="rels" ContentType="'
@@ -44,14 +46,6 @@ _RELS = ('<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<Relationship
 _MAIN = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
 _R = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
 
-
-def _letters(i: int) -> str:
-    out = ""
-    i += 1
-    while i:
-        i, r = divmod(i - 1, 26)
-        out = chr(65 + r) + out
-    return out
 
 
 def _text_cell(ref: str, text: str) -> str:
@@ -81,7 +75,7 @@ def write_xlsx(path: Path, sheets: list[tuple[str, list[list[str]], Callable[[in
                 f.write(f'<worksheet xmlns="{_MAIN}"><sheetData>'.encode())
                 for r, cells in enumerate(top, 1):
                     f.write((f'<row r="{r}">' + "".join(
-                        _text_cell(f"{_letters(c)}{r}", v) for c, v in enumerate(cells) if v)
+                        _text_cell(f"{column_letters(c)}{r}", v) for c, v in enumerate(cells) if v)
                         + "</row>").encode())
                 chunk: list[str] = []
                 for xml in body(len(top) + 1):
@@ -98,7 +92,7 @@ def _row_xml_sql(columns: list[str], text: set[str]) -> str:
     left out, text inline); ``n`` is the row's number in the sheet."""
     cells = []
     for i, c in enumerate(columns):
-        ref = f"'{_letters(i)}' || n"
+        ref = f"'{column_letters(i)}' || n"
         q = f'"{c}"'
         if c in text:
             esc = f"replace(replace(replace({q}, '&', '&amp;'), '<', '&lt;'), '>', '&gt;')"

@@ -218,7 +218,7 @@ def _pieces(book: BinaryIO, sheet: str, data_row: int, want: int,
         # a large shared-string table is parsed with every piece: make pieces larger then
         size = max(want, 4 * len(parts.get("xl/sharedStrings.xml", b"")))
         after = data_row - 1       # the sheet's rows before the next piece's
-        column = _letters(marker_column).encode()
+        column = column_letters(marker_column).encode()
         with z.open(path) as f:
             for rows, end in _row_runs(f, size):
                 last = _number(rows, rows.rfind(b"<row ", 0, end))
@@ -235,7 +235,7 @@ def _pieces(book: BinaryIO, sheet: str, data_row: int, want: int,
                 after = last
 
 
-def _letters(column: int) -> str:
+def column_letters(column: int) -> str:
     """The letters of a 0-based column (``0`` -> ``A``, ``26`` -> ``AA``)."""
     out = ""
     column += 1
@@ -315,4 +315,5 @@ def _row_runs(f: BinaryIO, size: int) -> Iterator[tuple[bytes, int]]:
 
 
 __all__ = ["STREAM_BYTES", "PIECE_BYTES", "LOAD_AHEAD", "Unsupported", "Piece", "Loaded",
-           "env_size", "sheet_pieces", "sheet_size", "stream_bytes", "piece_bytes"]
+           "column_letters", "env_size", "sheet_pieces", "sheet_size", "stream_bytes",
+           "piece_bytes"]
