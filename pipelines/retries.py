@@ -138,13 +138,23 @@ def _by_kind(exc: BaseException, name: str) -> Decision:
     return Decision(True, f"{name} is not known to be permanent")
 
 
+#: what DuckDB's InvalidInputException says when a query's parameters and values differ
+_PARAMETER_MISMATCH = ("Parameter argument/count mismatch",
+                       "Values were not provided for the following parameters")
+
+
 def _duckdb_kind(exc: BaseException) -> str | None:
     """How a DuckDB error is described when it is permanent ("" when it may pass), or None
     when ``exc`` is not DuckDB's."""
     duckdb = sys.modules.get("duckdb")
     if duckdb is None or not isinstance(exc, getattr(duckdb, "Error", ())):
         return None
-    data = (duckdb.DataError, duckdb.IntegrityError, getattr(duckdb, "InvalidInputException", ()))
+    invalid = getattr(duckdb, "InvalidInputException", ())
+    if isinstance(exc, invalid) and any(m in str(exc) for m in _PARAMETER_MISMATCH):
+        # the query's parameters and the values given for them do not match: the code's
+        # fault, whatever the data (the same words as a ProgrammingError's, below)
+        return "is an error in the SQL: a retry would run the same query"
+    data = (duckdb.DataError, duckdb.IntegrityError, invalid)
     if isinstance(exc, data):   # InvalidInput: a malformed CSV, as often as a bad argument
         return "is a data error: a retry would read the same data"
     if isinstance(exc, (duckdb.ProgrammingError, duckdb.NotSupportedError)):

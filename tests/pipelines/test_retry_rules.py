@@ -248,3 +248,27 @@ def test_a_validator_with_a_class_may_quarantine(tmp_path):
             validation_rules: {ranges: {irsd_decile: [1, 10]}, quarantine: true}
         """))
     assert check_files([path]) == []
+
+
+def test_parameters_that_do_not_match_the_query_are_the_codes_fault_not_the_datas(tmp_path):
+    """DuckDB raises InvalidInputException for a malformed CSV and for a query given other
+    parameters than it names alike; only the first is the data's fault."""
+    import duckdb
+
+    from pipelines.retries import classify
+
+    con = duckdb.connect()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2,3\n")
+    raised = []
+    for query, params in (("SELECT $a", {"a": 1, "b": 2}), ("SELECT $a, $b", {"a": 1}),
+                          ("SELECT * FROM read_csv($p, strict_mode=true, header=true, columns="
+                           "{'a': 'VARCHAR', 'b': 'VARCHAR'})", {"p": str(bad)})):
+        with pytest.raises(duckdb.InvalidInputException) as caught:
+            con.execute(query, params).fetchall()
+        raised.append(classify(caught.value))
+    assert [d.retry for d in raised] == [False, False, False]
+    assert [d.why.split(": ")[0] for d in raised] == [
+        "duckdb.InvalidInputException is an error in the SQL",
+        "duckdb.InvalidInputException is an error in the SQL",
+        "duckdb.InvalidInputException is a data error"]
