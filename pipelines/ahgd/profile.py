@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pipelines import InputError, quote, sha256_file
+from pipelines import ConfigError, InputError, quote, sha256_file
 
 from .common import CONFIG_DIR, SOURCE_SHA
 from .warehouse import WarehouseLoader, sql_literal
@@ -63,8 +63,10 @@ class ProfileExtractor:
         base = Path(self.base_dir or context.config_dir or CONFIG_DIR)
         areas = Path(os.path.normpath(base / Path(self.areas).expanduser()))
         if not areas.is_file():
-            raise InputError(f"SA2 attribute file {areas} of pipeline {context.pipeline_name!r} "
-                             "does not exist; check the extract stage's areas option")
+            # the configuration's fault, not an input's (this pipeline has no input file)
+            raise ConfigError(f"SA2 attribute file {areas} of pipeline {context.pipeline_name!r} "
+                              "does not exist; check the extract stage's areas option (a path "
+                              f"relative to {base})")
         tmp = Path(context.state_dir) / "tmp" / f"{context.run_id}.{context.stage_name}"
         tmp.mkdir(parents=True, exist_ok=True)
         try:

@@ -259,6 +259,19 @@ def test_profile_needs_the_source_tables(tmp_path):
         "which do not exist yet; run pipeline(s) seifa_sa2, mortality_regions first")
 
 
+def test_a_profile_whose_areas_file_is_missing_blames_the_configuration(tmp_path):
+    """A pipeline file copied away from the bundled data (a new user's own folder) names a
+    SA2 attribute file that is not there: the configuration's fault, said as such."""
+    ctx = pipeline("sa2_health_profile", tmp_path / "state", **{
+        "../data/sa2_boundaries_simplified.geojson": "areas/nowhere.geojson"}).run()
+    assert (ctx.state, ctx.failed_stage) == ("FAILED", "extract")
+    where = tmp_path / "areas" / "nowhere.geojson"
+    assert ctx.stage_results["extract"].error == (
+        f"SA2 attribute file {where} of pipeline 'sa2_health_profile' does not exist; check "
+        f"the extract stage's areas option (a path relative to {tmp_path})")
+    assert "is a configuration error" in str(ctx.error), ctx.error
+
+
 # --------------------------------------------------------------------------- loads and inputs
 
 
