@@ -348,8 +348,6 @@ class Passthrough:
     stage: str
 
 
-
-
 def _duckdb_config(settings: Mapping[str, Any]) -> dict[str, Any]:
     config: dict[str, Any] = {}
     for key in ("memory_limit", "temp_directory", "threads", "max_temp_directory_size"):
