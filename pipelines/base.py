@@ -193,14 +193,21 @@ class BasePipeline(ABC):
 
     def _stages_and_deps(self) -> tuple[list[str], dict[str, set[str]]]:
         """The stage names and each one's dependencies, checked (``pipelines.stagelist``)."""
+        stages, deps, _ = self._stages_deps_configs()
+        return stages, deps
+
+    def _stages_deps_configs(self) -> tuple[list[str], dict[str, set[str]], dict[str, StageConfig]]:
+        """:meth:`_stages_and_deps`, with the effective config of each stage as the checks
+        built it (a run then uses those, rather than building each config again)."""
         # define_stages() is read once for all the stages' dependencies, not once per stage
         self._stages_reading, self._stages_read, self._configs_read = True, None, {}
         try:
             stages, deps, self._stage_objects = stages_and_deps(
                 self, default_execute=type(self).execute_stage is BasePipeline.execute_stage)
+            configs = self._configs_read
         finally:
             self._stages_reading, self._stages_read, self._configs_read = False, None, None
-        return stages, deps
+        return stages, deps, configs  # type: ignore[return-value]
 
     # -- running --------------------------------------------------------------------------
 
@@ -226,7 +233,7 @@ class BasePipeline(ABC):
         ``executor``, ``budget`` and ``cancel`` let an orchestrator share its
         worker pool and resource budget, and stop the run.
         """
-        stages, deps = self._stages_and_deps()
+        stages, deps, configs = self._stages_deps_configs()
         skip = set(skip_stages or ())
         unknown = skip - set(stages)
         if unknown:
@@ -248,7 +255,7 @@ class BasePipeline(ABC):
         close_interrupted_runs(log, self.state_dir, self.name)  # a killed script's runs
         log.append(new_event(T.RUN_REQUESTED, run_id, pipeline=self.name, trigger=trigger,
                              params=run_params, stages=stages))
-        return self.execute_run(run_id, log=log, skip=skip, reuse=reuse, stages=(stages, deps),
+        return self.execute_run(run_id, log=log, skip=skip, reuse=reuse, stages=(stages, deps, configs),
                                 executor=executor, budget=budget, cancel=cancel)
 
     def execute_run(
@@ -273,14 +280,15 @@ class BasePipeline(ABC):
         :class:`state.locks.Locked`.
         """
         log = log or self._open_log()
-        stages_, deps = stages or self._stages_and_deps()
+        # (stages, deps), or from run(): (stages, deps, the configs its checks built)
+        stages_, deps, *built = stages or self._stages_and_deps()
         lock = run_lock or FileLock(run_lock_path(self.state_dir, run_id),
                                     {"role": "run", "run_id": run_id}, remove_on_release=True)
         if not lock.held:
             lock.acquire()  # raises Locked if another process is executing it
         try:
             return self._execute_locked(run_id, log, stages_, deps, executor, budget, skip, reuse,
-                                        stop, grace_deadline, cancel)
+                                        stop, grace_deadline, cancel, built[0] if built else None)
         finally:
             lock.release()
 
@@ -289,8 +297,11 @@ class BasePipeline(ABC):
                         budget: ResourceBudget | None, skip: set[str] | None,
                         reuse: dict[str, tuple[str, dict[str, Any]]] | None,
                         stop: threading.Event | None, grace_deadline: Any,
-                        cancel: threading.Event | None) -> PipelineContext:
-        configs = {s: self.stage_config(s) for s in stages_}  # built once: each is a new object
+                        cancel: threading.Event | None,
+                        built: dict[str, StageConfig] | None = None) -> PipelineContext:
+        # built once: each is a new object (run() passes those its checks built)
+        configs = {s: built.get(s) or self.stage_config(s) for s in stages_} if built else \
+            {s: self.stage_config(s) for s in stages_}
         skips = {s: "skipped on request" for s in (skip or ())}
         skips.update({s: "disabled in the configuration" for s in stages_
                       if not configs[s].enabled and s not in skips})

@@ -107,14 +107,17 @@ def begin_immediate(
     *,
     busy_timeout: float = DEFAULT_BUSY_TIMEOUT_S,
     op: str = "write",
+    cursor: sqlite3.Cursor | None = None,
 ) -> None:
     """``BEGIN IMMEDIATE``: take the write lock now, waiting up to ``busy_timeout``.
 
     The busy handler already waits; this loop covers the few SQLITE_BUSY cases
     that bypass it (WAL recovery after a crash), up to the same deadline.
+    ``cursor``: a cursor of ``conn`` kept for the caller's statements (the event log's
+    appends: a new cursor per statement was a measurable share of one).
     """
     try:
-        conn.execute("BEGIN IMMEDIATE")
+        (cursor or conn).execute("BEGIN IMMEDIATE")
         return
     except sqlite3.OperationalError as exc:
         first = exc
@@ -134,10 +137,11 @@ def begin_immediate(
             exc = again
 
 
-def commit(conn: sqlite3.Connection, path: str | os.PathLike[str], op: str = "write") -> None:
+def commit(conn: sqlite3.Connection, path: str | os.PathLike[str], op: str = "write",
+           cursor: sqlite3.Cursor | None = None) -> None:
     """``COMMIT``, rolled back and translated if SQLite refuses (disk full, I/O error)."""
     try:
-        conn.execute("COMMIT")
+        (cursor or conn).execute("COMMIT")
     except sqlite3.Error as exc:
         if conn.in_transaction:
             conn.execute("ROLLBACK")

@@ -298,7 +298,8 @@ def _apply_stage(run: Run | None, e: Event) -> Run:
             event_type=t,
             current=run.state,
         )
-    if run.stages and stage not in run.stages:
+    stages = run.stages
+    if stages and stage not in _stage_set(stages):
         raise IllegalTransition(
             f"run {run.run_id!r} has no stage {stage!r} (its stages: {', '.join(run.stages)})",
             event_type=t,
@@ -347,6 +348,23 @@ def _apply_stage(run: Run | None, e: Event) -> Run:
 
 
 _new = tuple.__new__
+
+#: id(a run's stage tuple) -> (the tuple, its names as a set): every event of a run shares
+#: its one tuple, and looking a name up in it was a scan of the whole tuple per event
+_STAGE_SETS: dict[int, tuple[tuple[str, ...], frozenset[str]]] = {}
+
+
+def _stage_set(stages: tuple[str, ...]) -> frozenset[str] | tuple[str, ...]:
+    if len(stages) < 8:  # a scan of a few names costs less than the lookup
+        return stages
+    found = _STAGE_SETS.get(id(stages))
+    if found is None or found[0] is not stages:
+        if len(_STAGE_SETS) > 256:
+            _STAGE_SETS.clear()
+        found = _STAGE_SETS[id(stages)] = (stages, frozenset(stages))
+    return found[1]
+
+
 _ENDINGS = {
     T.STAGE_FAILED: "stage failed (no error recorded)",
     T.STAGE_TIMED_OUT: "stage timed out",

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from state import EventLog, EventType as T, Run, new_event, store
-from state.errors import AhgdError
+from state.errors import AhgdError, IllegalTransition
 from state.machine import DONE_STAGE_STATES, RunState, StageState
 
 from .executors import Executor, InProcessExecutor
@@ -199,8 +199,9 @@ class _Execution:
                                                              "at its next start")
             elif self.failed is None:
                 self._launch_ready()
-            self._flush()
-            self._release_held()
+            if not self._completed():  # else _end commits the last completion with the run's
+                self._flush()
+                self._release_held()
             if not self.running:
                 if self.failed is not None:
                     stage, error = self.failed
@@ -213,6 +214,11 @@ class _Execution:
             self._wait()
         stage, error = self.failed  # type: ignore[misc]
         return self._end(T.RUN_FAILED, error=error, stage=stage)
+
+    def _completed(self) -> bool:
+        """Every stage is done and nothing runs: the run completes now."""
+        return (not self.running and self.failed is None
+                and len(self.done) >= len(self.plan.stages) and self.done >= set(self.plan.stages))
 
     def _start(self) -> Run:
         run = self.log.run(self.plan.run_id)
@@ -327,7 +333,8 @@ class _Execution:
                 return
             if not self._ready(stage):
                 continue
-            if self._invalidate_bad(self._ancestors(stage)):
+            # only outputs kept in files can go bad: with none, no ancestors to look at
+            if self.outputs.files and self._invalidate_bad(self._ancestors(stage)):
                 return self._launch_ready() if self.failed is None else None  # from the top
             if stage in self.last_stages and not self.turn.mine():
                 self.waiting = True
@@ -515,11 +522,23 @@ class _Execution:
                        "prerequisites did not complete")
 
     def _end(self, kind: str, **payload: Any) -> Run:
-        self._flush()
-        self._release_held()
         if kind == T.RUN_FAILED:
             payload = {"error": payload["error"], "failed_stage": payload["stage"]}
-        self.log.append(new_event(kind, self.plan.run_id, **payload))
+        end = new_event(kind, self.plan.run_id, **payload)
+        if self._pending and kind == T.RUN_COMPLETED:
+            # the last stage's completion and the run's in one commit (one fsync, not two);
+            # refused (never, while the engine keeps its books), the completion goes alone
+            events, self._pending, self._pending_durable = self._pending + [end], [], False
+            try:
+                self.log.append_many(events)
+                end = None
+            except IllegalTransition:
+                self.log.append_many(events[:-1])
+        else:
+            self._flush()
+        self._release_held()
+        if end is not None:
+            self.log.append(end)
         run = self.log.run(self.plan.run_id)
         self.progress.update(state=str(run.state) if run else kind, current_stage=None)
         return run  # type: ignore[return-value]
