@@ -40,12 +40,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from state import DuplicateEvent, EventLog, EventType as T, format_ts, new_event, store
+from state import DuplicateEvent, Event, EventLog, EventType as T, format_ts, new_event, store
 from state.store import safe_name
 
 from . import inputcheck
+from .inputcheck import CheckAborted
 from .inboxfiles import Entry, NotRegular, display_name, name_bytes_hex, place, stored_name
 
+#: a file larger than this is not kept waiting in a batch of claims (claim_many) while
+#: it is hashed: the batch is recorded first
+BATCH_FILE_BYTES = 8 << 20
 IGNORED_SUFFIXES = (".part", ".partial", ".tmp", ".temp", ".swp", ".crdownload", ".download", "~")
 #: claims in progress, under ``<state>/files/``: a copy or second name of the dropped file
 STAGING = ".incoming"
@@ -154,9 +158,45 @@ class Claimer:
         #: set when the daemon stops: an input check still running is cut short
         self.stopping = threading.Event()
 
-    # -- the one entry point ---------------------------------------------------------
+    # -- the entry points ------------------------------------------------------------------
 
     def claim(self, folder: Folder, path: Path) -> Claimed:
+        outcome = self.claim_many([(folder, path)])[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def claim_many(self, items: list[tuple[Folder, Path]]) -> list[Claimed | Exception]:
+        """Take several complete files, their arrivals recorded in one commit.
+
+        A burst's files then cost one fsync'd commit, not one each.  Nothing is
+        weakened: a file's drop-folder name is removed only once the commit that
+        records it is durable, as for a file taken alone, and a crash before that
+        commit leaves every file of the batch in its folder (what was already stored
+        is adopted at the next start, ``adopt_orphans``).  The batch is recorded
+        early, before a file whose bytes it holds already, before an input check (a
+        child process) and before a large file, so that no file waits long for others.
+        One outcome per item, in order: its ``Claimed``, or the exception that stopped
+        it; after a ``CheckAborted`` (the daemon stops) the rest are not tried.
+        """
+        out: list[Any] = []
+        batch = _Batch(out)
+        try:
+            for i, (folder, path) in enumerate(items):
+                try:
+                    out.append(self._claim_one(folder, path, batch))
+                except CheckAborted as exc:  # stopping: this file and the rest stay
+                    out.extend([exc] * (len(items) - i))
+                    break
+                except Exception as exc:
+                    out.append(exc)
+            self._record(batch)
+        except BaseException:
+            batch.abandon()
+            raise
+        return out
+
+    def _claim_one(self, folder: Folder, path: Path, batch: "_Batch") -> Any:
         link = _linked_folder(folder, path)
         if link is not None:  # O_NOFOLLOW guards the last part of a path, not the ones before
             return self.refuse(folder, link, "symlink", _lstat(link))
@@ -169,15 +209,26 @@ class Claimer:
             return self.refuse(folder, path, exc.kind, exc.st)
         except PermissionError:
             return self.refuse(folder, path, "unreadable", _lstat(path))
-        with entry:
-            return self._take(folder, path, entry)
-
-    def _take(self, folder: Folder, path: Path, entry: Entry) -> Claimed:
-        pipeline = folder.pipeline
-        self.staging.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(dir=self.staging))
         try:
-            staged = work / path.name  # as dropped: an input check quotes the name it was given
+            taken = self._take(folder, path, entry, batch)
+        except BaseException:
+            entry.close()
+            raise
+        if not isinstance(taken, _Pending):
+            entry.close()
+        return taken  # a _Pending keeps its entry open until its arrival is recorded
+
+    def _take(self, folder: Folder, path: Path, entry: Entry, batch: "_Batch") -> Any:
+        pipeline = folder.pipeline
+        if entry.st.st_size > BATCH_FILE_BYTES:  # hashing it takes a while: the others go first
+            self._record(batch)
+        self.staging.mkdir(parents=True, exist_ok=True)
+        if inputcheck.needed(folder):  # a folder of its own: the check sees the name as dropped
+            work: Path | None = Path(tempfile.mkdtemp(dir=self.staging))
+            staged = work / path.name
+        else:  # no folder to make and remove for each file (a fifth of a claim's cost)
+            work, staged = None, self.staging / f"{secrets.token_hex(8)}.claim"
+        try:
             if entry.link_to(staged):
                 sha, size = entry.sha256()
             else:  # other names share the inode, or another file system: a copy of our own
@@ -185,33 +236,80 @@ class Claimer:
             if entry.changed():
                 return Claimed(pipeline, None, None, "changing",
                                "the file changed while it was taken")
+            if batch.holds(pipeline, sha):  # the same bytes twice: the first one is recorded
+                self._record(batch)         # first, and this one is then its duplicate
             existing = self.log.aggregate(("file", f"{pipeline}\x1f{sha}"))
             if existing is not None and existing.state == "ARRIVED" and not folder.allow_duplicates:
                 return self._duplicate(folder, entry, staged, sha, existing)
+            if size and inputcheck.needed(folder):
+                self._record(batch)  # a check takes a child process: the batch goes first
             reason = (inputcheck.Refusal("the file is empty (0 bytes)", EMPTY_FIX) if size == 0
                       else self._check(folder, staged))
             if reason:
                 return self._quarantine_staged(folder, entry, staged, reason, sha)
             stored = place(staged, self.state_dir / "files" / safe_name(pipeline) / sha
                            / stored_name(path.name))
-            try:
-                claimed = self._record_arrival(folder, stored, sha, size, path.name, existing)
-            except BaseException:
-                stored.unlink(missing_ok=True)  # not recorded: the dropped file is still there
-                raise
-            entry.release()
-            return claimed
+            run_id, events = self._arrival_events(folder, stored, sha, size, path.name, existing)
+            return batch.add(_Pending(folder, entry, stored, sha, run_id, events))
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            if work is not None:
+                shutil.rmtree(work, ignore_errors=True)
+            else:  # still there when the file was not taken (changing, or an error)
+                _unlink_quietly(staged)
 
     def _check(self, folder: Folder, staged: Path) -> inputcheck.Refusal | None:
         if not inputcheck.needed(folder):
             return None
         return inputcheck.run(folder, staged, abort=self.stopping)
 
+    def _record(self, batch: "_Batch") -> None:
+        """Record the batch's arrivals in one transaction; then, and only then, remove their
+        drop-folder names.  If that transaction fails (another claimer recorded one of the
+        files first, a full disk ...), each file is recorded on its own, as if taken alone."""
+        pending = batch.take()
+        if not pending:
+            return
+        try:
+            try:
+                self.log.append_many([e for p in pending for e in p.events])
+            except Exception:
+                for p in pending:
+                    batch.out[p.index] = self._record_alone(p)
+            else:
+                for p in pending:
+                    batch.out[p.index] = _released(
+                        p, Claimed(p.folder.pipeline, p.run_id, p.sha, "arrived"))
+        finally:
+            for p in pending:
+                p.entry.close()
+
+    def _record_alone(self, p: "_Pending") -> Claimed | Exception:
+        try:
+            self.log.append_many(p.events)
+        except DuplicateEvent as exc:  # another claimer recorded the same bytes first
+            claimed = Claimed(p.folder.pipeline, exc.existing.run_id, p.sha, "duplicate",
+                              "already recorded")
+        except Exception as exc:
+            p.stored.unlink(missing_ok=True)  # not recorded: the dropped file is still there
+            return exc
+        else:
+            claimed = Claimed(p.folder.pipeline, p.run_id, p.sha, "arrived")
+        return _released(p, claimed)
+
     def _record_arrival(self, folder: Folder, stored: Path, sha: str, size: int, name: str,
                         existing: Any = None) -> Claimed:
-        """Record the file and request its run, in one transaction.
+        """Record the file and request its run, in one transaction."""
+        run_id, events = self._arrival_events(folder, stored, sha, size, name, existing)
+        try:
+            self.log.append_many(events)
+        except DuplicateEvent as exc:  # another claimer recorded the same bytes first
+            return Claimed(folder.pipeline, exc.existing.run_id, sha, "duplicate",
+                           "already recorded")
+        return Claimed(folder.pipeline, run_id, sha, "arrived")
+
+    def _arrival_events(self, folder: Folder, stored: Path, sha: str, size: int, name: str,
+                        existing: Any = None) -> tuple[str, list[Event]]:
+        """The run id and the events that record the file and request its run.
 
         New bytes arrive (``file.arrived``, keyed by pipeline and hash).  Bytes that
         were quarantined before arrive again under a key of their own.  Bytes that
@@ -233,15 +331,8 @@ class Claimer:
             first = new_event(T.FILE_ARRIVED, run_id, pipeline=pipeline, sha256=sha, name=shown,
                               **_raw(name), size=size, stored_path=str(stored),
                               idempotency_key=key)
-        try:
-            self.log.append_many([
-                first,
-                new_event(T.RUN_REQUESTED, run_id, pipeline=pipeline, trigger="drop_folder",
-                          params=params),
-            ])
-        except DuplicateEvent as exc:  # another claimer recorded the same bytes first
-            return Claimed(pipeline, exc.existing.run_id, sha, "duplicate", "already recorded")
-        return Claimed(pipeline, run_id, sha, "arrived")
+        return run_id, [first, new_event(T.RUN_REQUESTED, run_id, pipeline=pipeline,
+                                         trigger="drop_folder", params=params)]
 
     def _duplicate(self, folder: Folder, entry: Entry, staged: Path, sha: str,
                    existing: Any) -> Claimed:
@@ -358,6 +449,55 @@ class Claimer:
         return adopted
 
 
+@dataclass
+class _Pending:
+    """A file stored and ready to record; its entry stays open until then."""
+
+    folder: Folder
+    entry: Entry
+    stored: Path
+    sha: str
+    run_id: str
+    events: list[Event]
+    index: int = -1
+
+
+class _Batch:
+    """The files of one :meth:`Claimer.claim_many` waiting for their shared commit;
+    ``out`` is that call's list of outcomes, where each one's is put once recorded."""
+
+    def __init__(self, out: list[Any]):
+        self.out = out
+        self._pending: list[_Pending] = []
+
+    def add(self, pending: _Pending) -> _Pending:
+        pending.index = len(self.out)  # the slot claim_many appends it to
+        self._pending.append(pending)
+        return pending
+
+    def holds(self, pipeline: str, sha: str) -> bool:
+        return any(p.sha == sha and p.folder.pipeline == pipeline for p in self._pending)
+
+    def take(self) -> list[_Pending]:
+        pending, self._pending = self._pending, []
+        return pending
+
+    def abandon(self) -> None:
+        """Not recorded after all: the stored copies go, the dropped files stay."""
+        for p in self.take():
+            p.stored.unlink(missing_ok=True)
+            p.entry.close()
+
+
+def _released(p: _Pending, claimed: Claimed) -> Claimed | Exception:
+    """``claimed`` once the drop-folder name is gone (its arrival is on record)."""
+    try:
+        p.entry.release()
+    except Exception as exc:  # recorded all the same: the next try finds it a duplicate
+        return exc
+    return claimed
+
+
 def _raw(name: str) -> dict[str, str]:
     """``{"name_bytes_hex": ...}`` for a name that is not UTF-8 (its exact bytes), else ``{}``."""
     raw = name_bytes_hex(name)
@@ -377,6 +517,13 @@ def _linked_folder(folder: Folder, path: Path) -> Path | None:
         if st is not None and stat.S_ISLNK(st.st_mode):
             return current
     return None
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _lstat(path: Path) -> os.stat_result | None:

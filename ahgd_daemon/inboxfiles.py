@@ -133,7 +133,12 @@ class Entry:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        os.close(self.fd)
+        self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     def changed(self) -> bool:
         """Did the file change (size or mtime) since it was opened?  (A writer still at it.)"""

@@ -5,8 +5,11 @@ place) and ``candidate`` (a file appeared or changed) from their own threads.
 The main loop calls ``take``, which hands the complete files, and the
 candidates that have been stable for their folder's ``stable_for`` (under
 inotify, only once no process still has them open for writing), to the
-intake thread.  That thread claims them one at a time, so hashing or copying
-a large file, or waiting for its input check, never holds up the main loop.
+intake thread.  That thread claims them in turn, so hashing or copying a
+large file, or waiting for its input check, never holds up the main loop; the
+files queued together (a burst) have their arrivals recorded in one commit
+(``Claimer.claim_many``), each file's name leaving the folder only once that
+commit is durable.
 
 A file that cannot be taken (a full disk, too many open files, any error)
 stays in its folder and is tried again after 1 s, then 2, 4 ... and at most
@@ -39,6 +42,8 @@ from .inputcheck import CheckAborted
 
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 60.0
+#: at most this many queued files are claimed together, their arrivals in one commit
+CLAIM_BATCH = 32
 #: ``--once`` stops waiting for a file that failed this many times
 ONCE_GIVES_UP_AFTER = 3
 
@@ -165,23 +170,33 @@ class FileIntake:
                     self._cond.wait()
                 if self._stopped:
                     return
-                folder, path = self._queue.popleft()
+                # what is queued now, taken together: their arrivals share one commit
+                batch = [self._queue.popleft()
+                         for _ in range(min(len(self._queue), CLAIM_BATCH))]
             try:
                 if not stopping():
-                    self._claim(claimer, alerts, folder, path)
+                    self._claim(claimer, alerts, batch)
             finally:
                 with self._cond:
-                    self._inflight.discard(path)
+                    for _, path in batch:
+                        self._inflight.discard(path)
                 self._wake()
 
-    def _claim(self, claimer: Claimer, alerts: MonitorLink, folder: Folder, path: Path) -> None:
-        alert_id = f"daemon.file_claim_failed:{folder.pipeline}"
+    def _claim(self, claimer: Claimer, alerts: MonitorLink,
+               batch: list[tuple[Folder, Path]]) -> None:
         try:
-            claimed = claimer.claim(folder, path)
-        except CheckAborted:
-            return  # the daemon is stopping: the file stays, the next start takes it
+            outcomes: list[Any] = claimer.claim_many(batch)
         except Exception as exc:  # one file must never stop the daemon
-            self._failed(alerts, alert_id, folder, path, exc)
+            outcomes = [exc] * len(batch)
+        for (folder, path), outcome in zip(batch, outcomes):
+            self._claimed(alerts, folder, path, outcome)
+
+    def _claimed(self, alerts: MonitorLink, folder: Folder, path: Path, claimed: Any) -> None:
+        alert_id = f"daemon.file_claim_failed:{folder.pipeline}"
+        if isinstance(claimed, CheckAborted):
+            return  # the daemon is stopping: the file stays, the next start takes it
+        if isinstance(claimed, Exception):
+            self._failed(alerts, alert_id, folder, path, claimed)
             return
         if claimed.outcome == "changing":  # a writer is still at it: wait until it is stable
             self.stability.note(folder, path)

@@ -71,10 +71,13 @@ class RunSupervisor:
             return
         # pipelines whose dependencies have work in flight wait for it; paused ones wait for
         # `ahgd resume`
-        busy = queries.pipelines_in_flight(self.log)
+        # (a scan of every PENDING run: asked only when some pipeline has dependencies)
+        deps = setup.dependencies
+        busy = (queries.pipelines_in_flight(self.log)
+                if any(deps.get(name) for name in setup.pipelines) else set())
         paused = ops_queries.pipeline_pauses(self.log)
         startable = [name for name in setup.pipelines if name not in paused
-                     and not any(dep in busy for dep in setup.dependencies.get(name, ()))]
+                     and not any(dep in busy for dep in deps.get(name, ()))]
         if not startable:
             return
         # a backfill's runs take at most max_workers run slots: the other runs go on meanwhile

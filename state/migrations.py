@@ -259,6 +259,16 @@ SELECT s.run_id, r.pipeline, s.stage, s.attempt, s.state, s.started_at, s.ended_
 FROM stage_runs s JOIN runs r ON r.run_id = s.run_id
 """
 
+#: the PENDING runs in the order they start (0007): the daemon asks for the first few before
+#: it starts runs, and through ``runs_by_state`` it read and sorted every PENDING run for
+#: them (a burst of 1,000 files: ~0.3-0.45 ms a question, more the longer the queue).  Partial
+#: indexes: only the PENDING rows are in them (a run leaves when it starts).
+PENDING_0007 = """
+CREATE INDEX runs_pending ON runs(requested_at, run_id) WHERE state = 'PENDING';
+CREATE INDEX runs_pending_backfills ON runs(requested_at, run_id)
+    WHERE state = 'PENDING' AND trigger = 'backfill';
+"""
+
 #: The schema, in order.  Append new steps; never edit or reorder released ones.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_initial_event_log", _sql(INITIAL)),
@@ -271,6 +281,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0005_retention", _sql(RETENTION_0005)),
     # stage_timings.host: the machine that ran each attempt (a Dask worker's, or this one)
     Migration("0006_stage_host", _sql(STAGE_HOST_0006)),
+    # the PENDING runs in the order they start, for the daemon's admission (pending_runs)
+    Migration("0007_pending_runs", _sql(PENDING_0007)),
 )
 
 

@@ -75,16 +75,22 @@ def pending_runs(db: History, pipelines: Sequence[str], limit: int, *,
     """
     if not pipelines:
         return []
+    # read in order from the partial indexes of the PENDING runs (migration 0007), so that
+    # the first few cost the same whatever the length of the queue; SQLite would rather
+    # take runs_by_state and sort every PENDING run, hence INDEXED BY ('PENDING' is written
+    # out: a partial index serves only a query that names its condition)
     where, params = "", []
     if backfill_slots is not None:
-        where = ("AND (trigger <> 'backfill' OR run_id IN (SELECT run_id FROM runs WHERE state "
-                 f"= ? AND trigger = 'backfill' AND pipeline IN ({_placeholders(pipelines)}) "
-                 "ORDER BY requested_at, run_id LIMIT ?)) ")
-        params = [RunState.PENDING, *pipelines, max(0, backfill_slots)]
+        where = ("AND (trigger <> 'backfill' OR run_id IN (SELECT run_id FROM runs INDEXED BY "
+                 "runs_pending_backfills WHERE state = 'PENDING' AND trigger = 'backfill' AND "
+                 f"pipeline IN ({_placeholders(pipelines)}) ORDER BY requested_at, run_id "
+                 "LIMIT ?)) ")
+        params = [*pipelines, max(0, backfill_slots)]
     rows = _rows(
-        db, f"SELECT run_id, pipeline FROM runs WHERE state = ? AND pipeline IN "
-            f"({_placeholders(pipelines)}) {where}ORDER BY requested_at, run_id LIMIT ?",
-        [RunState.PENDING, *pipelines, *params, limit])
+        db, f"SELECT run_id, pipeline FROM runs INDEXED BY runs_pending WHERE state = 'PENDING' "
+            f"AND pipeline IN ({_placeholders(pipelines)}) {where}ORDER BY requested_at, run_id "
+            "LIMIT ?",
+        [*pipelines, *params, limit])
     return [(row[0], row[1]) for row in rows]
 
 
@@ -122,9 +128,13 @@ def upstream_completion_covered(db: History, downstream: str, upstream_ended: st
 def earlier_runs_running(db: History, pipeline: str, run_id: str) -> list[str]:
     """Runs of ``pipeline`` requested before ``run_id`` (by request time, then run id) that
     are RUNNING: the run's last stages wait for them, so that loads land in the order the
-    runs were asked for."""
+    runs were asked for.
+
+    Read through the runs' state index (``+r.pipeline`` keeps SQLite off the pipeline's
+    index): the RUNNING runs are a handful, while the runs of the pipeline requested before
+    this one are its whole history, which this was asked of before every last stage."""
     return [row[0] for row in _rows(
-        db, "SELECT r.run_id FROM runs r JOIN runs me ON me.run_id = ? WHERE r.pipeline = ? "
+        db, "SELECT r.run_id FROM runs r JOIN runs me ON me.run_id = ? WHERE +r.pipeline = ? "
             "AND r.state = ? AND (r.requested_at < me.requested_at OR (r.requested_at = "
             "me.requested_at AND r.run_id < me.run_id)) ORDER BY r.requested_at, r.run_id",
         [run_id, pipeline, RunState.RUNNING])]

@@ -60,8 +60,9 @@ class ProcessExecutor(Executor):
         self._ids = itertools.count(1)
         self._want = 0  # workers to keep started even when idle (prestart)
         self._generation = 0  # bumped by renew(): workers of older ones take no new work
-        #: id(pipeline) -> (weakref to it, the execution's params, pickled pipeline, key)
-        self._pickled: dict[int, tuple[Any, Any, bytes, str]] = {}
+        #: (id(pipeline), id(params)) -> (weakref to it, the execution's params, pickled
+        #: pipeline, key)
+        self._pickled: dict[tuple[int, int], tuple[Any, Any, bytes, str]] = {}
         self._wake_r, self._wake_w = socket.socketpair()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="ahgd-workers", daemon=True)
@@ -72,8 +73,12 @@ class ProcessExecutor(Executor):
     def submit(self, pipeline: Any, task: StageTask) -> Future:
         fork = getattr(type(pipeline), "__module__", "") == "__main__"
         # pickled once per execution of a run, not once per attempt: the tasks of one execution
-        # share its params dict (a retry or a later run, read from the log, has its own)
-        kept = self._pickled.get(id(pipeline))
+        # share its params dict (a retry or a later run, read from the log, has its own).  Kept
+        # by execution, not by pipeline: the daemon's runs of one pipeline (one object) go on
+        # side by side, and kept by pipeline each run's attempt undid the one before's (a
+        # burst of small files pickled the pipeline for 97 % of its attempts)
+        slot = (id(pipeline), id(task.params))
+        kept = self._pickled.get(slot)
         if kept is not None and kept[0]() is pipeline and kept[1] is task.params:
             return self.submit_pickled(kept[2], kept[3], task, fork=fork)
         try:
@@ -93,7 +98,7 @@ class ProcessExecutor(Executor):
             if len(self._pickled) >= 64:  # runs that ended long ago
                 self._pickled.pop(next(iter(self._pickled)))
             try:
-                self._pickled[id(pipeline)] = (weakref.ref(pipeline), task.params, blob, key)
+                self._pickled[slot] = (weakref.ref(pipeline), task.params, blob, key)
             except TypeError:  # no weak references to it: pickled for every attempt
                 pass
         return self.submit_pickled(blob, key, task, fork=fork)
