@@ -240,6 +240,12 @@ class PipelineContext:
         return self._con
 
     @property
+    def attempt_database(self) -> attemptdb.AttemptDatabase | None:
+        """The attempt's file on the thread's warm instance, once ``duckdb`` was used (None
+        for a database of its own: :func:`pipelines.attemptdb.open_attempt`)."""
+        return self._attempt_db
+
+    @property
     def database_path(self) -> Path | None:
         """The attempt's DuckDB file, once ``duckdb`` has been used inside a stage."""
         return self._con_path
@@ -255,8 +261,13 @@ class PipelineContext:
         if not ref or ref.get("kind") != "tables":
             return
         path = store.local_path(self.state_dir, ref)
-        self.duckdb.execute(
-            f"ATTACH {sql_literal(str(path))} AS {quote(catalog_for(stage))} (READ_ONLY)")
+        catalog = catalog_for(stage)
+        statement = f"ATTACH {sql_literal(str(path))} AS {quote(catalog)} (READ_ONLY)"
+        con = self.duckdb
+        if self._attempt_db is not None:   # known to the attempt: detached without a listing
+            self._attempt_db.attach_input(catalog, statement)
+        else:
+            con.execute(statement)
         self._attached.add(stage)
 
     @contextmanager

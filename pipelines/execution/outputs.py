@@ -70,7 +70,10 @@ def store_output(ctx: PipelineContext, task: Any,
         report = _validate(con, task, quote(checked))
         if task.rules.get("quarantine"):
             extra["rejected_table"] = _rejected_table(con, task.stage, checked)
-    counts = _row_counts(con, "output" in tables)
+    db = ctx.attempt_database
+    counts = db.row_counts(tables, "output" in tables) if db is not None else None
+    if counts is None:   # the query log cannot tell which tables the attempt's database holds
+        counts = _row_counts(con, "output" in tables)
     path = ctx.database_path
     ctx.close()  # checkpoint and release the file before hashing it
     ref = store.file_ref(ctx.state_dir, path, kind="tables", format="duckdb", tables=counts,

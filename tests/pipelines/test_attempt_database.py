@@ -209,3 +209,59 @@ def test_a_relation_is_stored_by_its_own_query_or_over_the_stages_own_table(stat
         assert done.output["sha256"] == sha256_file(path)
         with duckdb.connect(str(path), read_only=True) as con:
             assert con.execute("SELECT * FROM output ORDER BY 1").fetchall() == rows
+
+
+class _Reads:
+    """A stage reading its input (``extract``) in each way that matters to what the attempt
+    holds when it closes: nothing else (the query log tells it all), or a table, database or
+    detach of its own (the log cannot: listed)."""
+
+    def execute_stage(self, stage, context):
+        how = context.params["how"]
+        table = context.output_table("extract")
+        con = context.duckdb
+        if how == "extra table":
+            con.execute(f"CREATE TABLE extra AS SELECT * FROM {table} WHERE id < 2")
+        elif how == "table dropped":
+            con.execute("CREATE TABLE scratch AS SELECT 1 AS x")
+            con.execute("DROP TABLE scratch")
+        elif how == "renamed":
+            con.execute(f"CREATE TABLE first AS SELECT * FROM {table}")
+            con.execute("ALTER TABLE first RENAME TO kept")
+        elif how == "own database":
+            con.execute(f"ATTACH '{context.params['other']}' AS other")
+        elif how == "input detached":
+            rows = con.execute(f"SELECT * FROM {table}").fetchall()
+            con.execute('DETACH "extract"')
+            return context.sql(f"SELECT unnest({[r[0] for r in rows]}) AS id")
+        return context.sql(f"SELECT id * 2 AS doubled FROM {table}")
+
+
+def test_an_attempts_tables_and_databases_come_from_its_query_log_when_it_tells(state_dir,
+                                                                              tmp_path):
+    """Listing the databases attached, and the tables an attempt made, cost a round trip each
+    (~0.7 ms of CPU): an attempt whose query log shows only reads and the output made lists
+    neither (issue 18 item 2); one that made, dropped or renamed a table, attached a database
+    or detached its input is listed as before, and every table is recorded with its rows."""
+    source = run_task(_Stages(), _task(state_dir, "run-0"))
+    assert source.ok, source.error
+
+    def read(run_id: str, how: str):
+        task = _task(state_dir, run_id, how=how, other=str(tmp_path / f"{run_id}.duckdb"))
+        task.stage, task.upstream, task.input_stages = "transform", {"extract": source.output}, ("extract",)
+        warm = attemptdb.warm_instance()
+        listed = warm.listings
+        done = run_task(_Reads(), task)
+        assert done.ok, done.error
+        assert attemptdb.warm_instance() is warm and catalogs(warm.con) == ["memory"]
+        assert done.output["sha256"] == sha256_file(state_dir / done.output["path"])
+        return done.output["tables"], warm.listings - listed
+
+    assert read("run-1", "plain") == ({"output": 3}, 0)
+    assert read("run-2", "extra table") == ({"extra": 2, "output": 3}, 1)
+    assert read("run-3", "table dropped") == ({"output": 3}, 1)
+    assert read("run-4", "renamed") == ({"kept": 3, "output": 3}, 1)
+    assert read("run-5", "own database")[0] == {"output": 3}
+    assert read("run-6", "input detached")[0] == {"output": 3}
+    assert read("run-7", "plain") == ({"output": 3}, 0)
+    store.verify(state_dir, source.output, what="output of stage 'extract'")   # read-only
