@@ -36,6 +36,26 @@ class EventLogger:
         self._log = log
         self._logger = logger or structlog.get_logger("ahgd.events")
         self._pipelines: OrderedDict[str, str] = OrderedDict()
+        self._cached: tuple[tuple[Any, ...], Any] | None = None
+
+    def _bound(self) -> Any:
+        """The logger, bound once for the configuration in force (structlog's lazy proxy
+        builds a new bound logger, and a new ``PrintLogger``, for every line)."""
+        logger = self._logger
+        # structlog's own objects, not its public API: a structlog without them gets the proxy
+        proxy = getattr(getattr(structlog, "_config", None), "BoundLoggerLazyProxy", None)
+        config = getattr(getattr(structlog, "_config", None), "_CONFIG", None)
+        if proxy is None or config is None or not isinstance(logger, proxy):
+            return logger
+        try:
+            key = (config.default_processors, config.default_wrapper_class,
+                   config.logger_factory, config.default_context_class)
+        except AttributeError:
+            return logger
+        cached = self._cached
+        if cached is None or any(a is not b for a, b in zip(cached[0], key)):
+            cached = self._cached = (key, logger.bind())
+        return cached[1]
 
     def pipeline_of(self, event: Event) -> str | None:
         data = event.payload or {}
@@ -75,6 +95,6 @@ class EventLogger:
             fields[RUN_LOG_ONLY] = {"traceback": data["traceback"]}
         # a pause names a pipeline, not a run (its run_id only indexes it in the log)
         run_id = None if event.type.startswith("pipeline.") else event.run_id
-        getattr(self._logger, level)(
+        getattr(self._bound(), level)(
             event.type, seq=event.seq, pipeline=self.pipeline_of(event), run_id=run_id,
             stage=event.stage, attempt=event.attempt, **fields)

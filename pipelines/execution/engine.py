@@ -31,7 +31,7 @@ from ..resources import ResourceBudget
 from .plan import Progress, RunPlan, retry_state
 from .runner import Outcome, run_here
 from ..retries import after_failure, failure_message
-from .turns import LoadTurn, last_stages
+from .turns import LoadTurn, last_stages, run_ended
 from ..stage import StageConfig
 from .verify import (MAX_INVALIDATIONS, OutputChecks, ancestors, invalidated, judge_warehouses,
                      refused_by_retention, too_often)
@@ -137,8 +137,8 @@ class _Execution:
         #: every stage before this index of the plan is done (where _launch_ready looks first)
         self._scan_from = 0
         self.failed: tuple[str, str] | None = None
-        #: a ready stage is waiting for a worker slot or resource budget
-        self.waiting = False
+        #: a ready stage is waiting for a worker slot or resource budget, or its turn
+        self.waiting = self.waiting_turn = self.waiting_slot = False
         #: events not yet appended: a completion waits to share the next start's commit
         self._pending: list = []
         self._pending_durable = False
@@ -162,6 +162,7 @@ class _Execution:
             raise
         finally:
             self._release_held()  # never leak a worker slot or budget
+            run_ended(self.plan.pipeline_name)  # later runs waiting for their turn look again
             if self.inprocess is not None:
                 self.inprocess.shutdown()
             if self._warm_before is not None:  # attempts ran on this thread: its warm DuckDB
@@ -323,7 +324,9 @@ class _Execution:
         return self.plan.deps.get(stage, set()) <= self.done
 
     def _launch_ready(self) -> None:
-        self.waiting = False
+        # what a ready stage waits for: its turn (a run of the pipeline to end), or a
+        # worker slot or budget (any slot released)
+        self.waiting = self.waiting_turn = self.waiting_slot = False
         stages, done, i = self.plan.stages, self.done, self._scan_from
         while i < len(stages) and stages[i] in done:  # the stages before i are all done
             i += 1
@@ -338,6 +341,7 @@ class _Execution:
                 return self._launch_ready() if self.failed is None else None  # from the top
             if stage in self.last_stages and not self.turn.mine():
                 self.waiting = True
+                self.waiting_turn = True
                 continue
             cfg = self.plan.configs[stage]
             budget = self.engine.budget
@@ -347,11 +351,11 @@ class _Execution:
             if self._held_slots:
                 self._held_slots -= 1
             elif not self.engine.executor.try_reserve():
-                self.waiting = True
+                self.waiting = self.waiting_slot = True
                 return
             if budget is not None and not budget.try_acquire(key, cfg.requirements()):
                 self._held_slots += 1
-                self.waiting = True
+                self.waiting = self.waiting_slot = True
                 continue
             try:
                 self._launch(stage, cfg)
@@ -412,7 +416,10 @@ class _Execution:
         if self.retry_at:
             timeout = min(timeout, max(0.0, min(self.retry_at.values()) - now))
         if not self.running:
-            self.engine.executor.wait_for_slot(timeout)
+            if self.waiting_turn and not self.waiting_slot:
+                self.turn.wait(timeout)  # woken when a run of the pipeline ends, not per slot
+            else:
+                self.engine.executor.wait_for_slot(timeout)
             return
         # an attempt run on this thread has ended already: no waiting to do
         finished = [f for f in self.running if f.done()]

@@ -62,18 +62,18 @@ def configure_logging(*, json_lines: bool | None = None, level: str = "info",
     logging.getLogger("watchdog").setLevel(logging.ERROR)
     if json_lines is None:
         json_lines = not stream.isatty()
-    renderer: Any = (structlog.processors.JSONRenderer(sort_keys=False) if json_lines
-                     else structlog.dev.ConsoleRenderer(colors=stream.isatty()))
+    # JSON lines: one processor tees, orders and renders (the line is rendered once, and the
+    # run's log gets the same text when it would be the same); a terminal: pretty lines
+    last: list[Any] = ([_json_line] if json_lines else
+                       [_tee_to_run_log, _drop_none, _order,
+                        structlog.dev.ConsoleRenderer(colors=stream.isatty())])
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            _tee_to_run_log,
-            _drop_none,
-            _order,
-            renderer,
+            *last,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(file=stream),
@@ -90,3 +90,38 @@ def _order(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
 
 def _drop_none(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in event_dict.items() if v is not None}
+
+
+def _json_line(_: Any, __: str, event_dict: dict[str, Any]) -> str:
+    """``_tee_to_run_log``, ``_drop_none``, ``_order`` and structlog's ``JSONRenderer``
+    (``sort_keys=False``) in one: the same stdout line, the same run-log line, and the
+    run-log line is the stdout line itself whenever the two would be equal (no run-log-only
+    keys, nothing escaped as ``\\u``, no value rendered by the fallback)."""
+    import json
+
+    only = event_dict.pop(RUN_LOG_ONLY, None)
+    record = {k: event_dict[k] for k in ("timestamp", "level", "event")
+              if event_dict.get(k) is not None}
+    for k, v in event_dict.items():
+        if v is not None and k not in record:
+            record[k] = v
+    # a value JSON cannot carry: the run's log renders it with str(), stdout with repr()
+    fell_back: list[Any] = []
+
+    def fallback(obj: Any) -> Any:  # what JSONRenderer's own fallback gives (its is private)
+        fell_back.append(obj)
+        method = getattr(obj, "__structlog__", None)
+        return method() if callable(method) else repr(obj)
+
+    line = json.dumps(record, default=fallback)
+    run_id = event_dict.get("run_id")
+    if _run_logs is not None and isinstance(run_id, str) and run_id:
+        from state import runlogs
+
+        if isinstance(only, dict) or fell_back or "\\u" in line:
+            if isinstance(only, dict):
+                record.update(only)
+            runlogs.append(_run_logs, run_id, record)
+        else:
+            runlogs.append_line(_run_logs, run_id, line)
+    return line

@@ -12,7 +12,10 @@ script) do not hold anyone up: recovery deals with them.
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 from state import EventLog, queries
 from state.locks import is_locked, run_lock_path
@@ -28,6 +31,29 @@ def last_stages(stages: list[str], deps: dict[str, set[str]]) -> set[str]:
     return {s for s in stages if s not in needed}
 
 
+#: pipeline -> how many of its runs' executions have ended in this process, and the
+#: condition its waiting runs sleep on (a run waiting for its turn wakes when a run of its
+#: pipeline ends here, not at every worker slot released)
+_lock = threading.Lock()
+_ended: dict[str, list[Any]] = {}
+
+
+def _entry(pipeline: str) -> list[Any]:
+    """[runs ended, their condition] of ``pipeline``; call with ``_lock`` held."""
+    entry = _ended.get(pipeline)
+    if entry is None:
+        entry = _ended[pipeline] = [0, threading.Condition(_lock)]
+    return entry
+
+
+def run_ended(pipeline: str) -> None:
+    """An execution of a run of ``pipeline`` has ended: its later runs may have their turn."""
+    with _lock:
+        entry = _entry(pipeline)
+        entry[0] += 1
+        entry[1].notify_all()
+
+
 class LoadTurn:
     """Whether a run's last stages may start now (see the module's docstring)."""
 
@@ -35,8 +61,24 @@ class LoadTurn:
         self.history, self.state_dir = history, Path(state_dir)
         self.pipeline, self.run_id = pipeline, run_id
         self._waiting_for: tuple[str, ...] = ()
+        #: runs of the pipeline ended in this process when ``mine`` last looked
+        self._seen = 0
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until a run of the pipeline ends in this process (or ``timeout`` passes; an
+        earlier run owned by another process is looked at again then), unless one has
+        ended since ``mine`` last said no."""
+        deadline = time.monotonic() + timeout
+        with _lock:
+            entry = _entry(self.pipeline)
+            while entry[0] == self._seen:
+                left = deadline - time.monotonic()
+                if left <= 0 or not entry[1].wait(left):
+                    return
 
     def mine(self) -> bool:
+        entry = _ended.get(self.pipeline)
+        self._seen = entry[0] if entry else 0
         earlier = [r for r in queries.earlier_runs_running(self.history, self.pipeline, self.run_id)
                    if is_locked(run_lock_path(self.state_dir, r))]
         if earlier and tuple(earlier) != self._waiting_for:
