@@ -142,6 +142,24 @@ def _remember_second(sec: int) -> tuple[int, str]:
 _TS_SECOND: tuple[int, str] = (-1, "")
 
 
+def _fold(e: Event, key: Key, seq: int, ts: str, payload: str, touched: dict,
+          named: dict) -> Event:
+    """The stored event of ``e`` (its ``seq`` and ``ts``), folded into its aggregate in
+    ``touched``; ``named`` notes the stages its run's events named (None: a run-level event
+    came, every attempt may have changed).  One place for the batch and the row-by-row pass."""
+    ev = _new_tuple(Event, (e.type, e.run_id, e.stage, e.attempt, e.payload,
+                            e.idempotency_key, seq, ts, payload))
+    original, current = touched[key]
+    touched[key] = (original, apply(current, ev))
+    if e.type in STAGE_TYPES and e.stage:
+        stages = named.setdefault(key, set())
+        if stages is not None:
+            stages.add(e.stage)
+    else:
+        named[key] = None
+    return ev
+
+
 class EventLog:
     """The durable core.  Thread-safe: one connection, used under a lock.
 
@@ -296,17 +314,7 @@ class EventLog:
                     if e.idempotency_key is not None and "idempotency_key" in str(exc):
                         raise DuplicateEvent(self._event_by_key_txn(e.idempotency_key)) from None
                     raise
-                ev = _new_tuple(Event, (e.type, e.run_id, e.stage, e.attempt, e.payload,
-                                        e.idempotency_key, cur.lastrowid, ts, payload))
-                original, current = touched[key]
-                touched[key] = (original, apply(current, ev))
-                stored.append(ev)
-                if e.type in STAGE_TYPES and e.stage:
-                    stages = named.setdefault(key, set())
-                    if stages is not None:
-                        stages.add(e.stage)
-                else:
-                    named[key] = None
+                stored.append(_fold(e, key, cur.lastrowid, ts, payload, touched, named))
             for key, (original, new) in touched.items():
                 P.save_txn(cur, original, new, named.get(key))  # type: ignore[arg-type]
         except sqlite3.Error as exc:
@@ -366,18 +374,8 @@ class EventLog:
         stored = []
         seq = last - n + 1
         for (e, payload), key in zip(prepared, keys):
-            ev = _new_tuple(Event, (e.type, e.run_id, e.stage, e.attempt, e.payload,
-                                    e.idempotency_key, seq, ts, payload))
+            stored.append(_fold(e, key, seq, ts, payload, touched, named))
             seq += 1
-            original, current = touched[key]
-            touched[key] = (original, apply(current, ev))
-            stored.append(ev)
-            if e.type in STAGE_TYPES and e.stage:
-                stages = named.setdefault(key, set())
-                if stages is not None:
-                    stages.add(e.stage)
-            else:
-                named[key] = None
         return stored
 
     def _load_txn(self, key: Key) -> Aggregate | None:
