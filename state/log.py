@@ -107,19 +107,14 @@ _EVENT_ROW_NO_KEY = "(?, ?, ?, ?, ?, ?, NULL)"
 #: batches up to this many events go in one INSERT (7 parameters a row: within the 999 of
 #: SQLite builds before 3.32); larger ones, rare, row by row
 _BATCH_ROWS = 64
-_INSERT_EVENTS: dict[tuple[bool, ...], str] = {}
+_INSERT_EVENTS: dict[tuple[int, ...], str] = {}
 
 
 def _insert_events_sql(keyed: tuple[bool, ...]) -> str:
     """One INSERT of event rows, one per item of ``keyed`` (whether the row has an
-    idempotency key): one statement, one step, instead of one per row."""
-    sql = _INSERT_EVENTS.get(keyed)
-    if sql is None:
-        rows = ", ".join(_EVENT_ROW if k else _EVENT_ROW_NO_KEY for k in keyed)
-        sql = _INSERT_EVENT.rpartition("VALUES")[0] + "VALUES " + rows
-        if len(_INSERT_EVENTS) < 256:
-            _INSERT_EVENTS[keyed] = sql
-    return sql
+    idempotency key)."""
+    return P.multi_row_insert(_INSERT_EVENTS, _INSERT_EVENT, (_EVENT_ROW_NO_KEY, _EVENT_ROW),
+                              keyed)
 
 
 def now_ts() -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from .aggregates import PipelineRecord, Refusal, Removal
 from .events import PIPELINE_ID_PREFIX, Event, dumps_payload
@@ -274,12 +274,21 @@ _BOUND = (lambda r: r, lambda r: (*r[:5], r[6], r[7]), lambda r: (*r[:6], r[7]),
 
 
 def _insert_stage_runs(shapes: tuple[int, ...]) -> str:
-    sql = _INSERT_STAGE_RUNS.get(shapes)
+    return multi_row_insert(_INSERT_STAGE_RUNS, INSERT["stage_runs"], _ROW_SQL, shapes)
+
+
+def multi_row_insert(cache: dict[tuple[int, ...], str], insert: str, row_sql: Sequence[str],
+                     shapes: tuple[int, ...]) -> str:
+    """``insert`` (an ``INSERT ... VALUES (...)`` of one row) as one statement of several
+    rows, row ``i`` written as ``row_sql[shapes[i]]`` (which NULLs are in the SQL, not
+    bound); kept in ``cache`` (at most 256 shapes).  One statement, one step, instead of one
+    per row."""
+    sql = cache.get(shapes)
     if sql is None:
-        sql = (INSERT["stage_runs"].rpartition("VALUES")[0] + "VALUES "
-               + ", ".join(_ROW_SQL[s] for s in shapes))
-        if len(_INSERT_STAGE_RUNS) < 256:
-            _INSERT_STAGE_RUNS[shapes] = sql
+        sql = (insert.rpartition("VALUES")[0] + "VALUES "
+               + ", ".join(row_sql[s] for s in shapes))
+        if len(cache) < 256:
+            cache[shapes] = sql
     return sql
 
 
