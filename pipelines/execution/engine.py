@@ -137,8 +137,9 @@ class _Execution:
         #: every stage before this index of the plan is done (where _launch_ready looks first)
         self._scan_from = 0
         self.failed: tuple[str, str] | None = None
-        #: a ready stage is waiting for a worker slot or resource budget, or its turn
-        self.waiting = self.waiting_turn = self.waiting_slot = False
+        #: a ready stage is waiting for its turn (a run of the pipeline to end), or for a
+        #: worker slot or resource budget (any slot released): ``waiting`` is either
+        self.waiting_turn = self.waiting_slot = False
         #: events not yet appended: a completion waits to share the next start's commit
         self._pending: list = []
         self._pending_durable = False
@@ -215,6 +216,11 @@ class _Execution:
             self._wait()
         stage, error = self.failed  # type: ignore[misc]
         return self._end(T.RUN_FAILED, error=error, stage=stage)
+
+    @property
+    def waiting(self) -> bool:
+        """A ready stage waits for its turn, a worker slot or resource budget."""
+        return self.waiting_turn or self.waiting_slot
 
     def _completed(self) -> bool:
         """Every stage is done and nothing runs: the run completes now."""
@@ -324,9 +330,7 @@ class _Execution:
         return self.plan.deps.get(stage, set()) <= self.done
 
     def _launch_ready(self) -> None:
-        # what a ready stage waits for: its turn (a run of the pipeline to end), or a
-        # worker slot or budget (any slot released)
-        self.waiting = self.waiting_turn = self.waiting_slot = False
+        self.waiting_turn = self.waiting_slot = False
         stages, done, i = self.plan.stages, self.done, self._scan_from
         while i < len(stages) and stages[i] in done:  # the stages before i are all done
             i += 1
@@ -340,7 +344,6 @@ class _Execution:
             if self.outputs.files and self._invalidate_bad(self._ancestors(stage)):
                 return self._launch_ready() if self.failed is None else None  # from the top
             if stage in self.last_stages and not self.turn.mine():
-                self.waiting = True
                 self.waiting_turn = True
                 continue
             cfg = self.plan.configs[stage]
@@ -351,11 +354,11 @@ class _Execution:
             if self._held_slots:
                 self._held_slots -= 1
             elif not self.engine.executor.try_reserve():
-                self.waiting = self.waiting_slot = True
+                self.waiting_slot = True
                 return
             if budget is not None and not budget.try_acquire(key, cfg.requirements()):
                 self._held_slots += 1
-                self.waiting = self.waiting_slot = True
+                self.waiting_slot = True
                 continue
             try:
                 self._launch(stage, cfg)
