@@ -155,8 +155,7 @@ class _Instance:
     def _only_plain(self, statements: list[str]) -> bool:
         if self.marker not in statements:
             return False   # the log was emptied or turned off during the attempt
-        return all(s in _OWN or (_PLAIN.match(s) and not _SUSPECT.search(_LITERAL.sub("", s)))
-                   for s in statements)
+        return all(_plain(s) for s in statements)
 
     def _empty_log(self) -> None:
         if self.logged:
@@ -173,6 +172,12 @@ class _Instance:
 
 #: the instance's own look-ups, which change nothing
 _OWN = frozenset({_GLANCE, _LOG, _LOG_ROWS})
+
+
+def _plain(statement: str) -> bool:
+    """Whether a logged statement cannot have changed a setting or the ``memory`` catalog."""
+    return statement in _OWN or bool(
+        _PLAIN.match(statement) and not _SUSPECT.search(_LITERAL.sub("", statement)))
 
 
 class AttemptDatabase:
@@ -208,7 +213,7 @@ class AttemptDatabase:
         for s in statements:
             if s in own or s in _OWN:
                 continue
-            if _ATTACHES.match(s) or not inst._only_plain([inst.marker, s]):
+            if _ATTACHES.match(s) or not _plain(s):
                 return False
         return True
 
