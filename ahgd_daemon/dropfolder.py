@@ -285,27 +285,26 @@ class Claimer:
 
     def _record_alone(self, p: "_Pending") -> Claimed | Exception:
         try:
-            self.log.append_many(p.events)
-        except DuplicateEvent as exc:  # another claimer recorded the same bytes first
-            claimed = Claimed(p.folder.pipeline, exc.existing.run_id, p.sha, "duplicate",
-                              "already recorded")
+            claimed = self._recorded(p.folder.pipeline, p.run_id, p.sha, p.events)
         except Exception as exc:
             p.stored.unlink(missing_ok=True)  # not recorded: the dropped file is still there
             return exc
-        else:
-            claimed = Claimed(p.folder.pipeline, p.run_id, p.sha, "arrived")
         return _released(p, claimed)
 
     def _record_arrival(self, folder: Folder, stored: Path, sha: str, size: int, name: str,
                         existing: Any = None) -> Claimed:
         """Record the file and request its run, in one transaction."""
         run_id, events = self._arrival_events(folder, stored, sha, size, name, existing)
+        return self._recorded(folder.pipeline, run_id, sha, events)
+
+    def _recorded(self, pipeline: str, run_id: str, sha: str, events: list[Event]) -> Claimed:
+        """Append one file's arrival events; "duplicate" when another claimer recorded the
+        same bytes first."""
         try:
             self.log.append_many(events)
-        except DuplicateEvent as exc:  # another claimer recorded the same bytes first
-            return Claimed(folder.pipeline, exc.existing.run_id, sha, "duplicate",
-                           "already recorded")
-        return Claimed(folder.pipeline, run_id, sha, "arrived")
+        except DuplicateEvent as exc:
+            return Claimed(pipeline, exc.existing.run_id, sha, "duplicate", "already recorded")
+        return Claimed(pipeline, run_id, sha, "arrived")
 
     def _arrival_events(self, folder: Folder, stored: Path, sha: str, size: int, name: str,
                         existing: Any = None) -> tuple[str, list[Event]]:
