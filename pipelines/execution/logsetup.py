@@ -100,11 +100,7 @@ def _json_line(_: Any, __: str, event_dict: dict[str, Any]) -> str:
     import json
 
     only = event_dict.pop(RUN_LOG_ONLY, None)
-    record = {k: event_dict[k] for k in ("timestamp", "level", "event")
-              if event_dict.get(k) is not None}
-    for k, v in event_dict.items():
-        if v is not None and k not in record:
-            record[k] = v
+    record = _order(None, "", _drop_none(None, "", event_dict))
     # a value JSON cannot carry: the run's log renders it with str(), stdout with repr()
     fell_back: list[Any] = []
 
