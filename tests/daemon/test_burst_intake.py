@@ -23,12 +23,8 @@ def _folder(inbox: Path) -> Folder:
 
 
 def _arrivals(state: Path) -> list[tuple[int, str, dict]]:
-    con = sqlite3.connect(state / "history.db")
-    try:
-        rows = con.execute("SELECT seq, ts, payload FROM events WHERE type = 'file.arrived' "
-                           "ORDER BY seq").fetchall()
-    finally:
-        con.close()
+    rows = query(state, "SELECT seq, ts, payload FROM events WHERE type = 'file.arrived' "
+                        "ORDER BY seq")
     return [(seq, ts, json.loads(payload)) for seq, ts, payload in rows]
 
 
