@@ -42,7 +42,7 @@ from .execution.executors import Executor
 from .execution.pool import run_executor
 from .logs import RunLogger
 from .resources import ResourceBudget
-from .stage import PipelineStage, StageConfig
+from .stage import STAGE_NAME, PipelineStage, StageConfig
 from .stagelist import read_stages, stages_and_deps
 
 
@@ -57,6 +57,41 @@ class PipelineState(str, Enum):
     RECOVERING = "RECOVERING"
     CANCELLED = "CANCELLED"
     PARKED = "PARKED"
+
+
+#: (retry_attempts, retry_delay) -> (the attributes of a StageConfig built with them, the
+#: names of its mutable ones): a stage without a config of its own gets a copy
+_DEFAULT_CONFIGS: dict[tuple, tuple[dict[str, Any], tuple[str, ...]]] = {}
+
+
+def default_stage_config(stage: str, retry_attempts: Any, retry_delay: Any) -> StageConfig:
+    """``StageConfig(name=stage, retry_attempts=..., retry_delay=...)``: the same (equal,
+    validated, its lists, dicts and sets its own), made by copying one that was built and
+    checked for these settings, not by checking them again for every stage of every run
+    (~4 µs a stage).  Anything unusual (a name the constructor would refuse, settings that
+    cannot be a key) is built by the constructor, which says what is wrong."""
+    try:
+        key = (type(retry_attempts), retry_attempts, type(retry_delay), retry_delay)
+        known = _DEFAULT_CONFIGS.get(key)
+    except TypeError:  # unhashable settings: the constructor judges them
+        return StageConfig(name=stage, retry_attempts=retry_attempts, retry_delay=retry_delay)
+    if known is None or type(stage) is not str or not STAGE_NAME.match(stage):
+        cfg = StageConfig(name=stage, retry_attempts=retry_attempts, retry_delay=retry_delay)
+        if len(_DEFAULT_CONFIGS) < 64:
+            attrs = dict(cfg.__dict__)
+            mutable = tuple(k for k, v in attrs.items() if type(v) in (list, dict, set))
+            for k in mutable:
+                attrs[k] = attrs[k].copy()  # never shared with a config handed out
+            _DEFAULT_CONFIGS[key] = (attrs, mutable)
+        return cfg
+    attrs, mutable = known
+    values = attrs.copy()
+    for k in mutable:
+        values[k] = values[k].copy()
+    values["name"] = stage
+    cfg = object.__new__(StageConfig)
+    cfg.__dict__ = values
+    return cfg
 
 
 _RUNTIME_ATTRS = ("_progress", "_cancel", "_lock", "_executor_arg", "_log", "_stage_objects",
@@ -175,7 +210,7 @@ class BasePipeline(ABC):
         if cfg is None and stage in self._objects():
             cfg = self._objects()[stage].config
         if cfg is None:
-            return StageConfig(name=stage, retry_attempts=self.max_retries, retry_delay=self.retry_delay)
+            return default_stage_config(stage, self.max_retries, self.retry_delay)
         explicit = getattr(cfg, "_explicit", None)
         changes: dict[str, Any] = {}
         if explicit is not None:
@@ -353,14 +388,18 @@ class BasePipeline(ABC):
         return self._result(final)
 
     def _result(self, run: Any) -> PipelineContext:
-        outputs = {s: a.output for s, a in run.attempts.items() if a.state in DONE_STAGE_STATES}
+        # each attempt's detail decoded once: its output is the StageResult's (was decoded
+        # again for the context's outputs)
+        results = {s: result_from_attempt(s, a) for s, a in run.attempts.items()}
+        outputs = {s: results[s].output for s, a in run.attempts.items()
+                   if a.state in DONE_STAGE_STATES}
         ctx = PipelineContext(run_id=run.run_id, pipeline_name=self.name, state_dir=self.state_dir,
                               params=run.params, outputs=outputs, duckdb_settings=self.duckdb_settings)
         ctx.state = run.state
         ctx.error = run.error
         ctx.failed_stage = run.failed_stage
         ctx.started_at, ctx.ended_at = run.started_at, run.ended_at
-        ctx.stage_results = {s: result_from_attempt(s, a) for s, a in run.attempts.items()}
+        ctx.stage_results = results
         return ctx
 
     def retry(self, run_id: str) -> PipelineContext:

@@ -51,9 +51,23 @@ def _via_structlog() -> bool:
     """ahgd configured structlog here, or the script's own code did."""
     if _STRUCTLOG:
         return True
-    import structlog
+    configured = _IS_CONFIGURED
+    if configured is None:  # structlog imported on first use, then asked directly
+        import structlog
 
-    return structlog.is_configured()
+        configured = _remember_structlog(structlog.is_configured)
+    return configured()
+
+
+def _remember_structlog(is_configured: Any) -> Any:
+    global _IS_CONFIGURED
+    _IS_CONFIGURED = is_configured
+    return is_configured
+
+
+#: structlog.is_configured, once structlog was imported here (an import statement per line
+#: of a script's log was a share of each event's cost)
+_IS_CONFIGURED: Any = None
 
 
 #: name -> its standard logger (``logging.getLogger`` takes the module's lock on each call;

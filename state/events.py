@@ -7,6 +7,7 @@ they never change meaning once released.
 from __future__ import annotations
 
 import json
+import math
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -115,6 +116,33 @@ def _fast_dumps_payload(value: Any, _make: Any = json.encoder.c_make_encoder,
 
 if json.encoder.c_make_encoder is not None:  # CPython's C encoder (else the plain encode)
     dumps_payload = _fast_dumps_payload
+
+
+def plain_json(value: Any, _depth: int = 0, _finite: Any = math.isfinite) -> bool:
+    """True if ``value`` is built only of ``dict`` (``str`` keys), ``list``, ``str``, ``int``,
+    ``bool``, finite ``float`` and ``None``, those exact types and at most 32 levels deep:
+    decoding its JSON text then gives back an equal value, so a caller need not decode it to
+    know.  False says nothing either way (a tuple, a subclass, a non-str key ...): decode and
+    compare then.  For small values (a walk in Python is slower than the C decoder on large
+    ones)."""
+    t = type(value)
+    if t is str or t is int or t is bool or value is None:
+        return True
+    if t is float:
+        return _finite(value)
+    if _depth >= 32:
+        return False
+    if t is dict:
+        for k, v in value.items():
+            if type(k) is not str or not plain_json(v, _depth + 1):
+                return False
+        return True
+    if t is list:
+        for v in value:
+            if not plain_json(v, _depth + 1):
+                return False
+        return True
+    return False
 
 
 def new_event(

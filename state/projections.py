@@ -124,12 +124,14 @@ def orch_pipeline_rows(o: Orchestration) -> list[tuple]:
 
 
 def run_from_rows(row: tuple, attempt_rows: Iterable[tuple]) -> Run:
-    latest: dict[str, Attempt] = {}
+    # the latest row of each stage (rows are Attempt fields: [1] stage, [2] attempt), made
+    # an Attempt once it is known to be kept (a read of a run's rows is one per stage mostly)
+    rows: dict[str, tuple] = {}
     for a in attempt_rows:
-        att = attempt_from_row(a)
-        prev = latest.get(att.stage)
-        if prev is None or att.attempt > prev.attempt:
-            latest[att.stage] = att
+        prev = rows.get(a[1])
+        if prev is None or a[2] > prev[2]:
+            rows[a[1]] = a
+    latest = {stage: _new_tuple(Attempt, a) for stage, a in rows.items()}
     return Run(
         run_id=row[0], pipeline=row[1], trigger=row[2], state=row[3], params=json.loads(row[4]),
         stages=tuple(json.loads(row[5])), requested_at=row[6], started_at=row[7],
@@ -140,6 +142,9 @@ def run_from_rows(row: tuple, attempt_rows: Iterable[tuple]) -> Run:
 
 def attempt_from_row(a: tuple) -> Attempt:
     return Attempt(*a)
+
+
+_new_tuple = tuple.__new__
 
 
 def pipeline_record(name: str, type_: str, ts: str, payload: str, seq: int) -> PipelineRecord:

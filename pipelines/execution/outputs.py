@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from state import store
+from state.events import plain_json
 
 from .. import records
 from ..context import Passthrough, PipelineContext, quote
@@ -224,13 +225,16 @@ def _table_names(con: Any) -> list[str]:
     return list(con.execute(_NAMES).fetchone()[0] or ())
 
 
-def _store_value(ctx: PipelineContext, task: Any, value: Any) -> dict[str, Any]:
+def _store_value(ctx: PipelineContext, task: Any, value: Any,
+                 _dumps: Any = json.JSONEncoder(allow_nan=False).encode) -> dict[str, Any]:
     if value is None:
         return {"kind": "none"}
     state_dir = ctx.state_dir
     try:
-        text = json.dumps(value, allow_nan=False)   # never sort_keys: key order is data
-        exact = json.loads(text) == value
+        text = _dumps(value)   # json.dumps(value, allow_nan=False); never sort_keys: key order is data
+        # exact: JSON gives the value back equal (a tuple, a subclass, a non-str key would
+        # not); a small value of plain types is known to without decoding the text again
+        exact = (len(text) <= 256 and plain_json(value)) or json.loads(text) == value
     except (TypeError, ValueError):
         text, exact = None, False
     if text is not None and exact and len(text) <= INLINE_LIMIT:
