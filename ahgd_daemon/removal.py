@@ -168,18 +168,12 @@ class Collector:
     def _durably_delete(self, trash: Path) -> None:
         """On the deleting thread: make the removal's event durable (an ``fsync`` of the log's
         write-ahead log and database file: its commit skipped one), then delete the trash.
-        A power cut before this leaves trash without a durable event: it is put back."""
-        for suffix in ("-wal", ""):
-            try:
-                fd = os.open(f"{self.log.path}{suffix}", os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                os.fsync(fd)
-            except OSError:
-                return  # not known to be durable: recover() decides at the next collection
-            finally:
-                os.close(fd)
+        A power cut before this leaves trash without a durable event: it is put back.
+        (Through the log's own descriptors: opening and closing the files here dropped the
+        daemon's SQLite locks, and the next ``ahgd`` command deleted the write-ahead log the
+        daemon still wrote to: :meth:`state.log.EventLog.sync_files`.)"""
+        if not self.log.sync_files():
+            return  # not known to be durable: recover() decides at the next collection
         shutil.rmtree(trash, ignore_errors=True)
 
     def _still_due(self, item: Item) -> bool:

@@ -188,6 +188,10 @@ class EventLog:
         self._cache_size = cache_size
         self._listeners: list[Listener] = []
         self.append_timings = AppendTimings()
+        #: descriptors of the database file and its write-ahead log for sync_files, kept open
+        #: until the connection is closed (see there)
+        self._sync_fds: list[int] | None = None
+        self._sync_lock = threading.Lock()
         try:
             self.version = migrate(self._conn, self.path, migrations, busy_timeout=busy_timeout)
         except BaseException:
@@ -204,6 +208,37 @@ class EventLog:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+        with self._sync_lock:   # only now: SQLite's locks went with its connection
+            fds, self._sync_fds = self._sync_fds or [], None
+        for fd in fds:
+            os.close(fd)
+
+    def sync_files(self) -> bool:
+        """``fsync`` the write-ahead log and the database file, as a commit with synchronous
+        FULL does: what was committed with ``durable=False`` is durable after.  Callable from
+        any thread, without the log's lock.  False when an fsync failed.
+
+        Through descriptors opened once and kept until :meth:`close`: closing *any*
+        descriptor of a file drops every POSIX lock this process holds on it, SQLite's
+        included.  Another process closing its connection would then find no other
+        connection, checkpoint and delete the write-ahead log that this connection still
+        writes to: its later commits would be seen by no other process and lost with it."""
+        with self._sync_lock:
+            if self._sync_fds is None:
+                fds = []
+                for suffix in ("-wal", ""):
+                    try:
+                        fds.append(os.open(f"{self.path}{suffix}", os.O_RDONLY | os.O_CLOEXEC))
+                    except OSError:
+                        continue
+                self._sync_fds = fds
+            fds = list(self._sync_fds)
+        try:
+            for fd in fds:
+                os.fsync(fd)
+        except OSError:
+            return False
+        return True
 
     def __enter__(self) -> "EventLog":
         return self
