@@ -6,7 +6,8 @@ after start-up, then every :data:`INTERVAL_S`, and at once when the alert
 ``system.disk_nearly_full`` fires.  The main loop calls :meth:`DaemonCollection.step`
 each turn; a step advances the collection for at most :data:`STEP_BUDGET_S` (one removal
 or one small chunk of the walk past that, at worst) and returns, so schedules, drop folders
-and runs are served between steps.  ``ahgd gc`` through the daemon's socket
+and runs are served between steps; while runs are in flight it does not step at all (for at
+most :data:`BUSY_WAIT_MAX_S` in a row; the disk alert's collection never waits).  ``ahgd gc`` through the daemon's socket
 (:meth:`DaemonCollection.request`) runs a whole collection on the socket's thread,
 while the loop's steps wait.  Each collection ends with one ``gc_done`` log line (what went,
 how long it took, its longest step), and feeds ``storage`` in ``ahgd status``, the page
@@ -38,6 +39,13 @@ INTERVAL_S = 900.0
 FIRST_AFTER_S = 5.0
 #: the most one step of the loop spends collecting (then the loop goes on)
 STEP_BUDGET_S = 0.01
+#: while runs are in flight, a collection that is due (or under way) waits for them: its
+#: walk and removals took the CPU and the GIL from a burst's runs (~0.4 s of a 400-file
+#: burst).  It waits at most this long in a row, so that a daemon never idle still collects;
+#: the disk alert's collection never waits
+BUSY_WAIT_MAX_S = 300.0
+#: how often a waiting collection looks again (a run's end wakes the loop sooner)
+BUSY_RECHECK_S = 1.0
 DISK_ALERT = "system.disk_nearly_full"
 BUDGET_ALERT = "retention.data_budget_exceeded"
 
@@ -64,10 +72,15 @@ def config_policy(config: Any) -> Policy:
 class DaemonCollection:
     def __init__(self, log: Any, state_dir: Path, policy: Policy, *, logger: Any,
                  wake: Callable[[], None], alerts: Any, clock: Callable[[], datetime],
-                 monotonic: Callable[[], float] = time.monotonic):
+                 monotonic: Callable[[], float] = time.monotonic,
+                 busy: Callable[[], bool] | None = None):
         self.collector = Collector(log, state_dir, policy, clock, delete_aside=True)
         self.state_dir, self.logger, self.wake, self.alerts = Path(state_dir), logger, wake, alerts
         self.monotonic = monotonic
+        #: whether runs are in flight (the daemon's): the collection waits for them meanwhile
+        self.busy = busy or (lambda: False)
+        self._waiting_since: float | None = None  # when it began to wait for runs, this time
+        self._overdue = False  # it waited BUSY_WAIT_MAX_S: this collection waits no more
         self._lock = threading.Lock()        # one collection at a time: the loop's or ahgd gc's
         self._asap = threading.Event()       # a disk alert: collect now
         self._due = monotonic() + FIRST_AFTER_S
@@ -83,9 +96,11 @@ class DaemonCollection:
     def start(cls, daemon: Any) -> "DaemonCollection":
         """The collection of a daemon that has recovered its runs: a crash's trash finished
         now (before any request), the disk alert listened to, the sizes exported."""
+        runs = daemon.runs
         collection = cls(daemon.log, daemon.state_dir, setup_policy(daemon.setup),
                          logger=daemon.logger, wake=daemon.waker.wake, alerts=daemon.alerts,
-                         clock=daemon.options.clock, monotonic=daemon.options.monotonic)
+                         clock=daemon.options.clock, monotonic=daemon.options.monotonic,
+                         busy=lambda: bool(runs.active))
         try:
             collection.collector.recover()
         except (AhgdError, OSError) as exc:
@@ -121,8 +136,23 @@ class DaemonCollection:
     def sleep_hint(self) -> float:
         """How long the loop may sleep as far as collecting goes (0: a step is waiting)."""
         if self._steps is not None or self._is_due():
-            return 0.0
+            return BUSY_RECHECK_S if self._waiting_since is not None else 0.0
         return max(0.0, self._due - self.monotonic())
+
+    def _gives_way(self) -> bool:
+        """True while the collection waits for the runs in flight: never for the disk
+        alert, and for at most :data:`BUSY_WAIT_MAX_S` in a row (then it steps on, busy or
+        not, until it ends)."""
+        if self._overdue or self._asap.is_set() or not self.busy():
+            self._waiting_since = None
+            return False
+        now = self.monotonic()
+        if self._waiting_since is None:
+            self._waiting_since = now
+        elif now - self._waiting_since >= BUSY_WAIT_MAX_S:
+            self._waiting_since, self._overdue = None, True
+            return False
+        return True
 
     # -- from the loop ---------------------------------------------------------------------
 
@@ -131,9 +161,12 @@ class DaemonCollection:
         if not self._lock.acquire(blocking=False):
             return  # `ahgd gc` is collecting on the socket's thread
         try:
+            if self._steps is None and not self._is_due():
+                return
+            if self._gives_way():
+                return  # runs are in flight: the loop looks again at its next turn
             if self._steps is None:
-                if not self._is_due():
-                    return
+                self._overdue = self._asap.is_set()  # the disk alert's collection never waits
                 self._asap.clear()
                 self._current = self.collector.new_report()
                 self._steps = self.collector.collect(self._current)
@@ -185,6 +218,7 @@ class DaemonCollection:
 
     def _finish(self, report: Report, trigger: str) -> None:
         self._steps = self._current = None
+        self._waiting_since, self._overdue = None, False
         gc.unfreeze()
         self.ended += 1
         self._due = self.monotonic() + INTERVAL_S
@@ -201,6 +235,7 @@ class DaemonCollection:
 
     def _failed(self, exc: Exception) -> None:
         self._steps = self._current = None
+        self._waiting_since, self._overdue = None, False
         gc.unfreeze()
         self.ended += 1
         self._due = self.monotonic() + INTERVAL_S

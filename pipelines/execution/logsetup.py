@@ -12,6 +12,7 @@ kept (the daemon and its workers, ``ahgd run``), each line that names a
 
 from __future__ import annotations
 
+import json as _json
 import logging
 import sys
 from typing import Any, TextIO
@@ -97,19 +98,21 @@ def _json_line(_: Any, __: str, event_dict: dict[str, Any]) -> str:
     (``sort_keys=False``) in one: the same stdout line, the same run-log line, and the
     run-log line is the stdout line itself whenever the two would be equal (no run-log-only
     keys, nothing escaped as ``\\u``, no value rendered by the fallback)."""
-    import json
-
     only = event_dict.pop(RUN_LOG_ONLY, None)
     record = _order(None, "", _drop_none(None, "", event_dict))
     # a value JSON cannot carry: the run's log renders it with str(), stdout with repr()
     fell_back: list[Any] = []
+    try:
+        # json.dumps without arguments uses the json module's one shared encoder; with
+        # default= it builds a new encoder for every line (a tenth of a daemon's line)
+        line = _json.dumps(record)
+    except TypeError:
+        def fallback(obj: Any) -> Any:  # what JSONRenderer's own fallback gives (private)
+            fell_back.append(obj)
+            method = getattr(obj, "__structlog__", None)
+            return method() if callable(method) else repr(obj)
 
-    def fallback(obj: Any) -> Any:  # what JSONRenderer's own fallback gives (its is private)
-        fell_back.append(obj)
-        method = getattr(obj, "__structlog__", None)
-        return method() if callable(method) else repr(obj)
-
-    line = json.dumps(record, default=fallback)
+        line = _json.dumps(record, default=fallback)
     run_id = event_dict.get("run_id")
     if _run_logs is not None and isinstance(run_id, str) and run_id:
         from state import runlogs

@@ -36,6 +36,11 @@ def last_stages(stages: list[str], deps: dict[str, set[str]]) -> set[str]:
 #: pipeline ends here, not at every worker slot released)
 _lock = threading.Lock()
 _ended: dict[str, list[Any]] = {}
+#: thread id -> (the run executing on that thread in this process, the thread): such a run's
+#: owner is alive (us), which ``mine`` then knows without four system calls on its lock file
+#: (and even if that file was deleted); set when its execution makes its LoadTurn, cleared by
+#: its ``run_ended`` on the same thread, and trusted only while that thread lives
+_here: dict[int, tuple[str, threading.Thread]] = {}
 
 
 def _entry(pipeline: str) -> list[Any]:
@@ -49,9 +54,16 @@ def _entry(pipeline: str) -> list[Any]:
 def run_ended(pipeline: str) -> None:
     """An execution of a run of ``pipeline`` has ended: its later runs may have their turn."""
     with _lock:
+        _here.pop(threading.get_ident(), None)
         entry = _entry(pipeline)
         entry[0] += 1
         entry[1].notify_all()
+
+
+def _executing_here() -> set[str]:
+    """The runs whose execution goes on in this process (on a live thread)."""
+    with _lock:
+        return {run_id for run_id, thread in _here.values() if thread.is_alive()}
 
 
 class LoadTurn:
@@ -63,6 +75,8 @@ class LoadTurn:
         self._waiting_for: tuple[str, ...] = ()
         #: runs of the pipeline ended in this process when ``mine`` last looked
         self._seen = 0
+        with _lock:  # made by the run's execution, on its thread (it holds the run's lock)
+            _here[threading.get_ident()] = (run_id, threading.current_thread())
 
     def wait(self, timeout: float) -> None:
         """Sleep until a run of the pipeline ends in this process (or ``timeout`` passes; an
@@ -79,8 +93,10 @@ class LoadTurn:
     def mine(self) -> bool:
         entry = _ended.get(self.pipeline)
         self._seen = entry[0] if entry else 0
-        earlier = [r for r in queries.earlier_runs_running(self.history, self.pipeline, self.run_id)
-                   if is_locked(run_lock_path(self.state_dir, r))]
+        running = queries.earlier_runs_running(self.history, self.pipeline, self.run_id)
+        here = _executing_here() if running else ()
+        earlier = [r for r in running
+                   if r in here or is_locked(run_lock_path(self.state_dir, r))]
         if earlier and tuple(earlier) != self._waiting_for:
             log.info("waiting_for_earlier_runs", pipeline=self.pipeline, run_id=self.run_id,
                      earlier_runs=earlier,

@@ -270,3 +270,46 @@ def test_the_disk_alert_starts_a_collection_at_once_that_goes_in_small_steps(kit
     assert len(done) == 2 and done[1]["removed"] == 1 and done[1]["steps"] == steps
     assert ("resolve", "retention.data_budget_exceeded:data", "data/ is within "
             "retain.data_budget") in out.alerts
+
+
+def test_a_due_collection_waits_while_runs_are_in_flight_but_not_for_ever(kit: Kit) -> None:
+    """Issue 18: the loop's collection gives the CPU to a burst's runs; a daemon never idle
+    still collects after BUSY_WAIT_MAX_S, and the disk alert's collection never waits."""
+    from ahgd_daemon.collection import (BUSY_RECHECK_S, BUSY_WAIT_MAX_S, DISK_ALERT,
+                                        DaemonCollection)
+    from state import new_event
+
+    kit.succeed(True)
+    kit.run()
+    now, busy, out = [1000.0], [True], _Lines()
+    collection = DaemonCollection(kit.log, kit.state_dir, kit.policy, logger=out,
+                                  wake=lambda: None, alerts=out, clock=kit.collector().clock,
+                                  monotonic=lambda: now[0], busy=lambda: busy[0])
+    kit.log.add_listener(collection.on_event)
+    now[0] += 10   # due, but runs are in flight: nothing starts, the loop sleeps meanwhile
+    for _ in range(3):
+        collection.step()
+        now[0] += BUSY_RECHECK_S
+    assert collection.ended == 0 and not out.lines
+    assert collection.sleep_hint() == BUSY_RECHECK_S
+    now[0] += BUSY_WAIT_MAX_S  # it waits at most BUSY_WAIT_MAX_S, then steps on, busy or not
+    for _ in range(1000):
+        collection.step()
+        if collection.ended:
+            break
+    assert collection.ended == 1 and [e for e, _ in out.lines] == ["gc_done"]
+    kit.log.append(new_event("alert.raised", None, alert_id=f"{DISK_ALERT}:/", name=DISK_ALERT,
+                             severity="error", message="disk 95 % full", fields={}))
+    assert collection.sleep_hint() == 0.0  # the disk alert's collection: busy or not, now
+    for _ in range(1000):
+        collection.step()
+        if collection.ended == 2:
+            break
+    assert collection.ended == 2
+    now[0] += 1000  # the next interval's collection, on a quiet turn: at once
+    busy[0] = False
+    for _ in range(1000):
+        collection.step()
+        if collection.ended == 3:
+            break
+    assert collection.ended == 3 and [e for e, _ in out.lines] == ["gc_done"] * 3
