@@ -172,7 +172,9 @@ def _describe_output(ref: dict[str, Any]) -> str:
     kind = ref.get("kind")
     if kind == "tables":
         tables = ", ".join(f"{t} ({n} rows)" for t, n in (ref.get("tables") or {}).items())
-        return f"tables {tables} in {ref.get('path')} (`ahgd export TABLE --run ... --stage ...`)"
+        where = ("the event log (inline)" if ref.get("format") == "inline"
+                 else ref.get("path"))
+        return f"tables {tables} in {where} (`ahgd export TABLE --run ... --stage ...`)"
     if kind == "value":
         if ref.get("format") == "inline":
             return "value " + json.dumps(ref.get("value"), default=str)[:200]

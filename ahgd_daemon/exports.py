@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pipelines import inlinetables
 from pipelines.sqltext import quote, sql_literal
 from state import store
 from state.errors import AhgdError, did_you_mean
@@ -44,6 +45,10 @@ def stage_output_file(state_dir: Path, run: dict[str, Any], stage: str) -> Path:
                           "that returned tables has one); `ahgd runs show "
                           f"{run['run_id']}` shows what it did")
     ref = done[-1]["detail"]["output"]
+    if inlinetables.is_inline(ref):   # small tables kept in the event log: written to a file
+        return inlinetables.materialise(
+            ref, inlinetables.file_for(state_dir, run["run_id"], stage, ref),
+            what=f"output of stage {stage!r} of run {run['run_id']}")
     path = store.local_path(state_dir, ref)
     if path is None or not Path(path).exists():
         raise ExportError(f"the output of stage {stage!r} of run {run['run_id']} is gone from "

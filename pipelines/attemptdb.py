@@ -198,20 +198,25 @@ class AttemptDatabase:
         self._inputs: dict[str, str] = {}
         #: the statements of the query log as read by row_counts (close reads no more)
         self._statements: list[str] | None = None
+        #: the inputs' statements as the query log holds them
+        self._input_log: set[str] = set()
 
-    def attach_input(self, catalog: str, statement: str) -> None:
-        """Run ``statement`` (``ATTACH ... AS catalog (READ_ONLY)``) on the attempt's cursor."""
-        self.con.execute(statement)
-        self._inputs[catalog] = statement
+    def attach_input(self, catalog: str, statements: list[str]) -> None:
+        """Run ``statements`` (``ATTACH ... AS catalog (READ_ONLY)``, or an in-memory catalog
+        and the ``CREATE TABLE``s of an inline output: :mod:`pipelines.inlinetables`) on the
+        attempt's cursor, in one round trip."""
+        self.con.execute("; ".join(statements))
+        self._inputs[catalog] = statements[0]
+        self._input_log.update(_logged(statements))
 
     def _clean(self, inst: _Instance, statements: list[str] | None) -> bool:
         """Whether the log holds the whole attempt and every ``ATTACH`` or ``DETACH`` in it is
         the attempt's own (its file, its inputs): the attached databases are then known."""
         if statements is None or inst is None or inst.marker not in statements:
             return False
-        own = {inst.marker, f" USE {quote(self.alias)}", *self._inputs.values()}
+        own = {inst.marker, f" USE {quote(self.alias)}"}
         for s in statements:
-            if s in own or s in _OWN:
+            if s in own or s in _OWN or s in self._input_log:
                 continue
             if _ATTACHES.match(s) or not _plain(s):
                 return False
@@ -233,7 +238,8 @@ class AttemptDatabase:
         made_by = {f'CREATE TABLE "main".{quote(n)} AS ' for n in made} | {
             f"CREATE OR REPLACE TABLE main.{quote(n)} AS " for n in made}
         for s in statements:
-            if _KEEPS_TABLES.match(s) or s in _OWN or s == inst.marker or _ATTACHES.match(s):
+            if (_KEEPS_TABLES.match(s) or s in _OWN or s == inst.marker or _ATTACHES.match(s)
+                    or s in self._input_log):
                 continue
             if not any(s.lstrip().startswith(p) for p in made_by):
                 inst.listings += 1
@@ -282,9 +288,18 @@ class AttemptDatabase:
             inst.close()
 
 
-def open_attempt(path: Path, config: Mapping[str, Any]) -> AttemptDatabase | None:
+def _logged(statements: list[str]) -> list[str]:
+    """``statements`` sent as one string (joined by ``"; "``) as DuckDB's query log holds
+    them: each but the last with its ``;``, each but the first with its leading space."""
+    last = len(statements) - 1
+    return [(" " if i else "") + s + (";" if i < last else "") for i, s in enumerate(statements)]
+
+
+def open_attempt(path: Path, config: Mapping[str, Any], *,
+                 in_memory: bool = False) -> AttemptDatabase | None:
     """Create ``path`` (which must not exist) as a DuckDB database, attached to this thread's
-    warm instance; None when that instance is serving another attempt."""
+    warm instance (``in_memory``: a database in memory under the same name, ``path`` is not
+    made); None when that instance is serving another attempt."""
     key = (os.getpid(), tuple(sorted((k, str(v)) for k, v in config.items())))
     inst = getattr(_LOCAL, "instance", None)
     if inst is not None and inst.key != key:
@@ -297,9 +312,9 @@ def open_attempt(path: Path, config: Mapping[str, Any]) -> AttemptDatabase | Non
     elif inst.busy:
         return None
     alias = path.name[: -len(".duckdb")] if path.name.endswith(".duckdb") else path.name
-    attach = f"ATTACH {sql_literal(str(path))} AS {quote(alias)}"
+    attach = f"ATTACH {sql_literal(':memory:' if in_memory else str(path))} AS {quote(alias)}"
     # one round trip (each costs ~0.3 ms of CPU), which the log holds as two statements
-    inst.marker = f"{attach};"
+    inst.marker = _logged([attach, f"USE {quote(alias)}"])[0]
     try:
         con = inst.con.cursor()
         con.execute(f"{attach}; USE {quote(alias)}")

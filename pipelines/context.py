@@ -26,7 +26,7 @@ from typing import Any, Iterator, Mapping
 
 from state import store, warehouse as identity
 
-from . import attemptdb
+from . import attemptdb, inlinetables
 from .sqltext import quote, sql_literal
 from .errors import ConfigError, StageOutputError, WarehouseDamaged
 
@@ -92,6 +92,9 @@ class PipelineContext:
         self._con = None
         self._attempt_db: attemptdb.AttemptDatabase | None = None
         self._con_path: Path | None = None
+        #: the attempt's database is in memory (small inputs: pipelines.inlinetables); its
+        #: file is made only if its tables do not fit inline
+        self._in_memory = False
         self._attached: set[str] = set()
         self._logger = logger
         #: path -> what each warehouse() call of this attempt found (the engine records it)
@@ -209,6 +212,10 @@ class PipelineContext:
         ref = self._outputs.get(stage)
         if not ref or ref.get("kind") != "tables":
             raise KeyError(f"stage {stage!r} has no table output in run {self.run_id}")
+        if inlinetables.is_inline(ref):   # kept in the event log: written to a file to attach
+            return inlinetables.materialise(
+                ref, inlinetables.file_for(self.state_dir, self.run_id, stage, ref),
+                what=f"output of stage {stage!r}")
         return store.local_path(self.state_dir, ref)
 
     def passthrough(self, stage: str) -> "Passthrough":
@@ -229,12 +236,15 @@ class PipelineContext:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 for stale in (path, path.with_name(path.name + ".wal")):
                     stale.unlink(missing_ok=True)  # a killed earlier try of this attempt
-                self._con_path = path
                 config = _duckdb_config(self.duckdb_settings)
+                self._in_memory = self.duckdb_settings.get("inline_tables", True) and \
+                    inlinetables.small_inputs(self._outputs, self.params.get("input_file"))
+                self._con_path = None if self._in_memory else path
                 # the thread's warm DuckDB instance (pipelines.attemptdb): ~3 ms, not ~20
-                self._attempt_db = attemptdb.open_attempt(path, config)
+                self._attempt_db = attemptdb.open_attempt(path, config, in_memory=self._in_memory)
                 self._con = (self._attempt_db.con if self._attempt_db is not None
-                             else duckdb.connect(str(path), config=config))
+                             else duckdb.connect(":memory:" if self._in_memory else str(path),
+                                                 config=config))
             else:
                 self._con = duckdb.connect(":memory:", config=_duckdb_config(self.duckdb_settings))
         return self._con
@@ -247,8 +257,26 @@ class PipelineContext:
 
     @property
     def database_path(self) -> Path | None:
-        """The attempt's DuckDB file, once ``duckdb`` has been used inside a stage."""
+        """The attempt's DuckDB file, once ``duckdb`` has been used inside a stage (None while
+        its database is in memory)."""
         return self._con_path
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether the attempt's database is in memory (its inputs are small)."""
+        return self._in_memory and self._con is not None
+
+    def write_file(self) -> Path:
+        """Copy the attempt's in-memory database to its file (the tables did not fit inline);
+        the file is then the attempt's database, checkpointed once the context closes."""
+        path = store.attempt_path(self.state_dir, self.run_id, str(self.stage_name),
+                                  int(self.attempt or 0), ".duckdb")
+        con = self.duckdb
+        source = con.execute("SELECT current_database()").fetchone()[0]
+        con.execute(f"ATTACH {sql_literal(str(path))} AS __ahgd_file; "
+                    f"COPY FROM DATABASE {quote(source)} TO __ahgd_file; DETACH __ahgd_file")
+        self._con_path, self._in_memory = path, False
+        return path
 
     def sql(self, query: str, params: Any = None):
         """``context.duckdb.sql(query, params=...)``: a lazy relation."""
@@ -260,15 +288,23 @@ class PipelineContext:
         ref = self._outputs.get(stage)
         if not ref or ref.get("kind") != "tables":
             return
-        path = store.local_path(self.state_dir, ref)
         catalog = catalog_for(stage)
-        statement = f"ATTACH {sql_literal(str(path))} AS {quote(catalog)} (READ_ONLY)"
+        statements = self._attach_statements(stage, ref, catalog)
         con = self.duckdb
         if self._attempt_db is not None:   # known to the attempt: detached without a listing
-            self._attempt_db.attach_input(catalog, statement)
+            self._attempt_db.attach_input(catalog, statements)
         else:
-            con.execute(statement)
+            con.execute("; ".join(statements))
         self._attached.add(stage)
+
+    def _attach_statements(self, stage: str, ref: Mapping[str, Any], catalog: str) -> list[str]:
+        """The statements that attach ``stage``'s tables as ``catalog``: its file read-only,
+        or its inline tables as an in-memory catalog."""
+        if inlinetables.is_inline(ref):
+            return inlinetables.attach_statements(ref, catalog,
+                                                  what=f"output of stage {stage!r}")
+        path = store.local_path(self.state_dir, ref)
+        return [f"ATTACH {sql_literal(str(path))} AS {quote(catalog)} (READ_ONLY)"]
 
     @contextmanager
     def warehouse(self, path: str | os.PathLike[str] | None = None) -> Iterator[Any]:
@@ -333,8 +369,7 @@ class PipelineContext:
         for stage, ref in self._outputs.items():
             catalog = catalog_for(stage)
             if ref and ref.get("kind") == "tables" and catalog.lower() != own.lower():
-                con.execute(f"ATTACH {sql_literal(str(store.local_path(self.state_dir, ref)))} "
-                            f"AS {quote(catalog)} (READ_ONLY)")
+                con.execute("; ".join(self._attach_statements(stage, ref, catalog)))
 
     def close(self) -> None:
         """Close the attempt's database: checkpointed and closed, complete on disk."""

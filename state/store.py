@@ -20,6 +20,8 @@ Output references::
     {"kind": "value", "format": "json" | "pickle", "path": "data/…", "sha256": "…", "bytes": n}
     {"kind": "tables", "format": "duckdb", "path": "data/…", "sha256": "…", "bytes": n,
      "tables": {"output": <rows>, …}}
+    {"kind": "tables", "format": "inline", "tables": {…}, "data": {…}, "sha256": "…"}
+        small tables in the event itself (pipelines.inlinetables): no file
 
 An attempt that ran on another machine (a Dask worker) adds ``"uri": "s3://…"``:
 its file is in the object store (:mod:`state.objectstore`) under the same

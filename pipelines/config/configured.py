@@ -61,6 +61,8 @@ class ConfiguredPipeline(BasePipeline):
                     for k, v in (("memory_limit", duck.memory_limit),
                                  ("temp_directory", duck.temp_directory),
                                  ("threads", duck.threads)) if v is not None}
+        if not duck.inline_tables:
+            settings["inline_tables"] = False
         super().__init__(
             spec.pipeline.name,
             description=spec.pipeline.description,

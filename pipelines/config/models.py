@@ -222,6 +222,9 @@ class DuckDBSettings(_Model):
     memory_limit: MemorySize | None = None
     temp_directory: ResolvedPath | None = None
     threads: int | None = Field(None, ge=1)
+    #: small tables kept in the stage.completed event instead of a DuckDB file per attempt
+    #: (pipelines.inlinetables); false: every table output is a file
+    inline_tables: bool = True
 
 
 class PipelineFile(_Model):

@@ -53,8 +53,8 @@ class _Running:
 
 
 class _Outputs(dict):
-    """stage -> its recorded output, knowing which stages' outputs are files (``files``):
-    those are the ones checked on disk before a stage that may read them starts."""
+    """stage -> its recorded output, knowing which stages' outputs are files or inline tables
+    (``files``): those are the ones checked before a stage that may read them starts."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -62,7 +62,7 @@ class _Outputs(dict):
 
     def __setitem__(self, stage: str, ref: dict[str, Any] | None) -> None:
         super().__setitem__(stage, ref)
-        if ref and ref.get("path"):
+        if ref and (ref.get("path") or ref.get("format") == "inline" and "data" in ref):
             self.files.add(stage)
         else:
             self.files.discard(stage)
@@ -282,7 +282,8 @@ class _Execution:
 
     def _invalidate_bad(self, readable: set[str]) -> bool:
         """Invalidate the done stages whose output, read by ``readable``, is gone or altered."""
-        # only outputs kept in files can go bad (an inline value is in the log itself)
+        # only outputs kept in files, and inline tables (with their SHA-256), can go bad (an
+        # inline value is in the log itself)
         outputs = self.outputs
         on_disk = readable & outputs.files
         if not on_disk:

@@ -1,4 +1,5 @@
-"""Storing what a stage returned: tables in the attempt's own DuckDB file, or a value.
+"""Storing what a stage returned: tables in the attempt's own DuckDB file (small ones in
+the event itself: :mod:`pipelines.inlinetables`), or a value.
 
 ``store_output`` is called by :func:`pipelines.execution.runner.run_task` once
 the stage has returned.  Tables (DuckDB relations, Arrow tables, DataFrames, a
@@ -24,7 +25,7 @@ from typing import Any
 from state import store
 from state.events import plain_json
 
-from .. import records
+from .. import inlinetables, records
 from ..context import Passthrough, PipelineContext, quote
 from ..errors import StageOutputError, ValidationFailed
 
@@ -75,6 +76,12 @@ def store_output(ctx: PipelineContext, task: Any,
     counts = db.row_counts(tables, "output" in tables) if db is not None else None
     if counts is None:   # the query log cannot tell which tables the attempt's database holds
         counts = _row_counts(con, "output" in tables)
+    if ctx.in_memory:   # small inputs: the tables ride in the event if they fit, else to a file
+        ref = inlinetables.encode(con, counts)
+        if ref is not None:
+            ctx.close()
+            return {**ref, **extra}, counts.get("output"), report
+        ctx.write_file()
     path = ctx.database_path
     ctx.close()  # checkpoint and release the file before hashing it
     ref = store.file_ref(ctx.state_dir, path, kind="tables", format="duckdb", tables=counts,

@@ -34,6 +34,8 @@ from typing import Any, Iterable, Mapping
 from state import EventType as T, new_event, queries, removals, store, warehouse
 from state.events import Event
 
+from .. import inlinetables
+
 #: a stage whose output is found bad this many times in one execution fails the run
 #: instead of running again (something keeps damaging it)
 MAX_INVALIDATIONS = 3
@@ -63,15 +65,20 @@ class OutputChecks:
 
     def trust(self, ref: Mapping[str, Any] | None) -> None:
         """``ref`` was written (or fully checked) by this execution: size checks suffice."""
-        if ref and ref.get("path"):
-            self._hashed.add(str(ref["path"]))
-            self._bad.pop(str(ref["path"]), None)
+        key = _key(ref)
+        if key is not None:
+            self._hashed.add(key)
+            self._bad.pop(key, None)
 
     def check(self, ref: Mapping[str, Any] | None, *, stage: str, run_id: str) -> Mismatch | None:
-        """The size (and, the first time, the SHA-256) of the file behind ``ref``."""
-        if not ref or not ref.get("path"):
+        """The size (and, the first time, the SHA-256) of the file behind ``ref``; of inline
+        tables, the SHA-256 of what the event log holds."""
+        key = _key(ref)
+        if key is None:
             return None  # nothing, or an inline value: nothing on disk to lose
-        path = str(ref["path"])
+        if inlinetables.is_inline(ref):
+            return self._check_inline(key, ref, stage=stage, run_id=run_id)  # type: ignore[arg-type]
+        path = key
         found = self._bad.get(path)
         if found is None:
             found = store.check(self.state_dir, ref, full=path not in self._hashed)
@@ -85,22 +92,46 @@ class OutputChecks:
         return Mismatch(path, {"bytes": ref.get("bytes"), "sha256": ref.get("sha256")}, found,
                         store.describe(self.state_dir, ref, found, what=what), removed)
 
+    def _check_inline(self, key: str, ref: Mapping[str, Any], *, stage: str,
+                      run_id: str) -> Mismatch | None:
+        if key in self._hashed:
+            return None
+        found = inlinetables.digest_of(ref)
+        if found == ref.get("sha256"):
+            self._hashed.add(key)
+            return None
+        return Mismatch(key, {"sha256": ref.get("sha256")}, {"sha256": found},
+                        f"the output of stage {stage!r} of run {ref_run(ref, run_id)} is kept in "
+                        "the event log (inline tables) and does not match its recorded SHA-256: "
+                        "history.db was altered")
+
     def bad_outputs(self, stages: Iterable[str], done: set[str],
                     outputs: Mapping[str, Mapping[str, Any] | None], readable: set[str],
                     run_id: str) -> dict[str, Mismatch]:
         """The done stages to invalidate, in ``stages`` order, each with its mismatch: those
         whose output file, read by one of ``readable``, fails its check, and every other done
         stage whose recorded output is that same file (a passthrough)."""
-        bad = {str(m.path) for s in readable if s in done
+        bad = {m.path for s in readable if s in done
                if (m := self.check(outputs.get(s), stage=s, run_id=run_id)) is not None}
         out: dict[str, Mismatch] = {}
         if not bad:
             return out
         for s in stages:
             ref = outputs.get(s) if s in done else None
-            if ref and str(ref.get("path")) in bad:
+            if ref and _key(ref) in bad:
                 out[s] = self.check(ref, stage=s, run_id=run_id)  # type: ignore[assignment]
         return out
+
+
+def _key(ref: Mapping[str, Any] | None) -> str | None:
+    """What identifies the stored output behind ``ref``: its file, or its inline tables."""
+    if not ref:
+        return None
+    if ref.get("path"):
+        return str(ref["path"])
+    if inlinetables.is_inline(ref):
+        return f"inline:{ref.get('sha256')}"
+    return None
 
 
 def refused_by_retention(history: Any, state_dir: Path, plan: Any, done: set[str],
@@ -152,9 +183,11 @@ def invalidated(run_id: str, stage: str, attempt: int, info: Mapping[str, Any],
 
 def too_often(stage: str, times: int, bad: Mismatch, run_id: str) -> str:
     """Why a run fails when the same stage's output keeps going bad."""
+    where = ("history.db" if bad.path.startswith("inline:")
+             else f"files under {Path(bad.path).parent}")
     return (f"the output of stage {stage!r} was found gone or altered {times} times in this "
-            f"execution ({bad.message}); something keeps changing files under "
-            f"{Path(bad.path).parent}: stop it, then `ahgd retry {run_id}`")
+            f"execution ({bad.message}); something keeps changing {where}: stop it, then "
+            f"`ahgd retry {run_id}`")
 
 
 # --------------------------------------------------------------------------- the warehouse

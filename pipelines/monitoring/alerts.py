@@ -228,7 +228,9 @@ def rows_rejected(state: MonitorState, run_id: str, pipeline: str, stage: str, r
     should look at those."""
     output = payload.get("output") if isinstance(payload.get("output"), dict) else {}
     table = output.get("rejected_table") or f"{stage}_rejected"
-    where = f" of {output['path']} in the state directory" if output.get("path") else ""
+    where = (f" of {output['path']} in the state directory" if output.get("path") else
+             f" (`ahgd export {table} --run {run_id} --stage {stage} --to FILE.csv`)"
+             if output.get("format") == "inline" else "")
     checked = (payload.get("validation") or {}).get("rows")
     of = f" of {checked}" if type(checked) is int else ""
     return open_alert(

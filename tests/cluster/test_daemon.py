@@ -34,6 +34,7 @@ def test_the_daemon_killed_with_an_attempt_on_a_worker_recovers_and_stops_the_or
     marker = tmp_path / "marker"
     (tmp_path / "remote.yaml").write_text(textwrap.dedent(f"""\
         pipeline: {{name: remote}}
+        duckdb: {{inline_tables: false}}   # outputs as files through the bucket, the orphan's too
         triggers:
           - {{type: drop_folder, path: "${{state_dir}}/inbox/remote", pattern: "*.csv", stable_for: PT0.2S}}
         stages:

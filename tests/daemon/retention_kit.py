@@ -24,6 +24,7 @@ def write_configs(tmp: Path, retain: str = "", *, pipeline_retain: str = "") -> 
     """A master file (with ``retain: {<retain>}``) and its one pipeline file; the master."""
     (tmp / "csvpipe.yaml").write_text(textwrap.dedent(f"""\
         pipeline: {{name: {PIPELINE}}}
+        duckdb: {{inline_tables: false}}   # outputs in files under data/, what retention removes
         triggers:
           - {{type: drop_folder, path: "${{state_dir}}/inbox/{PIPELINE}", pattern: "*.csv", stable_for: PT0.3S}}
         stages:

@@ -64,6 +64,7 @@ def _extra_config(tmp: Path) -> Path:
     write_rejecting_pipeline(tmp, "checked")
     (tmp / "flaky.yaml").write_text(textwrap.dedent("""\
         pipeline: {name: flaky}
+        duckdb: {inline_tables: false}   # its extract's file is damaged (the invalidation example)
         stages:
           - {name: extract, type: extractor, class: tests.daemon.stages.CsvExtractor, retry_attempts: 0}
           - {name: transform, type: transformer, class: tests.daemon.toggle_stages.FailFirstAttempts,

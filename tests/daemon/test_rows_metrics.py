@@ -4,6 +4,7 @@ later run that rejects none), live and read back from history."""
 
 from __future__ import annotations
 
+import csv
 import re
 import subprocess
 
@@ -61,10 +62,16 @@ def test_loads_report_rows_and_rejected_rows_have_a_metric_and_an_alert(tmp_path
     assert alert_state == "FIRING"
     assert message == (f"run {run_id} of pipeline 'quar' rejected 2 of 5 row(s) at stage "
                        "'transform' (validation_rules with quarantine: true) and carried on "
-                       "without them; they are in table transform_rejected of "
-                       f"data/{run_id}/transform-a1.duckdb in the state directory, each with its "
-                       "reason in _rejected_reason. Fix them at the source and drop the file "
-                       "again")
+                       "without them; they are in table transform_rejected (`ahgd export "
+                       f"transform_rejected --run {run_id} --stage transform --to FILE.csv`), "
+                       "each with its reason in _rejected_reason. Fix them at the source and "
+                       "drop the file again")   # small tables: kept in the event log, no file
+    out = tmp_path / "rejected.csv"                             # the command it gives works
+    done = _ahgd("export", "transform_rejected", "--run", run_id, "--stage", "transform",
+                 "--to", out, "--state-dir", state)
+    assert done.returncode == 0, done.stderr
+    with open(out, newline="") as f:
+        assert sorted(r["_rejected_reason"] != "" for r in csv.DictReader(f)) == [True, True]
     firing = [r for r in d.records() if r.get("alert_id") == "pipeline.rows_rejected:quar"]
     assert [(r["alert_state"], r["severity"]) for r in firing] == [("firing", "warning")]
 
