@@ -164,6 +164,8 @@ class _Instance:
     def close(self) -> None:
         if getattr(_LOCAL, "instance", None) is self:
             _LOCAL.instance = None
+        if getattr(_LOCAL, "spare", None) is self:
+            _LOCAL.spare = None
         try:
             self.con.close()
         except Exception:  # closing is all that is left to do with it
@@ -302,15 +304,20 @@ def open_attempt(path: Path, config: Mapping[str, Any], *,
     made); None when that instance is serving another attempt."""
     key = (os.getpid(), tuple(sorted((k, str(v)) for k, v in config.items())))
     inst = getattr(_LOCAL, "instance", None)
-    if inst is not None and inst.key != key:
-        if inst.busy:
-            return None
-        inst.close()  # other settings (another pipeline's): make one with these
-        inst = None
-    if inst is None:
-        inst = _LOCAL.instance = _Instance(key, config)
-    elif inst.busy:
+    if inst is not None and inst.busy:
         return None
+    if inst is None or inst.key != key:
+        # other settings: the spare instance if it has these (small attempts run on one with
+        # one thread, the others on one with DuckDB's default: a run alternates), else a new
+        # one, the current one kept as the spare (and the spare before it closed)
+        spare = getattr(_LOCAL, "spare", None)
+        if spare is not None and spare.key == key:
+            _LOCAL.spare, inst = inst, spare
+        else:
+            if spare is not None:
+                spare.close()
+            _LOCAL.spare, inst = inst, _Instance(key, config)
+        _LOCAL.instance = inst
     alias = path.name[: -len(".duckdb")] if path.name.endswith(".duckdb") else path.name
     attach = f"ATTACH {sql_literal(':memory:' if in_memory else str(path))} AS {quote(alias)}"
     # one round trip (each costs ~0.3 ms of CPU), which the log holds as two statements
@@ -329,6 +336,11 @@ def open_attempt(path: Path, config: Mapping[str, Any], *,
 def warm_instance() -> Any:
     """This thread's warm instance (for tests and benchmarks), or None."""
     return getattr(_LOCAL, "instance", None)
+
+
+def warm_instances() -> tuple[Any, Any]:
+    """This thread's warm instance and its spare (another settings'), each or None."""
+    return getattr(_LOCAL, "instance", None), getattr(_LOCAL, "spare", None)
 
 
 __all__ = ["AttemptDatabase", "open_attempt", "warm_instance"]

@@ -240,6 +240,10 @@ class PipelineContext:
                 self._in_memory = self.duckdb_settings.get("inline_tables", True) and \
                     inlinetables.small_inputs(self._outputs, self.params.get("input_file"))
                 self._con_path = None if self._in_memory else path
+                if self._in_memory and "threads" not in config:
+                    # small data: DuckDB's threads cost more than they give (a statement
+                    # ~0.1 ms of CPU more each, a small CSV read twice the CPU)
+                    config["threads"] = 1
                 # the thread's warm DuckDB instance (pipelines.attemptdb): ~3 ms, not ~20
                 self._attempt_db = attemptdb.open_attempt(path, config, in_memory=self._in_memory)
                 self._con = (self._attempt_db.con if self._attempt_db is not None

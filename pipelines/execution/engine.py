@@ -148,7 +148,7 @@ class _Execution:
         self._held_budget: list = []
         self.inprocess: InProcessExecutor | None = None
         #: (this thread's warm DuckDB instance before) once an attempt ran on this thread
-        self._warm_before: tuple[Any] | None = None
+        self._warm_before: tuple[Any, ...] | None = None
         #: the run's last stages start after earlier runs of the pipeline have ended
         self.last_stages = last_stages(plan.stages, plan.deps)
         self.turn = LoadTurn(self.log, engine.state_dir, plan.pipeline_name, plan.run_id)
@@ -167,9 +167,9 @@ class _Execution:
             if self.inprocess is not None:
                 self.inprocess.shutdown()
             if self._warm_before is not None:  # attempts ran on this thread: its warm DuckDB
-                warm = attemptdb.warm_instance()  # instance goes, as a pool thread's would
-                if warm is not None and warm is not self._warm_before[0]:
-                    warm.close()
+                for warm in attemptdb.warm_instances():  # instances go, as a pool thread's would
+                    if warm is not None and warm not in self._warm_before:
+                        warm.close()
 
     def _abandon(self) -> None:
         for future, r in list(self.running.items()):
@@ -387,7 +387,7 @@ class _Execution:
             # no more be stopped on another); it has ended when run_here returns
             self.progress.stage(stage, state=StageState.RUNNING, attempts=attempt)
             if self._warm_before is None:
-                self._warm_before = (attemptdb.warm_instance(),)
+                self._warm_before = attemptdb.warm_instances()
             future = run_here(self.plan.pipeline, task)
             self.running[future] = _Running(stage, attempt, future, executor)
             return

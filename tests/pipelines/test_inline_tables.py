@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -217,6 +218,8 @@ class Counted(Small):
         if stage == "load":
             inst = attemptdb.warm_instance()
             self.seen.append((inst.attempts, inst.listings, inst.settings_compared))
+            threads = context.duckdb.execute("SELECT current_setting('threads')").fetchone()[0]
+            self.seen.append(("threads", threads))
         return super().execute_stage(stage, context)
 
 
@@ -230,7 +233,36 @@ def test_an_inline_attempt_needs_no_listing_of_its_databases(state_dir, tmp_path
         p.close()
     # extract and transform served by one instance, each found as made from its query log
     # alone: the inline input's ATTACH and CREATE TABLE are known to the attempt
-    assert p.seen == [(2, 0, 0)]
+    assert p.seen == [(2, 0, 0), ("threads", 1)]   # small data: one DuckDB thread
+
+
+def test_small_and_other_attempts_alternate_between_two_warm_instances(tmp_path):
+    """A run's small attempts (one DuckDB thread) and its others (DuckDB's default) each keep
+    an instance warm: alternating costs no new instance (~20 ms each)."""
+    def attempt(name: str, small: bool) -> Any:
+        config = {"threads": 1} if small else {}
+        db = attemptdb.open_attempt(tmp_path / f"{name}.duckdb", config, in_memory=small)
+        inst = attemptdb.warm_instance()
+        threads = db.con.execute("SELECT current_setting('threads')").fetchone()[0]
+        db.con.execute("CREATE TABLE main.output AS SELECT 1 AS x")
+        db.close()
+        return inst, threads
+
+    first, spare = attemptdb.warm_instances()
+    try:
+        small, one = attempt("a", True)
+        other, default = attempt("b", False)
+        again, _ = attempt("c", True)
+        assert again is small and one == 1
+        assert default != 1 or os.cpu_count() == 1   # DuckDB's default: the machine's cores
+        assert attempt("d", False)[0] is other   # each reused, none closed
+        assert attemptdb.warm_instances() == (other, small)
+        assert (small.attempts, other.attempts) == (2, 2)
+        assert not (tmp_path / "a.duckdb").exists() and (tmp_path / "b.duckdb").exists()
+    finally:
+        for inst in attemptdb.warm_instances():
+            if inst is not None and inst not in (first, spare):
+                inst.close()
 
 
 @pytest.mark.parametrize("why", ["too_big", "nested", "big_input"])
