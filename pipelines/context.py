@@ -233,12 +233,11 @@ class PipelineContext:
             if self.stage_name is not None and self.attempt is not None:
                 path = store.attempt_path(self.state_dir, self.run_id, self.stage_name,
                                           self.attempt, ".duckdb")
-                path.parent.mkdir(parents=True, exist_ok=True)
-                for stale in (path, path.with_name(path.name + ".wal")):
-                    stale.unlink(missing_ok=True)  # a killed earlier try of this attempt
                 config = _duckdb_config(self.duckdb_settings)
                 self._in_memory = self.duckdb_settings.get("inline_tables", True) and \
                     inlinetables.small_inputs(self._outputs, self.params.get("input_file"))
+                if not self._in_memory:   # (in memory: the file is made only if needed)
+                    _fresh_file(path)
                 self._con_path = None if self._in_memory else path
                 if self._in_memory and "threads" not in config:
                     # small data: DuckDB's threads cost more than they give (a statement
@@ -275,6 +274,7 @@ class PipelineContext:
         the file is then the attempt's database, checkpointed once the context closes."""
         path = store.attempt_path(self.state_dir, self.run_id, str(self.stage_name),
                                   int(self.attempt or 0), ".duckdb")
+        _fresh_file(path)
         con = self.duckdb
         source = con.execute("SELECT current_database()").fetchone()[0]
         con.execute(f"ATTACH {sql_literal(str(path))} AS __ahgd_file; "
@@ -396,6 +396,13 @@ class Passthrough:
     """Marks a stage output as the very output of an earlier stage."""
 
     stage: str
+
+
+def _fresh_file(path: Path) -> None:
+    """Make ``path``'s folder; remove what a killed earlier try of this attempt left there."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in (path, path.with_name(path.name + ".wal")):
+        stale.unlink(missing_ok=True)
 
 
 def _duckdb_config(settings: Mapping[str, Any]) -> dict[str, Any]:

@@ -192,6 +192,7 @@ def test_a_small_run_keeps_its_tables_in_the_log(state_dir, tmp_path, executor):
         assert ctx.state == "COMPLETED", ctx.error
         assert ctx.get_output("load").fetchall()[0] == expected(source)
         assert duckdb_files(state_dir) == []   # not one DuckDB file written
+        assert not (state_dir / "data" / ctx.run_id).exists()   # nor a folder made for one
         out = refs(state_dir, ctx.run_id)
         assert {s: r["format"] for s, r in out.items()} == dict.fromkeys(
             ["extract", "transform", "check", "load"], "inline")
