@@ -76,3 +76,32 @@ class Tick:
     def extract(self, context: Any) -> Any:
         _trace(context, "tick", "done", fire_time=context.params.get("fire_time"))
         return {"fire_time": context.params.get("fire_time")}
+
+
+class WarehouseLoader:
+    """Writes its input stage's rows to the warehouse table ``table``, tagged with the run id,
+    replacing that run's earlier rows in one transaction (a stage run again after a crash does
+    not load them twice); then sleeps ``sleep_after`` seconds, so a kill can land after the
+    write and before the stage is recorded as completed."""
+
+    def __init__(self, table: str = "loaded", sleep_after: float = 0.0):
+        self.table, self.sleep_after = table, sleep_after
+
+    def load(self, context: Any) -> Any:
+        _trace(context, "load", "start")
+        source = context.output_table(context.input_stage())
+        with context.warehouse() as con:
+            con.execute("BEGIN")
+            con.execute(f"CREATE TABLE IF NOT EXISTS {self.table} AS "
+                        f"SELECT ?::VARCHAR AS run_id, * FROM {source} LIMIT 0", [context.run_id])
+            con.execute(f"DELETE FROM {self.table} WHERE run_id = ?", [context.run_id])
+            con.execute(f"INSERT INTO {self.table} SELECT ?, * FROM {source}", [context.run_id])
+            n = con.execute(f"SELECT count(*) FROM {self.table} WHERE run_id = ?",
+                            [context.run_id]).fetchone()[0]
+            con.execute("COMMIT")
+        _trace(context, "load", "written", rows=n)
+        deadline = time.monotonic() + self.sleep_after
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+        _trace(context, "load", "done", rows=n)
+        return {"rows": n}
