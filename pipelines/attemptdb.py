@@ -202,6 +202,8 @@ class AttemptDatabase:
         self._statements: list[str] | None = None
         #: the inputs' statements as the query log holds them
         self._input_log: set[str] = set()
+        #: what row_counts read beside the rows (its ``also``)
+        self.also: Any = None
 
     def attach_input(self, catalog: str, statements: list[str]) -> None:
         """Run ``statements`` (``ATTACH ... AS catalog (READ_ONLY)``, or an in-memory catalog
@@ -224,14 +226,20 @@ class AttemptDatabase:
                 return False
         return True
 
-    def row_counts(self, made: list[str], has_output: bool) -> dict[str, int] | None:
+    def row_counts(self, made: list[str], has_output: bool,
+                   also: str | None = None) -> dict[str, int] | None:
         """Every table of the attempt's database and its rows, when the query log shows that
         they are ``made`` (the tables store_output created, ``output`` among them when
-        ``has_output``) and no others; None when it cannot tell (list them)."""
+        ``has_output``) and no others; None when it cannot tell (list them).  ``also``: a
+        scalar subquery read in the same statement, its value left in :attr:`also`."""
         inst = self._instance
+        self.also = None
         if inst is None or not inst.logged or not has_output:
             return None
-        statements, rows = self.con.execute(_LOG_ROWS).fetchone()
+        if also is None:
+            statements, rows = self.con.execute(_LOG_ROWS).fetchone()
+        else:
+            statements, rows, self.also = self.con.execute(f"{_LOG_ROWS}, {also}").fetchone()
         statements = list(statements or ())
         if not self._clean(inst, statements):
             inst.listings += 1

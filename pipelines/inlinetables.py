@@ -84,35 +84,74 @@ def small_inputs(outputs: Mapping[str, Mapping[str, Any] | None],
         return False
 
 
-def encode(con: Any, counts: Mapping[str, int],
-           limit: int | None = None) -> dict[str, Any] | None:
+def _shape(con: Any, name: str) -> tuple[list[str], list[str]] | None:
+    """The columns and types of table ``name`` of ``con``'s current database; None when a
+    type is not one kept exactly as text."""
+    relation = con.table(f"main.{quote(name)}")   # binds the table; runs nothing
+    columns, types = list(relation.columns), [str(t) for t in relation.types]
+    return (columns, types) if all(_EXACT.fullmatch(t) for t in types) else None
+
+
+def _most_rows(columns: list[str], limit: int) -> int:
+    return max(0, (limit - 2) // (2 + 3 * len(columns)))   # each cell at least `"",`
+
+
+def _text_of(name: str, columns: list[str], most: int | None = None) -> str:
+    """A subquery giving table ``name`` as the JSON text of its rows (of its first ``most``
+    rows: what cannot fit is never read)."""
+    cells = ", ".join(f"{quote(c)}::VARCHAR" for c in columns)
+    source, order = f"main.{quote(name)}", " ORDER BY rowid"
+    if "rowid" in {c.lower() for c in columns}:   # a column of that name: the scan's order
+        order = ""
+    if most is not None:
+        row = "" if not order else "rowid AS __ahgd_row, "
+        source = f"(SELECT {row}* FROM {source} LIMIT {int(most) + 1})"
+        order = order and " ORDER BY __ahgd_row"
+    return f"(SELECT to_json(list([{cells}]{order})) FROM {source})"
+
+
+def prefetch(con: Any, name: str = "output",
+             limit: int | None = None) -> tuple[list[str], list[str], str] | None:
+    """For a table that may go inline: its columns, its types, and a subquery of its text to
+    be read with the statement that counts its rows (one statement fewer, ~0.5 ms of CPU);
+    None when it cannot go inline."""
+    limit = INLINE_TABLE_BYTES if limit is None else limit
+    shape = _shape(con, name) if limit > 0 else None
+    if shape is None:
+        return None
+    return shape[0], shape[1], _text_of(name, shape[0], _most_rows(shape[0], limit))
+
+
+def encode(con: Any, counts: Mapping[str, int], limit: int | None = None, *,
+           known: Mapping[str, tuple[list[str], list[str], str | None]] | None = None
+           ) -> dict[str, Any] | None:
     """The tables of ``con``'s current database (``counts``: name -> rows) as an inline
     reference, or None when they would not fit in ``limit`` bytes or a column's type is
-    not one kept exactly as text."""
+    not one kept exactly as text.  ``known``: name -> (columns, types, text) already read
+    (:func:`prefetch`)."""
     limit = INLINE_TABLE_BYTES if limit is None else limit
     if limit <= 0 or not counts:
         return None
+    known = known or {}
     shapes: dict[str, tuple[list[str], list[str]]] = {}
     least = 0
     for name, rows in counts.items():
-        relation = con.table(f"main.{quote(name)}")   # binds the table; runs nothing
-        columns, types = list(relation.columns), [str(t) for t in relation.types]
-        if not all(_EXACT.fullmatch(t) for t in types):
+        shape = known[name][:2] if name in known else _shape(con, name)
+        if shape is None:
             return None
-        least += 2 + rows * (2 + 3 * len(columns))   # each cell at least `"",`
+        least += 2 + rows * (2 + 3 * len(shape[0]))   # each cell at least `"",`
         if least > limit:
             return None
-        shapes[name] = (columns, types)
-    selects = []
-    for name, (columns, _) in shapes.items():
-        cells = ", ".join(f"{quote(c)}::VARCHAR" for c in columns)
-        order = "" if "rowid" in {c.lower() for c in columns} else " ORDER BY rowid"
-        selects.append(f"(SELECT to_json(list([{cells}]{order})) FROM main.{quote(name)})")
-    texts = con.execute("SELECT " + ", ".join(selects)).fetchone()
+        shapes[name] = shape  # type: ignore[assignment]
+    unread = [n for n in shapes if n not in known]
+    read = con.execute("SELECT " + ", ".join(_text_of(n, shapes[n][0]) for n in unread)
+                       ).fetchone() if unread else ()
+    texts = dict(zip(unread, read))
+    texts.update({n: known[n][2] for n in shapes if n in known})
     data: dict[str, Any] = {}
     size = 0
-    for (name, (columns, types)), text in zip(shapes.items(), texts):
-        text = "[]" if text is None else str(text)
+    for name, (columns, types) in shapes.items():
+        text = "[]" if texts[name] is None else str(texts[name])
         size += len(text)
         if size > limit:
             return None

@@ -73,11 +73,17 @@ def store_output(ctx: PipelineContext, task: Any,
         if task.rules.get("quarantine"):
             extra["rejected_table"] = _rejected_table(con, task.stage, checked)
     db = ctx.attempt_database
-    counts = db.row_counts(tables, "output" in tables) if db is not None else None
+    # small inputs: the tables ride in the event if they fit (the one table's text read with
+    # its rows), else they go to a file
+    early = inlinetables.prefetch(con) if ctx.in_memory and tables == ["output"] and \
+        db is not None else None
+    counts = db.row_counts(tables, "output" in tables, early and early[2]) \
+        if db is not None else None
+    known = {"output": (early[0], early[1], db.also)} if early and counts is not None else None
     if counts is None:   # the query log cannot tell which tables the attempt's database holds
         counts = _row_counts(con, "output" in tables)
-    if ctx.in_memory:   # small inputs: the tables ride in the event if they fit, else to a file
-        ref = inlinetables.encode(con, counts)
+    if ctx.in_memory:
+        ref = inlinetables.encode(con, counts, known=known)
         if ref is not None:
             ctx.close()
             return {**ref, **extra}, counts.get("output"), report

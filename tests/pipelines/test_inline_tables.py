@@ -361,3 +361,29 @@ def test_inline_tables_false_keeps_every_table_in_a_file(state_dir, tmp_path):
     assert {s: r["format"] for s, r in refs(state_dir, ctx.run_id).items()} == dict.fromkeys(
         ["extract", "transform", "check", "load"], "duckdb")
     assert duckdb_files(state_dir) == ["extract-a1.duckdb", "load-a1.duckdb", "transform-a1.duckdb"]
+
+
+@pytest.mark.parametrize("rows,rowid_column", [(20, False), (20, True), (5000, False)])
+def test_the_text_read_with_the_row_count_is_the_same_as_read_alone(tmp_path, rows, rowid_column):
+    """store_output reads the one output table's text in the statement that counts its rows
+    (bounded to the rows that could fit): the reference is the one encode makes alone."""
+    first = attemptdb.warm_instances()
+    db = attemptdb.open_attempt(tmp_path / "a.duckdb", {"threads": 1}, in_memory=True)
+    try:
+        own = "range AS rowid, " if rowid_column else ""
+        db.con.execute(f'CREATE TABLE "main"."output" AS SELECT {own}range * 7 AS x, '
+                       f"'r' || range AS label FROM range({rows}) ORDER BY range DESC")
+        early = inlinetables.prefetch(db.con)
+        counts = db.row_counts(["output"], True, early[2])
+        assert counts == {"output": rows}
+        together = inlinetables.encode(db.con, counts, known={"output": (*early[:2], db.also)})
+        alone = inlinetables.encode(db.con, counts)
+        assert together == alone
+        assert (together is None) == (rows == 5000)
+        if together is not None:   # in the table's order, not sorted
+            assert json.loads(together["data"]["output"]["rows"])[0][-2:] == [str(7 * (rows - 1)), f"r{rows - 1}"]
+    finally:
+        db.close()
+        for inst in attemptdb.warm_instances():
+            if inst is not None and inst not in first:
+                inst.close()
