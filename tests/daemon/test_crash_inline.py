@@ -107,6 +107,20 @@ def check_values(state: Path, tmp: Path, run_id: str, source: list[list[str]]) -
     assert check.returncode == 0, check.stdout + check.stderr
 
 
+def killed_when(master: Path, state: Path, stage: str, what: str) -> tuple[str, Path]:
+    """Start the daemon, drop the CSV, SIGKILL the daemon as soon as ``stage`` has reached
+    ``what`` (its trace): the run's id and the source CSV."""
+    d = Daemon(master, state).wait_ready()
+    try:
+        source = drop_rows(state, "small.csv")
+        wait_until(lambda: executions(state, stage, what), 30, f"the {stage} to reach {what!r}",
+                   interval=0.01)
+    finally:
+        d.kill()
+    (run_id,), = query(state, "SELECT run_id FROM runs")
+    return run_id, source
+
+
 @pytest.mark.parametrize("restart_env, transform_format", [
     ({}, "inline"),
     # inline tables turned off across the crash: the recorded inline extract is still read,
@@ -116,14 +130,7 @@ def check_values(state: Path, tmp: Path, run_id: str, source: list[list[str]]) -
 def test_sigkill_in_the_transform_reuses_the_inline_extract(tmp_path, restart_env,
                                                             transform_format):
     master, state = setup(tmp_path, transform_sleep=SLEEP)
-    d = Daemon(master, state).wait_ready()
-    try:
-        source = drop_rows(state, "small.csv")
-        wait_until(lambda: executions(state, "transform", "start"), 30, "the transform to start",
-                   interval=0.01)
-    finally:
-        d.kill()
-    (run_id,), = query(state, "SELECT run_id FROM runs")
+    run_id, source = killed_when(master, state, "transform", "start")
     # the kill landed after the extract's inline output was recorded, before the transform's
     assert formats(state, run_id) == {"extract": [(1, "COMPLETED", "inline")],
                                       "transform": [(1, "RUNNING", None)]}, formats(state, run_id)
@@ -143,14 +150,7 @@ def test_sigkill_after_the_load_wrote_and_after_the_run_completed(tmp_path):
     """Killed after the loader's warehouse write (before its stage.completed), then again
     right after run.completed: the load runs again, nothing is loaded or recorded twice."""
     master, state = setup(tmp_path, load_sleep=SLEEP)
-    d = Daemon(master, state).wait_ready()
-    try:
-        source = drop_rows(state, "small.csv")
-        wait_until(lambda: executions(state, "load", "written"), 30, "the load to write",
-                   interval=0.01)
-    finally:
-        d.kill()
-    (run_id,), = query(state, "SELECT run_id FROM runs")
+    run_id, source = killed_when(master, state, "load", "written")
     assert [s for s, in query(state, "SELECT state FROM stage_runs WHERE stage = 'load'")] == [
         "RUNNING"]
 
