@@ -387,3 +387,41 @@ def test_the_text_read_with_the_row_count_is_the_same_as_read_alone(tmp_path, ro
         for inst in attemptdb.warm_instances():
             if inst is not None and inst not in first:
                 inst.close()
+
+
+class Shapes(BasePipeline):
+    """Records (a list of dicts) and an empty table, each inline, read back by a later stage."""
+
+    def define_stages(self) -> list[str]:
+        return ["records", "empty", "check"]
+
+    def get_stage_dependencies(self, stage_name: str) -> set[str]:
+        return {"records", "empty"} if stage_name == "check" else set()
+
+    def execute_stage(self, stage: str, context: Any) -> Any:
+        if stage == "records":
+            return [{"code": "101021007", "name": "Braidwood", "irsd": 1024.5},
+                    {"code": "101021008", "name": "Karabar", "irsd": None}]
+        if stage == "empty":
+            return context.sql("SELECT 1::INTEGER AS a, 'x' AS b WHERE false")
+        records = context.get_output("records")
+        empty = context.get_output("empty")
+        return {"records": records, "empty": [empty.columns, [str(t) for t in empty.types],
+                                              len(empty.fetchall())]}
+
+
+def test_records_and_an_empty_table_come_back_from_inline(state_dir, tmp_path):
+    source = write_csv(tmp_path / "small.csv", 3)   # a small run input: its stages in memory
+    p = Shapes("shapes", state_dir=state_dir, executor="inprocess", max_retries=0)
+    try:
+        ctx = p.run(input_file=source)
+        assert ctx.state == "COMPLETED", ctx.error
+        seen = ctx.get_output("check")
+    finally:
+        p.close()
+    assert seen["records"] == [{"code": "101021007", "name": "Braidwood", "irsd": 1024.5},
+                               {"code": "101021008", "name": "Karabar", "irsd": None}]
+    assert seen["empty"] == [["a", "b"], ["INTEGER", "VARCHAR"], 0]
+    out = refs(state_dir, ctx.run_id)
+    assert (out["records"]["format"], out["records"]["shape"]) == ("inline", "records")
+    assert (out["empty"]["format"], out["empty"]["tables"]) == ("inline", {"output": 0})
