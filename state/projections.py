@@ -131,7 +131,7 @@ def run_from_rows(row: tuple, attempt_rows: Iterable[tuple]) -> Run:
         prev = rows.get(a[1])
         if prev is None or a[2] > prev[2]:
             rows[a[1]] = a
-    latest = {stage: _new_tuple(Attempt, a) for stage, a in rows.items()}
+    latest = {stage: attempt_from_row(a) for stage, a in rows.items()}
     return Run(
         run_id=row[0], pipeline=row[1], trigger=row[2], state=row[3], params=json.loads(row[4]),
         stages=tuple(json.loads(row[5])), requested_at=row[6], started_at=row[7],
@@ -140,11 +140,9 @@ def run_from_rows(row: tuple, attempt_rows: Iterable[tuple]) -> Run:
     )
 
 
-def attempt_from_row(a: tuple) -> Attempt:
-    return Attempt(*a)
-
-
-_new_tuple = tuple.__new__
+def attempt_from_row(a: tuple, _new: Any = tuple.__new__) -> Attempt:
+    """An ``Attempt`` of a ``stage_runs`` row (its columns are the fields, in order)."""
+    return _new(Attempt, a)
 
 
 def pipeline_record(name: str, type_: str, ts: str, payload: str, seq: int) -> PipelineRecord:
