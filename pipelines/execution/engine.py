@@ -34,7 +34,7 @@ from ..retries import after_failure, failure_message
 from .turns import LoadTurn, last_stages, run_ended
 from ..stage import StageConfig
 from .verify import (MAX_INVALIDATIONS, OutputChecks, ancestors, invalidated, judge_warehouses,
-                     refused_by_retention, too_often)
+                     refused_by_retention, stored_key, too_often)
 
 #: how often a waiting engine looks at its stop/cancel flags
 POLL_S = 0.1
@@ -62,7 +62,7 @@ class _Outputs(dict):
 
     def __setitem__(self, stage: str, ref: dict[str, Any] | None) -> None:
         super().__setitem__(stage, ref)
-        if ref and (ref.get("path") or ref.get("format") == "inline" and "data" in ref):
+        if stored_key(ref) is not None:
             self.files.add(stage)
         else:
             self.files.discard(stage)

@@ -65,7 +65,7 @@ class OutputChecks:
 
     def trust(self, ref: Mapping[str, Any] | None) -> None:
         """``ref`` was written (or fully checked) by this execution: size checks suffice."""
-        key = _key(ref)
+        key = stored_key(ref)
         if key is not None:
             self._hashed.add(key)
             self._bad.pop(key, None)
@@ -73,7 +73,7 @@ class OutputChecks:
     def check(self, ref: Mapping[str, Any] | None, *, stage: str, run_id: str) -> Mismatch | None:
         """The size (and, the first time, the SHA-256) of the file behind ``ref``; of inline
         tables, the SHA-256 of what the event log holds."""
-        key = _key(ref)
+        key = stored_key(ref)
         if key is None:
             return None  # nothing, or an inline value: nothing on disk to lose
         if inlinetables.is_inline(ref):
@@ -118,12 +118,12 @@ class OutputChecks:
             return out
         for s in stages:
             ref = outputs.get(s) if s in done else None
-            if ref and _key(ref) in bad:
+            if ref and stored_key(ref) in bad:
                 out[s] = self.check(ref, stage=s, run_id=run_id)  # type: ignore[assignment]
         return out
 
 
-def _key(ref: Mapping[str, Any] | None) -> str | None:
+def stored_key(ref: Mapping[str, Any] | None) -> str | None:
     """What identifies the stored output behind ``ref``: its file, or its inline tables."""
     if not ref:
         return None
