@@ -202,8 +202,6 @@ class AttemptDatabase:
         self._statements: list[str] | None = None
         #: the inputs' statements as the query log holds them
         self._input_log: set[str] = set()
-        #: what row_counts read beside the rows (its ``also``)
-        self.also: Any = None
 
     def attach_input(self, catalog: str, statements: list[str]) -> None:
         """Run ``statements`` (``ATTACH ... AS catalog (READ_ONLY)``, or an in-memory catalog
@@ -227,23 +225,23 @@ class AttemptDatabase:
         return True
 
     def row_counts(self, made: list[str], has_output: bool,
-                   also: str | None = None) -> dict[str, int] | None:
+                   also: str | None = None) -> tuple[dict[str, int] | None, Any]:
         """Every table of the attempt's database and its rows, when the query log shows that
         they are ``made`` (the tables store_output created, ``output`` among them when
-        ``has_output``) and no others; None when it cannot tell (list them).  ``also``: a
-        scalar subquery read in the same statement, its value left in :attr:`also`."""
+        ``has_output``) and no others, else None (list them); and the value of ``also``, a
+        scalar subquery read in the same statement (None when there is none, or no log)."""
         inst = self._instance
-        self.also = None
         if inst is None or not inst.logged or not has_output:
-            return None
+            return None, None
+        extra = None
         if also is None:
             statements, rows = self.con.execute(_LOG_ROWS).fetchone()
         else:
-            statements, rows, self.also = self.con.execute(f"{_LOG_ROWS}, {also}").fetchone()
+            statements, rows, extra = self.con.execute(f"{_LOG_ROWS}, {also}").fetchone()
         statements = list(statements or ())
         if not self._clean(inst, statements):
             inst.listings += 1
-            return None
+            return None, extra
         self._statements = statements
         made_by = {f'CREATE TABLE "main".{quote(n)} AS ' for n in made} | {
             f"CREATE OR REPLACE TABLE main.{quote(n)} AS " for n in made}
@@ -253,10 +251,10 @@ class AttemptDatabase:
                 continue
             if not any(s.lstrip().startswith(p) for p in made_by):
                 inst.listings += 1
-                return None   # a statement that may have made, dropped or renamed a table
+                return None, extra   # a statement that may have made, dropped or renamed a table
         return {name: rows if name == "output" else
                 self.con.execute(f"SELECT COUNT(*) FROM main.{quote(name)}").fetchone()[0]
-                for name in sorted(made)}
+                for name in sorted(made)}, extra
 
     def close(self) -> None:
         """Detach everything the attempt attached, its own file last: checkpointed and closed.

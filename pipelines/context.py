@@ -92,6 +92,8 @@ class PipelineContext:
         self._con = None
         self._attempt_db: attemptdb.AttemptDatabase | None = None
         self._con_path: Path | None = None
+        #: where the attempt's file is (or would be, while its database is in memory)
+        self._file_path: Path | None = None
         #: the attempt's database is in memory (small inputs: pipelines.inlinetables); its
         #: file is made only if its tables do not fit inline
         self._in_memory = False
@@ -231,8 +233,8 @@ class PipelineContext:
             import duckdb
 
             if self.stage_name is not None and self.attempt is not None:
-                path = store.attempt_path(self.state_dir, self.run_id, self.stage_name,
-                                          self.attempt, ".duckdb")
+                path = self._file_path = store.attempt_path(
+                    self.state_dir, self.run_id, self.stage_name, self.attempt, ".duckdb")
                 config = _duckdb_config(self.duckdb_settings)
                 self._in_memory = self.duckdb_settings.get("inline_tables", True) and \
                     inlinetables.small_inputs(self._outputs, self.params.get("input_file"))
@@ -272,10 +274,11 @@ class PipelineContext:
     def write_file(self) -> Path:
         """Copy the attempt's in-memory database to its file (the tables did not fit inline);
         the file is then the attempt's database, checkpointed once the context closes."""
-        path = store.attempt_path(self.state_dir, self.run_id, str(self.stage_name),
-                                  int(self.attempt or 0), ".duckdb")
-        _fresh_file(path)
         con = self.duckdb
+        path = self._file_path
+        if path is None:   # set with the attempt's database, by `duckdb`
+            raise RuntimeError("write_file() is for a stage attempt's own database")
+        _fresh_file(path)
         source = con.execute("SELECT current_database()").fetchone()[0]
         con.execute(f"ATTACH {sql_literal(str(path))} AS __ahgd_file; "
                     f"COPY FROM DATABASE {quote(source)} TO __ahgd_file; DETACH __ahgd_file")

@@ -34,7 +34,7 @@ import os
 import re
 import threading
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 from state import store
 
@@ -110,16 +110,22 @@ def _text_of(name: str, columns: list[str], most: int | None = None) -> str:
     return f"(SELECT to_json(list([{cells}]{order})) FROM {source})"
 
 
-def prefetch(con: Any, name: str = "output",
-             limit: int | None = None) -> tuple[list[str], list[str], str] | None:
-    """For a table that may go inline: its columns, its types, and a subquery of its text to
-    be read with the statement that counts its rows (one statement fewer, ~0.5 ms of CPU);
-    None when it cannot go inline."""
+class Prefetch(NamedTuple):
+    """A table that may go inline: its columns and types, and ``sql``, a subquery of its text
+    to read with the statement that counts its rows (one statement fewer, ~0.5 ms of CPU)."""
+
+    columns: list[str]
+    types: list[str]
+    sql: str
+
+
+def prefetch(con: Any, name: str = "output", limit: int | None = None) -> Prefetch | None:
+    """:class:`Prefetch` of table ``name``; None when it cannot go inline."""
     limit = INLINE_TABLE_BYTES if limit is None else limit
     shape = _shape(con, name) if limit > 0 else None
     if shape is None:
         return None
-    return shape[0], shape[1], _text_of(name, shape[0], _most_rows(shape[0], limit))
+    return Prefetch(shape[0], shape[1], _text_of(name, shape[0], _most_rows(shape[0], limit)))
 
 
 def encode(con: Any, counts: Mapping[str, int], limit: int | None = None, *,

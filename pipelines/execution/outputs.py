@@ -77,9 +77,10 @@ def store_output(ctx: PipelineContext, task: Any,
     # its rows), else they go to a file
     early = inlinetables.prefetch(con) if ctx.in_memory and tables == ["output"] and \
         db is not None else None
-    counts = db.row_counts(tables, "output" in tables, early and early[2]) \
-        if db is not None else None
-    known = {"output": (early[0], early[1], db.also)} if early and counts is not None else None
+    counts, text = db.row_counts(tables, "output" in tables, early and early.sql) \
+        if db is not None else (None, None)
+    known = {"output": (early.columns, early.types, text)} if early and counts is not None \
+        else None
     if counts is None:   # the query log cannot tell which tables the attempt's database holds
         counts = _row_counts(con, "output" in tables)
     if ctx.in_memory:

@@ -374,9 +374,10 @@ def test_the_text_read_with_the_row_count_is_the_same_as_read_alone(tmp_path, ro
         db.con.execute(f'CREATE TABLE "main"."output" AS SELECT {own}range * 7 AS x, '
                        f"'r' || range AS label FROM range({rows}) ORDER BY range DESC")
         early = inlinetables.prefetch(db.con)
-        counts = db.row_counts(["output"], True, early[2])
+        counts, text = db.row_counts(["output"], True, early.sql)
         assert counts == {"output": rows}
-        together = inlinetables.encode(db.con, counts, known={"output": (*early[:2], db.also)})
+        together = inlinetables.encode(db.con, counts,
+                                       known={"output": (early.columns, early.types, text)})
         alone = inlinetables.encode(db.con, counts)
         assert together == alone
         assert (together is None) == (rows == 5000)
