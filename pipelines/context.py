@@ -217,7 +217,7 @@ class PipelineContext:
         if inlinetables.is_inline(ref):   # kept in the event log: written to a file to attach
             return inlinetables.materialise(
                 ref, inlinetables.file_for(self.state_dir, self.run_id, stage, ref),
-                what=f"output of stage {stage!r}")
+                what=f"output of stage {stage!r} read by run {self.run_id}")
         return store.local_path(self.state_dir, ref)
 
     def passthrough(self, stage: str) -> "Passthrough":
@@ -308,8 +308,8 @@ class PipelineContext:
         """The statements that attach ``stage``'s tables as ``catalog``: its file read-only,
         or its inline tables as an in-memory catalog."""
         if inlinetables.is_inline(ref):
-            return inlinetables.attach_statements(ref, catalog,
-                                                  what=f"output of stage {stage!r}")
+            return inlinetables.attach_statements(
+                ref, catalog, what=f"output of stage {stage!r} read by run {self.run_id}")
         path = store.local_path(self.state_dir, ref)
         return [f"ATTACH {sql_literal(str(path))} AS {quote(catalog)} (READ_ONLY)"]
 

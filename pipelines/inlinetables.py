@@ -92,8 +92,14 @@ def _shape(con: Any, name: str) -> tuple[list[str], list[str]] | None:
     return (columns, types) if all(_EXACT.fullmatch(t) for t in types) else None
 
 
+def _row_bytes(columns: list[str]) -> int:
+    """The least text a row takes: ``[``, ``]``, ``,`` and each cell at least ``"",``."""
+    return 2 + 3 * len(columns)
+
+
 def _most_rows(columns: list[str], limit: int) -> int:
-    return max(0, (limit - 2) // (2 + 3 * len(columns)))   # each cell at least `"",`
+    """The most rows of these columns whose text could fit in ``limit`` bytes."""
+    return max(0, (limit - 2) // _row_bytes(columns))
 
 
 def _text_of(name: str, columns: list[str], most: int | None = None) -> str:
@@ -145,7 +151,7 @@ def encode(con: Any, counts: Mapping[str, int], limit: int | None = None, *,
         shape = known[name][:2] if name in known else _shape(con, name)
         if shape is None:
             return None
-        least += 2 + rows * (2 + 3 * len(shape[0]))   # each cell at least `"",`
+        least += 2 + rows * _row_bytes(shape[0])
         if least > limit:
             return None
         shapes[name] = shape  # type: ignore[assignment]
@@ -182,8 +188,10 @@ def _checked(ref: Mapping[str, Any], what: str) -> Mapping[str, Any]:
     if not isinstance(data, dict) or _digest(data) != ref.get("sha256"):
         raise StageOutputError(
             f"the {what} is kept in the event log (an inline table) and does not match its "
-            "recorded SHA-256: history.db was altered by hand or damaged; run the stage again "
-            "(`ahgd retry RUN_ID --from STAGE`)")
+            "recorded SHA-256: history.db was altered by hand or damaged. Make it again: a "
+            "failed run with `ahgd retry RUN_ID` (which checks every recorded output first and "
+            "runs again the stages whose output is bad), a finished one by running its "
+            "pipeline again on the same input")
     return data
 
 

@@ -22,6 +22,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from pipelines import BasePipeline, attemptdb, inlinetables
+from pipelines.errors import StageOutputError
 from state import EventLog, EventType as T, new_event
 
 #: one column per type written inline, each with edge values and a NULL
@@ -110,6 +111,24 @@ def test_doubles_and_text_come_back_exactly(rows):
     back = con.execute("SELECT x, s FROM back.main.output").fetchall()
     assert [(math.copysign(1, x), x, s) for x, s in back] == \
         [(math.copysign(1, x), x, s) for x, s in rows]
+
+
+def test_an_altered_inline_table_is_refused_saying_what_to_do(tmp_path):
+    con = duckdb.connect()
+    con.execute("CREATE TABLE main.output AS SELECT range AS x FROM range(3)")
+    ref = inlinetables.encode(con, {"output": 3})
+    altered = json.loads(json.dumps(ref).replace('\\"2\\"', '\\"9\\"'))
+    assert altered != ref
+    for read in (lambda: inlinetables.attach_statements(altered, "x", what="output of stage "
+                                                        "'extract' read by run r1"),
+                 lambda: inlinetables.materialise(altered, tmp_path / "x.duckdb",
+                                                  what="output of stage 'extract' of run r1")):
+        with pytest.raises(StageOutputError) as err:
+            read()
+        message = str(err.value)
+        assert "output of stage 'extract'" in message and "history.db" in message
+        assert "`ahgd retry RUN_ID`" in message and "running its pipeline again" in message
+    assert not (tmp_path / "x.duckdb").exists()   # nothing written from altered text
 
 
 def test_too_big_or_another_type_is_not_written_inline():
