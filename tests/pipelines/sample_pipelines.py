@@ -23,6 +23,15 @@ def trace(ctx: Any, stage: str, **extra: Any) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def fail_if_flagged(ctx: Any, stage: str) -> None:
+    """Raise once while ``<state_dir>/fail-<stage>`` exists (the flag is removed): a test stops a
+    run at ``stage`` after the stages before it completed."""
+    flag = Path(ctx.state_dir) / f"fail-{stage}"
+    if flag.exists():
+        flag.unlink()
+        raise RuntimeError(f"{stage} fails once, on purpose")
+
+
 def executions(state_dir: Path) -> list[dict]:
     p = Path(state_dir) / "trace" / "executions.jsonl"
     if not p.exists():

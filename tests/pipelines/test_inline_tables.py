@@ -25,6 +25,8 @@ from pipelines import BasePipeline, attemptdb, inlinetables
 from pipelines.errors import StageOutputError
 from state import EventLog, EventType as T, new_event
 
+from .sample_pipelines import fail_if_flagged
+
 #: one column per type written inline, each with edge values and a NULL
 EDGES = {
     "BOOLEAN": ["true", "false"],
@@ -165,10 +167,7 @@ class Small(BasePipeline):
         return ["extract", "transform", "check", "load"]
 
     def execute_stage(self, stage: str, context: Any) -> Any:
-        flag = Path(context.state_dir) / f"fail-{stage}"
-        if flag.exists():
-            flag.unlink()
-            raise RuntimeError(f"{stage} fails once, on purpose")
+        fail_if_flagged(context, stage)
         if stage == "extract":
             return context.sql("SELECT * FROM read_csv(?, header = true)",
                                [str(context.input_file)])

@@ -24,6 +24,8 @@ import pytest
 from pipelines import BasePipeline, ResumeRefused
 from state import EventLog, EventType as T, new_event
 
+from .sample_pipelines import fail_if_flagged
+
 GROUPS = 1500   # enough groups that the sums (a plain value) exceed the inline limit: a .json file
 
 
@@ -71,10 +73,7 @@ class SumPipeline(BasePipeline):
         return super().get_stage_dependencies(stage_name)
 
     def execute_stage(self, stage_name: str, context: Any) -> Any:
-        flag = Path(context.state_dir) / f"fail-{stage_name}"
-        if flag.exists():
-            flag.unlink()
-            raise RuntimeError(f"{stage_name} fails once, on purpose")
+        fail_if_flagged(context, stage_name)
         if stage_name == "extract":
             return context.sql("SELECT grp, CAST(value AS BIGINT) AS value FROM "
                                "read_csv(?, header = true, all_varchar = true)",
