@@ -49,6 +49,7 @@ import threading
 from pathlib import Path
 from typing import Any, Mapping
 
+from . import malloctune
 from .sqltext import quote, sql_literal
 
 #: the catalogs every DuckDB instance has
@@ -102,6 +103,7 @@ class _Instance:
     def __init__(self, key: tuple, config: Mapping[str, Any]) -> None:
         import duckdb
 
+        malloctune.tune()  # once a process: the heap kept between statements
         self.key = key
         self.con = duckdb.connect(":memory:", config=dict(config))
         #: the ATTACH of the attempt being served: a statement its log must hold
