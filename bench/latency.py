@@ -298,20 +298,37 @@ def measure_throughput(history: History, inbox: Path, staging: Path, files: int,
 
 
 def _cpu_split(daemon_pid: int | None) -> dict[str, float] | None:
-    """CPU seconds (user + system) so far of the daemon and of its workers (summed)."""
+    """CPU seconds so far of the daemon and of its workers (summed): user + system in
+    ``daemon`` / ``workers``, the system (kernel) part in ``*_sys``, minor page faults in
+    ``*_faults`` (a fault is a page of memory the process touched for the first time, or
+    again after giving it back)."""
     if daemon_pid is None:
         return None
     try:
         daemon = psutil.Process(daemon_pid)
-        out = {"daemon": sum(daemon.cpu_times()[:2]), "workers": 0.0}
-        for child in daemon.children(recursive=True):
-            try:
-                out["workers"] += sum(child.cpu_times()[:2])
-            except psutil.NoSuchProcess:
-                pass
+        out = dict.fromkeys(("daemon", "daemon_sys", "daemon_faults",
+                             "workers", "workers_sys", "workers_faults"), 0.0)
+        for who, procs in (("daemon", [daemon]), ("workers", daemon.children(recursive=True))):
+            for p in procs:
+                try:
+                    times = p.cpu_times()
+                    out[who] += times.user + times.system
+                    out[f"{who}_sys"] += times.system
+                    out[f"{who}_faults"] += _minor_faults(p.pid)
+                except (psutil.NoSuchProcess, OSError):
+                    pass
         return out
     except psutil.NoSuchProcess:
         return None
+
+
+def _minor_faults(pid: int) -> int:
+    """Field 10 of /proc/<pid>/stat (0 where there is no /proc)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat[stat.rindex(")") + 2:].split()[7])
 
 
 def measure_idle(daemon_pid: int, seconds: float) -> dict[str, Any]:
@@ -376,9 +393,13 @@ def report(lat: dict[str, Any], thr: dict[str, Any] | None, idle: dict[str, Any]
         print(f"   worker CPU per run (the stages' cpu_s summed): {cpu_run * 1e3:.1f} ms")
         if thr.get("cpu_s") and thr["completed"]:
             n = thr["completed"]
-            print(f"   CPU per run over the burst, by process: daemon {thr['cpu_s']['daemon'] / n * 1e3:.1f}"
-                  f" ms, workers {thr['cpu_s']['workers'] / n * 1e3:.1f} ms (50 runs/s on 2 cores"
+            c = thr["cpu_s"]
+            print(f"   CPU per run over the burst, by process: daemon {c['daemon'] / n * 1e3:.1f}"
+                  f" ms, workers {c['workers'] / n * 1e3:.1f} ms (50 runs/s on 2 cores"
                   f" leaves 40 ms for both)")
+            print(f"     of which in the kernel: daemon {c['daemon_sys'] / n * 1e3:.1f} ms, workers"
+                  f" {c['workers_sys'] / n * 1e3:.1f} ms; minor page faults per run: daemon"
+                  f" {c['daemon_faults'] / n:.0f}, workers {c['workers_faults'] / n:.0f}")
         print(f"   a run took {thr['run_avg_s'] * 1e3:.1f} ms on average from run.started to its end"
               f" (queued {thr['queue_avg_s']:.1f} s on average before it started)")
         print("   per stage (averages): stage      wall_s in worker  cpu_s  started->ended  peak RSS")
