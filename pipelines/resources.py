@@ -62,6 +62,27 @@ class ResourceBudget:
             self._holders[holder] = need
             return True
 
+    def try_pass(self, holder: Any, successor: Any, requirements: Mapping[str, float]) -> bool:
+        """Hand ``holder``'s share to ``successor`` if it fits once ``holder``'s is given
+        back: at no moment may a third party take what ``holder`` frees.  False (and
+        ``holder`` keeps its share) when it does not fit."""
+        need = {k: float(requirements.get(k, 0) or 0) for k in ("cpu", "memory")}
+        with self._changed:
+            old = self._holders.get(holder)
+            if old is None or successor in self._holders:
+                return False
+            alone = len(self._holders) == 1  # the successor would work alone: it always starts
+            if not alone and any(self._used[k] - old[k] + need[k] > self.limits[k] + 1e-9
+                                 for k in need):
+                return False
+            del self._holders[holder]
+            for k in need:
+                self._used[k] = max(0.0, self._used[k] - old[k]) + need[k]
+            self._holders[successor] = need
+            if any(need[k] < old[k] for k in need):
+                self._changed.notify_all()  # less is held than before: others may fit now
+            return True
+
     def release(self, holder: Any) -> None:
         with self._changed:
             need = self._holders.pop(holder, None)

@@ -357,7 +357,7 @@ class _Execution:
             elif not self.engine.executor.try_reserve():
                 self.waiting_slot = True
                 return
-            if budget is not None and not budget.try_acquire(key, cfg.requirements()):
+            if budget is not None and not self._take_budget(budget, key, cfg.requirements()):
                 self._held_slots += 1
                 self.waiting_slot = True
                 continue
@@ -369,6 +369,16 @@ class _Execution:
                     if budget is not None:
                         self._held_budget.append(key)
                 raise
+
+    def _take_budget(self, budget: Any, key: tuple, needs: dict[str, float]) -> bool:
+        """The resource budget for ``key``: the share of this run's just-finished stage passes
+        straight to its successor, as its worker slot does (its end and the new start share
+        one commit); otherwise with a budget as big as the pool, the successor never fit while
+        the other workers were busy, gave its slot up and the worker waited for another run."""
+        if self._held_budget and budget.try_pass(self._held_budget[-1], key, needs):
+            self._held_budget.pop()
+            return True
+        return budget.try_acquire(key, needs)
 
     def _launch(self, stage: str, cfg: StageConfig) -> None:
         attempt = self.next_attempt.get(stage, 1)
