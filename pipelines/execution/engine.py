@@ -38,6 +38,8 @@ from .verify import (MAX_INVALIDATIONS, OutputChecks, ancestors, invalidated, ju
 
 #: how often a waiting engine looks at its stop/cancel flags
 POLL_S = 0.1
+#: ranks runs by when their execution began here (Executor.try_reserve hands slots out in it)
+_RANKS = itertools.count()
 
 
 class EngineError(AhgdError):
@@ -152,6 +154,8 @@ class _Execution:
         #: the run's last stages start after earlier runs of the pipeline have ended
         self.last_stages = last_stages(plan.stages, plan.deps)
         self.turn = LoadTurn(self.log, engine.state_dir, plan.pipeline_name, plan.run_id)
+        #: the order slots are handed out in when several runs wait: the one started first
+        self.rank = next(_RANKS)
 
     # -- the loop ------------------------------------------------------------------
 
@@ -163,6 +167,7 @@ class _Execution:
             raise
         finally:
             self._release_held()  # never leak a worker slot or budget
+            self.engine.executor.withdraw(self.rank)
             run_ended(self.plan.pipeline_name)  # later runs waiting for their turn look again
             if self.inprocess is not None:
                 self.inprocess.shutdown()
@@ -201,6 +206,8 @@ class _Execution:
                                                              "at its next start")
             elif self.failed is None:
                 self._launch_ready()
+                if not self.waiting_slot:
+                    self.engine.executor.withdraw(self.rank)
             if not self._completed():  # else _end commits the last completion with the run's
                 self._flush()
                 self._release_held()
@@ -354,7 +361,7 @@ class _Execution:
             # held by this run's just-finished stage passes straight to its successor
             if self._held_slots:
                 self._held_slots -= 1
-            elif not self.engine.executor.try_reserve():
+            elif not self.engine.executor.try_reserve(self.rank):
                 self.waiting_slot = True
                 return
             if budget is not None and not self._take_budget(budget, key, cfg.requirements()):

@@ -37,13 +37,39 @@ class Executor:
     def _init_slots(self) -> None:
         self._free = self.max_workers
         self._slots = threading.Condition()
+        #: rank -> thread of the runs turned away for want of a slot, still waiting for one
+        self._queued: dict[Any, threading.Thread] = {}
 
-    def try_reserve(self) -> bool:
+    def try_reserve(self, rank: Any = None) -> bool:
+        """Take a slot if one is free.  With ``rank`` (lower first: the engine's runs in the
+        order they started), a slot goes to no one while a run ranked before is waiting."""
         with self._slots:
-            if self._free <= 0:
+            if self._free <= 0 or (rank is not None and self._ahead(rank) >= self._free):
+                if rank is not None:
+                    self._queued[rank] = threading.current_thread()
                 return False
             self._free -= 1
+            if rank is not None:
+                self._queued.pop(rank, None)
             return True
+
+    def _ahead(self, rank: Any) -> int:
+        """How many runs ranked before ``rank`` wait for a slot (the lock held)."""
+        ahead = 0
+        for other, thread in list(self._queued.items()):
+            if other < rank:
+                if thread.is_alive():
+                    ahead += 1
+                else:  # its run's thread is gone without saying so: it waits for nothing
+                    del self._queued[other]
+        return ahead
+
+    def withdraw(self, rank: Any) -> None:
+        """The run ranked ``rank`` no longer waits for a slot (it waits for something else, or
+        has ended): slots may go to the runs after it."""
+        with self._slots:
+            if self._queued.pop(rank, None) is not None:
+                self._slots.notify_all()
 
     def release(self) -> None:
         with self._slots:
