@@ -15,14 +15,16 @@ calls :func:`tune` once: free memory at the top of the heap is kept up to
 are mapped on their own, which is where glibc's own adaptive thresholds end
 up after large blocks have been freed.  Memory is still given back: DuckDB
 trims the allocator itself after a task that used more than
-``allocator_flush_threshold`` (128 MB), and glibc trims once more than
-64 MiB at the top is free.  A process keeps at most that much free memory.
+``allocator_flush_threshold`` (128 MB), and glibc trims a heap once more than
+64 MiB at its top is free (each of glibc's arenas has its own heap: a process
+whose threads allocate in several keeps up to that much free in each).
 
 Nothing is changed when the process already has its own settings: any of
 glibc's ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_TOP_PAD_``,
-``MALLOC_MMAP_THRESHOLD_`` environment variables or ``glibc.malloc.`` tunables
-in ``GLIBC_TUNABLES``; ``AHGD_MALLOC_TUNE=0`` turns this off.  On a C library
-without ``mallopt`` (musl, macOS) it does nothing.
+``MALLOC_MMAP_THRESHOLD_`` environment variables, or the same thresholds as
+``glibc.malloc.*`` tunables in ``GLIBC_TUNABLES`` (Dask's nanny, for one, starts
+its workers with ``MALLOC_TRIM_THRESHOLD_=65536``: kept); ``AHGD_MALLOC_TUNE=0``
+turns this off.  On a C library without ``mallopt`` (musl, macOS) it does nothing.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ TRIM_BYTES = 64 << 20
 MMAP_BYTES = 32 << 20
 
 _GLIBC_OWN = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_THRESHOLD_")
+#: the tunables that set what mallopt sets here (``arena_max``, ``tcache_*`` and the rest
+#: leave the thresholds alone)
+_TUNABLES_OWN = ("glibc.malloc.trim_threshold", "glibc.malloc.top_pad",
+                 "glibc.malloc.mmap_threshold", "glibc.malloc.mmap_max")
 
 #: None until :func:`tune` ran; then what it did ("tuned", or why not)
 outcome: str | None = None
@@ -55,7 +61,8 @@ def _tune() -> str:
     if os.environ.get("AHGD_MALLOC_TUNE", "1").strip() in ("0", "false", "no", "off"):
         return "off (AHGD_MALLOC_TUNE)"
     own = [name for name in _GLIBC_OWN if name in os.environ]
-    if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if any(f"{name}=" in tunables for name in _TUNABLES_OWN):
         own.append("GLIBC_TUNABLES")
     if own:
         return f"left as set by {', '.join(own)}"

@@ -91,7 +91,9 @@ def test_a_worker_keeps_its_heap_between_duckdb_statements(state_dir, small_csv,
     ({"MALLOC_MMAP_THRESHOLD_": "1048576"}, "left as set by MALLOC_MMAP_THRESHOLD_"),
     ({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1048576"}, "left as set by GLIBC_TUNABLES"),
     ({"AHGD_MALLOC_TUNE": "off"}, "off (AHGD_MALLOC_TUNE)"),
+    ({"GLIBC_TUNABLES": "glibc.malloc.top_pad=0"}, "left as set by GLIBC_TUNABLES"),
     ({"GLIBC_TUNABLES": "glibc.rtld.optional_static_tls=512"}, "tuned"),  # not about malloc
+    ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, "tuned"),  # not the thresholds
 ])
 def test_a_users_own_malloc_settings_are_left_alone(env, expected):
     clean = {k: v for k, v in os.environ.items()
