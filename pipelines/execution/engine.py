@@ -156,6 +156,8 @@ class _Execution:
         self.turn = LoadTurn(self.log, engine.state_dir, plan.pipeline_name, plan.run_id)
         #: the order slots are handed out in when several runs wait: the one started first
         self.rank = next(_RANKS)
+        #: this run's rank waits in the executor's line for a slot
+        self._queued = False
 
     # -- the loop ------------------------------------------------------------------
 
@@ -206,8 +208,10 @@ class _Execution:
                                                              "at its next start")
             elif self.failed is None:
                 self._launch_ready()
-                if not self.waiting_slot:
-                    self.engine.executor.withdraw(self.rank)
+            if self._queued and (not self.waiting_slot or self.failed is not None
+                                 or self.stop.is_set()):
+                self._queued = False   # no longer waiting for a slot: later runs may have one
+                self.engine.executor.withdraw(self.rank)
             if not self._completed():  # else _end commits the last completion with the run's
                 self._flush()
                 self._release_held()
@@ -361,7 +365,7 @@ class _Execution:
             # held by this run's just-finished stage passes straight to its successor
             if self._held_slots:
                 self._held_slots -= 1
-            elif not self.engine.executor.try_reserve(self.rank):
+            elif not self._reserve():
                 self.waiting_slot = True
                 return
             if budget is not None and not self._take_budget(budget, key, cfg.requirements()):
@@ -377,11 +381,24 @@ class _Execution:
                         self._held_budget.append(key)
                 raise
 
+    def _reserve(self) -> bool:
+        """A worker slot for a stage of this run.  A run with nothing running waits for a slot
+        in line, by when it started (it sleeps on the slots, so a release wakes it); one with
+        stages running waits on them and takes a slot as before, out of line."""
+        if self.running:
+            return self.engine.executor.try_reserve()
+        got = self.engine.executor.try_reserve(self.rank)
+        self._queued = not got
+        return got
+
     def _take_budget(self, budget: Any, key: tuple, needs: dict[str, float]) -> bool:
         """The resource budget for ``key``: the share of this run's just-finished stage passes
         straight to its successor, as its worker slot does (its end and the new start share
         one commit); otherwise with a budget as big as the pool, the successor never fit while
         the other workers were busy, gave its slot up and the worker waited for another run."""
+        if key in self._held_budget:   # the same stage again (a retry without a delay):
+            self._held_budget.remove(key)   # its share stays with it, charged as before
+            return True
         if self._held_budget and budget.try_pass(self._held_budget[-1], key, needs):
             self._held_budget.pop()
             return True

@@ -9,9 +9,13 @@ fell behind newer ones, and each newer run's load then waited for its turn
 from __future__ import annotations
 
 import threading
+import time
+from typing import Any
 
+from pipelines import BasePipeline
 from pipelines.execution.executors import InProcessExecutor
-from state import RunState
+from pipelines.resources import ResourceBudget
+from state import EventLog, RunState
 
 from .test_budget_handover import Chain
 
@@ -83,3 +87,89 @@ def test_runs_sharing_one_slot_each_finish_and_give_their_place_back(state_dir):
         assert ex.in_use() == 0
     finally:
         ex.shutdown()
+
+
+class Spread(BasePipeline):
+    """Three independent stages: ``slow`` sleeps, ``bad`` fails for good, ``more`` is quick."""
+
+    def __init__(self, name: str, nap: float = 0.0, **kw: Any):
+        kw.setdefault("max_retries", 0)
+        super().__init__(name, parallel_stages=True, max_workers=3, **kw)
+        self.nap = nap
+
+    def define_stages(self) -> list[str]:
+        return ["slow", "bad", "more"]
+
+    def get_stage_dependencies(self, stage_name: str) -> set[str]:
+        return set()
+
+    def execute_stage(self, stage_name: str, context: Any) -> Any:
+        if stage_name == "slow":
+            time.sleep(self.nap)
+        if stage_name == "bad":
+            raise RuntimeError("bad breaks")
+        return {"stage": stage_name}
+
+
+def test_a_failed_run_still_finishing_a_stage_keeps_no_place_in_line(state_dir):
+    """A run turned away while its other stages ran, that then failed, waited on its last
+    stage holding its place: a later run could not take the slot the failure freed."""
+    ex = _executor(2)
+    first = Spread("first", nap=3.0, state_dir=state_dir)
+    later = Spread("later", state_dir=state_dir)
+    results: dict[str, Any] = {}
+    try:
+        worker = threading.Thread(target=lambda: results.setdefault("first", first.run(executor=ex)))
+        worker.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:   # until `bad` failed (slow still sleeps)
+            with EventLog.open(state_dir) as log:
+                if log.query("SELECT 1 FROM events WHERE type = 'stage.failed'"):
+                    break
+            time.sleep(0.02)
+        results["later"] = later.run(executor=ex)   # runs its stages while `slow` sleeps on
+        worker.join(30)
+    finally:
+        ex.shutdown()
+        first.close()
+        later.close()
+    assert results["first"].state == RunState.FAILED
+    assert results["later"].state == RunState.FAILED   # its own `bad`
+    with EventLog.open(state_dir) as log:
+        order = [tuple(r) for r in log.query(
+            "SELECT e.type, r.pipeline, e.stage FROM events e JOIN runs r USING (run_id) "
+            "WHERE e.type IN ('stage.started', 'stage.completed') ORDER BY e.seq")]
+    later_started = order.index(("stage.started", "later", "slow"))
+    slow_done = order.index(("stage.completed", "first", "slow"))
+    assert later_started < slow_done, order
+    assert ex._queued == {}
+
+
+def test_a_stage_retried_at_once_keeps_its_budget_share(state_dir):
+    """The same stage again right after it failed (no retry delay) took the share its failed
+    attempt still held as its own and then gave it back: it ran uncharged."""
+    budget = ResourceBudget({"cpu": 1, "memory": 1000})
+    seen: list[float] = []
+    run = Retried(budget, seen, state_dir=state_dir, executor="inprocess").run(budget=budget)
+    assert run.state == RunState.COMPLETED, run.error
+    assert seen == [1.0, 1.0]   # charged during both attempts
+    assert budget.used() == {"cpu": 0.0, "memory": 0.0}
+
+
+class Retried(BasePipeline):
+    """One stage failing its first attempt, retried at once; it notes the budget's use."""
+
+    def __init__(self, budget: Any, seen: list, **kw: Any):
+        # parallel stages: the attempt runs on a pool thread while the engine goes on
+        super().__init__("retried", max_retries=1, retry_delay=0, parallel_stages=True, **kw)
+        self.budget, self.seen = budget, seen
+
+    def define_stages(self) -> list[str]:
+        return ["only"]
+
+    def execute_stage(self, stage_name: str, context: Any) -> Any:
+        time.sleep(0.3)   # long after the engine gave back what finished attempts held
+        self.seen.append(self.budget.used()["cpu"])
+        if len(self.seen) == 1:
+            raise ConnectionError("a blip: retried")
+        return {"ok": True}
