@@ -226,24 +226,18 @@ class AttemptDatabase:
                 return False
         return True
 
-    def row_counts(self, made: list[str], has_output: bool,
-                   also: str | None = None) -> tuple[dict[str, int] | None, Any]:
+    def row_counts(self, made: list[str], has_output: bool) -> dict[str, int] | None:
         """Every table of the attempt's database and its rows, when the query log shows that
         they are ``made`` (the tables store_output created, ``output`` among them when
-        ``has_output``) and no others, else None (list them); and the value of ``also``, a
-        scalar subquery read in the same statement (None when there is none, or no log)."""
+        ``has_output``) and no others, else None (list them)."""
         inst = self._instance
         if inst is None or not inst.logged or not has_output:
-            return None, None
-        extra = None
-        if also is None:
-            statements, rows = self.con.execute(_LOG_ROWS).fetchone()
-        else:
-            statements, rows, extra = self.con.execute(f"{_LOG_ROWS}, {also}").fetchone()
+            return None
+        statements, rows = self.con.execute(_LOG_ROWS).fetchone()
         statements = list(statements or ())
         if not self._clean(inst, statements):
             inst.listings += 1
-            return None, extra
+            return None
         self._statements = statements
         made_by = {f'CREATE TABLE "main".{quote(n)} AS ' for n in made} | {
             f"CREATE OR REPLACE TABLE main.{quote(n)} AS " for n in made}
@@ -253,10 +247,10 @@ class AttemptDatabase:
                 continue
             if not any(s.lstrip().startswith(p) for p in made_by):
                 inst.listings += 1
-                return None, extra   # a statement that may have made, dropped or renamed a table
+                return None   # a statement that may have made, dropped or renamed a table
         return {name: rows if name == "output" else
                 self.con.execute(f"SELECT COUNT(*) FROM main.{quote(name)}").fetchone()[0]
-                for name in sorted(made)}, extra
+                for name in sorted(made)}
 
     def close(self) -> None:
         """Detach everything the attempt attached, its own file last: checkpointed and closed.

@@ -73,14 +73,12 @@ def store_output(ctx: PipelineContext, task: Any,
         if task.rules.get("quarantine"):
             extra["rejected_table"] = _rejected_table(con, task.stage, checked)
     db = ctx.attempt_database
-    # small inputs: the tables ride in the event if they fit (the one table's text read with
-    # its rows), else they go to a file
+    # small inputs: the tables ride in the event if they fit (the one table's text read
+    # before the query log, bounded to what could fit), else they go to a file
     early = inlinetables.prefetch(con) if ctx.in_memory and tables == ["output"] and \
         db is not None else None
-    counts, text = db.row_counts(tables, "output" in tables, early and early.sql) \
-        if db is not None else (None, None)
-    known = {"output": (early.columns, early.types, text)} if early and counts is not None \
-        else None
+    counts = db.row_counts(tables, "output" in tables) if db is not None else None
+    known = {"output": early} if early and counts is not None else None
     if counts is None:   # the query log cannot tell which tables the attempt's database holds
         counts = _row_counts(con, "output" in tables)
     if ctx.in_memory:

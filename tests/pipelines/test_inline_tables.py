@@ -382,8 +382,8 @@ def test_inline_tables_false_keeps_every_table_in_a_file(state_dir, tmp_path):
 
 
 @pytest.mark.parametrize("rows,rowid_column", [(20, False), (20, True), (5000, False)])
-def test_the_text_read_with_the_row_count_is_the_same_as_read_alone(tmp_path, rows, rowid_column):
-    """store_output reads the one output table's text in the statement that counts its rows
+def test_the_text_read_before_the_row_count_is_the_same_as_read_alone(tmp_path, rows, rowid_column):
+    """store_output reads the one output table's text before the query log counts its rows
     (bounded to the rows that could fit): the reference is the one encode makes alone."""
     first = attemptdb.warm_instances()
     db = attemptdb.open_attempt(tmp_path / "a.duckdb", {"threads": 1}, in_memory=True)
@@ -392,10 +392,9 @@ def test_the_text_read_with_the_row_count_is_the_same_as_read_alone(tmp_path, ro
         db.con.execute(f'CREATE TABLE "main"."output" AS SELECT {own}range * 7 AS x, '
                        f"'r' || range AS label FROM range({rows}) ORDER BY range DESC")
         early = inlinetables.prefetch(db.con)
-        counts, text = db.row_counts(["output"], True, early.sql)
+        counts = db.row_counts(["output"], True)
         assert counts == {"output": rows}
-        together = inlinetables.encode(db.con, counts,
-                                       known={"output": (early.columns, early.types, text)})
+        together = inlinetables.encode(db.con, counts, known={"output": early})
         alone = inlinetables.encode(db.con, counts)
         assert together == alone
         assert (together is None) == (rows == 5000)
@@ -444,3 +443,23 @@ def test_records_and_an_empty_table_come_back_from_inline(state_dir, tmp_path):
     out = refs(state_dir, ctx.run_id)
     assert (out["records"]["format"], out["records"]["shape"]) == ("inline", "records")
     assert (out["empty"]["format"], out["empty"]["tables"]) == ("inline", {"output": 0})
+
+
+def test_a_text_that_does_not_hold_every_counted_row_is_never_kept(tmp_path):
+    """The inline text must hold exactly the rows counted: a prefetch bounded below the table's
+    rows (or read before rows were added) sends the table to a file instead of cutting it."""
+    first = attemptdb.warm_instances()
+    db = attemptdb.open_attempt(tmp_path / "a.duckdb", {"threads": 1}, in_memory=True)
+    try:
+        db.con.execute('CREATE TABLE "main"."output" AS SELECT range AS x FROM range(5)')
+        early = inlinetables.prefetch(db.con)
+        assert early.rows == 5 and json.loads(early.text) == [[str(i)] for i in range(5)]
+        db.con.execute('INSERT INTO "main"."output" VALUES (5)')   # a row the text lacks
+        assert inlinetables.encode(db.con, {"output": 6}, known={"output": early}) is None
+        whole = inlinetables.encode(db.con, {"output": 6})
+        assert json.loads(whole["data"]["output"]["rows"]) == [[str(i)] for i in range(6)]
+    finally:
+        db.close()
+        for inst in attemptdb.warm_instances():
+            if inst is not None and inst not in first:
+                inst.close()
