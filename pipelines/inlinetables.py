@@ -102,8 +102,8 @@ def _most_rows(columns: list[str], limit: int) -> int:
     return max(0, (limit - 2) // _row_bytes(columns))
 
 
-def _text_of(con: Any, name: str, columns: list[str],
-             most: int | None = None) -> tuple[str, int]:
+def _text_of(con: Any, name: str, columns: list[str], most: int | None = None,
+             read: Any = None) -> tuple[str, int]:
     """Table ``name`` as the JSON text of its rows, each cell as DuckDB's text, and the number
     of rows read (its first ``most`` + 1 rows: what cannot fit is never read).
 
@@ -114,7 +114,8 @@ def _text_of(con: Any, name: str, columns: list[str],
     if "rowid" in {c.lower() for c in columns}:   # a column of that name: the scan's order
         order = ""
     limit = "" if most is None else f" LIMIT {int(most) + 1}"
-    rows = con.execute(f"SELECT {cells} FROM main.{quote(name)}{order}{limit}").fetchall()
+    sql = f"SELECT {cells} FROM main.{quote(name)}{order}{limit}"
+    rows = read(sql) if read is not None else con.execute(sql).fetchall()
     return json.dumps(rows, ensure_ascii=False, separators=(",", ":")), len(rows)
 
 
@@ -128,14 +129,16 @@ class Prefetch(NamedTuple):
     rows: int
 
 
-def prefetch(con: Any, name: str = "output", limit: int | None = None) -> Prefetch | None:
-    """:class:`Prefetch` of table ``name``; None when it cannot go inline."""
+def prefetch(con: Any, name: str = "output", limit: int | None = None, *,
+             read: Any = None) -> Prefetch | None:
+    """:class:`Prefetch` of table ``name``; None when it cannot go inline.  ``read(sql)``,
+    if given, runs the statement that reads it (``AttemptDatabase.read``)."""
     limit = INLINE_TABLE_BYTES if limit is None else limit
     shape = _shape(con, name) if limit > 0 else None
     if shape is None:
         return None
     return Prefetch(shape[0], shape[1], *_text_of(con, name, shape[0],
-                                                   _most_rows(shape[0], limit)))
+                                                   _most_rows(shape[0], limit), read))
 
 
 def encode(con: Any, counts: Mapping[str, int], limit: int | None = None, *,

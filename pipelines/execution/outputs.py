@@ -75,10 +75,10 @@ def store_output(ctx: PipelineContext, task: Any,
     db = ctx.attempt_database
     # small inputs: the tables ride in the event if they fit (the one table's text read
     # before the query log, bounded to what could fit), else they go to a file
-    early = inlinetables.prefetch(con) if ctx.in_memory and tables == ["output"] and \
-        db is not None else None
+    early = inlinetables.prefetch(con, read=db.read) if ctx.in_memory and \
+        tables == ["output"] and db is not None else None
     counts = db.row_counts(tables, "output" in tables) if db is not None else None
-    known = {"output": early} if early and counts is not None else None
+    known = {"output": early} if early else None   # kept only if it holds the rows counted
     if counts is None:   # the query log cannot tell which tables the attempt's database holds
         counts = _row_counts(con, "output" in tables)
     if ctx.in_memory:

@@ -463,3 +463,29 @@ def test_a_text_that_does_not_hold_every_counted_row_is_never_kept(tmp_path):
         for inst in attemptdb.warm_instances():
             if inst is not None and inst not in first:
                 inst.close()
+
+
+@pytest.mark.parametrize("column", ["plain", "memory"])
+def test_the_text_read_is_not_taken_for_a_change_to_the_instance(tmp_path, column):
+    """The statement reading an output's text is in the query log like the stage's own; a
+    column named ``memory`` in it made the log look like a change to the instance: the
+    tables were listed and every setting compared (~6 ms) after each such attempt."""
+    first = attemptdb.warm_instances()
+    csv = tmp_path / "in.csv"
+    csv.write_text(f"{column},x\n1,2\n3,4\n")
+    db = attemptdb.open_attempt(tmp_path / "a.duckdb", {"threads": 1}, in_memory=True)
+    inst = db._instance
+    listings, compared = inst.listings, inst.settings_compared
+    try:
+        db.con.execute('CREATE TABLE "main"."output" AS SELECT * FROM read_csv(?)', [str(csv)])
+        early = inlinetables.prefetch(db.con, read=db.read)
+        assert db.row_counts(["output"], True) == {"output": 2}
+        assert json.loads(early.text) == [["1", "2"], ["3", "4"]]
+    finally:
+        db.close()
+        for other in attemptdb.warm_instances():
+            if other is not None and other not in first and other is not inst:
+                other.close()
+    assert (inst.listings - listings, inst.settings_compared - compared) == (0, 0)
+    if inst not in first:
+        inst.close()
