@@ -52,7 +52,7 @@ def connect(
             )
         conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         if not readonly:
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            mode = _journal_mode_wal(conn, busy_timeout)
             if str(mode).lower() != "wal":
                 raise EventLogError(
                     f"{path}: SQLite refused WAL mode (got {mode!r}); the state directory "
@@ -63,6 +63,25 @@ def connect(
     except sqlite3.Error as exc:
         raise translate(exc, path, "open") from exc
     return conn
+
+
+def _journal_mode_wal(conn: sqlite3.Connection, busy_timeout: float) -> str:
+    """``PRAGMA journal_mode=WAL``, waiting up to ``busy_timeout`` for other connections.
+
+    SQLite answers "database is locked" at once, without its busy handler, when another
+    connection holds the file while the mode is set: two threads or processes opening a new
+    state directory at the same moment (7 rounds of 60 with four threads) failed here."""
+    deadline = time.monotonic() + busy_timeout
+    delay = 0.001
+    while True:
+        try:
+            return conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            low = str(exc).lower()
+            if not (("locked" in low or "busy" in low) and time.monotonic() < deadline):
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
 
 
 def translate(exc: sqlite3.Error, path: str | os.PathLike[str], op: str) -> Exception:
