@@ -38,6 +38,8 @@ from .verify import (MAX_INVALIDATIONS, OutputChecks, ancestors, invalidated, ju
 
 #: how often a waiting engine looks at its stop/cancel flags
 POLL_S = 0.1
+#: how long a run whose event log failed waits for its running attempts to stop
+ABANDON_WAIT_S = 30.0
 #: ranks runs by when their execution began here (Executor.try_reserve hands slots out in it)
 _RANKS = itertools.count()
 
@@ -181,15 +183,25 @@ class _Execution:
     def _abandon(self) -> None:
         for future, r in list(self.running.items()):
             r.executor.cancel(future, "the run's event log failed")
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + ABANDON_WAIT_S
         while self.running and time.monotonic() < deadline:
-            finished, _ = wait(list(self.running), timeout=1.0)
+            finished, _ = wait(list(self.running), timeout=min(1.0, ABANDON_WAIT_S))
             for future in finished:
                 r = self.running.pop(future)
                 self._held_slots += 1
                 if self.engine.budget is not None:
                     self._held_budget.append((self.plan.run_id, r.stage))
                 store.remove_attempt(self.engine.state_dir, self.plan.run_id, r.stage, r.attempt)
+        # an attempt that will not stop (an in-process stage) gives its worker slot and budget
+        # share back when it does end: the process, and the other runs sharing them, go on
+        for future, r in self.running.items():
+            future.add_done_callback(lambda _f, stage=r.stage: self._late_release(stage))
+        self.running.clear()
+
+    def _late_release(self, stage: str) -> None:
+        self.engine.executor.release()
+        if self.engine.budget is not None:
+            self.engine.budget.release((self.plan.run_id, stage))
 
     def _go(self) -> Run:
         self._start()
