@@ -392,9 +392,14 @@ def report(lat: dict[str, Any], thr: dict[str, Any] | None, idle: dict[str, Any]
         print(f"\n2. throughput: {thr['files']} files moved into the folder at once "
               f"(in {thr['drop_s'] * 1e3:.0f} ms), 4-stage pipeline, {workers} worker processes:")
         if rounds and len(rounds) > 1:
-            rates = [runs_per_s(r) for r in rounds]
-            print(f"   {len(rounds)} rounds, one after another: "
-                  f"{', '.join(f'{r:.1f}' for r in rates)} runs/s; the median round below")
+            def one(r: dict[str, Any]) -> str:
+                c, n = r.get("cpu_s"), r["completed"]
+                cpu = (f" (daemon {c['daemon'] / n * 1e3:.1f}, workers "
+                       f"{c['workers'] / n * 1e3:.1f} ms)") if c and n else ""
+                return f"{runs_per_s(r):.1f}{cpu}"
+
+            print(f"   {len(rounds)} rounds, one after another, runs/s (CPU a run): "
+                  f"{', '.join(one(r) for r in rounds)}; the median round below")
         print(f"   {thr['completed']} runs completed, {thr['failed']} failed, {thr['lost']} not run "
               f"(quarantined or duplicate) in {thr['elapsed']:.2f} s (first file.arrived -> last "
               f"run.completed)")
