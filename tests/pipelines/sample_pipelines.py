@@ -23,6 +23,22 @@ def trace(ctx: Any, stage: str, **extra: Any) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def output_in_a_fresh_worker(pipeline: Any, stage: str) -> Any:
+    """Run ``pipeline`` on a pool of one worker started now (so it sees the environment as it
+    is now), close both, and return ``stage``'s output; the run must complete."""
+    from pipelines.execution.pool import ProcessExecutor
+    from state import RunState
+
+    executor = ProcessExecutor(1)
+    try:
+        run = pipeline.run(executor=executor)
+        assert run.state == RunState.COMPLETED, run.error
+        return run.get_output(stage)
+    finally:
+        executor.shutdown()
+        pipeline.close()
+
+
 def fail_if_flagged(ctx: Any, stage: str) -> None:
     """Raise once while ``<state_dir>/fail-<stage>`` exists (the flag is removed): a test stops a
     run at ``stage`` after the stages before it completed."""

@@ -18,8 +18,8 @@ import pytest
 
 from pipelines import malloctune
 from pipelines.base import BasePipeline
-from pipelines.execution.pool import ProcessExecutor
-from state import RunState
+
+from .sample_pipelines import output_in_a_fresh_worker
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 
@@ -60,15 +60,7 @@ def small_csv(tmp_path):
 
 
 def _sniff_in_a_worker(state_dir: Path, csv: str) -> dict:
-    pipeline = SniffPipeline(csv, state_dir=state_dir)
-    executor = ProcessExecutor(1)  # workers inherit the environment as it is now
-    try:
-        run = pipeline.run(executor=executor)
-        assert run.state == RunState.COMPLETED, run.error
-        return run.get_output("sniff")
-    finally:
-        executor.shutdown()
-        pipeline.close()
+    return output_in_a_fresh_worker(SniffPipeline(csv, state_dir=state_dir), "sniff")
 
 
 def test_a_worker_keeps_its_heap_between_duckdb_statements(state_dir, small_csv, monkeypatch):

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from pipelines import BasePipeline
-from pipelines.execution.pool import ProcessExecutor
-from state import RunState
+
+from .sample_pipelines import output_in_a_fresh_worker
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling")
 
@@ -32,15 +32,7 @@ class Policy(BasePipeline):
 
 
 def _policy_in_a_worker(state_dir) -> dict:
-    executor = ProcessExecutor(1)   # started now: it sees the environment as it is now
-    pipeline = Policy(state_dir=state_dir)
-    try:
-        run = pipeline.run(executor=executor)
-        assert run.state == RunState.COMPLETED, run.error
-        return run.get_output("look")
-    finally:
-        executor.shutdown()
-        pipeline.close()
+    return output_in_a_fresh_worker(Policy(state_dir=state_dir), "look")
 
 
 def test_a_worker_runs_its_stages_as_a_batch_job(state_dir, monkeypatch):
