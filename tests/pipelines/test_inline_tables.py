@@ -82,6 +82,26 @@ def round_trip(con: Any, counts: dict[str, int]) -> dict[str, Any]:
     return ref
 
 
+def close_warm_since(before: tuple[Any, ...]) -> None:
+    """Close the warm DuckDB instances this thread made since ``before`` (warm_instances())."""
+    for inst in attemptdb.warm_instances():
+        if inst is not None and inst not in before:
+            inst.close()
+
+
+@pytest.fixture
+def memory_attempt(tmp_path):
+    """An in-memory attempt database on this thread's warm instance with one DuckDB thread,
+    as a small attempt gets; closed after the test, with any warm instance it made."""
+    before = attemptdb.warm_instances()
+    db = attemptdb.open_attempt(tmp_path / "a.duckdb", {"threads": 1}, in_memory=True)
+    try:
+        yield db
+    finally:
+        db.close()
+        close_warm_since(before)
+
+
 def test_each_type_written_inline_comes_back_exactly():
     con = duckdb.connect()
     names = edge_table(con)
@@ -279,9 +299,7 @@ def test_small_and_other_attempts_alternate_between_two_warm_instances(tmp_path)
         assert (small.attempts, other.attempts) == (2, 2)
         assert not (tmp_path / "a.duckdb").exists() and (tmp_path / "b.duckdb").exists()
     finally:
-        for inst in attemptdb.warm_instances():
-            if inst is not None and inst not in (first, spare):
-                inst.close()
+        close_warm_since((first, spare))
 
 
 @pytest.mark.parametrize("why", ["too_big", "nested", "big_input"])
@@ -382,29 +400,23 @@ def test_inline_tables_false_keeps_every_table_in_a_file(state_dir, tmp_path):
 
 
 @pytest.mark.parametrize("rows,rowid_column", [(20, False), (20, True), (5000, False)])
-def test_the_text_read_before_the_row_count_is_the_same_as_read_alone(tmp_path, rows, rowid_column):
+def test_the_text_read_before_the_row_count_is_the_same_as_read_alone(memory_attempt, rows,
+                                                                     rowid_column):
     """store_output reads the one output table's text before the query log counts its rows
     (bounded to the rows that could fit): the reference is the one encode makes alone."""
-    first = attemptdb.warm_instances()
-    db = attemptdb.open_attempt(tmp_path / "a.duckdb", {"threads": 1}, in_memory=True)
-    try:
-        own = "range AS rowid, " if rowid_column else ""
-        db.con.execute(f'CREATE TABLE "main"."output" AS SELECT {own}range * 7 AS x, '
-                       f"'r' || range AS label FROM range({rows}) ORDER BY range DESC")
-        early = inlinetables.prefetch(db.con)
-        counts = db.row_counts(["output"], True)
-        assert counts == {"output": rows}
-        together = inlinetables.encode(db.con, counts, known={"output": early})
-        alone = inlinetables.encode(db.con, counts)
-        assert together == alone
-        assert (together is None) == (rows == 5000)
-        if together is not None:   # in the table's order, not sorted
-            assert json.loads(together["data"]["output"]["rows"])[0][-2:] == [str(7 * (rows - 1)), f"r{rows - 1}"]
-    finally:
-        db.close()
-        for inst in attemptdb.warm_instances():
-            if inst is not None and inst not in first:
-                inst.close()
+    db = memory_attempt
+    own = "range AS rowid, " if rowid_column else ""
+    db.con.execute(f'CREATE TABLE "main"."output" AS SELECT {own}range * 7 AS x, '
+                   f"'r' || range AS label FROM range({rows}) ORDER BY range DESC")
+    early = inlinetables.prefetch(db.con)
+    counts = db.row_counts(["output"], True)
+    assert counts == {"output": rows}
+    together = inlinetables.encode(db.con, counts, known={"output": early})
+    alone = inlinetables.encode(db.con, counts)
+    assert together == alone
+    assert (together is None) == (rows == 5000)
+    if together is not None:   # in the table's order, not sorted
+        assert json.loads(together["data"]["output"]["rows"])[0][-2:] == [str(7 * (rows - 1)), f"r{rows - 1}"]
 
 
 class Shapes(BasePipeline):
@@ -445,47 +457,33 @@ def test_records_and_an_empty_table_come_back_from_inline(state_dir, tmp_path):
     assert (out["empty"]["format"], out["empty"]["tables"]) == ("inline", {"output": 0})
 
 
-def test_a_text_that_does_not_hold_every_counted_row_is_never_kept(tmp_path):
+def test_a_text_that_does_not_hold_every_counted_row_is_never_kept(memory_attempt):
     """The inline text must hold exactly the rows counted: a prefetch bounded below the table's
     rows (or read before rows were added) sends the table to a file instead of cutting it."""
-    first = attemptdb.warm_instances()
-    db = attemptdb.open_attempt(tmp_path / "a.duckdb", {"threads": 1}, in_memory=True)
-    try:
-        db.con.execute('CREATE TABLE "main"."output" AS SELECT range AS x FROM range(5)')
-        early = inlinetables.prefetch(db.con)
-        assert early.rows == 5 and json.loads(early.text) == [[str(i)] for i in range(5)]
-        db.con.execute('INSERT INTO "main"."output" VALUES (5)')   # a row the text lacks
-        assert inlinetables.encode(db.con, {"output": 6}, known={"output": early}) is None
-        whole = inlinetables.encode(db.con, {"output": 6})
-        assert json.loads(whole["data"]["output"]["rows"]) == [[str(i)] for i in range(6)]
-    finally:
-        db.close()
-        for inst in attemptdb.warm_instances():
-            if inst is not None and inst not in first:
-                inst.close()
+    db = memory_attempt
+    db.con.execute('CREATE TABLE "main"."output" AS SELECT range AS x FROM range(5)')
+    early = inlinetables.prefetch(db.con)
+    assert early.rows == 5 and json.loads(early.text) == [[str(i)] for i in range(5)]
+    db.con.execute('INSERT INTO "main"."output" VALUES (5)')   # a row the text lacks
+    assert inlinetables.encode(db.con, {"output": 6}, known={"output": early}) is None
+    whole = inlinetables.encode(db.con, {"output": 6})
+    assert json.loads(whole["data"]["output"]["rows"]) == [[str(i)] for i in range(6)]
 
 
 @pytest.mark.parametrize("column", ["plain", "memory"])
-def test_the_text_read_is_not_taken_for_a_change_to_the_instance(tmp_path, column):
+def test_the_text_read_is_not_taken_for_a_change_to_the_instance(memory_attempt, tmp_path,
+                                                                column):
     """The statement reading an output's text is in the query log like the stage's own; a
     column named ``memory`` in it made the log look like a change to the instance: the
     tables were listed and every setting compared (~6 ms) after each such attempt."""
-    first = attemptdb.warm_instances()
+    db = memory_attempt
     csv = tmp_path / "in.csv"
     csv.write_text(f"{column},x\n1,2\n3,4\n")
-    db = attemptdb.open_attempt(tmp_path / "a.duckdb", {"threads": 1}, in_memory=True)
     inst = db._instance
     listings, compared = inst.listings, inst.settings_compared
-    try:
-        db.con.execute('CREATE TABLE "main"."output" AS SELECT * FROM read_csv(?)', [str(csv)])
-        early = inlinetables.prefetch(db.con, read=db.read)
-        assert db.row_counts(["output"], True) == {"output": 2}
-        assert json.loads(early.text) == [["1", "2"], ["3", "4"]]
-    finally:
-        db.close()
-        for other in attemptdb.warm_instances():
-            if other is not None and other not in first and other is not inst:
-                other.close()
+    db.con.execute('CREATE TABLE "main"."output" AS SELECT * FROM read_csv(?)', [str(csv)])
+    early = inlinetables.prefetch(db.con, read=db.read)
+    assert db.row_counts(["output"], True) == {"output": 2}
+    assert json.loads(early.text) == [["1", "2"], ["3", "4"]]
+    db.close()
     assert (inst.listings - listings, inst.settings_compared - compared) == (0, 0)
-    if inst not in first:
-        inst.close()
