@@ -21,6 +21,11 @@ def machine_limits() -> dict[str, float]:
             "memory": psutil.virtual_memory().total / (1024 * 1024)}
 
 
+def _needs(requirements: Mapping[str, float]) -> dict[str, float]:
+    """``cpu`` and ``memory`` of ``requirements`` as numbers (0 where not given)."""
+    return {k: float(requirements.get(k, 0) or 0) for k in ("cpu", "memory")}
+
+
 class ResourceBudget:
     """A shared pool of ``cpu`` (cores) and ``memory`` (MB). Thread-safe."""
 
@@ -47,15 +52,20 @@ class ResourceBudget:
                     f"{self.limits[key]:g} {unit}; lower its resource_requirements.{key} or "
                     f"raise resource_limits.{key}")
 
+    def _fits(self, need: Mapping[str, float], freed: Mapping[str, float] | None = None) -> bool:
+        """Whether ``need`` fits in what is left once ``freed`` is given back (lock held)."""
+        return all(self._used[k] - (freed[k] if freed else 0.0) + need[k]
+                   <= self.limits[k] + 1e-9 for k in need)
+
     def try_acquire(self, holder: Any, requirements: Mapping[str, float]) -> bool:
-        need = {k: float(requirements.get(k, 0) or 0) for k in ("cpu", "memory")}
+        need = _needs(requirements)
         with self._changed:
             if holder in self._holders:
                 return True
             # work alone on an idle budget always starts, even if it asks for more
             # than the limit (check_fits refuses that earlier, where it can)
             idle = not self._holders
-            if not idle and any(self._used[k] + need[k] > self.limits[k] + 1e-9 for k in need):
+            if not idle and not self._fits(need):
                 return False
             for k in need:
                 self._used[k] += need[k]
@@ -66,14 +76,13 @@ class ResourceBudget:
         """Hand ``holder``'s share to ``successor`` if it fits once ``holder``'s is given
         back: at no moment may a third party take what ``holder`` frees.  False (and
         ``holder`` keeps its share) when it does not fit."""
-        need = {k: float(requirements.get(k, 0) or 0) for k in ("cpu", "memory")}
+        need = _needs(requirements)
         with self._changed:
             old = self._holders.get(holder)
             if old is None or successor in self._holders:
                 return False
             alone = len(self._holders) == 1  # the successor would work alone: it always starts
-            if not alone and any(self._used[k] - old[k] + need[k] > self.limits[k] + 1e-9
-                                 for k in need):
+            if not alone and not self._fits(need, freed=old):
                 return False
             del self._holders[holder]
             for k in need:
