@@ -32,6 +32,8 @@ from __future__ import annotations
 import os
 import sys
 
+from .execution.children import switched_off
+
 #: mallopt's parameter numbers (glibc's malloc.h)
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -58,7 +60,7 @@ def tune() -> str:
 
 
 def _tune() -> str:
-    if os.environ.get("AHGD_MALLOC_TUNE", "1").strip() in ("0", "false", "no", "off"):
+    if switched_off("AHGD_MALLOC_TUNE"):
         return "off (AHGD_MALLOC_TUNE)"
     own = [name for name in _GLIBC_OWN if name in os.environ]
     tunables = os.environ.get("GLIBC_TUNABLES", "")

@@ -31,6 +31,12 @@ from pathlib import Path
 PACKAGES = ("state", "pipelines", "ahgd_daemon")
 
 
+def switched_off(name: str) -> bool:
+    """Whether the environment variable ``name`` (an ``AHGD_*`` switch of a setting ahgd makes
+    for its own processes, on by default) says ``0``, ``false``, ``no`` or ``off``."""
+    return os.environ.get(name, "1").strip() in ("0", "false", "no", "off")
+
+
 def python_command(module: str, *args: str) -> list[str]:
     """``python -P -m module args...`` with this interpreter."""
     return [sys.executable, "-P", "-m", module, *args]

@@ -33,7 +33,7 @@ import sys
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .children import die_with_parent, working_directory_last
+from .children import die_with_parent, switched_off, working_directory_last
 
 
 def batch_scheduling() -> str:
@@ -45,7 +45,7 @@ def batch_scheduling() -> str:
     waiting for a busy worker's time slice while holding the daemon's GIL (a burst: one hand-
     off in ten took ~3 ms; +8 % runs/s in six alternated pairs).  ``AHGD_WORKER_BATCH=0``
     leaves the policy as inherited.  Returns what was done."""
-    if os.environ.get("AHGD_WORKER_BATCH", "1").strip() in ("0", "false", "no", "off"):
+    if switched_off("AHGD_WORKER_BATCH"):
         return "off (AHGD_WORKER_BATCH)"
     policy = getattr(os, "SCHED_BATCH", None)
     if policy is None or not hasattr(os, "sched_setscheduler"):
