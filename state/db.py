@@ -13,7 +13,7 @@ import sqlite3
 import time
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from .errors import DatabaseDamaged, DiskFull, EventLogError, StateDirError
 
@@ -71,17 +71,33 @@ def _journal_mode_wal(conn: sqlite3.Connection, busy_timeout: float) -> str:
     SQLite answers "database is locked" at once, without its busy handler, when another
     connection holds the file while the mode is set: two threads or processes opening a new
     state directory at the same moment (7 rounds of 60 with four threads) failed here."""
+    def wal() -> str:
+        return conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+
+    try:
+        return wal()
+    except sqlite3.OperationalError as exc:
+        return _again_while_locked(wal, exc, busy_timeout)
+
+
+def _again_while_locked(statement: Callable[[], Any], first: sqlite3.OperationalError,
+                        busy_timeout: float) -> Any:
+    """``statement()`` again, backing off, for as long as SQLite answers locked or busy without
+    having waited itself (``first`` was its first answer), up to ``busy_timeout``; what it
+    returns, or the last error raised."""
     deadline = time.monotonic() + busy_timeout
     delay = 0.001
+    exc = first
     while True:
-        try:
-            return conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        except sqlite3.OperationalError as exc:
-            low = str(exc).lower()
-            if not (("locked" in low or "busy" in low) and time.monotonic() < deadline):
-                raise
+        low = str(exc).lower()
+        if not (("locked" in low or "busy" in low) and time.monotonic() < deadline):
+            raise exc
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
+        try:
+            return statement()
+        except sqlite3.OperationalError as again:
+            exc = again
 
 
 def translate(exc: sqlite3.Error, path: str | os.PathLike[str], op: str) -> Exception:
@@ -138,22 +154,11 @@ def begin_immediate(
     try:
         (cursor or conn).execute("BEGIN IMMEDIATE")
         return
-    except sqlite3.OperationalError as exc:
-        first = exc
-    deadline = time.monotonic() + busy_timeout
-    delay = 0.001
-    exc = first
-    while True:
-        low = str(exc).lower()
-        if not (("locked" in low or "busy" in low) and time.monotonic() < deadline):
-            raise translate(exc, path, op) from exc
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
+    except sqlite3.OperationalError as first:
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            return
-        except sqlite3.OperationalError as again:
-            exc = again
+            _again_while_locked(lambda: conn.execute("BEGIN IMMEDIATE"), first, busy_timeout)
+        except sqlite3.OperationalError as exc:
+            raise translate(exc, path, op) from exc
 
 
 def commit(conn: sqlite3.Connection, path: str | os.PathLike[str], op: str = "write",
