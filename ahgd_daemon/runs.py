@@ -98,6 +98,7 @@ class RunSupervisor:
                     self._launch(run_id, pipeline, setup.pipelines[pipeline])
 
     def _launch(self, run_id: str, pipeline_name: str, pipeline: Any) -> None:
+        from pipelines.execution import turns
         from pipelines.execution.plan import CancelToken
 
         cancel = CancelToken()
@@ -113,11 +114,19 @@ class RunSupervisor:
             except BaseException as exc:  # recorded and alerted by the main loop
                 active.error = exc
             finally:
+                turns.run_ended(pipeline_name, run_id)  # (if its execution never began)
                 self._wake()
 
         active.thread = threading.Thread(target=body, name=f"ahgd-run-{run_id}", daemon=True)
+        # taken on before its thread runs: runs launched later (oldest first) wait for it
+        # before their loads even if their threads record their start before this one's does
+        turns.taken_on(run_id, pipeline_name, active.thread)
         self.active[run_id] = active
-        active.thread.start()
+        try:
+            active.thread.start()
+        except BaseException:
+            turns.run_ended(pipeline_name, run_id)
+            raise
 
     def cancel_active(self, run_id: str, reason: str) -> bool:
         """Ask a run this daemon is executing to stop; False if it executes none by that id.

@@ -140,6 +140,18 @@ def earlier_runs_running(db: History, pipeline: str, run_id: str) -> list[str]:
         [run_id, pipeline, RunState.RUNNING])]
 
 
+def earlier_runs_in_flight(db: History, pipeline: str, run_id: str,
+                           among: list[str]) -> list[str]:
+    """Those of the runs ``among`` that are runs of ``pipeline`` requested before ``run_id``
+    and are PENDING or RUNNING (runs an executor has taken on, asked about by id)."""
+    return [row[0] for row in _rows(
+        db, f"SELECT r.run_id FROM runs r JOIN runs me ON me.run_id = ? WHERE r.run_id IN "
+            f"({_placeholders(among)}) AND r.pipeline = ? AND r.state IN (?, ?) AND (r.requested_at < "
+            "me.requested_at OR (r.requested_at = me.requested_at AND r.run_id < me.run_id)) "
+            "ORDER BY r.requested_at, r.run_id",
+        [run_id, *among, pipeline, RunState.PENDING, RunState.RUNNING])]
+
+
 def last_completed_run(db: History, pipeline: str) -> tuple[str, str] | None:
     """``(run_id, ended_at)`` of the run of ``pipeline`` that COMPLETED last; None if none did."""
     rows = _rows(db, "SELECT run_id, ended_at FROM runs WHERE pipeline = ? AND state = ? "

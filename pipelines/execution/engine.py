@@ -172,7 +172,8 @@ class _Execution:
         finally:
             self._release_held()  # never leak a worker slot or budget
             self.engine.executor.withdraw(self.rank)
-            run_ended(self.plan.pipeline_name)  # later runs waiting for their turn look again
+            run_ended(self.plan.pipeline_name, self.plan.run_id)  # later runs waiting for
+            # their turn look again
             if self.inprocess is not None:
                 self.inprocess.shutdown()
             if self._warm_before is not None:  # attempts ran on this thread: its warm DuckDB
@@ -258,6 +259,7 @@ class _Execution:
             self.log.append(new_event(
                 T.RUN_STARTED, run.run_id, stages=self.plan.stages,
                 owner={"pid": os.getpid(), "host": socket.gethostname()}))
+            self.turn.started()
         elif run.state != RunState.RUNNING:
             raise EngineError(f"run {run.run_id!r} is {run.state}; only a PENDING run can start")
         else:

@@ -6,7 +6,10 @@ else depends on (the loads), must not land out of order: a corrected file's rows
 would be overwritten by the older file's, and a profile rebuilt from its
 sources by a stale copy read before the newest load.  So a run's last stages
 start only once every earlier-requested run of the same pipeline that is still
-RUNNING under a live owner has ended.  Runs whose owner is gone (a killed
+RUNNING under a live owner has ended, and every earlier one this process has
+taken on but not yet started (the daemon launches its runs oldest first, each on
+a thread of its own, and a later run's thread may get to its load before an
+earlier one's has recorded its start).  Runs whose owner is gone (a killed
 script) do not hold anyone up: recovery deals with them.
 """
 
@@ -36,11 +39,13 @@ def last_stages(stages: list[str], deps: dict[str, set[str]]) -> set[str]:
 #: pipeline ends here, not at every worker slot released)
 _lock = threading.Lock()
 _ended: dict[str, list[Any]] = {}
-#: thread id -> (the run executing on that thread in this process, the thread): such a run's
-#: owner is alive (us), which ``mine`` then knows without four system calls on its lock file
-#: (and even if that file was deleted); set when its execution makes its LoadTurn, cleared by
-#: its ``run_ended`` on the same thread, and trusted only while that thread lives
-_here: dict[int, tuple[str, threading.Thread]] = {}
+#: run id -> [its pipeline, the thread executing it, whether its start is recorded] for the
+#: runs whose execution goes on in this process: such a run's owner is alive (us), which
+#: ``mine`` then knows without four system calls on its lock file (and even if that file was
+#: deleted), and one not yet started still counts.  Set by ``taken_on`` (a launcher, before
+#: the thread starts) or when the execution makes its LoadTurn, cleared by ``run_ended``, and
+#: trusted only while that thread lives (or has yet to start)
+_here: dict[str, list[Any]] = {}
 
 
 def _entry(pipeline: str) -> list[Any]:
@@ -51,19 +56,33 @@ def _entry(pipeline: str) -> list[Any]:
     return entry
 
 
-def run_ended(pipeline: str) -> None:
+def taken_on(run_id: str, pipeline: str, thread: threading.Thread) -> None:
+    """``thread`` is about to execute ``run_id``: from now on the later runs of ``pipeline``
+    wait for it before their last stages, even before it records its start.
+
+    For a launcher that starts runs in the order they were requested, each on a thread of
+    its own; it calls ``run_ended`` when the thread is done (and if it never starts)."""
+    with _lock:
+        _here[run_id] = [pipeline, thread, False]
+
+
+def run_ended(pipeline: str, run_id: str) -> None:
     """An execution of a run of ``pipeline`` has ended: its later runs may have their turn."""
     with _lock:
-        _here.pop(threading.get_ident(), None)
+        _here.pop(run_id, None)
         entry = _entry(pipeline)
         entry[0] += 1
         entry[1].notify_all()
 
 
-def _executing_here() -> set[str]:
-    """The runs whose execution goes on in this process (on a live thread)."""
+def _executing_here(pipeline: str) -> tuple[set[str], list[str]]:
+    """The runs whose execution goes on in this process (on a live thread, or one yet to
+    start), and those of them of ``pipeline`` whose start is not recorded yet."""
     with _lock:
-        return {run_id for run_id, thread in _here.values() if thread.is_alive()}
+        live = [(run_id, e) for run_id, e in _here.items()
+                if e[1].ident is None or e[1].is_alive()]
+    return ({run_id for run_id, _ in live},
+            [run_id for run_id, e in live if e[0] == pipeline and not e[2]])
 
 
 class LoadTurn:
@@ -76,7 +95,14 @@ class LoadTurn:
         #: runs of the pipeline ended in this process when ``mine`` last looked
         self._seen = 0
         with _lock:  # made by the run's execution, on its thread (it holds the run's lock)
-            _here[threading.get_ident()] = (run_id, threading.current_thread())
+            _here[run_id] = [pipeline, threading.current_thread(), False]
+
+    def started(self) -> None:
+        """The run's start is recorded: ``mine`` of later runs finds it RUNNING from now on."""
+        with _lock:
+            entry = _here.get(self.run_id)
+            if entry is not None:
+                entry[2] = True
 
     def wait(self, timeout: float) -> None:
         """Sleep until a run of the pipeline ends in this process (or ``timeout`` passes; an
@@ -93,10 +119,16 @@ class LoadTurn:
     def mine(self) -> bool:
         entry = _ended.get(self.pipeline)
         self._seen = entry[0] if entry else 0
+        # looked at before the log: a run taken on here either is in it as RUNNING by then,
+        # or is asked about by id below
+        here, unstarted = _executing_here(self.pipeline)
         running = queries.earlier_runs_running(self.history, self.pipeline, self.run_id)
-        here = _executing_here() if running else ()
         earlier = [r for r in running
                    if r in here or is_locked(run_lock_path(self.state_dir, r))]
+        unstarted = [r for r in unstarted if r != self.run_id and r not in running]
+        if unstarted:  # taken on here, not yet started: earlier ones count as running
+            earlier += queries.earlier_runs_in_flight(self.history, self.pipeline, self.run_id,
+                                                      unstarted)
         if earlier and tuple(earlier) != self._waiting_for:
             log.info("waiting_for_earlier_runs", pipeline=self.pipeline, run_id=self.run_id,
                      earlier_runs=earlier,

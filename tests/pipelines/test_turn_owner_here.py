@@ -29,7 +29,7 @@ def test_a_run_executing_here_holds_its_turn_without_its_lock_file(tmp_path) -> 
             turns.LoadTurn(log, tmp_path, "p", "a")
             made.set()
             assert end.wait(30)
-            turns.run_ended("p")
+            turns.run_ended("p", "a")
 
         a = threading.Thread(target=execution_of_a, daemon=True)
         a.start()
@@ -51,5 +51,6 @@ def test_a_run_executing_here_holds_its_turn_without_its_lock_file(tmp_path) -> 
         gone.join(10)
         assert turns.LoadTurn(log, tmp_path, "p", "b").mine() is True
     finally:
-        turns.run_ended("p")  # this thread's own LoadTurns
+        for run_id in "ab":  # the LoadTurns this test made
+            turns.run_ended("p", run_id)
         log.close()

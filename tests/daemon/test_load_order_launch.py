@@ -1,0 +1,121 @@
+"""Loads land in request order even when the daemon's thread of the earlier run is slow to
+begin: the daemon launches runs oldest first, each on its own thread, and a later run's
+thread could record its start, run its first stages and reach its load before the earlier
+run's thread had recorded anything; its load then went first (seen in CI: run b's load
+started at event 39, run a's ended at event 170).
+
+A real RunSupervisor, real runs in this process (real SQLite), the first run's thread held
+back before its execution begins."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from ahgd_daemon.runs import RunSupervisor
+from pipelines import BasePipeline, PipelineContext
+from pipelines.execution import turns
+from pipelines.execution.executors import InProcessExecutor
+from state import EventLog, new_event
+from state import EventType as T
+from state.machine import RunState
+
+
+class _Quiet:
+    def info(self, *args, **kw) -> None:
+        pass
+
+
+class Held(BasePipeline):
+    """Four stages; the execution of the run named in ``held`` waits for ``begin`` first."""
+
+    held = "a"
+    begin = threading.Event()
+
+    def define_stages(self):
+        return ["extract", "transform", "validate", "load"]
+
+    def execute_stage(self, stage_name: str, context: PipelineContext):
+        return {"stage": stage_name}
+
+    def execute_run(self, run_id: str, **kw):
+        if run_id == self.held:
+            assert self.begin.wait(60), "the test never let the first run begin"
+        return super().execute_run(run_id, **kw)
+
+
+def test_a_later_run_loads_after_an_earlier_one_whose_thread_began_late(tmp_path: Path,
+                                                                         monkeypatch) -> None:
+    looks: dict[str, int] = {}
+    mine = turns.LoadTurn.mine
+
+    def counted(self):
+        looks[self.run_id] = looks.get(self.run_id, 0) + 1
+        return mine(self)
+
+    monkeypatch.setattr(turns.LoadTurn, "mine", counted)
+    Held.begin.clear()
+    log = EventLog.open(tmp_path)
+    executor = InProcessExecutor(2)
+    pipeline = Held("loads", state_dir=tmp_path)
+    for run_id in "ab":
+        log.append(new_event(T.RUN_REQUESTED, run_id, pipeline="loads", trigger="manual"))
+    runs = RunSupervisor(log, tmp_path, executor, None, lock=threading.RLock(),
+                         monotonic=time.monotonic, wake=lambda: None,
+                         alert=lambda *a, **kw: None, logger=_Quiet())
+    try:
+        runs._launch("a", "loads", pipeline)  # oldest first, as start_pending launches them
+        runs._launch("b", "loads", pipeline)
+        deadline = time.monotonic() + 60
+        while looks.get("b", 0) < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert looks.get("b", 0) >= 1, "run b never reached its load"
+        # b has done its first stages and asked for its turn; a has not even started
+        assert log.run("a").state == RunState.PENDING
+        assert ("b", "stage.started", "load") not in [(e.run_id, e.type, e.stage)
+                                                       for e in log.events()]
+        Held.begin.set()
+        for run_id in "ab":
+            runs.active[run_id].thread.join(60)
+            assert not runs.active[run_id].thread.is_alive()
+        assert [runs.active[r].error for r in "ab"] == [None, None]
+        assert log.run("a").state == log.run("b").state == RunState.COMPLETED
+        events = [(e.run_id, e.type, e.stage) for e in log.events()]
+        assert events.index(("a", "stage.completed", "load")) < \
+            events.index(("b", "stage.started", "load"))
+        # both executions ended: neither holds a later run of the pipeline up any more
+        assert turns._executing_here("loads") == (set(), [])
+    finally:
+        Held.begin.set()
+        for active in runs.active.values():
+            active.thread.join(60)
+        executor.shutdown()
+        log.close()
+
+
+def test_a_run_whose_thread_fails_before_its_execution_holds_nobody_up(tmp_path: Path) -> None:
+    """The launcher's own end: an execution that never began (its run lock held elsewhere, a
+    broken pipeline) is forgotten when its thread ends, and later runs are woken."""
+    log = EventLog.open(tmp_path)
+    executor = InProcessExecutor(1)
+
+    class Broken(Held):
+        def execute_run(self, run_id: str, **kw):
+            raise RuntimeError("the pipeline failed to build")
+
+    for run_id in "ab":
+        log.append(new_event(T.RUN_REQUESTED, run_id, pipeline="loads", trigger="manual"))
+    runs = RunSupervisor(log, tmp_path, executor, None, lock=threading.RLock(),
+                         monotonic=time.monotonic, wake=lambda: None,
+                         alert=lambda *a, **kw: None, logger=_Quiet())
+    try:
+        runs._launch("a", "loads", Broken("loads", state_dir=tmp_path))
+        runs.active["a"].thread.join(60)
+        assert isinstance(runs.active["a"].error, RuntimeError)
+        assert turns._executing_here("loads") == (set(), [])
+        assert turns.LoadTurn(log, tmp_path, "loads", "b").mine() is True
+    finally:
+        turns.run_ended("loads", "b")
+        executor.shutdown()
+        log.close()
