@@ -100,6 +100,13 @@ def run_state(db: History, run_id: str) -> str | None:
     return rows[0][0] if rows else None
 
 
+def pending_since(db: History, run_id: str) -> str | None:
+    """When a run was requested, if it is PENDING (not started, not cancelled); else None."""
+    rows = _rows(db, "SELECT requested_at FROM runs WHERE run_id = ? AND state = ?",
+                 [run_id, RunState.PENDING])
+    return rows[0][0] if rows else None
+
+
 def pipelines_with_pending_runs(db: History) -> set[str]:
     """Pipelines with at least one run PENDING (requested, not started): work still to do."""
     return {row[0] for row in _rows(db, "SELECT DISTINCT pipeline FROM runs WHERE state = ?",

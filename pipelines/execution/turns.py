@@ -39,13 +39,31 @@ def last_stages(stages: list[str], deps: dict[str, set[str]]) -> set[str]:
 #: pipeline ends here, not at every worker slot released)
 _lock = threading.Lock()
 _ended: dict[str, list[Any]] = {}
-#: run id -> [its pipeline, the thread executing it, whether its start is recorded] for the
-#: runs whose execution goes on in this process: such a run's owner is alive (us), which
-#: ``mine`` then knows without four system calls on its lock file (and even if that file was
-#: deleted), and one not yet started still counts.  Set by ``taken_on`` (a launcher, before
-#: the thread starts) or when the execution makes its LoadTurn, cleared by ``run_ended``, and
-#: trusted only while that thread lives (or has yet to start)
-_here: dict[str, list[Any]] = {}
+
+
+class _Here:
+    """A run whose execution goes on in this process."""
+
+    __slots__ = ("pipeline", "thread", "started", "requested_at")
+
+    def __init__(self, pipeline: str, thread: threading.Thread | None,
+                 requested_at: str | None) -> None:
+        #: the thread executing it; None when a launcher took it on (trusted until run_ended:
+        #: a thread between its start and its first line is neither new nor alive)
+        self.pipeline, self.thread, self.requested_at = pipeline, thread, requested_at
+        #: its start is recorded: the log says RUNNING from now on
+        self.started = False
+
+    def live(self) -> bool:
+        return self.thread is None or self.thread.is_alive()
+
+
+#: run id -> the runs whose execution goes on in this process: such a run's owner is alive
+#: (us), which ``mine`` then knows without four system calls on its lock file (and even if
+#: that file was deleted), and one not yet started still counts.  Set by ``taken_on`` (a
+#: launcher, before the run's thread starts) or when the execution makes its LoadTurn,
+#: cleared by ``run_ended``
+_here: dict[str, _Here] = {}
 
 
 def _entry(pipeline: str) -> list[Any]:
@@ -56,33 +74,37 @@ def _entry(pipeline: str) -> list[Any]:
     return entry
 
 
-def taken_on(run_id: str, pipeline: str, thread: threading.Thread) -> None:
-    """``thread`` is about to execute ``run_id``: from now on the later runs of ``pipeline``
-    wait for it before their last stages, even before it records its start.
+def taken_on(run_id: str, pipeline: str, requested_at: str | None = None) -> None:
+    """A thread is about to execute ``run_id`` (``requested_at``: its time of request, as the
+    log has it, if known): from now on the later runs of ``pipeline`` wait for it before
+    their last stages, even before it records its start.
 
-    For a launcher that starts runs in the order they were requested, each on a thread of
-    its own; it calls ``run_ended`` when the thread is done (and if it never starts)."""
+    For a launcher that starts runs on threads of their own in the order they were
+    requested; it calls ``run_ended`` when the thread is done, and if it never starts."""
     with _lock:
-        _here[run_id] = [pipeline, thread, False]
+        _here[run_id] = _Here(pipeline, None, requested_at)
 
 
 def run_ended(pipeline: str, run_id: str) -> None:
-    """An execution of a run of ``pipeline`` has ended: its later runs may have their turn."""
+    """An execution of a run of ``pipeline`` has ended (or never began): its later runs may
+    have their turn.  Said again for the same execution (the engine, then its launcher), it
+    wakes nobody a second time."""
     with _lock:
-        _here.pop(run_id, None)
+        if _here.pop(run_id, None) is None:
+            return
         entry = _entry(pipeline)
         entry[0] += 1
         entry[1].notify_all()
 
 
-def _executing_here(pipeline: str) -> tuple[set[str], list[str]]:
-    """The runs whose execution goes on in this process (on a live thread, or one yet to
-    start), and those of them of ``pipeline`` whose start is not recorded yet."""
+def _executing_here(pipeline: str) -> tuple[set[str], list[tuple[str, str | None]]]:
+    """The runs whose execution goes on in this process, and ``(run id, time of request)``
+    of those of ``pipeline`` whose start is not recorded yet."""
     with _lock:
-        live = [(run_id, e) for run_id, e in _here.items()
-                if e[1].ident is None or e[1].is_alive()]
+        live = [(run_id, e) for run_id, e in _here.items() if e.live()]
     return ({run_id for run_id, _ in live},
-            [run_id for run_id, e in live if e[0] == pipeline and not e[2]])
+            [(run_id, e.requested_at) for run_id, e in live
+             if e.pipeline == pipeline and not e.started])
 
 
 class LoadTurn:
@@ -94,15 +116,19 @@ class LoadTurn:
         self._waiting_for: tuple[str, ...] = ()
         #: runs of the pipeline ended in this process when ``mine`` last looked
         self._seen = 0
+        #: (time of request, run id): the order of turns, once ``started`` knows it
+        self._order: tuple[str, str] | None = None
         with _lock:  # made by the run's execution, on its thread (it holds the run's lock)
-            _here[run_id] = [pipeline, threading.current_thread(), False]
+            if run_id not in _here:  # (its launcher's entry stands until run_ended)
+                _here[run_id] = _Here(pipeline, threading.current_thread(), None)
 
-    def started(self) -> None:
+    def started(self, requested_at: str) -> None:
         """The run's start is recorded: ``mine`` of later runs finds it RUNNING from now on."""
+        self._order = (requested_at, self.run_id)
         with _lock:
             entry = _here.get(self.run_id)
             if entry is not None:
-                entry[2] = True
+                entry.started = True
 
     def wait(self, timeout: float) -> None:
         """Sleep until a run of the pipeline ends in this process (or ``timeout`` passes; an
@@ -125,10 +151,19 @@ class LoadTurn:
         running = queries.earlier_runs_running(self.history, self.pipeline, self.run_id)
         earlier = [r for r in running
                    if r in here or is_locked(run_lock_path(self.state_dir, r))]
-        unstarted = [r for r in unstarted if r != self.run_id and r not in running]
-        if unstarted:  # taken on here, not yet started: earlier ones count as running
+        # taken on here, not started yet: the earlier ones count as running (compared here
+        # when both times of request are known, else asked of the log)
+        ask = []
+        for run_id, requested_at in unstarted:
+            if run_id == self.run_id or run_id in running:
+                continue
+            if requested_at is None or self._order is None:
+                ask.append(run_id)
+            elif (requested_at, run_id) < self._order:
+                earlier.append(run_id)
+        if ask:
             earlier += queries.earlier_runs_in_flight(self.history, self.pipeline, self.run_id,
-                                                      unstarted)
+                                                      ask)
         if earlier and tuple(earlier) != self._waiting_for:
             log.info("waiting_for_earlier_runs", pipeline=self.pipeline, run_id=self.run_id,
                      earlier_runs=earlier,

@@ -64,8 +64,11 @@ def test_a_later_run_loads_after_an_earlier_one_whose_thread_began_late(tmp_path
     runs = RunSupervisor(log, tmp_path, executor, None, lock=threading.RLock(),
                          monotonic=time.monotonic, wake=lambda: None,
                          alert=lambda *a, **kw: None, logger=_Quiet())
+    ended_before = turns._ended["loads"][0] if "loads" in turns._ended else 0
     try:
-        runs._launch("a", "loads", pipeline)  # oldest first, as start_pending launches them
+        # oldest first, as start_pending launches them: a with its time of request (compared
+        # in memory), b without (asked of the log)
+        runs._launch("a", "loads", pipeline, requested_at=log.run("a").requested_at)
         runs._launch("b", "loads", pipeline)
         deadline = time.monotonic() + 60
         while looks.get("b", 0) < 1 and time.monotonic() < deadline:
@@ -84,8 +87,10 @@ def test_a_later_run_loads_after_an_earlier_one_whose_thread_began_late(tmp_path
         events = [(e.run_id, e.type, e.stage) for e in log.events()]
         assert events.index(("a", "stage.completed", "load")) < \
             events.index(("b", "stage.started", "load"))
-        # both executions ended: neither holds a later run of the pipeline up any more
-        assert turns._executing_here("loads") == (set(), [])
+        # both executions ended: neither holds a later run of the pipeline up any more, and
+        # each woke the waiting runs once (the engine said so; its launcher's word was no news)
+        assert "a" not in turns._here and "b" not in turns._here
+        assert turns._ended["loads"][0] - ended_before == 2
     finally:
         Held.begin.set()
         for active in runs.active.values():
@@ -110,11 +115,15 @@ def test_a_run_whose_thread_fails_before_its_execution_holds_nobody_up(tmp_path:
                          monotonic=time.monotonic, wake=lambda: None,
                          alert=lambda *a, **kw: None, logger=_Quiet())
     try:
+        ended_before = turns._ended["loads"][0] if "loads" in turns._ended else 0
         runs._launch("a", "loads", Broken("loads", state_dir=tmp_path))
         runs.active["a"].thread.join(60)
         assert isinstance(runs.active["a"].error, RuntimeError)
-        assert turns._executing_here("loads") == (set(), [])
-        assert turns.LoadTurn(log, tmp_path, "loads", "b").mine() is True
+        assert "a" not in turns._here  # forgotten by its launcher, and the waiting woken
+        assert turns._ended["loads"][0] - ended_before == 1
+        turn = turns.LoadTurn(log, tmp_path, "loads", "b")
+        turn.started(log.run("b").requested_at)
+        assert turn.mine() is True
     finally:
         turns.run_ended("loads", "b")
         executor.shutdown()

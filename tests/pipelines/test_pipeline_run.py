@@ -405,7 +405,7 @@ def test_runs_of_one_pipeline_load_in_the_order_they_were_requested(state_dir):
     from state import EventType as T, new_event
 
     with EventLog.open(state_dir) as log:
-        for run_id, sleep in (("old-slow", 1.0), ("new-quick", 0.0)):
+        for run_id, sleep in (("old-slow", 2.0), ("new-quick", 0.0)):
             log.append(new_event(T.RUN_REQUESTED, run_id, pipeline="loadorder",
                                  params={"sleep": sleep}))
     results: dict[str, str] = {}
@@ -415,9 +415,13 @@ def test_runs_of_one_pipeline_load_in_the_order_they_were_requested(state_dir):
         results[run_id] = str(pipeline.execute_run(run_id).state)
 
     threads = [threading.Thread(target=execute, args=(r,)) for r in ("old-slow", "new-quick")]
-    for t in threads:
-        t.start()
-        time.sleep(0.2)             # the old one is RUNNING (its work sleeping) before the new
+    threads[0].start()
+    with EventLog.open(state_dir) as log:  # the old one is RUNNING (its work sleeping) first
+        deadline = time.monotonic() + 60
+        while log.run("old-slow").state == "PENDING" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert log.run("old-slow").state == "RUNNING"
+    threads[1].start()
     for t in threads:
         t.join(timeout=60)
     assert results == {"old-slow": "COMPLETED", "new-quick": "COMPLETED"}

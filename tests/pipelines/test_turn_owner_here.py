@@ -54,3 +54,30 @@ def test_a_run_executing_here_holds_its_turn_without_its_lock_file(tmp_path) -> 
         for run_id in "ab":  # the LoadTurns this test made
             turns.run_ended("p", run_id)
         log.close()
+
+
+def test_a_run_taken_on_counts_from_then_and_only_for_later_runs(tmp_path) -> None:
+    """A run a launcher has taken on holds later runs' loads before any thread of it runs
+    (a thread between its start and its first line is neither new nor alive), and never
+    holds up a run requested before it."""
+    log = EventLog.open(tmp_path)
+    try:
+        for run_id in "abc":
+            log.append(new_event(T.RUN_REQUESTED, run_id, pipeline="p", trigger="manual",
+                                 params={}))
+        log.append(new_event(T.RUN_STARTED, "b", stages=["load"]))
+        at = {r: log.run(r).requested_at for r in "abc"}
+        turns.taken_on("a", "p", at["a"])   # earlier than b, known time: compared in memory
+        turns.taken_on("c", "p")            # later than b, no time: asked of the log
+        b = turns.LoadTurn(log, tmp_path, "p", "b")
+        b.started(at["b"])
+        assert b.mine() is False and b._waiting_for == ("a",)
+        turns.run_ended("p", "a")           # its execution never began, say
+        assert b.mine() is True             # c, taken on and later, holds nothing up
+        unknown = turns.LoadTurn(log, tmp_path, "p", "b")  # b's own time not known yet
+        turns.taken_on("a", "p", at["a"])
+        assert unknown.mine() is False      # asked of the log: a is earlier and PENDING
+    finally:
+        for run_id in "abc":
+            turns.run_ended("p", run_id)
+        log.close()

@@ -59,8 +59,8 @@ def test_a_run_waiting_for_its_turn_sleeps_through_other_pipelines_slots(tmp_pat
         results[run_id] = pipeline.execute_run(run_id, log=log, executor=executor)
 
     threads = {r: threading.Thread(target=execute, args=(loads, r), daemon=True) for r in "ab"}
-    for run_id, thread in threads.items():  # taken on in request order, as the daemon does
-        turns.taken_on(run_id, "loads", thread)
+    for run_id in threads:  # taken on in request order, as the daemon does
+        turns.taken_on(run_id, "loads")
     try:
         threads["a"].start()
         threads["b"].start()
