@@ -45,7 +45,10 @@ def claimer(tmp_path: Path):
 def test_the_fix_fits_the_cause(claimer, check, content, fix):
     claim, inbox = claimer
     (inbox / "x.csv").write_text(content)
-    folder = Folder("p", inbox, "*.csv", stable_for=0.0, check_timeout=1.0,
+    # the timeout counts from the start of the check's child (a fresh python importing ahgd):
+    # on a loaded host that alone can take over a second, so only the hanging check gets 1 s
+    folder = Folder("p", inbox, "*.csv", stable_for=0.0,
+                    check_timeout=1.0 if check == "hang" else 60.0,
                     check_callable=f"tests.daemon.checks.{check}" if check else None)
     assert claim_bounded(claim, folder, inbox / "x.csv").outcome == "quarantined"
     info = json.loads((claim.state_dir / "quarantine" / "p" / "x.csv.reason.json").read_text())
