@@ -33,6 +33,11 @@ from .runner import HOSTNAME, Outcome, StageTask
 
 _MISSING = object()
 
+#: how long a new worker may take to start (its interpreter and ahgd's imports: ~0.15 s on an
+#: idle host, seconds on a loaded one) before the attempt sent to it fails; the attempt's own
+#: timeout counts from when the worker is ready
+WORKER_START_S = 60.0
+
 __all__ = ["ProcessExecutor", "acquire_shared", "describe_exit", "make_executor", "release_shared",
            "run_executor", "shutdown_shared"]
 
@@ -42,7 +47,8 @@ class ProcessExecutor(Executor):
 
     At most ``max_workers`` attempts run at once; further submissions queue.
     A timeout counts from when the attempt starts in a worker, not from when
-    it was queued.
+    it was queued, nor while a new worker's interpreter starts (that is
+    bounded on its own, by ``WORKER_START_S``).
     """
 
     enforces_timeouts = True
@@ -344,8 +350,14 @@ class ProcessExecutor(Executor):
         worker.job = job  # pipeline_key changes once the worker says it loaded it (_receive)
         job.worker = worker
         job.started = self._clock()
-        if job.task.timeout:
-            job.deadline = job.started + job.task.timeout
+        if worker.ready:
+            self._time_attempt(job, job.started)
+        else:  # the attempt starts when the worker says it is ready (_receive)
+            job.deadline = job.started + WORKER_START_S
+
+    def _time_attempt(self, job: _Job, now: float) -> None:
+        job.started = now
+        job.deadline = now + job.task.timeout if job.task.timeout else None
 
     def _receive(self, worker: _Worker) -> None:
         try:
@@ -356,6 +368,8 @@ class ProcessExecutor(Executor):
             return
         if message[0] == "ready":
             worker.ready = True
+            if worker.job is not None:  # sent while it started: its attempt begins now
+                self._time_attempt(worker.job, self._clock())
             return
         _, task_id, outcome, *loaded = message
         job = worker.job
@@ -383,6 +397,13 @@ class ProcessExecutor(Executor):
                 continue
             if job.cancel_reason is not None:
                 self._kill_job(worker, job, Outcome(ok=False, interrupted=True, error=job.cancel_reason))
+            elif job.deadline is not None and now >= job.deadline and not worker.ready:
+                self._kill_job(worker, job, Outcome(
+                    ok=False, retryable=True, error_type="WorkerStartFailed",
+                    worker_pid=worker.pid, wall_s=now - (job.started or now),
+                    error=(f"the worker process (pid {worker.pid}) started for stage "
+                           f"{job.task.stage!r} was not ready after {WORKER_START_S:g}s and "
+                           "was killed; the host may be overloaded or ahgd's imports hang")))
             elif job.deadline is not None and now >= job.deadline:
                 self._kill_job(worker, job, Outcome(
                     ok=False, timed_out=True, error_type="Timeout", worker_pid=worker.pid,

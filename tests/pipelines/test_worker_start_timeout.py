@@ -1,0 +1,57 @@
+"""A stage's timeout counts from when its attempt starts in a worker, not while a new worker's
+interpreter starts: on a loaded host a worker can take seconds to be ready, and a stage with a
+short timeout failed as TIMED_OUT before its code had run.  A worker that never becomes
+ready is bounded on its own (pool.WORKER_START_S) and says so.
+
+A real pool of worker processes; the workers' start is slowed by a ``sitecustomize`` module
+on the path they inherit, which sleeps when the pool's environment asks it to."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pipelines import StageConfig
+from pipelines.execution import pool
+from pipelines.execution.pool import ProcessExecutor
+from tests.pipelines.sample_pipelines import SleepyPipeline
+
+SLOW_START_S = 3.0
+
+
+@pytest.fixture()
+def slow_starting_pool(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os, time\n"
+        "if os.environ.get('AHGD_TEST_SLOW_START'):\n"
+        "    time.sleep(float(os.environ['AHGD_TEST_SLOW_START']))\n")
+    monkeypatch.syspath_prepend(str(site))  # the workers' path is made from ours
+    executor = ProcessExecutor(1, env={**os.environ, "AHGD_TEST_SLOW_START": str(SLOW_START_S)})
+    try:
+        yield executor
+    finally:
+        executor.shutdown()
+
+
+def _quick(tmp_path) -> SleepyPipeline:
+    return SleepyPipeline(state_dir=tmp_path / "state", seconds=0.1, max_retries=0,
+                          stage_configs={"nap": StageConfig("nap", timeout=1.0,
+                                                            retry_attempts=0)})
+
+
+def test_a_slow_worker_start_is_not_counted_in_the_stage_timeout(tmp_path, slow_starting_pool):
+    ctx = _quick(tmp_path).run(executor=slow_starting_pool)
+    assert ctx.state == "COMPLETED", ctx.error  # 3 s to start, 1 s allowed, 0.1 s used
+    assert ctx.get_output("nap") == "woke up"
+
+
+def test_a_worker_that_is_not_ready_in_time_fails_the_attempt_and_says_why(
+        tmp_path, slow_starting_pool, monkeypatch):
+    monkeypatch.setattr(pool, "WORKER_START_S", 1.0)
+    ctx = _quick(tmp_path).run(executor=slow_starting_pool)
+    assert ctx.state == "FAILED"
+    assert "was not ready after 1s and was killed" in ctx.error, ctx.error
+    assert "timed out" not in ctx.error
