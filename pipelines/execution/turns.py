@@ -145,8 +145,8 @@ class LoadTurn:
     def mine(self) -> bool:
         entry = _ended.get(self.pipeline)
         self._seen = entry[0] if entry else 0
-        # looked at before the log: a run taken on here either is in it as RUNNING by then,
-        # or is asked about by id below
+        # looked at before the log: a run taken on here and not started then is either
+        # RUNNING in the log by the time it is read, or counted below
         here, unstarted = _executing_here(self.pipeline)
         running = queries.earlier_runs_running(self.history, self.pipeline, self.run_id)
         earlier = [r for r in running
