@@ -91,8 +91,10 @@ def test_a_failing_stage_fails_the_attempt_with_its_error(make_executor, tmp_pat
 
 def test_a_timeout_kills_the_work(make_executor, tmp_path):
     marker = tmp_path / "marker"
+    # 5 s, not 1: the timeout counts from when the attempt is sent to a worker process, and a
+    # fresh pool's (here, or a Dask worker's) must start first, which a loaded host makes slow
     p = Behaving("slow", state_dir=tmp_path / "state", max_retries=0,
-                 stage_configs={"work": StageConfig("work", retry_attempts=0, timeout=1)})
+                 stage_configs={"work": StageConfig("work", retry_attempts=0, timeout=5)})
     started = time.monotonic()
     ctx = p.run(params={"do": "sleep", "seconds": 60, "marker": str(marker)},
                 executor=make_executor())
