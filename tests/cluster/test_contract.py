@@ -91,10 +91,11 @@ def test_a_failing_stage_fails_the_attempt_with_its_error(make_executor, tmp_pat
 
 def test_a_timeout_kills_the_work(make_executor, tmp_path):
     marker = tmp_path / "marker"
-    # 5 s, not 1: the timeout counts from when the attempt is sent to a worker process, and a
-    # fresh pool's (here, or a Dask worker's) must start first, which a loaded host makes slow
+    # 2 s, not 1: the timeout counts from when the worker is ready, but a fresh pool's worker
+    # (here, or a Dask worker's) still imports duckdb and the stage's module after that, at
+    # SCHED_BATCH, before the stage writes its start marker; a loaded host makes that slow
     p = Behaving("slow", state_dir=tmp_path / "state", max_retries=0,
-                 stage_configs={"work": StageConfig("work", retry_attempts=0, timeout=5)})
+                 stage_configs={"work": StageConfig("work", retry_attempts=0, timeout=2)})
     started = time.monotonic()
     ctx = p.run(params={"do": "sleep", "seconds": 60, "marker": str(marker)},
                 executor=make_executor())
