@@ -25,7 +25,37 @@ from .sample_pipelines import (
     RulePipeline,
     SleepyPipeline,
     executions,
+    trace,
 )
+
+#: how long a stage of ``MeetingDiamond`` waits for its sibling before it gives up
+MEET_S = 30.0
+
+
+class MeetingDiamond(DiamondPipeline):
+    """``DiamondPipeline`` whose stages b and c meet: each leaves a file under the state
+    directory's ``trace/``, then waits (at most ``MEET_S``) for the other's, then naps.
+
+    Run side by side, each sees the other while it runs, whatever start-up delayed one of
+    them (a freshly spawned worker on a loaded host); run one after the other, the first
+    waits ``MEET_S`` in vain and records ``met: false``.  ``start`` is taken before the
+    file is left and ``end`` after the nap, so two stages that met overlap by causality."""
+
+    def execute_stage(self, stage_name: str, context) -> str:
+        if stage_name not in ("b", "c"):
+            return super().execute_stage(stage_name, context)
+        start = time.time()
+        here = Path(context.state_dir) / "trace"
+        here.mkdir(exist_ok=True)
+        (here / f"meet-{stage_name}").touch()
+        other = here / f"meet-{'c' if stage_name == 'b' else 'b'}"
+        deadline = time.monotonic() + MEET_S
+        while not other.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        met = other.exists()
+        time.sleep(self.nap)
+        trace(context, stage_name, start=start, end=time.time(), met=met)
+        return stage_name
 
 
 def _events(state_dir: Path, run_id: str) -> list[tuple]:
@@ -167,10 +197,15 @@ def test_os_exit_in_a_stage_fails_that_attempt_alone(state_dir):
 
 @pytest.mark.parametrize("executor", ["inprocess", "process"])
 def test_parallel_stages_overlap_and_respect_dependencies(state_dir, executor):
-    p = DiamondPipeline(state_dir=state_dir, parallel_stages=True, max_workers=2, executor=executor)
+    # b and c meet (MeetingDiamond) instead of hoping to overlap within one nap: with the
+    # process pool, c may need a worker spawned just now, which a loaded host makes slower
+    # than b's nap; run one after the other, they would never meet
+    p = MeetingDiamond(state_dir=state_dir, parallel_stages=True, max_workers=2,
+                       executor=executor, nap=0.2)
     ctx = p.run()
     assert ctx.state == "COMPLETED", ctx.error
     t = {e["stage"]: e for e in executions(state_dir)}
+    assert t["b"]["met"] and t["c"]["met"], "b and c did not run at the same time"
     assert t["b"]["start"] >= t["a"]["end"] and t["c"]["start"] >= t["a"]["end"]
     assert t["d"]["start"] >= max(t["b"]["end"], t["c"]["end"])
     assert t["b"]["start"] < t["c"]["end"] and t["c"]["start"] < t["b"]["end"], "b and c did not overlap"
