@@ -191,10 +191,12 @@ class Retried(BasePipeline):
 
 
 class HalfStuck(BasePipeline):
-    """``quick`` and ``slow`` side by side; ``slow`` sleeps through any cancel."""
+    """``quick`` and ``slow`` side by side; ``slow`` waits through any cancel until ``go`` is
+    set (at most 60 s)."""
 
-    def __init__(self, **kw: Any):
+    def __init__(self, go: threading.Event, **kw: Any):
         super().__init__("half_stuck", max_retries=0, parallel_stages=True, max_workers=2, **kw)
+        self.go = go
 
     def define_stages(self) -> list[str]:
         return ["quick", "slow"]
@@ -204,7 +206,7 @@ class HalfStuck(BasePipeline):
 
     def execute_stage(self, stage_name: str, context: Any) -> Any:
         if stage_name == "slow":
-            time.sleep(1.5)
+            self.go.wait(60)
         return {"stage": stage_name}
 
 
@@ -227,18 +229,23 @@ def test_an_attempt_outliving_a_failed_log_gives_its_slot_back_when_it_ends(stat
     monkeypatch.setattr(EventLog, "append_many", failing)
     ex = _executor(2)
     budget = ResourceBudget({"cpu": 2, "memory": 1000})
-    pipeline = HalfStuck(state_dir=state_dir)
+    # `slow` ends when the test says so, not after a fixed 1.5 s that a loaded host could use
+    # up before the run gave up on it
+    go = threading.Event()
+    pipeline = HalfStuck(go, state_dir=state_dir)
     try:
         try:
             pipeline.run(executor=ex, budget=budget)
         except EventLogError:
             pass   # the engine stops the run on the log's error; how it is reported is not this test's
-        assert ex.in_use() == 1   # `slow` still sleeps, past the wait
+        assert ex.in_use() == 1   # `slow` still waits, past the wait
+        go.set()
         deadline = time.monotonic() + 10
         while ex.in_use() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert ex.in_use() == 0
         assert budget.used() == {"cpu": 0.0, "memory": 0.0}
     finally:
+        go.set()
         ex.shutdown()
         pipeline.close()
