@@ -91,12 +91,15 @@ def test_runs_sharing_one_slot_each_finish_and_give_their_place_back(state_dir):
 
 
 class Spread(BasePipeline):
-    """Three independent stages: ``slow`` sleeps, ``bad`` fails for good, ``more`` is quick."""
+    """Three independent stages: ``slow`` sleeps (or waits, at most 60 s, until ``go`` is
+    set), ``bad`` fails for good, ``more`` is quick."""
 
-    def __init__(self, name: str, nap: float = 0.0, **kw: Any):
+    def __init__(self, name: str, nap: float = 0.0, go: threading.Event | None = None,
+                 **kw: Any):
         kw.setdefault("max_retries", 0)
         super().__init__(name, parallel_stages=True, max_workers=3, **kw)
         self.nap = nap
+        self.go = go
 
     def define_stages(self) -> list[str]:
         return ["slow", "bad", "more"]
@@ -106,7 +109,10 @@ class Spread(BasePipeline):
 
     def execute_stage(self, stage_name: str, context: Any) -> Any:
         if stage_name == "slow":
-            time.sleep(self.nap)
+            if self.go is not None:
+                self.go.wait(60)
+            else:
+                time.sleep(self.nap)
         if stage_name == "bad":
             raise RuntimeError("bad breaks")
         return {"stage": stage_name}
@@ -131,20 +137,25 @@ def test_a_failed_run_still_finishing_a_stage_keeps_no_place_in_line(state_dir):
     """A run turned away while its other stages ran, that then failed, waited on its last
     stage holding its place: a later run could not take the slot the failure freed."""
     ex = _executor(2)
-    first = Spread("first", nap=3.0, state_dir=state_dir)
+    # first's `slow` goes on until later's run is over, not for a fixed 3 s that a loaded host
+    # could use up before later started; were first still in line, later would wait for its
+    # slot until `slow` gave up waiting (60 s) and then start its `slow` after first's ended
+    go = threading.Event()
+    first = Spread("first", go=go, state_dir=state_dir)
     later = Spread("later", state_dir=state_dir)
     results: dict[str, Any] = {}
     try:
         worker = threading.Thread(target=lambda: results.setdefault("first", first.run(executor=ex)))
         worker.start()
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:   # until `bad` failed (slow still sleeps)
-            if _failed_yet(state_dir):
-                break
-            time.sleep(0.02)
-        results["later"] = later.run(executor=ex)   # runs its stages while `slow` sleeps on
+        while not (failed := _failed_yet(state_dir)) and time.monotonic() < deadline:
+            time.sleep(0.02)   # until `bad` failed (slow still waits)
+        assert failed, "first's `bad` did not fail within 20 s"
+        results["later"] = later.run(executor=ex)   # runs its stages while `slow` waits on
+        go.set()
         worker.join(30)
     finally:
+        go.set()
         ex.shutdown()
         first.close()
         later.close()
