@@ -221,6 +221,11 @@ def test_parallel_stages_overlap_and_respect_dependencies(state_dir, executor):
 
 
 def test_max_workers_bounds_parallel_stages(state_dir):
+    # the stages meet in pairs (a barrier of two, at most MEET_S) instead of hoping that two
+    # starts land within one 0.3 s nap on a loaded host: each pair overlaps for certain, and a
+    # third stage running beside them would overlap them too (peak 3 or more)
+    pairs = threading.Barrier(2)
+
     class Wide(DiamondPipeline):
         def define_stages(self):
             return ["s1", "s2", "s3", "s4"]
@@ -228,9 +233,16 @@ def test_max_workers_bounds_parallel_stages(state_dir):
         def get_stage_dependencies(self, stage_name):
             return set()
 
-    ctx = Wide("wide", state_dir=state_dir, parallel_stages=True, max_workers=2, nap=0.3,
-               executor="inprocess").run()
-    assert ctx.state == "COMPLETED"
+        def execute_stage(self, stage_name, context):
+            start = time.time()
+            pairs.wait(MEET_S)
+            time.sleep(self.nap)
+            trace(context, stage_name, start=start, end=time.time())
+            return stage_name
+
+    ctx = Wide("wide", state_dir=state_dir, parallel_stages=True, max_workers=2, nap=0.1,
+               max_retries=0, executor="inprocess").run()
+    assert ctx.state == "COMPLETED", ctx.error
     spans = [(e["start"], e["end"]) for e in executions(state_dir)]
     peak = max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
     assert peak == 2
