@@ -27,6 +27,31 @@ from .orch_pipelines import StepPipeline, executions_of, records
 #: generous budget so that only the limits a test sets constrain it (this machine has 2 cores)
 ROOMY = {"cpu": 64, "memory": 1_000_000}
 MOD = "tests.pipelines.orch_pipelines"
+#: how long a meeting stage waits for the other before it goes on alone
+MEET_S = 30.0
+
+
+def _meet(state_dir: Path | str, me: str, other: str) -> None:
+    """Leave ``me``'s file under ``<state_dir>/trace/`` and wait (at most ``MEET_S``) for
+    ``other``'s: two that meet were running at the same time, however late one started."""
+    here = Path(state_dir) / "trace"
+    here.mkdir(exist_ok=True)
+    (here / f"meet-{me}").touch()
+    deadline = time.monotonic() + MEET_S
+    while not (here / f"meet-{other}").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+class MeetingStep(StepPipeline):
+    """``StepPipeline`` whose stage first meets pipeline ``meet`` (see :func:`_meet`)."""
+
+    def __init__(self, name: str, *, meet: str, **kw):
+        super().__init__(name, **kw)
+        self.meet = meet
+
+    def execute_stage(self, stage_name: str, context):
+        _meet(context.state_dir, self.name, self.meet)
+        return super().execute_stage(stage_name, context)
 
 
 def _orch(state_dir: Path, mode: str = "parallel", **kw) -> PipelineOrchestrator:
@@ -35,10 +60,11 @@ def _orch(state_dir: Path, mode: str = "parallel", **kw) -> PipelineOrchestrator
     return PipelineOrchestrator("t", mode, state_dir=state_dir, **kw)
 
 
-def _add(orch: PipelineOrchestrator, name: str, deps=(), priority: int = 0, **kw) -> None:
+def _add(orch: PipelineOrchestrator, name: str, deps=(), priority: int = 0,
+         cls: type = StepPipeline, **kw) -> None:
     definition = {k: kw.pop(k) for k in ("resource_requirements", "timeout", "retry_policy")
                   if k in kw}
-    orch.register_pipeline(PipelineDefinition(name, StepPipeline, config=kw,
+    orch.register_pipeline(PipelineDefinition(name, cls, config=kw,
                                               dependencies=list(deps), priority=priority,
                                               **definition))
 
@@ -141,7 +167,14 @@ def test_sequential_diamond_starts_by_dependencies_then_priority(state_dir):
 
 def test_parallel_diamond_never_starts_a_pipeline_before_its_dependencies_end(state_dir):
     orch = _orch(state_dir, ExecutionMode.PARALLEL, max_workers=3)
-    _diamond(orch, nap=0.2)
+    # _diamond's, but a and e meet rather than hope to overlap within a 0.2 s nap: on a loaded
+    # host the second run's start (its log writes) can come after the first has ended; run
+    # one after the other, the first waits MEET_S alone and ends before the second starts
+    _add(orch, "a", nap=0.2, cls=MeetingStep, meet="e")
+    _add(orch, "b", ["a"], 1, nap=0.2)
+    _add(orch, "c", ["a"], 9, nap=0.2)
+    _add(orch, "d", ["b", "c"], 100, nap=0.2)
+    _add(orch, "e", [], 50, nap=0.2, cls=MeetingStep, meet="a")
     result = orch.run()
     assert result.state == "COMPLETED"
     assert result.execution_order == ["e", "a", "c", "b", "d"]
