@@ -54,6 +54,18 @@ class MeetingStep(StepPipeline):
         return super().execute_stage(stage_name, context)
 
 
+class MeetTransformer:
+    """A YAML transformer that meets stage ``other`` (see :func:`_meet`), then passes its input
+    through."""
+
+    def __init__(self, other: str):
+        self.other = other
+
+    def transform(self, context):
+        _meet(context.state_dir, context.stage_name, self.other)
+        return context.passthrough(context.input_stage())
+
+
 def _orch(state_dir: Path, mode: str = "parallel", **kw) -> PipelineOrchestrator:
     kw.setdefault("executor", "inprocess")
     kw.setdefault("resource_limits", ROOMY)
@@ -707,11 +719,13 @@ def test_yaml_prerequisites_are_honoured_in_parallel_mode(state_dir, tmp_path, d
           - {{name: extract, type: extractor, class: {MOD}.CsvExtractor,
               config: {{delimiter: ";"}}}}
           - {{name: join, type: loader, class: {MOD}.MarkLoader, prerequisites: [left, right]}}
-          - {{name: left, type: transformer, class: {MOD}.NapTransformer,
-              prerequisites: [extract]}}
-          - {{name: right, type: transformer, class: {MOD}.NapTransformer,
-              prerequisites: [extract]}}
+          - {{name: left, type: transformer, class: {__name__}.MeetTransformer,
+              config: {{other: right}}, prerequisites: [extract]}}
+          - {{name: right, type: transformer, class: {__name__}.MeetTransformer,
+              config: {{other: left}}, prerequisites: [extract]}}
         """)
+    # left and right meet rather than hope to overlap within a 0.3 s nap, which a loaded host
+    # can miss; run one after the other, the first waits MEET_S alone and ends first
     ctx = load_pipeline(path, state_dir=state_dir, executor="inprocess").run(input_file=deaths_csv)
     assert ctx.state == "COMPLETED", ctx.error
     times = {s: (a, b) for s, a, b in _query(
