@@ -11,33 +11,95 @@ read with the csv module.
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import textwrap
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from .harness import Daemon, ahgd_exe, env, query, traces, wait_until
+from .stages import WarehouseLoader, _trace
 
 pytestmark = pytest.mark.slow
 
-#: a kill in the transform (or after the loader's write) lands within this many seconds
-SLEEP = 1.0
+#: a stage held by the file ``hold`` goes on after this many seconds however it is
+HOLD_S = 60.0
 
 
-def setup(tmp: Path, *, transform_sleep: float = 0.0, load_sleep: float = 0.0) -> tuple[Path, Path]:
+def _held(hold: str) -> None:
+    """Wait while the file ``hold`` exists (at most ``HOLD_S``)."""
+    deadline = time.monotonic() + HOLD_S
+    while hold and os.path.exists(hold) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+class HeldTransformer:
+    """``stages.SlowTransformer`` that, after its start trace, waits while ``hold`` exists
+    instead of for a fixed time: the test's kill lands in the transform however slow the
+    host, and the test removes ``hold`` once the daemon is dead."""
+
+    def __init__(self, hold: str = ""):
+        self.hold = hold
+
+    def transform(self, context: Any) -> Any:
+        _trace(context, "transform", "start")
+        _held(self.hold)
+        table = context.output_table("extract")
+        rel = context.sql(f"SELECT *, 1 AS seen FROM {table}")
+        _trace(context, "transform", "done")
+        return rel
+
+
+class HeldLoader(WarehouseLoader):
+    """``stages.WarehouseLoader`` that, after its write (the ``written`` trace), waits while
+    ``hold`` exists instead of sleeping ``sleep_after`` seconds."""
+
+    def __init__(self, hold: str = ""):
+        super().__init__()
+        self.hold = hold
+
+    def load(self, context: Any) -> Any:
+        _trace(context, "load", "start")
+        source = context.output_table(context.input_stage())
+        with context.warehouse() as con:
+            con.execute("BEGIN")
+            con.execute(f"CREATE TABLE IF NOT EXISTS {self.table} AS "
+                        f"SELECT ?::VARCHAR AS run_id, * FROM {source} LIMIT 0", [context.run_id])
+            con.execute(f"DELETE FROM {self.table} WHERE run_id = ?", [context.run_id])
+            con.execute(f"INSERT INTO {self.table} SELECT ?, * FROM {source}", [context.run_id])
+            n = con.execute(f"SELECT count(*) FROM {self.table} WHERE run_id = ?",
+                            [context.run_id]).fetchone()[0]
+            con.execute("COMMIT")
+        _trace(context, "load", "written", rows=n)
+        _held(self.hold)
+        _trace(context, "load", "done", rows=n)
+        return {"rows": n}
+
+
+def setup(tmp: Path, *, held: str) -> tuple[Path, Path]:
     """A master file with one three-stage pipeline (CSV extract, transform, warehouse load)
-    watching ``<state>/inbox/inl``; returns (master, state dir)."""
+    watching ``<state>/inbox/inl``, its ``held`` stage ("transform" or "load") held while
+    the file ``<tmp>/hold`` exists (made here); returns (master, state dir)."""
     state = tmp / "state"
     state.mkdir()
+    hold = tmp / "hold"
+    hold.touch()
+    transform = ("tests.daemon.test_crash_inline.HeldTransformer" if held == "transform"
+                 else "tests.daemon.stages.SlowTransformer")
+    load = ("tests.daemon.test_crash_inline.HeldLoader" if held == "load"
+            else "tests.daemon.stages.WarehouseLoader")
+    hold_config = f'config: {{hold: "{hold}"}}, '
     (tmp / "inl.yaml").write_text(textwrap.dedent(f"""\
         pipeline: {{name: inl}}
         triggers:
           - {{type: drop_folder, path: "${{state_dir}}/inbox/inl", pattern: "*.csv", stable_for: PT0.2S}}
         stages:
           - {{name: extract, type: extractor, class: tests.daemon.stages.CsvExtractor, retry_attempts: 0}}
-          - {{name: transform, type: transformer, class: tests.daemon.stages.SlowTransformer, config: {{sleep: {transform_sleep}}}, retry_attempts: 0}}
-          - {{name: load, type: loader, class: tests.daemon.stages.WarehouseLoader, config: {{sleep_after: {load_sleep}}}, retry_attempts: 0}}
+          - {{name: transform, type: transformer, class: {transform}, {hold_config if held == "transform" else ""}retry_attempts: 0}}
+          - {{name: load, type: loader, class: {load}, {hold_config if held == "load" else ""}retry_attempts: 0}}
         """))
     master = tmp / "master.yaml"
     master.write_text("pipelines:\n  - {name: inl, config_file: inl.yaml}\n"
@@ -108,8 +170,9 @@ def check_values(state: Path, tmp: Path, run_id: str, source: list[list[str]]) -
 
 
 def killed_when(master: Path, state: Path, stage: str, what: str) -> tuple[str, Path]:
-    """Start the daemon, drop the CSV, SIGKILL the daemon as soon as ``stage`` has reached
-    ``what`` (its trace): the run's id and the source CSV."""
+    """Start the daemon, drop the CSV, SIGKILL the daemon once ``stage`` has reached ``what``
+    (its trace; the stage is held there by ``hold``, see :func:`setup`), then let go of the
+    hold for the restart: the run's id and the source CSV."""
     d = Daemon(master, state).wait_ready()
     try:
         source = drop_rows(state, "small.csv")
@@ -117,6 +180,7 @@ def killed_when(master: Path, state: Path, stage: str, what: str) -> tuple[str, 
                    interval=0.01)
     finally:
         d.kill()
+        (state.parent / "hold").unlink(missing_ok=True)
     (run_id,), = query(state, "SELECT run_id FROM runs")
     return run_id, source
 
@@ -129,7 +193,7 @@ def killed_when(master: Path, state: Path, stage: str, what: str) -> tuple[str, 
 ], ids=["inline", "turned-off-on-restart"])
 def test_sigkill_in_the_transform_reuses_the_inline_extract(tmp_path, restart_env,
                                                             transform_format):
-    master, state = setup(tmp_path, transform_sleep=SLEEP)
+    master, state = setup(tmp_path, held="transform")
     run_id, source = killed_when(master, state, "transform", "start")
     # the kill landed after the extract's inline output was recorded, before the transform's
     assert formats(state, run_id) == {"extract": [(1, "COMPLETED", "inline")],
@@ -149,7 +213,7 @@ def test_sigkill_in_the_transform_reuses_the_inline_extract(tmp_path, restart_en
 def test_sigkill_after_the_load_wrote_and_after_the_run_completed(tmp_path):
     """Killed after the loader's warehouse write (before its stage.completed), then again
     right after run.completed: the load runs again, nothing is loaded or recorded twice."""
-    master, state = setup(tmp_path, load_sleep=SLEEP)
+    master, state = setup(tmp_path, held="load")
     run_id, source = killed_when(master, state, "load", "written")
     assert [s for s, in query(state, "SELECT state FROM stage_runs WHERE stage = 'load'")] == [
         "RUNNING"]
