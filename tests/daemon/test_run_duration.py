@@ -5,15 +5,31 @@ the hours it sat FAILED before ``ahgd retry``, nor the time a crashed daemon was
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import textwrap
 import time
+from typing import Any
 
 import pytest
 
 from state import parse_ts
 
 from .harness import Daemon, ahgd_exe, env, query, wait_until
+
+
+class Held:
+    """A transformer that waits while the file ``hold`` exists (at most 60 s): the test kills
+    the daemon mid-stage however slow the host, then removes ``hold`` for the restart."""
+
+    def __init__(self, hold: str):
+        self.hold = hold
+
+    def transform(self, context: Any) -> Any:
+        deadline = time.monotonic() + 60
+        while os.path.exists(self.hold) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return {"held": True}
 
 
 def _ahgd(*args):
@@ -74,9 +90,13 @@ def test_a_run_retried_by_hand_counts_its_executions_not_the_wait(tmp_path):
 
 
 def test_a_run_cut_short_by_a_crash_counts_up_to_its_last_recorded_event(tmp_path):
+    # the stage waits while `hold` exists, not for a fixed 1.5 s that a loaded host could use
+    # up before the kill: it is still running when the daemon dies, and ends on the restart
+    hold = tmp_path / "hold"
+    hold.touch()
     master, state = _master(tmp_path, "{name: nap, type: transformer, class: "
-                                      "tests.daemon.toggle_stages.Sleep, config: {seconds: 1.5}, "
-                                      "retry_attempts: 0}"), tmp_path / "state"
+                                      "tests.daemon.test_run_duration.Held, config: "
+                                      f'{{hold: "{hold}"}}, retry_attempts: 0}}'), tmp_path / "state"
     d = Daemon(master, state).wait_ready()
     try:
         proc = _ahgd("run", "p", "--no-wait", "--state-dir", state)
@@ -86,6 +106,7 @@ def test_a_run_cut_short_by_a_crash_counts_up_to_its_last_recorded_event(tmp_pat
         time.sleep(0.3)
     finally:
         d.kill()                                    # SIGKILL mid-stage
+        hold.unlink()
     time.sleep(2)                                   # the daemon is down
     d = Daemon(master, state).wait_ready()
     try:
