@@ -58,6 +58,23 @@ def lines(path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
+def gone(pid: int, timeout: float) -> bool:
+    """Whether process ``pid`` (on this host: the cluster is on loopback) has exited, or does
+    within ``timeout`` seconds."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
 def test_success_records_the_output_and_the_host(make_executor, tmp_path):
     ex = make_executor()
     p = TwoStages("two", state_dir=tmp_path / "state", executor=ex, max_retries=0)
@@ -112,8 +129,11 @@ def test_cancel_stops_the_attempt(make_executor, tmp_path):
     p = behaving(tmp_path / "state")
     ex = make_executor()
     result = {}
+    # the stage sleeps 60 s, not 2: on a loaded host the cancel could arrive after a short
+    # sleep ended; that it stopped the work is shown by the process that ran it being gone
+    # (it can write no "end" then), not by waiting past a sleep
     t = threading.Thread(target=lambda: result.setdefault("ctx", p.run(
-        params={"do": "sleep", "seconds": 2, "marker": str(marker)}, executor=ex,
+        params={"do": "sleep", "seconds": 60, "marker": str(marker)}, executor=ex,
         cancel=cancel)))
     t.start()
     deadline = time.monotonic() + 30
@@ -124,9 +144,12 @@ def test_cancel_stops_the_attempt(make_executor, tmp_path):
     t.join(timeout=30)
     assert not t.is_alive()
     assert result["ctx"].state == "CANCELLED"
-    time.sleep(3)  # past the stage's 2 s sleep: had it run on, it would have written "end"
+    # the worker process running it was killed (the Dask worker kills it once it sees the
+    # task released, a moment after the run returned) ...
+    pid = int(lines(marker)[0].split("pid=")[1].split()[0])
+    assert gone(pid, 30), f"the process running the cancelled attempt (pid {pid}) lives on"
     assert [line.split()[0] for line in lines(marker)] == ["start"]
-    # the worker process running it was killed: the slot is free and the next attempt runs
+    # ... so the slot is free and the next attempt runs
     assert ex.in_use() == 0
     again = behaving(tmp_path / "state2").run(params={"do": "rows"}, executor=ex)
     assert again.state == "COMPLETED"
