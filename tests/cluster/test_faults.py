@@ -73,7 +73,9 @@ def test_a_killed_worker_fails_the_attempt_once_and_dask_never_runs_it_again(
         assert outcome.retryable  # the stage's retry policy decides, as for any crash
         assert outcome.host and outcome.host in outcome.error
         assert "does not run it again" in outcome.error
-        assert took < 5, f"the attempt failed {took:.1f}s after its worker was killed"
+        # promptly, not at the attempt's 120 s timeout; loose, for a loaded host (a look
+        # every poll_s, 0.25 s, or the scheduler's word at once)
+        assert took < 15, f"the attempt failed {took:.1f}s after its worker was killed"
         # Dask moves the task to the other worker (allowed-failures): it finds no claim and
         # runs nothing; the worker process of the dead worker died with it (no "end")
         wait_for(lambda: time.monotonic() - killed_at > 3.2, 10, "3 s after the kill")
