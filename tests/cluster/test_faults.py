@@ -42,6 +42,16 @@ def lines(path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
+def gone(pid: int) -> bool:
+    """Whether process ``pid`` (on this host: the cluster is on loopback) has exited."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def wait_for(predicate, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -62,7 +72,10 @@ def test_a_killed_worker_fails_the_attempt_once_and_dask_never_runs_it_again(
     marker = tmp_path / "marker"
     ex = dask_executor(own_cluster, s3, tmp_path)
     try:
-        future = ex.submit(behaving(tmp_path / "state"), sleeping_task(tmp_path, marker))
+        # 60 s, not 3: finding the worker (a new Client to the scheduler) takes a while on a
+        # loaded host, and the kill must land before the stage ends
+        future = ex.submit(behaving(tmp_path / "state"),
+                           sleeping_task(tmp_path, marker, seconds=60.0))
         wait_for(lambda: lines(marker), 30, "the attempt to start")
         pid = own_cluster.worker_pid_running("ahgd-r1-work")
         os.kill(pid, signal.SIGKILL)
@@ -78,6 +91,8 @@ def test_a_killed_worker_fails_the_attempt_once_and_dask_never_runs_it_again(
         assert took < 15, f"the attempt failed {took:.1f}s after its worker was killed"
         # Dask moves the task to the other worker (allowed-failures): it finds no claim and
         # runs nothing; the worker process of the dead worker died with it (no "end")
+        stage_pid = int(lines(marker)[0].split("pid=")[1].split()[0])
+        wait_for(lambda: gone(stage_pid), 30, f"the stage's process (pid {stage_pid}) to die")
         wait_for(lambda: time.monotonic() - killed_at > 3.2, 10, "3 s after the kill")
         assert [line.split()[0] for line in lines(marker)] == ["start"]
         assert ex.in_use() == 0
