@@ -34,7 +34,9 @@ class Behaving(BasePipeline):
         if do == "fail":
             raise RuntimeError("the stage failed on purpose")
         if do == "sleep":
-            time.sleep(float(context.params.get("seconds", 30)))
+            # seconds_a<N>: how long attempt N sleeps, when it differs from the others
+            time.sleep(float(context.params.get(f"seconds_a{context.attempt}",
+                                                context.params.get("seconds", 30))))
             mark(context.params.get("marker"), f"end {context.run_id} a{context.attempt}")
             return {"slept": True}
         if do == "exit":

@@ -108,7 +108,9 @@ def test_a_killed_worker_is_known_from_the_scheduler_at_once_not_from_the_next_l
     marker = tmp_path / "marker"
     ex = dask_executor(own_cluster, s3, tmp_path, poll_s=60)
     try:
-        future = ex.submit(behaving(tmp_path / "state"), sleeping_task(tmp_path, marker, "rk"))
+        # 60 s: the kill must land before the stage ends, after a new Client found the worker
+        future = ex.submit(behaving(tmp_path / "state"),
+                           sleeping_task(tmp_path, marker, "rk", seconds=60.0))
         wait_for(lambda: lines(marker), 30, "the attempt to start")
         pid, address = own_cluster.worker_running("ahgd-rk-work")
         os.kill(pid, signal.SIGKILL)
@@ -117,6 +119,8 @@ def test_a_killed_worker_is_known_from_the_scheduler_at_once_not_from_the_next_l
         print(f"failed {time.monotonic() - killed_at:.3f} s after the kill")  # figure, not a test
         assert outcome.error_type == "WorkerDied" and outcome.worker == address, outcome
         assert address in outcome.error and "removed it" in outcome.error
+        stage_pid = int(lines(marker)[0].split("pid=")[1].split()[0])
+        wait_for(lambda: gone(stage_pid), 30, f"the stage's process (pid {stage_pid}) to die")
         wait_for(lambda: time.monotonic() - killed_at > 1.0, 5, "1 s after the kill")
         assert [line.split()[0] for line in lines(marker)] == ["start"]
     finally:
@@ -130,7 +134,8 @@ def test_the_stage_retry_policy_runs_a_new_attempt_after_a_worker_died(own_clust
                  stage_configs={"work": StageConfig("work", retry_attempts=1, retry_delay=0)})
     result = {}
     t = threading.Thread(target=lambda: result.setdefault("ctx", p.run(
-        params={"do": "sleep", "seconds": 2, "marker": str(marker)}, executor=ex)))
+        params={"do": "sleep", "seconds_a1": 60, "seconds": 2, "marker": str(marker)},
+        executor=ex)))  # attempt 1 outlasts finding its worker (a new Client) and the kill
     t.start()
     try:
         wait_for(lambda: lines(marker), 30, "the first attempt to start")
