@@ -39,6 +39,7 @@ from .execution.interrupted import close_interrupted_runs
 from .execution.plan import CancelToken, Progress, RunPlan
 from .errors import ConfigError, ResumeRefused
 from .execution.executors import Executor
+from .execution import turns
 from .execution.pool import run_executor
 from .logs import RunLogger
 from .resources import ResourceBudget
@@ -288,10 +289,17 @@ class BasePipeline(ABC):
             run_params["resume_from"] = resume_from
         self._drop_unkept_outputs(log)
         close_interrupted_runs(log, self.state_dir, self.name)  # a killed script's runs
-        log.append(new_event(T.RUN_REQUESTED, run_id, pipeline=self.name, trigger=trigger,
-                             params=run_params, stages=stages))
-        return self.execute_run(run_id, log=log, skip=skip, reuse=reuse, stages=(stages, deps, configs),
-                                executor=executor, budget=budget, cancel=cancel)
+        # taken on from its request: runs of this pipeline that other threads request later
+        # load after it, even if one of them gets to its load before this one has started
+        turns.taken_on(run_id, self.name)
+        try:
+            log.append(new_event(T.RUN_REQUESTED, run_id, pipeline=self.name, trigger=trigger,
+                                 params=run_params, stages=stages))
+            return self.execute_run(run_id, log=log, skip=skip, reuse=reuse,
+                                    stages=(stages, deps, configs), executor=executor,
+                                    budget=budget, cancel=cancel)
+        finally:
+            turns.run_ended(self.name, run_id)  # (if its execution never began)
 
     def execute_run(
         self,

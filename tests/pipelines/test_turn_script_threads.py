@@ -1,0 +1,75 @@
+"""Runs of one pipeline that a script's threads start with ``run()`` load in the order they
+were requested, even when the thread that asked first is slow to begin executing: a run is
+taken on from its request (the daemon's own launches are tested in
+tests/daemon/test_load_order_launch.py)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from pipelines import BasePipeline, PipelineContext
+from pipelines.execution import turns
+from state import EventLog
+from state.machine import RunState
+
+
+class Held(BasePipeline):
+    """Four stages, in process; run ``a`` waits for ``begin`` between its request and its
+    execution."""
+
+    begin = threading.Event()
+
+    def define_stages(self):
+        return ["extract", "transform", "validate", "load"]
+
+    def execute_stage(self, stage_name: str, context: PipelineContext):
+        return {"stage": stage_name}
+
+    def execute_run(self, run_id: str, **kw):
+        if run_id == "a":
+            assert self.begin.wait(60), "the test never let run a begin"
+        return super().execute_run(run_id, **kw)
+
+
+def test_a_scripts_later_run_loads_after_an_earlier_one_that_began_late(tmp_path, monkeypatch):
+    looks: dict[str, int] = {}
+    mine = turns.LoadTurn.mine
+
+    def counted(self):
+        looks[self.run_id] = looks.get(self.run_id, 0) + 1
+        return mine(self)
+
+    monkeypatch.setattr(turns.LoadTurn, "mine", counted)
+    Held.begin.clear()
+    results: dict[str, object] = {}
+
+    def run(run_id: str) -> None:
+        results[run_id] = Held("held", state_dir=tmp_path, executor="inprocess").run(
+            run_id=run_id)
+
+    threads = {r: threading.Thread(target=run, args=(r,), daemon=True) for r in "ab"}
+    log = EventLog.open(tmp_path)
+    try:
+        threads["a"].start()
+        deadline = time.monotonic() + 60
+        while log.run("a") is None and time.monotonic() < deadline:  # a is requested first
+            time.sleep(0.01)
+        assert log.run("a").state == RunState.PENDING
+        threads["b"].start()
+        while looks.get("b", 0) < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert looks.get("b", 0) >= 1, "run b never reached its load"
+        assert log.run("a").state == RunState.PENDING  # a has still not begun
+        assert ("b", "stage.started", "load") not in [(e.run_id, e.type, e.stage)
+                                                       for e in log.events()]
+    finally:
+        Held.begin.set()
+        for t in threads.values():
+            t.join(60)
+    assert [results[r].state for r in "ab"] == ["COMPLETED", "COMPLETED"]
+    events = [(e.run_id, e.type, e.stage) for e in log.events()]
+    assert events.index(("a", "stage.completed", "load")) < \
+        events.index(("b", "stage.started", "load"))
+    assert "a" not in turns._here and "b" not in turns._here
+    log.close()
