@@ -72,13 +72,19 @@ def behaving(state_dir: Path, **kw) -> Behaving:
 
 class MarkedTransformer:
     """A YAML transformer that marks each execution in ``marker`` (an absolute path: the
-    Dask workers on loopback share this machine's disk) and takes ``sleep`` seconds."""
+    Dask workers on loopback share this machine's disk) and takes ``sleep`` seconds.  With
+    ``hold`` (a path), attempt 1 first waits while that file exists (at most 120 s): it runs
+    until the test removes the file, or something stops it."""
 
-    def __init__(self, marker: str, sleep: float = 0.0):
-        self.marker, self.sleep = marker, sleep
+    def __init__(self, marker: str, sleep: float = 0.0, hold: str | None = None):
+        self.marker, self.sleep, self.hold = marker, sleep, hold
 
     def transform(self, context):
         mark(self.marker, f"start {context.run_id} a{context.attempt}")
+        if self.hold and context.attempt == 1:
+            held = time.monotonic() + 120
+            while os.path.exists(self.hold) and time.monotonic() < held:
+                time.sleep(0.05)
         deadline = time.monotonic() + self.sleep
         while time.monotonic() < deadline:
             time.sleep(0.05)

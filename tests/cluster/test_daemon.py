@@ -29,9 +29,20 @@ def lines(path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
+def gone(pid: int) -> bool:
+    """Whether process ``pid`` (on this host: the cluster is on loopback) has exited."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def test_the_daemon_killed_with_an_attempt_on_a_worker_recovers_and_stops_the_orphan(
         cluster, s3, tmp_path):
-    marker = tmp_path / "marker"
+    marker, hold = tmp_path / "marker", tmp_path / "hold"
+    hold.touch()  # attempt 1 runs until this is removed (or it is stopped)
     (tmp_path / "remote.yaml").write_text(textwrap.dedent(f"""\
         pipeline: {{name: remote}}
         duckdb: {{inline_tables: false}}   # outputs as files through the bucket, the orphan's too
@@ -39,25 +50,32 @@ def test_the_daemon_killed_with_an_attempt_on_a_worker_recovers_and_stops_the_or
           - {{type: drop_folder, path: "${{state_dir}}/inbox/remote", pattern: "*.csv", stable_for: PT0.2S}}
         stages:
           - {{name: extract, type: extractor, class: tests.daemon.stages.CsvExtractor, retry_attempts: 0}}
-          - {{name: transform, type: transformer, class: tests.cluster.stages.MarkedTransformer, config: {{marker: "{marker}", sleep: 3}}, retry_attempts: 0}}
+          - {{name: transform, type: transformer, class: tests.cluster.stages.MarkedTransformer, config: {{marker: "{marker}", hold: "{hold}"}}, retry_attempts: 0}}
           - {{name: load, type: loader, class: tests.daemon.stages.CountLoader, retry_attempts: 0}}
         """))
     master = tmp_path / "master.yaml"
     master.write_text("pipelines:\n  - {name: remote, config_file: remote.yaml}\n"
                       + dask_section(cluster, s3, "crash"))
     state = tmp_path / "state"
-    d = Daemon(master, state, extra_env=S3_ENV).wait_ready(60)
-    drop_csv(state / "inbox" / "remote", "one.csv", rows=4)
-    wait_until(lambda: lines(marker), 60, "the transform to start on a worker")
-    d.kill()  # SIGKILL: the attempt runs on in the cluster, its daemon gone
-    [(run_id,)] = query(state, "SELECT run_id FROM runs")
-    d2 = Daemon(master, state, extra_env=S3_ENV).wait_ready(60)
     try:
-        wait_until(lambda: query(state, "SELECT state FROM runs") == [("COMPLETED",)], 90,
-                   "the run to complete after the restart")
+        d = Daemon(master, state, extra_env=S3_ENV).wait_ready(60)
+        drop_csv(state / "inbox" / "remote", "one.csv", rows=4)
+        wait_until(lambda: lines(marker), 60, "the transform to start on a worker")
+        d.kill()  # SIGKILL: the attempt runs on in the cluster, its daemon gone
+        [(run_id,)] = query(state, "SELECT run_id FROM runs")
+        d2 = Daemon(master, state, extra_env=S3_ENV).wait_ready(60)
+        try:
+            wait_until(lambda: query(state, "SELECT state FROM runs") == [("COMPLETED",)], 90,
+                       "the run to complete after the restart")
+        finally:
+            assert d2.stop() == 0, d2.output()
+        # the orphaned attempt was stopped: the process that ran it is gone while it was held
+        # (however long the release took to reach its worker on a loaded host)
+        orphan = int(lines(marker)[0].split()[3].removeprefix("pid="))
+        wait_until(lambda: gone(orphan), 30, "the orphaned attempt's process to be stopped")
     finally:
-        assert d2.stop() == 0, d2.output()
-    # the orphaned attempt was stopped (it never ended), and the new one ran to its end
+        hold.unlink(missing_ok=True)
+    # the orphaned attempt never ended, and the new one ran to its end
     seen = [line.split()[0] + " " + line.split()[2] for line in lines(marker)]
     assert seen[0] == "start a1" and "end a1" not in seen, seen
     assert seen[-1].startswith("end a") and seen.count(seen[-1].replace("end", "start")) == 1
