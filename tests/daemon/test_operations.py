@@ -12,7 +12,9 @@ import json
 import subprocess
 import textwrap
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import duckdb
 
@@ -98,7 +100,12 @@ def test_day_to_day_operations_end_to_end(tmp_path):
     assert would["good.csv"] == "take it" and would["bad.csv"] == "take it"
     assert would["notes.txt"] == "leave it" and would[".hidden.csv"] == "leave it"
     assert would["link.csv"].startswith("refuse it")
-    assert ops["next_tick"].endswith("T15:00:00.000000Z")  # 02:00 in Sydney (AEDT)
+    # 02:00 in Sydney, in UTC: 15:00Z in daylight saving (AEDT), 16:00Z out of it (AEST)
+    tick = datetime.fromisoformat(ops["next_tick"])
+    assert ops["next_tick"].endswith("Z") and tick.utcoffset() == timedelta(0), ops["next_tick"]
+    assert tick.astimezone(ZoneInfo("Australia/Sydney")).strftime("%H:%M:%S.%f") == \
+        "02:00:00.000000", ops["next_tick"]
+    assert timedelta(0) < tick - datetime.now(timezone.utc) <= timedelta(hours=25), ops["next_tick"]
     text = ahgd("daemon", "--config", str(master), "--dry-run").stdout
     assert "notes.txt: would leave it (does not match the pattern '*.csv')" in text
     (inbox / "link.csv").unlink()
