@@ -178,14 +178,15 @@ def test_three_hundred_files_at_once(setup):
 
 def test_sigterm_during_a_run_exits_cleanly_and_the_next_start_resumes(setup):
     tmp, state = setup
-    config = write_config(tmp, transform={"sleep": 20})
+    config = write_config(tmp, transform={"sleep": 60})
     drop_csv(state / "inbox" / "csvpipe", "t.csv")
     d = Daemon(config, state).wait_ready()
     wait_until(lambda: query(state, "SELECT 1 FROM events WHERE type = 'stage.started' AND stage = 'transform'"),
                30, "the slow stage to start")
     t0 = time.monotonic()
-    assert d.stop(timeout=30) == 0
-    assert time.monotonic() - t0 < 5 + 5  # grace PT5S, then interrupted
+    assert d.stop(timeout=90) == 0
+    # grace PT5S, then interrupted: far sooner than the stage's 60 s (loose for a loaded host)
+    assert time.monotonic() - t0 < 5 + 25
     assert query(state, "SELECT state FROM runs") == [("PENDING",)]
     assert query(state, "SELECT COUNT(*) FROM events WHERE type = 'run.suspended'")[0][0] == 1
     assert query(state, "SELECT state FROM stage_runs WHERE stage = 'transform'") == [("INTERRUPTED",)]
