@@ -340,7 +340,8 @@ def test_the_dry_run_names_duplicates_and_waiting_runs(tmp_path, state_dir):
     from ahgd_daemon.dryrun import plan
     from tests.daemon.harness import drop_csv, write_config
 
-    master = write_config(tmp_path)
+    # stable_for 60 s: fresh.csv is "being written" however slowly the host gets to the plan
+    master = write_config(tmp_path, stable_for="PT60S")
     setup = load_setup([master], state_dir)
     [folder] = setup.folders
     with EventLog.open(state_dir) as log:
@@ -349,11 +350,11 @@ def test_the_dry_run_names_duplicates_and_waiting_runs(tmp_path, state_dir):
         pausing.pause(log, "csvpipe", ["csvpipe"], "maintenance", BY)
         drop_csv(folder.path, "again.csv")             # the same bytes as a.csv
         drop_csv(folder.path, "new.csv", seed=1)
-        os.utime(folder.path / "new.csv", (time.time() - 60, time.time() - 60))
-        os.utime(folder.path / "again.csv", (time.time() - 60, time.time() - 60))
+        os.utime(folder.path / "new.csv", (time.time() - 120, time.time() - 120))
+        os.utime(folder.path / "again.csv", (time.time() - 120, time.time() - 120))
         drop_csv(folder.path, "fresh.csv", seed=2)     # still being written, as it seems
         (folder.path / "empty.csv").write_bytes(b"")
-        os.utime(folder.path / "empty.csv", (time.time() - 60, time.time() - 60))
+        os.utime(folder.path / "empty.csv", (time.time() - 120, time.time() - 120))
         seq = log.query("SELECT MAX(seq) FROM events")[0][0]
         doc = plan(setup, log, datetime.now(UTC))
         assert log.query("SELECT MAX(seq) FROM events")[0][0] == seq  # it recorded nothing
