@@ -52,8 +52,19 @@ def run(label):
 
 run("one")
 run("two")                       # the same workers, already warm
-os.kill(seen[-1]["second"]["pid"], signal.SIGKILL)   # a worker dies between runs
-time.sleep(0.2)
+def dead(pid):                   # a zombie (not reaped yet) or gone
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+killed = seen[-1]["second"]["pid"]
+os.kill(killed, signal.SIGKILL)  # a worker dies between runs
+deadline = time.monotonic() + 10
+while not dead(killed):          # the kill has taken effect before the next run (a loaded host)
+    assert time.monotonic() < deadline, f"worker {killed} still alive 10 s after SIGKILL"
+    time.sleep(0.01)
 run("after a worker died")       # a new worker takes over; the run does not fail
 (here / "warm_module.py").write_text(sys.argv[2])
 importlib.reload(warm_module)    # new code: no attempt may run the old one
