@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import json
 import os
 import random
@@ -48,7 +49,7 @@ def test_slow_file_is_taken_after_close_duplicates_and_empty_files(setup):
                    "the run of slow.csv to complete")
         arrived = query(state, "SELECT ts, payload FROM events WHERE type = 'file.arrived'")
         assert len(arrived) == 1
-        ts = time.mktime(time.strptime(arrived[0][0][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+        ts = calendar.timegm(time.strptime(arrived[0][0][:19], "%Y-%m-%dT%H:%M:%S"))
         assert ts + 1 >= closed_at  # not taken while it was still being written
         assert json.loads(arrived[0][1])["size"] == path.stat().st_size if path.exists() else True
         rows = [t for t in traces(state) if t["stage"] == "load" and t["event"] == "done"]
@@ -144,7 +145,7 @@ def test_sigkill_loop_resumes_runs_without_rerunning_completed_stages(setup):
     for t in traces(state):
         ts = completed.get((t["run_id"], t["stage"]))
         if t["event"] == "start" and ts is not None:
-            done_at = time.mktime(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+            done_at = calendar.timegm(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S"))
             assert t["t"] <= done_at + 1.0, f"{t} started after its completion was recorded"
     assert query(state, "SELECT COUNT(*) FROM events WHERE type = 'run.recovered'")[0][0] >= 1
     check = subprocess.run([*ahgd_exe(), "state", "check", "--state-dir", str(state)],
