@@ -94,12 +94,12 @@ class RunSupervisor:
                     return
                 if run_id in self.active or is_locked(run_lock_path(self.state_dir, run_id)):
                     continue  # ours already, or another process (ahgd run) is executing it
-                requested_at = queries.pending_since(self.log, run_id)
-                if requested_at is not None:  # not cancelled since
-                    self._launch(run_id, pipeline, setup.pipelines[pipeline], requested_at)
+                place = queries.pending_place(self.log, run_id)
+                if place is not None:  # not cancelled since
+                    self._launch(run_id, pipeline, setup.pipelines[pipeline], place)
 
     def _launch(self, run_id: str, pipeline_name: str, pipeline: Any,
-                requested_at: str | None = None) -> None:
+                place: int | None = None) -> None:
         from pipelines.execution import turns
         from pipelines.execution.plan import CancelToken
 
@@ -122,7 +122,7 @@ class RunSupervisor:
         active.thread = threading.Thread(target=body, name=f"ahgd-run-{run_id}", daemon=True)
         # taken on before its thread runs: runs launched later (oldest first) wait for it
         # before their loads even if their threads record their start before this one's does
-        turns.taken_on(run_id, pipeline_name, requested_at)
+        turns.taken_on(run_id, pipeline_name, place)
         self.active[run_id] = active
         try:
             active.thread.start()

@@ -98,6 +98,9 @@ class Run(NamedTuple):
     retries: int
     last_seq: int
     attempts: dict[str, Attempt]
+    #: the seq of its run.requested event: the order runs were asked for (requested_at ties
+    #: when several are requested in one commit, a burst's files claimed together)
+    requested_seq: int = 0
 
     def stage_state(self, stage: str) -> str:
         a = self.attempts.get(stage)

@@ -201,6 +201,7 @@ def _apply_run(run: Run | None, e: Event) -> Run:
             retries=0,
             last_seq=e.seq,  # type: ignore[arg-type]
             attempts={},
+            requested_seq=e.seq,  # type: ignore[arg-type]
         )
     if t == T.DATA_EXPIRED:  # the run is as it was; its outputs are gone (the event says which)
         return run
@@ -344,7 +345,7 @@ def _apply_stage(run: Run | None, e: Event) -> Run:
     attempts = run.attempts.copy()
     attempts[stage] = att
     # the run's own row is untouched: last_seq counts run-level events only
-    return _new(Run, (*run[:14], attempts))
+    return _new(Run, (*run[:14], attempts, run[15]))
 
 
 _new = tuple.__new__

@@ -269,6 +269,21 @@ CREATE INDEX runs_pending_backfills ON runs(requested_at, run_id)
     WHERE state = 'PENDING' AND trigger = 'backfill';
 """
 
+#: the order runs were asked for (0008): the seq of each run's run.requested event.  Ordered by
+#: (requested_at, run_id) before, runs requested in one commit (a burst's files claimed
+#: together share its timestamp) started and loaded in the order of their run ids (a file
+#: run's id begins with its content hash), not the order their files came in
+REQUESTED_SEQ_0008 = """
+ALTER TABLE runs ADD COLUMN requested_seq INTEGER NOT NULL DEFAULT 0;
+UPDATE runs SET requested_seq = COALESCE((SELECT MIN(e.seq) FROM events e
+    WHERE e.run_id = runs.run_id AND e.type = 'run.requested'), last_seq);
+DROP INDEX runs_pending;
+DROP INDEX runs_pending_backfills;
+CREATE INDEX runs_pending ON runs(requested_seq) WHERE state = 'PENDING';
+CREATE INDEX runs_pending_backfills ON runs(requested_seq)
+    WHERE state = 'PENDING' AND trigger = 'backfill';
+"""
+
 #: The schema, in order.  Append new steps; never edit or reorder released ones.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_initial_event_log", _sql(INITIAL)),
@@ -283,6 +298,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0006_stage_host", _sql(STAGE_HOST_0006)),
     # the PENDING runs in the order they start, for the daemon's admission (pending_runs)
     Migration("0007_pending_runs", _sql(PENDING_0007)),
+    # runs.requested_seq: the order runs were asked for, also among runs asked for in one
+    # commit; admission and the order of loads go by it
+    Migration("0008_requested_seq", _sql(REQUESTED_SEQ_0008)),
 )
 
 

@@ -48,6 +48,7 @@ def dumps(value: Any) -> str:
 RUN_COLUMNS = (
     "run_id", "pipeline", "trigger", "state", "params", "stages", "requested_at",
     "started_at", "ended_at", "error", "failed_stage", "recoveries", "retries", "last_seq",
+    "requested_seq",
 )
 STAGE_COLUMNS = Attempt._fields  # rows, cpu_s, output, ... are generated from detail
 FILE_COLUMNS = FileRecord._fields
@@ -105,7 +106,7 @@ def run_row(r: Run) -> tuple:
     return (
         r.run_id, r.pipeline, r.trigger, r.state, dumps(r.params), _stages_json(r.stages),
         r.requested_at, r.started_at, r.ended_at, r.error, r.failed_stage, r.recoveries,
-        r.retries, r.last_seq,
+        r.retries, r.last_seq, r.requested_seq,
     )
 
 
@@ -136,7 +137,7 @@ def run_from_rows(row: tuple, attempt_rows: Iterable[tuple]) -> Run:
         run_id=row[0], pipeline=row[1], trigger=row[2], state=row[3], params=json.loads(row[4]),
         stages=tuple(json.loads(row[5])), requested_at=row[6], started_at=row[7],
         ended_at=row[8], error=row[9], failed_stage=row[10], recoveries=row[11],
-        retries=row[12], last_seq=row[13], attempts=latest,
+        retries=row[12], last_seq=row[13], attempts=latest, requested_seq=row[14],
     )
 
 
@@ -244,7 +245,8 @@ def save_txn(conn: sqlite3.Connection, old: Aggregate | None, new: Aggregate,
 
 def _save_run_txn(conn: sqlite3.Connection, old: Run | None, new: Run,
                   stages: Iterable[str] | None = None) -> None:
-    # fields 0..13 are the run's own columns; 14 is the attempts
+    # fields 0..13 are the run's own columns, 14 the attempts, 15 requested_seq (set once, with
+    # the run: a new run is written whole)
     if old is None or old[:14] != new[:14]:
         conn.execute(INSERT["runs"], run_row(new))
     old_attempts = old.attempts if old is not None else {}

@@ -66,7 +66,7 @@ def pipelines_in_flight(db: History) -> set[str]:
 def pending_runs(db: History, pipelines: Sequence[str], limit: int, *,
                  backfill_slots: int | None = None) -> list[tuple[str, str]]:
     """``(run_id, pipeline)`` of the PENDING runs of ``pipelines``, in the order they start:
-    oldest request first (ties by run id), at most ``limit``; of the runs of a backfill
+    the order they were requested in (``requested_seq``), at most ``limit``; of the runs of a backfill
     (trigger ``backfill``), only the first ``backfill_slots`` when given.
 
     Filtering by pipeline here, not after, means a queue of runs that must wait can never
@@ -75,7 +75,7 @@ def pending_runs(db: History, pipelines: Sequence[str], limit: int, *,
     """
     if not pipelines:
         return []
-    # read in order from the partial indexes of the PENDING runs (migration 0007), so that
+    # read in order from the partial indexes of the PENDING runs (migrations 0007, 0008), so that
     # the first few cost the same whatever the length of the queue; SQLite would rather
     # take runs_by_state and sort every PENDING run, hence INDEXED BY ('PENDING' is written
     # out: a partial index serves only a query that names its condition)
@@ -83,15 +83,22 @@ def pending_runs(db: History, pipelines: Sequence[str], limit: int, *,
     if backfill_slots is not None:
         where = ("AND (trigger <> 'backfill' OR run_id IN (SELECT run_id FROM runs INDEXED BY "
                  "runs_pending_backfills WHERE state = 'PENDING' AND trigger = 'backfill' AND "
-                 f"pipeline IN ({_placeholders(pipelines)}) ORDER BY requested_at, run_id "
-                 "LIMIT ?)) ")
+                 f"pipeline IN ({_placeholders(pipelines)}) ORDER BY requested_seq LIMIT ?)) ")
         params = [*pipelines, max(0, backfill_slots)]
-    rows = _rows(
-        db, f"SELECT run_id, pipeline FROM runs INDEXED BY runs_pending WHERE state = 'PENDING' "
-            f"AND pipeline IN ({_placeholders(pipelines)}) {where}ORDER BY requested_at, run_id "
-            "LIMIT ?",
-        [*pipelines, *params, limit])
+    sql = (f"SELECT run_id, pipeline FROM runs INDEXED BY runs_pending WHERE state = 'PENDING' "
+           f"AND pipeline IN ({_placeholders(pipelines)}) {where}ORDER BY requested_seq LIMIT ?")
+    if isinstance(db, sqlite3.Connection) and not _orders_requests(db):
+        # a look (a dry run) at a history an older ahgd wrote, not migrated: its order
+        sql = sql.replace("INDEXED BY runs_pending_backfills ", "").replace(
+            "INDEXED BY runs_pending ", "").replace("requested_seq", "requested_at, run_id")
+    rows = _rows(db, sql, [*pipelines, *params, limit])
     return [(row[0], row[1]) for row in rows]
+
+
+def _orders_requests(conn: sqlite3.Connection) -> bool:
+    """Whether ``runs`` has ``requested_seq`` (migration 0008): a read-only look may be at a
+    history an older ahgd wrote."""
+    return any(row[1] == "requested_seq" for row in conn.execute("PRAGMA table_info(runs)"))
 
 
 def run_state(db: History, run_id: str) -> str | None:
@@ -100,9 +107,10 @@ def run_state(db: History, run_id: str) -> str | None:
     return rows[0][0] if rows else None
 
 
-def pending_since(db: History, run_id: str) -> str | None:
-    """When a run was requested, if it is PENDING (not started, not cancelled); else None."""
-    rows = _rows(db, "SELECT requested_at FROM runs WHERE run_id = ? AND state = ?",
+def pending_place(db: History, run_id: str) -> int | None:
+    """Where a run is in the order of requests (its ``requested_seq``), if it is PENDING (not
+    started, not cancelled); else None."""
+    rows = _rows(db, "SELECT requested_seq FROM runs WHERE run_id = ? AND state = ?",
                  [run_id, RunState.PENDING])
     return rows[0][0] if rows else None
 
@@ -133,17 +141,16 @@ def upstream_completion_covered(db: History, downstream: str, upstream_ended: st
 
 
 def earlier_runs_running(db: History, pipeline: str, run_id: str) -> list[str]:
-    """Runs of ``pipeline`` requested before ``run_id`` (by request time, then run id) that
-    are RUNNING: the run's last stages wait for them, so that loads land in the order the
-    runs were asked for.
+    """Runs of ``pipeline`` requested before ``run_id`` (by ``requested_seq``) that are
+    RUNNING: the run's last stages wait for them, so that loads land in the order the runs
+    were asked for.
 
     Read through the runs' state index (``+r.pipeline`` keeps SQLite off the pipeline's
     index): the RUNNING runs are a handful, while the runs of the pipeline requested before
     this one are its whole history, which this was asked of before every last stage."""
     return [row[0] for row in _rows(
         db, "SELECT r.run_id FROM runs r JOIN runs me ON me.run_id = ? WHERE +r.pipeline = ? "
-            "AND r.state = ? AND (r.requested_at < me.requested_at OR (r.requested_at = "
-            "me.requested_at AND r.run_id < me.run_id)) ORDER BY r.requested_at, r.run_id",
+            "AND r.state = ? AND r.requested_seq < me.requested_seq ORDER BY r.requested_seq",
         [run_id, pipeline, RunState.RUNNING])]
 
 
@@ -153,9 +160,8 @@ def earlier_runs_in_flight(db: History, pipeline: str, run_id: str,
     and are PENDING or RUNNING (runs an executor has taken on, asked about by id)."""
     return [row[0] for row in _rows(
         db, f"SELECT r.run_id FROM runs r JOIN runs me ON me.run_id = ? WHERE r.run_id IN "
-            f"({_placeholders(among)}) AND r.pipeline = ? AND r.state IN (?, ?) AND (r.requested_at < "
-            "me.requested_at OR (r.requested_at = me.requested_at AND r.run_id < me.run_id)) "
-            "ORDER BY r.requested_at, r.run_id",
+            f"({_placeholders(among)}) AND r.pipeline = ? AND r.state IN (?, ?) AND "
+            "r.requested_seq < me.requested_seq ORDER BY r.requested_seq",
         [run_id, *among, pipeline, RunState.PENDING, RunState.RUNNING])]
 
 

@@ -259,7 +259,7 @@ class _Execution:
             self.log.append(new_event(
                 T.RUN_STARTED, run.run_id, stages=self.plan.stages,
                 owner={"pid": os.getpid(), "host": socket.gethostname()}))
-            self.turn.started(run.requested_at)
+            self.turn.started(run.requested_seq)
         elif run.state != RunState.RUNNING:
             raise EngineError(f"run {run.run_id!r} is {run.state}; only a PENDING run can start")
         else:

@@ -44,13 +44,14 @@ _ended: dict[str, list[Any]] = {}
 class _Here:
     """A run whose execution goes on in this process."""
 
-    __slots__ = ("pipeline", "thread", "started", "requested_at")
+    __slots__ = ("pipeline", "thread", "started", "place")
 
     def __init__(self, pipeline: str, thread: threading.Thread | None,
-                 requested_at: str | None) -> None:
+                 place: int | None) -> None:
         #: the thread executing it; None when a launcher took it on (trusted until run_ended:
         #: a thread between its start and its first line is neither new nor alive)
-        self.pipeline, self.thread, self.requested_at = pipeline, thread, requested_at
+        #: its place in the order of requests (the log's ``requested_seq``), if known
+        self.pipeline, self.thread, self.place = pipeline, thread, place
         #: its start is recorded: the log says RUNNING from now on
         self.started = False
 
@@ -74,15 +75,15 @@ def _entry(pipeline: str) -> list[Any]:
     return entry
 
 
-def taken_on(run_id: str, pipeline: str, requested_at: str | None = None) -> None:
-    """A thread is about to execute ``run_id`` (``requested_at``: its time of request, as the
-    log has it, if known): from now on the later runs of ``pipeline`` wait for it before
+def taken_on(run_id: str, pipeline: str, place: int | None = None) -> None:
+    """A thread is about to execute ``run_id`` (``place``: its place in the order of requests,
+    the log's ``requested_seq``, if known): from now on the later runs of ``pipeline`` wait for it before
     their last stages, even before it records its start.
 
     For a launcher that starts runs on threads of their own in the order they were
     requested; it calls ``run_ended`` when the thread is done, and if it never starts."""
     with _lock:
-        _here[run_id] = _Here(pipeline, None, requested_at)
+        _here[run_id] = _Here(pipeline, None, place)
 
 
 def run_ended(pipeline: str, run_id: str) -> None:
@@ -97,13 +98,13 @@ def run_ended(pipeline: str, run_id: str) -> None:
         entry[1].notify_all()
 
 
-def _executing_here(pipeline: str) -> tuple[set[str], list[tuple[str, str | None]]]:
-    """The runs whose execution goes on in this process, and ``(run id, time of request)``
-    of those of ``pipeline`` whose start is not recorded yet."""
+def _executing_here(pipeline: str) -> tuple[set[str], list[tuple[str, int | None]]]:
+    """The runs whose execution goes on in this process, and ``(run id, place in the order of
+    requests)`` of those of ``pipeline`` whose start is not recorded yet."""
     with _lock:
         live = [(run_id, e) for run_id, e in _here.items() if e.live()]
     return ({run_id for run_id, _ in live},
-            [(run_id, e.requested_at) for run_id, e in live
+            [(run_id, e.place) for run_id, e in live
              if e.pipeline == pipeline and not e.started])
 
 
@@ -116,15 +117,16 @@ class LoadTurn:
         self._waiting_for: tuple[str, ...] = ()
         #: runs of the pipeline ended in this process when ``mine`` last looked
         self._seen = 0
-        #: (time of request, run id): the order of turns, once ``started`` knows it
-        self._order: tuple[str, str] | None = None
+        #: its place in the order of requests, once ``started`` knows it
+        self._place: int | None = None
         with _lock:  # made by the run's execution, on its thread (it holds the run's lock)
             if run_id not in _here:  # (its launcher's entry stands until run_ended)
                 _here[run_id] = _Here(pipeline, threading.current_thread(), None)
 
-    def started(self, requested_at: str) -> None:
-        """The run's start is recorded: ``mine`` of later runs finds it RUNNING from now on."""
-        self._order = (requested_at, self.run_id)
+    def started(self, place: int) -> None:
+        """The run's start is recorded: ``mine`` of later runs finds it RUNNING from now on.
+        ``place``: its ``requested_seq``."""
+        self._place = place
         with _lock:
             entry = _here.get(self.run_id)
             if entry is not None:
@@ -152,14 +154,14 @@ class LoadTurn:
         earlier = [r for r in running
                    if r in here or is_locked(run_lock_path(self.state_dir, r))]
         # taken on here, not started yet: the earlier ones count as running (compared here
-        # when both times of request are known, else asked of the log)
+        # when both places are known, else asked of the log)
         ask = []
-        for run_id, requested_at in unstarted:
+        for run_id, place in unstarted:
             if run_id == self.run_id or run_id in running:
                 continue
-            if requested_at is None or self._order is None:
+            if place is None or self._place is None:
                 ask.append(run_id)
-            elif (requested_at, run_id) < self._order:
+            elif place < self._place:
                 earlier.append(run_id)
         if ask:
             earlier += queries.earlier_runs_in_flight(self.history, self.pipeline, self.run_id,

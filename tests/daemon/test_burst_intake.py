@@ -38,6 +38,9 @@ def test_files_claimed_together_share_one_commit_and_leave_the_folder_after_it(t
     with EventLog.open(state) as log:
         claimer = Claimer(log, state)
         out = claimer.claim_many([(_folder(inbox), inbox / n) for n in [*names, "same.csv"]])
+        # their runs start (and load) in the order the files were taken, not by run id (a
+        # file run's id begins with its content hash; the five share one timestamp)
+        assert queries.pending_runs(log, ["p"], 10) == [(c.run_id, "p") for c in out[:5]]
     assert [c.outcome for c in out] == ["arrived"] * 5 + ["duplicate"], out
     arrived = _arrivals(state)
     assert [p["name"] for _, _, p in arrived] == names

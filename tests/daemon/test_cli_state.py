@@ -92,11 +92,13 @@ def test_status_and_metrics_without_a_daemon_leave_an_older_history_untouched(
     """A look must not migrate, checkpoint or write: an older ahgd still owns that file."""
     import hashlib
 
-    from state.migrations import MIGRATIONS
+    from tests.state.old_history import write_old_history
 
-    with EventLog(state_dir / "history.db", migrations=MIGRATIONS[:1]) as log:
+    def history(log):
         log.append(new_event(T.RUN_REQUESTED, "old-1", pipeline="p", trigger="manual"))
         log.append(new_event(T.RUN_FAILED, "old-1", error="boom"))
+
+    write_old_history(state_dir / "history.db", 1, history)
     files = sorted(state_dir.iterdir())
 
     def fingerprint():

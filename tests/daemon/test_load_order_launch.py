@@ -66,9 +66,9 @@ def test_a_later_run_loads_after_an_earlier_one_whose_thread_began_late(tmp_path
                          alert=lambda *a, **kw: None, logger=_Quiet())
     ended_before = turns._ended["loads"][0] if "loads" in turns._ended else 0
     try:
-        # oldest first, as start_pending launches them: a with its time of request (compared
+        # oldest first, as start_pending launches them: a with its place in the requests (compared
         # in memory), b without (asked of the log)
-        runs._launch("a", "loads", pipeline, requested_at=log.run("a").requested_at)
+        runs._launch("a", "loads", pipeline, place=log.run("a").requested_seq)
         runs._launch("b", "loads", pipeline)
         deadline = time.monotonic() + 60
         while looks.get("b", 0) < 1 and time.monotonic() < deadline:
@@ -122,7 +122,7 @@ def test_a_run_whose_thread_fails_before_its_execution_holds_nobody_up(tmp_path:
         assert "a" not in turns._here  # forgotten by its launcher, and the waiting woken
         assert turns._ended["loads"][0] - ended_before == 1
         turn = turns.LoadTurn(log, tmp_path, "loads", "b")
-        turn.started(log.run("b").requested_at)
+        turn.started(log.run("b").requested_seq)
         assert turn.mine() is True
     finally:
         turns.run_ended("loads", "b")

@@ -66,15 +66,15 @@ def test_a_run_taken_on_counts_from_then_and_only_for_later_runs(tmp_path) -> No
             log.append(new_event(T.RUN_REQUESTED, run_id, pipeline="p", trigger="manual",
                                  params={}))
         log.append(new_event(T.RUN_STARTED, "b", stages=["load"]))
-        at = {r: log.run(r).requested_at for r in "abc"}
-        turns.taken_on("a", "p", at["a"])   # earlier than b, known time: compared in memory
-        turns.taken_on("c", "p")            # later than b, no time: asked of the log
+        at = {r: log.run(r).requested_seq for r in "abc"}
+        turns.taken_on("a", "p", at["a"])   # earlier than b, known place: compared in memory
+        turns.taken_on("c", "p")            # later than b, no place: asked of the log
         b = turns.LoadTurn(log, tmp_path, "p", "b")
         b.started(at["b"])
         assert b.mine() is False and b._waiting_for == ("a",)
         turns.run_ended("p", "a")           # its execution never began, say
         assert b.mine() is True             # c, taken on and later, holds nothing up
-        unknown = turns.LoadTurn(log, tmp_path, "p", "b")  # b's own time not known yet
+        unknown = turns.LoadTurn(log, tmp_path, "p", "b")  # b's own place not known yet
         turns.taken_on("a", "p", at["a"])
         assert unknown.mine() is False      # asked of the log: a is earlier and PENDING
     finally:

@@ -23,6 +23,8 @@ from state import (
 )
 from state.migrations import MIGRATIONS, Migration
 
+from tests.state.old_history import write_old_history
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -217,9 +219,11 @@ def test_an_older_database_is_upgraded(state_dir: Path):
 
 def test_a_version_1_database_with_history_gains_the_alerts_table(state_dir: Path):
     db = state_dir / "history.db"
-    with EventLog(db, migrations=MIGRATIONS[:1]) as log:
-        _run(log)
-        assert log.version == 1
+    write_old_history(db, 1, _run)
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0] == 1
+    assert conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 5
+    conn.close()
     with EventLog(db) as log:
         assert log.version == len(MIGRATIONS)
         log.append(new_event("alert.raised", alert_id="a", name="x", severity="warning"))

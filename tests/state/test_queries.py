@@ -95,18 +95,18 @@ def test_pipelines_in_flight_are_those_with_a_run_pending_or_running(log):
     assert q.pipelines_in_flight(log) == {"pending_p"}
 
 
-def test_pending_runs_oldest_request_first_ties_by_run_id_only_of_the_pipelines_asked(log, clock):
+def test_pending_runs_in_request_order_only_of_the_pipelines_asked(log, clock):
     request(log, "b-late", "b")
     request(log, "a-early", "a")
     request(log, "c-other", "c")
-    clock.hold()  # the next two are requested in the same microsecond: run id decides
+    clock.hold()  # the next two are requested in the same microsecond: still in that order
     request(log, "a-2", "a")
     request(log, "a-1", "a")
     request(log, "running", "a")
     start(log, "running")  # not pending any more: never listed
     assert q.pending_runs(log, ["a", "b"], limit=10) == [
-        ("b-late", "b"), ("a-early", "a"), ("a-1", "a"), ("a-2", "a")]
-    assert q.pending_runs(log, ["a"], limit=2) == [("a-early", "a"), ("a-1", "a")]
+        ("b-late", "b"), ("a-early", "a"), ("a-2", "a"), ("a-1", "a")]
+    assert q.pending_runs(log, ["a"], limit=2) == [("a-early", "a"), ("a-2", "a")]
     assert q.pending_runs(log, ["c", "nope"], limit=10) == [("c-other", "c")]
     assert q.pending_runs(log, [], limit=10) == []
 
