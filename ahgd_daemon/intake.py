@@ -176,11 +176,29 @@ class FileIntake:
             try:
                 if not stopping():
                     self._claim(claimer, alerts, batch)
+            except Exception as exc:  # the intake thread outlives any one failure
+                self._recover(alerts, batch, exc)
             finally:
                 with self._cond:
                     for _, path in batch:
                         self._inflight.discard(path)
                 self._wake()
+
+    def _recover(self, alerts: MonitorLink, batch: list[tuple[Folder, Path]],
+                 exc: Exception) -> None:
+        """Taking ``batch`` failed outside a claim (reporting its outcomes): each file still in
+        its folder is tried again, as after a failed claim; one taken already is gone from
+        there and is left alone then."""
+        self._logger.error("intake_error", error=str(exc), error_type=type(exc).__name__,
+                           files=[display_name(str(path)) for _, path in batch])
+        for folder, path in batch:
+            if not path.exists():
+                continue
+            try:
+                self._failed(alerts, f"daemon.file_claim_failed:{folder.pipeline}", folder,
+                             path, exc)
+            except Exception:  # noqa: S110 - the error is logged above; the retry stands
+                pass
 
     def _claim(self, claimer: Claimer, alerts: MonitorLink,
                batch: list[tuple[Folder, Path]]) -> None:
