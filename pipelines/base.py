@@ -289,6 +289,11 @@ class BasePipeline(ABC):
             run_params["resume_from"] = resume_from
         self._drop_unkept_outputs(log)
         close_interrupted_runs(log, self.state_dir, self.name)  # a killed script's runs
+        # the run's lock is held before the run exists: a daemon on this state directory
+        # leaves it to us (else it could take the PENDING run between its request and its
+        # start, and this run() would fail as Locked)
+        lock = FileLock(run_lock_path(self.state_dir, run_id), {"role": "run", "run_id": run_id},
+                        remove_on_release=True).acquire()
         # taken on from its request: runs of this pipeline that other threads request later
         # load after it, even if one of them gets to its load before this one has started
         turns.taken_on(run_id, self.name)
@@ -297,9 +302,10 @@ class BasePipeline(ABC):
                                  params=run_params, stages=stages))
             return self.execute_run(run_id, log=log, skip=skip, reuse=reuse,
                                     stages=(stages, deps, configs), executor=executor,
-                                    budget=budget, cancel=cancel)
+                                    budget=budget, cancel=cancel, run_lock=lock)
         finally:
             turns.run_ended(self.name, run_id)  # (if its execution never began)
+            lock.release()  # (execute_run released it, unless it never got that far)
 
     def execute_run(
         self,

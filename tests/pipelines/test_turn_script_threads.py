@@ -73,3 +73,24 @@ def test_a_scripts_later_run_loads_after_an_earlier_one_that_began_late(tmp_path
         events.index(("b", "stage.started", "load"))
     assert "a" not in turns._here and "b" not in turns._here
     log.close()
+
+
+def test_a_scripts_run_holds_its_lock_from_before_its_request(tmp_path, monkeypatch):
+    """A daemon on the same state directory launches PENDING runs nobody holds: a run() must
+    hold its run's lock when its request is recorded, or the daemon could take it first."""
+    from state.locks import is_locked, run_lock_path
+
+    held_at_request: list[bool] = []
+    append = EventLog.append
+
+    def watched(self, event, **kw):
+        if event.type == "run.requested":
+            held_at_request.append(is_locked(run_lock_path(tmp_path, event.run_id)))
+        return append(self, event, **kw)
+
+    monkeypatch.setattr(EventLog, "append", watched)
+    Held.begin.set()
+    ctx = Held("held", state_dir=tmp_path, executor="inprocess").run(run_id="solo")
+    assert ctx.state == "COMPLETED"
+    assert held_at_request == [True]
+    assert not run_lock_path(tmp_path, "solo").exists()  # released (and removed) at the end
