@@ -32,6 +32,9 @@ class Job:
     dask: Any = None         # the distributed.Future
     seen_on: str | None = None
     sent_at: float = 0.0
+    #: monotonic seconds when a worker was first seen holding it (the daemon's timeout
+    #: backstop counts from then: not the scheduler's queue before)
+    seen_at: float | None = None
     cancel_reason: str | None = None
     settled: bool = False
 

@@ -5,7 +5,8 @@ lost and found again.
 (which it is mixed into; it uses the executor's jobs, lock and client).  Every
 ``poll_s`` it asks the scheduler which worker runs which attempt: an attempt
 whose worker left the cluster fails as ``WorkerDied`` with the host; one past
-its timeout by ``TIMEOUT_SLACK_S`` (its worker did not stop it) is cancelled.
+its timeout by ``TIMEOUT_SLACK_S`` since a worker took it (its worker did not stop it)
+fails as timed out, so the stage's retry policy decides what next.
 When the client loses the scheduler, the alert ``daemon.scheduler_lost``
 fires, and the watcher reconnects (checking the workers' versions again),
 sends the attempts held meanwhile, removes the objects of attempts cut off,
@@ -19,6 +20,7 @@ from typing import Any
 
 from . import clusterlink as link, remote
 from .clusterjobs import died, forget_outputs
+from .runner import Outcome
 
 ALERT = "daemon.scheduler_lost"
 #: a remote attempt past its timeout by this much (a hung worker) is given up by the daemon
@@ -66,6 +68,8 @@ class ClusterWatch:
             where = next((w for w, keys in processing.items() if job.key in keys), None)
             if where is not None:
                 job.seen_on = where
+                if job.seen_at is None:
+                    job.seen_at = now
             elif job.seen_on is not None and job.seen_on not in processing:
                 job.cancel_reason = "its worker was lost"
                 self._finish(job, died(job, self._hosts, "it left the cluster"))
@@ -73,10 +77,25 @@ class ClusterWatch:
                     client.cancel([job.dask], reason=job.cancel_reason)
                 except Exception:
                     pass
-            elif job.task.timeout and now - job.sent_at > job.task.timeout + TIMEOUT_SLACK_S \
-                    and job.seen_on is not None:
-                self.cancel(job.outer, f"stage {job.task.stage!r} ran {job.task.timeout:g}s "
-                                       "and its worker did not stop it")
+            elif (job.task.timeout and job.seen_at is not None
+                  and now - job.seen_at > job.task.timeout + TIMEOUT_SLACK_S):
+                self._overran(client, job, now)
+
+    def _overran(self, client: Any, job: Any, now: float) -> None:
+        """An attempt its worker did not stop at its timeout fails as timed out (counted by
+        the stage's retry policy: as an interruption it was started again at once, and an
+        attempt that always overran did so for ever), and its task is cancelled."""
+        job.cancel_reason = (f"stage {job.task.stage!r} was past its timeout of "
+                             f"{job.task.timeout:g}s and its Dask worker {job.seen_on} had not "
+                             "ended it")
+        self._finish(job, Outcome(
+            ok=False, timed_out=True, error_type="Timeout", worker=job.seen_on,
+            host=self._hosts.get(job.seen_on or ""), wall_s=now - (job.seen_at or now),
+            error=f"{job.cancel_reason}; ahgd gave the attempt up {TIMEOUT_SLACK_S:g}s later"))
+        try:  # the worker sees its task released and kills the process running it
+            client.cancel([job.dask], reason=job.cancel_reason)
+        except Exception:
+            pass
 
     def _lost(self, why: str) -> None:
         with self._lock:

@@ -225,3 +225,45 @@ def test_the_scheduler_lost_interrupts_alerts_and_reconnects(own_cluster, s3, tm
         assert again.state == "COMPLETED"
     finally:
         ex.shutdown()
+
+
+def test_an_attempt_its_worker_did_not_end_at_its_timeout_fails_as_timed_out(
+        cluster, s3, tmp_path, monkeypatch):
+    """The daemon's backstop for an attempt a worker held past its timeout: it failed as
+    *interrupted* before, which the engine does not count as a try and starts again at once,
+    so an attempt that always overran did so for ever; it is now a timed-out attempt, for the
+    stage's retry policy.  The scheduler's view is made to lose the task after the first look
+    (the state the backstop is for: seen on a live worker, no longer running there); the
+    attempt itself runs on the real cluster, and the worker kills it when it is cancelled."""
+    from pipelines.execution import clusterwatch
+
+    monkeypatch.setattr(clusterwatch, "TIMEOUT_SLACK_S", -29.0)  # 30 s timeout: gone in 1 s
+    marker = tmp_path / "marker"
+    task = StageTask("rt", "behaving", "work", 1, str(tmp_path / "state"),
+                     {"do": "sleep", "seconds": 60.0, "marker": str(marker)}, {}, (), {},
+                     None, {}, timeout=30)
+    ex = dask_executor(cluster, s3, tmp_path, poll_s=0.2)
+    try:
+        client = ex._client
+        real, seen = client.processing, []
+
+        def processing():
+            found = real()
+            if seen and lines(marker):  # seen on a worker, and started: then lost from view
+                return {w: [] for w in found}
+            if any(found.values()):
+                seen.append(True)
+            return found
+
+        monkeypatch.setattr(client, "processing", processing)
+        future = ex.submit(behaving(tmp_path / "state"), task)
+        outcome = future.result(timeout=60)
+        assert outcome.timed_out and not outcome.interrupted, outcome
+        assert outcome.error_type == "Timeout" and "had not ended it" in outcome.error
+        assert outcome.worker is not None
+        wait_for(lambda: lines(marker), 30, "the attempt to start")
+        stage_pid = int(lines(marker)[0].split("pid=")[1].split()[0])
+        wait_for(lambda: gone(stage_pid), 30, f"the stage's process (pid {stage_pid}) to die")
+        assert [line.split()[0] for line in lines(marker)] == ["start"]
+    finally:
+        ex.shutdown()
