@@ -108,9 +108,9 @@ def plan(log: Any, schedule: Schedule, start_text: str, end_text: str,
     backfill = backfill_id(schedule, start, end)
     out = Plan(backfill, schedule.pipeline, schedule.trigger_id, start, end)
     t = schedule.next_after(None, start - timedelta(microseconds=1))
-    last_local = None
+    last_local, once = None, schedule.once_a_wall_time
     while t is not None and t <= end:
-        if t.replace(tzinfo=None) == last_local:  # the hour repeated when DST ends: once
+        if once and t.replace(tzinfo=None) == last_local:  # the hour repeated when DST ends
             pass
         elif t > now:
             out.later += 1

@@ -28,6 +28,11 @@ EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
 MAX_CATCH_UP = 1000
 
 
+#: how far past a fire time APScheduler is asked again when it answered that time itself
+_PAST_THE_REPEAT = (timedelta(microseconds=1), timedelta(hours=1, microseconds=1),
+                    timedelta(hours=2, microseconds=1))
+
+
 @dataclass
 class Schedule:
     pipeline: str
@@ -38,7 +43,38 @@ class Schedule:
     next_fire: datetime | None = None
 
     def next_after(self, previous: datetime | None, now: datetime) -> datetime | None:
-        return self.apscheduler_trigger.get_next_fire_time(previous, now)
+        """The trigger's next fire time at or after ``now``, always later than ``previous``.
+
+        APScheduler 3 answers ``previous`` itself when that is in the hour repeated as
+        daylight saving ends (02:00 AEST, after 02:00 AEDT) and ``now`` is before it: each
+        step of a loop that asked again from there got the same time back, for ever (the
+        daemon's loop hung at its first tick that night).  Asked again from just after it,
+        and, for a job at fixed hours (which it still answers from there), from past the
+        repeated hour: a job at fixed hours fires once in it anyway."""
+        t = self.apscheduler_trigger.get_next_fire_time(previous, now)
+        for past in _PAST_THE_REPEAT:
+            if t is None or previous is None or t.timestamp() > previous.timestamp():
+                return t
+            t = self.apscheduler_trigger.get_next_fire_time(previous, max(now, previous + past))
+        if t is None or previous is None or t.timestamp() > previous.timestamp():
+            return t
+        raise RuntimeError(f"the schedule {self.trigger_id!r} of {self.pipeline} gives no "
+                           f"time after {previous.isoformat()}")  # (never seen: a bound)
+
+    @property
+    def once_a_wall_time(self) -> bool:
+        """Whether a local time that happens twice (the hour repeated when daylight saving
+        ends) fires once: as cron does it, for a job at fixed hours (``30 2 * * *``: once
+        that night); a job over every hour (``0 * * * *``, ``*/15 * * * *``) and an interval
+        go by real time, and fire in both hours."""
+        fields = getattr(self.apscheduler_trigger, "fields", None)
+        if not fields:
+            return False  # an interval
+        from apscheduler.triggers.cron.expressions import AllExpression
+
+        hour = next(f for f in fields if f.name == "hour")
+        # (a range or a number is an AllExpression too: only `*` and `*/n` are that class itself)
+        return not any(type(e) is AllExpression for e in hour.expressions)
 
 
 def build(pipeline: str, spec: Any) -> Schedule:
@@ -118,7 +154,8 @@ def _ticks(schedule: Schedule, after: datetime, now: datetime, keep: int) -> lis
     """Fire times in (after, now], the newest ``keep`` of them.
 
     A repeated local wall-clock time (the hour that happens twice when daylight
-    saving ends) fires once, as cron does.
+    saving ends) fires once for a job at fixed hours, as cron does
+    (``Schedule.once_a_wall_time``).
     """
     from collections import deque
 
@@ -128,11 +165,12 @@ def _ticks(schedule: Schedule, after: datetime, now: datetime, keep: int) -> lis
         # a long outage of a short interval: start near the end, the ticks are regular
         after = now - step * (keep + 1)
         after = schedule.next_after(after, after) - step  # back onto the tick grid
+    once = schedule.once_a_wall_time
     last_local = _local(after)
     t = schedule.next_after(after, now)
     while t is not None and t <= now:
         local = _local(t)
-        if local != last_local:
+        if local != last_local or not once:
             newest.append(t)
         last_local = local
         t = schedule.next_after(t, now)
@@ -200,7 +238,8 @@ def due(log: EventLog, schedules: list[Schedule], now: datetime) -> list[str]:
             if run_id:
                 fired.append(run_id)
         nxt = s.next_after(ticks[-1], now + timedelta(microseconds=1))
-        while nxt is not None and _local(nxt) == _local(ticks[-1]):  # the repeated DST hour
+        while (nxt is not None and s.once_a_wall_time
+               and _local(nxt) == _local(ticks[-1])):  # the repeated DST hour
             nxt = s.next_after(nxt, now + timedelta(microseconds=1))
         s.next_fire = nxt
     return fired
