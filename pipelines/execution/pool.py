@@ -327,6 +327,16 @@ class ProcessExecutor(Executor):
                        generation=self._generation)
 
     def _start_job(self, worker: _Worker, job: _Job) -> None:
+        if not worker.ready:  # sent when it says it is ready (_receive): a large pipeline's
+            # send to a process still starting blocks until it reads, under the pool's lock
+            # (submit, cancel and the monitor's look waited, for ever if its start hung)
+            worker.job, job.worker = job, worker
+            job.started = self._clock()
+            job.deadline = job.started + WORKER_START_S
+            return
+        self._send_job(worker, job)
+
+    def _send_job(self, worker: _Worker, job: _Job) -> None:
         blob = None if worker.pipeline_key == job.key else job.blob
         task, gone = job.task, None
         sent = worker.upstream
@@ -349,11 +359,7 @@ class ProcessExecutor(Executor):
             return
         worker.job = job  # pipeline_key changes once the worker says it loaded it (_receive)
         job.worker = worker
-        job.started = self._clock()
-        if worker.ready:
-            self._time_attempt(job, job.started)
-        else:  # the attempt starts when the worker says it is ready (_receive)
-            job.deadline = job.started + WORKER_START_S
+        self._time_attempt(job, self._clock())
 
     def _time_attempt(self, job: _Job, now: float) -> None:
         job.started = now
@@ -368,8 +374,9 @@ class ProcessExecutor(Executor):
             return
         if message[0] == "ready":
             worker.ready = True
-            if worker.job is not None:  # sent while it started: its attempt begins now
-                self._time_attempt(worker.job, self._clock())
+            job, worker.job = worker.job, None
+            if job is not None:  # given to it while it started: sent now, and timed from now
+                self._send_job(worker, job)
             return
         _, task_id, outcome, *loaded = message
         job = worker.job

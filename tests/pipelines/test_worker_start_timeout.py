@@ -55,3 +55,33 @@ def test_a_worker_that_is_not_ready_in_time_fails_the_attempt_and_says_why(
     assert ctx.state == "FAILED"
     assert "was not ready after 1s and was killed" in ctx.error, ctx.error
     assert "timed out" not in ctx.error
+
+
+def test_a_large_pipeline_given_to_a_starting_worker_leaves_the_pool_free(tmp_path,
+                                                                         slow_starting_pool):
+    """A pipeline whose pickle is larger than a socket's buffer (one holding a lookup table)
+    was sent to a worker still starting under the pool's lock: the send blocked until the
+    worker read it, and with it every submit, cancel and look at the pool (for ever, had its
+    start hung).  It is sent once the worker is ready."""
+    import threading
+    import time
+
+    big = _quick(tmp_path)
+    big.lookup = os.urandom(4 << 20)  # 4 MiB: far over the socket's buffer
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.setdefault(
+        "ctx", big.run(executor=slow_starting_pool)), daemon=True)
+    runner.start()
+    deadline = time.monotonic() + 30
+    while not slow_starting_pool._workers and time.monotonic() < deadline:
+        time.sleep(0.01)  # the worker is started for the attempt (it sleeps 4 s, then is ready)
+    assert slow_starting_pool._workers, "no worker was started"
+    free = slow_starting_pool._lock.acquire(timeout=2)
+    if free:
+        starting = [w for w in slow_starting_pool._workers if not w.ready]
+        given = [w for w in starting if w.job is not None]
+        slow_starting_pool._lock.release()
+        assert given == starting  # the attempt waits with it, not yet sent (if still starting)
+    runner.join(60)
+    assert free, "the pool's lock was held while the pipeline was sent to a starting worker"
+    assert result["ctx"].state == "COMPLETED", result["ctx"].error
