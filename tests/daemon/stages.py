@@ -100,8 +100,12 @@ class WarehouseLoader:
                             [context.run_id]).fetchone()[0]
             con.execute("COMMIT")
         _trace(context, "load", "written", rows=n)
+        self.after_write()
+        _trace(context, "load", "done", rows=n)
+        return {"rows": n}
+
+    def after_write(self) -> None:
+        """Between the write and the stage's end: ``sleep_after`` seconds."""
         deadline = time.monotonic() + self.sleep_after
         while time.monotonic() < deadline:
             time.sleep(0.05)
-        _trace(context, "load", "done", rows=n)
-        return {"rows": n}

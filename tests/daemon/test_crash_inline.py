@@ -61,22 +61,8 @@ class HeldLoader(WarehouseLoader):
         super().__init__()
         self.hold = hold
 
-    def load(self, context: Any) -> Any:
-        _trace(context, "load", "start")
-        source = context.output_table(context.input_stage())
-        with context.warehouse() as con:
-            con.execute("BEGIN")
-            con.execute(f"CREATE TABLE IF NOT EXISTS {self.table} AS "
-                        f"SELECT ?::VARCHAR AS run_id, * FROM {source} LIMIT 0", [context.run_id])
-            con.execute(f"DELETE FROM {self.table} WHERE run_id = ?", [context.run_id])
-            con.execute(f"INSERT INTO {self.table} SELECT ?, * FROM {source}", [context.run_id])
-            n = con.execute(f"SELECT count(*) FROM {self.table} WHERE run_id = ?",
-                            [context.run_id]).fetchone()[0]
-            con.execute("COMMIT")
-        _trace(context, "load", "written", rows=n)
+    def after_write(self) -> None:
         _held(self.hold)
-        _trace(context, "load", "done", rows=n)
-        return {"rows": n}
 
 
 def setup(tmp: Path, *, held: str) -> tuple[Path, Path]:

@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 
 from ahgd_daemon.runs import RunSupervisor
-from pipelines import BasePipeline, PipelineContext
 from pipelines.execution import turns
 from pipelines.execution.executors import InProcessExecutor
 from state import EventLog, new_event
 from state import EventType as T
 from state.machine import RunState
+from tests.pipelines.turn_kit import HeldFirst as Held, count_looks
 
 
 class _Quiet:
@@ -27,34 +27,9 @@ class _Quiet:
         pass
 
 
-class Held(BasePipeline):
-    """Four stages; the execution of the run named in ``held`` waits for ``begin`` first."""
-
-    held = "a"
-    begin = threading.Event()
-
-    def define_stages(self):
-        return ["extract", "transform", "validate", "load"]
-
-    def execute_stage(self, stage_name: str, context: PipelineContext):
-        return {"stage": stage_name}
-
-    def execute_run(self, run_id: str, **kw):
-        if run_id == self.held:
-            assert self.begin.wait(60), "the test never let the first run begin"
-        return super().execute_run(run_id, **kw)
-
-
 def test_a_later_run_loads_after_an_earlier_one_whose_thread_began_late(tmp_path: Path,
                                                                          monkeypatch) -> None:
-    looks: dict[str, int] = {}
-    mine = turns.LoadTurn.mine
-
-    def counted(self):
-        looks[self.run_id] = looks.get(self.run_id, 0) + 1
-        return mine(self)
-
-    monkeypatch.setattr(turns.LoadTurn, "mine", counted)
+    looks = count_looks(monkeypatch)
     Held.begin.clear()
     log = EventLog.open(tmp_path)
     executor = InProcessExecutor(2)

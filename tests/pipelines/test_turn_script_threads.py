@@ -8,39 +8,14 @@ from __future__ import annotations
 import threading
 import time
 
-from pipelines import BasePipeline, PipelineContext
 from pipelines.execution import turns
 from state import EventLog
 from state.machine import RunState
-
-
-class Held(BasePipeline):
-    """Four stages, in process; run ``a`` waits for ``begin`` between its request and its
-    execution."""
-
-    begin = threading.Event()
-
-    def define_stages(self):
-        return ["extract", "transform", "validate", "load"]
-
-    def execute_stage(self, stage_name: str, context: PipelineContext):
-        return {"stage": stage_name}
-
-    def execute_run(self, run_id: str, **kw):
-        if run_id == "a":
-            assert self.begin.wait(60), "the test never let run a begin"
-        return super().execute_run(run_id, **kw)
+from tests.pipelines.turn_kit import HeldFirst as Held, count_looks
 
 
 def test_a_scripts_later_run_loads_after_an_earlier_one_that_began_late(tmp_path, monkeypatch):
-    looks: dict[str, int] = {}
-    mine = turns.LoadTurn.mine
-
-    def counted(self):
-        looks[self.run_id] = looks.get(self.run_id, 0) + 1
-        return mine(self)
-
-    monkeypatch.setattr(turns.LoadTurn, "mine", counted)
+    looks = count_looks(monkeypatch)
     Held.begin.clear()
     results: dict[str, object] = {}
 

@@ -13,6 +13,7 @@ from pipelines.execution import engine, turns
 from pipelines.execution.executors import InProcessExecutor
 from state import EventLog, new_event
 from state import EventType as T
+from tests.pipelines.turn_kit import count_looks
 
 GATE = threading.Event()
 
@@ -38,14 +39,7 @@ class Many(BasePipeline):
 def test_a_run_waiting_for_its_turn_sleeps_through_other_pipelines_slots(tmp_path, monkeypatch):
     # a long poll: whatever wakes the waiting run is a signal, not the poll
     monkeypatch.setattr(engine, "POLL_S", 30.0)
-    looks: dict[str, int] = {}
-    mine = turns.LoadTurn.mine
-
-    def counted(self):
-        looks[self.run_id] = looks.get(self.run_id, 0) + 1
-        return mine(self)
-
-    monkeypatch.setattr(turns.LoadTurn, "mine", counted)
+    looks = count_looks(monkeypatch)
     GATE.clear()
     log = EventLog.open(tmp_path)
     executor = InProcessExecutor(max_workers=2)
