@@ -14,6 +14,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
+from .db import ReadOnlyHistory
 from .events import dumps_payload
 from .machine import RunState
 from .warehouse import alert_id as warehouse_alert_id, expectation_of
@@ -87,7 +88,7 @@ def pending_runs(db: History, pipelines: Sequence[str], limit: int, *,
         params = [*pipelines, max(0, backfill_slots)]
     sql = (f"SELECT run_id, pipeline FROM runs INDEXED BY runs_pending WHERE state = 'PENDING' "
            f"AND pipeline IN ({_placeholders(pipelines)}) {where}ORDER BY requested_seq LIMIT ?")
-    if isinstance(db, sqlite3.Connection) and not _orders_requests(db):
+    if not _orders_requests(db):
         # a look (a dry run) at a history an older ahgd wrote, not migrated: its order
         sql = sql.replace("INDEXED BY runs_pending_backfills ", "").replace(
             "INDEXED BY runs_pending ", "").replace("requested_seq", "requested_at, run_id")
@@ -95,10 +96,13 @@ def pending_runs(db: History, pipelines: Sequence[str], limit: int, *,
     return [(row[0], row[1]) for row in rows]
 
 
-def _orders_requests(conn: sqlite3.Connection) -> bool:
-    """Whether ``runs`` has ``requested_seq`` (migration 0008): a read-only look may be at a
-    history an older ahgd wrote."""
-    return any(row[1] == "requested_seq" for row in conn.execute("PRAGMA table_info(runs)"))
+def _orders_requests(db: History) -> bool:
+    """Whether ``runs`` has ``requested_seq`` (migration 0008): an EventLog migrates when it
+    opens, but a read-only look (a ReadOnlyHistory, a bare connection) may be at a history an
+    older ahgd wrote."""
+    if not isinstance(db, (sqlite3.Connection, ReadOnlyHistory)):
+        return True
+    return any(row[1] == "requested_seq" for row in _rows(db, "PRAGMA table_info(runs)"))
 
 
 def run_state(db: History, run_id: str) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 
 from state import EventLog, EventType as T, new_event, queries
+from state.db import ReadOnlyHistory
 from tests.state.old_history import write_old_history
 
 # in the order they came: their ids sort the other way
@@ -61,3 +62,8 @@ def test_a_look_at_an_older_history_lists_its_pending_runs_as_that_ahgd_ordered_
             [(r, "p") for r in sorted(CAME)[:2]]
     finally:
         conn.close()
+    with ReadOnlyHistory(db) as history:  # what `ahgd daemon --dry-run` looks through
+        assert queries.pending_runs(history, ["p"], 10) == [(r, "p") for r in sorted(CAME)]
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0] == 7
+    conn.close()
