@@ -51,13 +51,12 @@ class Schedule:
         daemon's loop hung at its first tick that night).  Asked again from just after it,
         and, for a job at fixed hours (which it still answers from there), from past the
         repeated hour: a job at fixed hours fires once in it anyway."""
-        t = self.apscheduler_trigger.get_next_fire_time(previous, now)
-        for past in _PAST_THE_REPEAT:
+        asked = [now] if previous is None else \
+            [now, *(max(now, previous + past) for past in _PAST_THE_REPEAT)]
+        for at in asked:
+            t = self.apscheduler_trigger.get_next_fire_time(previous, at)
             if t is None or previous is None or t.timestamp() > previous.timestamp():
                 return t
-            t = self.apscheduler_trigger.get_next_fire_time(previous, max(now, previous + past))
-        if t is None or previous is None or t.timestamp() > previous.timestamp():
-            return t
         raise RuntimeError(f"the schedule {self.trigger_id!r} of {self.pipeline} gives no "
                            f"time after {previous.isoformat()}")  # (never seen: a bound)
 

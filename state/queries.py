@@ -67,8 +67,8 @@ def pipelines_in_flight(db: History) -> set[str]:
 def pending_runs(db: History, pipelines: Sequence[str], limit: int, *,
                  backfill_slots: int | None = None) -> list[tuple[str, str]]:
     """``(run_id, pipeline)`` of the PENDING runs of ``pipelines``, in the order they start:
-    the order they were requested in (``requested_seq``), at most ``limit``; of the runs of a backfill
-    (trigger ``backfill``), only the first ``backfill_slots`` when given.
+    the order they were requested in (``requested_seq``), at most ``limit``; of the runs of a
+    backfill (trigger ``backfill``), only the first ``backfill_slots`` when given.
 
     Filtering by pipeline here, not after, means a queue of runs that must wait can never
     hide, behind the limit, the run that would unblock them (nor a long backfill, the runs
@@ -76,23 +76,25 @@ def pending_runs(db: History, pipelines: Sequence[str], limit: int, *,
     """
     if not pipelines:
         return []
-    # read in order from the partial indexes of the PENDING runs (migrations 0007, 0008), so that
-    # the first few cost the same whatever the length of the queue; SQLite would rather
+    # read in order from the partial indexes of the PENDING runs (migrations 0007, 0008), so
+    # that the first few cost the same whatever the length of the queue; SQLite would rather
     # take runs_by_state and sort every PENDING run, hence INDEXED BY ('PENDING' is written
     # out: a partial index serves only a query that names its condition)
+    if _orders_requests(db):
+        order, hint, backfill_hint = ("requested_seq", "INDEXED BY runs_pending ",
+                                      "INDEXED BY runs_pending_backfills ")
+    else:  # a look (a dry run) at a history an older ahgd wrote, not migrated: its order
+        order, hint, backfill_hint = "requested_at, run_id", "", ""
     where, params = "", []
     if backfill_slots is not None:
-        where = ("AND (trigger <> 'backfill' OR run_id IN (SELECT run_id FROM runs INDEXED BY "
-                 "runs_pending_backfills WHERE state = 'PENDING' AND trigger = 'backfill' AND "
-                 f"pipeline IN ({_placeholders(pipelines)}) ORDER BY requested_seq LIMIT ?)) ")
+        where = (f"AND (trigger <> 'backfill' OR run_id IN (SELECT run_id FROM runs "
+                 f"{backfill_hint}WHERE state = 'PENDING' AND trigger = 'backfill' AND "
+                 f"pipeline IN ({_placeholders(pipelines)}) ORDER BY {order} LIMIT ?)) ")
         params = [*pipelines, max(0, backfill_slots)]
-    sql = (f"SELECT run_id, pipeline FROM runs INDEXED BY runs_pending WHERE state = 'PENDING' "
-           f"AND pipeline IN ({_placeholders(pipelines)}) {where}ORDER BY requested_seq LIMIT ?")
-    if not _orders_requests(db):
-        # a look (a dry run) at a history an older ahgd wrote, not migrated: its order
-        sql = sql.replace("INDEXED BY runs_pending_backfills ", "").replace(
-            "INDEXED BY runs_pending ", "").replace("requested_seq", "requested_at, run_id")
-    rows = _rows(db, sql, [*pipelines, *params, limit])
+    rows = _rows(
+        db, f"SELECT run_id, pipeline FROM runs {hint}WHERE state = 'PENDING' "
+            f"AND pipeline IN ({_placeholders(pipelines)}) {where}ORDER BY {order} LIMIT ?",
+        [*pipelines, *params, limit])
     return [(row[0], row[1]) for row in rows]
 
 

@@ -168,11 +168,8 @@ class DaskExecutor(ClusterWatch, Executor):
         if held is not None:
             settle(held.outer, Outcome(ok=False, interrupted=True, error=reason))
         elif job is not None and job.dask is not None:
-            self._finish(job, Outcome(ok=False, interrupted=True, error=reason))
-            try:  # the worker sees its task released and kills the process running it
-                self._client.cancel([job.dask], reason=reason)
-            except Exception:
-                pass
+            self._give_up(self._client, job, reason,
+                          Outcome(ok=False, interrupted=True, error=reason))
 
     def shutdown(self) -> None:
         with self._lock:

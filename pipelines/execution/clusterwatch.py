@@ -71,12 +71,8 @@ class ClusterWatch:
                 if job.seen_at is None:
                     job.seen_at = now
             elif job.seen_on is not None and job.seen_on not in processing:
-                job.cancel_reason = "its worker was lost"
-                self._finish(job, died(job, self._hosts, "it left the cluster"))
-                try:
-                    client.cancel([job.dask], reason=job.cancel_reason)
-                except Exception:
-                    pass
+                self._give_up(client, job, "its worker was lost",
+                              died(job, self._hosts, "it left the cluster"))
             elif (job.task.timeout and job.seen_at is not None
                   and now - job.seen_at > job.task.timeout + TIMEOUT_SLACK_S):
                 self._overran(client, job, now)
@@ -85,15 +81,20 @@ class ClusterWatch:
         """An attempt its worker did not stop at its timeout fails as timed out (counted by
         the stage's retry policy: as an interruption it was started again at once, and an
         attempt that always overran did so for ever), and its task is cancelled."""
-        job.cancel_reason = (f"stage {job.task.stage!r} was past its timeout of "
-                             f"{job.task.timeout:g}s and its Dask worker {job.seen_on} had not "
-                             "ended it")
-        self._finish(job, Outcome(
+        reason = (f"stage {job.task.stage!r} was past its timeout of {job.task.timeout:g}s and "
+                  f"its Dask worker {job.seen_on} had not ended it")
+        self._give_up(client, job, reason, Outcome(
             ok=False, timed_out=True, error_type="Timeout", worker=job.seen_on,
             host=self._hosts.get(job.seen_on or ""), wall_s=now - (job.seen_at or now),
-            error=f"{job.cancel_reason}; ahgd gave the attempt up {TIMEOUT_SLACK_S:g}s later"))
-        try:  # the worker sees its task released and kills the process running it
-            client.cancel([job.dask], reason=job.cancel_reason)
+            error=f"{reason}; ahgd gave the attempt up {TIMEOUT_SLACK_S:g}s later"))
+
+    def _give_up(self, client: Any, job: Any, reason: str, outcome: Outcome) -> None:
+        """End ``job`` with ``outcome`` and cancel its task: the worker sees it released and
+        kills the process running it (a run of it Dask starts elsewhere finds no claim)."""
+        job.cancel_reason = reason
+        self._finish(job, outcome)
+        try:
+            client.cancel([job.dask], reason=reason)
         except Exception:
             pass
 
@@ -167,12 +168,9 @@ class ClusterWatch:
         for worker, keys in removed:
             for key in keys & jobs.keys():
                 job = jobs[key]
-                job.seen_on, job.cancel_reason = worker or job.seen_on, "its worker was lost"
-                self._finish(job, died(job, self._hosts, "the scheduler removed it"))
-                try:  # Dask runs it again elsewhere: that run finds no claim, and is released
-                    client.cancel([job.dask], reason=job.cancel_reason)
-                except Exception:
-                    pass
+                job.seen_on = worker or job.seen_on
+                self._give_up(client, job, "its worker was lost",
+                              died(job, self._hosts, "the scheduler removed it"))
 
     def _check(self, client: Any) -> None:
         link.check(client, self.scheduler, self._expected, self.owner, self._hosts)

@@ -172,8 +172,8 @@ class _Execution:
         finally:
             self._release_held()  # never leak a worker slot or budget
             self.engine.executor.withdraw(self.rank)
-            run_ended(self.plan.pipeline_name, self.plan.run_id)  # later runs waiting for
-            # their turn look again
+            # later runs waiting for their turn look again
+            run_ended(self.plan.pipeline_name, self.plan.run_id)
             if self.inprocess is not None:
                 self.inprocess.shutdown()
             if self._warm_before is not None:  # attempts ran on this thread: its warm DuckDB

@@ -48,9 +48,9 @@ class _Here:
 
     def __init__(self, pipeline: str, thread: threading.Thread | None,
                  place: int | None) -> None:
-        #: the thread executing it; None when a launcher took it on (trusted until run_ended:
-        #: a thread between its start and its first line is neither new nor alive)
-        #: its place in the order of requests (the log's ``requested_seq``), if known
+        # thread: the one executing it; None when a launcher took it on (trusted until
+        # run_ended: a thread between its start and its first line is neither new nor alive).
+        # place: where it is in the order of requests (the log's requested_seq), if known
         self.pipeline, self.thread, self.place = pipeline, thread, place
         #: its start is recorded: the log says RUNNING from now on
         self.started = False
@@ -77,8 +77,8 @@ def _entry(pipeline: str) -> list[Any]:
 
 def taken_on(run_id: str, pipeline: str, place: int | None = None) -> None:
     """A thread is about to execute ``run_id`` (``place``: its place in the order of requests,
-    the log's ``requested_seq``, if known): from now on the later runs of ``pipeline`` wait for it before
-    their last stages, even before it records its start.
+    the log's ``requested_seq``, if known): from now on the later runs of ``pipeline`` wait
+    for it before their last stages, even before it records its start.
 
     For a launcher that starts runs on threads of their own in the order they were
     requested; it calls ``run_ended`` when the thread is done, and if it never starts."""
