@@ -5,8 +5,10 @@ them.  ``required_columns`` and the ``callable`` of a trigger's
 ``input_check`` run in a child (``python -P -m ahgd_daemon.inputcheck``) given
 the daemon's own copy of the file (a regular file in the state directory,
 under the name it was dropped with).  The daemon's intake thread waits for the
-answer, never its main loop; after ``input_check.timeout`` the child's whole
-process group is killed.  A check that hangs, crashes or runs out of memory
+answer, never its main loop; after ``input_check.timeout`` (counted from when the
+child's Python is up: ``children.exchange``) the child's whole process group is
+killed.  A child not up within ``children.START_S`` raises ``ChildNotStarted``: the
+machine's fault, so the file stays in its folder and is tried again.  A check that hangs, crashes or runs out of memory
 takes only the child with it, and the file is quarantined with a reason that
 says the fault is the check's, not the file's.
 
@@ -27,10 +29,8 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -74,28 +74,25 @@ def run(folder: Any, path: Path, *, abort: threading.Event | None = None) -> Ref
                           "encoding": folder.encoding, "delimiter": folder.delimiter,
                           "callable": folder.check_callable,
                           "stage": getattr(folder, "check_stage", None)}).encode()
-    from pipelines.execution.children import kill_session, start_child
+    from pipelines.execution.children import (ChildAborted, ChildTimedOut, exchange,
+                                              kill_session, start_child)
 
     # the child imports what this process imported, wherever it came from, and never a
     # folder of the working directory in place of ahgd's packages; in its own session, a
-    # timeout kills what it started too
+    # timeout kills what it started too.  The timeout counts from when its Python is up: one
+    # not up within children.START_S raises ChildNotStarted (the machine's fault: the file
+    # stays in its folder and is tried again, never quarantined for it)
     proc = start_child("ahgd_daemon.inputcheck")
-    deadline = time.monotonic() + folder.check_timeout
-    send: bytes | None = request
     try:
-        while True:
-            try:
-                out, _ = proc.communicate(send, timeout=0.2)
-                break
-            except subprocess.TimeoutExpired:
-                send = None  # given once; the next call goes on where this one stopped
-                if abort is not None and abort.is_set():
-                    raise CheckAborted(what) from None
-                if time.monotonic() >= deadline:
-                    return Refusal(f"{what} did not finish within {folder.check_timeout:g}s and "
-                                   "was stopped; the file may well be fine: make the check "
-                                   "faster or raise input_check.timeout, then drop the file "
-                                   "again", TIMEOUT_FIX)
+        out = exchange(proc, request, timeout=folder.check_timeout, what=what,
+                       abort=None if abort is None else abort.is_set)
+    except ChildAborted:
+        raise CheckAborted(what) from None
+    except ChildTimedOut:
+        return Refusal(f"{what} did not finish within {folder.check_timeout:g}s and "
+                       "was stopped; the file may well be fine: make the check "
+                       "faster or raise input_check.timeout, then drop the file "
+                       "again", TIMEOUT_FIX)
     finally:
         kill_session(proc)
     try:

@@ -23,6 +23,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -102,21 +103,27 @@ def _only_in_this_process(module_name: str) -> bool:
 
 
 def _in_child(targets: list[str], timeout: float) -> dict[str, str | None]:
-    from ..execution.children import kill_session, start_child
+    from ..execution.children import ChildTimedOut, exchange, kill_session, start_child
 
     # the child must find modules where this process (and so a worker) finds them, and
     # never a folder of the working directory in place of ahgd's packages (children.py); in a
     # session of its own, a timeout kills what the imports started too
     proc = start_child("pipelines.config.imports", stderr=subprocess.PIPE)
     timed_out = False
+    # stderr is read on a thread of its own: a module that prints much must not block on it
+    errors: list[bytes] = []
+    reader = threading.Thread(target=lambda: errors.append(proc.stderr.read()), daemon=True)
+    reader.start()
     try:
-        out, err = proc.communicate(json.dumps(targets).encode(), timeout=timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        kill_session(proc)
-        out, err = proc.communicate()
+        # the timeout counts from when the child's Python is up (not from the fork)
+        out = exchange(proc, json.dumps(targets).encode(), timeout=timeout,
+                       what="the import check of the configuration")
+    except ChildTimedOut as exc:
+        timed_out, out = True, exc.output
     finally:
         kill_session(proc)
+        reader.join(5)
+    err = errors[0] if errors else b""
     found: dict[str, str | None] = {}
     for line in out.decode("utf-8", "replace").splitlines():
         try:

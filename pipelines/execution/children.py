@@ -21,14 +21,41 @@ place of it.
 from __future__ import annotations
 
 import os
+import selectors
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
+
+from state.errors import AhgdError
 
 #: the project's top-level packages: never to be shadowed in a child
 PACKAGES = ("state", "pipelines", "ahgd_daemon")
+#: what a child writes first on its answer channel, once its interpreter is up
+#: (:func:`child_begins`): a caller's timeout counts from then, not from the fork
+READY = b"ahgd-child-ready\n"
+#: how long a child's interpreter may take to start before the machine is blamed
+START_S = 60.0
+
+
+class ChildNotStarted(AhgdError):
+    """A child's interpreter was not up within ``START_S``: the machine's fault (overloaded,
+    out of memory, a slow disk), not that of what the child was to do."""
+
+
+class ChildTimedOut(Exception):
+    """The child started but did not answer within the caller's timeout; ``output`` is what it
+    had answered by then."""
+
+    def __init__(self, output: bytes):
+        super().__init__("timed out")
+        self.output = output
+
+
+class ChildAborted(Exception):
+    """The caller's ``abort`` was set while the child was at work: it was stopped."""
 
 
 def switched_off(name: str) -> bool:
@@ -121,7 +148,60 @@ def child_begins(argv: list[str]) -> int:
     answer = os.dup(1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
+    os.write(answer, READY)
     return answer
+
+
+def exchange(proc: subprocess.Popen, request: bytes, *, timeout: float, what: str,
+             abort: Callable[[], bool] | None = None, start_s: float | None = None) -> bytes:
+    """Give ``request`` to a child :func:`start_child` started; its answer (what it wrote after
+    :data:`READY`) once it has closed its stdout.
+
+    ``timeout`` counts from when the child's interpreter is up (it wrote ``READY``): the
+    start of a Python on a loaded machine is not the work's time.  Raises ``ChildNotStarted``
+    (``what`` names the child) when it is not up within ``start_s`` (default ``START_S``),
+    ``ChildTimedOut`` after ``timeout`` and ``ChildAborted`` once ``abort()`` says so; the
+    caller stops the child (:func:`kill_session`)."""
+    start_s = START_S if start_s is None else start_s
+    try:
+        proc.stdin.write(request)   # small: the pipe's buffer holds it whatever the child does
+        proc.stdin.close()
+    except BrokenPipeError:  # it ended at once: its exit says why
+        pass
+    out = bytearray()
+    limit = time.monotonic() + start_s
+    ready = False
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while True:
+            now = time.monotonic()
+            if not ready and (len(out) >= len(READY) or not READY.startswith(out)):
+                ready, limit = True, now + timeout  # up (or not one of ours: it said something)
+                if out.startswith(READY):
+                    del out[:len(READY)]
+            if now >= limit:
+                if not ready:
+                    raise ChildNotStarted(
+                        f"{what} could not start: its Python interpreter was not up after "
+                        f"{start_s:g}s (the machine is overloaded, out of memory or its disk "
+                        "is slow); nothing is known to be wrong with what it was given, which "
+                        "is tried again")
+                raise ChildTimedOut(bytes(out))
+            if abort is not None and abort():
+                raise ChildAborted(what)
+            if not sel.select(min(0.2, limit - now)):
+                continue
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            out += chunk
+    if out.startswith(READY):
+        del out[:len(READY)]
+    try:  # it closed its stdout: it is ending (within what is left of its time)
+        proc.wait(timeout=max(0.5, limit - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        raise ChildTimedOut(bytes(out)) from None
+    return bytes(out)
 
 
 def kill_session(proc: subprocess.Popen) -> None:

@@ -82,13 +82,15 @@ def _in_duckdb(regexes: list[str]) -> dict[str, str | None]:
 def _in_child(regexes: list[str]) -> dict[str, str | None]:
     """Asked in a child; if the child cannot answer (DuckDB broken, killed), asked here, so
     that a broken environment shows its own error rather than a wrong verdict."""
-    from ..execution.children import kill_session, start_child
+    from ..execution.children import (ChildNotStarted, ChildTimedOut, exchange, kill_session,
+                                      start_child)
 
     proc = start_child("pipelines.validation.regexes", stderr=subprocess.DEVNULL)
     try:
-        out, _ = proc.communicate(json.dumps(regexes).encode(), timeout=TIMEOUT_S)
+        out = exchange(proc, json.dumps(regexes).encode(), timeout=TIMEOUT_S,
+                       what="the regular-expression check")
         answer = json.loads(out.decode("utf-8")) if proc.returncode == 0 else None
-    except (subprocess.TimeoutExpired, ValueError):
+    except (ChildNotStarted, ChildTimedOut, ValueError):
         answer = None
     finally:
         kill_session(proc)  # and reaped
