@@ -76,6 +76,7 @@ class Daemon:
         self.waker = Waker()
         self._stop_requested = False
         self._reload_requested = False
+        self._reloading: _Reload | None = None  # a configuration being loaded, off the loop
         self.intake = FileIntake(options.monotonic, self.waker.wake)
         self._started = options.monotonic()
         self._last_heartbeat = 0.0
@@ -229,7 +230,9 @@ class Daemon:
             self._loop_beat = self.options.monotonic()
             if self._stop_requested:
                 return
-            if self._reload_requested:
+            if self._reload_requested and self._reloading is None:
+                self._start_reload()
+            if self._reloading is not None and self._reloading.done.is_set():
                 self._reload()
             self._take_files()
             self._fire_schedules()
@@ -272,14 +275,25 @@ class Daemon:
 
     # ------------------------------------------------------------------ configuration
 
-    def _reload(self) -> None:
+    def _start_reload(self) -> None:
+        """Load the configuration on a thread of its own: its import check (a child Python)
+        may take up to a minute, and meanwhile the loop goes on with the configuration in
+        force, pinging systemd's watchdog (WatchdogSec=30 would otherwise kill the daemon in
+        the middle of a reload), firing schedules and starting and reaping runs.  A SIGHUP
+        that comes during the load starts another once it is applied: the files may have
+        changed after this load read them."""
         self._reload_requested = False
         self.notifier.reloading("reloading configuration")
-        try:
-            new = load_setup(self.options.config_paths, self.state_dir)
-        except Exception as exc:  # the old configuration stays in force
-            self._reload_failed(str(exc))
+        self._reloading = _Reload(lambda: load_setup(self.options.config_paths, self.state_dir),
+                                  self.waker.wake)
+
+    def _reload(self) -> None:
+        """Apply the configuration a finished load made (on the loop's thread)."""
+        loaded, self._reloading = self._reloading, None
+        if loaded.error is not None:  # the old configuration stays in force
+            self._reload_failed(str(loaded.error))
             return
+        new = loaded.setup
         old_watchers, old_setup = self.watchers, self.setup
         try:
             with self._lock:
@@ -442,6 +456,27 @@ class Daemon:
         from . import requests
 
         return requests.dispatch(self, request)
+
+
+class _Reload:
+    """``load()`` run on a thread (``ahgd-reload``); ``done`` set, and ``wake()`` called, when
+    it has returned (``setup``) or raised (``error``)."""
+
+    def __init__(self, load: Callable[[], Setup], wake: Callable[[], None]):
+        self.setup: Setup | None = None
+        self.error: Exception | None = None
+        self.done = threading.Event()
+        self._load, self._wake = load, wake
+        threading.Thread(target=self._run, name="ahgd-reload", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self.setup = self._load()
+        except Exception as exc:  # reported by the loop, which keeps the old configuration
+            self.error = exc
+        finally:
+            self.done.set()
+            self._wake()
 
 
 def _thresholds(settings: Any) -> dict[str, Any]:

@@ -1,0 +1,116 @@
+"""A configuration reload does not stop the daemon's loop while it loads.
+
+On SIGHUP the daemon loads the configuration again, and its import check (a
+fresh Python importing every stage module) may take up to a minute.  That load
+runs beside the main loop: systemd's watchdog keeps being pinged (with
+``WatchdogSec=30`` a slow import would otherwise get the daemon killed in the
+middle of a reload), and files keep being taken and run under the configuration
+in force.  Only when the load has finished is the new configuration applied.
+
+The real daemon, a notify socket of the test's own, and a stage module whose
+import waits while a hold file exists (at most 60 s).
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+from .harness import REPO, Daemon, drop_csv, query, wait_until, write_config
+
+SLOW_MODULE = '''\
+import os
+import pathlib
+import time
+
+hold = pathlib.Path(os.environ["AHGD_TEST_IMPORT_HOLD"])
+pathlib.Path(str(hold) + ".importing").touch()
+deadline = time.monotonic() + 60
+while hold.exists() and time.monotonic() < deadline:  # the import takes as long as the test says
+    time.sleep(0.05)
+
+from tests.daemon.stages import CountLoader as Loader  # noqa: E402
+'''
+
+
+def test_the_loop_goes_on_while_a_reload_loads(tmp_path: Path):
+    state = tmp_path / "state"
+    state.mkdir()
+    config = write_config(tmp_path)
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "slow_import_stages.py").write_text(SLOW_MODULE)
+    hold = tmp_path / "import.hold"
+
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(0.1)
+    messages: list[tuple[float, str]] = []  # (when received, the datagram)
+    listening = threading.Event()
+
+    def listen() -> None:  # received as they come: their times are the daemon's pings
+        while not listening.is_set():
+            try:
+                messages.append((time.monotonic(), sock.recv(4096).decode()))
+            except socket.timeout:
+                pass
+
+    def drain() -> list[str]:
+        return [m for _, m in list(messages)]
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+
+    d = Daemon(config, state, extra_env={
+        "NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "2000000",  # a ping every second
+        "PYTHONPATH": f"{REPO}:{code}", "AHGD_TEST_IMPORT_HOLD": str(hold)})
+    try:
+        wait_until(lambda: any("READY=1" in m for m in drain()), 60, "READY=1")
+        # a second pipeline whose stage module takes as long to import as the test holds it
+        (tmp_path / "slowpipe.yaml").write_text(textwrap.dedent("""\
+            pipeline: {name: slowpipe}
+            stages:
+              - {name: load, type: loader, class: slow_import_stages.Loader}
+            """))
+        master = config.read_text().replace(
+            "pipelines:\n", "pipelines:\n  - {name: slowpipe, config_file: slowpipe.yaml}\n")
+        config.write_text(master)
+        hold.touch()
+        d.signal(signal.SIGHUP)
+        wait_until(lambda: any("RELOADING=1" in m for m in drain()), 30, "RELOADING=1")
+        wait_until(lambda: Path(f"{hold}.importing").exists(), 60,
+                   "the import check to start importing the slow module")
+
+        # while the load is held: the watchdog is pinged and a dropped file is run
+        held_from = time.monotonic()
+        drop_csv(state / "inbox" / "csvpipe", "during.csv")
+        wait_until(lambda: query(state, "SELECT 1 FROM runs WHERE state = 'COMPLETED'"), 60,
+                   "a run under the configuration in force, during the reload")
+        wait_until(lambda: time.monotonic() - held_from > 4, 30, "four seconds")
+        assert hold.exists()  # the load was still held all this time
+        now = time.monotonic()
+        pings = [t for t, m in list(messages) if t >= held_from and "WATCHDOG=1" in m]
+        assert len(pings) >= 3, (pings, drain())
+        gaps = [b - a for a, b in zip([held_from, *pings], [*pings, now])]
+        assert max(gaps) < 2.0, gaps  # never as long as WatchdogSec without a ping
+        assert not any(r.get("event") == "config_reloaded" for r in d.records())
+
+        hold.unlink()  # the import finishes: the new configuration is applied
+        wait_until(lambda: any(r.get("event") in ("config_reloaded", "daemon.config_reload_failed")
+                               for r in d.records()), 60, "the reload")
+        failed = [r for r in d.records() if r.get("event") == "daemon.config_reload_failed"]
+        assert not failed, failed[0]["error"]
+        reloaded = next(r for r in d.records() if r.get("event") == "config_reloaded")
+        assert reloaded["pipelines"] == ["csvpipe", "slowpipe"]
+        wait_until(lambda: sum("READY=1" in m for m in drain()) >= 2, 30, "READY=1 again")
+    finally:
+        hold.unlink(missing_ok=True)
+        assert d.stop() == 0, d.output()
+        listening.set()
+        listener.join(5)
+        sock.close()
