@@ -89,12 +89,15 @@ def learn(client: Any, addresses: list[str], hosts: dict[str, str]) -> None:
 
 def put_token(client: Any, name: str, timeout: float) -> str:
     """A Dask queue ``name`` on the scheduler holding one token: the claim an attempt's task
-    takes before it runs (:func:`remote._claim`, which waits for it a moment).  Sent on the
-    client's event loop without waiting for the answer: no round trip on the attempt's path."""
+    takes before it runs.  Sent on the client's event loop without waiting for the answer: no
+    round trip on the attempt's path.  It then goes on another connection than the task, and
+    may reach the scheduler after it: :func:`remote._claim` waits for it while Dask wants the
+    task, up to ``remote.CLAIM_LATE_S``."""
     async def create_and_put() -> None:
         try:
             await client.scheduler.queue_create(name=name, maxsize=0)
-            await client.scheduler.queue_put(name=name, data=1, timeout=timeout)
+            await client.scheduler.queue_put(name=name, data=remote.CLAIM_TOKEN,
+                                             timeout=timeout)
         except Exception:  # the scheduler went away: the task is lost with it, and said so
             pass
 

@@ -6,10 +6,13 @@ for each attempt that runs on the cluster.  On the worker it
 1. refuses to run if this worker's ahgd, Python or DuckDB differ from the
    daemon's (the attempt fails, saying which);
 2. *claims* the attempt: it takes the one token the daemon put in a Dask
-   queue for it.  Dask runs a task again on another worker when the worker
-   running it dies, and recomputes a result it lost; the second run finds no
-   token and returns at once without running anything, so an attempt runs at
-   most once whatever Dask does;
+   queue for it, and leaves its own address in the token's place.  Dask runs
+   a task again on another worker when the worker running it dies, and
+   recomputes a result it lost; the second run finds the address instead of
+   the token and returns at once without running anything, so an attempt
+   runs at most once whatever Dask does.  The token travels beside the task,
+   not before it, so a token not there yet is waited for while Dask wants
+   the attempt (:func:`_claim`);
 3. runs the attempt in this host's warm pool of worker processes
    (:class:`~pipelines.execution.pool.ProcessExecutor`, one per Dask worker
    process): a timeout kills the process group, a segfault or ``os._exit``
@@ -43,8 +46,17 @@ from .runner import Outcome, StageTask
 
 #: how often a running attempt looks whether Dask still wants it
 WATCH_S = 0.1
-#: how long a claim waits for its token (sent beside the task: there within milliseconds)
-CLAIM_WAIT_S = 0.5
+#: the token the daemon puts in an attempt's claim queue (:func:`clusterlink.put_token`)
+CLAIM_TOKEN = 1
+#: how long a claim waits for a token that is not there yet before it gives the attempt up,
+#: blaming the link to the scheduler.  The token is there within milliseconds as a rule, but
+#: it travels on another connection than the task, and on a slow or loaded link it comes
+#: after it.  Under clusterwatch.TIMEOUT_SLACK_S, so that the daemon's backstop never takes
+#: the wait for the stage running past its timeout
+CLAIM_LATE_S = 20.0
+#: one wait at the scheduler for the token; between two, the claim looks whether Dask still
+#: wants the attempt (one given up meanwhile never starts)
+CLAIM_LOOK_S = 0.5
 #: the scheduler's topic an attempt's outcome is published on as the task ends (:func:`_tell`)
 OUTCOME_TOPIC = "ahgd-outcome"
 #: a larger outcome (pickled) is not published: the daemon fetches it as the task's result
@@ -102,11 +114,27 @@ def run_attempt(claim: str, blob: bytes, pipeline_key: str, task: StageTask,
                               f"the daemon {_show(expected)}; install the same versions on "
                               "every worker (pip install of the same ahgd-daemon[dask] in the "
                               "same Python), then restart the worker"))
-    if not _claim(worker, claim):
-        return Outcome(ok=False, error_type="AlreadyClaimed", **here,
-                       error="this attempt had started on another Dask worker already; "
-                             "Dask ran it again after that worker was lost, and it was not run twice")
     key = worker.get_current_task()
+    claimed, holder = _claim(worker, claim, key)
+    if claimed == "taken":
+        return Outcome(ok=False, error_type="AlreadyClaimed", **here,
+                       error=f"this attempt had started on another Dask worker already "
+                             f"({holder}); Dask ran it again after that worker was lost, and "
+                             "it was not run twice")
+    if claimed == "released":  # the daemon has given it up: this outcome is not looked at
+        return Outcome(ok=False, interrupted=True, error_type="Released", **here,
+                       error="Dask no longer wanted this attempt (cancelled, the daemon "
+                             "stopped, or this worker is closing) before it was claimed; it "
+                             "did not run")
+    if claimed == "late":
+        return Outcome(ok=False, error_type="ClaimNotReceived", **here,
+                       retry_why="the link to the Dask scheduler may be quicker next time",
+                       error=(f"the claim of this attempt, a token the daemon sends to the "
+                              f"Dask scheduler beside the task, had not reached the scheduler "
+                              f"{CLAIM_LATE_S:g}s after the task reached the Dask worker "
+                              f"{worker.address} on {host}: the link to the Dask scheduler is "
+                              "too slow or loaded (the scheduler's or the network's fault, not "
+                              "the stage's); the stage did not run"))
     base = Path(scratch) if scratch else Path(worker.local_directory) / "ahgd"
     try:
         params = local_input(task.params, base, task.object_store)
@@ -212,25 +240,60 @@ def renew(dask_worker: Any = None) -> bool:
     return True
 
 
-def _claim(worker: Any, name: str) -> bool:
-    """Take the attempt's one token.  The daemon sends it beside the task, not before, so a
-    queue not there yet is waited for (up to ``CLAIM_WAIT_S``); a queue that stays empty (a
-    second run: the token was taken) or never appears (released: the attempt is over) is no
-    claim, and nothing runs."""
+def _claim(worker: Any, name: str, key: str) -> tuple[str, Any]:
+    """Take the attempt's one token: ``("claimed", None)``, or why not: ``("taken", by)`` (a
+    second run of the task: the run that took it left its worker's address ``by`` in its
+    place), ``("released", None)`` (Dask no longer wants the attempt), or ``("late", None)``
+    (no token within ``CLAIM_LATE_S``).
+
+    The daemon sends the token beside the task, not before, and the two reach the scheduler
+    on different connections: on a slow or loaded link the task can be here before its token.
+    A queue not there yet, or empty, is therefore waited for while Dask wants the attempt.
+    An attempt the daemon gives up meanwhile is released (its task, then its queue): the
+    wait ends, and nothing runs."""
     import time
 
     from distributed.utils import sync
 
-    deadline = time.monotonic() + CLAIM_WAIT_S
-    while True:
+    deadline = time.monotonic() + CLAIM_LATE_S
+    pause = 0.005
+    while _wanted(worker, key):
         left = deadline - time.monotonic()
+        if left <= 0:
+            return "late", None
         try:
-            sync(worker.loop, worker.scheduler.queue_get, name=name, timeout=max(left, 0.01))
-            return True
-        except Exception as exc:  # no token left (a timeout), or no queue (yet, or any more)
-            if "Timeout" in type(exc).__name__ or left <= 0:
-                return False
-            time.sleep(0.005)
+            value = sync(worker.loop, _take, worker, name, min(left, CLAIM_LOOK_S))
+        except Exception as exc:  # an empty queue (a timeout), or no queue (not yet, or any more)
+            if "Timeout" not in type(exc).__name__:
+                # no queue is said at once: look again after a pause, a longer one each time
+                # (each look is an error in the scheduler's log)
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, CLAIM_LOOK_S)
+            continue
+        if value != CLAIM_TOKEN:
+            return "taken", value
+        # the token taken now: an attempt released meanwhile still does not start
+        return ("claimed", None) if _wanted(worker, key) else ("released", None)
+    return "released", None
+
+
+async def _take(worker: Any, name: str, timeout: float) -> Any:
+    """The first thing in queue ``name`` (waited for up to ``timeout``); this worker's address
+    is put in place of the token (a later run of the task finds it and knows the token taken),
+    and another run's address is put back.  The put is not waited for: no second round trip on
+    the attempt's path (a run of the task after this one waits a moment for it)."""
+    record = await worker.scheduler.queue_get(name=name, timeout=timeout)
+    value = record.get("value") if isinstance(record, dict) else None
+    mark = worker.address if value == CLAIM_TOKEN else value
+
+    async def put_back() -> None:
+        try:
+            await worker.scheduler.queue_put(name=name, data=mark, timeout=CLAIM_LATE_S)
+        except Exception:  # the queue was released: the attempt is over
+            pass
+
+    worker.loop.add_callback(put_back)
+    return value
 
 
 def _wanted(worker: Any, key: str) -> bool:

@@ -90,3 +90,13 @@ class MarkedTransformer:
             time.sleep(0.05)
         mark(self.marker, f"end {context.run_id} a{context.attempt}")
         return context.sql(f"SELECT *, 1 AS seen FROM {context.output_table('extract')}")
+
+
+def set_claim_late(seconds: float, dask_worker=None) -> float:
+    """Run on each Dask worker (``client.run``): how long its claims wait for their token
+    (``remote.CLAIM_LATE_S``) becomes ``seconds``; what it was before."""
+    from pipelines.execution import remote
+
+    before = getattr(remote, "CLAIM_LATE_S", seconds)
+    remote.CLAIM_LATE_S = seconds
+    return before
