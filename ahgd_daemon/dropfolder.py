@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines.execution.children import ChildNotStarted
 from state import DuplicateEvent, Event, EventLog, EventType as T, format_ts, new_event, store
 from state.store import safe_name
 
@@ -181,13 +182,22 @@ class Claimer:
         """
         out: list[Any] = []
         batch = _Batch(out)
+        unstartable: ChildNotStarted | None = None
         try:
             for i, (folder, path) in enumerate(items):
+                if unstartable is not None and inputcheck.needed(folder):
+                    # no check's Python came up in a minute: the other checks wait for the
+                    # retry too, rather than a minute each (files without a check go on)
+                    out.append(unstartable)
+                    continue
                 try:
                     out.append(self._claim_one(folder, path, batch))
                 except CheckAborted as exc:  # stopping: this file and the rest stay
                     out.extend([exc] * (len(items) - i))
                     break
+                except ChildNotStarted as exc:
+                    unstartable = exc
+                    out.append(exc)
                 except Exception as exc:
                     out.append(exc)
             self._record(batch)

@@ -85,6 +85,7 @@ def run(folder: Any, path: Path, *, abort: threading.Event | None = None) -> Ref
     proc = start_child("ahgd_daemon.inputcheck")
     try:
         out = exchange(proc, request, timeout=folder.check_timeout, what=what,
+                       then="the file stays in its drop folder and is tried again",
                        abort=None if abort is None else abort.is_set)
     except ChildAborted:
         raise CheckAborted(what) from None
@@ -232,12 +233,18 @@ def _stage_check(path: Path, stage: dict[str, Any]) -> str | None:
 
 
 def main(argv: list[str]) -> None:
-    from pipelines.execution.children import child_begins
+    from pipelines.execution.children import child_begins, say_ready
 
     # a check module kept in the working directory imports, after ahgd's own packages;
     # whatever the check prints goes to stderr, not into the answer
-    answer = child_begins(argv)
-    problem = _check(json.loads(sys.stdin.buffer.read()))
+    answer = child_begins(argv, ready=False)
+    request = json.loads(sys.stdin.buffer.read())
+    import pipelines  # noqa: F401  (ahgd's own imports are the start's time, not the check's)
+
+    if request.get("required_columns"):
+        import pipelines.tables.source  # noqa: F401
+    say_ready(answer)
+    problem = _check(request)
     fix = "check" if getattr(problem, "fix", FILE_FIX) != FILE_FIX else "file"
     os.write(answer, (json.dumps({"problem": problem, "fix": fix}) + "\n").encode())
 

@@ -117,7 +117,9 @@ def _in_child(targets: list[str], timeout: float) -> dict[str, str | None]:
     try:
         # the timeout counts from when the child's Python is up (not from the fork)
         out = exchange(proc, json.dumps(targets).encode(), timeout=timeout,
-                       what="the import check of the configuration")
+                       what="the import check of the configuration",
+                       then="check the configuration again once the machine has room (a "
+                            "daemon: send SIGHUP again; its configuration in force stays)")
     except ChildTimedOut as exc:
         timed_out, out = True, exc.output
     finally:

@@ -139,40 +139,51 @@ def die_with_parent(parent_pid: int | None = None) -> None:
         os._exit(0)  # the parent died before prctl took effect
 
 
-def child_begins(argv: list[str]) -> int:
+def child_begins(argv: list[str], *, ready: bool = True) -> int:
     """In a child :func:`start_child` started: the working directory last on ``sys.path``,
     death with the parent (its pid is ``argv[1]``), and whatever the child's code prints sent
-    to stderr; returns the descriptor the answer is written to (the real stdout)."""
+    to stderr; returns the descriptor the answer is written to (the real stdout), on which
+    :data:`READY` is written unless ``ready`` is False (the child then says it with
+    :func:`say_ready` once it has imported what it always needs: ahgd's own imports are the
+    start's time, not the work's)."""
     working_directory_last()
     die_with_parent(int(argv[1]) if len(argv) > 1 else None)
     answer = os.dup(1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    os.write(answer, READY)
+    if ready:
+        say_ready(answer)
     return answer
 
 
+def say_ready(answer: int) -> None:
+    """Tell the parent this child is up: its timeout counts from now (:func:`exchange`)."""
+    os.write(answer, READY)
+
+
 def exchange(proc: subprocess.Popen, request: bytes, *, timeout: float, what: str,
-             abort: Callable[[], bool] | None = None, start_s: float | None = None) -> bytes:
+             then: str, abort: Callable[[], bool] | None = None,
+             start_s: float | None = None) -> bytes:
     """Give ``request`` to a child :func:`start_child` started; its answer (what it wrote after
     :data:`READY`) once it has closed its stdout.
 
-    ``timeout`` counts from when the child's interpreter is up (it wrote ``READY``): the
-    start of a Python on a loaded machine is not the work's time.  Raises ``ChildNotStarted``
-    (``what`` names the child) when it is not up within ``start_s`` (default ``START_S``),
-    ``ChildTimedOut`` after ``timeout`` and ``ChildAborted`` once ``abort()`` says so; the
-    caller stops the child (:func:`kill_session`)."""
+    ``timeout`` counts from when the child is up (it wrote ``READY``): the start of a Python
+    on a loaded machine is not the work's time.  Raises ``ChildNotStarted`` when it is not up
+    within ``start_s`` (default ``START_S``), or ends before it is (``what`` names the child,
+    ``then`` says what happens next: the message's end); ``ChildTimedOut`` after ``timeout``;
+    ``ChildAborted`` once ``abort()`` says so.  The request is written as the child reads
+    it, within the same bounds (a child stuck in its start never blocks the caller on a full
+    pipe).  The caller stops the child (:func:`kill_session`)."""
     start_s = START_S if start_s is None else start_s
-    try:
-        proc.stdin.write(request)   # small: the pipe's buffer holds it whatever the child does
-        proc.stdin.close()
-    except BrokenPipeError:  # it ended at once: its exit says why
-        pass
     out = bytearray()
     limit = time.monotonic() + start_s
     ready = False
+    pending = memoryview(request)
+    stdin, stdout = proc.stdin, proc.stdout
+    os.set_blocking(stdin.fileno(), False)
     with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
+        sel.register(stdout, selectors.EVENT_READ)
+        sel.register(stdin, selectors.EVENT_WRITE)
         while True:
             now = time.monotonic()
             if not ready and (len(out) >= len(READY) or not READY.startswith(out)):
@@ -182,19 +193,38 @@ def exchange(proc: subprocess.Popen, request: bytes, *, timeout: float, what: st
             if now >= limit:
                 if not ready:
                     raise ChildNotStarted(
-                        f"{what} could not start: its Python interpreter was not up after "
-                        f"{start_s:g}s (the machine is overloaded, out of memory or its disk "
-                        "is slow); nothing is known to be wrong with what it was given, which "
-                        "is tried again")
+                        f"{what} could not start: its Python was not up after {start_s:g}s (the "
+                        "machine is overloaded, out of memory or its disk is slow); nothing is "
+                        f"known to be wrong with what it was given; {then}")
                 raise ChildTimedOut(bytes(out))
             if abort is not None and abort():
                 raise ChildAborted(what)
-            if not sel.select(min(0.2, limit - now)):
+            for key, _ in sel.select(min(0.2, limit - now)):
+                if key.fileobj is stdin:
+                    try:
+                        pending = pending[os.write(stdin.fileno(), pending):]
+                    except BrokenPipeError:  # it ended: its exit says why
+                        pending = pending[:0]
+                    if not pending:
+                        sel.unregister(stdin)
+                        stdin.close()
+                    continue
+                chunk = os.read(stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                out += chunk
+            else:
                 continue
-            chunk = os.read(proc.stdout.fileno(), 65536)
-            if not chunk:
-                break
-            out += chunk
+            break  # its stdout is closed: it has answered, or it has ended
+    if not stdin.closed:
+        stdin.close()
+    if not ready and not out.startswith(READY) and READY.startswith(out):
+        # nothing but (part of) READY came: it ended before it was up
+        code = _exit_code(proc, limit)
+        ended = describe_exit(code) if code is not None else "closed its output"
+        raise ChildNotStarted(
+            f"{what} could not start: its Python {ended} before it was up (what it printed is "
+            f"in the daemon's log); nothing is known to be wrong with what it was given; {then}")
     if out.startswith(READY):
         del out[:len(READY)]
     try:  # it closed its stdout: it is ending (within what is left of its time)
@@ -202,6 +232,28 @@ def exchange(proc: subprocess.Popen, request: bytes, *, timeout: float, what: st
     except subprocess.TimeoutExpired:
         raise ChildTimedOut(bytes(out)) from None
     return bytes(out)
+
+
+def _exit_code(proc: subprocess.Popen, limit: float) -> int | None:
+    try:
+        return proc.wait(timeout=max(0.5, limit - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def describe_exit(code: int | None) -> str:
+    """How a child process ended, from its return code, for a message: "exited with code 3",
+    "was killed by SIGKILL (the kernel kills with SIGKILL when memory runs out)"."""
+    if code is None:
+        return "exited"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (the kernel kills with SIGKILL when memory runs out)" if -code == signal.SIGKILL else ""
+        return f"was killed by {name}{hint}"
+    return f"exited with code {code}"
 
 
 def kill_session(proc: subprocess.Popen) -> None:

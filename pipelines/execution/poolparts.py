@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+from .children import describe_exit  # noqa: F401  (the pool's name for it)
 from .runner import StageTask
 
 
@@ -82,18 +83,3 @@ class _Job:
     deadline: float | None = None
     cancel_reason: str | None = None
     worker: _Worker | None = field(default=None, repr=False)
-
-
-def describe_exit(code: int | None) -> str:
-    """How a child process ended, from its return code, for a message: "exited with code 3",
-    "was killed by SIGKILL (the kernel kills with SIGKILL when memory runs out)"."""
-    if code is None:
-        return "exited"
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        hint = " (the kernel kills with SIGKILL when memory runs out)" if -code == signal.SIGKILL else ""
-        return f"was killed by {name}{hint}"
-    return f"exited with code {code}"

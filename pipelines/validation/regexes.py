@@ -82,16 +82,17 @@ def _in_duckdb(regexes: list[str]) -> dict[str, str | None]:
 def _in_child(regexes: list[str]) -> dict[str, str | None]:
     """Asked in a child; if the child cannot answer (DuckDB broken, killed), asked here, so
     that a broken environment shows its own error rather than a wrong verdict."""
-    from ..execution.children import (ChildNotStarted, ChildTimedOut, exchange, kill_session,
-                                      start_child)
+    from ..execution.children import ChildTimedOut, exchange, kill_session, start_child
 
     proc = start_child("pipelines.validation.regexes", stderr=subprocess.DEVNULL)
     try:
         out = exchange(proc, json.dumps(regexes).encode(), timeout=TIMEOUT_S,
-                       what="the regular-expression check")
+                       what="the regular-expression check",
+                       then="check the configuration again once the machine has room")
         answer = json.loads(out.decode("utf-8")) if proc.returncode == 0 else None
-    except (ChildNotStarted, ChildTimedOut, ValueError):
+    except (ChildTimedOut, ValueError):
         answer = None
+    # ChildNotStarted goes up: asked here instead, DuckDB (69 MB) would stay in this process
     finally:
         kill_session(proc)  # and reaped
     if not isinstance(answer, dict) or any(r not in answer for r in regexes):
@@ -220,9 +221,12 @@ class _Subset:
 
 
 def _main(argv: list[str]) -> None:
-    from ..execution.children import child_begins
+    from ..execution.children import child_begins, say_ready
 
-    answer = child_begins(argv)
+    answer = child_begins(argv, ready=False)
+    import duckdb  # noqa: F401  (ahgd's own import: the start's time, not the check's)
+
+    say_ready(answer)
     regexes = json.loads(sys.stdin.buffer.read())
     os.write(answer, json.dumps(_in_duckdb([str(r) for r in regexes])).encode())
 

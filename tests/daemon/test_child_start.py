@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -33,9 +34,11 @@ def slow_start(tmp_path: Path, monkeypatch):
     site = tmp_path / "slow-site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(
-        "import os, time\n"
+        "import os, signal, time\n"
         "if os.environ.get('AHGD_TEST_SLOW_START'):\n"
-        "    time.sleep(float(os.environ['AHGD_TEST_SLOW_START']))\n")
+        "    time.sleep(float(os.environ['AHGD_TEST_SLOW_START']))\n"
+        "if os.environ.get('AHGD_TEST_DIE_AT_START'):\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n")
     monkeypatch.syspath_prepend(str(site))  # child_env puts our sys.path on the child's
     monkeypatch.setenv("AHGD_TEST_SLOW_START", str(SLOW_START_S))
 
@@ -112,8 +115,8 @@ def test_an_interpreter_that_never_comes_up_leaves_the_file_to_be_tried_again(
     assert events_of(state, "file.quarantined") == 0
     assert events_of(state, "file.arrived") == 0
     said = describe(outcome, state)
-    assert "the input check could not start: its Python interpreter was not up after 0.5s" in said
-    assert "tried again" in said
+    assert "the input check could not start: its Python was not up after 0.5s" in said
+    assert said.endswith("the file stays in its drop folder and is tried again")
 
 
 def test_the_import_check_does_not_count_the_start_either(slow_start, tmp_path, monkeypatch):
@@ -124,3 +127,54 @@ def test_the_import_check_does_not_count_the_start_either(slow_start, tmp_path, 
     assert import_problems(["quick_module.Stage"], timeout=1.0) == {"quick_module.Stage": None}
     assert import_problems(["quick_module.Nope"], timeout=1.0)["quick_module.Nope"].startswith(
         "module 'quick_module' has no attribute 'Nope'")
+
+
+def test_an_interpreter_killed_as_it_starts_is_not_the_files_fault(env, slow_start, monkeypatch):
+    state, inbox, claimer = env
+    monkeypatch.setenv("AHGD_TEST_SLOW_START", "0")
+    monkeypatch.setenv("AHGD_TEST_DIE_AT_START", "1")  # as the kernel does when memory runs out
+    (inbox / "x.csv").write_text("a,b\n1,2\n")
+    folder = Folder("p", inbox, "*.csv", stable_for=0.0, required_columns=["a"])
+    outcome = claim_bounded(claimer, folder, inbox / "x.csv")
+    assert isinstance(outcome, children.ChildNotStarted), outcome
+    assert "its Python was killed by SIGKILL" in str(outcome) and "before it was up" in str(outcome)
+    assert (inbox / "x.csv").exists() and events_of(state, "file.quarantined") == 0
+
+
+def test_a_large_request_to_a_child_stuck_in_its_start_does_not_block(slow_start, monkeypatch):
+    from pipelines.config.imports import import_problems
+
+    monkeypatch.setenv("AHGD_TEST_SLOW_START", "30")
+    monkeypatch.setattr(children, "START_S", 1.0)
+    # far more than a pipe holds: written as the child reads, within the start's bound
+    targets = [f"package_{i:05d}.module.Stage" for i in range(8000)]
+    began = time.monotonic()
+    with pytest.raises(children.ChildNotStarted) as caught:
+        import_problems(targets, timeout=60.0)
+    assert time.monotonic() - began < 15, "the write waited for the child"
+    assert "send SIGHUP again; its configuration in force stays" in str(caught.value)
+
+
+def test_after_a_check_that_could_not_start_the_batchs_other_checks_wait(env, slow_start,
+                                                                         monkeypatch, tmp_path):
+    state, inbox, claimer = env
+    monkeypatch.setattr(children, "START_S", 0.5)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for name in ("x.csv", "y.csv"):
+        (inbox / name).write_text("a,b\n1,2\n")
+    (plain / "z.csv").write_text("a,b\n1,2\n")
+    checked = Folder("p", inbox, "*.csv", stable_for=0.0, required_columns=["a"])
+    unchecked = Folder("q", plain, "*.csv", stable_for=0.0)
+    result: list = []
+    t = threading.Thread(target=lambda: result.append(claimer.claim_many(
+        [(checked, inbox / "x.csv"), (checked, inbox / "y.csv"), (unchecked, plain / "z.csv")])),
+        daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive()
+    x, y, z = result[0]
+    assert isinstance(x, children.ChildNotStarted) and y is x  # y's check was not tried
+    assert z.outcome == "arrived"  # a file without a check is taken meanwhile
+    assert (inbox / "x.csv").exists() and (inbox / "y.csv").exists()
+    assert events_of(state, "file.quarantined") == 0
