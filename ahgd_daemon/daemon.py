@@ -45,6 +45,10 @@ from .waker import Waker, install_signal_handlers
 LOCK_NAME = "daemon.lock"
 RECOVERY_CHECK_S = 30.0
 HEARTBEAT_S = 5.0
+#: a configuration load still running after this is left to itself: a SIGHUP starts another
+#: (the import check's child may take START_S to start and TIMEOUT_S to import, the regular
+#: expressions' as long again)
+RELOAD_STUCK_S = 300.0
 
 
 @dataclass
@@ -230,7 +234,7 @@ class Daemon:
             self._loop_beat = self.options.monotonic()
             if self._stop_requested:
                 return
-            if self._reload_requested and self._reloading is None:
+            if self._reload_requested:
                 self._start_reload()
             if self._reloading is not None and self._reloading.done.is_set():
                 self._reload()
@@ -282,16 +286,35 @@ class Daemon:
         the middle of a reload), firing schedules and starting and reaping runs.  A SIGHUP
         that comes during the load starts another once it is applied: the files may have
         changed after this load read them."""
+        loading = self._reloading
+        if loading is not None:
+            age = self.options.monotonic() - loading.began
+            if age < RELOAD_STUCK_S:  # one at a time: this SIGHUP's load starts after it
+                if not loading.queued:
+                    loading.queued = True
+                    self.logger.info("config_reload_queued", loading_for_s=round(age, 1))
+                return
+            # a load that never ends (a hung mount, a stuck child) must not block every
+            # later SIGHUP: it is left to itself and its result ignored
+            self.logger.warning("config_reload_abandoned", loading_for_s=round(age, 1))
         self._reload_requested = False
         self.notifier.reloading("reloading configuration")
-        self._reloading = _Reload(lambda: load_setup(self.options.config_paths, self.state_dir),
-                                  self.waker.wake)
+        try:
+            self._reloading = _Reload(self.options.monotonic(),
+                                      lambda: load_setup(self.options.config_paths,
+                                                         self.state_dir), self.waker.wake)
+        except RuntimeError as exc:  # no thread to be had (TasksMax): the old one stays
+            self._reloading = None
+            self._reload_failed(f"no thread could be started to load it ({exc}); send SIGHUP "
+                                "again once the daemon has fewer threads")
 
     def _reload(self) -> None:
         """Apply the configuration a finished load made (on the loop's thread)."""
         loaded, self._reloading = self._reloading, None
-        if loaded.error is not None:  # the old configuration stays in force
-            self._reload_failed(str(loaded.error))
+        if loaded.setup is None:  # the old configuration stays in force
+            error = loaded.error
+            self._reload_failed(str(error) if isinstance(error, Exception) else
+                                f"the load ended with {type(error).__name__}: {error}")
             return
         new = loaded.setup
         old_watchers, old_setup = self.watchers, self.setup
@@ -432,7 +455,8 @@ class Daemon:
         return doc
 
     def _status_line(self) -> str:
-        return statusdocs.status_line(self.log, len(self.runs.active), len(self.runs.finished))
+        line = statusdocs.status_line(self.log, len(self.runs.active), len(self.runs.finished))
+        return line if self._reloading is None else f"{line}; reloading configuration"
 
     def progress_snapshot(self) -> dict[str, Any]:
         return statusdocs.progress_snapshot(self.log, list(self.runs.active.values()),
@@ -459,12 +483,14 @@ class Daemon:
 
 
 class _Reload:
-    """``load()`` run on a thread (``ahgd-reload``); ``done`` set, and ``wake()`` called, when
-    it has returned (``setup``) or raised (``error``)."""
+    """``load()`` run on a thread (``ahgd-reload``) from ``began`` (monotonic); ``done`` set, and
+    ``wake()`` called, when it has returned (``setup``) or raised (``error``).  ``queued``: a
+    SIGHUP came during it (its load starts once this one is applied)."""
 
-    def __init__(self, load: Callable[[], Setup], wake: Callable[[], None]):
+    def __init__(self, began: float, load: Callable[[], Setup], wake: Callable[[], None]):
+        self.began, self.queued = began, False
         self.setup: Setup | None = None
-        self.error: Exception | None = None
+        self.error: BaseException | None = None
         self.done = threading.Event()
         self._load, self._wake = load, wake
         threading.Thread(target=self._run, name="ahgd-reload", daemon=True).start()
@@ -472,7 +498,7 @@ class _Reload:
     def _run(self) -> None:
         try:
             self.setup = self._load()
-        except Exception as exc:  # reported by the loop, which keeps the old configuration
+        except BaseException as exc:  # noqa: BLE001 - reported by the loop, which keeps the old
             self.error = exc
         finally:
             self.done.set()

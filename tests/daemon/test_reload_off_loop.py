@@ -99,6 +99,9 @@ def test_the_loop_goes_on_while_a_reload_loads(tmp_path: Path):
         gaps = [b - a for a, b in zip([held_from, *pings], [*pings, now])]
         assert max(gaps) < 2.0, gaps  # never as long as WatchdogSec without a ping
         assert not any(r.get("event") == "config_reloaded" for r in d.records())
+        d.signal(signal.SIGHUP)  # another during the load: it waits for this one, then loads
+        wait_until(lambda: any(r.get("event") == "config_reload_queued" for r in d.records()),
+                   30, "the second SIGHUP to be queued")
 
         hold.unlink()  # the import finishes: the new configuration is applied
         wait_until(lambda: any(r.get("event") in ("config_reloaded", "daemon.config_reload_failed")
@@ -108,6 +111,10 @@ def test_the_loop_goes_on_while_a_reload_loads(tmp_path: Path):
         reloaded = next(r for r in d.records() if r.get("event") == "config_reloaded")
         assert reloaded["pipelines"] == ["csvpipe", "slowpipe"]
         wait_until(lambda: sum("READY=1" in m for m in drain()) >= 2, 30, "READY=1 again")
+        # the queued SIGHUP's load, once the first is applied
+        wait_until(lambda: sum(r.get("event") == "config_reloaded" for r in d.records()) == 2,
+                   60, "the queued reload")
+        assert sum("RELOADING=1" in m for m in drain()) == 2
     finally:
         hold.unlink(missing_ok=True)
         assert d.stop() == 0, d.output()
