@@ -87,6 +87,7 @@ class DaemonCollection:
         self._steps: Iterator[None] | None = None
         self._current: Report | None = None
         self.last: Report | None = None
+        self.last_at: str | None = None  # when the last collection ended (wall clock)
         self.sizes: dict[str, int] | None = None
         self.measured_at: str | None = None
         self.ended = 0                       # collections ended (or failed) so far
@@ -222,7 +223,7 @@ class DaemonCollection:
         gc.unfreeze()
         self.ended += 1
         self._due = self.monotonic() + INTERVAL_S
-        self.last = report
+        self.last, self.last_at = report, format_ts(self.collector.clock())
         if report.pipeline is None:
             self.sizes, self.measured_at = report.sizes_after(), report.as_of
             self._judge_budget(report)
@@ -263,7 +264,7 @@ class DaemonCollection:
         if report is None:
             return None
         freed = report.freed()
-        return {"collection": report.collection, "at": format_ts(self.collector.clock()),
+        return {"collection": report.collection, "at": self.last_at,
                 "items": len(report.items), "bytes": sum(freed.values()), "by_area": freed,
                 "pipeline": report.pipeline, "skipped": len(report.skipped),
                 "duration_s": round((report.ended or report.started) - report.started, 3),

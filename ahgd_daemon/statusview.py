@@ -194,9 +194,11 @@ class _View:
             return
         areas = _mapping(doc.get("areas"))
         self.heading("State directory")
+        measured = doc.get("measured_at")  # the daemon's sizes are those of its last collection
         self.line(Text(f"  {_bytes(doc.get('total_bytes'))}: " + ", ".join(
             f"{area} {_bytes(size)}" for area, size in areas.items()
-            if area in ("data", "history") or (_is_number(size) and size > 0))), clip=True)
+            if area in ("data", "history") or (_is_number(size) and size > 0))
+            + (f" (measured {self.ago(measured)})" if measured else "")), clip=True)
         last = _mapping(doc.get("last_collection"))
         if last:
             self.line(Text(f"  last collection {self.ago(last.get('at'))}: removed "

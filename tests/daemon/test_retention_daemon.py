@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,13 @@ def test_the_daemon_collects_on_its_own_and_answers_ahgd_gc(tmp_path: Path) -> N
             "storage"]   # the daemon's dashboard document (the page and /api/dashboard too)
         assert storage["last_collection"]["items"] == 2 and storage["areas"]["data"] > 0
         assert storage["next_collection_in_s"] > 0
+        # when it ended, not when the status was asked for: the same a second later
+        time.sleep(1.1)
+        later = json.loads(_ahgd("status", "--state-dir", str(state_dir), "--json").stdout)[
+            "storage"]
+        assert later["last_collection"]["at"] == storage["last_collection"]["at"]
+        text = _ahgd("status", "--state-dir", str(state_dir)).stdout
+        assert "last collection just now" not in text and "(measured " in text, text
         again = _ahgd("gc", "--state-dir", str(state_dir), "--dry-run")
         assert again.returncode == 0, again.stderr
         assert "would remove 0 things" in again.stdout and "by the daemon" in again.stdout
