@@ -193,7 +193,10 @@ class Builder:
         names = [n for n, _ in self.target.columns]
         hint = "; " + (did_you_mean(name, names) or "name one of its columns")
         raise ConfigError(self.prefix + f"validation rule {rule} names column {name!r}, which the "
-                          f"output does not have (its columns: {self.target.column_list()}){hint}")
+                          f"output does not have (its columns: {self.target.column_list()}){hint}; "
+                          "if it is the data that may lack it (a file without the column), list "
+                          "it under required_columns too: such data then fails validation as "
+                          "bad input, not as a configuration error")
 
     def guard(self, where: str, col: str, values: Sequence[Any]) -> None:
         sql_type = self.by_lower[col.lower()][1]

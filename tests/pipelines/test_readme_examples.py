@@ -623,3 +623,30 @@ def test_the_readme_yaml_example_loads_mort_with_lineage_and_again_without_dupli
         want = float(r["age_standardised_rate_per_100000"]) \
             if r["age_standardised_rate_per_100000"] else None
         assert asr == want
+
+
+def test_the_readme_yaml_example_blames_a_file_without_a_column_not_the_configuration(tmp_path):
+    """The file is at fault (quarantined by a drop folder), not the configuration: the example's
+    required_columns names every column its other rules use."""
+    from pipelines import load_pipeline
+    from tests.ahgd_truth import MORT_CSV
+
+    lines = MORT_CSV.read_text().splitlines()
+    header = lines[0].split(",")
+    at = header.index("SEX")
+    without_sex = tmp_path / "mort_without_sex.csv"
+    without_sex.write_text("\n".join(",".join(c for i, c in enumerate(_csv_row(line)) if i != at)
+                                     for line in lines) + "\n")
+    path = tmp_path / "deaths.yaml"
+    path.write_text(readme_example("yaml-csv-to-warehouse"))
+    run = load_pipeline(path, state_dir=tmp_path / "state", executor="process").run(
+        input_file=without_sex)
+    assert run.state == "FAILED"
+    assert run.failed_stage == "validate", run.error
+    assert "missing column(s) sex" in run.error and "ConfigError" not in run.error, run.error
+
+
+def _csv_row(line: str) -> list[str]:
+    import csv
+
+    return [f'"{c}"' if "," in c else c for c in next(csv.reader([line]))]

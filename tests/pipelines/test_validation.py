@@ -517,13 +517,15 @@ def test_rule_naming_a_missing_column(irsd):
     assert str(err.value) == (
         "stage 'extract': validation rule not_null names column 'sa2_cod', which the output "
         "does not have (its columns: sa2_code, sa2_name, state, year, irsd_decile, \"my col\", "
-        "select); did you mean 'sa2_code'?")
+        "select); did you mean 'sa2_code'?; if it is the data that may lack it (a file without "
+        "the column), list it under required_columns too: such data then fails validation as "
+        "bad input, not as a configuration error")
 
 
 def test_rule_naming_a_column_nothing_like_the_others(irsd):
     with pytest.raises(ConfigError) as err:
         check(irsd, {"unique": [["state", "population"]]})
-    assert str(err.value).endswith("select); name one of its columns")
+    assert "select); name one of its columns; if it is the data that may lack it" in str(err.value)
 
 
 @pytest.mark.parametrize("rules, message", [
