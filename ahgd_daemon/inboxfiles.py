@@ -22,6 +22,7 @@ the state directory.
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import os
 import stat
@@ -171,8 +172,10 @@ class Entry:
 
     def link_to(self, dst: Path) -> bool:
         """Give the opened file the second name ``dst``; False (nothing made) when it has
-        other names already, or the file system cannot or will not link it here."""
-        if self.st.st_nlink > 1:
+        other names already, another process has it open for writing (a writer that renamed
+        it into the folder before closing it), or the file system cannot or will not link it
+        here."""
+        if self.st.st_nlink > 1 or self.open_for_writing():
             return False
         try:
             os.link(self.path, dst, follow_symlinks=False)
@@ -185,6 +188,19 @@ class Entry:
             os.unlink(dst)  # the name was swapped after we opened it: copy what we opened
             return False
         return True
+
+    def open_for_writing(self) -> bool:
+        """Whether Linux says some process has the file open for writing: a read lease
+        (``F_SETLEASE``) is refused then.  A linked file would go on changing under its hash
+        with every write of such a writer; a copy cannot.  False when it cannot tell (the file
+        is another user's and this process lacks CAP_LEASE, a file system without leases):
+        then the file is linked as before."""
+        try:
+            fcntl.fcntl(self.fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+        except OSError as exc:
+            return exc.errno in (errno.EAGAIN, errno.EBUSY)
+        fcntl.fcntl(self.fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return False
 
     def release(self) -> None:
         """Remove the drop-folder name, if it still names the file we took."""

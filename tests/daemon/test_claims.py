@@ -154,6 +154,34 @@ def test_a_hard_link_is_stored_as_a_copy_that_later_edits_do_not_reach(env, tmp_
     assert not (inbox / "data.csv").exists() and original.exists()
 
 
+def test_a_file_its_writer_still_holds_open_is_stored_as_a_copy(env):
+    """A writer that renames its file into the folder before closing it, pauses longer than
+    ``stable_for``, then writes again: what was hashed stays what is stored."""
+    from state.store import sha256_file
+
+    state, inbox, log, claimer = env
+    partial = inbox / ".data.csv.part"
+    with open(partial, "w") as writer:
+        writer.write("a,b\n1,2\n")
+        writer.flush()
+        os.rename(partial, inbox / "data.csv")
+        claimed = claim_bounded(claimer, folder(inbox), inbox / "data.csv")
+        assert claimed.outcome == "arrived"
+        stored = Path(events(state, "file.arrived")[0]["stored_path"])
+        writer.write("3,4\n")  # the writer goes on, through the descriptor it holds
+    assert stored.read_text() == "a,b\n1,2\n"
+    assert sha256_file(stored) == claimed.sha256
+
+
+def test_a_closed_file_is_still_linked_not_copied(env):
+    state, inbox, log, claimer = env
+    (inbox / "data.csv").write_text("a,b\n1,2\n")
+    inode = os.stat(inbox / "data.csv").st_ino
+    assert claim_bounded(claimer, folder(inbox), inbox / "data.csv").outcome == "arrived"
+    stored = Path(events(state, "file.arrived")[0]["stored_path"])
+    assert os.stat(stored).st_ino == inode  # a second name, not a copy
+
+
 # -- item 6: names that are not UTF-8 ----------------------------------------------------------
 
 RAW_NAMES = [b"caf\xe9.csv", b"\xff\xfe.csv", b"\xfe\xff.csv", b"ok-\x80\x81.csv"]
