@@ -25,6 +25,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import signal
 import stat
 from pathlib import Path
 
@@ -196,6 +197,9 @@ class Entry:
         is another user's and this process lacks CAP_LEASE, a file system without leases):
         then the file is linked as before."""
         try:
+            # a writer opening the file while we hold the lease (for microseconds) makes the
+            # kernel signal us: SIGURG, which is ignored unless handled, not SIGIO, which kills
+            fcntl.fcntl(self.fd, fcntl.F_SETSIG, signal.SIGURG)
             fcntl.fcntl(self.fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
         except OSError as exc:
             return exc.errno in (errno.EAGAIN, errno.EBUSY)

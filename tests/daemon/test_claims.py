@@ -173,6 +173,23 @@ def test_a_file_its_writer_still_holds_open_is_stored_as_a_copy(env):
     assert sha256_file(stored) == claimed.sha256
 
 
+def test_a_writer_opening_the_file_while_it_is_looked_at_never_signals_the_daemon_dead(tmp_path):
+    """The look holds a read lease for microseconds; a writer opening the file then makes the
+    kernel signal the holder.  SIGIO, the default, kills a process: the look asks for SIGURG.
+    A writer opening the file in a loop meets the look thousands of times a second."""
+    import subprocess
+    import sys
+
+    from tests.daemon.harness import REPO, env as child_env
+
+    target = tmp_path / "f.csv"
+    target.write_text("a\n")
+    done = subprocess.run([sys.executable, "-m", "tests.daemon.lease_race", str(target), "1.5"],
+                          capture_output=True, text=True, timeout=60, cwd=REPO, env=child_env())
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    assert int(done.stdout) > 0  # it did see the writer, between the writer's opens
+
+
 def test_a_closed_file_is_still_linked_not_copied(env):
     state, inbox, log, claimer = env
     (inbox / "data.csv").write_text("a,b\n1,2\n")
