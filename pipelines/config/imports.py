@@ -58,18 +58,56 @@ def _list(value: Any) -> list[Any]:
 
 
 def import_problems(dotted_paths: Iterable[str], *, timeout: float = TIMEOUT_S,
+                    parameters: dict[str, dict[str, Any]] | None = None,
                     ) -> dict[str, str | None]:
     """Each of ``dotted_paths`` (``package.module.Attr``) -> why it cannot be imported, or None.
 
-    Nothing is called or instantiated; modules are imported (their top level runs).
+    Nothing is called or instantiated; modules are imported (their top level runs).  A dict
+    given as ``parameters`` gets, for each path that imports and whose signature Python can
+    read, the keywords calling it takes (:func:`call_parameters`).
     """
     targets = list(dict.fromkeys(dotted_paths))
     here = [t for t in targets if _only_in_this_process(t.rpartition(".")[0])]
-    out = {t: import_problem(t) for t in here}
+    out: dict[str, str | None] = {}
+    found: dict[str, dict[str, Any]] = {}
+    for t in here:
+        out[t] = import_problem(t)
+        if out[t] is None:
+            signature = call_parameters(_imported(t))
+            if signature is not None:
+                found[t] = signature
     fresh = [t for t in targets if t not in out]
     if fresh:
-        out.update(_in_child(fresh, timeout))
+        out.update(_in_child(fresh, timeout, found))
+    if parameters is not None:
+        parameters.update(found)
     return {t: out[t] for t in targets}
+
+
+def call_parameters(obj: Any) -> dict[str, Any] | None:
+    """What calling ``obj`` (a stage class, with its ``config:`` as keywords) takes:
+    ``{"names": [keyword names], "required": [those without a default], "any": whether it
+    takes any keyword (**kwargs)}``; None when Python cannot tell (a builtin, a C type)."""
+    import inspect
+
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return None
+    names, required, anything = [], [], False
+    for p in signature.parameters.values():
+        if p.kind is p.VAR_KEYWORD:
+            anything = True
+        elif p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            names.append(p.name)
+            if p.default is p.empty:
+                required.append(p.name)
+    return {"names": names, "required": required, "any": anything}
+
+
+def _imported(dotted: str) -> Any:
+    module_name, _, attr = dotted.rpartition(".")
+    return getattr(importlib.import_module(module_name), attr)
 
 
 def import_problem(dotted: str) -> str | None:
@@ -78,7 +116,16 @@ def import_problem(dotted: str) -> str | None:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        return f"cannot import module {module_name!r}: {exc}"
+        hint = ""
+        if isinstance(exc, ModuleNotFoundError) and exc.name == module_name.split(".")[0]:
+            try:
+                where = f"the working directory, {os.getcwd()},"
+            except OSError:  # deleted under us
+                where = "the working directory"
+            hint = (f" (it is looked for in {where} and on "
+                    "PYTHONPATH, after the installed packages: run ahgd from the folder that "
+                    "holds it, or add that folder to PYTHONPATH)")
+        return f"cannot import module {module_name!r}: {exc}{hint}"
     except (Exception, SystemExit) as exc:
         return f"importing module {module_name!r} raised {type(exc).__name__}: {exc}"
     if not hasattr(module, attr):
@@ -102,7 +149,8 @@ def _only_in_this_process(module_name: str) -> bool:
     return False
 
 
-def _in_child(targets: list[str], timeout: float) -> dict[str, str | None]:
+def _in_child(targets: list[str], timeout: float,
+              parameters: dict[str, dict[str, Any]]) -> dict[str, str | None]:
     from ..execution.children import ChildTimedOut, exchange, kill_session, start_child
 
     # the child must find modules where this process (and so a worker) finds them, and
@@ -133,6 +181,8 @@ def _in_child(targets: list[str], timeout: float) -> dict[str, str | None]:
             found[answer["target"]] = answer["problem"]
         except (ValueError, KeyError, TypeError):
             continue
+        if isinstance(answer.get("parameters"), dict):
+            parameters[answer["target"]] = answer["parameters"]
     for target in targets:
         if target in found:
             continue
@@ -159,8 +209,10 @@ def main(argv: list[str]) -> None:
     # modules print goes to stderr, not into the answer
     answer = child_begins(argv)
     for target in json.loads(sys.stdin.buffer.read()):
-        line = json.dumps({"target": target, "problem": import_problem(target)}) + "\n"
-        os.write(answer, line.encode())
+        problem = import_problem(target)
+        parameters = call_parameters(_imported(target)) if problem is None else None
+        line = json.dumps({"target": target, "problem": problem, "parameters": parameters})
+        os.write(answer, (line + "\n").encode())
 
 
 if __name__ == "__main__":

@@ -426,10 +426,40 @@ class _Session:
         targets = [(doc, path, dotted) for doc, path, dotted in self._imports
                    if (doc.display, format_path(path)) not in reported]
         self._imports = []
-        found = import_problems([dotted for _, _, dotted in targets]) if targets else {}
+        parameters: dict[str, dict[str, Any]] = {}
+        found = import_problems([dotted for _, _, dotted in targets],
+                                parameters=parameters) if targets else {}
         for doc, path, dotted in targets:
             if found.get(dotted):
                 self.report(doc, path, found[dotted])
+            elif dotted in parameters and path[0] == "stages" and path[-1] == "class":
+                # the class is made with the stage's config as keywords, at every run: a key it
+                # does not take fails every run, so it is a problem of the file, said now
+                stage = doc.data["stages"][path[1]]
+                for where, message in _config_problems(dotted, stage.get("config"),
+                                                       parameters[dotted]):
+                    self.report(doc, ("stages", path[1], *where), message)
+
+
+def _config_problems(dotted: str, config: Any, takes: dict[str, Any]) -> list[tuple[tuple, str]]:
+    """(key path under the stage, message) for each ``config:`` key the class ``dotted`` does
+    not take, and for the keywords it needs that ``config:`` lacks."""
+    config = config if isinstance(config, dict) else {}
+    name = dotted.rpartition(".")[2]
+    names = [n for n in takes.get("names", []) if isinstance(n, str)]
+    shown = ", ".join(names) if names else "none"
+    out: list[tuple[tuple, str]] = []
+    if not takes.get("any"):
+        for key in config:
+            if key not in names:
+                hint = did_you_mean(str(key), names)
+                out.append((("config", key), f"{name} takes no option {key!r}"
+                            + (f"; {hint}" if hint else "") + f" (its options: {shown})"))
+    missing = [n for n in takes.get("required", []) if n not in config]
+    if missing:
+        out.append((("config",), f"{name} needs the option(s) {', '.join(missing)} "
+                                 f"(its options: {shown})"))
+    return out
 
 
 def _unknown(noun: str, name: str, known: set[str]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import textwrap
@@ -75,7 +76,9 @@ def test_config_check_reports_import_problems_beside_the_other_problems(tmp_path
         "attribute 'no_check'",
         f"{p}:5: stages[0].timout: unknown key 'timout'; did you mean 'timeout'?",
         f"{p}:5: stages[0].class: cannot import module 'no_such_module_g4': No module named "
-        "'no_such_module_g4'",
+        f"'no_such_module_g4' (it is looked for in the working directory, {os.getcwd()}, and on "
+        "PYTHONPATH, after the installed packages: run ahgd from the folder that holds it, or "
+        "add that folder to PYTHONPATH)",
         f"{p}:6: stages[1].retry_attempts: must be at least 0, got -1",
         f"{p}:6: stages[1].class: module 'pipelines.ahgd.seifa' has no attribute 'SeifaLoadr'; "
         "did you mean 'SeifaLoader'?",

@@ -176,11 +176,20 @@ def test_the_seed_readme_example_loads_when_classes_are_not_imported(tmp_path):
     assert stage.prerequisites == [] and cfg.triggers == []
 
 
+def looked_for() -> str:
+    """What a missing top-level module's message adds: where it was looked for."""
+    import os
+
+    return (f" (it is looked for in the working directory, {os.getcwd()}, and on PYTHONPATH, "
+            "after the installed packages: run ahgd from the folder that holds it, or add that "
+            "folder to PYTHONPATH)")
+
+
 def test_the_seed_readme_example_names_its_missing_module_when_importing(tmp_path):
     path = write(tmp_path, "example_pipeline.yaml", SEED_README_EXAMPLE)
     assert problems(load_pipeline_file, path, import_classes=True) == [
         f"{path}:13: stages[0].class: cannot import module 'src.extractors': "
-        "No module named 'src'"]
+        f"No module named 'src'{looked_for()}"]
 
 
 def test_full_pipeline_file_loads_every_key(seifa_dir, state_dir):
@@ -322,6 +331,51 @@ def test_a_misspelt_class_names_the_module_and_suggests_the_attribute(tmp_path, 
         f"{path}:5: stages[0].class: module 'ahgd_cfgtest_pkg.seifa' has no attribute "
         "'SeifaExtractr'; did you mean 'SeifaExtractor'?",
     ]
+
+
+def test_a_stage_config_key_its_class_does_not_take_is_a_problem_of_the_file(tmp_path):
+    """Each run makes the class with its config as keywords: a misspelt key failed every run,
+    while the check said ok."""
+    path = write(tmp_path, "x.yaml", '''\
+        pipeline: {name: x}
+        stages:
+          - name: extract
+            type: extractor
+            class: pipelines.CsvExtractor
+            config: {thousand: ",", types: {mort: VARCHAR}}
+          - {name: load, type: loader, class: pipelines.WarehouseLoader, config: {table: t}}
+          - {name: note, type: loader, class: tests.pipelines.test_config.NeedsTarget}
+        ''')
+    assert problems(load_pipeline_file, path, import_classes=True) == [
+        f"{path}:6: stages[0].config.thousand: CsvExtractor takes no option 'thousand'; did "
+        "you mean 'thousands'? (its options: source, encoding, delimiter, quote, escape, types, "
+        "all_varchar, thousands, lineage, base_dir)",
+        f"{path}:8: stages[2].config: NeedsTarget needs the option(s) target (its options: "
+        "target, mode)",
+    ]
+    # a class that takes any keyword (**options) is not second-guessed
+    assert load_pipeline_file(write(tmp_path, "y.yaml", '''\
+        pipeline: {name: y}
+        stages:
+          - {name: a, type: loader, class: tests.pipelines.test_config.TakesAnything,
+             config: {whatever: 1}}
+        '''), import_classes=True).stages[0].config == {"whatever": 1}
+
+
+class NeedsTarget:
+    def __init__(self, target: str, mode: str = "append"):
+        self.target, self.mode = target, mode
+
+    def load(self, context):
+        return {}
+
+
+class TakesAnything:
+    def __init__(self, **options):
+        self.options = options
+
+    def load(self, context):
+        return {}
 
 
 # --- the common mistakes, word for word ---------------------------------------------
@@ -633,7 +687,8 @@ def test_check_files_reports_every_problem_of_every_file(tmp_path, seifa_dir, st
 def test_check_files_imports_classes_by_default(seifa_dir, state_dir):
     found = check_files([seifa_dir / "master.yaml"], state_dir=state_dir)
     assert found[0] == (f"{seifa_dir / 'seifa_sa2.yaml'}:15: triggers[0].input_check.callable: "
-                        "cannot import module 'mypackage.checks': No module named 'mypackage'")
+                        "cannot import module 'mypackage.checks': No module named 'mypackage'"
+                        + looked_for())
     assert len(found) == 5
 
 
