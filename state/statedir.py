@@ -57,8 +57,9 @@ def _default(note: Callable[[str], None] | None) -> str:
     if (Path(DEFAULT).exists() or not (legacy / "history.db").is_file()
             or (legacy / "__init__.py").exists()):
         return DEFAULT
-    message = (f"using {legacy.resolve()}, a state directory of an earlier ahgd (whose default "
-               f"was ./{LEGACY_DEFAULT}; it is now ./{DEFAULT}); to keep it without this note, "
+    message = (f"using {legacy.resolve()}, the state directory found there (./{LEGACY_DEFAULT} "
+               f"was the default of earlier ahgd versions; it is now ./{DEFAULT}); to keep it "
+               "without this note, "
                f"rename it (mv {LEGACY_DEFAULT} {DEFAULT}) or name it: --state-dir "
                f"{LEGACY_DEFAULT}, or {ENV_VAR}={LEGACY_DEFAULT}")
     if note is not None:

@@ -116,7 +116,7 @@ def test_a_state_directory_of_an_earlier_version_at_dot_state_is_still_found(wor
     EventLog.open(workdir / "state").close()  # ./state/history.db: the old default's history
     proc = Ran([*ahgd_exe(), "run", "mine", "--config", "pipelines/mine.yaml"], workdir)
     assert proc.returncode == 0, proc.output
-    assert f"note: using {workdir / 'state'}, a state directory of an earlier ahgd" in proc.stderr
+    assert f"note: using {workdir / 'state'}, the state directory found there" in proc.stderr
     assert "mv state ahgd-state" in proc.stderr
     assert not (workdir / "ahgd-state").exists()
     assert [o["n"] for o in outputs(workdir / "state")] == [41, 42]

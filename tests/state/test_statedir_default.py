@@ -25,7 +25,7 @@ def test_a_history_in_dot_state_is_still_found_with_a_note(here):
     notes: list[str] = []
     assert resolve_state_dir(None, {}, note=notes.append) == here / "state"
     assert len(notes) == 1 and "mv state ahgd-state" in notes[0]
-    with pytest.warns(LegacyStateDir, match="a state directory of an earlier ahgd"):
+    with pytest.warns(LegacyStateDir, match="the state directory found there"):
         assert resolve_state_dir(None, {}) == here / "state"
 
 
