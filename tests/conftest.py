@@ -20,6 +20,20 @@ def state_dir(tmp_path: Path) -> Path:
     return d
 
 
+@pytest.fixture
+def claim_env(tmp_path: Path):
+    """(state dir, an empty inbox, a Claimer on a real event log there): drop-folder claims."""
+    from ahgd_daemon.dropfolder import Claimer
+    from state import EventLog
+
+    state = tmp_path / "state"
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    log = EventLog.open(state)
+    yield state, inbox, Claimer(log, state)
+    log.close()
+
+
 def ahgd_command() -> list[str]:
     """The `ahgd` console script of this environment (falls back to `python -m`)."""
     exe = Path(sys.executable).with_name("ahgd")

@@ -20,6 +20,8 @@ import pytest
 from pipelines.execution import clusterlink, clusterwatch, remote
 from pipelines.execution.runner import StageTask
 
+from tests.daemon.harness import wait_until
+
 from .stages import behaving, set_claim_late
 
 
@@ -32,15 +34,6 @@ def dask_executor(cluster, s3, tmp_path, **kw):
 
 def lines(path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
 def late_tokens(monkeypatch, delay: float | None) -> dict[str, float]:
@@ -120,7 +113,7 @@ def test_an_attempt_given_up_while_its_token_is_late_never_starts(
         ex.cancel(future, "cancelled by the test")
         outcome = future.result(timeout=20)
         assert not outcome.ok and outcome.interrupted, outcome
-        wait_for(lambda: sent, 20, "the late token to be sent")
+        wait_until(lambda: sent, 20, "the late token to be sent")
         time.sleep(2.0)  # time for a worker still waiting to take it and start
         assert lines(marker) == []
     finally:

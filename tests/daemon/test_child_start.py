@@ -23,7 +23,6 @@ import pytest
 from ahgd_daemon.dropfolder import Claimer, Folder
 from ahgd_daemon.intake import describe
 from pipelines.execution import children
-from state import EventLog
 
 SLOW_START_S = 2.5
 
@@ -41,16 +40,6 @@ def slow_start(tmp_path: Path, monkeypatch):
         "    os.kill(os.getpid(), signal.SIGKILL)\n")
     monkeypatch.syspath_prepend(str(site))  # child_env puts our sys.path on the child's
     monkeypatch.setenv("AHGD_TEST_SLOW_START", str(SLOW_START_S))
-
-
-@pytest.fixture
-def env(tmp_path: Path):
-    state = tmp_path / "state"
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    log = EventLog.open(state)
-    yield state, inbox, Claimer(log, state)
-    log.close()
 
 
 def events_of(state: Path, kind: str) -> int:
@@ -78,8 +67,8 @@ def claim_bounded(claimer: Claimer, folder: Folder, path: Path, timeout: float =
     return result[0]
 
 
-def test_a_slow_interpreter_start_is_not_the_checks_time(env, slow_start):
-    state, inbox, claimer = env
+def test_a_slow_interpreter_start_is_not_the_checks_time(claim_env, slow_start):
+    state, inbox, claimer = claim_env
     (inbox / "x.csv").write_text("a,b\n1,2\n")
     # the check itself takes milliseconds; its interpreter takes 2.5 s to start
     folder = Folder("p", inbox, "*.csv", stable_for=0.0, required_columns=["a", "b"],
@@ -91,8 +80,8 @@ def test_a_slow_interpreter_start_is_not_the_checks_time(env, slow_start):
     assert not (inbox / "x.csv").exists()
 
 
-def test_the_checks_own_time_still_counts(env, slow_start):
-    state, inbox, claimer = env
+def test_the_checks_own_time_still_counts(claim_env, slow_start):
+    state, inbox, claimer = claim_env
     (inbox / "x.csv").write_text("a,b\n1,2\n")
     folder = Folder("p", inbox, "*.csv", stable_for=0.0,
                     check_callable="tests.daemon.checks.hang", check_timeout=1.0)
@@ -102,8 +91,8 @@ def test_the_checks_own_time_still_counts(env, slow_start):
 
 
 def test_an_interpreter_that_never_comes_up_leaves_the_file_to_be_tried_again(
-        env, slow_start, monkeypatch):
-    state, inbox, claimer = env
+        claim_env, slow_start, monkeypatch):
+    state, inbox, claimer = claim_env
     monkeypatch.setattr(children, "START_S", 0.5)
     (inbox / "x.csv").write_text("a,b\n1,2\n")
     folder = Folder("p", inbox, "*.csv", stable_for=0.0, required_columns=["a"],
@@ -129,8 +118,9 @@ def test_the_import_check_does_not_count_the_start_either(slow_start, tmp_path, 
         "module 'quick_module' has no attribute 'Nope'")
 
 
-def test_an_interpreter_killed_as_it_starts_is_not_the_files_fault(env, slow_start, monkeypatch):
-    state, inbox, claimer = env
+def test_an_interpreter_killed_as_it_starts_is_not_the_files_fault(claim_env, slow_start,
+                                                                   monkeypatch):
+    state, inbox, claimer = claim_env
     monkeypatch.setenv("AHGD_TEST_SLOW_START", "0")
     monkeypatch.setenv("AHGD_TEST_DIE_AT_START", "1")  # as the kernel does when memory runs out
     (inbox / "x.csv").write_text("a,b\n1,2\n")
@@ -155,9 +145,9 @@ def test_a_large_request_to_a_child_stuck_in_its_start_does_not_block(slow_start
     assert "send SIGHUP again; its configuration in force stays" in str(caught.value)
 
 
-def test_after_a_check_that_could_not_start_the_batchs_other_checks_wait(env, slow_start,
+def test_after_a_check_that_could_not_start_the_batchs_other_checks_wait(claim_env, slow_start,
                                                                          monkeypatch, tmp_path):
-    state, inbox, claimer = env
+    state, inbox, claimer = claim_env
     monkeypatch.setattr(children, "START_S", 0.5)
     plain = tmp_path / "plain"
     plain.mkdir()

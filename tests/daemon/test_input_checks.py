@@ -13,20 +13,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-import pytest
-
 from ahgd_daemon.dropfolder import Claimer, Folder
-from state import EventLog
-
-
-@pytest.fixture
-def env(tmp_path: Path):
-    state = tmp_path / "state"
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    log = EventLog.open(state)
-    yield state, inbox, Claimer(log, state)
-    log.close()
 
 
 def quarantined(state: Path) -> list[dict]:
@@ -48,8 +35,8 @@ def claim_bounded(claimer: Claimer, folder: Folder, path: Path, timeout: float =
     return result[0]
 
 
-def test_a_header_longer_than_a_mib_is_a_reason_not_a_read(env):
-    state, inbox, claimer = env
+def test_a_header_longer_than_a_mib_is_a_reason_not_a_read(claim_env):
+    state, inbox, claimer = claim_env
     path = inbox / "flat.csv"
     with open(path, "wb") as f:  # 24 MiB and no line break
         for _ in range(24):
@@ -64,8 +51,8 @@ def test_a_header_longer_than_a_mib_is_a_reason_not_a_read(env):
     assert reason["reason"] == event["reason"]
 
 
-def test_required_columns_name_what_is_missing_and_cut_long_names_short(env):
-    state, inbox, claimer = env
+def test_required_columns_name_what_is_missing_and_cut_long_names_short(claim_env):
+    state, inbox, claimer = claim_env
     (inbox / "x.csv").write_text("y" * 5000 + ",b\n1,2\n")
     folder = Folder("p", inbox, "*.csv", stable_for=0.0, required_columns=["a", "b"])
     assert claim_bounded(claimer, folder, inbox / "x.csv").outcome == "quarantined"
@@ -74,8 +61,8 @@ def test_required_columns_name_what_is_missing_and_cut_long_names_short(env):
     assert len(event["reason"]) < 200
 
 
-def test_the_check_runs_in_another_process(env, tmp_path, monkeypatch):
-    state, inbox, claimer = env
+def test_the_check_runs_in_another_process(claim_env, tmp_path, monkeypatch):
+    state, inbox, claimer = claim_env
     pid_file = tmp_path / "pid"
     monkeypatch.setenv("AHGD_TEST_CHECK_PID", str(pid_file))
     (inbox / "x.csv").write_text("a,b\n1,2\n")
@@ -85,8 +72,8 @@ def test_the_check_runs_in_another_process(env, tmp_path, monkeypatch):
     assert int(pid_file.read_text()) != os.getpid()
 
 
-def test_a_check_that_hangs_is_stopped_and_blamed(env):
-    state, inbox, claimer = env
+def test_a_check_that_hangs_is_stopped_and_blamed(claim_env):
+    state, inbox, claimer = claim_env
     (inbox / "x.csv").write_text("a,b\n1,2\n")
     folder = Folder("p", inbox, "*.csv", stable_for=0.0, check_callable="tests.daemon.checks.hang",
                     check_timeout=1.0)
@@ -96,8 +83,8 @@ def test_a_check_that_hangs_is_stopped_and_blamed(env):
                                       "within 1s and was stopped; the file may well be fine")
 
 
-def test_a_check_that_crashes_takes_only_its_child_with_it(env):
-    state, inbox, claimer = env
+def test_a_check_that_crashes_takes_only_its_child_with_it(claim_env):
+    state, inbox, claimer = claim_env
     (inbox / "x.csv").write_text("a,b\n1,2\n")
     folder = Folder("p", inbox, "*.csv", stable_for=0.0,
                     check_callable="tests.daemon.checks.crash")
@@ -108,8 +95,8 @@ def test_a_check_that_crashes_takes_only_its_child_with_it(env):
     assert "a fault of the check" in event["reason"]
 
 
-def test_what_a_check_prints_is_not_its_answer(env):
-    state, inbox, claimer = env
+def test_what_a_check_prints_is_not_its_answer(claim_env):
+    state, inbox, claimer = claim_env
     (inbox / "x.csv").write_text("a,b\n1,2\n")
     folder = Folder("p", inbox, "*.csv", stable_for=0.0,
                     check_callable="tests.daemon.checks.chatty")
@@ -117,8 +104,8 @@ def test_what_a_check_prints_is_not_its_answer(env):
     assert quarantined(state)[0]["reason"] == "x.csv is not wanted here"
 
 
-def test_a_check_that_raises_is_blamed_not_the_file(env):
-    state, inbox, claimer = env
+def test_a_check_that_raises_is_blamed_not_the_file(claim_env):
+    state, inbox, claimer = claim_env
     (inbox / "x.csv").write_text("a,b\n1,2\n")
     folder = Folder("p", inbox, "*.csv", stable_for=0.0,
                     check_callable="tests.daemon.checks.raises")
@@ -129,10 +116,10 @@ def test_a_check_that_raises_is_blamed_not_the_file(env):
         "drop the file again")
 
 
-def test_a_stopping_daemon_cuts_a_running_check_short_and_keeps_the_file(env):
+def test_a_stopping_daemon_cuts_a_running_check_short_and_keeps_the_file(claim_env):
     from ahgd_daemon.inputcheck import CheckAborted
 
-    state, inbox, claimer = env
+    state, inbox, claimer = claim_env
     (inbox / "x.csv").write_text("a,b\n1,2\n")
     folder = Folder("p", inbox, "*.csv", stable_for=0.0, check_callable="tests.daemon.checks.hang",
                     check_timeout=600.0)
