@@ -236,8 +236,8 @@ class Daemon:
                 return
             if self._reload_requested:
                 self._start_reload()
-            if self._reloading is not None and self._reloading.done.is_set():
-                self._reload()
+            if self._reloading is not None:
+                self._reload_step()
             self._take_files()
             self._fire_schedules()
             self._reap_runs()
@@ -307,6 +307,18 @@ class Daemon:
             self._reloading = None
             self._reload_failed(f"no thread could be started to load it ({exc}); send SIGHUP "
                                 "again once the daemon has fewer threads")
+
+    def _reload_step(self) -> None:
+        """Apply a finished load; say once when one has run for RELOAD_STUCK_S."""
+        loading = self._reloading
+        if loading.done.is_set():
+            self._reload()
+        elif not loading.stuck and self.options.monotonic() - loading.began >= RELOAD_STUCK_S:
+            loading.stuck = True
+            self._reload_failed(
+                f"the configuration load has not finished after {RELOAD_STUCK_S:g}s (a stage "
+                "module that hangs when imported, a configuration file on a mount that does "
+                "not answer?); send SIGHUP again to start a new load")
 
     def _reload(self) -> None:
         """Apply the configuration a finished load made (on the loop's thread)."""
@@ -485,10 +497,11 @@ class Daemon:
 class _Reload:
     """``load()`` run on a thread (``ahgd-reload``) from ``began`` (monotonic); ``done`` set, and
     ``wake()`` called, when it has returned (``setup``) or raised (``error``).  ``queued``: a
-    SIGHUP came during it (its load starts once this one is applied)."""
+    SIGHUP came during it (its load starts once this one is applied); ``stuck``: it was
+    reported as not finishing."""
 
     def __init__(self, began: float, load: Callable[[], Setup], wake: Callable[[], None]):
-        self.began, self.queued = began, False
+        self.began, self.queued, self.stuck = began, False, False
         self.setup: Setup | None = None
         self.error: BaseException | None = None
         self.done = threading.Event()

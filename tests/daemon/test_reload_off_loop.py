@@ -121,3 +121,57 @@ def test_the_loop_goes_on_while_a_reload_loads(tmp_path: Path):
         listening.set()
         listener.join(5)
         sock.close()
+
+
+def test_a_load_that_does_not_finish_is_said_and_a_new_sighup_starts_another(tmp_path: Path,
+                                                                             monkeypatch):
+    """The daemon in this process (its RELOAD_STUCK_S made 1 s): a load held past it raises
+    daemon.config_reload_failed once, the configuration in force stays, and a SIGHUP then
+    starts a new load (the held one is left to itself); the new one, finishing, is applied."""
+    from ahgd_daemon import daemon as daemon_module
+
+    monkeypatch.setattr(daemon_module, "RELOAD_STUCK_S", 1.0)
+    state = tmp_path / "state"
+    state.mkdir()
+    config = write_config(tmp_path)
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "slow_import_stages.py").write_text(SLOW_MODULE)
+    hold = tmp_path / "import.hold"
+    monkeypatch.syspath_prepend(str(code))  # the import check's child gets our sys.path
+    monkeypatch.setenv("AHGD_TEST_IMPORT_HOLD", str(hold))
+    d = daemon_module.Daemon(daemon_module.DaemonOptions(
+        config_paths=[config], state_dir=state, install_signals=False, json_logs=False))
+    runner = threading.Thread(target=d.run, daemon=True)
+    runner.start()
+    try:
+        wait_until(lambda: d.runs is not None and not d._recovering, 60, "the daemon to start")
+        (tmp_path / "slowpipe.yaml").write_text(textwrap.dedent("""\
+            pipeline: {name: slowpipe}
+            stages:
+              - {name: load, type: loader, class: slow_import_stages.Loader}
+            """))
+        config.write_text(config.read_text().replace(
+            "pipelines:\n", "pipelines:\n  - {name: slowpipe, config_file: slowpipe.yaml}\n"))
+        hold.touch()
+        d._request_reload()
+        wait_until(lambda: query(state, "SELECT message FROM alerts WHERE state = 'FIRING' "
+                                        "AND name = 'daemon.config_reload_failed'"),
+                   60, "the alert about the load that does not finish")
+        [(message,)] = query(state, "SELECT message FROM alerts WHERE state = 'FIRING'")
+        assert "the configuration load has not finished after 1s" in message, message
+        assert sorted(d.setup.pipelines) == ["csvpipe"]  # the configuration in force stays
+        held = d._reloading
+        d._request_reload()  # the held load is left to itself; a new one starts
+        wait_until(lambda: d._reloading is not held, 30, "a new load")
+        hold.unlink()  # both imports finish now: the new load is applied
+        wait_until(lambda: sorted(d.setup.pipelines) == ["csvpipe", "slowpipe"], 60,
+                   "the new configuration")
+        wait_until(lambda: query(state, "SELECT state FROM alerts WHERE name = "
+                                        "'daemon.config_reload_failed'") == [("RESOLVED",)],
+                   30, "the alert to resolve")
+    finally:
+        hold.unlink(missing_ok=True)
+        d.request_stop()
+        runner.join(60)
+        assert not runner.is_alive()
