@@ -280,6 +280,17 @@ class Claimer:
         if not pending:
             return
         try:
+            # a file written again since it was hashed (its sender opened it again by name, or
+            # wrote through a descriptor it kept) is not recorded under a hash it no longer has:
+            # taken again once it is stable
+            for p in [p for p in pending if p.entry.changed()]:
+                pending.remove(p)
+                p.stored.unlink(missing_ok=True)
+                p.entry.close()
+                batch.out[p.index] = Claimed(p.folder.pipeline, None, None, "changing",
+                                             "the file changed while it was taken")
+            if not pending:
+                return
             try:
                 self.log.append_many([e for p in pending for e in p.events])
             except Exception:

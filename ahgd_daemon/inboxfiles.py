@@ -191,19 +191,27 @@ class Entry:
         return True
 
     def open_for_writing(self) -> bool:
-        """Whether Linux says some process has the file open for writing: a read lease
-        (``F_SETLEASE``) is refused then.  A linked file would go on changing under its hash
-        with every write of such a writer; a copy cannot.  False when it cannot tell (the file
-        is another user's and this process lacks CAP_LEASE, a file system without leases):
-        then the file is linked as before."""
+        """Whether the file may be written through a descriptor some process holds: a linked
+        file would go on changing under its hash with every such write; a copy cannot.
+
+        Linux refuses a read lease (``F_SETLEASE``) on a file open for writing: that answers
+        for the daemon's own user's files (and for any, with CAP_LEASE).  Where it cannot
+        answer (another user's file, a file system without leases, not Linux), a file that
+        anyone but the daemon's user may write is taken as possibly written."""
+        setlease = getattr(fcntl, "F_SETLEASE", None)
         try:
+            if setlease is None:
+                raise OSError(errno.EINVAL, "no leases here")
             # a writer opening the file while we hold the lease (for microseconds) makes the
             # kernel signal us: SIGURG, which is ignored unless handled, not SIGIO, which kills
             fcntl.fcntl(self.fd, fcntl.F_SETSIG, signal.SIGURG)
-            fcntl.fcntl(self.fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+            fcntl.fcntl(self.fd, setlease, fcntl.F_RDLCK)
         except OSError as exc:
-            return exc.errno in (errno.EAGAIN, errno.EBUSY)
-        fcntl.fcntl(self.fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+            if exc.errno in (errno.EAGAIN, errno.EBUSY):
+                return True
+            return (self.st.st_uid != os.geteuid()
+                    or bool(self.st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)))
+        fcntl.fcntl(self.fd, setlease, fcntl.F_UNLCK)
         return False
 
     def release(self) -> None:

@@ -190,6 +190,56 @@ def test_a_writer_opening_the_file_while_it_is_looked_at_never_signals_the_daemo
     assert int(done.stdout) > 0  # it did see the writer, between the writer's opens
 
 
+def test_a_file_rewritten_while_it_is_taken_is_not_recorded_under_its_old_hash(env, monkeypatch):
+    """The sender copies a corrected file over the same name while the daemon runs its input
+    check: the first bytes are not recorded (their hash is no longer the file's), the
+    corrected file is taken next time, under its own hash, and nothing of the sender's is lost."""
+    from ahgd_daemon.dropfolder import Claimer
+    from state.store import sha256_file
+
+    state, inbox, log, claimer = env
+    target = inbox / "data.csv"
+    target.write_text("a,b\n1,2\n")
+    real_check = Claimer._check
+
+    def sender_rewrites_meanwhile(self, folder_, staged):
+        if target.read_text() == "a,b\n1,2\n":
+            with open(target, "w") as f:   # cp corrected.csv data.csv: the same inode
+                f.write("a,b\n1,2\n3,4\n")
+        return real_check(self, folder_, staged)
+
+    monkeypatch.setattr(Claimer, "_check", sender_rewrites_meanwhile)
+    checked = folder(inbox, required_columns=["a"])
+    first = claim_bounded(claimer, checked, target)
+    assert first.outcome == "changing" and events(state, "file.arrived") == []
+    assert target.read_text() == "a,b\n1,2\n3,4\n"  # the sender's file is still there
+    second = claim_bounded(claimer, checked, target)
+    assert second.outcome == "arrived"
+    [arrived] = events(state, "file.arrived")
+    assert sha256_file(Path(arrived["stored_path"])) == second.sha256 == arrived["sha256"]
+    assert Path(arrived["stored_path"]).read_text() == "a,b\n1,2\n3,4\n"
+
+
+def test_where_leases_cannot_tell_a_file_others_may_write_is_copied(env, monkeypatch):
+    """No lease to be had (another user's file without CAP_LEASE, a file system without
+    leases): a file only the daemon's user may write is linked, one others may write copied."""
+    import fcntl
+
+    state, inbox, log, claimer = env
+    monkeypatch.delattr(fcntl, "F_SETLEASE")
+    mine, shared = inbox / "mine.csv", inbox / "shared.csv"
+    for path, mode in ((mine, 0o644), (shared, 0o664)):
+        path.write_text(f"a,b\n{path.stem},2\n")
+        os.chmod(path, mode)
+    inodes = {p.name: os.stat(p).st_ino for p in (mine, shared)}
+    for path in (mine, shared):
+        assert claim_bounded(claimer, folder(inbox), path).outcome == "arrived"
+    stored = {Path(e["stored_path"]).name: os.stat(e["stored_path"]).st_ino
+              for e in events(state, "file.arrived")}
+    assert stored["mine.csv"] == inodes["mine.csv"]        # linked
+    assert stored["shared.csv"] != inodes["shared.csv"]    # copied
+
+
 def test_a_closed_file_is_still_linked_not_copied(env):
     state, inbox, log, claimer = env
     (inbox / "data.csv").write_text("a,b\n1,2\n")
