@@ -87,12 +87,16 @@ def import_problems(dotted_paths: Iterable[str], *, timeout: float = TIMEOUT_S,
 def call_parameters(obj: Any) -> dict[str, Any] | None:
     """What calling ``obj`` (a stage class, with its ``config:`` as keywords) takes:
     ``{"names": [keyword names], "required": [those without a default], "any": whether it
-    takes any keyword (**kwargs)}``; None when Python cannot tell (a builtin, a C type)."""
+    takes any keyword (**kwargs)}``; None when its signature may not say (a pydantic model:
+    aliases, ignored extras; a builtin, a C type; a signature that cannot be read).  A
+    wrapper's own signature is read, not the one it wraps: it may take more."""
     import inspect
 
+    if hasattr(obj, "model_fields") and hasattr(obj, "model_validate"):
+        return None
     try:
-        signature = inspect.signature(obj)
-    except (TypeError, ValueError):
+        signature = inspect.signature(obj, follow_wrapped=False)
+    except Exception:  # noqa: BLE001 - not ours to judge: the run says, if it fails
         return None
     names, required, anything = [], [], False
     for p in signature.parameters.values():

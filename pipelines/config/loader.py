@@ -436,9 +436,19 @@ class _Session:
                 # the class is made with the stage's config as keywords, at every run: a key it
                 # does not take fails every run, so it is a problem of the file, said now
                 stage = doc.data["stages"][path[1]]
-                for where, message in _config_problems(dotted, stage.get("config"),
-                                                       parameters[dotted]):
+                config = stage.get("config", {})
+                if (not isinstance(config, dict) or stage.get("enabled") is False
+                        or (doc.display, format_path(("stages", path[1], "config"))) in reported):
+                    continue  # a config reported already, or a stage that is not run
+                # keys the stage kind takes for itself, never passed to the class
+                own = _STAGE_OWN_KEYS.get(stage.get("type"), ())
+                config = {k: v for k, v in config.items() if k not in own}
+                for where, message in _config_problems(dotted, config, parameters[dotted]):
                     self.report(doc, ("stages", path[1], *where), message)
+
+
+#: ``config:`` keys a stage kind consumes itself (pipelines/stage.py), not its class
+_STAGE_OWN_KEYS = {"validator": ("schema_path",)}
 
 
 def _config_problems(dotted: str, config: Any, takes: dict[str, Any]) -> list[tuple[tuple, str]]:

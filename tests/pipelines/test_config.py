@@ -362,6 +362,46 @@ def test_a_stage_config_key_its_class_does_not_take_is_a_problem_of_the_file(tmp
         '''), import_classes=True).stages[0].config == {"whatever": 1}
 
 
+def test_config_keys_are_not_second_guessed_where_the_signature_may_not_say(tmp_path):
+    """A validator's schema_path (the stage's own, not its class's), a pydantic model (aliases,
+    ignored extras), a wrapper that takes more than it wraps, a disabled stage: no problem."""
+    (tmp_path / "s.json").write_text('{"type": "object"}')
+    path = write(tmp_path, "x.yaml", '''\
+        pipeline: {name: x}
+        stages:
+          - {name: v, type: validator, class: tests.pipelines.test_config.NeedsTarget,
+             config: {schema_path: s.json, target: t}}
+          - {name: m, type: loader, class: tests.pipelines.test_config.ModelStage,
+             config: {inputFile: a.csv, unused: 1}}
+          - {name: w, type: loader, class: tests.pipelines.test_config.Wrapped,
+             config: {target: t, retries: 2}}
+          - {name: idle, type: loader, class: tests.pipelines.test_config.NeedsTarget,
+             enabled: false, config: {stale: 1}}
+        ''')
+    assert load_pipeline_file(path, import_classes=True).stages[0].config["schema_path"] == "s.json"
+
+
+class ModelStage(__import__("pydantic").BaseModel):
+    input_file: str = __import__("pydantic").Field("", alias="inputFile")
+
+    def load(self, context):
+        return {}
+
+
+def _with_retries(cls):
+    import functools
+
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args, retries: int = 0, **kwargs):
+        init(self, *args, **kwargs)
+        self.retries = retries
+
+    cls.__init__ = __init__
+    return cls
+
+
 class NeedsTarget:
     def __init__(self, target: str, mode: str = "append"):
         self.target, self.mode = target, mode
@@ -797,3 +837,8 @@ def test_monitoring_settings_mistakes(tmp_path):
         f"{master}:5: daemon.monitoring.thresholds.memory_percnt: unknown key 'memory_percnt'; "
         "did you mean 'memory_percent'?",
     ]
+
+
+@_with_retries
+class Wrapped(NeedsTarget):
+    pass
