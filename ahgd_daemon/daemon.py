@@ -287,6 +287,8 @@ class Daemon:
         that comes during the load starts another once it is applied: the files may have
         changed after this load read them."""
         loading = self._reloading
+        if loading is not None and loading.done.is_set():
+            return  # applied (or its failure said) first, in this turn: then this SIGHUP's
         if loading is not None:
             age = self.options.monotonic() - loading.began
             if age < RELOAD_STUCK_S:  # one at a time: this SIGHUP's load starts after it
@@ -316,9 +318,11 @@ class Daemon:
         elif not loading.stuck and self.options.monotonic() - loading.began >= RELOAD_STUCK_S:
             loading.stuck = True
             self._reload_failed(
-                f"the configuration load has not finished after {RELOAD_STUCK_S:g}s (a stage "
-                "module that hangs when imported, a configuration file on a mount that does "
-                "not answer?); send SIGHUP again to start a new load")
+                f"the configuration load has not finished after {RELOAD_STUCK_S:g}s (a module "
+                "named by retry_on that hangs when imported, a configuration file on a mount "
+                "that does not answer?); send SIGHUP again to start a new load, and if that one "
+                "does not finish either, restart the daemon (systemctl restart ahgd-daemon): an "
+                "import that hangs in the daemon holds Python's import lock")
 
     def _reload(self) -> None:
         """Apply the configuration a finished load made (on the loop's thread)."""
