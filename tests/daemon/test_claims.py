@@ -17,19 +17,15 @@ from pathlib import Path
 import pytest
 
 from ahgd_daemon.dropfolder import Claimer, Folder
-from state import EventLog
 
 SECRET = "SECRET-LINE root:$6$notarealhash:19000:0:99999:7:::"
 
 
 @pytest.fixture
-def env(tmp_path: Path):
-    state = tmp_path / "state"
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    log = EventLog.open(state)
-    yield state, inbox, log, Claimer(log, state)
-    log.close()
+def env(claim_env):
+    """claim_env (tests/conftest.py) with the claimer's event log."""
+    state, inbox, claimer = claim_env
+    return state, inbox, claimer.log, claimer
 
 
 def folder(inbox: Path, **kw) -> Folder:

@@ -37,14 +37,30 @@ from tests.daemon.stages import CountLoader as Loader  # noqa: E402
 '''
 
 
-def test_the_loop_goes_on_while_a_reload_loads(tmp_path: Path):
+def _setup(tmp_path: Path) -> tuple[Path, Path, Path, Path]:
+    """(state dir, master file of one pipeline, a folder holding the slow module, its hold)."""
     state = tmp_path / "state"
     state.mkdir()
     config = write_config(tmp_path)
     code = tmp_path / "code"
     code.mkdir()
     (code / "slow_import_stages.py").write_text(SLOW_MODULE)
-    hold = tmp_path / "import.hold"
+    return state, config, code, tmp_path / "import.hold"
+
+
+def _add_slow_pipeline(tmp_path: Path, config: Path) -> None:
+    """A second pipeline whose stage module takes as long to import as the test holds it."""
+    (tmp_path / "slowpipe.yaml").write_text(textwrap.dedent("""\
+        pipeline: {name: slowpipe}
+        stages:
+          - {name: load, type: loader, class: slow_import_stages.Loader}
+        """))
+    config.write_text(config.read_text().replace(
+        "pipelines:\n", "pipelines:\n  - {name: slowpipe, config_file: slowpipe.yaml}\n"))
+
+
+def test_the_loop_goes_on_while_a_reload_loads(tmp_path: Path):
+    state, config, code, hold = _setup(tmp_path)
 
     sock_path = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -71,15 +87,7 @@ def test_the_loop_goes_on_while_a_reload_loads(tmp_path: Path):
         "PYTHONPATH": f"{REPO}:{code}", "AHGD_TEST_IMPORT_HOLD": str(hold)})
     try:
         wait_until(lambda: any("READY=1" in m for m in drain()), 60, "READY=1")
-        # a second pipeline whose stage module takes as long to import as the test holds it
-        (tmp_path / "slowpipe.yaml").write_text(textwrap.dedent("""\
-            pipeline: {name: slowpipe}
-            stages:
-              - {name: load, type: loader, class: slow_import_stages.Loader}
-            """))
-        master = config.read_text().replace(
-            "pipelines:\n", "pipelines:\n  - {name: slowpipe, config_file: slowpipe.yaml}\n")
-        config.write_text(master)
+        _add_slow_pipeline(tmp_path, config)
         hold.touch()
         d.signal(signal.SIGHUP)
         wait_until(lambda: any("RELOADING=1" in m for m in drain()), 30, "RELOADING=1")
@@ -131,13 +139,7 @@ def test_a_load_that_does_not_finish_is_said_and_a_new_sighup_starts_another(tmp
     from ahgd_daemon import daemon as daemon_module
 
     monkeypatch.setattr(daemon_module, "RELOAD_STUCK_S", 1.0)
-    state = tmp_path / "state"
-    state.mkdir()
-    config = write_config(tmp_path)
-    code = tmp_path / "code"
-    code.mkdir()
-    (code / "slow_import_stages.py").write_text(SLOW_MODULE)
-    hold = tmp_path / "import.hold"
+    state, config, code, hold = _setup(tmp_path)
     monkeypatch.syspath_prepend(str(code))  # the import check's child gets our sys.path
     monkeypatch.setenv("AHGD_TEST_IMPORT_HOLD", str(hold))
     d = daemon_module.Daemon(daemon_module.DaemonOptions(
@@ -146,13 +148,7 @@ def test_a_load_that_does_not_finish_is_said_and_a_new_sighup_starts_another(tmp
     runner.start()
     try:
         wait_until(lambda: d.runs is not None and not d._recovering, 60, "the daemon to start")
-        (tmp_path / "slowpipe.yaml").write_text(textwrap.dedent("""\
-            pipeline: {name: slowpipe}
-            stages:
-              - {name: load, type: loader, class: slow_import_stages.Loader}
-            """))
-        config.write_text(config.read_text().replace(
-            "pipelines:\n", "pipelines:\n  - {name: slowpipe, config_file: slowpipe.yaml}\n"))
+        _add_slow_pipeline(tmp_path, config)
         hold.touch()
         d._request_reload()
         wait_until(lambda: query(state, "SELECT message FROM alerts WHERE state = 'FIRING' "
