@@ -7,10 +7,11 @@ the daemon's own copy of the file (a regular file in the state directory,
 under the name it was dropped with).  The daemon's intake thread waits for the
 answer, never its main loop; after ``input_check.timeout`` (counted from when the
 child's Python is up: ``children.exchange``) the child's whole process group is
-killed.  A child not up within ``children.START_S`` raises ``ChildNotStarted``: the
-machine's fault, so the file stays in its folder and is tried again.  A check that hangs, crashes or runs out of memory
-takes only the child with it, and the file is quarantined with a reason that
-says the fault is the check's, not the file's.
+killed.  A child not up within ``children.START_S`` raises ``ChildNotStarted``:
+the machine's fault, so the file stays in its folder and is tried again.  A
+check that hangs, crashes or runs out of memory takes only the child with it,
+and the file is quarantined with a reason that says the fault is the check's,
+not the file's.
 
 ``required_columns`` reads the header from the file's first MiB at most
 (decompressed, for a ``.csv.gz`` or a CSV in a ZIP): a first line longer
@@ -239,9 +240,7 @@ def main(argv: list[str]) -> None:
     # whatever the check prints goes to stderr, not into the answer
     answer = child_begins(argv, ready=False)
     request = json.loads(sys.stdin.buffer.read())
-    import pipelines  # noqa: F401  (ahgd's own imports are the start's time, not the check's)
-
-    if request.get("required_columns"):
+    if request.get("required_columns"):  # ahgd's own imports: the start's time, not the check's
         import pipelines.tables.source  # noqa: F401
     say_ready(answer)
     problem = _check(request)

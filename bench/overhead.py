@@ -25,8 +25,8 @@ sqlite3 (WAL, synchronous=FULL), the floor for the one durable commit each
 stage needs (its ``stage.completed``, in one transaction with the next
 ``stage.started``); and, alternating with it, the same commit holding what a
 stage really records (two events in a table indexed by run, two ``stage_runs``
-rows): the least an event log could pay for it.  Then the whole-process start-up of
-``ahgd --help`` and ``python -c "import pipelines"`` (median wall time).
+rows): the least an event log could pay for it.  Then the whole-process
+start-up of ``ahgd --help`` and ``python -c "import pipelines"`` (median wall time).
 Targets: in-process <= 1.5x the floor measured in the same run, warm workers
 <= 1 ms/stage, each start-up <= 0.4 s.
 """

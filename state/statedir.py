@@ -59,9 +59,8 @@ def _default(note: Callable[[str], None] | None) -> str:
         return DEFAULT
     message = (f"using {legacy.resolve()}, the state directory found there (./{LEGACY_DEFAULT} "
                f"was the default of earlier ahgd versions; it is now ./{DEFAULT}); to keep it "
-               "without this note, "
-               f"rename it (mv {LEGACY_DEFAULT} {DEFAULT}) or name it: --state-dir "
-               f"{LEGACY_DEFAULT}, or {ENV_VAR}={LEGACY_DEFAULT}")
+               f"without this note, rename it (mv {LEGACY_DEFAULT} {DEFAULT}) or name it: "
+               f"--state-dir {LEGACY_DEFAULT}, or {ENV_VAR}={LEGACY_DEFAULT}")
     if note is not None:
         note(message)
     else:

@@ -451,10 +451,10 @@ class _Session:
 _STAGE_OWN_KEYS = {"validator": ("schema_path",)}
 
 
-def _config_problems(dotted: str, config: Any, takes: dict[str, Any]) -> list[tuple[tuple, str]]:
+def _config_problems(dotted: str, config: dict[str, Any],
+                     takes: dict[str, Any]) -> list[tuple[tuple, str]]:
     """(key path under the stage, message) for each ``config:`` key the class ``dotted`` does
     not take, and for the keywords it needs that ``config:`` lacks."""
-    config = config if isinstance(config, dict) else {}
     name = dotted.rpartition(".")[2]
     names = [n for n in takes.get("names", []) if isinstance(n, str)]
     shown = ", ".join(names) if names else "none"

@@ -251,7 +251,8 @@ def describe_exit(code: int | None) -> str:
             name = signal.Signals(-code).name
         except ValueError:
             name = f"signal {-code}"
-        hint = " (the kernel kills with SIGKILL when memory runs out)" if -code == signal.SIGKILL else ""
+        hint = (" (the kernel kills with SIGKILL when memory runs out)"
+                if -code == signal.SIGKILL else "")
         return f"was killed by {name}{hint}"
     return f"exited with code {code}"
 

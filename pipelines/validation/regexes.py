@@ -80,8 +80,10 @@ def _in_duckdb(regexes: list[str]) -> dict[str, str | None]:
 
 
 def _in_child(regexes: list[str]) -> dict[str, str | None]:
-    """Asked in a child; if the child cannot answer (DuckDB broken, killed), asked here, so
-    that a broken environment shows its own error rather than a wrong verdict."""
+    """Asked in a child; if the child cannot answer (DuckDB broken, killed once it is up),
+    asked here, so that a broken environment shows its own error rather than a wrong verdict.
+    A child that does not come up raises ``ChildNotStarted`` instead: asked here, DuckDB
+    (69 MB) would stay in this process (a daemon's) for good."""
     from ..execution.children import ChildTimedOut, exchange, kill_session, start_child
 
     proc = start_child("pipelines.validation.regexes", stderr=subprocess.DEVNULL)
@@ -92,7 +94,6 @@ def _in_child(regexes: list[str]) -> dict[str, str | None]:
         answer = json.loads(out.decode("utf-8")) if proc.returncode == 0 else None
     except (ChildTimedOut, ValueError):
         answer = None
-    # ChildNotStarted goes up: asked here instead, DuckDB (69 MB) would stay in this process
     finally:
         kill_session(proc)  # and reaped
     if not isinstance(answer, dict) or any(r not in answer for r in regexes):
