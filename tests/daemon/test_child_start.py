@@ -20,9 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from ahgd_daemon.dropfolder import Claimer, Folder
+from ahgd_daemon.dropfolder import Folder
 from ahgd_daemon.intake import describe
 from pipelines.execution import children
+
+from .test_input_checks import claim_bounded
 
 SLOW_START_S = 2.5
 
@@ -50,23 +52,6 @@ def events_of(state: Path, kind: str) -> int:
         con.close()
 
 
-def claim_bounded(claimer: Claimer, folder: Folder, path: Path, timeout: float = 60.0):
-    """The claim's outcome, or the exception it raised; fails instead of hanging."""
-    result: list = []
-
-    def claim() -> None:
-        try:
-            result.append(claimer.claim(folder, path))
-        except Exception as exc:  # noqa: BLE001 - the test looks at it
-            result.append(exc)
-
-    t = threading.Thread(target=claim, daemon=True)
-    t.start()
-    t.join(timeout)
-    assert not t.is_alive(), f"the claim of {path.name} did not return within {timeout}s"
-    return result[0]
-
-
 def test_a_slow_interpreter_start_is_not_the_checks_time(claim_env, slow_start):
     state, inbox, claimer = claim_env
     (inbox / "x.csv").write_text("a,b\n1,2\n")
@@ -74,7 +59,6 @@ def test_a_slow_interpreter_start_is_not_the_checks_time(claim_env, slow_start):
     folder = Folder("p", inbox, "*.csv", stable_for=0.0, required_columns=["a", "b"],
                     check_timeout=1.0)
     claimed = claim_bounded(claimer, folder, inbox / "x.csv")
-    assert not isinstance(claimed, Exception), claimed
     assert claimed.outcome == "arrived", claimed
     assert events_of(state, "file.quarantined") == 0
     assert not (inbox / "x.csv").exists()
@@ -97,8 +81,9 @@ def test_an_interpreter_that_never_comes_up_leaves_the_file_to_be_tried_again(
     (inbox / "x.csv").write_text("a,b\n1,2\n")
     folder = Folder("p", inbox, "*.csv", stable_for=0.0, required_columns=["a"],
                     check_timeout=60.0)
-    outcome = claim_bounded(claimer, folder, inbox / "x.csv")
-    assert isinstance(outcome, children.ChildNotStarted), outcome
+    with pytest.raises(children.ChildNotStarted) as raised:
+        claim_bounded(claimer, folder, inbox / "x.csv")
+    outcome = raised.value
     # not the file's fault: it stays where it was dropped, unrecorded and unquarantined
     assert (inbox / "x.csv").read_text() == "a,b\n1,2\n"
     assert events_of(state, "file.quarantined") == 0
@@ -125,8 +110,9 @@ def test_an_interpreter_killed_as_it_starts_is_not_the_files_fault(claim_env, sl
     monkeypatch.setenv("AHGD_TEST_DIE_AT_START", "1")  # as the kernel does when memory runs out
     (inbox / "x.csv").write_text("a,b\n1,2\n")
     folder = Folder("p", inbox, "*.csv", stable_for=0.0, required_columns=["a"])
-    outcome = claim_bounded(claimer, folder, inbox / "x.csv")
-    assert isinstance(outcome, children.ChildNotStarted), outcome
+    with pytest.raises(children.ChildNotStarted) as raised:
+        claim_bounded(claimer, folder, inbox / "x.csv")
+    outcome = raised.value
     assert "its Python was killed by SIGKILL" in str(outcome) and "before it was up" in str(outcome)
     assert (inbox / "x.csv").exists() and events_of(state, "file.quarantined") == 0
 

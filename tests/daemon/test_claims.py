@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from ahgd_daemon.dropfolder import Claimer, Folder
+from ahgd_daemon.dropfolder import Folder
+
+from .test_input_checks import claim_bounded
 
 SECRET = "SECRET-LINE root:$6$notarealhash:19000:0:99999:7:::"
 
@@ -51,25 +53,6 @@ def everything_under(root: Path) -> bytes:
             if stat.S_ISREG(os.lstat(p).st_mode):
                 out.append(p.read_bytes())
     return b"\n".join(out)
-
-
-def claim_bounded(claimer: Claimer, f: Folder, path: Path, timeout: float = 30.0):
-    """claim() on a thread: a claim that blocks fails the test instead of hanging it."""
-    result: list = []
-
-    def claim() -> None:
-        try:
-            result.append(claimer.claim(f, path))
-        except BaseException as exc:  # handed to the test's thread
-            result.append(exc)
-
-    t = threading.Thread(target=claim, daemon=True)
-    t.start()
-    t.join(timeout)
-    assert not t.is_alive(), f"claiming {path} blocked for {timeout}s"
-    if isinstance(result[0], BaseException):
-        raise result[0]
-    return result[0]
 
 
 # -- item 4: links are never followed -------------------------------------------------------

@@ -27,11 +27,22 @@ def quarantined(state: Path) -> list[dict]:
 
 
 def claim_bounded(claimer: Claimer, folder: Folder, path: Path, timeout: float = 60.0):
+    """claim() on a thread: a claim that blocks fails the test instead of hanging it; what
+    the claim raised is raised here (the drop-folder tests share this)."""
     result: list = []
-    t = threading.Thread(target=lambda: result.append(claimer.claim(folder, path)), daemon=True)
+
+    def claim() -> None:
+        try:
+            result.append(claimer.claim(folder, path))
+        except BaseException as exc:  # handed to the test's thread
+            result.append(exc)
+
+    t = threading.Thread(target=claim, daemon=True)
     t.start()
     t.join(timeout)
     assert not t.is_alive(), f"the claim of {path.name} did not return within {timeout}s"
+    if isinstance(result[0], BaseException):
+        raise result[0]
     return result[0]
 
 
