@@ -84,6 +84,28 @@ def profile_rows(state_dir: Path, limit: int = 5) -> tuple[list[str], list[tuple
         con.close()
 
 
+def file_outcomes(log: Any, after: int) -> list[str]:
+    """One line per file the daemon took after event ``after``: run, duplicate or quarantine.
+
+    A second ``ahgd demo`` finds the same bytes again; without this it would only show
+    the first demo's runs, and the files it dropped would seem to have done nothing.
+    """
+    from state.events import EventType as T
+
+    lines = []
+    for e in log.events(after=after, types=[T.FILE_ARRIVED, T.FILE_DUPLICATE,
+                                            T.FILE_QUARANTINED]):
+        name, p = e.payload.get("name", "?"), e.payload
+        if e.type == T.FILE_ARRIVED:
+            lines.append(f"{name}: new, run {e.run_id}")
+        elif e.type == T.FILE_DUPLICATE:
+            lines.append(f"{name}: the same bytes as run {p.get('first_run_id', e.run_id)}'s "
+                         f"file, so nothing ran again (kept in {p.get('moved_to')})")
+        else:
+            lines.append(f"{name}: quarantined: {p.get('reason', '?')}")
+    return lines
+
+
 def run_demo(state_dir: Path, out: TextIO = sys.stdout, master: Path = MASTER) -> int:
     from state import EventLog, queries
     from state.statedir import ensure_state_dir
@@ -100,6 +122,8 @@ def run_demo(state_dir: Path, out: TextIO = sys.stdout, master: Path = MASTER) -
     click.echo(f"dropping the bundled ABS SEIFA and AIHW MORT files into {state_dir / 'inbox'}", file=out)
     drop_inputs(state_dir)
     click.echo(f"running the daemon once on {master} (JSON log: {log_file})", file=out)
+    with EventLog.open(state_dir) as log:
+        before = log.last_seq()
     progress = Progress(out)
     try:
         code = Daemon(DaemonOptions(config_paths=[master], state_dir=state_dir, once=True,
@@ -111,6 +135,11 @@ def run_demo(state_dir: Path, out: TextIO = sys.stdout, master: Path = MASTER) -
     columns = ["run_id", "pipeline", "trigger", "state", "duration_s", "error"]
     with EventLog.open(state_dir) as log:
         runs = queries.run_history(log, columns=columns)
+        outcomes = file_outcomes(log, before)
+    if outcomes:
+        click.echo("\nwhat became of the dropped files:", file=out)
+        for line in outcomes:
+            click.echo(f"  {line}", file=out)
     click.echo("\nrun history (SELECT * FROM run_history):", file=out)
     click.echo(render_table(runs, columns), file=out)
     profile_columns, profile = profile_rows(state_dir)

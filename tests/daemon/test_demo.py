@@ -21,6 +21,8 @@ def test_ahgd_demo_runs_all_three_pipelines_end_to_end(tmp_path):
     out = proc.stdout
     assert "run history" in out and "sa2_health_profile, first rows" in out
     assert "101021007  Braidwood" in out
+    seifa_run = query(state, "SELECT run_id FROM runs WHERE pipeline = 'seifa_sa2'")[0][0]
+    assert f"seifa_2021_sa2.csv: new, run {seifa_run}" in out
     assert f"ahgd status --state-dir {state}" in out and "--http 127.0.0.1:8787" in out
     runs = query(state, "SELECT pipeline, state, trigger FROM runs ORDER BY requested_at")
     assert sorted(runs) == [("mortality_regions", "COMPLETED", "drop_folder"),
@@ -45,6 +47,10 @@ def test_ahgd_demo_runs_all_three_pipelines_end_to_end(tmp_path):
     assert again.returncode == 0, again.stdout + again.stderr
     assert len(query(state, "SELECT 1 FROM runs")) == 3
     assert query(state, "SELECT COUNT(*) FROM events WHERE type = 'file.duplicate'") == [(2,)]
+    # ... and the second demo says so, naming the run that took the bytes first
+    assert (f"seifa_2021_sa2.csv: the same bytes as run {seifa_run}'s file, so nothing ran again"
+            in again.stdout), again.stdout
+    assert ": new, run" not in again.stdout
 
 
 def test_a_mort_table_in_the_seifa_folder_is_quarantined_naming_the_missing_columns(tmp_path):
