@@ -318,11 +318,10 @@ class Daemon:
         elif not loading.stuck and self.options.monotonic() - loading.began >= RELOAD_STUCK_S:
             loading.stuck = True
             self._reload_failed(
-                f"the configuration load has not finished after {RELOAD_STUCK_S:g}s (a module "
-                "named by retry_on that hangs when imported, a configuration file on a mount "
-                "that does not answer?); send SIGHUP again to start a new load, and if that one "
-                "does not finish either, restart the daemon (systemctl restart ahgd-daemon): an "
-                "import that hangs in the daemon holds Python's import lock")
+                f"the configuration load has not finished after {RELOAD_STUCK_S:g}s (a "
+                "configuration file on a mount that does not answer, a machine out of "
+                "processes?); send SIGHUP again to start a new load, and if that one does not "
+                "finish either, restart the daemon (systemctl restart ahgd-daemon)")
 
     def _reload(self) -> None:
         """Apply the configuration a finished load made (on the loop's thread)."""

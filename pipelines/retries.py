@@ -36,7 +36,7 @@ from .errors import ConfigError, InputError, StageError, StageOutputError, Valid
     WarehouseDamaged
 
 __all__ = ["RetryLater", "Decision", "classify", "after_failure", "failure_message",
-           "exception_names", "name_problem", "retry_key_problems", "same_class_in_both"]
+           "exception_names", "name_problem", "retry_key_names", "same_class_in_both"]
 
 
 class RetryLater(StageError):
@@ -285,11 +285,12 @@ def name_problem(name: Any, *, key: str, import_modules: bool = True) -> str | N
     return None
 
 
-def retry_key_problems(data: Any) -> list[tuple[tuple, str]]:
-    """``(key path, problem)`` of each dotted ``retry_on`` / ``no_retry_on`` entry of a
-    pipeline file's data whose module cannot be imported or has no such exception class
-    (``ahgd config check``); read from the data itself, so they are found even when other
-    keys are wrong.  Other entries are the model's to check."""
+def retry_key_names(data: Any) -> list[tuple[tuple, str, str]]:
+    """``(key path, key, dotted name)`` of each dotted ``retry_on`` / ``no_retry_on`` entry
+    of a pipeline file's data whose form is right, read from the data itself (so they are
+    checked even when other keys are wrong).  Whether each imports and is an exception
+    class is for the import check's child to say (``ahgd config check``, a daemon's load):
+    importing a module here could hang the caller.  Other entries are the model's to check."""
     stages = data.get("stages") if isinstance(data, dict) else None
     out = []
     for i, stage in enumerate(stages if isinstance(stages, list) else []):
@@ -298,9 +299,7 @@ def retry_key_problems(data: Any) -> list[tuple[tuple, str]]:
             for j, name in enumerate(names if isinstance(names, list) else []):
                 if isinstance(name, str) and "." in name \
                         and name_problem(name, key=key, import_modules=False) is None:
-                    problem = name_problem(name, key=key)
-                    if problem:
-                        out.append((("stages", i, key, j), problem))
+                    out.append((("stages", i, key, j), key, name))
     return out
 
 

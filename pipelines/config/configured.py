@@ -131,7 +131,7 @@ def _stage_config(spec: Any, base_dir: Path | None) -> StageConfig:
         rules["schema"] = str(rules["schema"])
     req = spec.resource_requirements
     requirements = {} if req is None else req.as_dict()
-    return StageConfig(
+    config = StageConfig(
         name=spec.name,
         description=spec.description,
         enabled=spec.enabled,
@@ -144,9 +144,12 @@ def _stage_config(spec: Any, base_dir: Path | None) -> StageConfig:
         resource_requirements=requirements,
         base_dir=base_dir,
         executor=spec.executor,
-        retry_on=tuple(spec.retry_on),
-        no_retry_on=tuple(spec.no_retry_on),
     )
+    # names the loader has checked (their form, and with import_classes, in the import
+    # check's child): StageConfig would import a dotted one here, and a module that hangs
+    # when imported would hang the daemon's engine.  The worker imports it, to judge an error
+    config.retry_on, config.no_retry_on = tuple(spec.retry_on), tuple(spec.no_retry_on)
+    return config
 
 
 def load_pipeline(path: str | os.PathLike[str], *, state_dir: str | os.PathLike[str] | None = None,

@@ -10,8 +10,15 @@ crashes or exits when imported away from the caller.  A module that exists only
 in this process (``__main__``, or one put into ``sys.modules`` by hand, with no
 file behind it) cannot be imported anywhere else, so it is checked here.
 
-Protocol: a JSON list of dotted paths on the child's stdin; one JSON line
-``{"target": dotted, "problem": text or null}`` per path on its stdout, each as
+The same child checks the exception classes a stage's ``retry_on`` /
+``no_retry_on`` names by dotted path (:func:`check_names`): their modules are
+imported too, and one that hangs must not hang a daemon loading its
+configuration.
+
+Protocol: a JSON list of ``[kind, dotted path]`` on the child's stdin (kind
+``"import"`` for a stage class or callable, ``"retry_on"`` / ``"no_retry_on"``
+for an exception class); one JSON line ``{"kind": kind, "target": dotted,
+"problem": text or null, "parameters": ...}`` per request on its stdout, each as
 soon as it is known.  What the imported modules print goes to stderr.
 """
 
@@ -57,7 +64,13 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def import_problems(dotted_paths: Iterable[str], *, timeout: float = TIMEOUT_S,
+#: a request to the child: ("import", a stage class or callable) or ("retry_on" /
+#: "no_retry_on", an exception class)
+Request = tuple[str, str]
+IMPORT = "import"
+
+
+def import_problems(dotted_paths: Iterable[str], *, timeout: float | None = None,
                     parameters: dict[str, dict[str, Any]] | None = None,
                     ) -> dict[str, str | None]:
     """Each of ``dotted_paths`` (``package.module.Attr``) -> why it cannot be imported, or None.
@@ -66,22 +79,46 @@ def import_problems(dotted_paths: Iterable[str], *, timeout: float = TIMEOUT_S,
     given as ``parameters`` gets, for each path that imports and whose signature Python can
     read, the keywords calling it takes (:func:`call_parameters`).
     """
-    targets = list(dict.fromkeys(dotted_paths))
-    here = [t for t in targets if _only_in_this_process(t.rpartition(".")[0])]
-    out: dict[str, str | None] = {}
+    found = check_names([(IMPORT, t) for t in dotted_paths], timeout=timeout,
+                        parameters=parameters)
+    return {t: problem for (_, t), problem in found.items()}
+
+
+def check_names(requests: Iterable[Request], *, timeout: float | None = None,
+                parameters: dict[str, dict[str, Any]] | None = None,
+                ) -> dict[Request, str | None]:
+    """Each request -> its problem or None, all answered by one child (:func:`import_problems`
+    for an ``"import"``; :func:`pipelines.retries.name_problem` for a ``retry_on`` /
+    ``no_retry_on`` entry: the class must be an exception ahgd may retry or not).  ``timeout``
+    (default :data:`TIMEOUT_S`) counts from when the child is up."""
+    timeout = TIMEOUT_S if timeout is None else timeout
+    targets = list(dict.fromkeys(requests))
+    here = [r for r in targets if _only_in_this_process(r[1].rpartition(".")[0])]
+    out: dict[Request, str | None] = {}
     found: dict[str, dict[str, Any]] = {}
-    for t in here:
-        out[t] = import_problem(t)
-        if out[t] is None:
-            signature = call_parameters(_imported(t))
-            if signature is not None:
-                found[t] = signature
-    fresh = [t for t in targets if t not in out]
+    for request in here:
+        out[request] = _answer(*request, found)
+    fresh = [r for r in targets if r not in out]
     if fresh:
         out.update(_in_child(fresh, timeout, found))
     if parameters is not None:
         parameters.update(found)
-    return {t: out[t] for t in targets}
+    return {r: out[r] for r in targets}
+
+
+def _answer(kind: str, target: str, parameters: dict[str, dict[str, Any]]) -> str | None:
+    """The problem of one request, checked in this process; a stage class's keywords go to
+    ``parameters``."""
+    if kind != IMPORT:
+        from ..retries import name_problem
+
+        return name_problem(target, key=kind)
+    problem = import_problem(target)
+    if problem is None:
+        signature = call_parameters(_imported(target))
+        if signature is not None:
+            parameters[target] = signature
+    return problem
 
 
 def call_parameters(obj: Any) -> dict[str, Any] | None:
@@ -153,8 +190,8 @@ def _only_in_this_process(module_name: str) -> bool:
     return False
 
 
-def _in_child(targets: list[str], timeout: float,
-              parameters: dict[str, dict[str, Any]]) -> dict[str, str | None]:
+def _in_child(targets: list[Request], timeout: float,
+              parameters: dict[str, dict[str, Any]]) -> dict[Request, str | None]:
     from ..execution.children import ChildTimedOut, exchange, kill_session, start_child
 
     # the child must find modules where this process (and so a worker) finds them, and
@@ -178,31 +215,38 @@ def _in_child(targets: list[str], timeout: float,
         kill_session(proc)
         reader.join(5)
     err = errors[0] if errors else b""
-    found: dict[str, str | None] = {}
+    found: dict[Request, str | None] = {}
     for line in out.decode("utf-8", "replace").splitlines():
         try:
             answer = json.loads(line)
-            found[answer["target"]] = answer["problem"]
+            found[(answer["kind"], answer["target"])] = answer["problem"]
         except (ValueError, KeyError, TypeError):
             continue
         if isinstance(answer.get("parameters"), dict):
             parameters[answer["target"]] = answer["parameters"]
-    for target in targets:
-        if target in found:
+    # the child answers in order: the first request it did not answer is the one that hung
+    # (or stopped it); those after it were never tried
+    culprit = next((r[1].rpartition(".")[0] for r in targets if r not in found), None)
+    for request in targets:
+        if request in found:
             continue
-        module = target.rpartition(".")[0]
-        if timed_out:
-            found[target] = (f"importing module {module!r} did not finish within {timeout:g}s "
-                             "(does it wait for something, or loop, when imported?); make its "
-                             "import quick: a worker process imports it before every run")
+        module = request[1].rpartition(".")[0]
+        if module != culprit:
+            found[request] = (f"not checked: the check stopped at module {culprit!r} (its "
+                              "problem is reported beside this one); check again once that "
+                              "is fixed")
+        elif timed_out:
+            found[request] = (f"importing module {module!r} did not finish within {timeout:g}s "
+                              "(does it wait for something, or loop, when imported?); make its "
+                              "import quick: a worker process imports it before every run")
         else:
             from ..execution.pool import describe_exit
 
             last = err.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no message"]
-            found[target] = (f"importing module {module!r} stopped the interpreter that "
-                             f"imported it (it {describe_exit(proc.returncode)}: {last[0][:300]}); "
-                             "a worker process would stop the same way: fix what the module "
-                             "does when imported")
+            found[request] = (f"importing module {module!r} stopped the interpreter that "
+                              f"imported it (it {describe_exit(proc.returncode)}: "
+                              f"{last[0][:300]}); a worker process would stop the same way: fix "
+                              "what the module does when imported")
     return found
 
 
@@ -212,10 +256,11 @@ def main(argv: list[str]) -> None:
     # as in a worker: stage modules kept in the working directory import, last; what the
     # modules print goes to stderr, not into the answer
     answer = child_begins(argv)
-    for target in json.loads(sys.stdin.buffer.read()):
-        problem = import_problem(target)
-        parameters = call_parameters(_imported(target)) if problem is None else None
-        line = json.dumps({"target": target, "problem": problem, "parameters": parameters})
+    for kind, target in json.loads(sys.stdin.buffer.read()):
+        parameters: dict[str, dict[str, Any]] = {}
+        problem = _answer(kind, target, parameters)
+        line = json.dumps({"kind": kind, "target": target, "problem": problem,
+                           "parameters": parameters.get(target)})
         os.write(answer, (line + "\n").encode())
 
 

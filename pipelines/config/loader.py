@@ -28,13 +28,13 @@ from state.errors import did_you_mean
 
 from ..errors import ConfigError
 from ..graph import find_cycle
-from ..retries import retry_key_problems
+from ..retries import retry_key_names
 from .models import (DaemonSettings, MasterEntry, MasterFile, MasterOrchestration, PipelineFile,
                      ResourceRequirements)
 from .problems import ConfigIssue, pydantic_problems
 from .retain import RetainSettings
 from .source import Doc, Substitutions, expand, file_kind, format_path, read_yaml
-from .imports import import_problems, named_imports
+from .imports import IMPORT, check_names, named_imports
 
 
 @dataclass(frozen=True)
@@ -179,7 +179,8 @@ class _Session:
         self._pipeline_cache: dict[Path, tuple[Doc | None, PipelineFile | None]] = {}
         self._read_order: list[str] = []
         self._seen: set[Path] = set()
-        self._imports: list[tuple[Doc, tuple, Any]] = []  # (file, key path, dotted path)
+        # (file, key path, (kind, dotted path)): what the import check's child is asked
+        self._imports: list[tuple[Doc, tuple, tuple[str, str]]] = []
 
     def report(self, doc: Doc, path: tuple, message: str) -> None:
         self.issues.append(ConfigIssue(doc.display, doc.line_of(path), format_path(path), message))
@@ -258,9 +259,11 @@ class _Session:
         file = self._validate(doc, PipelineFile)
         self._check_stages(doc)
         if self.import_classes:  # from the file itself: checked even if its model failed
-            self._imports += [(doc, path, dotted) for path, dotted in named_imports(doc.data)]
-        for path, problem in retry_key_problems(doc.data) if self.import_classes else ():
-            self.report(doc, path, problem)   # retry_on / no_retry_on name exception classes
+            self._imports += [(doc, path, (IMPORT, dotted))
+                              for path, dotted in named_imports(doc.data)]
+            # retry_on / no_retry_on name exception classes: imported by the same child
+            self._imports += [(doc, path, (key, name))
+                              for path, key, name in retry_key_names(doc.data)]
         if file is not None:
             file._source = doc.path
         self._pipeline_cache[doc.path] = (doc, file)
@@ -423,16 +426,17 @@ class _Session:
     def check_imports(self) -> None:
         """Import every collected dotted path at once, in a fresh interpreter (imports.py)."""
         reported = {(i.file, i.path) for i in self.issues}  # a bad value is not imported too
-        targets = [(doc, path, dotted) for doc, path, dotted in self._imports
+        targets = [(doc, path, request) for doc, path, request in self._imports
                    if (doc.display, format_path(path)) not in reported]
         self._imports = []
         parameters: dict[str, dict[str, Any]] = {}
-        found = import_problems([dotted for _, _, dotted in targets],
-                                parameters=parameters) if targets else {}
-        for doc, path, dotted in targets:
-            if found.get(dotted):
-                self.report(doc, path, found[dotted])
-            elif dotted in parameters and path[0] == "stages" and path[-1] == "class":
+        found = check_names([request for _, _, request in targets],
+                            parameters=parameters) if targets else {}
+        for doc, path, (kind, dotted) in targets:
+            if found.get((kind, dotted)):
+                self.report(doc, path, found[(kind, dotted)])
+            elif (kind == IMPORT and dotted in parameters and path[0] == "stages"
+                  and path[-1] == "class"):
                 # the class is made with the stage's config as keywords, at every run: a key it
                 # does not take fails every run, so it is a problem of the file, said now
                 stage = doc.data["stages"][path[1]]

@@ -174,6 +174,28 @@ def test_retry_on_and_no_retry_on_from_yaml(state_dir, tmp_path):
         {"decision": False, "why": "OSError is in the stage's no_retry_on"}]
 
 
+def test_a_retry_class_by_dotted_path_is_imported_by_the_worker_not_the_engine(state_dir,
+                                                                                tmp_path):
+    """The daemon builds each stage's config from the loaded file: the dotted names of
+    retry_on are not imported there (a module that hangs would hang the engine), only by the
+    worker that judges the error."""
+    import sys
+
+    path = tmp_path / "retries.yaml"
+    path.write_text(textwrap.dedent("""\
+        pipeline: {name: busy}
+        stages:
+          - {name: first, type: extractor, class: tests.pipelines.retry_pipelines.FailingExtractor,
+             config: {failures: [busy]}, retry_delay: 0.01,
+             retry_on: [tests.pipelines.retry_errors.Busy]}
+        """))
+    ctx = load_pipeline(path, state_dir=state_dir).run()
+    assert ctx.state == "COMPLETED"
+    assert [f["retry"] for f in failed_events(state_dir)] == [
+        {"decision": True, "why": "tests.pipelines.retry_errors.Busy is in the stage's retry_on"}]
+    assert "tests.pipelines.retry_errors" not in sys.modules
+
+
 # --------------------------------------------------------------------------- configuration
 
 
@@ -272,3 +294,38 @@ def test_parameters_that_do_not_match_the_query_are_the_codes_fault_not_the_data
         "duckdb.InvalidInputException is an error in the SQL",
         "duckdb.InvalidInputException is an error in the SQL",
         "duckdb.InvalidInputException is a data error"]
+
+
+def test_a_retry_class_whose_module_hangs_is_reported_and_not_imported_here(tmp_path,
+                                                                            monkeypatch):
+    """retry_on / no_retry_on classes are imported by the import check's child, as stage
+    classes are: a module that hangs when imported is reported as hanging, and the process
+    checking the configuration (a daemon loading it) never imports it itself."""
+    import sys
+
+    import pipelines.config.imports as imports
+
+    (tmp_path / "hangs_on_import.py").write_text(
+        "import time\ntime.sleep(600)\nclass Busy(Exception):\n    pass\n")
+    (tmp_path / "my_errors.py").write_text(
+        "class Busy(Exception):\n    pass\nclass NotAnError:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(imports, "TIMEOUT_S", 2.0)
+    path = tmp_path / "p.yaml"
+    path.write_text(textwrap.dedent("""\
+        pipeline: {name: p}
+        stages:
+          - {name: extract, type: extractor, class: pipelines.ahgd.seifa.SeifaExtractor,
+             retry_on: [my_errors.Busy, my_errors.NotAnError],
+             no_retry_on: [hangs_on_import.Busy, my_errors.Other]}
+        """))
+    assert check_files([path]) == [
+        f"{path}:4: stages[0].retry_on[1]: 'my_errors.NotAnError' is a class, not an "
+        "exception class",
+        f"{path}:5: stages[0].no_retry_on[0]: importing module 'hangs_on_import' did not "
+        "finish within 2s (does it wait for something, or loop, when imported?); make its "
+        "import quick: a worker process imports it before every run",
+        f"{path}:5: stages[0].no_retry_on[1]: not checked: the check stopped at module "
+        "'hangs_on_import' (its problem is reported beside this one); check again once that "
+        "is fixed"]
+    assert "hangs_on_import" not in sys.modules and "my_errors" not in sys.modules
