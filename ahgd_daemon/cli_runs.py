@@ -128,11 +128,10 @@ def _run(state_dir: Path, pipeline: str, configs: tuple[str, ...], source: int |
     from state import EventLog
     from state.locks import FileLock, run_lock_path
 
-    from . import logs
     from .names import disabled_pipeline, unknown_pipeline
     from .requests import request_run
 
-    logs.configure(level="warning")
+    _log_runs_here(state_dir)
     pipelines, disabled = _local_pipelines(state_dir, configs)
     if pipeline not in pipelines:
         fail(unknown_pipeline(pipeline, pipelines))
@@ -160,6 +159,22 @@ def _run(state_dir: Path, pipeline: str, configs: tuple[str, ...], source: int |
         run = log.run(run_id)
     _print_outcome(run)
     sys.exit(0 if context.state == RunState.COMPLETED else 1)
+
+
+def _log_runs_here(state_dir: Path) -> None:
+    """A run executed by this command (no daemon) keeps its log,
+    ``<state dir>/logs/<run id>.jsonl`` (``ahgd logs``), as the daemon does: the stages'
+    lines and output, from the workers, shown on the terminal too; this process's own lines
+    about the run, shown only from warnings up."""
+    from pipelines.execution.logsetup import RUN_LOGS_ENV, keep_run_logs
+
+    from . import logs
+
+    logs.configure(level="info", terminal_level="warning")
+    keep_run_logs(state_dir)
+    # the workers this command starts read these (pipelines/execution/worker.py, capture.py)
+    os.environ[RUN_LOGS_ENV] = str(state_dir)
+    os.environ.setdefault("AHGD_LOG_FORMAT", "console" if sys.stdout.isatty() else "json")
 
 
 def _execute_here(pipeline: Any, run_id: str, log: Any, lock: Any = None) -> Any:
@@ -203,6 +218,8 @@ def retry(state_dir: Path, run_id: str, configs: tuple[str, ...], no_wait: bool)
 
     from .names import unknown_run
     from .requests import retry as retry_run
+
+    _log_runs_here(state_dir)
 
     with open_log(state_dir) as log:  # a wrong run id is said before --config is asked for
         check_name(unknown_run(log, run_id))

@@ -22,11 +22,12 @@ _SKIP_KEYS = {"traceback", "output", "params", "stages", "owner"}
 
 
 def configure(*, json_lines: bool | None = None, level: str = "info",
-              stream: TextIO | None = None) -> None:
+              stream: TextIO | None = None, terminal_level: str | None = None) -> None:
     """Configure structlog once, at the process boundary (CLI or daemon start)."""
     from pipelines.execution.logsetup import configure_logging
 
-    configure_logging(json_lines=json_lines, level=level, stream=stream)
+    configure_logging(json_lines=json_lines, level=level, stream=stream,
+                      terminal_level=terminal_level)
 
 
 class EventLogger:

@@ -49,7 +49,9 @@ def _tee_to_run_log(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, An
 
 
 def configure_logging(*, json_lines: bool | None = None, level: str = "info",
-                      stream: TextIO | None = None) -> None:
+                      stream: TextIO | None = None, terminal_level: str | None = None) -> None:
+    """Lines of ``level`` and above are logged; with ``terminal_level`` (a higher level),
+    those below it go only to their run's log (when run logs are kept), not to ``stream``."""
     import os
 
     import structlog
@@ -68,6 +70,11 @@ def configure_logging(*, json_lines: bool | None = None, level: str = "info",
     last: list[Any] = ([_json_line] if json_lines else
                        [_tee_to_run_log, _drop_none, _order,
                         structlog.dev.ConsoleRenderer(colors=stream.isatty())])
+    shown = _level_number(terminal_level)
+    if shown > _level_number(level):
+        # teed first, then kept off the terminal: the run's log has the line, stdout not
+        last = [_shown_from(shown, _json_line)] if json_lines else \
+            [_tee_to_run_log, _shown_from(shown, None), *last[1:]]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -81,6 +88,27 @@ def configure_logging(*, json_lines: bool | None = None, level: str = "info",
         cache_logger_on_first_use=False,
     )
     use_structlog(True)  # the framework's own lines (pipelines.logs) go here too
+
+
+def _level_number(name: str | None) -> int:
+    number = logging.getLevelName(name.upper()) if isinstance(name, str) else logging.NOTSET
+    return number if isinstance(number, int) else logging.NOTSET
+
+
+def _shown_from(level: int, render: Any) -> Any:
+    """A processor that drops lines below ``level``: after ``render`` (``_json_line``, which
+    tees as it renders) when given, else at once (the tee having run before it)."""
+    import structlog
+
+    def processor(logger: Any, method: str, event_dict: dict[str, Any]) -> Any:
+        shown = _level_number(event_dict.get("level")) >= level
+        if render is not None:
+            event_dict = render(logger, method, event_dict)
+        if not shown:
+            raise structlog.DropEvent
+        return event_dict
+
+    return processor
 
 
 def _order(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:

@@ -93,3 +93,27 @@ def test_a_runs_log_stays_open_between_lines_and_follows_a_removal(tmp_path):
     finally:
         runlogs.close_all()
     assert open_on_it() == 0
+
+
+def test_a_terminal_level_keeps_lines_below_it_off_the_stream_but_in_the_runs_log(tmp_path):
+    """``ahgd run``'s own lines: warnings on the terminal, everything in the run's log, for
+    JSON lines and for a terminal's console lines alike."""
+    try:
+        for json_lines in (True, False):
+            out = io.StringIO()
+            logsetup.configure_logging(json_lines=json_lines, level="info", stream=out,
+                                       terminal_level="warning")
+            logsetup.keep_run_logs(tmp_path)
+            log = structlog.get_logger("t")
+            log.info("quiet line", run_id=f"r-{json_lines}")
+            log.warning("loud line", run_id=f"r-{json_lines}")
+            log.debug("below the level", run_id=f"r-{json_lines}")
+            logsetup.keep_run_logs(None)
+            runlogs.close_all()
+            shown = out.getvalue()
+            assert "loud line" in shown and "quiet line" not in shown, shown
+            kept = [json.loads(x)["event"] for x in
+                    (tmp_path / "logs" / f"r-{json_lines}.jsonl").read_text().splitlines()]
+            assert kept == ["quiet line", "loud line"]
+    finally:
+        structlog.reset_defaults()
