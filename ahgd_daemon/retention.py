@@ -1,7 +1,7 @@
 """Retention: what the state directory may let go of, found by walking it against the history.
 
 :func:`plan` walks the areas of the state directory (``data/``, ``files/``, ``inputs/``,
-``duplicates/``, ``quarantine/``, ``logs/``, ``tmp/duckdb``, ``metrics/``), asks the history about
+``duplicates/``, ``quarantine/``, ``logs/``, ``tmp/duckdb``, ``metrics/``, ``cache/``), asks the history about
 each thing it finds (``state/removals.py``) and yields an :class:`Item` for each one the
 policy (``pipelines/config/retain.py``) lets go, with the rule and the reason.  It is a
 generator that also yields ``None`` after every small chunk of work: a caller in a hurry
@@ -36,7 +36,8 @@ from state import format_ts, parse_ts, removals
 from state.store import safe_name
 
 #: the areas, in the order they are walked (and shown)
-AREAS = ("data", "files", "inputs", "duplicates", "quarantine", "logs", "tmp", "metrics")
+AREAS = ("data", "files", "inputs", "duplicates", "quarantine", "logs", "tmp", "metrics",
+         "cache")
 #: things looked at between two pauses of the walk
 CHUNK = 100
 #: a DuckDB spill file untouched this long belongs to no query any more
@@ -104,6 +105,7 @@ class _Planner:
         yield from self._logs()
         if self.only is None:
             yield from self._tmp()
+            yield from self._cache()
 
     # -- what nothing may touch ---------------------------------------------------------
 
@@ -374,6 +376,26 @@ class _Planner:
                     yield Item(area, f"{folder.relative_to(self.state_dir).as_posix()}/"
                                      f"{entry.name}", size, [entry.name], area, what)
             yield None
+
+
+    # -- cache/objects: copies of object-store objects (a Dask executor) ----------------
+
+    def _cache(self) -> Iterator[Item | None]:
+        from state import objectstore
+
+        now, age = self.now.timestamp(), objectstore.CACHE_AGE_S
+        for n, (path, size, used) in enumerate(
+                objectstore.cache_entries(self.state_dir / objectstore.CACHE_DIR), 1):
+            self.walk.sizes["cache"] += size
+            if now - used > age:
+                files = [path.name] if not path.is_dir() else _du(path)[1]
+                yield Item("cache", path.relative_to(self.state_dir).as_posix(), size, files,
+                           "cache", "a copy of an object-store object that nothing here has "
+                                    "read for more than a day (fetched again by its SHA-256 "
+                                    "if it is wanted)")
+            if n % CHUNK == 0:
+                yield None
+        yield None
 
 
 def _entries(folder: Path) -> list[os.DirEntry]:

@@ -194,7 +194,7 @@ class Removal(NamedTuple):
     view reads it); no projection table holds them."""
 
     path: str               # relative to the state directory
-    area: str               # files, inputs, duplicates, quarantine, tmp, metrics
+    area: str               # files, inputs, duplicates, quarantine, tmp, metrics, cache
     bytes: int
     at: str
 

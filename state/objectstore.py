@@ -21,7 +21,10 @@ from __future__ import annotations
 import configparser
 import logging
 import os
+import shutil
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -29,6 +32,10 @@ from .digest import sha256_file
 from .errors import ObjectStoreError, OutputMissing, StoreError
 
 CACHE_DIR = Path("cache") / "objects"
+#: a cached copy not read for this long is removed (on the daemon's host by retention, on a
+#: Dask worker by the worker itself, :func:`prune_cache`): fetched again by its SHA-256 if it
+#: is wanted after that.  A read touches it (:meth:`ObjectStore.fetch`)
+CACHE_AGE_S = 86400.0
 #: the settings as JSON, for worker processes started by a daemon that has an object store
 ENV = "AHGD_OBJECT_STORE"
 _log = logging.getLogger("state.objectstore")
@@ -105,6 +112,7 @@ class ObjectStore:
         uri, sha = str(ref["uri"]), str(ref.get("sha256") or "")
         target = target or cache_path(cache_dir, ref)
         if target.is_file() and ("bytes" not in ref or target.stat().st_size == ref["bytes"]):
+            _touch(target)  # used now: not pruned for CACHE_AGE_S
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.part")
@@ -192,6 +200,74 @@ def cache_path(cache_dir: Path, ref: Mapping[str, Any]) -> Path:
     """Where the object of ``ref`` is kept in ``cache_dir``: by its SHA-256 (and suffix)."""
     suffix = Path(str(ref.get("path") or ref.get("uri") or "")).suffix
     return Path(cache_dir) / f"{ref.get('sha256')}{suffix}"
+
+
+def _touch(path: Path) -> None:
+    """Mark ``path`` used now: its access time, not its modification time, which a stage may
+    compare with what it recorded (an input's size and mtime are its identity)."""
+    try:
+        os.utime(path, ns=(time.time_ns(), path.stat().st_mtime_ns))
+    except OSError:  # not ours to change (a read-only cache): it is pruned a day after its fetch
+        pass
+
+
+def _used(st: os.stat_result) -> float:
+    return max(st.st_atime, st.st_mtime)
+
+
+def cache_entries(cache_dir: Path) -> Iterator[tuple[Path, int, float]]:
+    """Each entry of a cache (``cache/objects``): an object's file, a run input's folder
+    (``inputs/<sha256>/``) or a download's leftover ``.part``, with its bytes and when it was
+    last used (the newest access or modification time in it: a fetch that finds it touches
+    its access time).  Links are not followed; what goes meanwhile is left out."""
+    for entry in _scan(Path(cache_dir)):
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                if entry.name != "inputs":
+                    continue
+                for sub in _scan(Path(entry.path)):
+                    if sub.is_dir(follow_symlinks=False):
+                        files = [f.stat(follow_symlinks=False) for f in _scan(Path(sub.path))]
+                        yield (Path(sub.path), sum(f.st_size for f in files),
+                               max([_used(f) for f in files] or
+                                   [_used(sub.stat(follow_symlinks=False))]))
+            elif entry.is_file(follow_symlinks=False):
+                st = entry.stat(follow_symlinks=False)
+                yield Path(entry.path), st.st_size, _used(st)
+        except OSError:  # removed meanwhile (another worker process's prune)
+            continue
+
+
+def _scan(folder: Path) -> list[os.DirEntry]:
+    try:
+        with os.scandir(folder) as it:
+            return list(it)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def prune_cache(cache_dir: Path, *, max_age_s: float = CACHE_AGE_S,
+                now: float | None = None) -> tuple[int, int]:
+    """Remove the entries of ``cache_dir`` not used for ``max_age_s``: how many, and their
+    bytes.  A Dask worker's own cache (its scratch holds every output it made and every input
+    it fetched); the daemon's host has retention do it, with an event for each."""
+    now = time.time() if now is None else now
+    count = freed = 0
+    for path, size, used in cache_entries(cache_dir):
+        if now - used <= max_age_s:
+            continue
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            _log.warning("could not remove %s from the cache: %s", path, exc)
+            continue
+        count, freed = count + 1, freed + size
+    return count, freed
 
 
 # --------------------------------------------------------------------------- the process's store

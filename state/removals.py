@@ -39,7 +39,7 @@ def expired_payload(state_dir: Path, path: str | Path, *, area: str, bytes: int,
                     **extra: Any) -> dict[str, Any]:
     """The payload of a ``data.expired`` or ``file.expired``: ``path`` (made relative to the
     state directory: what :func:`removal_of` looks for), ``area`` (data, files, inputs,
-    duplicates, quarantine, logs, tmp, metrics), ``bytes`` and ``files`` (how many) removed,
+    duplicates, quarantine, logs, tmp, metrics, cache), ``bytes`` and ``files`` (how many) removed,
     ``rule`` (the retain: key, or the command), ``reason`` (a sentence), ``pipeline``, and
     anything else (``collection``, ``trash``, ``names``, ``sha256``)."""
     return {"path": relative_to_state(Path(state_dir), path), "area": area,

@@ -34,6 +34,7 @@ Nothing here writes an event: the outcome goes back to the daemon, which does.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import socket
 import sys
@@ -62,6 +63,11 @@ OUTCOME_TOPIC = "ahgd-outcome"
 #: a larger outcome (pickled) is not published: the daemon fetches it as the task's result
 #: (the scheduler keeps its last 1,000 events per topic: at most 16 MB here)
 OUTCOME_EVENT_MAX_BYTES = 16 * 1024
+
+#: how often a Dask worker process prunes its scratch's cache of objects and inputs (outputs
+#: it made, inputs and outputs it fetched): each not used for a day goes
+PRUNE_EVERY_S = 3600.0
+_pruned_at: float | None = None
 
 _pool: Any = None
 _pool_lock = threading.Lock()
@@ -141,6 +147,9 @@ def run_attempt(claim: str, blob: bytes, pipeline_key: str, task: StageTask,
     except Exception as exc:  # gone or changed in the store, or the store is down
         return Outcome(ok=False, error_type=type(exc).__name__, **here,
                        error=f"the run's input file could not be fetched here: {exc}")
+    # after the input is fetched (or found, and marked used): a resumed run's input, kept
+    # here since its extract days ago, must stay the file the extract identified
+    _prune(base)
     task = replace(task, state_dir=str(base), remote_host=host, params=params)
     future = _local_pool(worker).submit_pickled(blob, pipeline_key, task)
     _running[key] = (future, owner)
@@ -168,6 +177,31 @@ def run_attempt(claim: str, blob: bytes, pipeline_key: str, task: StageTask,
                                      f"be put into the object store: {exc}"))
     _tell(worker, key, outcome)
     return outcome
+
+
+def _prune(base: Path) -> None:
+    """At most once every PRUNE_EVERY_S: the cache under ``base`` loses what no attempt here
+    has used for a day (``objectstore.prune_cache``); without it a worker's scratch kept
+    every output it ever made.  What goes is fetched again, by its hash, if wanted."""
+    global _pruned_at
+    import time
+
+    now = time.monotonic()
+    if _pruned_at is not None and now - _pruned_at < PRUNE_EVERY_S:
+        return
+    _pruned_at = now
+    from state import objectstore
+
+    try:
+        count, freed = objectstore.prune_cache(base / objectstore.CACHE_DIR)
+    except Exception as exc:  # noqa: BLE001 - a cache not pruned is no reason to fail work
+        logging.getLogger("ahgd.worker").warning(
+            "the cache under %s could not be pruned: %s", base, exc)
+        return
+    if count:
+        logging.getLogger("ahgd.worker").info(
+            "removed %d cached object(s) not used for a day from %s (%d bytes)", count,
+            base / objectstore.CACHE_DIR, freed)
 
 
 def _tell(worker: Any, key: str, outcome: Outcome) -> None:

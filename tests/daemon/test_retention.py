@@ -313,3 +313,35 @@ def test_a_due_collection_waits_while_runs_are_in_flight_but_not_for_ever(kit: K
         if collection.ended == 3:
             break
     assert collection.ended == 3 and [e for e, _ in out.lines] == ["gc_done"] * 3
+
+
+def test_the_cache_of_object_store_copies_loses_what_nothing_read_for_a_day(kit: Kit) -> None:
+    """cache/objects (a Dask executor's fetched outputs and inputs) only grew: an entry no
+    one has read for a day goes now, and a read (a fetch that finds it cached) keeps it."""
+    from state.objectstore import CACHE_DIR, ObjectStore
+
+    cache = kit.state_dir / CACHE_DIR
+    (cache / "inputs" / "abc").mkdir(parents=True)
+    two_days_ago = (time.time() - 2 * 86400,) * 2
+    old, read, new = cache / "aaa.duckdb", cache / "bbb.duckdb", cache / "ccc.duckdb"
+    old_input = cache / "inputs" / "abc" / "seifa.csv"
+    part = cache / "ddd.duckdb.123.456.part"      # a download a crash cut short
+    for path in (old, read, new, old_input, part):
+        path.write_bytes(b"x" * 10)
+    for path in (old, read, old_input, part):
+        os.utime(path, two_days_ago)
+    # a stage reads bbb: the store finds it cached (no request is made) and touches it
+    store = ObjectStore({"url": "s3://ahgd-outputs/prod"})
+    mtime = read.stat().st_mtime_ns
+    assert store.fetch({"uri": "s3://ahgd-outputs/prod/data/r/x-a1.duckdb", "sha256": "bbb",
+                        "bytes": 10}, cache) == read
+    assert read.stat().st_mtime_ns == mtime   # an input's mtime is part of its identity
+    assert _collect(kit, 0) == sorted([
+        ("file.expired", None, "cache", "cache/objects/aaa.duckdb"),
+        ("file.expired", None, "cache", "cache/objects/ddd.duckdb.123.456.part"),
+        ("file.expired", None, "cache", "cache/objects/inputs/abc")], key=str)
+    assert read.exists() and new.exists() and not old_input.parent.exists()
+    # a day and a half on, by the collector's clock, the other two have gone unread too
+    assert _collect(kit, 1.5) == sorted([
+        ("file.expired", None, "cache", "cache/objects/bbb.duckdb"),
+        ("file.expired", None, "cache", "cache/objects/ccc.duckdb")], key=str)
