@@ -123,8 +123,12 @@ def request_run(log: EventLog, state_dir: Path, pipelines: dict[str, Any], name:
         run_params.update(input_file=str(stored), input_sha256=sha,
                           original_name=Path(str(input_name or stored.name)).name)
     if resume_from:
+        from pipelines.base import inherit_input
+
         stages, _ = pipeline._stages_and_deps()
-        pipeline._resume_plan(log, stages, resume_from)  # refuse now, with the reason
+        # refused now, with the reason; a run given no input reads the reused run's
+        _, source = pipeline._resume_source(log, stages, resume_from, run_params)
+        inherit_input(run_params, source)
         run_params["resume_from"] = resume_from
     run_id = run_id or new_run_id(name)
     log.append(new_event(T.RUN_REQUESTED, run_id, pipeline=name, trigger=trigger, params=run_params))

@@ -276,7 +276,6 @@ class BasePipeline(ABC):
             raise ConfigError(f"pipeline {self.name!r} has no stage(s) {', '.join(sorted(unknown))} "
                               f"to skip (its stages: {', '.join(stages)})")
         log = self._open_log()
-        reuse = self._resume_plan(log, stages, resume_from) if resume_from else {}
         run_id = run_id or new_run_id(self.name)
         run_params = dict(params or {})
         if input_file is not None:
@@ -284,6 +283,10 @@ class BasePipeline(ABC):
             run_params.setdefault("input_file", str(path))
             if "input_sha256" not in run_params and path.is_file():
                 run_params["input_sha256"] = store.sha256_file(path)
+        reuse: dict[str, tuple[str, dict]] = {}
+        if resume_from:
+            reuse, source = self._resume_source(log, stages, resume_from, run_params)
+            inherit_input(run_params, source)
         run_params.setdefault("keep_outputs", bool(self.enable_checkpoints))
         if resume_from:
             run_params["resume_from"] = resume_from
@@ -359,7 +362,7 @@ class BasePipeline(ABC):
             raise ConfigError(f"run {run_id!r} was never requested")
         if reuse is None and run.params.get("resume_from") and not run.attempts:
             try:  # requested through the daemon or the CLI: outputs are checked now
-                reuse = self._resume_plan(log, stages_, run.params["resume_from"])
+                reuse = self._resume_plan(log, stages_, run.params["resume_from"], run.params)
             except ResumeRefused as exc:
                 log.append(new_event(T.RUN_FAILED, run_id, error=str(exc)))
                 return self._result(log.run(run_id))
@@ -435,21 +438,39 @@ class BasePipeline(ABC):
 
     # -- resume ----------------------------------------------------------------------------
 
-    def _resume_plan(self, log: EventLog, stages: list[str], resume_from: str) -> dict[str, tuple[str, dict]]:
+    def _resume_plan(self, log: EventLog, stages: list[str], resume_from: str,
+                     params: Mapping[str, Any] | None = None) -> dict[str, tuple[str, dict]]:
+        """stage -> (run, output ref) of each stage before ``resume_from``, reused from the
+        latest run that completed them all with the same data (:meth:`_resume_source`)."""
+        return self._resume_source(log, stages, resume_from, params)[0]
+
+    def _resume_source(self, log: EventLog, stages: list[str], resume_from: str,
+                       params: Mapping[str, Any] | None = None,
+                       ) -> tuple[dict[str, tuple[str, dict]], Any]:
+        """The reuse plan of a run resumed from ``resume_from``, and the run it reuses (None
+        when nothing comes before it).  Only a run given the same data may lend its outputs:
+        the same input file (by SHA-256) when the new run names one, and the same params
+        (``params``: the new run's; :func:`data_params`).  A new run without an input takes
+        the lent run's (:func:`inherit_input`), so its history says which file fed it."""
         if resume_from not in stages:
             close = did_you_mean(resume_from, stages)
             raise ResumeRefused(f"pipeline {self.name!r} has no stage {resume_from!r} to resume from"
                                 f"{'; ' + close if close else ''} (its stages: {', '.join(stages)})")
         earlier = stages[: stages.index(resume_from)]
         if not earlier:
-            return {}
+            return {}, None
         if not self.enable_checkpoints:
             raise ResumeRefused(f"pipeline {self.name!r} runs with enable_checkpoints=False, so no "
                                 "stage outputs are kept to resume from; run it from the start")
-        gone = None  # outputs retention removed: an earlier run may still have them
+        wanted = data_params(params or {})
+        gone = other = None  # outputs retention removed; a run given other data
         for run in reversed(log.runs(pipeline=self.name)):
             done = {s: a for s, a in run.attempts.items() if a.state == StageState.COMPLETED}
             if not all(s in done for s in earlier) or not run.params.get("keep_outputs", True):
+                continue
+            differs = _data_difference(wanted, data_params(run.params))
+            if differs:
+                other = other or (run.run_id, differs)
                 continue
             reuse = {}
             for s in earlier:
@@ -467,11 +488,17 @@ class BasePipeline(ABC):
                 src = done[s].info().get("from_run") or run.run_id
                 reuse[s] = (src, ref)
             else:
-                return reuse
+                return reuse, run
         if gone is not None:
             raise ResumeRefused(f"cannot resume pipeline {self.name!r} from {resume_from!r}: "
                                 f"{removals.describe(gone)}; resume from {earlier[0]!r} instead "
                                 "(or run from the start)")
+        if other is not None:
+            raise ResumeRefused(
+                f"cannot resume pipeline {self.name!r} from {resume_from!r}: no earlier run "
+                f"completed {', '.join(earlier)} with the same data as this run (the latest "
+                f"that did, {other[0]}, {other[1]}); a resumed run reuses the outputs of a run "
+                "given the same input file and params: give those, or run from the start")
         raise ResumeRefused(
             f"cannot resume pipeline {self.name!r} from {resume_from!r}: no earlier run completed "
             f"{', '.join(earlier)}; resume from {earlier[0]!r} instead (or run from the start)")
@@ -510,6 +537,42 @@ class BasePipeline(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
+
+
+#: run params that do not change what a run's stages read: where the input is kept and how
+#: it was named, how the run came about, what ahgd does with its outputs
+_NOT_DATA = ("input_file", "original_name", "resume_from", "fire_time", "backfill",
+             "keep_outputs", "rebuild", "replays")
+
+
+def data_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """What of a run's params decides its data: its input's SHA-256 and its own params."""
+    return {k: v for k, v in params.items() if k not in _NOT_DATA}
+
+
+def _data_difference(wanted: Mapping[str, Any], had: Mapping[str, Any]) -> str | None:
+    """How a run that read ``had`` differs from one asked for with ``wanted`` (their
+    :func:`data_params`), in words; None when its outputs may serve.  A run asked for with
+    no input takes any run's (and inherits it)."""
+    if "input_sha256" in wanted and wanted["input_sha256"] != had.get("input_sha256"):
+        return (f"read the input with SHA-256 {str(had.get('input_sha256') or 'none')[:12]}, "
+                f"not {str(wanted['input_sha256'])[:12]}")
+    mine = {k: v for k, v in wanted.items() if k != "input_sha256"}
+    theirs = {k: v for k, v in had.items() if k != "input_sha256"}
+    if mine != theirs:
+        return f"had the params {theirs or '{}'}, not {mine or '{}'}"
+    return None
+
+
+def inherit_input(params: dict[str, Any], source: Any) -> None:
+    """A resumed run given no input of its own reads the one its reused outputs came from:
+    ``params`` (the new run's) takes that run's ``input_file``, ``input_sha256`` and
+    ``original_name``."""
+    if source is None or "input_sha256" in params or "input_file" in params:
+        return
+    for key in ("input_file", "input_sha256", "original_name"):
+        if key in source.params:
+            params[key] = source.params[key]
 
 
 def new_run_id(pipeline: str) -> str:

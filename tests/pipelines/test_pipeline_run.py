@@ -480,3 +480,39 @@ def test_runs_of_one_pipeline_load_in_the_order_they_were_requested(state_dir):
     assert loads == ["old-slow", "new-quick"]
     works = [e["run_id"] for e in executions(state_dir) if e["stage"] == "work"]
     assert works == ["new-quick", "old-slow"]   # the new one worked meanwhile: only its load waited
+
+
+def test_resume_reuses_only_a_run_given_the_same_input_and_params(state_dir, tmp_path):
+    """A resumed run's earlier stages come from a run that read the same input file and was
+    given the same params: else its history would name one file while another's rows were
+    loaded.  Given no input, it takes the input of the run it reuses."""
+    from state.store import sha256_file
+
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_text("code\n1\n")
+    b.write_text("code\n2\n")
+    sha_a, sha_b = sha256_file(a), sha256_file(b)
+    p = FlakyPipeline(state_dir=state_dir, executor="inprocess", failures=0)
+    first = p.run(input_file=a, params={"region": "VIC"})
+    assert first.state == "COMPLETED"
+    with pytest.raises(ResumeRefused) as exc:
+        p.run(input_file=b, params={"region": "VIC"}, resume_from="load")
+    assert str(exc.value) == (
+        "cannot resume pipeline 'flaky' from 'load': no earlier run completed extract, "
+        f"transform, validate with the same data as this run (the latest that did, "
+        f"{first.run_id}, read the input with SHA-256 {sha_a[:12]}, not {sha_b[:12]}); a "
+        "resumed run reuses the outputs of a run given the same input file and params: give "
+        "those, or run from the start")
+    with pytest.raises(ResumeRefused, match=r"had the params \{'region': 'VIC'\}, not "
+                                            r"\{'region': 'NSW'\}"):
+        p.run(input_file=a, params={"region": "NSW"}, resume_from="load")
+    again = p.run(input_file=a, params={"region": "VIC"}, resume_from="load")
+    bare = p.run(params={"region": "VIC"}, resume_from="load")
+    with EventLog.open(state_dir) as log:
+        for ctx in (again, bare):
+            assert ctx.state == "COMPLETED"
+            reused = log.query("SELECT DISTINCT json_extract(payload, '$.from_run') FROM events "
+                               "WHERE run_id = ? AND type = 'stage.reused'", [ctx.run_id])
+            assert [r[0] for r in reused] == [first.run_id]
+        params = log.run(bare.run_id).params
+        assert (params["input_sha256"], params["input_file"]) == (sha_a, str(a.resolve()))
