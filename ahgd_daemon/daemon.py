@@ -179,7 +179,8 @@ class Daemon:
             install_signal_handlers(stop=self.request_stop, reload=self._request_reload)
         self.notifier.status("recovering interrupted runs")
         for recovered in recover_and_report(self.log, self.state_dir, logger=self.logger,
-                                            max_recoveries=settings.max_recoveries):
+                                            max_recoveries=settings.max_recoveries,
+                                            known=self.setup.pipelines):
             if recovered.parked:  # its critical alert comes from the monitor, on run.parked
                 self.runs.finished[recovered.run_id] = RunState.PARKED
         # a warehouse deleted or damaged while no daemon watched is reported before new work
@@ -402,7 +403,7 @@ class Daemon:
         try:
             recover_and_report(self.log, self.state_dir, logger=self.logger,
                                max_recoveries=self.setup.settings.max_recoveries,
-                               skip=set(self.runs.active))
+                               skip=set(self.runs.active), known=self.setup.pipelines)
         except AhgdError as exc:
             self.logger.warning("recovery_check_failed", error=str(exc))
 
