@@ -11,7 +11,7 @@ from .cli_common import check_name, fail, open_log, state_dir_option
 
 #: the triggers a run can have, whether or not the history has one yet
 TRIGGERS = ("manual", "drop_folder", "schedule", "upstream", "backfill", "rebuild",
-            "orchestrator")
+            "orchestrator", "script")
 
 
 def _since(text: str) -> str:
@@ -37,7 +37,9 @@ def _one_of(option: str, value: str, known: list[str]) -> None:
     from state.errors import did_you_mean
 
     if value not in known:
-        close = did_you_mean(value, known)
+        starting = [k for k in known if k.startswith(value)]
+        close = (f"did you mean {starting[0]!r}?" if len(starting) == 1
+                 else did_you_mean(value, known))
         fail(f"{option} {value!r} is not one of {', '.join(known)}" + (f"; {close}" if close
                                                                           else ""))
 

@@ -58,11 +58,15 @@ def _words(text: str) -> frozenset[str]:
 
 
 def shown(raw: Any) -> str:
-    """A column name for a message: quoted when empty, cut short when long."""
+    """A column name for a message: quoted when empty, cut short in the middle when long
+    (publishers' long names differ at their ends: "... Disadvantage - Score", "- Decile")."""
     text = "" if raw is None else str(raw)
     if not text:
         return "''"
-    return text if len(text) <= SHOWN_NAME else text[:SHOWN_NAME - 3] + "..."
+    if len(text) <= SHOWN_NAME:
+        return text
+    tail = (SHOWN_NAME - 3) // 3
+    return text[:SHOWN_NAME - 3 - tail] + "..." + text[-tail:]
 
 
 def show_header(header: Sequence[Any], limit: int = SHOWN_HEADER) -> str:

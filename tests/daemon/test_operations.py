@@ -200,6 +200,8 @@ def test_day_to_day_operations_end_to_end(tmp_path):
         assert "did you mean 'FAILED'" in ahgd("history", "--state", "FIALED", code=1).stderr
         assert "did you mean 'drop_folder'" in ahgd("history", "--trigger", "drop-folder",
                                                     code=1).stderr
+        assert "did you mean 'drop_folder'" in ahgd("history", "--trigger", "drop",
+                                                    code=1).stderr
         assert "not a date or a time" in ahgd("history", "--since", "yesterday", code=1).stderr
 
         # -- exports: a warehouse table, a stage's output --------------------------------------

@@ -84,5 +84,10 @@ def test_messages_show_column_names_cut_short(tmp_path):
     path.write_text("a" * 300 + ",b\n1,2\n")
     problem = seifa.check_input(path)
     assert problem.startswith("odd.csv is not an ABS SEIFA by SA2 table: missing column(s) ")
-    assert "(its columns: " + "a" * 37 + "..., b)" in problem
+    assert "(its columns: " + "a" * 25 + "..." + "a" * 12 + ", b)" in problem
     assert "a" * 41 not in problem
+    # cut in the middle: the ABS's long names differ at their ends
+    from pipelines.tables.headers import shown
+
+    assert shown("Index of Relative Socio-economic Disadvantage - Decile") != \
+        shown("Index of Relative Socio-economic Disadvantage - Score")
