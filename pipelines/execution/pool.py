@@ -403,7 +403,11 @@ class ProcessExecutor(Executor):
             if job is None:
                 continue
             if job.cancel_reason is not None:
-                self._kill_job(worker, job, Outcome(ok=False, interrupted=True, error=job.cancel_reason))
+                # the attempt ran until now in its worker: its wall time, not 0 (ahgd cancel,
+                # or the grace of a stopping daemon running out)
+                self._kill_job(worker, job, Outcome(
+                    ok=False, interrupted=True, error=job.cancel_reason, worker_pid=worker.pid,
+                    host=HOSTNAME, wall_s=now - (job.started or now)))
             elif job.deadline is not None and now >= job.deadline and not worker.ready:
                 self._kill_job(worker, job, Outcome(
                     ok=False, retryable=True, error_type="WorkerStartFailed",
