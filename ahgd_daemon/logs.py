@@ -14,11 +14,13 @@ from typing import Any, TextIO
 
 import structlog
 
-from pipelines.execution.logsetup import RUN_LOG_ONLY
+from pipelines.execution.logsetup import NO_RUN_LOG, RUN_LOG_ONLY
 from state import Event, EventLog
 
 #: payload keys too bulky for a log line (they stay in the event log)
 _SKIP_KEYS = {"traceback", "output", "params", "stages", "owner"}
+#: retention's removals: logged with their run's id, but not copied into the run's log
+_REMOVALS = ("data.expired", "file.expired")
 
 
 def configure(*, json_lines: bool | None = None, level: str = "info",
@@ -94,6 +96,8 @@ class EventLogger:
             fields.pop(key, None)
         if data.get("traceback"):  # too bulky for stdout; the run's own log keeps it
             fields[RUN_LOG_ONLY] = {"traceback": data["traceback"]}
+        if event.type in _REMOVALS:  # of the run's files, its log among them: not into it
+            fields[NO_RUN_LOG] = True
         # a pause names a pipeline, not a run (its run_id only indexes it in the log)
         run_id = None if event.type.startswith("pipeline.") else event.run_id
         getattr(self._bound(), level)(

@@ -23,6 +23,10 @@ LOG_FORMAT_ENV = "AHGD_LOG_FORMAT"
 RUN_LOGS_ENV = "AHGD_RUN_LOGS"
 #: a line's keys that go to the run's own log only, not to stdout (a traceback, say)
 RUN_LOG_ONLY = "run_log_only"
+#: a line that names a run but is not copied into the run's log: retention removing the
+#: run's files (the log among them: a copy would make it again, and the next collection
+#: would remove it again, for ever)
+NO_RUN_LOG = "no_run_log"
 
 _run_logs: str | None = None
 
@@ -37,7 +41,7 @@ def keep_run_logs(state_dir: Any) -> None:
 def _tee_to_run_log(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     """A copy of each line about a run into that run's log file, whatever the renderer."""
     only = event_dict.pop(RUN_LOG_ONLY, None)
-    run_id = event_dict.get("run_id")
+    run_id = None if event_dict.pop(NO_RUN_LOG, None) else event_dict.get("run_id")
     if _run_logs is not None and isinstance(run_id, str) and run_id:
         from state.runlogs import append
 
@@ -127,6 +131,7 @@ def _json_line(_: Any, __: str, event_dict: dict[str, Any]) -> str:
     run-log line is the stdout line itself whenever the two would be equal (no run-log-only
     keys, nothing escaped as ``\\u``, no value rendered by the fallback)."""
     only = event_dict.pop(RUN_LOG_ONLY, None)
+    skip = event_dict.pop(NO_RUN_LOG, None)
     record = _order(None, "", _drop_none(None, "", event_dict))
     # a value JSON cannot carry: the run's log renders it with str(), stdout with repr()
     fell_back: list[Any] = []
@@ -141,7 +146,7 @@ def _json_line(_: Any, __: str, event_dict: dict[str, Any]) -> str:
             return method() if callable(method) else repr(obj)
 
         line = _json.dumps(record, default=fallback)
-    run_id = event_dict.get("run_id")
+    run_id = None if skip else event_dict.get("run_id")
     if _run_logs is not None and isinstance(run_id, str) and run_id:
         from state import runlogs
 

@@ -345,3 +345,37 @@ def test_the_cache_of_object_store_copies_loses_what_nothing_read_for_a_day(kit:
     assert _collect(kit, 1.5) == sorted([
         ("file.expired", None, "cache", "cache/objects/bbb.duckdb"),
         ("file.expired", None, "cache", "cache/objects/ccc.duckdb")], key=str)
+
+
+def test_a_removed_run_log_stays_removed_when_the_removal_is_logged(kit: Kit, tmp_path) -> None:
+    """The daemon logs each event, and copies a line naming a run into that run's log: the
+    removal of a run's log, logged so, made the log again (one line: its own removal), and
+    every later collection removed it again, one event more each time, for ever."""
+    import io
+
+    import structlog
+
+    from ahgd_daemon.logs import EventLogger
+    from pipelines.execution import logsetup
+    from state import runlogs
+
+    kit.succeed(True)
+    r1 = kit.run()
+    kit.succeed(False)
+    failed = kit.run()
+    _logs(kit, r1, failed)
+    logsetup.configure_logging(json_lines=True, stream=io.StringIO())
+    logsetup.keep_run_logs(kit.state_dir)   # as in the daemon
+    kit.log.add_listener(EventLogger(kit.log))
+    try:
+        first = _collect(kit, 11)          # past logs_for (P10D), and failed_runs_for
+        second = _collect(kit, 11.5)
+    finally:
+        logsetup.keep_run_logs(None)
+        runlogs.close_all()
+        structlog.reset_defaults()
+    assert ("file.expired", r1, "logs", f"logs/{r1}.jsonl") in first
+    assert ("data.expired", failed, "data", f"data/{failed}") in first
+    assert not (kit.state_dir / "logs" / f"{r1}.jsonl").exists()
+    assert not (kit.state_dir / "logs" / f"{failed}.jsonl").exists()
+    assert second == []
