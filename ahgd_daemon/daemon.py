@@ -172,7 +172,7 @@ class Daemon:
             self.log, self.state_dir, self.executor,
             ResourceBudget(None if limits is None else limits.as_dict()), lock=self._lock,
             monotonic=self.options.monotonic, wake=self.waker.wake, alert=self.alerts.alert,
-            logger=self.logger)
+            logger=self.logger, keep_finished=None if self.options.once else 200)
         self._start_http(http)  # before recovery: /healthz says 503 until it is done
         self.executor.prestart()
         if self.options.install_signals:
@@ -354,7 +354,7 @@ class Daemon:
         self.monitor.set_disk_paths(self._disk_paths())
         self.monitor.sample_interval = new.settings.monitoring.sample_interval.total_seconds()
         self.monitor.resolve_alert("daemon.config_reload_failed", "the configuration reloaded")
-        self.collection.configure(setup_policy(new))
+        self.collection.configure(setup_policy(new), new.settings)  # and its disk threshold
         self.logger.info("config_reloaded", pipelines=sorted(new.pipelines))
         self.notifier.ready(self._status_line())
 

@@ -41,7 +41,8 @@ def status_line(log: EventLog | None, running: int, finished: int) -> str:
 
 
 def progress_snapshot(log: EventLog, active: Iterable[ActiveRun], files_waiting: int,
-                      finished: dict[str, str]) -> dict[str, Any]:
+                      finished: Any) -> dict[str, Any]:
+    """``finished``: :class:`ahgd_daemon.runs.Finished` (its latest runs go in the reply)."""
     runs = []
     for run in active:
         pipeline = run.configured_pipeline
@@ -50,7 +51,7 @@ def progress_snapshot(log: EventLog, active: Iterable[ActiveRun], files_waiting:
                      "stage": progress.get("current_stage"),
                      "progress": progress.get("progress_percentage")})
     return {"active": runs, "counts": queries.run_counts_by_state(log),
-            "files_waiting": files_waiting, "finished": dict(finished)}
+            "files_waiting": files_waiting, "finished": finished.recent()}
 
 
 def status_document(state_dir: Path, uptime_s: float, setup: Setup, executor: Any,
