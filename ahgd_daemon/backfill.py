@@ -10,6 +10,13 @@ backfill of the same range requests nothing.  The runs have the trigger
 (``runs.py``), and ``ahgd cancel BACKFILL_ID`` cancels those that have not
 ended, as a group.  The range is at most :data:`MAX_TICKS` ticks; ticks after
 now are the schedule's own.
+
+A backfill is not the schedule firing: its ``schedule.fired`` events carry
+``backfill`` and leave the schedule's last fire time (the ``schedules`` row,
+from which a start-up catches up missed ticks) where it was.  Backfilling a
+range before the schedule ever fired does not make the daemon catch up from
+the range's end; a range after its last fire is not fired again at a start-up,
+while the ticks outside the range are caught up as ``misfire`` says.
 """
 
 from __future__ import annotations
@@ -142,8 +149,9 @@ def backfill_id(schedule: Schedule, start: datetime, end: datetime) -> str:
 
 
 def request(log: EventLog, schedule: Schedule, planned: Plan) -> list[str]:
-    """Record each tick that has no run yet (``schedule.fired`` and ``run.requested``, in
-    one transaction each); the run ids requested."""
+    """Record each tick that has no run yet (``schedule.fired`` with ``backfill``, which the
+    schedule's last fire time does not count, and ``run.requested``, in one transaction
+    each); the run ids requested."""
     requested = []
     for t in planned.ticks:
         run_id = run_id_for(schedule, t)

@@ -5,10 +5,15 @@ the daemon's own loop fires them (its clock is a parameter, so tests and
 ``--once`` drive it).  A scheduled run's id is derived from the pipeline,
 the trigger and the fire time (``sched-<pipeline>-<trigger>-<UTC time>``), so
 one tick runs at most once across restarts.  Ticks missed while the daemon
-was down follow the trigger's policy, from the last fire time in the log:
-``skip`` none, ``latest`` the most recent one, ``all`` every one (up to
-``MAX_CATCH_UP``).  A tick of a paused pipeline (``ahgd pause``) is recorded
-``schedule.skipped`` instead of fired; ``ahgd resume`` fires the skipped ones
+was down follow the trigger's policy, from the schedule's own last fire time
+(the ``schedules`` projection): ``skip`` none, ``latest`` the most recent one,
+``all`` every one (up to ``MAX_CATCH_UP``).  A backfill's ticks are not the
+schedule's own firing and do not move it (``state.folds.apply_schedule``): a
+backfill before the schedule ever fired leaves nothing to catch up, and one
+after its last fire leaves the ticks around its range to catch up, its own
+ticks being fired already (their run ids are taken: ``fire`` answers None).
+A tick of a paused pipeline (``ahgd pause``) is recorded ``schedule.skipped``
+instead of fired; ``ahgd resume`` fires the skipped ones
 by the same policy (``pausing.py``).
 """
 
@@ -140,6 +145,8 @@ def _fire_or_skip(log: EventLog, schedule: Schedule, fire_time: datetime,
 
 
 def last_fire_time(log: EventLog, schedule: Schedule) -> datetime | None:
+    """The schedule's own last tick (a backfill's ticks are not counted); None if it never
+    fired by itself."""
     rec = log.aggregate(("schedule", f"{schedule.pipeline}\x1f{schedule.trigger_id}"))
     return None if rec is None else parse_ts(rec.last_fire_time)
 
@@ -193,8 +200,9 @@ def _by_policy(schedule: Schedule, ticks: list[datetime], now: datetime, *, live
 
 
 def missed_ticks(schedule: Schedule, last: datetime | None, now: datetime) -> list[datetime]:
-    """The ticks missed since ``last`` (the last recorded fire time) that the trigger's
-    policy fires at a start-up at ``now``; none when it never fired."""
+    """The ticks missed since ``last`` (the schedule's own last fire time) that the trigger's
+    policy fires at a start-up at ``now``; none when it never fired.  A tick a backfill ran
+    may be among them: ``fire`` leaves it alone."""
     if last is None:
         return []
     zone = getattr(schedule.apscheduler_trigger, "timezone", None)

@@ -85,7 +85,11 @@ def apply_removal(rec: Removal | None, e: Event) -> Removal:
     return Removal(str(p["path"]), str(p["area"]), p["bytes"], e.ts)  # type: ignore[arg-type]
 
 
-def apply_schedule(rec: ScheduleRecord | None, e: Event) -> ScheduleRecord:
+def apply_schedule(rec: ScheduleRecord | None, e: Event) -> ScheduleRecord | None:
+    """The schedule's own firing: its last fire time is where the ticks missed while the
+    daemon was down are caught up from.  A backfill's tick (``backfill`` in the payload) is
+    not the schedule's: it leaves the record as it was (none, if the schedule never fired
+    by itself); its run id, the tick's, keeps the tick from being fired again."""
     p = e.data()
     fire_time = p.get("fire_time")
     if not fire_time or not p.get("pipeline") or not p.get("trigger"):
@@ -94,6 +98,8 @@ def apply_schedule(rec: ScheduleRecord | None, e: Event) -> ScheduleRecord:
             event_type=e.type,
             current=None,
         )
+    if p.get("backfill"):
+        return rec
     if rec is None:
         return ScheduleRecord(p["pipeline"], p["trigger"], fire_time, 1, e.run_id, e.ts)  # type: ignore[arg-type]
     return rec._replace(

@@ -216,13 +216,15 @@ def load_txn(conn: sqlite3.Connection, key: Key) -> Aggregate | None:
     raise ValueError(f"unknown aggregate kind {kind!r}")
 
 
-def save_txn(conn: sqlite3.Connection, old: Aggregate | None, new: Aggregate,
+def save_txn(conn: sqlite3.Connection, old: Aggregate | None, new: Aggregate | None,
              stages: Iterable[str] | None = None) -> None:
     """Write the rows that changed between ``old`` and ``new``.
 
     ``stages``: for a run changed by stage events only, the stages they named (a stage
     event changes its own stage's attempt and nothing else): the others are not compared.
     """
+    if new is None:  # a backfill's tick before its schedule ever fired: no schedules row
+        return
     if isinstance(new, Run):
         _save_run_txn(conn, old, new, stages)  # type: ignore[arg-type]
     elif isinstance(new, FileRecord):
@@ -358,7 +360,8 @@ class Projector:
             elif kind == "file":
                 out["files"].append(tuple(agg))
             elif kind == "schedule":
-                out["schedules"].append(tuple(agg))
+                if agg is not None:  # None: only a backfill's ticks (no schedules row)
+                    out["schedules"].append(tuple(agg))
             elif kind == "alert":
                 out["alerts"].append(tuple(agg))
             elif kind in ("refusal", "pipeline", "removal"):
