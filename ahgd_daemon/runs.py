@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from state import EventLog, EventType as T, Run, new_event, ops_queries, queries
-from state.errors import AhgdError
+from state.errors import AhgdError, DiskFull
 from state.locks import Locked, is_locked, run_lock_path
 from state.machine import ENDED_RUN_STATES, RunState, StageState
 
@@ -39,6 +39,10 @@ class ActiveRun:
     #: (fsync'd), 0.7-1.8 ms a run of the loop's time in a burst
     ended_run: Run | None = None
     configured_pipeline: Any = None  # the pipeline object it runs with (a reload does not swap it)
+
+
+#: after a run's event found the disk full, how long no run starts (each would meet it too)
+DISK_FULL_WAIT_S = 10.0
 
 
 class Finished:
@@ -93,6 +97,8 @@ class RunSupervisor:
         #: the runs that ended this session (--once keeps every one: its exit code)
         self.finished = Finished(keep_finished)
         self.stop = threading.Event()          # run threads read this: no new stages
+        #: no run starts before this (monotonic): a run's event found the disk full
+        self.disk_full_until: float | None = None
         self.grace_deadline: float | None = None
 
     # ------------------------------------------------------------------ admission and launch
@@ -102,6 +108,8 @@ class RunSupervisor:
         limit = max(2, 2 * self.executor.max_workers)
         if len(self.active) >= limit:
             return
+        if self.disk_full_until is not None and self._monotonic() < self.disk_full_until:
+            return  # a run found the disk full just now: nothing could be recorded either
         # pipelines whose dependencies have work in flight wait for it; paused ones wait for
         # `ahgd resume`
         # (a scan of every PENDING run: asked only when some pipeline has dependencies)
@@ -181,6 +189,10 @@ class RunSupervisor:
             if isinstance(active.error, Locked):  # another process took it first: not ours
                 self._logger.info("run_owned_elsewhere", run_id=run_id, holder=str(active.error))
                 continue
+            if isinstance(active.error, DiskFull) and not (
+                    run is not None and run.state in ENDED_RUN_STATES):
+                self._wait_for_disk(run_id, active, active.error)
+                continue
             if active.error is not None and not (run is not None and run.state in ENDED_RUN_STATES):
                 error = f"{type(active.error).__name__}: {active.error}"
                 self._alert("error", f"run.crashed:{run_id}",
@@ -193,6 +205,17 @@ class RunSupervisor:
             if run.state in ENDED_RUN_STATES:
                 self.finished[run_id] = run.state
             follow_up(run)
+
+    def _wait_for_disk(self, run_id: str, active: ActiveRun, error: DiskFull) -> None:
+        """The log refused an event of the run for a full disk: nothing of it was written, so
+        the run is left as the log has it (RUNNING, for the recovery check to resume once
+        it can record that; PENDING, to start again) and no run starts for DISK_FULL_WAIT_S.
+        It used to be recorded FAILED (once there was room), though nothing was wrong with it."""
+        self.disk_full_until = self._monotonic() + DISK_FULL_WAIT_S
+        self._logger.warning("run_waits_for_disk", run_id=run_id, pipeline=active.pipeline,
+                             error=str(error),
+                             then="it resumes once the disk holding the state directory has "
+                                  "room; free some (retention frees what it may)")
 
     def _record_thread_failure(self, run_id: str, error: BaseException) -> None:
         """A run thread died (the log failed?): leave the run in a state replay understands."""
