@@ -284,6 +284,23 @@ CREATE INDEX runs_pending_backfills ON runs(requested_seq)
     WHERE state = 'PENDING' AND trigger = 'backfill';
 """
 
+#: the schedules as their own fires leave them (0009): a backfill's ticks were folded as the
+#: schedule's fires, so the daemon caught up every tick from a backfill's end until now (its
+#: fold now leaves them out, state/folds.py apply_schedule); a history written before is
+#: folded again here, as `ahgd state rebuild` would
+_OWN_FIRES = """e.type = 'schedule.fired' AND json_extract(e.payload, '$.backfill') IS NULL
+    AND json_extract(e.payload, '$.pipeline') = schedules.pipeline
+    AND json_extract(e.payload, '$.trigger') = schedules.trigger"""
+SCHEDULE_FIRES_0009 = f"""
+UPDATE schedules SET fired = (SELECT COUNT(*) FROM events e WHERE {_OWN_FIRES});
+DELETE FROM schedules WHERE fired = 0;
+UPDATE schedules SET
+    last_fire_time = (SELECT MAX(json_extract(e.payload, '$.fire_time')) FROM events e
+                      WHERE {_OWN_FIRES}),
+    last_run_id = (SELECT e.run_id FROM events e WHERE {_OWN_FIRES} ORDER BY e.seq DESC LIMIT 1),
+    updated_at = (SELECT e.ts FROM events e WHERE {_OWN_FIRES} ORDER BY e.seq DESC LIMIT 1);
+"""
+
 #: The schema, in order.  Append new steps; never edit or reorder released ones.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_initial_event_log", _sql(INITIAL)),
@@ -301,6 +318,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     # runs.requested_seq: the order runs were asked for, also among runs asked for in one
     # commit; admission and the order of loads go by it
     Migration("0008_requested_seq", _sql(REQUESTED_SEQ_0008)),
+    # schedules: a backfill's ticks are not the schedule's own fires (folded again)
+    Migration("0009_schedule_own_fires", _sql(SCHEDULE_FIRES_0009)),
 )
 
 
