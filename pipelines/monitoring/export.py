@@ -72,9 +72,14 @@ def _run_families(m: MonitorState) -> list:
     from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                         HistogramMetricFamily)
 
-    runs = CounterMetricFamily("ahgd_runs", "Finished runs, by pipeline and final state.",
+    runs = CounterMetricFamily("ahgd_runs", "Runs that ended, by pipeline and final state: "
+                               "each run once per final state it ended in (a run retried and "
+                               "failing again counts once as FAILED; retried to completion, "
+                               "once as FAILED and once as COMPLETED).",
                                labels=["pipeline", "state"])
-    duration = HistogramMetricFamily("ahgd_run_duration_seconds", "Wall time of finished runs.",
+    duration = HistogramMetricFamily("ahgd_run_duration_seconds", "Time runs spent running "
+                                     "(run_history.duration_s: the sum of their executions), "
+                                     "observed once per run, when it first ended.",
                                      labels=["pipeline"])
     success = GaugeMetricFamily("ahgd_last_success_timestamp_seconds",
                                 "Unix time the last completed run of the pipeline ended.",

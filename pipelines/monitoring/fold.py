@@ -21,7 +21,7 @@ from state import parse_ts
 
 from . import alerts
 from .alerts import Action
-from .monitor_state import LiveRun, MonitorState, remember
+from .monitor_state import LiveRun, MonitorState, RunPast, remember
 from .records import FINISHED_STATES, StageStats, SystemSample, iso
 from .thresholds import MonitorThresholds
 
@@ -31,7 +31,11 @@ def observe(state: MonitorState, event: Event, now: datetime) -> list[Action]:
     handler = _HANDLERS.get(str(event.type))
     if handler is None:
         return []
-    return handler(state, event, event.data() or {}, parse_ts(event.ts) or now, now)
+    at = parse_ts(event.ts) or now
+    run = state.live.get(event.run_id or "")
+    if run is not None and str(event.type) not in _NOT_RUNNING:
+        run.last_event_at = at
+    return handler(state, event, event.data() or {}, at, now)
 
 
 def take_sample(state: MonitorState, sample: SystemSample, now: datetime) -> list[Action]:
@@ -64,24 +68,35 @@ def oldest_api_run(state: MonitorState, pipeline: str) -> str | None:
 
 def end_run(state: MonitorState, run_id: str, final: str, at: datetime, extra: dict[str, Any],
             now: datetime, seq: int | None = None) -> tuple[float | None, list[Action]]:
-    """Run ``run_id`` ended ``final`` at ``at``: its duration in s, and the alert actions."""
+    """Run ``run_id`` ended ``final`` at ``at``: its duration in s, and the alert actions.
+
+    The duration is run_history's ``duration_s``: the time the run spent running, the sum of
+    its executions, not the time it sat FAILED before a retry.  A run is counted once per
+    final state it reaches, and is one entry of the last runs: a retried run's new ending
+    replaces its entry (its trigger kept)."""
     live = state.live.pop(run_id, None)
     pipeline = live.pipeline if live else state.run_pipeline.get(run_id, "unknown")
     stats = state.stats(pipeline)
-    started = live.started_at if live else None
-    duration = (at - started).total_seconds() if started is not None else None
-    stats.runs[final] += 1
-    stats.durations.add(duration)
+    past = _past(state, run_id, live, final, at, seq)
+    duration = past.ran_s
+    if final not in past.endings:
+        stats.runs[final] += 1
+    if not past.endings:       # its first ending: one observation per run
+        stats.durations.add(duration)
     if final == "COMPLETED" and duration is not None:
         stats.completed_durations.append(duration)
     summary = {"run_id": run_id, "pipeline": pipeline, "state": final,
-               "trigger": live.trigger if live else None,
-               "requested_at": iso(live.requested_at) if live else None,
-               "started_at": iso(started), "ended_at": iso(at), "duration_s": duration,
+               "trigger": past.trigger, "requested_at": iso(past.requested_at),
+               "started_at": iso(past.started_at), "ended_at": iso(at),
+               "duration_s": round(duration, 3) if duration is not None else None,
                "failed_stage": extra.get("stage"),
                "error": extra.get("error") or extra.get("reason")}
     stats.last_run = summary
+    for old in [r for r in stats.recent_runs if r.get("run_id") == run_id]:
+        stats.recent_runs.remove(old)
     stats.recent_runs.appendleft(summary)
+    remember(state.ended, run_id, RunPast(past.trigger, past.requested_at, past.started_at,
+                                          duration, past.endings | {final}))
     for key in [k for k in state.stage_started if k[0] == run_id]:
         del state.stage_started[key]
     # listeners may see two runs' endings out of log order: only the later one
@@ -99,9 +114,38 @@ def end_run(state: MonitorState, run_id: str, final: str, at: datetime, extra: d
     actions = alerts.run_ended(state, run_id, pipeline, final, extra, latest=latest, at=at,
                                now=now, clean=clean)
     if final in FINISHED_STATES:
-        stats.recent.append(final != "COMPLETED")
+        stats.recent.set(run_id, final != "COMPLETED")
         actions += alerts.check_failure_rate(state, pipeline, now)
+    else:   # CANCELLED: no longer one of the finished runs the failure rate counts
+        stats.recent.discard(run_id)
     return duration, actions
+
+
+def _past(state: MonitorState, run_id: str, live: LiveRun | None, final: str, at: datetime,
+          seq: int | None) -> RunPast:
+    """The run's past as of its ending ``final`` at ``at``: ``ran_s`` counts this execution
+    too, ``endings`` are the final states it ended in before."""
+    lookup = state.find_run if seq is not None else None
+    if live is None:
+        # ended before (PARKED, now CANCELLED): no execution since
+        remembered = state.ended.get(run_id)
+        if remembered is not None:
+            return remembered
+        found = lookup(run_id, seq) if lookup is not None else None  # type: ignore[arg-type]
+        return found if found is not None else RunPast()
+    if not live.known and lookup is not None:
+        found = lookup(run_id, seq)  # type: ignore[arg-type]
+        if found is not None:
+            return RunPast(live.trigger if found.trigger is None else found.trigger,
+                           found.requested_at or live.requested_at, found.started_at,
+                           found.ran_s, found.endings)
+    ran = live.ran_s
+    if live.state == "RUNNING" and live.started_at is not None:
+        # cut short by a crash (parked on recovery): up to its last recorded event
+        end = (live.last_event_at or at) if final == "PARKED" else at
+        ran = (ran or 0.0) + max(0.0, (end - live.started_at).total_seconds())
+    return RunPast(live.trigger, live.requested_at, live.first_started_at or live.started_at,
+                   ran, live.endings)
 
 
 def record_stage(state: MonitorState, pipeline: str, stage: str, final: str,
@@ -153,6 +197,8 @@ def _live_run(state: MonitorState, event: Event, data: dict, at: datetime) -> Li
         state.stats(pipeline)
         run = state.live[event.run_id or ""] = LiveRun(
             event.run_id or "", pipeline, "PENDING", data.get("trigger"), at)
+        # first seen after its request: its end asks the log for what the fold did not see
+        run.known = str(event.type) == "run.requested"
     return run
 
 
@@ -166,7 +212,9 @@ def _on_run_requested(state: MonitorState, event: Event, data: dict, at: datetim
 def _on_run_started(state: MonitorState, event: Event, data: dict, at: datetime,
                     now: datetime) -> list[Action]:
     run = _live_run(state, event, data, at)
-    run.state, run.started_at = "RUNNING", at
+    if run.first_started_at is None and run.ran_s is None:
+        run.first_started_at = at
+    run.state, run.started_at, run.last_event_at = "RUNNING", at, at
     run.stages = list(data.get("stages") or run.stages)
     return []
 
@@ -174,8 +222,26 @@ def _on_run_started(state: MonitorState, event: Event, data: dict, at: datetime,
 def _on_run_requeued(state: MonitorState, event: Event, data: dict, at: datetime,
                      now: datetime) -> list[Action]:
     """run.recovered / run.suspended / run.retried: the run waits to start again."""
-    _live_run(state, event, data, at).state = "PENDING"
-    return alerts.unparked(state, event.run_id or "", "retried", now)
+    run_id = event.run_id or ""
+    kind = str(event.type)
+    if kind == "run.retried" and run_id not in state.live:
+        # it ended before: carry on from what it did then (from the log if not remembered)
+        before = state.ended.get(run_id)
+        run = _live_run(state, event, data, at)
+        run.known = before is not None
+        if before is not None:
+            run.trigger, run.requested_at = before.trigger, before.requested_at
+            run.first_started_at, run.ran_s, run.endings = (before.started_at, before.ran_s,
+                                                            before.endings)
+    else:
+        run = _live_run(state, event, data, at)
+        if run.state == "RUNNING" and run.started_at is not None:
+            # the execution ends: a clean stop at its event, a crash at its last recorded one
+            end = at if kind == "run.suspended" else (run.last_event_at or run.started_at)
+            run.first_started_at = run.first_started_at or run.started_at
+            run.ran_s = (run.ran_s or 0.0) + max(0.0, (end - run.started_at).total_seconds())
+    run.state = "PENDING"
+    return alerts.unparked(state, run_id, "retried", now)
 
 
 def _on_run_ended(state: MonitorState, event: Event, data: dict, at: datetime,
@@ -272,6 +338,9 @@ _STAGE_STATES = {
     "stage.interrupted": "INTERRUPTED", "stage.retrying": "RETRYING",
     "stage.skipped": "SKIPPED", "stage.reused": "REUSED",
 }
+#: events that are not a sign of the run running: where run_history ends an execution cut
+#: short by a crash is the last event before these
+_NOT_RUNNING = frozenset({"stage.interrupted", "run.recovered", "run.parked"})
 _FILE_OUTCOMES = {"file.arrived": "taken", "file.duplicate": "duplicate",
                   "file.quarantined": "quarantined"}
 _HANDLERS: dict[str, _Handler] = {

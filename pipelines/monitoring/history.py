@@ -24,16 +24,50 @@ from state import parse_ts, queries
 from state.machine import ENDED_RUN_STATES
 
 from .alerts import ROWS_REJECTED, Action, recheck_failure_rates, stale_alerts
-from .monitor_state import LiveRun, MonitorState
+from .monitor_state import LiveRun, MonitorState, RunPast
 from .records import (DURATION_BUCKETS_S, DURATION_WINDOW, FAILURE_WINDOW, FINISHED_STATES,
                       Alert, AlertSeverity, StageStats)
 
 _TERMINAL = tuple(sorted(ENDED_RUN_STATES))
-#: a run's duration from its *latest* start, as live counting has it: a retried or
-#: recovered run's projected started_at is its first start (the events know the last)
-_LAST_START = ("CASE WHEN retries + recoveries > 0 THEN (SELECT MAX(e.ts) FROM events e "
-               "WHERE e.run_id = runs.run_id AND e.type = 'run.started') ELSE started_at END")
-_SECONDS = f"((julianday(ended_at) - julianday({_LAST_START})) * 86400.0)"
+_ENDING_TYPES = ", ".join(f"'run.{s.lower()}'" for s in _TERMINAL)
+#: runs that may have ended more than once (retried, or PARKED and then cancelled); any other
+#: ended run ended once, in the state it is in
+_ENDED_AGAIN = "(retries > 0 OR state = 'CANCELLED')"
+
+
+def running_time_sql(run: str, upto: str | None = None) -> str:
+    """SQL for the time run ``run`` spent running, in s: ``run_history.duration_s`` as
+    migration 0004 defines it (state/migrations.py VIEWS_0004), the sum of its executions,
+    each from a ``run.started`` to the event that ended it (completed, failed, cancelled,
+    suspended; recovered or parked: the last event recorded before, not counting
+    stage.interrupted).  ``upto``: as of that event seq (counting only events up to it)."""
+    starts = f" AND s.seq < {upto}" if upto else ""
+    ends = f" AND e.seq <= {upto}" if upto else ""
+    end = (
+        "(SELECT CASE WHEN e.type IN ('run.recovered', 'run.parked') THEN (SELECT MAX(b.ts) "
+        "FROM events b WHERE b.run_id = s.run_id AND b.seq >= s.seq AND b.seq < e.seq AND "
+        "b.type <> 'stage.interrupted') ELSE e.ts END FROM events e WHERE e.run_id = s.run_id "
+        f"AND e.seq > s.seq{ends} AND e.type IN ('run.completed', 'run.failed', "
+        "'run.cancelled', 'run.suspended', 'run.recovered', 'run.parked') ORDER BY e.seq LIMIT 1)")
+    return (f"(SELECT ROUND(SUM(julianday({end}) - julianday(s.ts)) * 86400.0, 3) FROM events s "
+            f"WHERE s.run_id = {run} AND s.type = 'run.started'{starts})")
+
+
+def run_past(log: Any, run_id: str, seq: int) -> RunPast | None:
+    """What ``log`` knows of run ``run_id`` as of its event ``seq`` (an ending): how it was
+    asked for, its first start, its running time up to ``seq`` and the final states it ended
+    in before ``seq``.  None: the log has no such run."""
+    rows = log.query(
+        f"SELECT trigger, requested_at, started_at, {running_time_sql('runs.run_id', ':seq')}, "
+        "(SELECT group_concat(DISTINCT e.type) FROM events e WHERE e.run_id = runs.run_id AND "
+        f"e.type IN ({_ENDING_TYPES}) AND e.seq < :seq) FROM runs WHERE run_id = :run",
+        {"seq": seq, "run": run_id})
+    if not rows:
+        return None
+    trigger, requested, started, ran, endings = tuple(rows[0])
+    return RunPast(trigger, parse_ts(requested), parse_ts(started), ran,
+                   frozenset(t.partition(".")[2].upper() for t in (endings or "").split(",")
+                             if t))
 
 
 def load_history(state: MonitorState, log: Any, now: datetime) -> list[Action]:
@@ -51,14 +85,25 @@ def _buckets_sql(column: str) -> str:
 
 
 def _runs(state: MonitorState, log: Any) -> None:
+    terminal = f"({', '.join('?' * len(_TERMINAL))})"
+    # each run once per final state it ended in (as the fold counts them)
     for pipeline, final, n in log.query(
-            "SELECT pipeline, state, COUNT(*) FROM runs WHERE state IN "
-            f"({', '.join('?' * len(_TERMINAL))}) GROUP BY pipeline, state", list(_TERMINAL)):
+            f"SELECT pipeline, state, COUNT(*) FROM (SELECT pipeline, state FROM runs WHERE "
+            f"state IN {terminal} AND NOT {_ENDED_AGAIN} UNION ALL SELECT pipeline, state FROM "
+            "(SELECT DISTINCT r.run_id, r.pipeline, upper(substr(e.type, 5)) AS state FROM runs r "
+            "JOIN events e ON e.run_id = r.run_id WHERE (r.retries > 0 OR r.state = 'CANCELLED') "
+            f"AND e.type IN ({_ENDING_TYPES}))) GROUP BY pipeline, state", list(_TERMINAL)):
         state.stats(pipeline).runs[final] = n
-    # MATERIALIZED: computed once per row, not once per reference in the 19 aggregates
+    # each run's running time when it first ended (as the fold observes them); MATERIALIZED:
+    # computed once per row, not once per reference in the 19 aggregates
+    first_end = (f"(SELECT MIN(e.seq) FROM events e WHERE e.run_id = runs.run_id AND e.type IN "
+                 f"({_ENDING_TYPES}))")
     for row in log.query(
-            f"WITH t AS MATERIALIZED (SELECT pipeline, {_SECONDS} AS d FROM runs WHERE state IN "
-            f"({', '.join('?' * len(_TERMINAL))}) AND started_at IS NOT NULL) "
+            f"WITH t AS MATERIALIZED (SELECT pipeline, {running_time_sql('runs.run_id')} AS d "
+            f"FROM runs WHERE state IN {terminal} AND NOT {_ENDED_AGAIN} AND started_at IS NOT "
+            f"NULL UNION ALL SELECT pipeline, {running_time_sql('f.run_id', 'f.upto')} FROM "
+            f"(SELECT run_id, pipeline, {first_end} AS upto FROM runs WHERE {_ENDED_AGAIN} AND "
+            "started_at IS NOT NULL) f WHERE upto IS NOT NULL) "
             f"SELECT pipeline, COUNT(d), SUM(d), MAX(d), {_buckets_sql('d')} FROM t "
             "GROUP BY pipeline", list(_TERMINAL)):
         state.stats(row[0]).durations.add_cumulative(row[4:], row[1], row[2], row[3])
@@ -67,11 +112,12 @@ def _runs(state: MonitorState, log: Any) -> None:
         state.stats(pipeline).last_success_at = parse_ts(ended)
     window = max(DURATION_WINDOW, FAILURE_WINDOW, state.recent_runs)
     rows = log.query(
-        "SELECT * FROM (SELECT run_id, pipeline, state, trigger, requested_at, started_at, "
-        f"ended_at, {_SECONDS} AS duration_s, failed_stage, error, ROW_NUMBER() OVER "
-        "(PARTITION BY pipeline ORDER BY ended_at DESC, run_id DESC) AS n FROM runs WHERE state IN "
-        f"({', '.join('?' * len(_TERMINAL))})) WHERE n <= ? ORDER BY pipeline, n DESC",
-        [*_TERMINAL, window])
+        "SELECT run_id, pipeline, state, trigger, requested_at, started_at, ended_at, "
+        f"CASE WHEN started_at IS NOT NULL THEN {running_time_sql('w.run_id')} END, "
+        "failed_stage, error FROM (SELECT run_id, pipeline, state, trigger, requested_at, "
+        "started_at, ended_at, failed_stage, error, ROW_NUMBER() OVER (PARTITION BY pipeline "
+        "ORDER BY ended_at DESC, run_id DESC) AS n FROM runs WHERE state IN "
+        f"{terminal}) w WHERE n <= ? ORDER BY pipeline, n DESC", [*_TERMINAL, window])
     for r in rows:  # oldest first, so that appendleft leaves the newest in front
         stats = state.stats(r[1])
         summary = {"run_id": r[0], "pipeline": r[1], "state": r[2], "trigger": r[3],
@@ -83,7 +129,7 @@ def _runs(state: MonitorState, log: Any) -> None:
         if r[2] == "COMPLETED" and r[7] is not None:
             stats.completed_durations.append(r[7])
         if r[2] in FINISHED_STATES:
-            stats.recent.append(r[2] != "COMPLETED")
+            stats.recent.set(r[0], r[2] != "COMPLETED")
         state.remember_pipeline(r[0], r[1])
 
 
@@ -132,12 +178,15 @@ def _files(state: MonitorState, log: Any) -> None:
 
 
 def _live(state: MonitorState, log: Any) -> None:
-    for run_id, pipeline, run_state, trigger, requested, started, stages in log.query(
-            "SELECT run_id, pipeline, state, trigger, requested_at, started_at, stages FROM runs "
+    for run_id, pipeline, run_state, trigger, requested, started, stages, fresh in log.query(
+            "SELECT run_id, pipeline, state, trigger, requested_at, started_at, stages, "
+            "started_at IS NULL AND retries = 0 AND recoveries = 0 FROM runs "
             "WHERE state IN ('PENDING', 'RUNNING')"):
         state.remember_pipeline(run_id, pipeline)
         run = LiveRun(run_id, pipeline, run_state, trigger, parse_ts(requested), parse_ts(started),
                       list(json.loads(stages or "[]")))
+        # a run that ran before the monitor started: its end asks the log for its past
+        run.known = bool(fresh)
         state.live[run_id] = run
     if state.live:
         ids = list(state.live)

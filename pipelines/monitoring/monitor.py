@@ -43,8 +43,8 @@ from . import fold
 from .alerts import Action, alert_event, close_alert, open_alert
 from .dashboard import ACTIVE_PENDING_SHOWN, dashboard_document
 from .export import FORMATS, build_registry, check_format, render_metrics, write_metrics_file
-from .history import load_history
-from .monitor_state import LiveRun, MonitorState
+from .history import load_history, run_past
+from .monitor_state import LiveRun, MonitorState, RunPast
 from .records import (FAILURE_WINDOW, FINISHED_STATES, RECENT_RUNS, RECENT_SHOWN, SYSTEM_METRICS,
                       Alert, AlertSeverity, SystemSample)
 from .sampler import CPU_WINDOW_S, SystemSampler, WorkerSource
@@ -86,7 +86,8 @@ class PipelineMonitor:
         self.state = MonitorState.new(
             MonitorThresholds.from_mapping(thresholds), recent_runs=recent_runs,
             max_samples=max_samples, max_alerts=max_alerts,
-            find_pipeline=self._logged_pipeline if event_log is not None else None)
+            find_pipeline=self._logged_pipeline if event_log is not None else None,
+            find_run=self._logged_run if event_log is not None else None)
         self._log = logger if logger is not None else get_logger("pipelines.monitor")
         self._clock = clock or (lambda: datetime.now(timezone.utc))
         self._lock = threading.RLock()
@@ -298,6 +299,10 @@ class PipelineMonitor:
         """The pipeline of a run the state no longer remembers, from the event log."""
         rows = self.event_log.query("SELECT pipeline FROM runs WHERE run_id = ?", [run_id])
         return rows[0][0] if rows else None
+
+    def _logged_run(self, run_id: str, seq: int) -> RunPast | None:
+        """The past of a run the fold did not see whole, from the event log."""
+        return run_past(self.event_log, run_id, seq)
 
     # -- reading and exporting ------------------------------------------------
 

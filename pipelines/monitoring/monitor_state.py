@@ -26,6 +26,22 @@ MEMORY_CAP = 10_000
 _DONE_STAGE_STATES = DONE_STAGE_STATES | {"REUSED"}
 #: ``run_id -> pipeline`` (or None) for a run older than the fold remembers
 PipelineLookup = Callable[[str], "str | None"]
+#: ``(run_id, seq) -> RunPast`` (or None): what the event log knows of a run whose past the fold
+#: did not see, as of its event ``seq`` (the monitor asks its event log)
+RunLookup = Callable[[str, int], "RunPast | None"]
+
+
+@dataclass(frozen=True)
+class RunPast:
+    """What a run did before: how it was asked for, when it first started, the time it spent
+    running (run_history.duration_s's definition: the sum of its executions) and the final
+    states it ended in (it may end again after ``ahgd retry``, or a PARKED one cancelled)."""
+
+    trigger: str | None = None
+    requested_at: datetime | None = None
+    started_at: datetime | None = None     # its first start
+    ran_s: float | None = None             # None: it never ran
+    endings: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -41,6 +57,16 @@ class LiveRun:
     stages: list[str] = field(default_factory=list)
     stage_states: dict[str, tuple[str, int]] = field(default_factory=dict)  # stage -> (state, attempt)
     rows_rejected: int = 0      # by its stages' validation_rules quarantine, so far
+    #: started_at is the start of this execution; what came before it:
+    first_started_at: datetime | None = None
+    ran_s: float | None = None                 # its earlier executions' running time
+    endings: frozenset[str] = frozenset()      # final states it ended in before
+    #: False: the fold did not see all of its past (seeded, or retried long ago): its end asks
+    #: the event log (``MonitorState.find_run``)
+    known: bool = True
+    #: the last event of this execution (not counting stage.interrupted): where an execution
+    #: cut short by a crash ends (run.recovered, run.parked), as run_history counts it
+    last_event_at: datetime | None = None
 
     def progress(self, now: datetime) -> dict[str, Any]:
         states = [self.stage_states.get(s, ("PENDING", 0)) for s in self.stages]
@@ -78,17 +104,22 @@ class MonitorState:
     run_pipeline: OrderedDict[str, str] = field(default_factory=OrderedDict)
     stage_started: OrderedDict[tuple[str, str], datetime | None] = field(
         default_factory=OrderedDict)
+    #: runs that ended (bounded like run_pipeline): what a retry of one carries on from
+    ended: OrderedDict[str, RunPast] = field(default_factory=OrderedDict)
     #: a run's pipeline when it is no longer remembered (the monitor asks its event log)
     find_pipeline: PipelineLookup | None = field(default=None, compare=False, repr=False)
+    #: a run's past when the fold did not see it (the monitor asks its event log)
+    find_run: RunLookup | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def new(cls, thresholds: MonitorThresholds | None = None, *, recent_runs: int = RECENT_RUNS,
             max_samples: int = 720, max_alerts: int = 1000,
-            find_pipeline: PipelineLookup | None = None) -> MonitorState:
+            find_pipeline: PipelineLookup | None = None,
+            find_run: RunLookup | None = None) -> MonitorState:
         """An empty state keeping at most ``max_samples`` samples and ``max_alerts`` alerts."""
         return cls(thresholds or MonitorThresholds(), recent_runs,
                    alerts=deque(maxlen=max_alerts), samples=deque(maxlen=max_samples),
-                   find_pipeline=find_pipeline)
+                   find_pipeline=find_pipeline, find_run=find_run)
 
     def stats(self, pipeline: str) -> PipelineStats:
         """The statistics of ``pipeline``, made empty on first use."""

@@ -16,7 +16,7 @@ from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from state import format_ts
 
@@ -199,16 +199,52 @@ class StageStats:
                 "peak_rss_mb": self.peak_rss_mb, "max_attempt": self.max_attempt}
 
 
+class RunWindow:
+    """The outcomes (True: it failed) of a pipeline's last ``maxlen`` finished runs, one per
+    run: a run retried and ending again replaces its outcome, as the newest.  ``sum()`` is
+    how many of them failed, ``len()`` how many there are."""
+
+    __slots__ = ("maxlen", "_runs")
+
+    def __init__(self, maxlen: int = FAILURE_WINDOW) -> None:
+        self.maxlen = maxlen
+        self._runs: dict[str, bool] = {}
+
+    def set(self, run_id: str, failed: bool) -> None:
+        self._runs.pop(run_id, None)
+        self._runs[run_id] = failed
+        while len(self._runs) > self.maxlen:
+            del self._runs[next(iter(self._runs))]
+
+    def discard(self, run_id: str) -> None:
+        self._runs.pop(run_id, None)
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+    def __iter__(self) -> Iterator[bool]:
+        return iter(list(self._runs.values()))
+
+    def __repr__(self) -> str:
+        return f"RunWindow({self._runs!r})"
+
+
 @dataclass
 class PipelineStats:
-    runs: Counter = field(default_factory=Counter)         # finished runs by final state
+    #: runs that ended in each final state, each run once per state it ended in: a run that
+    #: failed, was retried, failed again and then completed is 1 FAILED and 1 COMPLETED.  Only
+    #: goes up (``ahgd_runs_total``), the same live and seeded from history
+    runs: Counter = field(default_factory=Counter)
+    #: each run's running time (run_history.duration_s) when it first ended; a retried run's
+    #: later endings add no observation
     durations: Histogram = field(default_factory=Histogram)
     completed_durations: deque = field(default_factory=lambda: deque(maxlen=DURATION_WINDOW))
     last_run: dict[str, Any] | None = None
     last_success_at: datetime | None = None
     last_clean_success_at: datetime | None = None           # ...that rejected no rows
     last_end_seq: int = 0                                   # event seq of the latest ending
-    recent: deque = field(default_factory=lambda: deque(maxlen=FAILURE_WINDOW))
+    recent: RunWindow = field(default_factory=RunWindow)     # for the failure rate
+    #: summaries of the last runs that ended, newest first, one per run (its latest ending)
     recent_runs: deque = field(default_factory=lambda: deque(maxlen=RECENT_RUNS))
     stages: dict[str, StageStats] = field(default_factory=dict)
     files: Counter = field(default_factory=Counter)         # taken | duplicate | quarantined

@@ -118,7 +118,8 @@ def test_run_parked_needs_a_human_until_retried_or_cancelled(state):
     cancelled = fold(state, ev(40, "run.cancelled", "p1"))
     assert kinds(cancelled) == [("resolve", "run.parked:p1")]
     assert cancelled[0].alert.resolution == "run p1 was cancelled"
-    assert state.pipelines["health"].runs == {"PARKED": 2, "CANCELLED": 1}
+    # one run: counted once per final state it reached, however often it reached it
+    assert state.pipelines["health"].runs == {"PARKED": 1, "CANCELLED": 1}
 
 
 def test_a_retried_run_older_than_memory_is_looked_up_through_the_state(state):
