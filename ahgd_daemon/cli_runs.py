@@ -42,17 +42,22 @@ def _wait_for(state_dir: Path, run_id: str, timeout: float | None) -> int:
     from state import EventLog
 
     deadline = None if timeout is None else time.monotonic() + timeout
-    with EventLog.open(state_dir) as log:
-        while True:
-            run = log.run(run_id)
-            if run is not None and run.state in ENDED_RUN_STATES:
-                _print_outcome(run)
-                return 0 if run.state == RunState.COMPLETED else 1
-            if deadline is not None and time.monotonic() > deadline:
-                click.echo(f"run {run_id} is still {run.state if run else 'unknown'}; "
-                           "see `ahgd history`")
-                return 1
-            time.sleep(0.2)
+    try:
+        with EventLog.open(state_dir) as log:
+            while True:
+                run = log.run(run_id)
+                if run is not None and run.state in ENDED_RUN_STATES:
+                    _print_outcome(run)
+                    return 0 if run.state == RunState.COMPLETED else 1
+                if deadline is not None and time.monotonic() > deadline:
+                    click.echo(f"run {run_id} is still {run.state if run else 'unknown'}; "
+                               "see `ahgd history`")
+                    return 1
+                time.sleep(0.2)
+    except KeyboardInterrupt:  # only the waiting stops: the daemon has the run
+        click.echo(f"\nstopped waiting; run {run_id} goes on in the daemon: follow it with "
+                   f"`ahgd logs -f {run_id}`, stop it with `ahgd cancel {run_id}`", err=True)
+        return 130
 
 
 def _print_outcome(run: Any) -> None:

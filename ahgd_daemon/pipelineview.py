@@ -22,7 +22,12 @@ def describe_trigger(trigger: Any) -> dict[str, Any]:
         return {"type": "drop_folder", "path": str(trigger.path), "pattern": trigger.pattern,
                 "text": f"drop folder {trigger.path} ({trigger.pattern})"}
     if trigger.type == "schedule":
-        when = f"cron {trigger.cron}" if trigger.cron else f"every {trigger.id.split(':', 1)[-1]}"
+        if trigger.cron:
+            when = f"cron {trigger.cron}"
+        else:   # the interval itself, not the trigger's id (which may be "hourly")
+            from pipelines.durations import format_duration
+
+            when = f"every {format_duration(trigger.interval)}"
         return {"type": "schedule", "id": trigger.id, "cron": trigger.cron,
                 "interval_s": trigger.interval.total_seconds() if trigger.interval else None,
                 "timezone": trigger.timezone, "misfire": trigger.misfire,

@@ -69,7 +69,9 @@ class RunLogReader:
             if event["seq"] not in self.shown:
                 self.waiting[event["seq"]] = (clock(), event)
         for seq, (seen, event) in sorted(self.waiting.items()):
-            if final or clock() - seen >= EVENT_GRACE_S:
+            # an event recorded a while ago has no line coming (its process keeps no run
+            # log): shown now, in its place among the file's lines, not after them
+            if final or clock() - seen >= EVENT_GRACE_S or _age_s(event) >= EVENT_GRACE_S:
                 del self.waiting[seq]
                 self.shown.add(seq)
                 out.append(event_line(event, self.run_id))
@@ -77,6 +79,16 @@ class RunLogReader:
         if self.stage is not None:
             out = [r for r in out if r.get("stage") == self.stage]
         return out
+
+
+def _age_s(event: dict[str, Any]) -> float:
+    """How long ago the history recorded ``event`` (0 when its time cannot be read)."""
+    from state import parse_ts
+
+    try:
+        return time.time() - parse_ts(str(event["ts"])).timestamp()
+    except (KeyError, ValueError, TypeError):
+        return 0.0
 
 
 def render(record: dict[str, Any]) -> str:

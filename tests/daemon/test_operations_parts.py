@@ -402,3 +402,22 @@ def test_without_a_daemon_the_commands_work_from_the_history_and_the_config(tmp_
     run_id = json.loads(cli("history", "--json", "--trigger", "backfill").stdout)[0]["run_id"]
     shown = cli("logs", run_id)
     assert "run.requested trigger=backfill" in shown.stdout and "no log file" in shown.stderr
+
+
+def test_following_a_run_log_shows_old_events_in_their_place_at_once(state_dir):
+    """``ahgd logs -f``: events recorded a while ago by a process that keeps no run log are
+    shown in the first look, in time order among the file's lines, not after the newer
+    lines once their grace has passed."""
+    from ahgd_daemon.runlog import RunLogReader
+    from state import runlogs
+
+    from datetime import datetime, timezone
+
+    long_ago = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    with EventLog.open(state_dir, clock=lambda: long_ago) as log:   # recorded long ago
+        log.append(new_event(T.RUN_REQUESTED, "r1", pipeline="p", trigger="manual", params={}))
+    runlogs.append(state_dir, "r1", {"timestamp": "2026-01-01T00:00:01.000000Z",
+                                     "event": "stage said hello", "run_id": "r1"})
+    with EventLog.open(state_dir) as log:
+        lines = RunLogReader(state_dir, "r1").poll(log, final=False)
+        assert [x["event"] for x in lines] == ["run.requested", "stage said hello"]
