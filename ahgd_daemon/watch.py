@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,7 +27,10 @@ from watchdog.events import (DirCreatedEvent, DirMovedEvent, FileAttribEvent, Fi
                              FileCreatedEvent, FileModifiedEvent, FileMovedEvent, FileSystemEvent,
                              FileSystemEventHandler)
 
-from .dropfolder import Folder
+from .dropfolder import Folder, ignored
+
+#: names of files no pattern takes that were said once (a folder full of them stays quiet)
+NOT_TAKEN_TOLD = 1000
 
 NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p", "ceph", "glusterfs",
               "afs", "fuse.rclone", "fuse.s3fs", "lustre", "gpfs"}
@@ -97,9 +101,10 @@ def open_for_writing(path: Path) -> bool:
 
 class _Handler(FileSystemEventHandler):
     def __init__(self, folder: Folder, polling: bool, complete: Callable[[Folder, Path], None],
-                 candidate: Callable[[Folder, Path], None]):
+                 candidate: Callable[[Folder, Path], None],
+                 not_taken: Callable[[Folder, Path], None] = lambda f, p: None):
         self.folder, self.polling = folder, polling
-        self.complete, self.candidate = complete, candidate
+        self.complete, self.candidate, self.not_taken = complete, candidate, not_taken
 
     def dispatch(self, event: FileSystemEvent) -> None:
         if event.is_directory:
@@ -114,9 +119,14 @@ class _Handler(FileSystemEventHandler):
             path = Path(os.fsdecode(event.dest_path))
             if self.folder.matches(path):
                 (self.candidate if self.polling else self.complete)(self.folder, path)
+            else:
+                self.not_taken(self.folder, path)
             return
         path = Path(os.fsdecode(event.src_path))
         if not self.folder.matches(path):
+            if isinstance(event, FileClosedEvent) or (self.polling and
+                                                      isinstance(event, FileCreatedEvent)):
+                self.not_taken(self.folder, path)
             return
         if isinstance(event, FileClosedEvent) and not self.polling:
             self.complete(self.folder, path)
@@ -134,6 +144,8 @@ class Watchers:
         self._logger = logger
         self._observers: list[Any] = []
         self.modes: dict[str, str] = {}
+        self._told: dict[str, None] = {}
+        self._told_lock = threading.Lock()   # the observers' threads say it
 
     def start(self) -> None:
         from watchdog.observers.polling import PollingObserver
@@ -150,7 +162,8 @@ class Watchers:
                     from watchdog.observers.inotify import InotifyObserver
 
                     observer = InotifyObserver(generate_full_events=True)
-                    handler = _Handler(folder, False, self._complete, self._candidate)
+                    handler = _Handler(folder, False, self._complete, self._candidate,
+                                       self.not_taken)
                     try:
                         observer.schedule(handler, str(folder.path), recursive=folder.recursive,
                                           event_filter=HANDLED_EVENTS)
@@ -164,7 +177,8 @@ class Watchers:
                     observer, mode = None, "polling"
             if observer is None:
                 observer = PollingObserver(timeout=folder.poll_interval)
-                observer.schedule(_Handler(folder, True, self._complete, self._candidate),
+                observer.schedule(_Handler(folder, True, self._complete, self._candidate,
+                                           self.not_taken),
                                   str(folder.path), recursive=folder.recursive)
                 observer.start()
             self.modes[str(folder.path)] = mode
@@ -181,6 +195,8 @@ class Watchers:
             paths = folder.path.rglob("*") if folder.recursive else folder.path.iterdir()
             for path in sorted(paths):
                 if not folder.matches(path):
+                    if path.is_file():
+                        self.not_taken(folder, path)
                     continue
                 try:
                     mode = os.lstat(path).st_mode
@@ -191,6 +207,25 @@ class Watchers:
                 self._candidate(folder, path)  # files, and what is refused (links, FIFOs ...)
                 count += 1
         return count
+
+    def not_taken(self, folder: Folder, path: Path) -> None:
+        """A file in a drop folder whose name no folder's pattern takes: said once (a warning
+        naming the pattern), so that ``UPPER.CSV`` dropped into a ``*.csv`` folder is not left
+        there in silence.  Hidden and temporary files (``.part``, ``~$x``) are not."""
+        if ignored(path.name) or any(f.matches(path) for f in self.folders):
+            return
+        key = str(path)
+        with self._told_lock:
+            if key in self._told:
+                return
+            self._told[key] = None
+            if len(self._told) > NOT_TAKEN_TOLD:
+                self._told.pop(next(iter(self._told)), None)
+        self._logger.warning(
+            "file_not_taken", pipeline=folder.pipeline, path=key, pattern=folder.pattern,
+            why=f"its name does not match the drop folder's pattern {folder.pattern!r}; it is "
+                "left where it is: rename it to match (names are matched with their case), or "
+                "change the pattern")
 
     def polling(self, folder: Folder) -> bool:
         return self.modes.get(str(folder.path)) == "polling"

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 from datetime import timedelta
+from pathlib import Path
 from types import SimpleNamespace
 
 from ahgd_daemon.pipelineview import describe_trigger
@@ -41,3 +43,29 @@ def test_ctrl_c_while_ahgd_run_waits_for_the_daemon_says_the_run_goes_on(tmp_pat
         assert query(state, "SELECT state FROM runs") == [("RUNNING",)]
     finally:
         daemon.stop()
+
+
+def test_a_file_the_pattern_does_not_take_is_said_once_not_left_in_silence(tmp_path):
+    state = tmp_path / "state"
+    daemon = Daemon(write_config(tmp_path), state).wait_ready(60)
+    inbox = state / "inbox" / "csvpipe"
+    try:
+        (tmp_path / "UPPER.CSV").write_text("a,b\n1,2\n")
+        os.rename(tmp_path / "UPPER.CSV", inbox / "UPPER.CSV")       # renamed in
+        (inbox / "notes.txt").write_text("not data\n")                # written in place
+        (inbox / "good.csv.part").write_text("a,b\n")                 # being written: quiet
+        wait_until(lambda: len(_told(daemon)) >= 2, 30,
+                   "the daemon to say which files it does not take")
+        (inbox / "notes.txt").write_text("still not data\n")          # again: said once
+        (inbox / "good.csv").write_text("a,b\n1,2\n")                  # taken: a run
+        wait_until(lambda: query(state, "SELECT 1 FROM runs"), 30, "good.csv's run")
+    finally:
+        daemon.stop()
+    said = _told(daemon)
+    assert sorted(Path(r["path"]).name for r in said) == ["UPPER.CSV", "notes.txt"]
+    assert said[0]["level"] == "warning" and said[0]["pattern"] == "*.csv"
+    assert "does not match the drop folder's pattern '*.csv'" in said[0]["why"]
+
+
+def _told(daemon: Daemon) -> list[dict]:
+    return [r for r in daemon.records() if r.get("event") == "file_not_taken"]
