@@ -78,7 +78,8 @@ def end_run(state: MonitorState, run_id: str, final: str, at: datetime, extra: d
     pipeline = live.pipeline if live else state.run_pipeline.get(run_id, "unknown")
     stats = state.stats(pipeline)
     past = _past(state, run_id, live, final, at, seq)
-    duration = past.ran_s
+    # to the ms, as run_history has it (seeded from it after a restart: the same buckets)
+    duration = round(past.ran_s, 3) if past.ran_s is not None else None
     if final not in past.endings:
         stats.runs[final] += 1
     if not past.endings:       # its first ending: one observation per run
@@ -88,7 +89,7 @@ def end_run(state: MonitorState, run_id: str, final: str, at: datetime, extra: d
     summary = {"run_id": run_id, "pipeline": pipeline, "state": final,
                "trigger": past.trigger, "requested_at": iso(past.requested_at),
                "started_at": iso(past.started_at), "ended_at": iso(at),
-               "duration_s": round(duration, 3) if duration is not None else None,
+               "duration_s": duration,
                "failed_stage": extra.get("stage"),
                "error": extra.get("error") or extra.get("reason")}
     stats.last_run = summary
