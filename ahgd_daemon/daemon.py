@@ -403,12 +403,13 @@ class Daemon:
         try:
             recover_and_report(self.log, self.state_dir, logger=self.logger,
                                max_recoveries=self.setup.settings.max_recoveries,
-                               skip=set(self.runs.active), known=self.setup.pipelines)
+                               skip={*self.runs.active, *self.runs.waiting_for_disk},
+                               known=self.setup.pipelines)
         except AhgdError as exc:
             self.logger.warning("recovery_check_failed", error=str(exc))
 
     def _nothing_left(self) -> bool:
-        if self.runs.active or not self.intake.idle():
+        if self.runs.active or self.runs.waiting_for_disk or not self.intake.idle():
             return False
         waiting = queries.pipelines_with_pending_runs(self.log) - set(
             ops_queries.pipeline_pauses(self.log))  # a paused pipeline's runs wait for resume
@@ -429,7 +430,7 @@ class Daemon:
         stable = self.intake.next_due_in()
         if stable is not None:
             timeouts.append(stable + 0.01)
-        if self.runs.active:
+        if self.runs.active or self.runs.waiting_for_disk:
             timeouts.append(1.0)
         if self.options.progress is not None:
             timeouts.append(0.2)

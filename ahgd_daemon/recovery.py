@@ -61,7 +61,8 @@ def _close_unknown(log: EventLog, state_dir: Path, run: Any, logger: Any) -> Non
                        owner=owner.describe(), state="FAILED",
                        why=f"this daemon's configuration has no pipeline {run.pipeline!r}",
                        resume=f"pipeline.retry({run.run_id!r}) in the script that defines it, "
-                              f"or ahgd retry {run.run_id} --config <a file that has it>")
+                              "or add the pipeline to the daemon's configuration (SIGHUP) and "
+                              f"ahgd retry {run.run_id}")
 
 
 def recover_and_report(log: EventLog, state_dir: Path, *, max_recoveries: int, logger: Any,

@@ -232,6 +232,13 @@ def dispatch(daemon: Any, req: dict[str, Any]) -> dict[str, Any]:
         daemon.waker.wake()
         return {"run_id": run_id}
     if cmd == "retry":
+        run = daemon.log.run(req.get("run_id", ""))
+        if run is not None and run.pipeline not in daemon.setup.pipelines:
+            raise RequestError(  # made PENDING, it would wait for ever: nothing here runs it
+                f"run {run.run_id!r} is of pipeline {run.pipeline!r}, which this daemon's "
+                "configuration does not have, so it cannot run it; resume it from the script "
+                f"that defines the pipeline (pipeline.retry({run.run_id!r})), or add the "
+                "pipeline to the configuration and send SIGHUP")
         out = retry(daemon.log, req.get("run_id", ""), daemon.state_dir)
         daemon.waker.wake()
         return out

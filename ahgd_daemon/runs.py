@@ -99,12 +99,35 @@ class RunSupervisor:
         self.stop = threading.Event()          # run threads read this: no new stages
         #: no run starts before this (monotonic): a run's event found the disk full
         self.disk_full_until: float | None = None
+        #: run id -> pipeline, of the runs a full disk stopped, to be resumed
+        self.waiting_for_disk: dict[str, str] = {}
         self.grace_deadline: float | None = None
 
     # ------------------------------------------------------------------ admission and launch
 
+    def resume_waiting(self) -> None:
+        """The runs a full disk stopped, once DISK_FULL_WAIT_S has passed: each the log still
+        has RUNNING is recorded suspended (PENDING again: not a crash, so not counted against
+        max_recoveries); while the disk is still full, they wait DISK_FULL_WAIT_S more."""
+        if self.disk_full_until is not None and self._monotonic() < self.disk_full_until:
+            return
+        from state.orphans import suspend
+
+        for run_id in list(self.waiting_for_disk):
+            try:
+                suspend(self.log, self.state_dir, run_id,
+                        reason="the disk holding the state directory was full; the run resumes "
+                               "at its first unfinished stage")
+            except DiskFull:
+                self.disk_full_until = self._monotonic() + DISK_FULL_WAIT_S
+                return
+            except AhgdError as exc:  # the recovery check tries again later
+                self._logger.warning("run_resume_failed", run_id=run_id, error=str(exc))
+            del self.waiting_for_disk[run_id]
+
     def start_pending(self, setup: Setup) -> None:
         """Launch the PENDING runs that may start now, oldest request first."""
+        self.resume_waiting()
         limit = max(2, 2 * self.executor.max_workers)
         if len(self.active) >= limit:
             return
@@ -207,11 +230,12 @@ class RunSupervisor:
             follow_up(run)
 
     def _wait_for_disk(self, run_id: str, active: ActiveRun, error: DiskFull) -> None:
-        """The log refused an event of the run for a full disk: nothing of it was written, so
-        the run is left as the log has it (RUNNING, for the recovery check to resume once
-        it can record that; PENDING, to start again) and no run starts for DISK_FULL_WAIT_S.
+        """The log refused an event of the run for a full disk: nothing of it was written.
+        No run starts for DISK_FULL_WAIT_S; then the run, if the log has it RUNNING, is
+        recorded suspended (:meth:`resume_waiting`) and starts again like any PENDING run.
         It used to be recorded FAILED (once there was room), though nothing was wrong with it."""
         self.disk_full_until = self._monotonic() + DISK_FULL_WAIT_S
+        self.waiting_for_disk[run_id] = active.pipeline
         self._logger.warning("run_waits_for_disk", run_id=run_id, pipeline=active.pipeline,
                              error=str(error),
                              then="it resumes once the disk holding the state directory has "

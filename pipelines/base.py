@@ -444,6 +444,12 @@ class BasePipeline(ABC):
         latest run that completed them all with the same data (:meth:`_resume_source`)."""
         return self._resume_source(log, stages, resume_from, params)[0]
 
+    def _param_defaults(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` as the run's stages see them: a pipeline declaring params with defaults
+        (a YAML ``params:`` section) fills them in as each run starts, whether or not its
+        request recorded them."""
+        return params
+
     def _resume_source(self, log: EventLog, stages: list[str], resume_from: str,
                        params: Mapping[str, Any] | None = None,
                        ) -> tuple[dict[str, tuple[str, dict]], Any]:
@@ -462,13 +468,13 @@ class BasePipeline(ABC):
         if not self.enable_checkpoints:
             raise ResumeRefused(f"pipeline {self.name!r} runs with enable_checkpoints=False, so no "
                                 "stage outputs are kept to resume from; run it from the start")
-        wanted = data_params(params or {})
+        wanted = self._param_defaults(data_params(params or {}))
         gone = other = None  # outputs retention removed; a run given other data
         for run in reversed(log.runs(pipeline=self.name)):
             done = {s: a for s, a in run.attempts.items() if a.state == StageState.COMPLETED}
             if not all(s in done for s in earlier) or not run.params.get("keep_outputs", True):
                 continue
-            differs = _data_difference(wanted, data_params(run.params))
+            differs = _data_difference(wanted, self._param_defaults(data_params(run.params)))
             if differs:
                 other = other or (run.run_id, differs)
                 continue
@@ -542,7 +548,8 @@ class BasePipeline(ABC):
 #: run params that do not change what a run's stages read: where the input is kept and how
 #: it was named, how the run came about, what ahgd does with its outputs
 _NOT_DATA = ("input_file", "original_name", "resume_from", "fire_time", "backfill",
-             "keep_outputs", "rebuild", "replays")
+             "keep_outputs", "rebuild", "replays", "upstream_pipeline", "upstream_run",
+             "orchestration_id")
 
 
 def data_params(params: Mapping[str, Any]) -> dict[str, Any]:

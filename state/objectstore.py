@@ -36,6 +36,9 @@ CACHE_DIR = Path("cache") / "objects"
 #: Dask worker by the worker itself, :func:`prune_cache`): fetched again by its SHA-256 if it
 #: is wanted after that.  A read touches it (:meth:`ObjectStore.fetch`)
 CACHE_AGE_S = 86400.0
+#: the modification time of every run input fetched into a cache (2000-01-01 UTC), whenever
+#: it was fetched (:meth:`ObjectStore.fetch_input`)
+INPUT_MTIME_NS = 946_684_800 * 10**9
 #: the settings as JSON, for worker processes started by a daemon that has an object store
 ENV = "AHGD_OBJECT_STORE"
 _log = logging.getLogger("state.objectstore")
@@ -169,9 +172,17 @@ class ObjectStore:
 
     def fetch_input(self, uri: str, sha256: str, cache_dir: Path) -> Path:
         """The input file behind ``uri`` in ``cache_dir/inputs/<sha256>/<its name>``: its own
-        name, so that messages about a line of it name the file the sender dropped."""
+        name, so that messages about a line of it name the file the sender dropped.  Its
+        modification time is always :data:`INPUT_MTIME_NS`: a stage identifies the input it
+        read by its size and mtime, and a copy fetched again after the cache was pruned (a
+        run resumed days later) must be the same file to it."""
         target = Path(cache_dir) / "inputs" / sha256 / Path(uri).name
-        return self.fetch({"uri": uri, "sha256": sha256}, cache_dir, target)
+        found = self.fetch({"uri": uri, "sha256": sha256}, cache_dir, target)
+        try:
+            os.utime(found, ns=(time.time_ns(), INPUT_MTIME_NS))   # used now, too
+        except OSError:  # not ours to change: a cache someone made read-only
+            pass
+        return found
 
     def delete(self, rel_or_uri: str) -> None:
         key = self.key_of(rel_or_uri) if rel_or_uri.startswith("s3://") else self.key_for(rel_or_uri)

@@ -127,6 +127,25 @@ def close(log: Any, state_dir: Path, run_id: str, *, closed_by: str) -> GoneOwne
         return owner
 
 
+def suspend(log: Any, state_dir: Path, run_id: str, *, reason: str) -> bool:
+    """Record the RUNNING run ``run_id``, whose execution stopped through no fault of its own
+    (the history refused its event for a full disk), as suspended: its attempts in flight
+    ``stage.interrupted``, the run PENDING again (``run.suspended``) to resume at its first
+    stage that has not succeeded.  Not a crash: it does not count towards
+    ``max_recoveries``.  False, recording nothing, when the run is not RUNNING or a live
+    process holds it."""
+    with _RunLock(state_dir, run_id, False) as locked:
+        run = log.run(run_id) if locked else None
+        if run is None or run.state != RunState.RUNNING:
+            return False
+        events = [new_event(T.STAGE_INTERRUPTED, run_id, stage=s, attempt=n, error=why)
+                  for s, n, why in _interrupt(run, reason)]
+        events.append(new_event(T.RUN_SUSPENDED, run_id, reason=reason))
+        log.append_many(events)
+        remove_unrecorded_outputs(log, state_dir, run_id)
+        return True
+
+
 def daemon_serves(state_dir: Path) -> bool:
     """Is a daemon running on ``state_dir``?  It recovers (and resumes) orphans itself."""
     return is_locked(Path(state_dir) / DAEMON_LOCK)

@@ -90,6 +90,9 @@ class ConfiguredPipeline(BasePipeline):
             context.params.setdefault(name, value)
         return self.stage(stage_name).execute(context)
 
+    def _param_defaults(self, params: dict[str, Any]) -> dict[str, Any]:
+        return with_defaults(self.spec.params, params)
+
     # -- stages ------------------------------------------------------------------------
 
     def stage(self, name: str) -> PipelineStage:

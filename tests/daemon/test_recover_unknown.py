@@ -11,7 +11,7 @@ import textwrap
 
 from state import EventLog
 
-from .harness import Daemon, env, query, wait_until, write_config
+from .harness import Daemon, ahgd_exe, env, query, wait_until, write_config
 
 SCRIPT = textwrap.dedent("""\
     import sys, time
@@ -58,6 +58,17 @@ def test_the_daemon_closes_a_killed_scripts_run_of_a_pipeline_it_does_not_have(t
     assert f"pipeline.retry({run_id!r}) resumes it" in run.error
     closed = [r for r in daemon.records() if r.get("event") == "interrupted_run_closed"]
     assert [(r["run_id"], r["level"]) for r in closed] == [(run_id, "warning")]
+    # a daemon asked to retry it refuses: made PENDING, it would wait for ever
+    serving = Daemon(write_config(tmp_path), state).wait_ready(60)
+    try:
+        refused = subprocess.run([*ahgd_exe(), "retry", run_id, "--state-dir", str(state)],
+                                 capture_output=True, text=True, timeout=60, env=env())
+    finally:
+        serving.stop()
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert (f"run {run_id!r} is of pipeline 'pyslow', which this daemon's configuration does "
+            "not have") in refused.stderr
+    assert query(state, "SELECT state FROM runs WHERE run_id = ?", (run_id,)) == [("FAILED",)]
     # the script's retry resumes it at its first unfinished stage
     again = subprocess.run([sys.executable, str(script), str(state), "quick", run_id], env=env(),
                            cwd=tmp_path, capture_output=True, text=True, timeout=120)

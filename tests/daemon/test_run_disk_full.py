@@ -3,13 +3,16 @@ Recovery: "nothing acknowledged is lost, and the daemon carries on once there is
 
 The state directory is a real 8 MiB tmpfs in a mount namespace of the test's own; the real
 daemon runs there, a stage fills the disk, and the daemon's record of its completion is
-refused.  The run stays RUNNING (it was recorded FAILED once there was room, though nothing
-was wrong with it), and once the disk has room the recovery check resumes it."""
+refused.  The run stays as the log has it (it was recorded FAILED once there was room, though
+nothing was wrong with it); then it is recorded suspended, not recovered (a full disk is no
+crash), and runs again once there is room.  With --once the daemon waits for it."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+
+import pytest
 import sys
 import textwrap
 from pathlib import Path
@@ -20,7 +23,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @needs_tiny_tmpfs
-def test_a_run_whose_event_finds_the_disk_full_waits_and_then_completes(tmp_path):
+@pytest.mark.parametrize("once", [False, True], ids=["daemon", "once"])
+def test_a_run_whose_event_finds_the_disk_full_waits_and_then_completes(tmp_path, once):
     (tmp_path / "fill.yaml").write_text(textwrap.dedent("""\
         pipeline: {name: fill}
         stages:
@@ -38,7 +42,8 @@ def test_a_run_whose_event_finds_the_disk_full_waits_and_then_completes(tmp_path
     state = tmp_path / "state"
     state.mkdir()
     script = (f"mount -t tmpfs -o size=8m tmpfs {state} && exec {sys.executable} -m "
-              f"tests.daemon.diskfull_daemon_child {state} {master}")
+              f"tests.daemon.diskfull_daemon_child {state} {master}"
+              f"{' --once' if once else ''}")
     proc = subprocess.run([*UNSHARE, "sh", "-c", script], capture_output=True, text=True,
                           timeout=240, cwd=REPO)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -48,6 +53,8 @@ def test_a_run_whose_event_finds_the_disk_full_waits_and_then_completes(tmp_path
     types = [e[0] for e in out["events"]]
     assert "run.failed" not in types
     assert ["stage.interrupted", "fill", 1] in out["events"]
-    assert "run.recovered" in types
+    # suspended, not recovered: a full disk is no crash, and does not count towards parking
+    assert "run.suspended" in types and "run.recovered" not in types
+    assert out["recoveries"] == 0
     assert "the disk holding" in out["waits"][0]["error"]
-    assert out["code"] == 0
+    assert out["code"] == 0      # --once: the run completed before the daemon ended

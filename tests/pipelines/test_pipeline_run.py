@@ -516,3 +516,31 @@ def test_resume_reuses_only_a_run_given_the_same_input_and_params(state_dir, tmp
             assert [r[0] for r in reused] == [first.run_id]
         params = log.run(bare.run_id).params
         assert (params["input_sha256"], params["input_file"]) == (sha_a, str(a.resolve()))
+
+
+def test_resume_compares_params_as_the_stages_see_them(state_dir, tmp_path):
+    """A declared param's default counts whether or not a run's request recorded it (a
+    scheduled or dropped run records only what it was given; `ahgd run` fills defaults in),
+    and how a run came about (upstream_pipeline, orchestration_id ...) is not its data."""
+    from ahgd_daemon.requests import request_run
+    from pipelines import load_pipeline
+
+    path = tmp_path / "p.yaml"
+    path.write_text("pipeline: {name: p}\nparams:\n  year: {type: integer, default: 2021}\n"
+                    "stages:\n"
+                    "  - {name: first, type: extractor, class: tests.daemon.stages.Tick}\n"
+                    "  - {name: second, type: extractor, class: tests.daemon.stages.Tick}\n")
+    p = load_pipeline(path, state_dir=state_dir, executor="inprocess")
+    upstream = p.run(params={"upstream_pipeline": "u", "upstream_run": "u-1"})  # as followups
+    assert upstream.state == "COMPLETED"
+    with EventLog.open(state_dir) as log:   # as `ahgd run p --resume-from second` asks
+        run_id = request_run(log, state_dir, {"p": p}, "p", resume_from="second")
+        assert log.run(run_id).params["year"] == 2021      # the default, recorded
+        ctx = p.execute_run(run_id, log=log)
+        assert ctx.state == "COMPLETED"
+        reused = log.query("SELECT json_extract(payload, '$.from_run') FROM events WHERE "
+                           "run_id = ? AND type = 'stage.reused'", [run_id])
+        assert [r[0] for r in reused] == [upstream.run_id]
+    with pytest.raises(ResumeRefused, match=r"had the params \{'year': 2021\}, not "
+                                            r"\{'year': 2020\}"):
+        p.run(params={"year": 2020}, resume_from="second")
