@@ -4,7 +4,9 @@ With a daemon on the state directory the daemon collects, by its own configurati
 ``retain:`` policy (``ahgd_daemon/collection.py``); without one the collection runs here,
 by the policy of the ``--config`` files given, holding the daemon's lock so that no daemon
 starts meanwhile.  Either way it prints one line per thing removed (area, path, size,
-rule, why) and a summary, or the whole report as ``--json``.
+rule, why) and a summary, or the whole report as ``--json``.  On a full disk it uses the
+room retention keeps (``<state dir>/.reserve``, ``ahgd_daemon/removal.py``) to open the
+history and record its removals.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def gc(state_dir: Path, dry_run: bool, pipeline: str | None, as_json: bool,
     """Remove what the retain: policy lets go: old runs' outputs, old inputs, duplicates,
     quarantined files, DuckDB spill files.  Every removal is recorded (data.expired,
     file.expired); runs that may still run or be retried lose nothing."""
-    with open_log(state_dir) as log:
+    with _open_log(state_dir) as log:
         _check_pipeline(log, pipeline)
     reply = ask_daemon(state_dir, {"cmd": "gc", "dry_run": dry_run, "pipeline": pipeline},
                        timeout=3600.0)
@@ -44,6 +46,14 @@ def gc(state_dir: Path, dry_run: bool, pipeline: str | None, as_json: bool,
         click.echo(json.dumps(report, indent=2, default=str))
     else:
         _print(report, where)
+
+
+def _open_log(state_dir: Path) -> Any:
+    """The event log, on a full disk too: the reserve retention keeps is released if SQLite
+    cannot open it without (``ahgd_daemon/removal.py``), so that the collection can run."""
+    from .removal import open_with_room
+
+    return open_with_room(state_dir, lambda: open_log(state_dir))
 
 
 def _check_pipeline(log: Any, pipeline: str | None) -> None:
@@ -80,7 +90,7 @@ def _collect_here(state_dir: Path, configs: tuple[str, ...], dry_run: bool,
         fail(f"{exc}: a daemon started on this state directory meanwhile; run ahgd gc again "
              "(the daemon then collects)")
     try:
-        with open_log(state_dir) as log:
+        with _open_log(state_dir) as log:
             return Collector(log, state_dir, config_policy(loaded)).run(
                 dry_run=dry_run, pipeline=pipeline).as_dict()
     finally:
@@ -113,6 +123,10 @@ def _print(report: dict[str, Any], where: str) -> None:
     if report.get("over_budget_bytes"):
         click.echo(f"data/ stays {format_size(report['over_budget_bytes'])} over "
                    "retain.data_budget: what is left is needed (see README, Retention)")
+    if report.get("reserve_released_bytes"):
+        click.echo(f"the disk was full: {format_size(report['reserve_released_bytes'])} of the "
+                   "room kept for this (.reserve in the state directory) let these removals be "
+                   "recorded; it is made again once the disk has room (see README, Retention)")
     sizes = report.get("sizes_before") or {}
     if sizes and not report.get("pipeline"):
         click.echo("state directory before: " + ", ".join(

@@ -2,8 +2,13 @@
 
 The daemon collects its state directory by the configuration's ``retain:`` policy
 (``ahgd_daemon/retention.py`` decides, ``ahgd_daemon/removal.py`` removes): once soon
-after start-up, then every :data:`INTERVAL_S`, and at once when the alert
-``system.disk_nearly_full`` fires.  The main loop calls :meth:`DaemonCollection.step`
+after start-up, then every :data:`INTERVAL_S`, and at once when the disk holding it is
+nearly full: the alert ``system.disk_nearly_full`` recorded, or the collection's own look at
+the disk (:meth:`DaemonCollection._watch_disk`, every :data:`DISK_CHECK_S` of the loop's
+turns), which does not need the monitor, nor room in the event log for the alert's event (on
+a full disk there is none).  Its removals are recorded with the room the collector keeps
+(``<state dir>/.reserve``, ``ahgd_daemon/removal.py``), made again once a collection has
+freed enough.  The main loop calls :meth:`DaemonCollection.step`
 each turn; a step advances the collection for at most :data:`STEP_BUDGET_S` (one removal
 or one small chunk of the walk past that, at worst) and returns, so schedules, drop folders
 and runs are served between steps; while runs are in flight it does not step at all (for at
@@ -31,7 +36,7 @@ from state.errors import AhgdError
 from state.removals import human_bytes
 
 from . import storage
-from .removal import Collector, Report
+from .removal import Collector, Report, disk_space, reserve_size
 
 #: between two collections (a disk alert starts one at once)
 INTERVAL_S = 900.0
@@ -48,6 +53,30 @@ BUSY_WAIT_MAX_S = 300.0
 BUSY_RECHECK_S = 1.0
 DISK_ALERT = "system.disk_nearly_full"
 BUDGET_ALERT = "retention.data_budget_exceeded"
+#: how often the loop looks at the state directory's disk itself (one statvfs)
+DISK_CHECK_S = 1.0
+#: the disk's use (percent) from which it collects at once, when no configuration says
+#: (daemon.disk_alert_percent, or daemon.monitoring.thresholds.disk_percent)
+DISK_PERCENT = 90.0
+#: while the disk stays nearly full, it collects again once the disk has filled by this
+#: share more (a disk full of other things is not walked again and again); a full one
+#: (less free than twice the reserve) at most every DISK_FULL_AGAIN_S
+DISK_GROWTH = 0.01
+#: within this many points of the threshold the loop wakes every DISK_CHECK_S to look
+DISK_NEAR_POINTS = 15.0
+DISK_FULL_AGAIN_S = 30.0
+#: how often a missing reserve is made again (when the disk has room for it)
+RESERVE_AGAIN_S = 5.0
+
+
+def disk_threshold(settings: Any) -> float:
+    """The disk use (percent) at which the daemon collects at once: the alert's threshold."""
+    try:
+        configured = settings.monitoring.thresholds.disk_percent
+    except AttributeError:
+        configured = None
+    return float(configured if configured is not None else
+                 getattr(settings, "disk_alert_percent", DISK_PERCENT))
 
 
 def timed(step: Iterator[Any], budget_s: float) -> tuple[bool, float]:
@@ -73,8 +102,17 @@ class DaemonCollection:
     def __init__(self, log: Any, state_dir: Path, policy: Policy, *, logger: Any,
                  wake: Callable[[], None], alerts: Any, clock: Callable[[], datetime],
                  monotonic: Callable[[], float] = time.monotonic,
-                 busy: Callable[[], bool] | None = None):
+                 busy: Callable[[], bool] | None = None, disk_percent: float = DISK_PERCENT):
         self.collector = Collector(log, state_dir, policy, clock, delete_aside=True)
+        #: the disk's use (percent) from which it collects at once (the disk alert's threshold)
+        self.disk_percent = disk_percent
+        self._disk_next = 0.0               # when the loop looks at the disk next (monotonic)
+        self._disk_near = False             # within DISK_NEAR_POINTS of disk_percent: watched
+        self._disk_low: int | None = None   # the least used since the disk last set it off
+        self._disk_last = -DISK_FULL_AGAIN_S  # when the disk last set off a collection
+        self._reserve_next: float | None = None  # when to try making the reserve again
+        self._trigger = "interval"  # why the collection asked for (_asap) is wanted
+        self._label = "interval"    # why the collection under way started (gc_done says)
         self.state_dir, self.logger, self.wake, self.alerts = Path(state_dir), logger, wake, alerts
         self.monotonic = monotonic
         #: whether runs are in flight (the daemon's): the collection waits for them meanwhile
@@ -101,11 +139,13 @@ class DaemonCollection:
         collection = cls(daemon.log, daemon.state_dir, setup_policy(daemon.setup),
                          logger=daemon.logger, wake=daemon.waker.wake, alerts=daemon.alerts,
                          clock=daemon.options.clock, monotonic=daemon.options.monotonic,
-                         busy=lambda: bool(runs.active))
+                         busy=lambda: bool(runs.active),
+                         disk_percent=disk_threshold(daemon.setup.settings))
         try:
             collection.collector.recover()
         except (AhgdError, OSError) as exc:
             collection._failed(exc)
+        collection._keep_reserve()  # room to record removals should the disk fill up
         daemon.log.add_listener(collection.on_event)
         daemon.monitor.add_collector(storage.StorageCollector(collection.section))
         return collection
@@ -119,23 +159,82 @@ class DaemonCollection:
             raise RequestError("gc takes dry_run (true or false) and pipeline (a name or null)")
         return {"gc": self.request(dry_run=dry_run, pipeline=pipeline)}
 
-    def configure(self, policy: Policy) -> None:
-        """A reload's policy, from the next collection on."""
+    def configure(self, policy: Policy, settings: Any = None) -> None:
+        """A reload's policy (and daemon settings: the disk threshold), from now on."""
         self.collector.policy = policy
+        if settings is not None:
+            self.disk_percent = disk_threshold(settings)
 
     # -- when ----------------------------------------------------------------------------
 
     def on_event(self, event: Any) -> None:
         """An event log listener: the disk alert starts a collection at once."""
         if event.type == "alert.raised" and (event.data() or {}).get("name") == DISK_ALERT:
+            self._trigger = "disk alert"
             self._asap.set()
             self.wake()
+
+    def _watch_disk(self) -> None:
+        """Every :data:`DISK_CHECK_S`: a disk at or over :attr:`disk_percent` (or with less
+        free than twice the reserve) starts a collection at once.  The alert cannot be relied
+        on for that: on a full disk its event, which starts one, cannot be recorded.  While
+        the disk stays that full it collects again once the disk has filled by
+        :data:`DISK_GROWTH` of its size more (runs still writing), and a full disk at most every
+        :data:`DISK_FULL_AGAIN_S` (what was kept may be removable by then)."""
+        now = self.monotonic()
+        if now < self._disk_next:
+            return
+        self._disk_next = now + DISK_CHECK_S
+        try:
+            total, used, free = disk_space(self.state_dir)
+        except OSError:
+            return
+        seen = used + free
+        percent = 100.0 * used / seen if seen else 0.0
+        full = free < 2 * reserve_size(total)
+        # near: the loop turns at least every DISK_CHECK_S to look (else its heartbeat's 5 s)
+        self._disk_near = full or percent >= self.disk_percent - DISK_NEAR_POINTS
+        if not full and percent < self.disk_percent:
+            self._disk_low = None
+            return
+        low = self._disk_low
+        self._disk_low = used if low is None else min(low, used)
+        again = (low is None or used - self._disk_low >= DISK_GROWTH * total
+                 or (full and now - self._disk_last >= DISK_FULL_AGAIN_S))
+        if not again or self._asap.is_set():
+            return
+        self._disk_low, self._disk_last, self._trigger = used, now, "disk nearly full"
+        self._asap.set()
+        self.logger.warning(
+            "gc_disk_nearly_full", disk_percent=round(percent, 1), free_bytes=free,
+            threshold_percent=self.disk_percent, collecting="now",
+            detail=f"the disk holding {self.state_dir} is {percent:.1f}% used "
+                   f"({human_bytes(free)} free): retention collects at once, what its retain: "
+                   "policy lets go; if that is not enough, free space on that disk or lower "
+                   "retain.successful_runs / retain.failed_runs_for")
+
+    def _keep_reserve(self) -> None:
+        """The collector's reserve made when missing and the disk has room; tried again every
+        :data:`RESERVE_AGAIN_S` until it is there."""
+        try:
+            made = self.collector.keep_reserve()
+        except Exception:  # noqa: BLE001 - never a reason to stop the loop
+            made = False
+        self._reserve_next = None if made else self.monotonic() + RESERVE_AGAIN_S
 
     def _is_due(self) -> bool:
         return self._asap.is_set() or self.monotonic() >= self._due
 
     def sleep_hint(self) -> float:
-        """How long the loop may sleep as far as collecting goes (0: a step is waiting)."""
+        """How long the loop may sleep as far as collecting goes (0: a step is waiting);
+        at most :data:`DISK_CHECK_S` while the disk is near its threshold."""
+        hint = self._next_in_s()
+        if self._disk_near:
+            hint = min(hint, max(0.0, self._disk_next - self.monotonic()))
+        return hint
+
+    def _next_in_s(self) -> float:
+        """How long until the next collection steps (0: now)."""
         if self._steps is not None or self._is_due():
             return BUSY_RECHECK_S if self._waiting_since is not None else 0.0
         return max(0.0, self._due - self.monotonic())
@@ -162,12 +261,17 @@ class DaemonCollection:
         if not self._lock.acquire(blocking=False):
             return  # `ahgd gc` is collecting on the socket's thread
         try:
+            self._watch_disk()
             if self._steps is None and not self._is_due():
+                if self._reserve_next is not None and self.monotonic() >= self._reserve_next:
+                    self._keep_reserve()
                 return
             if self._gives_way():
                 return  # runs are in flight: the loop looks again at its next turn
             if self._steps is None:
                 self._overdue = self._asap.is_set()  # the disk alert's collection never waits
+                self._label = self._trigger if self._overdue else "interval"
+                self._trigger = "interval"
                 self._asap.clear()
                 self._current = self.collector.new_report()
                 self._steps = self.collector.collect(self._current)
@@ -180,7 +284,7 @@ class DaemonCollection:
             report.steps += 1
             report.longest_step_s = max(report.longest_step_s, took)
             if finished:
-                self._finish(report, "interval")
+                self._finish(report, self._label)
             else:
                 # what the collection holds (its plan of thousands of items) lives until it
                 # ends: kept out of the collector's full scans meanwhile, which otherwise take
@@ -221,6 +325,8 @@ class DaemonCollection:
         self._steps = self._current = None
         self._waiting_since, self._overdue = None, False
         gc.unfreeze()
+        # what the collection deleted (on the deleting thread) may have to land first
+        self._reserve_next = None if self.collector.reserve_path.is_file() else self.monotonic()
         self.ended += 1
         self._due = self.monotonic() + INTERVAL_S
         self.last, self.last_at = report, format_ts(self.collector.clock())
@@ -232,18 +338,22 @@ class DaemonCollection:
                          freed_bytes=summary["bytes"], by_area=summary["by_area"],
                          kept=report.walk.kept, skipped=len(report.skipped),
                          restored=report.restored, duration_s=summary["duration_s"],
-                         steps=report.steps, longest_step_ms=summary["longest_step_ms"])
+                         steps=report.steps, longest_step_ms=summary["longest_step_ms"],
+                         **({"reserve_released_bytes": report.reserve_released}
+                            if report.reserve_released else {}))
 
     def _failed(self, exc: Exception) -> None:
         self._steps = self._current = None
         self._waiting_since, self._overdue = None, False
         gc.unfreeze()
+        self._reserve_next = self.monotonic()  # released for its removals, perhaps
         self.ended += 1
         self._due = self.monotonic() + INTERVAL_S
         level = self.logger.warning if isinstance(exc, (AhgdError, OSError)) else self.logger.error
         level("gc_failed", error=f"{type(exc).__name__}: {exc}",
               fix="nothing was lost: a removal not recorded is put back at the next collection; "
-                  "it is tried again in 15 minutes (or now with `ahgd gc`)")
+                  "it is tried again in 15 minutes, at once if the disk fills further (or now "
+                  "with `ahgd gc`)")
 
     def _judge_budget(self, report: Report) -> None:
         budget = self.collector.policy.data_budget
@@ -276,7 +386,7 @@ class DaemonCollection:
             self.state_dir, self.sizes, self.measured_at, self._last_shown(),
             data_budget=self.collector.policy.data_budget,
             over_budget=self.last.walk.over_budget if self.last else None,
-            next_in_s=self.sleep_hint())
+            next_in_s=self._next_in_s())
 
     def _last_shown(self) -> dict[str, Any] | None:
         summary = self.last_summary()

@@ -38,6 +38,7 @@ from .intake import FileIntake
 from .logs import EventLogger
 from .notify import Notifier, without_notify_environment
 from .recovery import recover_and_report
+from .removal import open_with_room
 from .runs import RunSupervisor
 from .warehouse_watch import WarehouseWatch
 from .waker import Waker, install_signal_handlers
@@ -140,7 +141,9 @@ class Daemon:
         self.setup = load_setup(self.options.config_paths, self.state_dir)
         settings = self.setup.settings
         http = self._http_plan(settings)  # a refused address stops us before anything starts
-        self.log = EventLog.open(self.state_dir, synchronous=settings.synchronous)
+        # on a full disk, with the room retention keeps (ahgd_daemon/removal.py): then it collects
+        self.log = open_with_room(self.state_dir, lambda: EventLog.open(
+            self.state_dir, synchronous=settings.synchronous))
         self.log.add_listener(EventLogger(self.log))
         workers = self.options.max_workers or settings.max_workers
         worker_env = without_notify_environment(os.environ)

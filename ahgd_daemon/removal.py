@@ -13,31 +13,128 @@ One removal (:meth:`Collector.remove`):
 A crash after 1 leaves a trash folder: the next collection (and the daemon at start-up)
 looks for its nonce in the log and deletes it (the removal was recorded) or moves its files
 back where they were (it was not).  So every removal is one event, and nothing is ever half
-removed.  A collection is one :meth:`Collector.collect` generator: the plan
+removed.
+
+On a full disk step 2 needs room that is not there (SQLite grows its write-ahead log to
+append), so a collection keeps some: ``<state dir>/.reserve``, a file of
+:func:`reserve_size` bytes allocated (``posix_fallocate``) when a daemon starts and after
+each collection that leaves room for it.  When a removal's event is refused for lack of
+space (``DiskFull``), the collector deletes the reserve (and, in the daemon, waits for the
+deletions already recorded to land) and appends again: the removal is recorded, then its
+files go, and the next ones have the room they freed.  Only when that is not enough does
+the collection fail, with a :class:`~state.errors.DiskFull` that says so and what to do;
+what it had set aside goes back where it was, as always.
+
+A collection is one :meth:`Collector.collect` generator: the plan
 (``ahgd_daemon/retention.py``) and the removals interleaved, pausing (``yield``) between
 small chunks; :meth:`Collector.run` drives it to the end at once (``ahgd gc``).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, unquote
 
 from pipelines.config.retain import Policy
 from state import EventType as T, IllegalTransition, format_ts, new_event, removals, utc_now
+from state.errors import (DatabaseDamaged, DiskFull, EventLogError, SchemaTooNew,
+                          StateDirError)
+from state.removals import human_bytes
 
 from .retention import AREAS, Item, Walk, plan
 
 TRASH = ".trash"
+#: the room kept for recording removals on a full disk (README, Retention)
+RESERVE = ".reserve"
+#: its size: a twentieth of the file system, between these (a removal's event takes some
+#: tens of kB of the write-ahead log; 4 MiB is room for a hundred and more)
+RESERVE_MIN_BYTES = 256 * 1024
+RESERVE_MAX_BYTES = 4 * 1024 * 1024
+#: how long a removal refused for lack of room waits for recorded deletions to land
+DELETIONS_WAIT_S = 30.0
+
+
+def reserve_size(total_bytes: int) -> int:
+    """The reserve's size on a file system of ``total_bytes``."""
+    return max(RESERVE_MIN_BYTES, min(RESERVE_MAX_BYTES, total_bytes // 20))
+
+
+def no_room(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk is full (the log's ``DiskFull``, or ENOSPC/EDQUOT)."""
+    return isinstance(exc, DiskFull) or (
+        isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT))
+
+
+def disk_space(path: Path) -> tuple[int, int, int]:
+    """``(total, used, free)`` bytes of the file system holding ``path`` (free: what an
+    unprivileged user may still take, as ``df`` says)."""
+    disk = os.statvfs(path)
+    total = disk.f_blocks * disk.f_frsize
+    return total, total - disk.f_bfree * disk.f_frsize, disk.f_bavail * disk.f_frsize
+
+
+def short_of_room(path: Path) -> bool:
+    """Whether the disk holding ``path`` has less free than twice the reserve (full)."""
+    try:
+        total, _, free = disk_space(path)
+    except OSError:
+        return False
+    return free < 2 * reserve_size(total)
+
+
+def release_reserve(state_dir: Path) -> int:
+    """Delete the reserve of ``state_dir``; the bytes it freed (0: there was none)."""
+    path = Path(state_dir) / RESERVE
+    try:
+        size = path.stat().st_size
+        path.unlink()
+    except FileNotFoundError:
+        return 0
+    return size
+
+
+L = TypeVar("L")
+
+
+def open_with_room(state_dir: Path, opener: Callable[[], L]) -> L:
+    """``opener()``: the event log of ``state_dir`` opened.  On a disk too full for that
+    (SQLite makes ``history.db-wal`` and ``-shm`` when no one has it open, and a full disk
+    fails that as a "disk I/O error"), again once the reserve is released: ``ahgd gc``
+    without a daemon, and a daemon starting, can then collect.  A :class:`DiskFull` that
+    says so when there is no reserve, or it is not enough."""
+    try:
+        return opener()
+    except (EventLogError, StateDirError) as exc:
+        if isinstance(exc, (DatabaseDamaged, SchemaTooNew)) or not short_of_room(state_dir):
+            raise
+        first: Exception = exc
+    released = release_reserve(state_dir)
+    if released:
+        try:
+            return opener()
+        except (EventLogError, StateDirError) as exc:
+            first = exc
+    where = Path(state_dir)
+    kept = (f"even with the {human_bytes(released)} it keeps for this ({where / RESERVE}) "
+            "released" if released else
+            f"and the room it keeps for this ({where / RESERVE}) was not there")
+    raise DiskFull(
+        f"the disk holding {where} is full: ahgd cannot open {where / 'history.db'} (SQLite "
+        f"needs room for history.db-wal and history.db-shm beside it; it said: {first}), "
+        f"{kept}. Nothing was changed. Free some space on that disk yourself (see `df -h "
+        f"{where}`; `du -sh {where}/*` shows what the state directory holds; delete nothing "
+        "inside it by hand), then try again: a daemon, or `ahgd gc`, then removes what "
+        "retain: lets go") from first
 
 
 @dataclass
@@ -52,6 +149,7 @@ class Report:
     skipped: list[str] = field(default_factory=list)   # changed under us: left for next time
     walk: Walk = field(default_factory=Walk)
     restored: int = 0          # trash folders of unrecorded removals moved back
+    reserve_released: int = 0  # bytes of the reserve deleted to record removals (a full disk)
     finished: bool = False
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
@@ -79,6 +177,7 @@ class Report:
             "over_budget_bytes": self.walk.over_budget,
             "duration_s": round((self.ended or time.monotonic()) - self.started, 3),
             "steps": self.steps, "longest_step_ms": round(self.longest_step_s * 1000, 2),
+            "reserve_released_bytes": self.reserve_released,
         }
 
 
@@ -92,6 +191,9 @@ class Collector:
         #: for the disk); a crash before it is done leaves trash that recover() deletes
         self.delete_aside = delete_aside
         self._deleter: ThreadPoolExecutor | None = None
+        self._deleting: list[Future] = []  # the deleter's work not known to be done
+        #: bytes of the reserve this collector deleted to record removals, since it was made
+        self.reserve_released = 0
 
     # -- a whole collection -------------------------------------------------------------
 
@@ -109,6 +211,7 @@ class Collector:
 
     def collect(self, report: Report) -> Iterator[None]:
         """The collection of ``report``, pausing (``yield``) between small chunks of work."""
+        released = self.reserve_released
         if not report.dry_run:
             report.restored = self.recover()
             yield
@@ -124,6 +227,9 @@ class Collector:
                 report.skipped.append(item.path)
             yield
         report.finished, report.ended = True, time.monotonic()
+        report.reserve_released = self.reserve_released - released
+        if not report.dry_run:
+            self.keep_reserve()
 
     # -- one removal ----------------------------------------------------------------------
 
@@ -137,7 +243,7 @@ class Collector:
             "duplicates", "quarantine") else [source]
         nonce = secrets.token_hex(6)
         trash = self.state_dir / TRASH / f"{nonce}~{quote(item.path, safe='')}"
-        trash.mkdir(parents=True)
+        self._with_room(lambda: trash.mkdir(parents=True), item)
         moved: list[Path] = []
         try:
             for member in members:
@@ -150,7 +256,8 @@ class Collector:
                 shutil.rmtree(trash, ignore_errors=True)
                 return False
             # the daemon's loop never waits for the disk: its thread makes the event durable
-            self.log.append(self._event(item, collection, nonce), durable=not self.delete_aside)
+            event = self._event(item, collection, nonce)
+            self._with_room(lambda: self.log.append(event, durable=not self.delete_aside), item)
         except IllegalTransition:  # the run may run again (retried meanwhile): keep it all
             self._put_back(trash, source.parent)
             return False
@@ -160,10 +267,90 @@ class Collector:
         if self.delete_aside:
             if self._deleter is None:
                 self._deleter = ThreadPoolExecutor(1, thread_name_prefix="ahgd-gc-delete")
-            self._deleter.submit(self._durably_delete, trash)
+            self._deleting = [f for f in self._deleting if not f.done()]
+            self._deleting.append(self._deleter.submit(self._durably_delete, trash))
         else:
             shutil.rmtree(trash, ignore_errors=True)
         return True
+
+    # -- room to record removals on a full disk ------------------------------------------
+
+    @property
+    def reserve_path(self) -> Path:
+        return self.state_dir / RESERVE
+
+    def keep_reserve(self) -> bool:
+        """Make the reserve (:data:`RESERVE`) if it is missing and the disk has room for it
+        twice over (it never takes more than half of what is free); True when it is there.
+        Made under a temporary name and renamed: never a reserve smaller than it says."""
+        path = self.reserve_path
+        try:
+            total, _, free = disk_space(self.state_dir)
+            size = reserve_size(total)
+            if path.is_file() and path.stat().st_size >= size:
+                return True
+            if free < 2 * size:
+                return False
+            making = path.with_name(f"{RESERVE}.new")  # a crash's leftover is made again
+            fd = os.open(making, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                try:
+                    os.posix_fallocate(fd, 0, size)
+                finally:
+                    os.close(fd)
+                os.replace(making, path)
+            except BaseException:
+                making.unlink(missing_ok=True)
+                raise
+        except OSError:  # no room after all, a file system without fallocate: next time
+            return False
+        self.reserve_released = 0
+        return True
+
+    def _make_room(self) -> bool:
+        """Room for a removal the disk refused: the reserve deleted, else the deletions
+        already recorded waited for (the daemon's).  False when neither freed anything."""
+        size = release_reserve(self.state_dir)
+        if size:
+            self.reserve_released += size
+            return True
+        pending = [f for f in self._deleting if not f.done()]
+        self._deleting = []
+        if pending:
+            wait(pending, timeout=DELETIONS_WAIT_S)
+            return True
+        return False
+
+    def _with_room(self, step: Callable[[], Any], item: Item) -> Any:
+        """``step()``, again after :meth:`_make_room` each time the disk refuses it (as often
+        as that frees something); a :class:`DiskFull` that says what to do when it cannot."""
+        while True:
+            try:
+                return step()
+            except (DiskFull, OSError) as exc:
+                if not no_room(exc):
+                    raise
+                if not self._make_room():
+                    raise self._full(item) from exc
+
+    def _full(self, item: Item) -> DiskFull:
+        where = self.state_dir
+        if self.reserve_released:
+            kept = (f"even with the {human_bytes(self.reserve_released)} it keeps for this "
+                    f"({where / RESERVE}) released: something other than what retention may "
+                    "remove fills it")
+        else:
+            kept = (f"and the room it keeps for this ({where / RESERVE}) is used up or was "
+                    "never made (it is made when a daemon starts and after a collection, once "
+                    "the disk has room for it)")
+        return DiskFull(
+            f"the disk holding {where} is full: retention could not record the removal of "
+            f"{item.path} (each removal is an event in {where / 'history.db'}, which needs "
+            f"room to grow), {kept}. That removal was not made and nothing is lost: its files "
+            "went back where they were (the removals before it are recorded and done). Free "
+            f"some space on that disk yourself (see `df -h {where}`; "
+            f"`du -sh {where}/*` shows what the state directory holds; delete nothing inside "
+            "it by hand), then run `ahgd gc` again")
 
     def _durably_delete(self, trash: Path) -> None:
         """On the deleting thread: make the removal's event durable (an ``fsync`` of the log's
