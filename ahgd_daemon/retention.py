@@ -33,6 +33,7 @@ from typing import Any
 from pipelines.config.retain import Policy
 from pipelines.durations import format_duration
 from state import format_ts, parse_ts, removals
+from state.objectstore import entries
 from state.store import safe_name
 
 #: the areas, in the order they are walked (and shown)
@@ -152,7 +153,7 @@ class _Planner:
 
     def _data(self) -> Iterator[Item | None]:
         root = self.state_dir / "data"
-        names = sorted(e.name for e in _entries(root) if e.is_dir(follow_symlinks=False)
+        names = sorted(e.name for e in entries(root) if e.is_dir(follow_symlinks=False)
                        and not e.name.startswith("."))
         budget: list[tuple[str, Item]] = []
         removed = 0
@@ -284,15 +285,15 @@ class _Planner:
     def _set_aside(self, area: str) -> Iterator[Item | None]:
         seen = 0
         for pdir in _subdirs(self.state_dir / area):
-            entries = {e.name: e for e in _entries(pdir)}
-            for name, entry in sorted(entries.items()):
+            found = {e.name: e for e in entries(pdir)}
+            for name, entry in sorted(found.items()):
                 if name.startswith(".") or name.endswith(".reason.json") or \
                         not entry.is_file(follow_symlinks=False):
                     continue
-                members = [name] + ([name + ".reason.json"] if name + ".reason.json" in entries
+                members = [name] + ([name + ".reason.json"] if name + ".reason.json" in found
                                     else [])
                 st = entry.stat(follow_symlinks=False)
-                size = st.st_size + sum(entries[m].stat(follow_symlinks=False).st_size
+                size = st.st_size + sum(found[m].stat(follow_symlinks=False).st_size
                                         for m in members[1:])
                 self.walk.sizes[area] += size
                 if self.only is None or pdir.name == safe_name(self.only):
@@ -323,7 +324,7 @@ class _Planner:
 
     def _logs(self) -> Iterator[Item | None]:
         root = self.state_dir / "logs"
-        found = sorted((e.name[:-len(".jsonl")], e) for e in _entries(root)
+        found = sorted((e.name[:-len(".jsonl")], e) for e in entries(root)
                        if e.name.endswith(".jsonl") and e.is_file(follow_symlinks=False))
         for start in range(0, len(found), CHUNK):
             chunk = found[start:start + CHUNK]
@@ -362,7 +363,7 @@ class _Planner:
                  "a DuckDB spill file no query has touched for more than a day"),
                 ("metrics", self.state_dir / "metrics", METRICS_TMP_AGE,
                  "an unfinished metrics file a crash left behind")):
-            for entry in _entries(folder):
+            for entry in entries(folder):
                 try:
                     st = entry.stat(follow_symlinks=False)
                 except OSError:
@@ -398,16 +399,10 @@ class _Planner:
         yield None
 
 
-def _entries(folder: Path) -> list[os.DirEntry]:
-    try:
-        with os.scandir(folder) as it:
-            return list(it)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
 
 
 def _subdirs(folder: Path) -> list[Path]:
-    return sorted(Path(e.path) for e in _entries(folder)
+    return sorted(Path(e.path) for e in entries(folder)
                   if e.is_dir(follow_symlinks=False) and not e.name.startswith("."))
 
 

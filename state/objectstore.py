@@ -231,14 +231,14 @@ def cache_entries(cache_dir: Path) -> Iterator[tuple[Path, int, float]]:
     (``inputs/<sha256>/``) or a download's leftover ``.part``, with its bytes and when it was
     last used (the newest access or modification time in it: a fetch that finds it touches
     its access time).  Links are not followed; what goes meanwhile is left out."""
-    for entry in _scan(Path(cache_dir)):
+    for entry in entries(Path(cache_dir)):
         try:
             if entry.is_dir(follow_symlinks=False):
                 if entry.name != "inputs":
                     continue
-                for sub in _scan(Path(entry.path)):
+                for sub in entries(Path(entry.path)):
                     if sub.is_dir(follow_symlinks=False):
-                        files = [f.stat(follow_symlinks=False) for f in _scan(Path(sub.path))]
+                        files = [f.stat(follow_symlinks=False) for f in entries(Path(sub.path))]
                         yield (Path(sub.path), sum(f.st_size for f in files),
                                max([_used(f) for f in files] or
                                    [_used(sub.stat(follow_symlinks=False))]))
@@ -249,7 +249,8 @@ def cache_entries(cache_dir: Path) -> Iterator[tuple[Path, int, float]]:
             continue
 
 
-def _scan(folder: Path) -> list[os.DirEntry]:
+def entries(folder: Path) -> list[os.DirEntry]:
+    """The entries of ``folder`` (none when it is not there, or not a folder)."""
     try:
         with os.scandir(folder) as it:
             return list(it)
