@@ -212,7 +212,8 @@ class Watchers:
         """A file in a drop folder whose name no folder's pattern takes: said once (a warning
         naming the pattern), so that ``UPPER.CSV`` dropped into a ``*.csv`` folder is not left
         there in silence.  Hidden and temporary files (``.part``, ``~$x``) are not."""
-        if ignored(path.name) or any(f.matches(path) for f in self.folders):
+        if self._logger is None or ignored(path.name) or any(f.matches(path)
+                                                             for f in self.folders):
             return
         key = str(path)
         with self._told_lock:

@@ -31,7 +31,10 @@ def test_ctrl_c_while_ahgd_run_waits_for_the_daemon_says_the_run_goes_on(tmp_pat
         proc = subprocess.Popen([*ahgd_exe(), "run", "csvpipe", "--input",
                                  str(tmp_path / "in.csv"), "--state-dir", str(state)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=env(), cwd=tmp_path)
+                                env=env(), cwd=tmp_path,
+                                # as from a terminal: a suite run in the background (CI) has
+                                # SIGINT ignored, and a child would inherit that
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         wait_until(lambda: query(state, "SELECT 1 FROM runs WHERE state = 'RUNNING'"), 60,
                    "the run to start")
         proc.send_signal(signal.SIGINT)

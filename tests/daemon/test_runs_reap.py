@@ -66,7 +66,7 @@ def test_the_reap_of_an_ended_run_does_not_wait_for_the_event_log(tmp_path: Path
         assert reaped, "the reap waited for the event log's lock"
         assert [r.run_id for r in followed] == [run_id]
         assert followed[0].state == RunState.COMPLETED
-        assert runs.finished == {run_id: RunState.COMPLETED} and not runs.active
+        assert runs.finished.recent() == {run_id: RunState.COMPLETED} and not runs.active
     finally:
         executor.shutdown()
         kit.close()
