@@ -33,6 +33,18 @@ def _monitor(state_dir, log) -> PipelineMonitor:
                            enable_system_monitoring=False)
 
 
+def _watched(state_dir, log) -> PipelineMonitor:
+    """A monitor that observes ``log`` from now on, as the daemon's does."""
+    mon = _monitor(state_dir, log)
+    log.add_listener(mon.observe)
+    return mon
+
+
+def _start(log, run_id: str, trigger: str) -> None:
+    log.append(new_event(T.RUN_REQUESTED, run_id, pipeline="abs", trigger=trigger))
+    log.append(new_event(T.RUN_STARTED, run_id, stages=["a"]))
+
+
 def _metrics(mon: PipelineMonitor) -> dict[tuple[str, tuple], float]:
     out = {}
     for family in text_string_to_metric_families(mon.export_metrics("prometheus")):
@@ -78,8 +90,7 @@ def _fail(log, run_id: str, pipeline: str | None = None, *, ran: float = 0.1) ->
 
 def test_a_retried_run_is_one_entry_counted_once_with_run_historys_duration(state_dir):
     with EventLog.open(state_dir) as log:
-        mon = _monitor(state_dir, log)
-        log.add_listener(mon.observe)
+        mon = _watched(state_dir, log)
         for run_id in ("f1", "f2", "f3"):
             _fail(log, run_id, "deaths")
         time.sleep(WAIT)                                  # f3 sits FAILED
@@ -113,8 +124,7 @@ def test_a_retried_run_is_one_entry_counted_once_with_run_historys_duration(stat
 def test_a_failed_run_retried_to_completion_counts_in_both_states_and_never_goes_down(
         state_dir):
     with EventLog.open(state_dir) as log:
-        mon = _monitor(state_dir, log)
-        log.add_listener(mon.observe)
+        mon = _watched(state_dir, log)
         _fail(log, "r1", "abs")
         before = _runs_total(_metrics(mon), "abs")
         log.append(new_event(T.RUN_RETRIED, "r1", previous_state="FAILED"))
@@ -134,14 +144,12 @@ def test_a_parked_run_counts_up_to_its_last_event_not_the_restart(state_dir):
     """Parked on recovery after a crash: the daemon was down between its last event and the
     park; run_history counts the run up to that last event, and so does the monitor."""
     with EventLog.open(state_dir) as log:
-        log.append(new_event(T.RUN_REQUESTED, "p1", pipeline="abs", trigger="schedule"))
-        log.append(new_event(T.RUN_STARTED, "p1", stages=["a"]))
+        _start(log, "p1", "schedule")
         log.append(new_event(T.STAGE_STARTED, "p1", stage="a", attempt=1))
         time.sleep(0.1)
         log.append(new_event(T.STAGE_COMPLETED, "p1", stage="a", attempt=1, wall_s=0.1))
         time.sleep(WAIT)                                  # killed; the daemon is down
-        mon = _monitor(state_dir, log)                    # it restarts: p1 seeded RUNNING
-        log.add_listener(mon.observe)
+        mon = _watched(state_dir, log)                    # it restarts: p1 seeded RUNNING
         log.append(new_event(T.RUN_PARKED, "p1", reason="recovered too often"))
         [entry] = _recent(mon, "abs")
         history = _history(log, "p1")
@@ -153,10 +161,8 @@ def test_a_parked_run_counts_up_to_its_last_event_not_the_restart(state_dir):
 def test_a_run_parked_while_watched_and_recovered_runs(state_dir):
     """The same seen live from its start: recovered once (a crash), started again, parked."""
     with EventLog.open(state_dir) as log:
-        mon = _monitor(state_dir, log)
-        log.add_listener(mon.observe)
-        log.append(new_event(T.RUN_REQUESTED, "p2", pipeline="abs", trigger="manual"))
-        log.append(new_event(T.RUN_STARTED, "p2", stages=["a"]))
+        mon = _watched(state_dir, log)
+        _start(log, "p2", "manual")
         log.append(new_event(T.STAGE_STARTED, "p2", stage="a", attempt=1))
         time.sleep(0.1)
         log.append(new_event(T.STAGE_FAILED, "p2", stage="a", attempt=1, error="x",
@@ -204,10 +210,8 @@ def test_a_run_retried_long_after_the_monitor_forgot_it_is_read_from_the_log(sta
 
 def test_a_run_suspended_by_a_clean_stop_does_not_count_the_wait(state_dir):
     with EventLog.open(state_dir) as log:
-        mon = _monitor(state_dir, log)
-        log.add_listener(mon.observe)
-        log.append(new_event(T.RUN_REQUESTED, "s1", pipeline="abs", trigger="manual"))
-        log.append(new_event(T.RUN_STARTED, "s1", stages=["a"]))
+        mon = _watched(state_dir, log)
+        _start(log, "s1", "manual")
         time.sleep(0.1)
         log.append(new_event(T.RUN_SUSPENDED, "s1", reason="the daemon stopped"))
         time.sleep(WAIT)
