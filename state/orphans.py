@@ -80,27 +80,24 @@ def recover(log: Any, state_dir: Path, run_id: str, *, max_recoveries: int | Non
     ``max_recoveries`` times.  None, recording nothing, when the run is not RUNNING or a live
     process holds it.  ``lock_held``: the caller holds the run's lock itself."""
     with _RunLock(state_dir, run_id, lock_held) as locked:
-        run = log.run(run_id) if locked else None
-        if run is None or run.state != RunState.RUNNING:
+        run = _running(log, run_id, locked)
+        if run is None:
             return None
         owner = _owner_of(log, run)
         in_flight = _interrupt(run, "the process running this attempt stopped (crash or kill); "
                                     "the stage runs again")
-        events = [new_event(T.STAGE_INTERRUPTED, run_id, stage=s, attempt=n, error=why)
-                  for s, n, why in in_flight]
         recoveries = run.recoveries + 1
         parked = max_recoveries is not None and recoveries > max_recoveries
         if parked:
-            events.append(new_event(
+            last = new_event(
                 T.RUN_PARKED, run_id,
                 reason=(f"run was interrupted by a crash {recoveries} times (limit "
                         f"{max_recoveries}); it may be what crashes the daemon. Fix the cause, "
-                        f"then `ahgd retry {run_id}`")))
+                        f"then `ahgd retry {run_id}`"))
         else:
-            events.append(new_event(T.RUN_RECOVERED, run_id, recoveries=recoveries,
-                                    interrupted=[s for s, _, _ in in_flight]))
-        log.append_many(events)
-        remove_unrecorded_outputs(log, state_dir, run_id)
+            last = new_event(T.RUN_RECOVERED, run_id, recoveries=recoveries,
+                             interrupted=[s for s, _, _ in in_flight])
+        _end_in_flight(log, state_dir, run_id, in_flight, last)
         return Recovered(run_id, run.pipeline, [s for s, _, _ in in_flight], parked, recoveries,
                          owner)
 
@@ -110,8 +107,8 @@ def close(log: Any, state_dir: Path, run_id: str, *, closed_by: str) -> GoneOwne
     error says who ran it, and that ``ahgd retry`` resumes it); who its owner was.  None,
     recording nothing, when the run is not RUNNING or a live process holds it."""
     with _RunLock(state_dir, run_id, False) as locked:
-        run = log.run(run_id) if locked else None
-        if run is None or run.state != RunState.RUNNING:
+        run = _running(log, run_id, locked)
+        if run is None:
             return None
         owner = _owner_of(log, run)
         in_flight = _interrupt(run, f"{owner.describe()}; closed by {closed_by}")
@@ -119,11 +116,8 @@ def close(log: Any, state_dir: Path, run_id: str, *, closed_by: str) -> GoneOwne
         error = (f"interrupted: the process running it stopped ({owner.describe()}: killed, "
                  f"or the machine went down); closed by {closed_by}. `ahgd retry {run_id}` "
                  "resumes it at its first unfinished stage")
-        events = [new_event(T.STAGE_INTERRUPTED, run_id, stage=s, attempt=n, error=why)
-                  for s, n, why in in_flight]
-        events.append(new_event(T.RUN_FAILED, run_id, error=error, failed_stage=stage))
-        log.append_many(events)
-        remove_unrecorded_outputs(log, state_dir, run_id)
+        _end_in_flight(log, state_dir, run_id, in_flight,
+                       new_event(T.RUN_FAILED, run_id, error=error, failed_stage=stage))
         return owner
 
 
@@ -135,15 +129,28 @@ def suspend(log: Any, state_dir: Path, run_id: str, *, reason: str) -> bool:
     ``max_recoveries``.  False, recording nothing, when the run is not RUNNING or a live
     process holds it."""
     with _RunLock(state_dir, run_id, False) as locked:
-        run = log.run(run_id) if locked else None
-        if run is None or run.state != RunState.RUNNING:
+        run = _running(log, run_id, locked)
+        if run is None:
             return False
-        events = [new_event(T.STAGE_INTERRUPTED, run_id, stage=s, attempt=n, error=why)
-                  for s, n, why in _interrupt(run, reason)]
-        events.append(new_event(T.RUN_SUSPENDED, run_id, reason=reason))
-        log.append_many(events)
-        remove_unrecorded_outputs(log, state_dir, run_id)
+        _end_in_flight(log, state_dir, run_id, _interrupt(run, reason),
+                       new_event(T.RUN_SUSPENDED, run_id, reason=reason))
         return True
+
+
+def _running(log: Any, run_id: str, locked: bool) -> Any:
+    """The run ``run_id`` when it is RUNNING and ours to record (its lock taken), else None."""
+    run = log.run(run_id) if locked else None
+    return run if run is not None and run.state == RunState.RUNNING else None
+
+
+def _end_in_flight(log: Any, state_dir: Path, run_id: str,
+                   in_flight: list[tuple[str, int, str]], last: Any) -> None:
+    """The run's attempts in flight recorded ``stage.interrupted``, and ``last`` (how the run
+    goes on: recovered, parked, failed, suspended) with them in one commit; then the files of
+    attempts that never completed go."""
+    log.append_many([*(new_event(T.STAGE_INTERRUPTED, run_id, stage=s, attempt=n, error=why)
+                       for s, n, why in in_flight), last])
+    remove_unrecorded_outputs(log, state_dir, run_id)
 
 
 def daemon_serves(state_dir: Path) -> bool:
