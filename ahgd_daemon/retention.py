@@ -1,9 +1,10 @@
 """Retention: what the state directory may let go of, found by walking it against the history.
 
 :func:`plan` walks the areas of the state directory (``data/``, ``files/``, ``inputs/``,
-``duplicates/``, ``quarantine/``, ``logs/``, ``tmp/duckdb``, ``metrics/``, ``cache/``), asks the history about
-each thing it finds (``state/removals.py``) and yields an :class:`Item` for each one the
-policy (``pipelines/config/retain.py``) lets go, with the rule and the reason.  It is a
+``duplicates/``, ``quarantine/``, ``logs/``, ``tmp/duckdb``, ``metrics/``, ``cache/``), asks
+the history about each thing it finds (``state/removals.py``) and yields an :class:`Item`
+for each one the policy (``pipelines/config/retain.py``) lets go, with the rule and the
+reason.  It is a
 generator that also yields ``None`` after every small chunk of work: a caller in a hurry
 (the daemon's loop) stops there and comes back later.  It removes nothing itself
 (``ahgd_daemon/removal.py`` does).
@@ -33,7 +34,7 @@ from typing import Any
 from pipelines.config.retain import Policy
 from pipelines.durations import format_duration
 from state import format_ts, parse_ts, removals
-from state.objectstore import entries
+from state.statedir import entries
 from state.store import safe_name
 
 #: the areas, in the order they are walked (and shown)
@@ -397,8 +398,6 @@ class _Planner:
             if n % CHUNK == 0:
                 yield None
         yield None
-
-
 
 
 def _subdirs(folder: Path) -> list[Path]:

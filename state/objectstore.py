@@ -30,6 +30,7 @@ from typing import Any, Mapping
 
 from .digest import sha256_file
 from .errors import ObjectStoreError, OutputMissing, StoreError
+from .statedir import entries
 
 CACHE_DIR = Path("cache") / "objects"
 #: a cached copy not read for this long is removed (on the daemon's host by retention, on a
@@ -109,13 +110,15 @@ class ObjectStore:
             raise _unreachable(self, uri, exc) from None
         return {"bytes": meta["ContentLength"], "sha256": (meta.get("Metadata") or {}).get("sha256")}
 
-    def fetch(self, ref: Mapping[str, Any], cache_dir: Path, target: Path | None = None) -> Path:
+    def fetch(self, ref: Mapping[str, Any], cache_dir: Path, target: Path | None = None, *,
+              mtime_ns: int | None = None) -> Path:
         """The object behind ``ref`` in ``cache_dir`` (downloaded once, its SHA-256 verified);
-        at ``target`` if given, else named by its hash."""
+        at ``target`` if given, else named by its hash.  Marked used now (its access time),
+        and given ``mtime_ns`` as its modification time when that is given."""
         uri, sha = str(ref["uri"]), str(ref.get("sha256") or "")
         target = target or cache_path(cache_dir, ref)
         if target.is_file() and ("bytes" not in ref or target.stat().st_size == ref["bytes"]):
-            _touch(target)  # used now: not pruned for CACHE_AGE_S
+            _touch(target, mtime_ns)  # used now: not pruned for CACHE_AGE_S
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.part")
@@ -136,6 +139,8 @@ class ObjectStore:
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
+        if mtime_ns is not None:
+            _touch(target, mtime_ns)
         return target
 
     def check(self, ref: Mapping[str, Any], cache_dir: Path, *, full: bool) -> dict[str, Any] | None:
@@ -177,12 +182,8 @@ class ObjectStore:
         read by its size and mtime, and a copy fetched again after the cache was pruned (a
         run resumed days later) must be the same file to it."""
         target = Path(cache_dir) / "inputs" / sha256 / Path(uri).name
-        found = self.fetch({"uri": uri, "sha256": sha256}, cache_dir, target)
-        try:
-            os.utime(found, ns=(time.time_ns(), INPUT_MTIME_NS))   # used now, too
-        except OSError:  # not ours to change: a cache someone made read-only
-            pass
-        return found
+        return self.fetch({"uri": uri, "sha256": sha256}, cache_dir, target,
+                          mtime_ns=INPUT_MTIME_NS)
 
     def delete(self, rel_or_uri: str) -> None:
         key = self.key_of(rel_or_uri) if rel_or_uri.startswith("s3://") else self.key_for(rel_or_uri)
@@ -213,11 +214,13 @@ def cache_path(cache_dir: Path, ref: Mapping[str, Any]) -> Path:
     return Path(cache_dir) / f"{ref.get('sha256')}{suffix}"
 
 
-def _touch(path: Path) -> None:
-    """Mark ``path`` used now: its access time, not its modification time, which a stage may
-    compare with what it recorded (an input's size and mtime are its identity)."""
+def _touch(path: Path, mtime_ns: int | None = None) -> None:
+    """Mark ``path`` used now: its access time; its modification time, which a stage may
+    compare with what it recorded (an input's size and mtime are its identity), is kept, or
+    set to ``mtime_ns``."""
     try:
-        os.utime(path, ns=(time.time_ns(), path.stat().st_mtime_ns))
+        os.utime(path, ns=(time.time_ns(),
+                           path.stat().st_mtime_ns if mtime_ns is None else mtime_ns))
     except OSError:  # not ours to change (a read-only cache): it is pruned a day after its fetch
         pass
 
@@ -247,15 +250,6 @@ def cache_entries(cache_dir: Path) -> Iterator[tuple[Path, int, float]]:
                 yield Path(entry.path), st.st_size, _used(st)
         except OSError:  # removed meanwhile (another worker process's prune)
             continue
-
-
-def entries(folder: Path) -> list[os.DirEntry]:
-    """The entries of ``folder`` (none when it is not there, or not a folder)."""
-    try:
-        with os.scandir(folder) as it:
-            return list(it)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
 
 
 def prune_cache(cache_dir: Path, *, max_age_s: float = CACHE_AGE_S,

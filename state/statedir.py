@@ -121,3 +121,13 @@ def _others_bits(path: Path) -> int:
     except OSError:  # gone meanwhile
         return 0
     return 0 if stat.S_ISLNK(mode) else mode & 0o007
+
+
+def entries(folder: Path) -> list[os.DirEntry]:
+    """The entries of ``folder`` (none when it is not there, or not a folder): the state
+    directory's areas as retention and the caches walk them."""
+    try:
+        with os.scandir(folder) as it:
+            return list(it)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
