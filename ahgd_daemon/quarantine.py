@@ -189,14 +189,10 @@ def parse_age(text: str) -> timedelta:
     from pipelines.durations import parse_duration
     from pipelines.errors import ConfigError
 
-    raw = str(text).strip()
-    units = {"w": "weeks", "d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
-    if raw[-1:].lower() in units and raw[:-1].replace(".", "", 1).isdigit():
-        return timedelta(**{units[raw[-1].lower()]: float(raw[:-1])})
     try:
-        return parse_duration(raw, what="--older-than")
+        return parse_duration(text, what="--older-than")
     except ConfigError as exc:
-        raise RequestError(f"{exc}; or write 30d, 12h, 2w") from None
+        raise RequestError(str(exc)) from None
 
 
 __all__ = ["Quarantined", "listing", "parse_age", "purge", "release", "resolve"]

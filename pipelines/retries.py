@@ -43,7 +43,7 @@ class RetryLater(StageError):
     """Try this stage again later: ``raise RetryLater("the API is busy", after="PT5M")``.
 
     Retried whatever the error's kind, within the stage's ``retry_attempts``;
-    ``after`` (a ``timedelta``, seconds, or ISO 8601 text) replaces the
+    ``after`` (a ``timedelta``, seconds, ISO 8601 text or ``"5m"``) replaces the
     stage's ``retry_delay`` for this one wait.
     """
 

@@ -7,7 +7,7 @@ pipeline file's ``retain:`` overrides some of them for that pipeline
 never removed, whatever these say, is in README.md ("Retention").
 
 Sizes are written as ``50GB`` (decimal units: KB, MB, GB, TB; binary ones: KiB, MiB, GiB,
-TiB) or a whole number of bytes; durations as elsewhere (``P30D``, ``PT12H``, seconds).
+TiB) or a whole number of bytes; durations as elsewhere (``P30D``, ``PT12H``, ``30d``, seconds).
 """
 
 from __future__ import annotations

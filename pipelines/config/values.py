@@ -18,10 +18,9 @@ from pydantic_core import PydanticCustomError
 
 from state.errors import did_you_mean
 
-from ..durations import format_duration, parse_duration
+from ..durations import DURATION_HINT, UnknownUnit, format_duration, parse_duration
 from ..errors import ConfigError
 
-DURATION_HINT = "use ISO 8601 such as PT30M, PT2H or P1D, or a number of seconds such as 90"
 POSITIVE_HINT = "use a positive ISO 8601 duration such as PT30M"
 STAGE_TYPES = ("extractor", "transformer", "validator", "loader")
 TRIGGER_TYPES = ("drop_folder", "schedule", "upstream")
@@ -51,6 +50,8 @@ def _duration(positive: bool):
     def check(value: Any) -> timedelta:
         try:
             td = parse_duration(value)
+        except UnknownUnit as exc:
+            raise fail(f"{show(value)}: {exc.detail}") from None
         except ConfigError:
             text = str(value).strip()
             if not isinstance(value, bool) and text.startswith("-"):
@@ -63,8 +64,10 @@ def _duration(positive: bool):
     schema = {"anyOf": [
         {"type": "string", "pattern": r"^[Pp](\d+(\.\d+)?[WwDd])*([Tt](\d+(\.\d+)?[HhMmSs])+)?$"},
         {"type": "string", "pattern": r"^\d+(\.\d+)?$"},
+        {"type": "string", "pattern": r"^(\s*\d+(\.\d+)?\s*[A-Za-z]+)+\s*$"},
         {"type": "number", "exclusiveMinimum" if positive else "minimum": 0},
-    ], "description": "ISO 8601 duration (PT30M, PT2H, P1D) or seconds"}
+    ], "description": "ISO 8601 duration (PT30M, PT2H, P1D), seconds, or a number with a unit "
+                      "(30s, 15m, 12h, 7d, 2w, 1h30m)"}
     return Annotated[timedelta, PlainValidator(check, json_schema_input_type=str),
                      PlainSerializer(format_duration, return_type=str, when_used="json"),
                      WithJsonSchema(schema)]

@@ -25,7 +25,8 @@ def test_config_check_lists_every_error_of_every_file(tmp_path):
            "transformer, validator, loader" in err
     assert f"{a}:3: stages[0].timout: unknown key 'timout'; did you mean 'timeout'?" in err
     assert f"{b}:3: stages[0].timeout: 'soon' is not a duration; use ISO 8601 such as PT30M, " \
-           "PT2H or P1D, or a number of seconds such as 90" in err
+           "PT2H or P1D, a number of seconds such as 90, or a number with a unit such as 30m, " \
+           "12h or 7d" in err
     assert "3 problem(s) found" in err
 
 

@@ -15,6 +15,7 @@ import yaml
 from pipelines.config import (ConfigIssue, check_files, config_schema, load_config,
                               load_master_file, load_pipeline_file)
 from pipelines.config import MasterFile, PipelineFile
+from pipelines.durations import parse_duration
 from pipelines.errors import ConfigError
 
 from .test_readme_examples import PIPELINE_YAML
@@ -438,7 +439,37 @@ def test_an_unknown_key_without_a_close_match_lists_the_keys(tmp_path):
 def test_a_bad_duration_shows_the_accepted_forms(tmp_path):
     assert _stage_error(tmp_path, "timeout: PT30M", "timeout: thirty minutes") == [
         "7: stages[0].timeout: 'thirty minutes' is not a duration; use ISO 8601 such as "
-        "PT30M, PT2H or P1D, or a number of seconds such as 90"]
+        "PT30M, PT2H or P1D, a number of seconds such as 90, or a number with a unit such as "
+        "30m, 12h or 7d"]
+
+
+@pytest.mark.parametrize("written, meant", [
+    ("30m", timedelta(minutes=30)), ("45s", timedelta(seconds=45)), ("12h", timedelta(hours=12)),
+    ("1h30m", timedelta(hours=1, minutes=30)), ("1h 30min", timedelta(hours=1, minutes=30)),
+    ("2 days", timedelta(days=2)), ("2w", timedelta(weeks=2)), ("0.5h", timedelta(minutes=30)),
+    ("90", timedelta(seconds=90)), ("PT30M", timedelta(minutes=30)),
+])
+def test_a_duration_may_be_a_number_with_a_unit(tmp_path, written, meant):
+    """What systemd and most schedulers accept (30m, 12h, 7d) reads as they read it."""
+    path = write(tmp_path, "demo.yaml", MINIMAL.replace("timeout: PT30M", f"timeout: {written}"))
+    assert load_pipeline_file(path).stages[0].timeout == meant
+
+
+@pytest.mark.parametrize("written, unit, hint", [
+    ("3 months", "months", " (a month or a year has no fixed length: use days, such as 30d)"),
+    ("1y", "y", " (a month or a year has no fixed length: use days, such as 30d)"),
+    ("30x", "x", ""),
+])
+def test_a_unit_that_is_not_of_time_is_named(tmp_path, written, unit, hint):
+    assert _stage_error(tmp_path, "timeout: PT30M", f"timeout: {written}") == [
+        f"7: stages[0].timeout: {written!r}: {unit!r} is not a unit of time{hint}; use s, m, h, "
+        "d or w (such as 30m or 1h30m), or ISO 8601 such as PT30M"]
+
+
+@pytest.mark.parametrize("written", ["1h junk", "30m30m", "h", "-5m"])
+def test_a_number_with_a_unit_and_more_is_not_a_duration(written):
+    with pytest.raises(ConfigError, match="is not a duration; use ISO 8601"):
+        parse_duration(written)
 
 
 def test_an_unknown_stage_type_lists_the_types(tmp_path):

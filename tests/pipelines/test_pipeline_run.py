@@ -346,7 +346,7 @@ def test_a_rule_on_a_missing_column_is_a_config_error_before_running(state_dir):
     (0, "stage 'x': timeout is 0s; use a positive ISO 8601 duration such as PT30M"),
     (-5, "stage 'x': timeout is -PT5S, which is negative; use a positive ISO 8601 duration such as PT30M"),
     ("soon", "stage 'x': timeout 'soon' is not a duration; use ISO 8601 such as PT30M, PT2H or "
-             "P1D, or a number of seconds such as 90"),
+             "P1D, a number of seconds such as 90, or a number with a unit such as 30m, 12h or 7d"),
 ])
 def test_bad_timeouts_are_named(timeout, message):
     with pytest.raises(ConfigError) as exc:
