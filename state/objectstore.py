@@ -66,6 +66,9 @@ class ObjectStore:
         self.bucket, self.prefix = parse_url(self.url)
         self._client: Any = None
         self._client_lock = threading.Lock()
+        #: inputs known to be in the store (sha256 -> uri): put once; forgotten when deleted
+        self._inputs: dict[str, str] = {}
+        self._inputs_lock = threading.Lock()
 
     # -- names ------------------------------------------------------------------------
 
@@ -169,11 +172,17 @@ class ObjectStore:
     def put_input(self, path: Path, sha256: str) -> str:
         """A run's input file, for stages on other machines: ``files/<sha256>/<name>``, put once
         (an object already there with that hash is kept)."""
+        with self._inputs_lock:
+            known = self._inputs.get(sha256)
+        if known is not None:
+            return known
         rel = f"files/{sha256}/{Path(path).name}"
         found = self.head(self.uri_for(rel))
-        if found is not None and found.get("sha256") == sha256:
-            return self.uri_for(rel)
-        return self.put(Path(path), rel, sha256)
+        if found is None or found.get("sha256") != sha256:
+            self.put(Path(path), rel, sha256)
+        with self._inputs_lock:
+            self._inputs[sha256] = self.uri_for(rel)
+        return self.uri_for(rel)
 
     def fetch_input(self, uri: str, sha256: str, cache_dir: Path) -> Path:
         """The input file behind ``uri`` in ``cache_dir/inputs/<sha256>/<its name>``: its own
@@ -197,6 +206,49 @@ class ObjectStore:
                 Bucket=self.bucket, Prefix=self.key_for(rel_prefix)):
             names.extend(item["Key"][len(base):] for item in page.get("Contents") or ())
         return names
+
+    def objects(self, rel_prefix: str) -> list[tuple[str, int, float]]:
+        """Each object under ``rel_prefix``: its relative name, bytes and when it was last
+        written (Unix time); an :class:`ObjectStoreError` naming the store when it cannot
+        be listed."""
+        base = self.key_for("")
+        found = []
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                    Bucket=self.bucket, Prefix=self.key_for(rel_prefix)):
+                for item in page.get("Contents") or ():
+                    found.append((item["Key"][len(base):], int(item.get("Size") or 0),
+                                  item["LastModified"].timestamp()))
+        except ObjectStoreError:
+            raise
+        except Exception as exc:  # botocore: connection refused, timeout, 403 ...
+            raise _unreachable(self, self.uri_for(rel_prefix), exc) from None
+        return found
+
+    def delete_many(self, rels: list[str]) -> None:
+        """Delete the objects named (relative), a thousand a request; an
+        :class:`ObjectStoreError` when the store cannot be reached or refuses one.  Inputs
+        deleted are put again when a run wants them (:meth:`put_input`)."""
+        with self._inputs_lock:  # before: a put_input meanwhile puts it again
+            for rel in rels:
+                parts = rel.split("/")
+                if len(parts) >= 2 and parts[0] == "files":
+                    self._inputs.pop(parts[1], None)
+        for start in range(0, len(rels), 1000):
+            chunk = rels[start:start + 1000]
+            try:
+                reply = self.client.delete_objects(Bucket=self.bucket, Delete={
+                    "Objects": [{"Key": self.key_for(r)} for r in chunk], "Quiet": True})
+            except Exception as exc:
+                raise _unreachable(self, self.uri_for(chunk[0]), exc) from None
+            errors = reply.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise ObjectStoreError(
+                    f"the object store refused to delete {len(errors)} object(s) of "
+                    f"{self.url}, such as {first.get('Key')} ({first.get('Code')}: "
+                    f"{first.get('Message')}); check that the credentials may delete in the "
+                    "bucket")
 
     def remove_unrecorded(self, rel_dir: str, keep: set[str]) -> list[str]:
         """Delete the objects under ``rel_dir`` whose relative name is not in ``keep``."""

@@ -38,11 +38,14 @@ def expired_payload(state_dir: Path, path: str | Path, *, area: str, bytes: int,
                     rule: str, reason: str, pipeline: str | None = None,
                     **extra: Any) -> dict[str, Any]:
     """The payload of a ``data.expired`` or ``file.expired``: ``path`` (made relative to the
-    state directory: what :func:`removal_of` looks for), ``area`` (data, files, inputs,
-    duplicates, quarantine, logs, tmp, metrics, cache), ``bytes`` and ``files`` (how many) removed,
+    state directory: what :func:`removal_of` looks for; an object store's folder keeps its
+    ``s3://`` URI), ``area`` (data, files, inputs, duplicates, quarantine, logs, tmp, metrics,
+    cache, bucket), ``bytes`` and ``files`` (how many) removed,
     ``rule`` (the retain: key, or the command), ``reason`` (a sentence), ``pipeline``, and
     anything else (``collection``, ``trash``, ``names``, ``sha256``)."""
-    return {"path": relative_to_state(Path(state_dir), path), "area": area,
+    text = str(path)
+    return {"path": text if text.startswith("s3://") else relative_to_state(Path(state_dir), path),
+            "area": area,
             "pipeline": pipeline, "files": int(files), "bytes": int(bytes), "rule": rule,
             "reason": reason, **extra}
 
@@ -65,6 +68,20 @@ def removal_of(db: History, path: str) -> dict[str, Any] | None:
     payload = json.loads(row.pop("payload"))
     return {**row, **{k: payload.get(k) for k in ("path", "area", "bytes", "files", "rule",
                                                    "reason")}}
+
+
+def removed_at(db: History, paths: Sequence[str]) -> dict[str, str]:
+    """``path -> ts`` of the latest recorded removal of each of ``paths`` (exactly: no
+    folder holding it) that has one."""
+    out: dict[str, str] = {}
+    ids = list(paths)
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start:start + _CHUNK]
+        for path, ts in _rows(db, f"SELECT json_extract(payload, '$.path'), MAX(ts) FROM events "
+                                  f"WHERE {_REMOVED} AND json_extract(payload, '$.path') IN "
+                                  f"({_placeholders(chunk)}) GROUP BY 1", chunk):
+            out[path] = ts
+    return out
 
 
 def human_bytes(size: Any) -> str:
@@ -252,6 +269,20 @@ def runs_with_input(db: History, pipeline: str, sha256: str) -> list[dict[str, A
     return [_decoded(r) for r in _dicts(
         db, f"SELECT {_RUN_COLUMNS} FROM runs WHERE json_extract(params, '$.input_sha256') = ? "
             "AND pipeline = ?", [sha256, pipeline])]
+
+
+def runs_with_inputs(db: History, sha256s: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """``sha256 -> runs``: every run, of any pipeline, whose input file has one of these
+    SHA-256 (an object store holds each input once, by its hash, for every pipeline)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    ids = list(sha256s)
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start:start + _CHUNK]
+        for row in _dicts(db, f"SELECT {_RUN_COLUMNS}, json_extract(params, '$.input_sha256') "
+                              f"AS sha FROM runs WHERE json_extract(params, '$.input_sha256') "
+                              f"IN ({_placeholders(chunk)})", chunk):
+            out.setdefault(row.pop("sha"), []).append(_decoded(row))
+    return out
 
 
 def set_aside_at(db: History, kind: str, path: str) -> str | None:

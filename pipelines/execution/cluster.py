@@ -91,7 +91,6 @@ class DaskExecutor(ClusterWatch, Executor):
         self._local_futures: set[Future] = set()
         self._inner: dict[Future, Future] = {}  # a parked attempt run here -> the pool's future
         self._hosts: dict[str, str] = {}     # worker address -> host name
-        self._inputs: dict[str, str] = {}    # input files put into the store: sha256 -> uri
         self._forget: list[StageTask] = []   # attempts cut off by a lost scheduler
         self._done: list[Job] = []           # settled: their Dask task and claim to release
         self._removed: list[tuple[str, set[str]]] = []  # workers removed, with their tasks
@@ -337,9 +336,8 @@ class DaskExecutor(ClusterWatch, Executor):
         path, sha = task.params.get("input_file"), task.params.get("input_sha256")
         if not path or not sha or task.params.get("input_uri"):
             return task
-        uri = self._inputs.get(sha)
-        if uri is None:
-            uri = self._inputs[sha] = self.object_store.put_input(path, str(sha))
+        # put once (the store remembers it), and again once retention deleted it from there
+        uri = self.object_store.put_input(path, str(sha))
         return replace(task, params={**task.params, "input_uri": uri})
 
     def _submit_local(self, pipeline: Any, task: StageTask) -> Future:
