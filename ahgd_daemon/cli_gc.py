@@ -32,7 +32,8 @@ _REASON_WIDTH = 110
 def gc(state_dir: Path, dry_run: bool, pipeline: str | None, as_json: bool,
        configs: tuple[str, ...]) -> None:
     """Remove what the retain: policy lets go: old runs' outputs, old inputs, duplicates,
-    quarantined files, DuckDB spill files.  Every removal is recorded (data.expired,
+    quarantined files, DuckDB spill files, and (with daemon.object_store) the same in the
+    bucket.  Every removal is recorded (data.expired,
     file.expired); runs that may still run or be retried lose nothing."""
     with _open_log(state_dir) as log:
         _check_pipeline(log, pipeline)
@@ -78,7 +79,7 @@ def _collect_here(state_dir: Path, configs: tuple[str, ...], dry_run: bool,
     from pipelines.config import load_config
     from state.locks import FileLock, Locked
 
-    from .collection import config_policy
+    from .collection import config_policy, configured_store
     from .daemon import LOCK_NAME
     from .removal import Collector
 
@@ -91,7 +92,8 @@ def _collect_here(state_dir: Path, configs: tuple[str, ...], dry_run: bool,
              "(the daemon then collects)")
     try:
         with _open_log(state_dir) as log:
-            return Collector(log, state_dir, config_policy(loaded)).run(
+            return Collector(log, state_dir, config_policy(loaded),
+                             store=configured_store(loaded.daemon)).run(
                 dry_run=dry_run, pipeline=pipeline).as_dict()
     finally:
         lock.release()
@@ -120,6 +122,11 @@ def _print(report: dict[str, Any], where: str) -> None:
     if report.get("skipped"):
         click.echo(f"skipped {len(report['skipped'])} that changed meanwhile (a run retried, a "
                    "file gone): the next collection looks again")
+    if report.get("bucket_error"):
+        click.echo(f"object store: {report['bucket_error']}")
+    if report.get("bucket_leftovers"):
+        click.echo(f"deleted {report['bucket_leftovers']} object(s) left in the object store by "
+                   "removals recorded before (it could not be reached then)")
     if report.get("over_budget_bytes"):
         click.echo(f"data/ stays {format_size(report['over_budget_bytes'])} over "
                    "retain.data_budget: what is left is needed (see README, Retention)")
@@ -127,10 +134,12 @@ def _print(report: dict[str, Any], where: str) -> None:
         click.echo(f"the disk was full: {format_size(report['reserve_released_bytes'])} of the "
                    "room kept for this (.reserve in the state directory) let these removals be "
                    "recorded; it is made again once the disk has room (see README, Retention)")
-    sizes = report.get("sizes_before") or {}
+    sizes = dict(report.get("sizes_before") or {})
+    bucket = sizes.pop("bucket", 0)
     if sizes and not report.get("pipeline"):
         click.echo("state directory before: " + ", ".join(
-            f"{a} {format_size(b)}" for a, b in sizes.items()))
+            f"{a} {format_size(b)}" for a, b in sizes.items())
+            + (f"; object store (bucket) {format_size(bucket)}" if bucket else ""))
 
 
 def _short(text: str) -> str:

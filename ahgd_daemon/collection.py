@@ -18,6 +18,12 @@ while the loop's steps wait.  Each collection ends with one ``gc_done`` log line
 how long it took, its longest step), and feeds ``storage`` in ``ahgd status``, the page
 and ``/metrics`` (``ahgd_daemon/storage.py``).  A collection that fails is logged and
 tried again at the next interval; it never stops the daemon.
+
+With ``daemon.object_store`` the bucket is collected too.  Its calls run on the
+collector's own thread: while one is under way (the listing: a ``Future`` from the
+collection) the loop does not step the collection at all, and the call's end wakes it.  A
+bucket that cannot be reached is a ``gc_bucket_unreachable`` warning; nothing of it is
+recorded, and the next collection tries again.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import gc
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -79,13 +86,30 @@ def disk_threshold(settings: Any) -> float:
                  getattr(settings, "disk_alert_percent", DISK_PERCENT))
 
 
-def timed(step: Iterator[Any], budget_s: float) -> tuple[bool, float]:
-    """Advance ``step`` until ``budget_s`` has passed (at a pause); (finished, seconds)."""
+def timed(step: Iterator[Any], budget_s: float,
+          waiting: Callable[[Future], None] | None = None) -> tuple[bool, float]:
+    """Advance ``step`` until ``budget_s`` has passed (at a pause), or it yields a ``Future``
+    (handed to ``waiting``: it waits for another thread); (finished, seconds)."""
     began = time.perf_counter()
-    for _ in step:
+    for paused in step:
+        if isinstance(paused, Future) and not paused.done():
+            if waiting is not None:
+                waiting(paused)
+            return False, time.perf_counter() - began
         if time.perf_counter() - began >= budget_s:
             return False, time.perf_counter() - began
     return True, time.perf_counter() - began
+
+
+def configured_store(settings: Any) -> Any:
+    """The object store of a daemon's settings (``daemon.object_store``), the one its
+    executor uses; None (and nothing of boto3 imported) without one."""
+    found = getattr(settings, "object_store", None)
+    if found is None:
+        return None
+    from state import objectstore
+
+    return objectstore.configure(found.as_dict())
 
 
 def setup_policy(setup: Any) -> Policy:
@@ -102,8 +126,11 @@ class DaemonCollection:
     def __init__(self, log: Any, state_dir: Path, policy: Policy, *, logger: Any,
                  wake: Callable[[], None], alerts: Any, clock: Callable[[], datetime],
                  monotonic: Callable[[], float] = time.monotonic,
-                 busy: Callable[[], bool] | None = None, disk_percent: float = DISK_PERCENT):
-        self.collector = Collector(log, state_dir, policy, clock, delete_aside=True)
+                 busy: Callable[[], bool] | None = None, disk_percent: float = DISK_PERCENT,
+                 store: Any = None):
+        self.collector = Collector(log, state_dir, policy, clock, delete_aside=True,
+                                   store=store, warn=self._store_warning)
+        self._waiting_on: Future | None = None  # an object-store call the collection awaits
         #: the disk's use (percent) from which it collects at once (the disk alert's threshold)
         self.disk_percent = disk_percent
         self._disk_next = 0.0               # when the loop looks at the disk next (monotonic)
@@ -140,7 +167,8 @@ class DaemonCollection:
                          logger=daemon.logger, wake=daemon.waker.wake, alerts=daemon.alerts,
                          clock=daemon.options.clock, monotonic=daemon.options.monotonic,
                          busy=lambda: bool(runs.active),
-                         disk_percent=disk_threshold(daemon.setup.settings))
+                         disk_percent=disk_threshold(daemon.setup.settings),
+                         store=configured_store(daemon.setup.settings))
         try:
             collection.collector.recover()
         except (AhgdError, OSError) as exc:
@@ -164,6 +192,7 @@ class DaemonCollection:
         self.collector.policy = policy
         if settings is not None:
             self.disk_percent = disk_threshold(settings)
+            self.collector.store = configured_store(settings)
 
     # -- when ----------------------------------------------------------------------------
 
@@ -235,6 +264,8 @@ class DaemonCollection:
 
     def _next_in_s(self) -> float:
         """How long until the next collection steps (0: now)."""
+        if self._steps is not None and self._waiting_on is not None:
+            return BUSY_RECHECK_S  # the object store's answer wakes the loop sooner
         if self._steps is not None or self._is_due():
             return BUSY_RECHECK_S if self._waiting_since is not None else 0.0
         return max(0.0, self._due - self.monotonic())
@@ -266,6 +297,10 @@ class DaemonCollection:
                 if self._reserve_next is not None and self.monotonic() >= self._reserve_next:
                     self._keep_reserve()
                 return
+            if self._waiting_on is not None:
+                if not self._waiting_on.done():
+                    return  # the object store has not answered: its answer wakes the loop
+                self._waiting_on = None
             if self._gives_way():
                 return  # runs are in flight: the loop looks again at its next turn
             if self._steps is None:
@@ -277,7 +312,7 @@ class DaemonCollection:
                 self._steps = self.collector.collect(self._current)
             report = self._current
             try:
-                finished, took = timed(self._steps, STEP_BUDGET_S)
+                finished, took = timed(self._steps, STEP_BUDGET_S, self._wait_for)
             except Exception as exc:  # a full disk, a permission: next time, never a crash
                 self._failed(exc)
                 return
@@ -293,6 +328,18 @@ class DaemonCollection:
                 gc.freeze()
         finally:
             self._lock.release()
+
+    def _wait_for(self, call: Future) -> None:
+        """The collection waits for ``call`` (on the store's thread); its end wakes the loop."""
+        self._waiting_on = call
+        call.add_done_callback(lambda _: self.wake())
+
+    def _store_warning(self, message: str) -> None:
+        store = self.collector.store
+        self.logger.warning(
+            "gc_bucket_unreachable", object_store=getattr(store, "url", None),
+            endpoint=(getattr(store, "settings", None) or {}).get("endpoint_url") or "AWS S3",
+            detail=message)
 
     def settle(self) -> bool:
         """``--once``: one whole collection once the work is done; True when it has ended."""
@@ -311,7 +358,7 @@ class DaemonCollection:
         with self._lock:
             if self._steps is not None:  # the loop's collection gives way to this one
                 self._steps.close()
-                self._steps = self._current = None
+                self._steps = self._current = self._waiting_on = None
                 gc.unfreeze()
             began = time.perf_counter()
             report = self.collector.run(pipeline=pipeline)
@@ -322,7 +369,7 @@ class DaemonCollection:
     # -- what it says ----------------------------------------------------------------------
 
     def _finish(self, report: Report, trigger: str) -> None:
-        self._steps = self._current = None
+        self._steps = self._current = self._waiting_on = None
         self._waiting_since, self._overdue = None, False
         gc.unfreeze()
         # what the collection deleted (on the deleting thread) may have to land first
@@ -332,7 +379,11 @@ class DaemonCollection:
         self.last, self.last_at = report, format_ts(self.collector.clock())
         if report.pipeline is None:
             self.sizes, self.measured_at = report.sizes_after(), report.as_of
+            if self.collector.store is None:  # no bucket: shown as nothing, not as 0 B
+                self.sizes.pop("bucket", None)
             self._judge_budget(report)
+        if report.walk.bucket_error:
+            self._store_warning(report.walk.bucket_error)
         summary = self.last_summary()
         self.logger.info("gc_done", trigger=trigger, removed=summary["items"],
                          freed_bytes=summary["bytes"], by_area=summary["by_area"],
@@ -343,7 +394,7 @@ class DaemonCollection:
                             if report.reserve_released else {}))
 
     def _failed(self, exc: Exception) -> None:
-        self._steps = self._current = None
+        self._steps = self._current = self._waiting_on = None
         self._waiting_since, self._overdue = None, False
         gc.unfreeze()
         self._reserve_next = self.monotonic()  # released for its removals, perhaps

@@ -28,11 +28,20 @@ what it had set aside goes back where it was, as always.
 A collection is one :meth:`Collector.collect` generator: the plan
 (``ahgd_daemon/retention.py``) and the removals interleaved, pausing (``yield``) between
 small chunks; :meth:`Collector.run` drives it to the end at once (``ahgd gc``).
+
+With an object store (area ``bucket``) there is no trash to move things into: a folder's
+removal is recorded first, then its objects are deleted, on the collector's one thread for
+object-store calls (never the caller's: they take 10-100 ms each), and in the daemon only
+once the event is durable.  When they cannot be deleted then (the store went away), the
+removal stays recorded and the next collection deletes what it left, without a second
+event (the objects older than the removal's event).  While the plan waits for the store,
+:meth:`Collector.collect` yields the call's ``Future``.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import secrets
 import shutil
@@ -62,6 +71,7 @@ RESERVE_MIN_BYTES = 256 * 1024
 RESERVE_MAX_BYTES = 4 * 1024 * 1024
 #: how long a removal refused for lack of room waits for recorded deletions to land
 DELETIONS_WAIT_S = 30.0
+_log = logging.getLogger("ahgd_daemon.removal")
 
 
 def reserve_size(total_bytes: int) -> int:
@@ -150,6 +160,7 @@ class Report:
     walk: Walk = field(default_factory=Walk)
     restored: int = 0          # trash folders of unrecorded removals moved back
     reserve_released: int = 0  # bytes of the reserve deleted to record removals (a full disk)
+    bucket_leftovers: int = 0  # objects of removals recorded before, deleted only now
     finished: bool = False
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
@@ -178,6 +189,7 @@ class Report:
             "duration_s": round((self.ended or time.monotonic()) - self.started, 3),
             "steps": self.steps, "longest_step_ms": round(self.longest_step_s * 1000, 2),
             "reserve_released_bytes": self.reserve_released,
+            "bucket_error": self.walk.bucket_error, "bucket_leftovers": self.bucket_leftovers,
         }
 
 
@@ -185,8 +197,15 @@ class Collector:
     """Collects the state directory of one event log by one policy."""
 
     def __init__(self, log: Any, state_dir: Path, policy: Policy,
-                 clock: Callable[[], datetime] = utc_now, *, delete_aside: bool = False):
+                 clock: Callable[[], datetime] = utc_now, *, delete_aside: bool = False,
+                 store: Any = None, warn: Callable[[str], None] | None = None):
         self.log, self.state_dir, self.policy, self.clock = log, Path(state_dir), policy, clock
+        #: the object store (``state.objectstore.ObjectStore``) collected too; None: none
+        self.store = store
+        #: says what went wrong deleting from the store (the daemon's log; else Python's)
+        self.warn = warn or _log.warning
+        self._calls: ThreadPoolExecutor | None = None  # the one thread for store calls
+        self._undeleted: list[str] = []  # what ahgd gc could not delete from the store
         #: delete recorded trash on a thread of its own (the daemon: its loop never waits
         #: for the disk); a crash before it is done leaves trash that recover() deletes
         self.delete_aside = delete_aside
@@ -200,25 +219,39 @@ class Collector:
     def run(self, *, dry_run: bool = False, pipeline: str | None = None) -> Report:
         """One collection from start to end (``ahgd gc``)."""
         report = self.new_report(dry_run=dry_run, pipeline=pipeline)
-        for _ in self.collect(report):
-            pass
+        for step in self.collect(report):
+            if isinstance(step, Future):
+                wait([step])
         return report
+
+    def submit(self, call: Callable[[], Any]) -> Future:
+        """``call()`` on the collector's thread for object-store calls."""
+        if self._calls is None:
+            self._calls = ThreadPoolExecutor(1, thread_name_prefix="ahgd-gc-bucket")
+        return self._calls.submit(call)
 
     def new_report(self, *, dry_run: bool = False, pipeline: str | None = None) -> Report:
         now = self.clock()
         return Report(f"gc-{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}",
                       format_ts(now), dry_run, pipeline)
 
-    def collect(self, report: Report) -> Iterator[None]:
-        """The collection of ``report``, pausing (``yield``) between small chunks of work."""
+    def collect(self, report: Report) -> Iterator[Future | None]:
+        """The collection of ``report``, pausing (``yield``) between small chunks of work; a
+        ``Future`` while it waits for the object store (come back once it is done)."""
         released = self.reserve_released
         if not report.dry_run:
             report.restored = self.recover()
             yield
         now = self.clock()
         for item in plan(self.log, self.state_dir, self.policy, now, report.walk,
-                         pipeline=report.pipeline):
-            if item is None:
+                         pipeline=report.pipeline, store=self.store, submit=self.submit):
+            if item is None or isinstance(item, Future):
+                yield item
+                continue
+            if item.area == "bucket" and item.rule == "recorded":  # finish an old removal
+                if not report.dry_run:
+                    self._delete_objects(item)
+                    report.bucket_leftovers += len(item.files)
                 yield
                 continue
             if report.dry_run or self.remove(item, report.collection):
@@ -226,6 +259,9 @@ class Collector:
             else:
                 report.skipped.append(item.path)
             yield
+        if self._undeleted and report.walk.bucket_error is None:
+            report.walk.bucket_error = "; ".join(self._undeleted[:3])
+        self._undeleted = []
         report.finished, report.ended = True, time.monotonic()
         report.reserve_released = self.reserve_released - released
         if not report.dry_run:
@@ -238,6 +274,8 @@ class Collector:
         (gone already, or its run was retried meanwhile: then it is back where it was)."""
         if not self._still_due(item):
             return False
+        if item.area == "bucket":
+            return self._remove_objects(item, collection)
         source = self.state_dir / item.path
         members = [source.parent / m for m in item.files] if item.area in (
             "duplicates", "quarantine") else [source]
@@ -271,6 +309,35 @@ class Collector:
             self._deleting.append(self._deleter.submit(self._durably_delete, trash))
         else:
             shutil.rmtree(trash, ignore_errors=True)
+        return True
+
+    def _remove_objects(self, item: Item, collection: str) -> bool:
+        """A folder of the object store: its removal recorded, then its objects deleted (on
+        the store's thread in the daemon, once the event is durable)."""
+        event = self._event(item, collection, None)
+        try:
+            self._with_room(lambda: self.log.append(event, durable=not self.delete_aside), item)
+        except IllegalTransition:  # its run may run again (retried meanwhile): keep it all
+            return False
+        if self.delete_aside:
+            self.submit(lambda: self.log.sync_files() and self._delete_objects(item))
+        else:
+            self._delete_objects(item)
+        return True
+
+    def _delete_objects(self, item: Item) -> bool:
+        """Delete the objects of ``item`` (its folder's files as listed); a warning when the
+        store cannot: its removal is recorded, the next collection deletes what is left."""
+        folder = item.extra["folder"]
+        try:
+            self.store.delete_many([f"{folder}/{name}" for name in item.files])
+        except Exception as exc:  # noqa: BLE001 - the store went away: next time
+            message = (f"could not delete {item.path}/ from the object store: {exc}; its removal "
+                       "is recorded, and the next collection deletes what is left")
+            self.warn(message)
+            if not self.delete_aside:
+                self._undeleted.append(message)
+            return False
         return True
 
     # -- room to record removals on a full disk ------------------------------------------
@@ -367,15 +434,19 @@ class Collector:
         """False when a run the item belongs to may run again now (retried since the plan):
         data.expired would be refused for its own run, but not an input's file.expired."""
         ids = [i for i in (item.run_id, *item.extra.get("runs", ())) if i]
+        if item.area == "bucket" and item.extra.get("sha256"):  # any run that reads it now
+            sha = item.extra["sha256"]
+            ids += [r["run_id"] for r in removals.runs_with_inputs(self.log, [sha]).get(sha, [])]
         runs = removals.runs_by_id(self.log, ids) if ids else {}
         return not any(r["state"] in removals.UNFINISHED for r in runs.values())
 
-    def _event(self, item: Item, collection: str, nonce: str) -> Any:
+    def _event(self, item: Item, collection: str, nonce: str | None) -> Any:
         fields = removals.expired_payload(
             self.state_dir, item.path, area=item.area, bytes=item.bytes, files=len(item.files),
             rule=item.rule, reason=item.reason, pipeline=item.pipeline, names=item.files[:50],
-            collection=collection, trash=nonce, **item.extra)
-        if item.area == "data":
+            collection=collection, **({"trash": nonce} if nonce else {}), **item.extra)
+        if item.area == "data" or (item.area == "bucket"
+                                   and item.extra["folder"].startswith("data/")):
             return new_event(T.DATA_EXPIRED, item.run_id, **fields)
         return new_event(T.FILE_EXPIRED, item.run_id, **fields)
 

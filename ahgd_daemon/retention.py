@@ -19,13 +19,22 @@ Never let go, whatever the policy says (README.md, "Retention", says it for user
   newest one even over ``data_budget``), and the input of the newest one;
 - the event log (``history.db``), the warehouse, locks, and anything the history does not
   know (a folder no run recorded is left alone, and counted).
+
+With an object store (a Dask executor's bucket, ``state/objectstore.py``) the same rules
+apply to ``<prefix>/data/<run>/`` and ``<prefix>/files/<sha256>/`` there (area ``bucket``),
+decided from the history alone (a run whose outputs are in the bucket may have no
+``data/<run>`` here).  The bucket is listed on the collector's thread for object-store
+calls: the walk yields that call's ``Future`` until it is done, and a caller in a hurry
+comes back once it is (the daemon's loop never waits for the network).  When it cannot be
+listed, nothing of it is planned and :attr:`Walk.bucket_error` says why.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -39,7 +48,7 @@ from state.store import safe_name
 
 #: the areas, in the order they are walked (and shown)
 AREAS = ("data", "files", "inputs", "duplicates", "quarantine", "logs", "tmp", "metrics",
-         "cache")
+         "cache", "bucket")
 #: things looked at between two pauses of the walk
 CHUNK = 100
 #: a DuckDB spill file untouched this long belongs to no query any more
@@ -74,22 +83,31 @@ class Walk:
     sizes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(AREAS, 0))
     kept: dict[str, int] = field(default_factory=dict)
     over_budget: int | None = None    # bytes data/ stays over data_budget after the pass
+    bucket_error: str | None = None   # the object store could not be listed: why, what to do
 
     def keep(self, why: str) -> None:
         self.kept[why] = self.kept.get(why, 0) + 1
 
 
+#: runs an object-store call off the caller's thread (the collector's one thread for them)
+Submit = Callable[[Callable[[], Any]], Future]
+
+
 def plan(history: Any, state_dir: Path, policy: Policy, now: datetime, walk: Walk, *,
-         pipeline: str | None = None) -> Iterator[Item | None]:
-    """Every item the policy lets go (``None`` between chunks of work); ``walk`` fills in."""
-    yield from _Planner(history, Path(state_dir), policy, now, walk, pipeline).items()
+         pipeline: str | None = None, store: Any = None,
+         submit: Submit | None = None) -> Iterator[Item | Future | None]:
+    """Every item the policy lets go (``None`` between chunks of work, a ``Future`` while
+    the object store ``store`` is being listed by ``submit``); ``walk`` fills in."""
+    yield from _Planner(history, Path(state_dir), policy, now, walk, pipeline, store,
+                        submit).items()
 
 
 class _Planner:
     def __init__(self, db: Any, state_dir: Path, policy: Policy, now: datetime, walk: Walk,
-                 only: str | None):
+                 only: str | None, store: Any = None, submit: Submit | None = None):
         self.db, self.state_dir, self.policy, self.now = db, state_dir, policy, now
-        self.walk, self.only = walk, only
+        self.walk, self.only, self.store, self.submit = walk, only, store, submit
+        self._where = ""  # "bucket: " while the object store's folders are judged
         self.protected_runs: dict[str, str] = {}    # run_id -> why nothing of it may go
         self.protected_dirs: dict[str, str] = {}    # data/<dir> -> why (a run that may run)
         self.newest_refs: dict[str, set[str]] = {}  # data/<dir> -> newest runs that read it
@@ -108,6 +126,11 @@ class _Planner:
         if self.only is None:
             yield from self._tmp()
             yield from self._cache()
+        if self.store is not None and self.submit is not None:
+            yield from self._bucket()
+
+    def _keep(self, why: str) -> None:
+        self.walk.keep(self._where + why)
 
     # -- what nothing may touch ---------------------------------------------------------
 
@@ -197,7 +220,7 @@ class _Planner:
         newest = self.newest(pipeline)
         if run_id in self.protected_runs or path in self.protected_dirs \
                 or pipeline in self.resuming:  # the last: a run waits to resume from them
-            self.walk.keep("needed by a run that may still run")
+            self._keep("needed by a run that may still run")
             return None
         if state == "COMPLETED" and run["params"].get("keep_outputs", True) is False:
             item.rule, item.reason = "keep_outputs", (
@@ -205,7 +228,7 @@ class _Planner:
             return item
         readers = self.newest_refs.get(path)
         if readers:  # its own run is among the newest completed, or one of those reused them
-            self.walk.keep("among the newest completed runs")
+            self._keep("among the newest completed runs")
             if newest and newest[0] not in readers:
                 budget.append((run["ended_at"] or "", item))
             return None
@@ -223,7 +246,7 @@ class _Planner:
                 f"it {verb} {run['ended_at']}; its retry window (retain.failed_runs_for: "
                 f"{format_duration(window)}) ended {format_ts(ended + window)}")
             return item
-        self.walk.keep("needed by a run that may still run")
+        self._keep("needed by a run that may still run")
         return None
 
     def _run_of_unsafe(self, name: str) -> dict[str, Any] | None:
@@ -398,6 +421,120 @@ class _Planner:
             if n % CHUNK == 0:
                 yield None
         yield None
+
+
+    # -- the object store: <prefix>/data/<run>/ and <prefix>/files/<sha256>/ ------------------
+
+    def _bucket(self) -> Iterator[Item | Future | None]:
+        store = self.store
+        listing = self.submit(lambda: (store.objects("data/"), store.objects("files/")))
+        while not listing.done():
+            yield listing
+        try:
+            data, files = listing.result()
+        except Exception as exc:  # noqa: BLE001 - unreachable, refused: nothing planned
+            where = store.settings.get("endpoint_url") or "AWS S3"
+            self.walk.bucket_error = (
+                f"the object store {store.url} (at {where}) could not be listed, so nothing in "
+                f"it was collected this time and nothing was recorded: {exc}. Check that it is "
+                "up and reachable from this host and that the credentials may list and delete "
+                "in the bucket; the next collection tries again")
+            return
+        folders: dict[str, list[tuple[str, int, float]]] = {}
+        for rel, size, written in [*data, *files]:
+            self.walk.sizes["bucket"] += size
+            parts = rel.split("/")
+            if len(parts) < 3 or not parts[1]:
+                self._keep("bucket: unknown: an object outside data/<run>/ and files/<sha256>/")
+                continue
+            folders.setdefault(f"{parts[0]}/{parts[1]}", []).append(
+                ("/".join(parts[2:]), size, written))
+        yield None
+        names = sorted(folders)
+        for start in range(0, len(names), CHUNK):
+            chunk = names[start:start + CHUNK]
+            recorded = removals.removed_at(self.db, [store.uri_for(n) for n in chunk])
+            runs = removals.runs_by_id(self.db, [n[5:] for n in chunk if n.startswith("data/")])
+            readers = removals.runs_with_inputs(
+                self.db, [n[6:] for n in chunk if n.startswith("files/")])
+            for name in chunk:
+                objects, uri = folders[name], store.uri_for(name)
+                if uri in recorded:  # removed before, but not all deleted then (unreachable)
+                    since = parse_ts(recorded[uri]).timestamp()
+                    old = [o for o in objects if o[2] <= since + 1]
+                    objects = [o for o in objects if o[2] > since + 1]
+                    if old:
+                        yield self._bucket_item(name, old, "recorded", "its removal was recorded "
+                                                f"{recorded[uri]}; these objects were left then",
+                                                None, None, {"recorded": recorded[uri]})
+                    if not objects:
+                        continue
+                self._where = "bucket: "
+                try:
+                    if name.startswith("data/"):
+                        item = self._bucket_data(name, objects, runs.get(name[5:]))
+                    else:
+                        item = self._bucket_input(name, objects, readers.get(name[6:], []))
+                finally:
+                    self._where = ""
+                if item is not None:
+                    yield item
+            yield None
+
+    def _bucket_item(self, name: str, objects: list[tuple[str, int, float]], rule: str,
+                     reason: str, pipeline: str | None, run_id: str | None,
+                     extra: dict[str, Any]) -> Item:
+        return Item("bucket", self.store.uri_for(name), sum(o[1] for o in objects),
+                    sorted(o[0] for o in objects), rule, reason, pipeline, run_id,
+                    {"object_store": self.store.url, "folder": name, **extra})
+
+    def _bucket_data(self, name: str, objects: list[tuple[str, int, float]],
+                     run: dict[str, Any] | None) -> Item | None:
+        run = run or self._run_of_unsafe(name[5:])
+        if run is None:
+            self._keep("unknown: no run in the history has this folder")
+            return None
+        if self.only is not None and run["pipeline"] != self.only:
+            return None
+        size = sum(o[1] for o in objects)
+        # the same rules as data/<run> here; retain.data_budget is this disk's, not the bucket's
+        found = self._data_item(name, run, size, [], [])
+        if found is None:
+            return None
+        return self._bucket_item(name, objects, found.rule, found.reason, found.pipeline,
+                                 found.run_id, {})
+
+    def _bucket_input(self, name: str, objects: list[tuple[str, int, float]],
+                      runs: list[dict[str, Any]]) -> Item | None:
+        if not runs:
+            self._keep("unknown: no run in the history read this input")
+            return None
+        if self.only is not None and all(r["pipeline"] != self.only for r in runs):
+            return None
+        due = None
+        for run in runs:  # one object for every pipeline that read these bytes
+            if run["run_id"] in self.protected_runs or run["state"] in removals.UNFINISHED:
+                self._keep("needed by a run that may still run")
+                return None
+            newest = self.newest(run["pipeline"])
+            if newest and run["run_id"] == newest[0]:
+                self._keep("the input of the newest completed run")
+                return None
+            if run["ended_at"] is None:
+                self._keep("not yet due")
+                return None
+            until = parse_ts(run["ended_at"]) + self.policy.of(run["pipeline"]).inputs_for
+            due = until if due is None else max(due, until)
+        if due is None or due > self.now:
+            self._keep("not yet due")
+            return None
+        last = max(runs, key=lambda r: r["ended_at"] or "")
+        window = self.policy.of(last["pipeline"]).inputs_for
+        return self._bucket_item(
+            name, objects, "inputs_for",
+            f"the last run that read it ({last['run_id']}) ended {last['ended_at']}, more than "
+            f"retain.inputs_for ({format_duration(window)}) ago", last["pipeline"],
+            last["run_id"], {"sha256": name[6:], "runs": [r["run_id"] for r in runs][-20:]})
 
 
 def _subdirs(folder: Path) -> list[Path]:

@@ -38,6 +38,8 @@ def measure(state_dir: Path) -> dict[str, int]:
     state_dir = Path(state_dir)
     sizes = {}
     for area in AREAS:
+        if area == "bucket":  # the object store's: only a collection lists it
+            continue
         folder = state_dir.joinpath(*TMP_DIR) if area == "tmp" else state_dir / area
         sizes[area] = _walk_bytes(folder)
     sizes["history"] = history_bytes(state_dir)
@@ -54,7 +56,8 @@ def section(state_dir: Path, sizes: dict[str, int] | None, measured_at: str | No
     """The dashboard document's ``storage`` section (docs/monitoring.md)."""
     areas = {a: (sizes or {}).get(a) for a in SHOWN}
     areas["history"] = history_bytes(state_dir)
-    known = [v for v in areas.values() if isinstance(v, int)]
+    # the total is this disk's: the object store's bucket is shown, not added
+    known = [v for a, v in areas.items() if isinstance(v, int) and a != "bucket"]
     return {"state_dir": str(state_dir), "measured_at": measured_at, "areas": areas,
             "total_bytes": sum(known) if known else None, "data_budget": data_budget,
             "over_budget_bytes": over_budget, "last_collection": last,
