@@ -20,8 +20,10 @@ from state import EventLog, utc_now
 PIPELINE = "csvpipe"
 
 
-def write_configs(tmp: Path, retain: str = "", *, pipeline_retain: str = "") -> Path:
-    """A master file (with ``retain: {<retain>}``) and its one pipeline file; the master."""
+def write_configs(tmp: Path, retain: str = "", *, pipeline_retain: str = "",
+                  daemon: str = "") -> Path:
+    """A master file (with ``retain: {<retain>}``, and ``daemon`` settings added to its
+    ``daemon:`` such as ``object_store: {...}``) and its one pipeline file; the master."""
     (tmp / "csvpipe.yaml").write_text(textwrap.dedent(f"""\
         pipeline: {{name: {PIPELINE}}}
         duckdb: {{inline_tables: false}}   # outputs in files under data/, what retention removes
@@ -36,7 +38,7 @@ def write_configs(tmp: Path, retain: str = "", *, pipeline_retain: str = "") -> 
     master.write_text(textwrap.dedent(f"""\
         pipelines:
           - {{name: {PIPELINE}, config_file: csvpipe.yaml}}
-        daemon: {{max_workers: 2, shutdown_grace: PT5S}}
+        daemon: {{max_workers: 2, shutdown_grace: PT5S{", " + daemon if daemon else ""}}}
         """) + (f"retain: {{{retain}}}\n" if retain else ""))
     return master
 
@@ -77,9 +79,10 @@ class Kit:
         self.pipeline.execute_run(run_id, log=self.log)
         return run_id
 
-    def collector(self, after: timedelta = timedelta(0)) -> Collector:
-        """The collector of the master file's policy, its clock ``after`` from now."""
-        return Collector(self.log, self.state_dir, self.policy, lambda: utc_now() + after)
+    def collector(self, after: timedelta = timedelta(0), **kw: Any) -> Collector:
+        """The collector of the master file's policy, its clock ``after`` from now (``kw``:
+        the collector's other settings, such as ``store``)."""
+        return Collector(self.log, self.state_dir, self.policy, lambda: utc_now() + after, **kw)
 
     def run_row(self, run_id: str) -> Any:
         return self.log.run(run_id)
