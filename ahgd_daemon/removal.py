@@ -250,7 +250,10 @@ class Collector:
                 continue
             if item.area == "bucket" and item.rule == "recorded":  # finish an old removal
                 if not report.dry_run:
-                    self._delete_objects(item)
+                    if self.delete_aside:  # the daemon's loop never waits for the store
+                        self.submit(lambda item=item: self._delete_objects(item))
+                    else:
+                        self._delete_objects(item)
                     report.bucket_leftovers += len(item.files)
                 yield
                 continue
@@ -320,7 +323,7 @@ class Collector:
         except IllegalTransition:  # its run may run again (retried meanwhile): keep it all
             return False
         if self.delete_aside:
-            self.submit(lambda: self.log.sync_files() and self._delete_objects(item))
+            self.submit(lambda: bool(self.log.sync_files()) and self._delete_objects(item))
         else:
             self._delete_objects(item)
         return True

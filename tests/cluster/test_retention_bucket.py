@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -134,8 +133,14 @@ def test_an_unreachable_bucket_records_nothing_warns_and_the_next_collection_col
     assert "the next collection tries again" in said["detail"]
 
     collection.collector.store = store  # reachable again: the next collection removes
-    kit.collector(days(2), store=store).run()
+    collection._asap.set()
+    while collection.ended == 1 and time.monotonic() < deadline:
+        collection.step()
+        time.sleep(0.01)
+    assert collection.ended == 2 and collection.last.walk.bucket_error is None
+    collection.collector.submit(lambda: None).result(timeout=30)  # its deletions done
     assert [r[1] for r in bucket_removals(kit)] == [runs["old"], runs["old"]]
+    assert f"data/{runs['old']}" not in folders(store)
 
 
 def test_gc_dry_run_lists_the_bucket_items_and_removes_nothing(bucket):
@@ -152,3 +157,104 @@ def test_gc_dry_run_lists_the_bucket_items_and_removes_nothing(bucket):
     assert rows[0][4] == "successful_runs"
     assert "object store (bucket)" in done.stdout
     assert store.list("") == before and bucket_removals(kit) == []
+
+
+class Link:
+    """A TCP relay on loopback to moto's server that can be cut (every connection closed,
+    new ones refused) and mended on the same port: the bucket going away mid-collection
+    while its objects stay."""
+
+    def __init__(self, target_port: int):
+        import socket
+        import threading
+
+        self.target, self.port = target_port, free_port()
+        self._socket, self._threading = socket, threading
+        self._open: list = []
+        self._server = None
+        self.mend()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def mend(self) -> None:
+        server = self._socket.socket()
+        server.setsockopt(self._socket.SOL_SOCKET, self._socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", self.port))
+        server.listen(16)
+        self._server = server
+        self._threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def cut(self) -> None:
+        try:  # wakes the accept() under way (close alone leaves it listening)
+            self._server.shutdown(self._socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._server.close()
+        for conn in self._open:
+            try:
+                conn.shutdown(self._socket.SHUT_RDWR)
+            except OSError:
+                pass
+            conn.close()
+        self._open = []
+
+    def _accept(self, server) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            upstream = self._socket.create_connection(("127.0.0.1", self.target), timeout=10)
+            self._open += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                self._threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+
+def test_objects_the_bucket_could_not_delete_after_their_removal_was_recorded_go_next_time(
+        bucket, s3, caplog):
+    from concurrent.futures import Future, wait
+
+    kit, store, runs = bucket
+    link = Link(s3.port)
+    relayed = ObjectStore({**store.settings, "endpoint_url": link.endpoint})
+    old = store.uri_for(f"data/{runs['old']}")
+    left = sorted(n for n in store.list(f"data/{runs['old']}/"))
+    collector = kit.collector(days(2), store=relayed)
+    report = collector.new_report()
+    steps = collector.collect(report)
+    for step in steps:  # up to the bucket's listing, which the link lets through
+        if isinstance(step, Future):
+            wait([step])
+            link.cut()  # then the bucket goes away, before anything of it is removed
+            break
+    for _ in steps:
+        pass
+    # recorded (the removal was decided on a listing), not deleted: said so
+    assert [r[3] for r in bucket_removals(kit)] == [old, store.uri_for(
+        f"files/{kit.run_row(runs['old']).params['input_sha256']}")]
+    assert store.list(f"data/{runs['old']}/") == left
+    assert "could not delete" in (report.walk.bucket_error or "")
+    assert any("could not delete" in r.getMessage() for r in caplog.records)
+
+    link.mend()
+    again = kit.collector(days(2), store=relayed).run()
+    assert store.list(f"data/{runs['old']}/") == []
+    assert again.bucket_leftovers >= len(left) and again.walk.bucket_error is None
+    assert len(bucket_removals(kit)) == 2  # no second event for what was recorded
+    link.cut()
