@@ -69,12 +69,14 @@ class ObjectStoreError(StoreError):
     """The object store holding stage outputs is not configured, not installed or not reachable."""
 
 
-def did_you_mean(word: str, choices: Iterable[str], *, cutoff: float = 0.6) -> str:
-    """``"did you mean 'x'?"`` for the choice closest to ``word``, or ``""`` if none is close.
+def did_you_mean(word: str, choices: Iterable[str], *, cutoff: float = 0.6,
+                 prefix: str = "") -> str:
+    """``"did you mean 'x'?"`` for the choice closest to ``word``, or ``""`` if none is close;
+    shown after ``prefix`` (``pkg.``: the last names of dotted ones compared, then shown whole).
 
     The one spelling-hint helper of the project: every "unknown ..." message
     that can suggest a name uses it, and adds its own punctuation around it.
     """
     close = difflib.get_close_matches(str(word), sorted({str(c) for c in choices}), n=1,
                                       cutoff=cutoff)
-    return f"did you mean {close[0]!r}?" if close else ""
+    return f"did you mean {prefix + close[0]!r}?" if close else ""

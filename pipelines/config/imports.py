@@ -32,6 +32,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from state.errors import did_you_mean
@@ -166,6 +167,8 @@ def import_problem(dotted: str) -> str | None:
             hint = (f" (it is looked for in {where} and on "
                     "PYTHONPATH, after the installed packages: run ahgd from the folder that "
                     "holds it, or add that folder to PYTHONPATH)")
+        elif isinstance(exc, ModuleNotFoundError):
+            hint = _own_package_hint(module_name) or _module_did_you_mean(module_name)
         return f"cannot import module {module_name!r}: {exc}{hint}"
     except (Exception, SystemExit) as exc:
         return f"importing module {module_name!r} raised {type(exc).__name__}: {exc}"
@@ -176,6 +179,42 @@ def import_problem(dotted: str) -> str | None:
     if not callable(getattr(module, attr)):
         return f"{dotted!r} is a {type(getattr(module, attr)).__name__}, not a class or function"
     return None
+
+
+def _own_package_hint(module_name: str) -> str:
+    """Why ``pipelines.my_stages`` is not found when the user's folder is called ``pipelines``:
+    that name is ahgd's own package, which is imported in its place (children.py)."""
+    from ..execution.children import PACKAGES
+
+    top, _, rest = module_name.partition(".")
+    if top not in PACKAGES or not rest:
+        return ""
+    try:
+        folder = Path.cwd() / top
+    except OSError:
+        return ""
+    base = folder.joinpath(*rest.split("."))
+    if not (base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()):
+        return ""
+    return (f" ({top!r} is ahgd's own package, so your folder {folder} cannot be imported under "
+            f"that name: rename the folder, for example to my_{top}, and write the class as "
+            f"my_{top}.{rest}.<Class>; or write it as {rest}.<Class> and run ahgd with "
+            f"PYTHONPATH={folder})")
+
+
+def _module_did_you_mean(module_name: str) -> str:
+    """``pipelines.extractor``: did you mean ``pipelines.extractors``, a module of the package
+    above it (ahgd's or the user's)?"""
+    import pkgutil
+
+    parent, _, name = module_name.rpartition(".")
+    try:
+        package = importlib.import_module(parent)
+    except Exception:  # noqa: BLE001 - the package above is missing too: nothing to offer
+        return ""
+    names = [m.name for m in pkgutil.iter_modules(getattr(package, "__path__", []))]
+    hint = did_you_mean(name, names, prefix=f"{parent}.")  # not the package's part: alike
+    return f"; {hint}" if hint else ""
 
 
 def _only_in_this_process(module_name: str) -> bool:

@@ -88,6 +88,40 @@ def test_config_check_reports_import_problems_beside_the_other_problems(tmp_path
         "6 problem(s) found in 2 file(s) checked:", f"  {master}", f"  {p}"]
 
 
+def test_a_users_folder_named_like_ahgds_package_is_explained(tmp_path):
+    """A new user keeps stage modules in a folder called pipelines/ beside their YAML and
+    writes pipelines.my_stages.Extract: that name is ahgd's own package, so the check says
+    so and how to name it instead; a misspelt module of ahgd's gets a did-you-mean."""
+    (tmp_path / "pipelines").mkdir()
+    (tmp_path / "pipelines" / "my_stages.py").write_text("class Extract:\n    pass\n")
+    yaml = tmp_path / "pipelines" / "demo.yaml"
+    yaml.write_text("pipeline: {name: demo}\nstages:\n"
+                    "  - {name: extract, type: extractor, class: pipelines.my_stages.Extract}\n"
+                    "  - {name: load, type: loader, class: pipelines.loader.WarehouseLoader}\n")
+    proc = subprocess.run([*ahgd_exe(), "config", "check", "pipelines/demo.yaml", "--state-dir",
+                           str(tmp_path / "s")], capture_output=True, text=True, timeout=60,
+                          env=env(), cwd=tmp_path)
+    assert proc.returncode == 1
+    folder = tmp_path / "pipelines"
+    assert proc.stderr.splitlines()[:2] == [
+        "pipelines/demo.yaml:3: stages[0].class: cannot import module 'pipelines.my_stages': No "
+        f"module named 'pipelines.my_stages' ('pipelines' is ahgd's own package, so your folder "
+        f"{folder} cannot be imported under that name: rename the folder, for example to "
+        "my_pipelines, and write the class as my_pipelines.my_stages.<Class>; or write it as "
+        f"my_stages.<Class> and run ahgd with PYTHONPATH={folder})",
+        "pipelines/demo.yaml:4: stages[1].class: cannot import module 'pipelines.loader': No "
+        "module named 'pipelines.loader'; did you mean 'pipelines.loaders'?"]
+    # what the first message says to do works
+    (tmp_path / "pipelines").rename(tmp_path / "my_pipelines")
+    yaml = tmp_path / "my_pipelines" / "demo.yaml"
+    yaml.write_text(yaml.read_text().replace("pipelines.my_stages", "my_pipelines.my_stages")
+                    .replace("pipelines.loader.", "pipelines.loaders."))
+    proc = subprocess.run([*ahgd_exe(), "config", "check", "my_pipelines/demo.yaml",
+                           "--state-dir", str(tmp_path / "s")], capture_output=True, text=True,
+                          timeout=60, env=env(), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+
+
 def _reload_failures(daemon: Daemon) -> list[dict]:
     return [r for r in daemon.records() if r.get("event") == "daemon.config_reload_failed"
             and r.get("alert_state") == "firing"]
