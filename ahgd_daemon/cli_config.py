@@ -17,10 +17,14 @@ def config_group() -> None:
 
 
 @config_group.command("check")
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("-c", "--config", "configs", multiple=True, type=click.Path(dir_okay=False),
+              help="A file to check, as the other commands name it (repeatable; the same as "
+                   "naming it without -c).")
 @click.option("--no-import", is_flag=True, help="Do not import stage classes.")
 @state_dir_option
-def config_check(state_dir: Path, files: tuple[str, ...], no_import: bool) -> None:
+def config_check(state_dir: Path, files: tuple[str, ...], configs: tuple[str, ...],
+                 no_import: bool) -> None:
     """Validate pipeline and master files (and the pipeline files a master file lists); list
     every problem of every file at once, exit 1 if there is any.
 
@@ -28,6 +32,11 @@ def config_check(state_dir: Path, files: tuple[str, ...], no_import: bool) -> No
     worker process will import them.
     """
     from pipelines.config import check_config
+
+    files = (*configs, *files)
+    if not files:
+        raise click.UsageError("name the files to check: ahgd config check master.yaml "
+                               "(or -c master.yaml, as `ahgd daemon` takes it)")
 
     found = check_config(list(files), state_dir=state_dir, import_classes=not no_import)
     listing = "".join(f"\n  {name}" for name in found.files)

@@ -116,10 +116,12 @@ def test_a_users_folder_named_like_ahgds_package_is_explained(tmp_path):
     yaml = tmp_path / "my_pipelines" / "demo.yaml"
     yaml.write_text(yaml.read_text().replace("pipelines.my_stages", "my_pipelines.my_stages")
                     .replace("pipelines.loader.", "pipelines.loaders."))
-    proc = subprocess.run([*ahgd_exe(), "config", "check", "my_pipelines/demo.yaml",
+    # named with -c, as `ahgd daemon` and `ahgd run` take it
+    proc = subprocess.run([*ahgd_exe(), "config", "check", "-c", "my_pipelines/demo.yaml",
                            "--state-dir", str(tmp_path / "s")], capture_output=True, text=True,
                           timeout=60, env=env(), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ok: 1 file(s) valid")
 
 
 def _reload_failures(daemon: Daemon) -> list[dict]:
