@@ -173,7 +173,10 @@ class Workbook:
                     # against 0.5 GB; numbers staged as numbers, in source.STAGING, cost
                     # about half that CPU)
                     kept += _append(con, loaded, columns, table, create=create and not made)
-                    end = max(end, piece.end(loaded))
+                    # a piece of empty rows (its marker row alone) does not move the
+                    # end: as in the whole sheet, the rows end at the last with a cell
+                    if loaded.height > piece.marked:
+                        end = max(end, piece.end(loaded))
                     made = True
                     del loaded
             if not made:
@@ -268,10 +271,16 @@ def _append(con: Any, loaded: Any, columns: dict[int, str], table: str, create: 
             expr = _as_text(quote(c.name), c.dtype)
         exprs.append(f"{expr} AS {quote(name)}")
     view = f"_ahgd_sheet_{abs(hash((id(loaded), table))) % 10**8}"
-    # a piece comes as Arrow already (xlsxstream.Loaded); a whole sheet as fastexcel's sheet
-    con.register(view, loaded.arrow if isinstance(loaded, xlsxstream.Loaded) else loaded)
+    # rows with no cell in the columns read (a piece of a sheet's trailing empty rows, which
+    # Excel keeps when they are formatted) come as a table without columns, which DuckDB does
+    # not take: they give no row
+    empty = not info
+    if not empty:
+        # a piece comes as Arrow already (xlsxstream.Loaded); a whole sheet as fastexcel's
+        con.register(view, loaded.arrow if isinstance(loaded, xlsxstream.Loaded) else loaded)
     try:
-        body = f"SELECT {', '.join(exprs)} FROM {quote(view)}"
+        body = f"SELECT {', '.join(exprs)} FROM " + \
+            ("(SELECT 1 WHERE false)" if empty else quote(view))
         filled = " + ".join(f"(CASE WHEN {quote(n)} IS NULL THEN 0 ELSE 1 END)"
                             for n in columns.values())
         # (a piece's marker row fills none of ``columns``: left out as any empty row is)
@@ -286,7 +295,8 @@ def _append(con: Any, loaded: Any, columns: dict[int, str], table: str, create: 
         # the rows written, as the statement counts them: not read from the table again
         return done.fetchall()[0][0]
     finally:
-        con.unregister(view)
+        if not empty:
+            con.unregister(view)
 
 
 def _as_text(col: str, dtype: str) -> str:

@@ -316,6 +316,41 @@ def test_pieces_give_the_whole_sheets_rows_and_dropped_count_wherever_they_are_c
     assert pieces == whole
 
 
+def test_a_sheet_ending_in_formatted_empty_rows_loads_in_pieces_as_it_does_whole(
+        tmp_path, monkeypatch):
+    """Excel keeps the empty rows below a table when they are formatted (a whole column
+    given a style), down to row 1,048,576: the pieces made of those rows alone hold no cell
+    in the columns read, and the table and the rows dropped are those of the whole sheet
+    (such a piece failed the transform with DuckDB's "must have at least one column")."""
+    from pipelines.tables.sheets import Workbook, text_sql
+
+    def text(ref: str, value: str) -> str:
+        return f'<c r="{ref}" t="inlineStr"><is><t>{value}</t></is></c>'
+
+    out = ['<row r="1">' + text("A1", "Area code") + text("B1", "Deaths") + "</row>"]
+    out += [f'<row r="{n}">' + text(f"A{n}", f"{n:04d}") + f'<c r="B{n}"><v>{n * 3}</v></c>'
+            "</row>" for n in range(2, 2002)]
+    out.append('<row r="2003">' + text("A2003", "© Commonwealth of Australia 2024") + "</row>")
+    out += [f'<row r="{n}" s="1" customFormat="1"><c r="A{n}" s="1"/><c r="B{n}" s="1"/>'
+            "</row>" for n in range(2004, 40_001)]
+    path = raw_book(tmp_path / "formatted.xlsx", "Deaths", "".join(out).encode())
+    con = duckdb.connect()
+
+    def staged(table: str) -> tuple[int, list]:
+        dropped = Workbook(path).stage(con, "Deaths", 2, {0: "area", 1: "deaths"}, table,
+                                       create=True)
+        return dropped, con.execute(f"SELECT * FROM {text_sql(con, table)} ORDER BY ALL"
+                                    ).fetchall()
+
+    whole = staged("whole")
+    monkeypatch.setenv("AHGD_XLSX_STREAM_BYTES", "0")
+    monkeypatch.setenv("AHGD_XLSX_PIECE_BYTES", str(64 << 10))
+    assert staged("pieces") == whole
+    assert whole[0] == 2 and len(whole[1]) == 2000 and whole[1][0] == ("0002", "6")
+    rows, _types = load(tmp_path, path, "{columns: {area: Area code, deaths: Deaths}}")
+    assert len(rows) == 2000 and rows[-1] == ("2001", 6003)
+
+
 def test_numbers_and_dates_are_staged_typed_until_a_piece_gives_text(tmp_path, monkeypatch):
     """Numbers and dates are staged as such (appending text cost DuckDB three times as
     much); a column that is numbers in the first pieces and has an ``np`` in a later one
