@@ -84,7 +84,11 @@ def csv_error(exc: BaseException, *, input_file: str | Path | None = None,
     text = str(exc)
     record = re.search(r"CSV Error on Line: (\d+)", text)
     sniff = re.search(r'Error when sniffing file "([^"]*)"', text)
-    if record is None and sniff is None:
+    # DuckDB names neither the file nor the line of a byte Latin-1 does not take
+    latin = "is not latin-1 encoded" in text and (path or input_file)
+    if latin:
+        path, encoding = path or input_file, "latin-1"
+    elif record is None and sniff is None:
         return None
     found = re.search(r"^\s*file = (.*)$", text, re.M)
     path = path or (found.group(1).strip() if found else sniff.group(1) if sniff else None)
@@ -175,6 +179,12 @@ def locate_problem(path: str | Path, *, delimiter: str = ",", quote: str = '"',
                     hit = start
                 start = reader.line_num + 1
         except _NotText as bad:
+            if label == "latin-1":    # a control code in Latin-1, refused by DuckDB
+                return bad.line, (f"byte 0x{bad.byte:02x} is a control code in Latin-1, "
+                                  "which DuckDB does not read: the file is probably "
+                                  "Windows-1252 (Excel's \"CSV (Comma delimited)\", with its "
+                                  "– ’ “ ” €); save it as \"CSV UTF-8\", or read it with "
+                                  "pipelines.TableExtractor, which reads Windows-1252")
             return bad.line, (f"the line is not {label} text (byte 0x{bad.byte:02x}); save the "
                               f"file as {label}, or set the encoding it is in")
         except csv.Error as exc:
@@ -210,10 +220,18 @@ class _NotText(Exception):
         self.line, self.byte = line, byte
 
 
+#: what DuckDB's Latin-1 refuses: the control codes 0x80-0x9F (Windows-1252's – ’ “ ” € ...)
+_C1 = re.compile("[\x80-\x9f]")
+
+
 def _checked_lines(text: io.TextIOBase, encoding: str):
     """The file's lines; raises _NotText at the first that is not ``encoding``."""
     for number, line in enumerate(text, 1):
-        if encoding == "utf-8":
+        if encoding == "latin-1":
+            bad = _C1.search(line)
+            if bad:
+                raise _NotText(number, ord(bad.group()))
+        elif encoding == "utf-8":
             data = line.encode("latin-1")
             try:
                 data.decode("utf-8")

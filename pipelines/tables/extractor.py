@@ -39,7 +39,9 @@ from .source import HeaderFit, Source, changed_since, identify, read_source
 
 #: cells that publishers write for "no value" (compared trimmed, lower case), besides blank
 NULL_VALUES = ("np", "n.p.", "..", "-", "—", "–", "n.a.", "n/a")
-ENCODINGS = ("auto", "utf-8", "utf8", "latin-1", "latin1")
+_NAMES = {"latin-1": "Latin-1", "windows-1252": "Windows-1252 (Excel's \"CSV (Comma "
+          "delimited)\" on Windows)"}
+ENCODINGS = ("auto", "utf-8", "utf8", "latin-1", "latin1", "windows-1252", "cp1252")
 
 
 class AllColumns:
@@ -96,9 +98,10 @@ class TableExtractor(CsvExtractor):
                  sheet: Any = None, header_row: Any = None, member: str | None = None,
                  null_values: list[str] | None = None):
         if str(encoding).lower() not in ENCODINGS:
-            raise ConfigError(f"encoding {encoding!r} is not supported; use auto, utf-8 or "
-                              "latin-1")
-        super().__init__(source=source, encoding="utf-8" if encoding == "auto" else encoding,
+            raise ConfigError(f"encoding {encoding!r} is not supported; use auto, utf-8, "
+                              "latin-1 or windows-1252")
+        plain = str(encoding).lower() in ("auto", "windows-1252", "cp1252")   # read as UTF-8
+        super().__init__(source=source, encoding="utf-8" if plain else encoding,
                          delimiter=delimiter, quote=quote, escape=escape, types=types,
                          all_varchar=all_varchar, thousands=thousands, lineage=lineage,
                          base_dir=base_dir)
@@ -144,8 +147,9 @@ class TableExtractor(CsvExtractor):
         if found.get("encoding_guessed"):
             context.log.warning("input_encoding_guessed", path=str(path),
                                 encoding=found["encoding"],
-                                note="not UTF-8 text, so read as Latin-1; set the extract "
-                                     "stage's encoding option to say otherwise")
+                                note=f"not UTF-8 text, so read as "
+                                     f"{_NAMES.get(found['encoding'], found['encoding'])}; set "
+                                     "the extract stage's encoding option to say otherwise")
         return found
 
     def extract(self, context: Any) -> Any:

@@ -2,7 +2,7 @@
 
     kind = file_kind(path)                    # "csv", "gzip", "zip", "xlsx", "xls" or "ods"
     member = zip_member(path, "seifa.xlsx")   # the one member of a ZIP, or the one named
-    encoding, guessed = guess_encoding(path)  # "utf-8" or "latin-1" (whole file, streamed)
+    encoding = guess_encoding(stream)   # "utf-8", "windows-1252" or "latin-1" (streamed)
 
 Kinds are told by the file's first bytes, not its name (a stored input keeps
 the name it was dropped with, whatever that was).  Files are opened once,
@@ -161,18 +161,65 @@ def csv_prefix(path: str | os.PathLike[str], member: str | None, limit: int) -> 
     return data[:limit], len(data) <= limit
 
 
+#: the bytes Latin-1 reads as control codes and Windows-1252 as text (€ ‘ ’ “ ” – — …):
+#: what Excel's "CSV (Comma delimited)" writes on Windows, and DuckDB's Latin-1 refuses
+_C1 = bytes(range(0x80, 0xA0))
+#: the five of them that Windows-1252 leaves undefined
+_UNDEFINED = b"\x81\x8d\x8f\x90\x9d"
+
+
 def guess_encoding(stream: BinaryIO) -> str:
-    """``utf-8`` when every byte of ``stream`` is UTF-8 text, else ``latin-1`` (in which
-    any bytes are text).  Reads the stream to its end, a MiB at a time."""
+    """``utf-8`` when every byte of ``stream`` is UTF-8 text, else ``windows-1252`` when
+    it has bytes that only Windows-1252 reads as text (:func:`eight_bit`), else
+    ``latin-1`` (in which any bytes are text).  Reads the stream to its end, a MiB at a
+    time."""
     decoder = codecs.getincrementaldecoder("utf-8")()
+    seen = b""
     try:
         while block := stream.read(_CHUNK):
+            seen = block
             decoder.decode(block)
         decoder.decode(b"", final=True)
-    except UnicodeDecodeError:
-        return "latin-1"
+    except UnicodeDecodeError:      # from the block that is not UTF-8 on
+        c1, block = False, seen
+        while block:
+            if _undefined(block):
+                return "latin-1"
+            c1 = c1 or _has_c1(block)
+            block = stream.read(_CHUNK)
+        return "windows-1252" if c1 else "latin-1"
     return "utf-8"
 
 
+def eight_bit(data: bytes) -> str:
+    """``windows-1252`` when ``data`` (text that is not UTF-8) holds a byte Windows-1252
+    reads as a character and Latin-1 as a control code, and none it leaves undefined;
+    else ``latin-1``.  (The bytes from 0xA0 up are the same characters in both.)"""
+    return "windows-1252" if _has_c1(data) and not _undefined(data) else "latin-1"
+
+
+def _has_c1(data: bytes) -> bool:
+    return len(data.translate(None, _C1)) != len(data)
+
+
+def _undefined(data: bytes) -> bool:
+    return len(data.translate(None, _UNDEFINED)) != len(data)
+
+
+def transcode(path: str | os.PathLike[str], member: str | None, target: Path,
+              encoding: str) -> Path:
+    """Copy the CSV at ``path`` (decompressed; a ZIP's ``member``) to ``target`` as UTF-8
+    from ``encoding``: for what DuckDB cannot read itself (Windows-1252).  Lines are kept
+    as they are, so a line number in the copy is one in the file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    decoder = codecs.getincrementaldecoder(encoding)()
+    with text_stream(path, member) as src, open(target, "wb") as out:
+        while block := src.read(_CHUNK):
+            out.write(decoder.decode(block).encode("utf-8"))
+        out.write(decoder.decode(b"", final=True).encode("utf-8"))
+    return target
+
+
 __all__ = ["SPREADSHEETS", "open_regular", "sniff", "file_kind", "zip_member", "member_kind",
-           "member_bytes", "extract_member", "text_stream", "csv_prefix", "guess_encoding"]
+           "member_bytes", "extract_member", "text_stream", "csv_prefix", "guess_encoding",
+           "eight_bit", "transcode"]

@@ -33,6 +33,9 @@ from . import files
 from .sheets import PROBE_ROWS, Workbook, find_header, staged_sql, text_sql
 
 UNUSED = "_unused_"
+#: the encoding of Excel's "CSV (Comma delimited)" on Windows, which DuckDB does not read: a
+#: CSV in it is read from a copy made UTF-8 (:func:`~pipelines.tables.files.transcode`)
+WINDOWS_1252 = "windows-1252"
 #: the in-memory database sheets are staged in (attached with COMPRESS on the stage's DuckDB
 #: instance, detached with the attempt): DuckDB compresses its numbers (ALP) as row groups
 #: fill, which it does not in TEMP tables (MORT's 1.5 M rows: 25 MB against 180 MB a half)
@@ -137,12 +140,14 @@ def _csv_header(path: Path, member: str | None, encoding: str, delimiter: str,
                 data.decode("utf-8") if whole else _utf8_prefix(data)
                 codec = "utf-8"
             except UnicodeDecodeError:
-                codec = "latin-1"
-        guessed = codec == "latin-1"
-    codec = "latin-1" if codec in ("latin-1", "latin1", "iso-8859-1") else "utf-8"
+                codec = files.eight_bit(data)
+        guessed = codec != "utf-8"
+    codec = ("latin-1" if codec in ("latin-1", "latin1", "iso-8859-1") else
+             WINDOWS_1252 if codec in ("windows-1252", "cp1252") else "utf-8")
     name = path.name if member is None else f"{path.name} (member {member})"
-    header = parse_header(data, whole, name, encoding="utf-8-sig" if codec == "utf-8"
-                          else "latin-1", delimiter=delimiter, limit=HEADER_LIMIT)
+    header = parse_header(data, whole, name, encoding={"utf-8": "utf-8-sig",
+                                                       WINDOWS_1252: "cp1252"}.get(codec, codec),
+                          delimiter=delimiter, limit=HEADER_LIMIT)
     return header, codec, guessed
 
 
@@ -267,26 +272,32 @@ def read_source(con: Any, manifest: dict[str, Any], scratch: Path, *,
         return _read_sheets(con, manifest, key, prefix)
     names = list(manifest["columns"])
     member = manifest.get("member")
-    if member is None:
+    windows = manifest.get("encoding") == WINDOWS_1252
+    if member is None and not windows:
         sql, params = read_csv_sql(names, delimiter=manifest["delimiter"],
                                    encoding=manifest["encoding"],
                                    compression=manifest.get("compression"))
         return Source(sql, {"path": manifest["path"], **params}, present(manifest))
     scratch.mkdir(parents=True, exist_ok=True)
-    copy = files.extract_member(manifest["path"], member, scratch / "member.csv")
-    sql, params = read_csv_sql(names, delimiter=manifest["delimiter"],
-                               encoding=manifest["encoding"])
+    # a ZIP member is copied out; Windows-1252 text (of a file or a member) is copied as UTF-8
+    encoding = "utf-8" if windows else manifest["encoding"]
+    copy = (files.transcode(manifest["path"], member, scratch / "utf8.csv", "cp1252")
+            if windows else files.extract_member(manifest["path"], member,
+                                                 scratch / "member.csv"))
+    sql, params = read_csv_sql(names, delimiter=manifest["delimiter"], encoding=encoding)
     table = f"temp.{quote(prefix)}"
     try:
         con.execute(f"CREATE OR REPLACE TEMP TABLE {quote(prefix)} AS SELECT * FROM {sql}",
                     {"path": str(copy), **params})
     except Exception as exc:
         problem = csv_error(exc, input_file=str(copy), path=copy,
-                            delimiter=manifest["delimiter"], encoding=manifest["encoding"])
+                            delimiter=manifest["delimiter"], encoding=encoding)
         if problem is None:
             raise
         where = str(problem).split(", ", 1)[-1]
-        raise InputError(f"input file {manifest['path']}, member {member}, {where}") from None
+        what = (f", member {member}" if member else "") + (
+            " (read as Windows-1252)" if windows else "")
+        raise InputError(f"input file {manifest['path']}{what}, {where}") from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return Source(table, {}, present(manifest))

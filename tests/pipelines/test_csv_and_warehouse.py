@@ -172,6 +172,37 @@ def test_the_bundled_seifa_pipeline_names_the_line_of_a_ragged_file(tmp_path, st
     assert f"input file {path.resolve()}, line 42: this row has" in ctx.error
 
 
+def test_windows_1252_text_is_read_by_the_bundled_pipelines_and_named_by_csv_extractor(
+        tmp_path, state_dir):
+    """SEIFA saved by Excel on Windows (Windows-1252: an en dash for a suppressed score, an
+    SA2 name with ’ and é) loads with the names and NULLs it means; CsvExtractor, told
+    latin-1, names the file, the line and the fix instead of DuckDB's bare "File is not
+    latin-1 encoded" (a data error that named nothing)."""
+    lines = SEIFA_CSV.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines[1] = lines[1].replace("Braidwood", "Braidwood – Araluen’s Café", 1)
+    suppressed = next(i for i, line in enumerate(lines) if ",," in line)
+    lines[suppressed] = lines[suppressed].replace(",,", ",–,", 1)
+    path = tmp_path / "seifa.csv"
+    path.write_bytes("".join(lines).encode("cp1252"))
+    config = Path(__file__).resolve().parents[2] / "pipelines" / "ahgd" / "config"
+    ctx = load_pipeline(config / "seifa_sa2.yaml", state_dir=state_dir,
+                        executor="inprocess").run(input_file=path)
+    assert ctx.state == "COMPLETED", ctx.error
+    assert _warehouse(state_dir, "SELECT sa2_name, irsd_score FROM seifa_sa2 WHERE sa2_code "
+                      "= '101021007'") == [("Braidwood – Araluen’s Café", 1024.0)]
+    assert _warehouse(state_dir, "SELECT count(*) FROM seifa_sa2")[0][0] == len(lines) - 1
+    mort = tmp_path / "mort.csv"
+    rows = MORT_CSV.read_text(encoding="utf-8").splitlines(keepends=True)
+    rows[5] = rows[5].replace("Australia", "Australia – ’", 1)
+    mort.write_bytes("".join(rows).encode("cp1252"))
+    text = PIPELINE_YAML.replace("types: {mort: VARCHAR}}", "types: {mort: VARCHAR}, "
+                                 "encoding: latin-1}")
+    ctx = _pipeline(tmp_path, tmp_path / "latin", text=text).run(input_file=mort)
+    assert ctx.state == "FAILED" and ctx.failed_stage == "extract"
+    assert (f"input file {mort}, line 6: byte 0x96 is a control code in Latin-1" in ctx.error
+            and 'save it as "CSV UTF-8"' in ctx.error)
+
+
 def test_types_come_from_every_value_and_codes_keep_their_zeros(tmp_path, state_dir):
     path = tmp_path / "codes.csv"
     rows = ["postcode,n,share,day,flag,label"] + [

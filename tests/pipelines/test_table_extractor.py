@@ -123,6 +123,46 @@ def test_latin1_is_guessed_and_said_and_utf8_can_be_insisted_on(tmp_path):
     assert ctx.state == "FAILED" and "is not utf-8 text" in ctx.stage_results["extract"].error
 
 
+def test_windows_1252_is_told_from_latin1_and_read_as_it_means(tmp_path):
+    """Excel's "CSV (Comma delimited)" on Windows writes Windows-1252: – ’ “ ” € are bytes
+    0x80-0x9F, control codes in Latin-1, which DuckDB's Latin-1 refused ("File is not
+    latin-1 encoded", naming neither the file nor the line).  Such a file, plain, gzip'd
+    or in a ZIP, is read as Windows-1252 and said so; its en dash is the NULL marker it
+    means; a ragged row is named by the file's own line."""
+    from pipelines import TableExtractor
+
+    text = ("Area code,Area,Deaths,Rate\r\n0800,Darwin – Palmerston,\"1,234\",583.7\r\n"
+            "0820,Katherine’s “East”,–,n.p.\r\n2000,Café €,12,\r\n")
+    plain = tmp_path / "deaths.csv"
+    plain.write_bytes(text.encode("cp1252"))
+    gz = tmp_path / "deaths.csv.gz"
+    gz.write_bytes(gzip.compress(plain.read_bytes()))
+    zipped = tmp_path / "deaths.zip"
+    with zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as z:
+        z.write(plain, "deaths.csv")
+    expected = [("0800", "Darwin – Palmerston", 1234, 583.7),
+                ("0820", "Katherine’s “East”", None, None), ("2000", "Café €", 12, None)]
+    mapping = "{columns: {area: 1, name: Area, deaths: 3, rate: 4}}"
+    for i, path in enumerate((plain, gz, zipped)):
+        assert load(tmp_path, path, mapping, f"s{i}")[0] == expected, path.name
+        found = TableExtractor().identify(path)
+        assert (found["encoding"], found["encoding_guessed"]) == ("windows-1252", True)
+    assert load(tmp_path, plain, "{encoding: windows-1252, columns: {area: 1, deaths: 3}}",
+                "said")[0] == [("0800", 1234), ("0820", None), ("2000", 12)]
+    latin = tmp_path / "latin.csv"         # no byte in 0x80-0x9F: Latin-1 as before
+    latin.write_bytes("area,name\n1,Café\n".encode("latin-1"))
+    assert TableExtractor().identify(latin)["encoding"] == "latin-1"
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_bytes((text + "3000,Melbourne – CBD,1,2,3\r\n").encode("cp1252"))
+    yaml = tmp_path / "ragged.yaml"
+    yaml.write_text(PIPELINE.format(config=mapping))
+    ctx = load_pipeline(yaml, state_dir=tmp_path / "ragged", executor="inprocess").run(
+        input_file=ragged)
+    assert ctx.state == "FAILED"
+    assert (f"input file {ragged} (read as Windows-1252), line 5: this row has 5 value(s)"
+            in ctx.error)
+
+
 def test_a_missing_column_and_a_bad_option_say_what_to_do(tmp_path):
     path = book(tmp_path / "deaths.xlsx", {"Deaths": DEATHS}, merge="C4:D4")
     yaml = tmp_path / "p.yaml"
