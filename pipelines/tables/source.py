@@ -98,8 +98,16 @@ def identify(path: str | Path, columns: Columns, *, sheet: Any = None, member: s
     if sheet is not None:
         raise InputError(f"{label} is a CSV file, but the extract stage's sheet option names "
                          f"{sheet!r}; drop the option or send the spreadsheet")
+    if header_row not in (None, 1, [1]):
+        raise InputError(f"{label} is a CSV file, whose header is its first line, but the "
+                         f"extract stage's header_row option says {header_row!r} (the "
+                         "option is for spreadsheets); delete the lines above the header, "
+                         "or send the spreadsheet")
     compression = "gzip" if kind == "gzip" or _gzipped_member(path, member) else None
     header, codec, guessed = _csv_header(path, member, encoding, delimiter, whole_file)
+    title = _title_line(path, member, header, codec, delimiter)
+    if title:
+        raise InputError(f"{label}: {title}")
     found = columns.match(header, [])
     if found.problem:
         raise InputError(f"{label} {found.problem}")
@@ -149,6 +157,38 @@ def _csv_header(path: Path, member: str | None, encoding: str, delimiter: str,
                                                        WINDOWS_1252: "cp1252"}.get(codec, codec),
                           delimiter=delimiter, limit=HEADER_LIMIT)
     return header, codec, guessed
+
+
+def _title_line(path: Path, member: str | None, header: list[str], codec: str,
+                delimiter: str) -> str | None:
+    """What is wrong when the CSV's first line is a title above its header (``Table 1:
+    Deaths by area``, its other cells empty, as Excel saves a caption row) rather than the
+    header: a line below fills columns the first line leaves without a name.  Read from
+    the file's first lines only."""
+    named = [h for h in header if h.strip()]
+    if len(named) != 1 or len(header) < 2:
+        return None
+    import csv
+    import io
+
+    data, _whole = files.csv_prefix(path, member, 64 << 10)
+    python = {"utf-8": "utf-8-sig", WINDOWS_1252: "cp1252"}.get(codec, codec)
+    text = data.decode(python, errors="replace")
+    rows = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        below = [r for _n, r in zip(range(6), rows)][1:]
+    except csv.Error:
+        return None
+    unnamed = {i for i, h in enumerate(header) if not h.strip()}
+    for line, row in enumerate(below, 2):
+        if len([i for i, v in enumerate(row) if v.strip() and i in unnamed]) >= 2:
+            cut = named[0] if len(named[0]) <= 60 else named[0][:59] + "…"
+            return (f"its first line, {cut!r}, names one column only, but line {line} has "
+                    f"{sum(1 for v in row if v.strip())} values: the first line looks like a "
+                    "title above the header, and a CSV's first line must be its header; "
+                    "delete the lines above the header (or send the spreadsheet, whose title "
+                    "rows are found and skipped)")
+    return None
 
 
 def _utf8_prefix(data: bytes) -> None:

@@ -163,6 +163,42 @@ def test_windows_1252_is_told_from_latin1_and_read_as_it_means(tmp_path):
             in ctx.error)
 
 
+def test_a_csv_with_a_title_line_above_its_header_is_refused_not_loaded_as_one_column(
+        tmp_path):
+    """AIHW and ABS CSVs saved from a workbook keep its caption: ``Table 1: Deaths ...,,,``
+    above the header.  Taken as the header, it named one column and left the others
+    without names, so the table was that one column (the header line and the notes as its
+    rows) and the run COMPLETED; the bundled pipelines said the caption "could be any of
+    geography, year, sex, deaths" and suggested mapping it.  Now both refuse the file
+    saying its first line looks like a title, and a header_row for a CSV is refused rather
+    than ignored.  A one-column CSV with Excel's trailing empty column still loads."""
+    from pipelines import TableExtractor
+
+    titled = tmp_path / "mort.csv"
+    titled.write_text("Table 1: Deaths by area and year,,,\r\narea,year,sex,deaths\r\n"
+                      "STE1,2021,Males,\"1,234\"\r\nSTE1,2021,Females,n.p.\r\n"
+                      "Notes: n.p. not published,,,\r\n", encoding="utf-8")
+    yaml = tmp_path / "titled.yaml"
+    yaml.write_text(PIPELINE.format(config="{}"))
+    ctx = load_pipeline(yaml, state_dir=tmp_path / "titled", executor="inprocess").run(
+        input_file=titled)
+    assert ctx.state == "FAILED" and ctx.failed_stage == "extract"
+    assert ("mort.csv: its first line, 'Table 1: Deaths by area and year', names one column "
+            "only, but line 2 has 4 values: the first line looks like a title") in ctx.error
+    assert TableExtractor().check_input(titled).startswith("mort.csv: its first line")
+    config = Path(__file__).resolve().parents[2] / "pipelines" / "ahgd" / "config"
+    ctx = load_pipeline(config / "mortality_regions.yaml", state_dir=tmp_path / "bundled",
+                        executor="inprocess").run(input_file=titled)
+    assert ctx.state == "FAILED" and "the first line looks like a title" in ctx.error
+    assert "could be any of" not in ctx.error
+    with pytest.raises(Exception, match="is a CSV file, whose header is its first line, but "
+                                        "the extract stage's header_row option says 2"):
+        TableExtractor(header_row=2).identify(titled)
+    one = tmp_path / "one.csv"
+    one.write_text("area,\r\n0800,\r\n0820,\r\n")
+    assert load(tmp_path, one, "{header_row: 1}", "one")[0] == [("0800",), ("0820",)]
+
+
 def test_a_missing_column_and_a_bad_option_say_what_to_do(tmp_path):
     path = book(tmp_path / "deaths.xlsx", {"Deaths": DEATHS}, merge="C4:D4")
     yaml = tmp_path / "p.yaml"
