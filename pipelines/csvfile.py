@@ -160,7 +160,14 @@ def locate_problem(path: str | Path, *, delimiter: str = ",", quote: str = '"',
     with _open_plain(path) as raw:
         text = io.TextIOWrapper(raw, encoding="latin-1", newline="")   # any bytes: structure
         lines = _checked_lines(text, label)
-        reader = csv.reader(lines, delimiter=delimiter, quotechar=quote, strict=True,
+        last = [""]
+
+        def tracked():
+            for line in lines:
+                last[0] = line
+                yield line
+
+        reader = csv.reader(tracked(), delimiter=delimiter, quotechar=quote, strict=True,
                             doublequote=escape == quote,
                             escapechar=None if escape == quote else escape)
         expected, index, start, hit = None, 0, 1, None
@@ -170,6 +177,15 @@ def locate_problem(path: str | Path, *, delimiter: str = ",", quote: str = '"',
                 if expected is None:
                     expected = len(row)
                 elif row and len(row) != expected:
+                    if len(row) < expected and next(lines, None) is None \
+                            and not last[0].endswith(("\n", "\r")):
+                        return start, (f"this row has {len(row)} value(s), but the header "
+                                       f"has {expected} column(s), and the file ends in the "
+                                       "middle of it: the file is cut short (taken while it "
+                                       "was still being copied, or sent incomplete); send it "
+                                       "again whole (into a drop folder: write it under a "
+                                       "temporary name such as *.part and rename it when it "
+                                       "is complete)")
                     return start, (f"this row has {len(row)} value(s), but the header has "
                                    f"{expected} column(s); every row needs one value per column "
                                    "(check for a missing or extra delimiter "

@@ -114,6 +114,13 @@ class CsvExtractor:
         seen: dict[str, int] = {}
         for i, name in enumerate(names, 1):
             if not name.strip():
+                if not any(n.strip() for n in names[i:]):   # Excel's formatted empty columns
+                    which = f"column {i}" if i == len(names) else f"columns {i}-{len(names)}"
+                    raise InputError(
+                        f"input file {path}, line 1: the header ends in {which} without a "
+                        "name, as when a spreadsheet saved as CSV keeps empty columns at the "
+                        "right (cells once formatted); delete them, or read the file with "
+                        "pipelines.TableExtractor, which leaves columns without a name out")
                 raise InputError(f"input file {path}: column {i} of the header has no name; "
                                  "name every column in the first row")
             first = seen.setdefault(name.lower(), i)

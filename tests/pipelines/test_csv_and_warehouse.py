@@ -134,6 +134,12 @@ OPEN_QUOTE = 'year,sex,deaths\n2019,Males,10\n2020,"Males,11\n2021,Males,12\n202
     (RAGGED_LATER, 5, "this row has 4 value(s), but the header has 3 column(s)"),
     (OPEN_QUOTE, 3, "a quoted value that starts on this line is never closed"),
     ("a,b,c,d\n1,2,3\n1,2,3\n", 2, "this row has 3 value(s), but the header has 4 column(s)"),
+    # Excel's trailing empty columns: said so, with the extractor that takes them
+    ("year,sex,deaths,,\r\n2019,Males,10,,\r\n", 1, "the header ends in columns 4-5 without "
+     "a name, as when a spreadsheet saved as CSV keeps empty columns at the right"),
+    # a copy taken before it was whole (a writer that closed it, then wrote more): said so
+    ("year,sex,deaths\n2019,Males,10\n2020,Fem", 3, "this row has 2 value(s), but the header "
+     "has 3 column(s), and the file ends in the middle of it: the file is cut short"),
 ])
 def test_a_ragged_row_or_an_open_quote_fails_naming_the_file_and_line(
         tmp_path, state_dir, text, line, problem):
