@@ -162,11 +162,11 @@ def _csv_header(path: Path, member: str | None, encoding: str, delimiter: str,
 def _title_line(path: Path, member: str | None, header: list[str], codec: str,
                 delimiter: str) -> str | None:
     """What is wrong when the CSV's first line is a title above its header (``Table 1:
-    Deaths by area``, its other cells empty, as Excel saves a caption row) rather than the
-    header: a line below fills columns the first line leaves without a name.  Read from
-    the file's first lines only."""
-    named = [h for h in header if h.strip()]
-    if len(named) != 1 or len(header) < 2:
+    Deaths by area``, alone or with its other cells empty, as Excel saves a caption row)
+    rather than the header: a line below fills columns the first line leaves without a
+    name.  Read from the file's first lines only."""
+    named = [i for i, h in enumerate(header) if h.strip()]
+    if len(named) != 1:
         return None
     import csv
     import io
@@ -179,10 +179,10 @@ def _title_line(path: Path, member: str | None, header: list[str], codec: str,
         below = [r for _n, r in zip(range(6), rows)][1:]
     except csv.Error:
         return None
-    unnamed = {i for i, h in enumerate(header) if not h.strip()}
     for line, row in enumerate(below, 2):
-        if len([i for i, v in enumerate(row) if v.strip() and i in unnamed]) >= 2:
-            cut = named[0] if len(named[0]) <= 60 else named[0][:59] + "…"
+        if sum(1 for i, v in enumerate(row) if v.strip() and i != named[0]) >= 2:
+            title = header[named[0]]
+            cut = title if len(title) <= 60 else title[:59] + "…"
             return (f"its first line, {cut!r}, names one column only, but line {line} has "
                     f"{sum(1 for v in row if v.strip())} values: the first line looks like a "
                     "title above the header, and a CSV's first line must be its header; "

@@ -191,6 +191,9 @@ def test_a_csv_with_a_title_line_above_its_header_is_refused_not_loaded_as_one_c
                         executor="inprocess").run(input_file=titled)
     assert ctx.state == "FAILED" and "the first line looks like a title" in ctx.error
     assert "could be any of" not in ctx.error
+    bare = tmp_path / "bare.csv"          # the title alone on its line, no commas after it
+    bare.write_text(titled.read_text().replace("year,,,", "year"))
+    assert TableExtractor().check_input(bare).startswith("bare.csv: its first line, 'Table 1")
     with pytest.raises(Exception, match="is a CSV file, whose header is its first line, but "
                                         "the extract stage's header_row option says 2"):
         TableExtractor(header_row=2).identify(titled)
