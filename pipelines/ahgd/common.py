@@ -275,13 +275,28 @@ def _cells(n: int) -> str:
 
 
 def duplicate_key_problems(con: Any, table: str, key: Sequence[str]) -> list[str]:
+    """Rows whose key is incomplete, then keys that occur more than once among the others.
+    (Rows with part of their key empty are what a sheet gives whose label cells are merged
+    down over several rows, or left blank under the row they apply to: said so, rather than
+    counted as duplicates of each other, "e.g. 'Males'".)"""
     cols = ", ".join(quote(k) for k in key)
+    complete = " AND ".join(f"{quote(k)} IS NOT NULL" for k in key)
+    shown = ", ".join(f"coalesce(CAST({quote(k)} AS VARCHAR), 'empty')" for k in key)
+    problems = []
+    m, partial = con.execute(f"SELECT count(*), min(concat_ws(', ', {shown})) FROM {table} "
+                             f"WHERE NOT ({complete})").fetchone()
+    if m:
+        problems.append(
+            f"{m} row(s) have part of their key ({', '.join(key)}) empty, e.g. ({partial}): "
+            "a spreadsheet whose label cells are merged down over several rows, or left blank "
+            "under the row they apply to, gives the value to the first row only; unmerge the "
+            "cells and fill in every row, then send the file again")
     n, example = con.execute(
         f"SELECT count(*), min(k) FROM (SELECT concat_ws(' ', {cols}) AS k FROM {table} "
-        f"GROUP BY {cols} HAVING count(*) > 1)").fetchone()
-    if not n:
-        return []
-    return [f"{n} value(s) of ({', '.join(key)}) occur more than once, e.g. {example!r}; each "
-            "must occur once"]
+        f"WHERE {complete} GROUP BY {cols} HAVING count(*) > 1)").fetchone()
+    if n:
+        problems.append(f"{n} value(s) of ({', '.join(key)}) occur more than once, e.g. "
+                        f"{example!r}; each must occur once")
+    return problems
 
 

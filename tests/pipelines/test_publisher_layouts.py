@@ -189,6 +189,30 @@ def test_mort_books_compressed_files_and_conventions_load_the_same_rows(tmp_path
         assert rows(tmp_path / f"s{i}", "mortality_region") == mort_truth, path.name
 
 
+def test_a_book_with_labels_merged_down_is_refused_saying_so(tmp_path, raw_mort):
+    """AIHW books often merge the MORT code, category, geography and year cells down over
+    the Males, Females and Persons rows: the cells below the first read as empty.  The
+    run is refused naming that (the rows whose key is partly empty, and the fix) rather
+    than as "2 value(s) ... occur more than once, e.g. 'Males'"."""
+    from openpyxl import load_workbook
+
+    path = mort_book(tmp_path / "merged.xlsx", raw_mort)
+    book = load_workbook(path)
+    sheet = book["Table 1"]
+    # rows 5 on (below the titles, a blank row and the header) merged down in threes: the
+    # cells below each top one are written empty, as Excel writes a merged range
+    for top in range(5, 65, 3):
+        for c in (1, 2, 3, 4):
+            sheet.merge_cells(start_row=top, end_row=top + 2, start_column=c, end_column=c)
+    book.save(path)
+    ctx = pipeline("mortality_regions", tmp_path / "state").run(input_file=path)
+    assert ctx.state == "FAILED" and ctx.failed_stage == "validate"
+    assert "row(s) have part of their key (geography_level, area_code, year, sex) empty, " \
+           "e.g. (empty, empty, empty, " in ctx.error
+    assert "merged down over several rows" in ctx.error and "occur more than once" \
+        not in ctx.error
+
+
 def test_publishers_conventions_in_a_csv_read_as_they_mean(tmp_path, raw_mort, mort_truth):
     """NULL markers (np, n.p., .., —, -, n.a.), a byte-order mark, Windows line endings and
     Latin-1 text (guessed, and the log says so) read as the plain CSV does."""
