@@ -72,7 +72,7 @@ class Workbook:
                 self._reader = fastexcel.read_excel(self._source())
             except Exception as exc:  # fastexcel's own errors: the file is not what it says
                 raise InputError(f"{self.label} is not a spreadsheet fastexcel can read "
-                                 f"({_first_line(exc)}); save it again as .xlsx") from None
+                                 f"({_first_line(exc)}); {_fix(exc)}") from None
         return self._reader
 
     def sheet_names(self) -> list[str]:
@@ -82,7 +82,7 @@ class Workbook:
                     return xlsxrows.sheet_names(book)
                 except (KeyError, OSError, SyntaxError, ValueError) as exc:
                     raise InputError(f"{self.label} is not a workbook that can be read "
-                                     f"({_first_line(exc)}); save it again as .xlsx") from None
+                                     f"({_first_line(exc)}); {_fix(exc)}") from None
         return list(self.reader().sheet_names)
 
     def _stream(self) -> Any:
@@ -202,7 +202,7 @@ class Workbook:
         if not isinstance(exc, fastexcel.FastExcelError):
             return None
         return InputError(f"sheet {sheet!r} of {self.label} cannot be read "
-                          f"({_first_line(exc)}); save it again as .xlsx")
+                          f"({_first_line(exc)}); {_fix(exc)}")
 
 
 #: fastexcel's dtypes staged as they come (the cells' text is made when the table is read,
@@ -316,6 +316,15 @@ def _scratch() -> Any:
     import duckdb
 
     return duckdb.connect()
+
+
+def _fix(exc: BaseException) -> str:
+    """What to do about a workbook fastexcel refused with ``exc``."""
+    if "password" in str(exc).lower():
+        return ("it is encrypted with a password, which no reader can open without it: "
+                "remove the password (in Excel: File > Info > Protect Workbook > Encrypt "
+                "with Password, cleared) and save it again")
+    return "save it again as .xlsx"
 
 
 def _first_line(exc: BaseException) -> str:

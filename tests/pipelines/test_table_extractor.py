@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import struct
 import zipfile
 from pathlib import Path
 
@@ -200,6 +201,52 @@ def test_a_csv_with_a_title_line_above_its_header_is_refused_not_loaded_as_one_c
     one = tmp_path / "one.csv"
     one.write_text("area,\r\n0800,\r\n0820,\r\n")
     assert load(tmp_path, one, "{header_row: 1}", "one")[0] == [("0800",), ("0820",)]
+
+
+def encrypted_workbook(path: Path, streams=("EncryptionInfo", "EncryptedPackage")) -> Path:
+    """A compound file (OLE2) holding the two streams an Office file encrypted with a
+    password has instead of its ZIP; each 4 KiB, so held in ordinary 512-byte sectors."""
+    END, FREE, FATSECT = 0xFFFFFFFE, 0xFFFFFFFF, 0xFFFFFFFD
+    size = 4096
+    per = size // 512
+    fat = [FATSECT, END]                       # sector 0: the FAT, 1: the directory
+    starts = []
+    for _ in streams:
+        starts.append(len(fat))
+        fat += list(range(len(fat) + 1, len(fat) + per)) + [END]
+    fat += [FREE] * (128 - len(fat))
+    header = (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(16)
+              + struct.pack("<HHHHH", 0x3E, 3, 0xFFFE, 9, 6) + bytes(6)
+              + struct.pack("<IIIIIIIII", 0, 1, 1, 0, 4096, END, 0, END, 0)
+              + struct.pack("<I", 0) + struct.pack("<I", FREE) * 108)
+
+    def entry(name, kind, left, right, child, start, length):
+        raw = name.encode("utf-16-le") + b"\0\0" if name else b""
+        return (raw.ljust(64, b"\0") + struct.pack("<HBB", len(raw), kind, 1)
+                + struct.pack("<III", left, right, child) + bytes(16) + bytes(4) + bytes(16)
+                + struct.pack("<IQ", start, length))
+    directory = entry("Root Entry", 5, FREE, FREE, 1, END, 0)
+    for i, (name, start) in enumerate(zip(streams, starts), 1):
+        right = i + 1 if i < len(streams) else FREE
+        directory += entry(name, 2, FREE, right, FREE, start, size)
+    directory = directory.ljust(512, b"\0")
+    body = struct.pack("<128I", *fat) + directory + bytes(size * len(streams))
+    with open(path, "wb") as f:
+        f.write(header + body)
+    return path
+
+
+def test_a_workbook_with_a_password_is_refused_saying_to_remove_it(tmp_path):
+    """An .xlsx saved with a password is a compound file holding the encrypted workbook:
+    refused naming the password and how to remove it, not "save it again as .xlsx" (which
+    it is, and saving it again keeps the password)."""
+    from pipelines import TableExtractor
+
+    path = encrypted_workbook(tmp_path / "Table 1 deaths.xlsx")
+    problem = TableExtractor().check_input(path)
+    assert problem.startswith("Table 1 deaths.xlsx is not a spreadsheet fastexcel can read (")
+    assert "password protected); it is encrypted with a password" in problem
+    assert "remove the password" in problem and "save it again as .xlsx" not in problem
 
 
 def test_a_missing_column_and_a_bad_option_say_what_to_do(tmp_path):
