@@ -24,7 +24,8 @@ from pipelines.tables.source import HeaderFit
 
 DOCS = "docs/bundled-pipelines.md"
 _ENCODINGS = {"utf-8": "utf-8-sig", "utf8": "utf-8-sig", "latin-1": "latin-1",
-              "latin1": "latin-1", "windows-1252": "cp1252", "cp1252": "cp1252"}
+              "latin1": "latin-1", "windows-1252": "cp1252", "cp1252": "cp1252",
+              "utf-16": "utf-16", "utf16": "utf-16"}
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,6 @@ def read_header(path: Path, *, encoding: str = "utf-8", delimiter: str = ",") ->
 def python_codec(encoding: str) -> str:
     codec = _ENCODINGS.get(encoding.lower())
     if codec is None:
-        raise ConfigError(f"encoding {encoding!r} is not supported; use utf-8, latin-1 or "
-                          "windows-1252")
+        raise ConfigError(f"encoding {encoding!r} is not supported; use utf-8, latin-1, "
+                          "windows-1252 or utf-16")
     return codec

@@ -40,8 +40,9 @@ from .source import HeaderFit, Source, changed_since, identify, read_source
 #: cells that publishers write for "no value" (compared trimmed, lower case), besides blank
 NULL_VALUES = ("np", "n.p.", "..", "-", "—", "–", "n.a.", "n/a")
 _NAMES = {"latin-1": "Latin-1", "windows-1252": "Windows-1252 (Excel's \"CSV (Comma "
-          "delimited)\" on Windows)"}
-ENCODINGS = ("auto", "utf-8", "utf8", "latin-1", "latin1", "windows-1252", "cp1252")
+          "delimited)\" on Windows)", "utf-16": "UTF-16 (its byte-order mark)"}
+ENCODINGS = ("auto", "utf-8", "utf8", "latin-1", "latin1", "windows-1252", "cp1252",
+             "utf-16", "utf16")
 
 
 class AllColumns:
@@ -99,8 +100,8 @@ class TableExtractor(CsvExtractor):
                  null_values: list[str] | None = None):
         if str(encoding).lower() not in ENCODINGS:
             raise ConfigError(f"encoding {encoding!r} is not supported; use auto, utf-8, "
-                              "latin-1 or windows-1252")
-        plain = str(encoding).lower() in ("auto", "windows-1252", "cp1252")   # read as UTF-8
+                              "latin-1, windows-1252 or utf-16")
+        plain = str(encoding).lower() in ("auto", "windows-1252", "cp1252", "utf-16", "utf16")
         super().__init__(source=source, encoding="utf-8" if plain else encoding,
                          delimiter=delimiter, quote=quote, escape=escape, types=types,
                          all_varchar=all_varchar, thousands=thousands, lineage=lineage,

@@ -36,6 +36,11 @@ UNUSED = "_unused_"
 #: the encoding of Excel's "CSV (Comma delimited)" on Windows, which DuckDB does not read: a
 #: CSV in it is read from a copy made UTF-8 (:func:`~pipelines.tables.files.transcode`)
 WINDOWS_1252 = "windows-1252"
+#: text DuckDB is not given as it is: read from a copy made UTF-8 (the Python codec); UTF-16
+#: (a byte-order mark first) is what database and statistics tools' "Unicode" CSVs are
+TRANSCODED = {WINDOWS_1252: "cp1252", "utf-16": "utf-16"}
+_SPELLED = {"cp1252": "Windows-1252", "utf-16": "UTF-16"}
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 #: the in-memory database sheets are staged in (attached with COMPRESS on the stage's DuckDB
 #: instance, detached with the attempt): DuckDB compresses its numbers (ALP) as row groups
 #: fill, which it does not in TEMP tables (MORT's 1.5 M rows: 25 MB against 180 MB a half)
@@ -139,7 +144,9 @@ def _csv_header(path: Path, member: str | None, encoding: str, delimiter: str,
     data, whole = files.csv_prefix(path, member, HEADER_LIMIT)
     guessed = False
     codec = encoding.lower().replace("_", "-")
-    if codec in ("auto", ""):
+    if codec in ("auto", "") and data.startswith(_UTF16_BOMS):
+        codec, guessed = "utf-16", True
+    elif codec in ("auto", ""):
         if whole_file and not whole:
             with files.text_stream(path, member) as s:
                 codec = files.guess_encoding(s)
@@ -151,10 +158,11 @@ def _csv_header(path: Path, member: str | None, encoding: str, delimiter: str,
                 codec = files.eight_bit(data)
         guessed = codec != "utf-8"
     codec = ("latin-1" if codec in ("latin-1", "latin1", "iso-8859-1") else
-             WINDOWS_1252 if codec in ("windows-1252", "cp1252") else "utf-8")
+             WINDOWS_1252 if codec in ("windows-1252", "cp1252") else
+             "utf-16" if codec in ("utf-16", "utf16") else "utf-8")
     name = path.name if member is None else f"{path.name} (member {member})"
     header = parse_header(data, whole, name, encoding={"utf-8": "utf-8-sig",
-                                                       WINDOWS_1252: "cp1252"}.get(codec, codec),
+                                                       **TRANSCODED}.get(codec, codec),
                           delimiter=delimiter, limit=HEADER_LIMIT)
     return header, codec, guessed
 
@@ -172,7 +180,7 @@ def _title_line(path: Path, member: str | None, header: list[str], codec: str,
     import io
 
     data, _whole = files.csv_prefix(path, member, 64 << 10)
-    python = {"utf-8": "utf-8-sig", WINDOWS_1252: "cp1252"}.get(codec, codec)
+    python = {"utf-8": "utf-8-sig", **TRANSCODED}.get(codec, codec)
     text = data.decode(python, errors="replace")
     rows = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
@@ -312,18 +320,19 @@ def read_source(con: Any, manifest: dict[str, Any], scratch: Path, *,
         return _read_sheets(con, manifest, key, prefix)
     names = list(manifest["columns"])
     member = manifest.get("member")
-    windows = manifest.get("encoding") == WINDOWS_1252
-    if member is None and not windows:
+    transcoded = TRANSCODED.get(manifest.get("encoding", ""))
+    if member is None and not transcoded:
         sql, params = read_csv_sql(names, delimiter=manifest["delimiter"],
                                    encoding=manifest["encoding"],
                                    compression=manifest.get("compression"))
         return Source(sql, {"path": manifest["path"], **params}, present(manifest))
     scratch.mkdir(parents=True, exist_ok=True)
-    # a ZIP member is copied out; Windows-1252 text (of a file or a member) is copied as UTF-8
-    encoding = "utf-8" if windows else manifest["encoding"]
-    copy = (files.transcode(manifest["path"], member, scratch / "utf8.csv", "cp1252")
-            if windows else files.extract_member(manifest["path"], member,
-                                                 scratch / "member.csv"))
+    # a ZIP member is copied out; Windows-1252 or UTF-16 text (of a file or a member) is
+    # copied as UTF-8
+    encoding = "utf-8" if transcoded else manifest["encoding"]
+    copy = (files.transcode(manifest["path"], member, scratch / "utf8.csv", transcoded)
+            if transcoded else files.extract_member(manifest["path"], member,
+                                                    scratch / "member.csv"))
     sql, params = read_csv_sql(names, delimiter=manifest["delimiter"], encoding=encoding)
     table = f"temp.{quote(prefix)}"
     try:
@@ -336,7 +345,7 @@ def read_source(con: Any, manifest: dict[str, Any], scratch: Path, *,
             raise
         where = str(problem).split(", ", 1)[-1]
         what = (f", member {member}" if member else "") + (
-            " (read as Windows-1252)" if windows else "")
+            f" (read as {_SPELLED[transcoded]})" if transcoded else "")
         raise InputError(f"input file {manifest['path']}{what}, {where}") from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

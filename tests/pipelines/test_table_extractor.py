@@ -164,6 +164,33 @@ def test_windows_1252_is_told_from_latin1_and_read_as_it_means(tmp_path):
             in ctx.error)
 
 
+def test_a_utf16_csv_is_read_from_its_byte_order_mark(tmp_path):
+    """Database and statistics tools' "Unicode" CSV exports are UTF-16 with a byte-order
+    mark: their header read as Latin-1 was a string of NUL bytes (the bundled pipelines
+    listed it as the columns the file has), and DuckDB, given the file, failed with "The
+    CSV Parser state machine reached an invalid state", naming nothing.  Read as UTF-16,
+    plain and gzip'd, and said so."""
+    from pipelines import TableExtractor
+    from pipelines.ahgd import seifa
+
+    text = ("Area code,Area,Deaths,Rate\r\n0800,Darwin – Palmerston,\"1,234\",583.7\r\n"
+            "0820,Katherine,n.p.,12.5\r\n")
+    plain = tmp_path / "deaths.csv"
+    plain.write_bytes(text.encode("utf-16"))          # little-endian, byte-order mark first
+    gz = tmp_path / "deaths.csv.gz"
+    gz.write_bytes(gzip.compress(b"\xfe\xff" + text.encode("utf-16-be")))   # big-endian
+    expected = [("0800", "Darwin – Palmerston", 1234, 583.7), ("0820", "Katherine", None, 12.5)]
+    for i, path in enumerate((plain, gz)):
+        assert load(tmp_path, path, "{columns: {area: 1, name: Area, deaths: 3, rate: 4}}",
+                    f"u{i}")[0] == expected, path.name
+        found = TableExtractor().identify(path)
+        assert (found["encoding"], found["encoding_guessed"]) == ("utf-16", True)
+    abs_names = tmp_path / "seifa.csv"
+    abs_names.write_bytes("SA2_Code_2021,SA2_Name_2021,IRSD_Score,IRSD_Decile_Australia\r\n"
+                          "101021007,Braidwood,1024,6\r\n".encode("utf-16"))
+    assert seifa.check_input(abs_names) is None
+
+
 def test_a_csv_with_a_title_line_above_its_header_is_refused_not_loaded_as_one_column(
         tmp_path):
     """AIHW and ABS CSVs saved from a workbook keep its caption: ``Table 1: Deaths ...,,,``
