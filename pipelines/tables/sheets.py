@@ -44,6 +44,10 @@ def _is_number(text: str | None) -> bool:
     return bool(text) and bool(_NUMBER.match(text)) and any(c.isdigit() for c in text)
 
 
+#: the names fastexcel takes each kind of workbook by
+_SUFFIXES = {"xlsx": (".xlsx", ".xlsm"), "xls": (".xls", ".xla"), "ods": (".ods",)}
+
+
 class Workbook:
     """A spreadsheet file (or a ZIP member that is one), opened on demand."""
 
@@ -57,7 +61,24 @@ class Workbook:
     def _source(self) -> Any:
         if self.member is not None:
             return files.member_bytes(self.path, self.member)
+        if self.path.suffix.lower() not in _SUFFIXES.get(self.kind, ()):
+            # named as another kind (an .xls saved as .xlsx): fastexcel goes by a name whose
+            # kind it knows, so it is given the bytes, whose kind it tells by themselves
+            with files.open_regular(self.path) as f:
+                return f.read()
         return str(self.path)
+
+    def _encrypted(self) -> bool:
+        """Whether the file is an Office workbook saved with a password (a compound file
+        holding the encrypted workbook): fastexcel, taking it for an .xls, says it lacks a
+        Workbook stream, or cannot tell its kind."""
+        if self.kind != "xls":
+            return False
+        source = self._source()
+        if isinstance(source, str):
+            with files.open_regular(self.path) as f:
+                source = f.read()
+        return _ENCRYPTED in source
 
     def reader(self) -> Any:
         if self._reader is None:
@@ -71,6 +92,9 @@ class Workbook:
             try:
                 self._reader = fastexcel.read_excel(self._source())
             except Exception as exc:  # fastexcel's own errors: the file is not what it says
+                if self._encrypted():
+                    raise InputError(f"{self.label} is a workbook encrypted with a password; "
+                                     f"{_PASSWORD}") from None
                 raise InputError(f"{self.label} is not a spreadsheet fastexcel can read "
                                  f"({_first_line(exc)}); {_fix(exc)}") from None
         return self._reader
@@ -318,12 +342,18 @@ def _scratch() -> Any:
     return duckdb.connect()
 
 
+#: the stream an Office workbook saved with a password holds instead of its ZIP (its name
+#: in the compound file's directory)
+_ENCRYPTED = "EncryptedPackage".encode("utf-16-le")
+_PASSWORD = ("no reader can open it without the password: remove the password (in Excel: "
+             "File > Info > Protect Workbook > Encrypt with Password, cleared) and save it "
+             "again")
+
+
 def _fix(exc: BaseException) -> str:
     """What to do about a workbook fastexcel refused with ``exc``."""
     if "password" in str(exc).lower():
-        return ("it is encrypted with a password, which no reader can open without it: "
-                "remove the password (in Excel: File > Info > Protect Workbook > Encrypt "
-                "with Password, cleared) and save it again")
+        return f"it is encrypted with a password, and {_PASSWORD}"
     return "save it again as .xlsx"
 
 

@@ -269,11 +269,11 @@ def test_a_workbook_with_a_password_is_refused_saying_to_remove_it(tmp_path):
     it is, and saving it again keeps the password)."""
     from pipelines import TableExtractor
 
-    path = encrypted_workbook(tmp_path / "Table 1 deaths.xlsx")
-    problem = TableExtractor().check_input(path)
-    assert problem.startswith("Table 1 deaths.xlsx is not a spreadsheet fastexcel can read (")
-    assert "password protected); it is encrypted with a password" in problem
-    assert "remove the password" in problem and "save it again as .xlsx" not in problem
+    for name in ("Table 1 deaths.xlsx", "Table 1 deaths.xls"):
+        path = encrypted_workbook(tmp_path / name)
+        problem = TableExtractor().check_input(path)
+        assert problem.startswith(f"{name} is ") and "encrypted with a password" in problem
+        assert "remove the password" in problem and "save it again as .xlsx" not in problem
 
 
 def test_a_missing_column_and_a_bad_option_say_what_to_do(tmp_path):
@@ -645,6 +645,18 @@ def test_an_ods_workbook_loads_as_the_xlsx_does(tmp_path):
     two_line[3][3] = "Deaths"          # no merged cells here: the group is named over both
     path = ods(tmp_path / "deaths.ods", {"Contents": [["Contents"]], "Deaths": two_line})
     assert load(tmp_path, path, MAPPING)[0] == EXPECTED
+
+
+def test_a_workbook_named_as_another_kind_loads_by_what_it_is(tmp_path):
+    """Kinds are told by a file's bytes: an .xlsx named .xls (a portal's download, a renamed
+    copy) and an .ods named .xlsx load, where fastexcel, given the name, went by it ("Xls
+    error: Cfb error: Invalid OLE ...; save it again as .xlsx")."""
+    two_line = [list(r) for r in DEATHS]
+    two_line[3][3] = "Deaths"
+    xlsx = book(tmp_path / "deaths.xls", {"Deaths": DEATHS}, merge="C4:D4")
+    assert load(tmp_path, xlsx, MAPPING, "xls")[0] == EXPECTED
+    opendoc = ods(tmp_path / "deaths.xlsx", {"Contents": [["Contents"]], "Deaths": two_line})
+    assert load(tmp_path, opendoc, MAPPING, "ods")[0] == EXPECTED
 
 
 def test_the_piece_sizes_from_the_environment_take_units_and_a_typo_is_said_not_obeyed(
