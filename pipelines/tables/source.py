@@ -109,6 +109,11 @@ def identify(path: str | Path, columns: Columns, *, sheet: Any = None, member: s
                          "option is for spreadsheets); delete the lines above the header, "
                          "or send the spreadsheet")
     compression = "gzip" if kind == "gzip" or _gzipped_member(path, member) else None
+    markup = _markup(path, member)
+    if markup:
+        raise InputError(f"{label} is {markup}, not a CSV file or a workbook (a web site's "
+                         "'Export to Excel' often sends one under an .xls name); open it in "
+                         "Excel and save it as .xlsx or as CSV UTF-8, then send that")
     header, codec, guessed = _csv_header(path, member, encoding, delimiter, whole_file)
     title = _title_line(path, member, header, codec, delimiter)
     if title:
@@ -196,6 +201,19 @@ def _title_line(path: Path, member: str | None, header: list[str], codec: str,
                     "title above the header, and a CSV's first line must be its header; "
                     "delete the lines above the header (or send the spreadsheet, whose title "
                     "rows are found and skipped)")
+    return None
+
+
+def _markup(path: Path, member: str | None) -> str | None:
+    """What a text file that is markup is (an HTML table, Excel's 2003 XML), or None."""
+    data, _whole = files.csv_prefix(path, member, 4096)
+    head = data.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if not head.startswith(b"<"):
+        return None
+    if b"urn:schemas-microsoft-com:office:spreadsheet" in data:
+        return "an XML Spreadsheet 2003 file"
+    if head.startswith((b"<!doctype html", b"<html", b"<table")) or b"<html" in head[:1024]:
+        return "a web page (HTML)"
     return None
 
 

@@ -659,6 +659,27 @@ def test_a_workbook_named_as_another_kind_loads_by_what_it_is(tmp_path):
     assert load(tmp_path, opendoc, MAPPING, "ods")[0] == EXPECTED
 
 
+def test_a_web_page_or_xml_spreadsheet_named_xls_is_refused_saying_what_it_is(tmp_path):
+    """'Export to Excel' on many web sites sends an HTML table named .xls, and older tools
+    Excel's XML Spreadsheet 2003: read as a CSV, the first was refused as lacking columns,
+    listing '<html xmlns:o=...' as the file's; both are now named for what they are."""
+    from pipelines import TableExtractor
+    from pipelines.ahgd import seifa
+
+    page = tmp_path / "SEIFA export.xls"
+    page.write_text('<html xmlns:o="urn:schemas-microsoft-com:office:office">\n<body><table>'
+                    "<tr><td>SA2_Code_2021</td><td>IRSD_Score</td></tr></table></body></html>")
+    xml = tmp_path / "deaths.xls"
+    xml.write_text('<?xml version="1.0"?>\n<?mso-application progid="Excel.Sheet"?>\n'
+                   '<Workbook xmlns="urn:schemas-microsoft-com:office:spreadsheet">'
+                   "</Workbook>")
+    assert seifa.check_input(page).startswith(
+        "SEIFA export.xls is a web page (HTML), not a CSV file or a workbook")
+    problem = TableExtractor().check_input(xml)
+    assert problem.startswith("deaths.xls is an XML Spreadsheet 2003 file, not a CSV file")
+    assert "save it as .xlsx or as CSV UTF-8" in problem
+
+
 def test_the_piece_sizes_from_the_environment_take_units_and_a_typo_is_said_not_obeyed(
         monkeypatch, caplog):
     from pipelines.tables import xlsxstream
