@@ -47,6 +47,12 @@ def parse_header(data: bytes, whole: bool, name: str, *, encoding: str = "utf-8-
     try:
         text = codecs.getincrementaldecoder(encoding)().decode(data, final=whole)
     except UnicodeDecodeError as exc:
+        if label == "utf-8" and 0x80 <= exc.object[exc.start] <= 0x9F:
+            raise InputError(
+                f"{name} is not utf-8 text (byte 0x{exc.object[exc.start]:02x} at byte "
+                f"{exc.start}): it looks like Windows-1252, which Excel's \"CSV (Comma "
+                "delimited)\" writes on Windows (its – ’ “ ” €); save it as \"CSV UTF-8\", "
+                "or read it with pipelines.TableExtractor, which reads Windows-1252") from None
         raise InputError(f"{name} is not {label} text ({exc.reason} at byte {exc.start}); "
                          f"save it as {label}, or set the encoding it is in") from None
     lines = list(io.StringIO(text, newline=""))

@@ -207,6 +207,10 @@ def test_windows_1252_text_is_read_by_the_bundled_pipelines_and_named_by_csv_ext
     assert ctx.state == "FAILED" and ctx.failed_stage == "extract"
     assert (f"input file {mort}, line 6: byte 0x96 is a control code in Latin-1" in ctx.error
             and 'save it as "CSV UTF-8"' in ctx.error)
+    ctx = _pipeline(tmp_path, tmp_path / "utf8").run(input_file=mort)   # utf-8, the default
+    assert ctx.state == "FAILED" and ctx.failed_stage == "extract"
+    assert ("mort.csv is not utf-8 text (byte 0x96 at byte " in ctx.error
+            and 'it looks like Windows-1252, which Excel\'s "CSV (Comma delimited)"' in ctx.error)
 
 
 def test_types_come_from_every_value_and_codes_keep_their_zeros(tmp_path, state_dir):
