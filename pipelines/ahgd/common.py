@@ -177,7 +177,8 @@ def number_sql(raw: str) -> str:
     grouped = r"[+-]?[0-9]{1,3}(,[0-9]{3})+(\.[0-9]*)?"
     value = (f"CASE WHEN contains({raw}, ',') THEN (CASE WHEN regexp_full_match(trim({raw}), "
              f"'{grouped}') THEN TRY_CAST(replace(trim({raw}), ',', '') AS DOUBLE) END) "
-             f"ELSE TRY_CAST({raw} AS DOUBLE) END")
+             f"WHEN NOT contains({raw}, '+-') THEN TRY_CAST({raw} AS DOUBLE) END")
+    # '+-5' is no number, but DuckDB's cast reads it as -5 (as of 1.x); '-+5', '--5' it refuses
     # nan and inf parse as DOUBLE but are not data; DuckDB evaluates the repeated
     # expression once (common subexpression elimination)
     return f"CASE WHEN isfinite({value}) THEN {value} END"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from pipelines.ahgd import mortality, seifa
 from pipelines.ahgd.common import blank_sql, integer_sql, number_sql
@@ -526,6 +526,7 @@ numbers = st.one_of(
 
 @settings(max_examples=150, deadline=None)
 @given(st.lists(numbers, min_size=1, max_size=20))
+@example(["+-0", "+-0.5", "+-1e3", "-+1", "--1", "+1", "-0", "1e3", " 5 ", ".5"])
 def test_number_parsing_matches_python(con, cells):
     assert evaluate(con, number_sql("x"), cells) == [reference_number(c) for c in cells]
 
