@@ -209,7 +209,9 @@ class CsvExtractor:
 _TESTS = {
     "BIGINT": "regexp_full_match({v}, '[+-]?(0|[1-9][0-9]*)') AND TRY_CAST({v} AS BIGINT) "
               "IS NOT NULL",
-    "DOUBLE": "NOT regexp_full_match({v}, '[+-]?0[0-9].*') AND isfinite(TRY_CAST({v} AS DOUBLE))",
+    # '+-5': DuckDB's cast reads it as -5
+    "DOUBLE": "NOT regexp_full_match({v}, '[+-]?0[0-9].*') AND NOT contains({v}, '+-') AND "
+              "isfinite(TRY_CAST({v} AS DOUBLE))",
     "BOOLEAN": "lower({v}) IN ('true', 'false')",
     "DATE": "regexp_full_match({v}, '[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}') AND "
             "TRY_CAST({v} AS DATE) IS NOT NULL",

@@ -215,9 +215,10 @@ def test_windows_1252_text_is_read_by_the_bundled_pipelines_and_named_by_csv_ext
 
 def test_types_come_from_every_value_and_codes_keep_their_zeros(tmp_path, state_dir):
     path = tmp_path / "codes.csv"
-    rows = ["postcode,n,share,day,flag,label"] + [
-        f"0{800 + i},{i},{i / 4},2021-01-{i + 1:02d},{'true' if i % 2 else 'false'},x{i}"
-        for i in range(25)] + ["2000,,0.5,,,"]
+    # delta: numbers but one '+-2', which DuckDB's cast would read as -2: a column of text
+    rows = ["postcode,n,share,day,flag,label,delta"] + [
+        f"0{800 + i},{i},{i / 4},2021-01-{i + 1:02d},{'true' if i % 2 else 'false'},x{i},{i / 2}"
+        for i in range(25)] + ["2000,,0.5,,,,+-2"]
     path.write_text("\n".join(rows) + "\n")
     ctx = _pipeline(tmp_path, state_dir, text=PIPELINE_YAML.replace(
         'config: {thousands: ",", types: {mort: VARCHAR}}', "config: {}").replace(
@@ -229,7 +230,7 @@ def test_types_come_from_every_value_and_codes_keep_their_zeros(tmp_path, state_
     assert _warehouse(state_dir, "SELECT column_name, data_type FROM information_schema.columns "
                                  "WHERE table_name = 'mort_table1' ORDER BY ordinal_position") == [
         ("postcode", "VARCHAR"), ("n", "BIGINT"), ("share", "DOUBLE"), ("day", "DATE"),
-        ("flag", "BOOLEAN"), ("label", "VARCHAR"), ("_source_sha256", "VARCHAR"),
+        ("flag", "BOOLEAN"), ("label", "VARCHAR"), ("delta", "VARCHAR"), ("_source_sha256", "VARCHAR"),
         ("_run_id", "VARCHAR")]
     assert _warehouse(state_dir, "SELECT postcode, n, share FROM mort_table1 WHERE postcode IN "
                                  "('0800', '2000') ORDER BY 1") == [("0800", 0, 0.0),
