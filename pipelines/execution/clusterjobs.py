@@ -75,6 +75,10 @@ def unplaceable(offers: list[dict[str, float]] | None, resources: dict[str, floa
     if any(all(o.get(k, 0) >= v for k, v in resources.items()) for o in offers):
         return None
     want = ", ".join(f"{k}={v:g}" for k, v in resources.items())
+    if not offers:  # not one that fits too little: none at all (stopped, or not started)
+        return ("no Dask worker is connected to the scheduler; start the workers "
+                "(systemctl start ahgd-dask-worker, or `dask worker SCHEDULER --resources "
+                f"\"{want.replace(', ', ',')}\"`): every worker must declare its resources")
     return (f"no Dask worker offers {want} (the workers offer: "
             f"{'; '.join(str(o) for o in offers) or 'nothing'}); start a worker with "
             f"`dask worker ... --resources \"{want.replace(', ', ',')}\"`, or lower the "

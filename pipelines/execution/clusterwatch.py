@@ -23,6 +23,9 @@ from .clusterjobs import died, forget_outputs
 from .runner import Outcome
 
 ALERT = "daemon.scheduler_lost"
+#: how long a scheduler found again is given for its workers to join before the attempts held
+#: meanwhile are sent (workers stop when they lose the scheduler; their units start them again)
+WORKERS_BACK_S = 60.0
 #: a remote attempt past its timeout by this much (a hung worker) is given up by the daemon
 TIMEOUT_SLACK_S = 30.0
 
@@ -172,6 +175,27 @@ class ClusterWatch:
                 self._give_up(client, job, "its worker was lost",
                               died(job, self._hosts, "the scheduler removed it"))
 
+    def _await_workers(self) -> None:
+        """A scheduler started again has no workers at first: they stopped when they lost it,
+        and join again as their units start them.  Wait for one (at most ``WORKERS_BACK_S``)
+        before the held attempts are sent: sent at once, each failed as ``NoWorkerFits``
+        ("start a worker with --resources cpu=1"), the cluster's restart charged to the
+        stage's retries, and a stage with ``retry_attempts: 0`` failed its run.  New attempts
+        are held meanwhile, as while the scheduler was lost."""
+        deadline = time.monotonic() + WORKERS_BACK_S
+        told = False
+        while not self._closed and _no_workers(self._offers(fresh=True)):
+            if time.monotonic() >= deadline:
+                self._log.warning("dask_no_workers", scheduler=self.scheduler,
+                                  waited_s=WORKERS_BACK_S, fix="start the Dask workers "
+                                  "(systemctl start ahgd-dask-worker)")
+                return
+            if not told:
+                self._log.info("dask_waiting_for_workers", scheduler=self.scheduler,
+                               at_most_s=WORKERS_BACK_S)
+                told = True
+            self._wake.wait(0.25)
+
     def _check(self, client: Any) -> None:
         link.check(client, self.scheduler, self._expected, self.owner, self._hosts)
 
@@ -197,6 +221,7 @@ class ClusterWatch:
         self._back()
 
     def _back(self) -> None:
+        self._await_workers()
         with self._lock:
             self._lost_at = None
             held, self._held = self._held, []
@@ -212,9 +237,13 @@ class ClusterWatch:
             self._send(job)
 
 
+def _no_workers(offers: list | None) -> bool:
+    return offers is not None and not offers
+
+
 def _message(event: Any) -> Any:
     """The message of a scheduler topic's event (``(time, message)``), else None."""
     return event[1] if isinstance(event, (tuple, list)) and len(event) == 2 else None
 
 
-__all__ = ["ALERT", "ClusterWatch", "TIMEOUT_SLACK_S"]
+__all__ = ["ALERT", "ClusterWatch", "TIMEOUT_SLACK_S", "WORKERS_BACK_S"]

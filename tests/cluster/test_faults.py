@@ -267,3 +267,44 @@ def test_an_attempt_its_worker_did_not_end_at_its_timeout_fails_as_timed_out(
         assert [line.split()[0] for line in lines(marker)] == ["start"]
     finally:
         ex.shutdown()
+
+
+def test_attempts_held_while_the_scheduler_was_lost_wait_for_its_workers_to_join_again(
+        own_cluster, s3, tmp_path):
+    """A scheduler started again has no workers for a while (they stopped when they lost it,
+    and their units start them again).  The attempts held meanwhile were sent the moment the
+    scheduler answered, each refused as NoWorkerFits ("start a worker with --resources
+    cpu=1"): a restart of the cluster charged to the stage's retries, and a run of a stage
+    with retry_attempts: 0 (the bundled transforms) failed.  They now wait for a worker."""
+    from distributed import Client
+
+    alerts, resolved = [], []
+    ex = dask_executor(own_cluster, s3, tmp_path, on_scheduler_lost="wait", connect_timeout=3,
+                       alert=lambda *a, **k: alerts.append(a),
+                       resolve=lambda name, why: resolved.append(name))
+    try:
+        os.kill(own_cluster.scheduler.pid, signal.SIGKILL)
+        own_cluster.scheduler.wait(timeout=10)
+        wait_for(lambda: alerts, 30, "the scheduler_lost alert")
+        for proc in own_cluster.workers:  # the workers stop, having lost it
+            proc.wait(timeout=90)
+        # one core, no memory: what the engine asks for a stage that sets no requirements
+        held = ex.submit(behaving(tmp_path / "state"), StageTask(
+            "rh", "behaving", "work", 1, str(tmp_path / "state"), {"do": "rows"}, {}, (), {},
+            None, {}, timeout=60, requirements={"cpu": 1.0, "memory": 0.0}))
+        own_cluster.start_scheduler()
+
+        def executor_connected() -> bool:
+            with Client(own_cluster.address, timeout=10, set_as_default=False) as probe:
+                return len(probe.run_on_scheduler(lambda dask_scheduler: list(
+                    dask_scheduler.clients))) > 2  # the probe, the scheduler's own, ours
+        wait_for(executor_connected, 60, "the executor to reconnect")
+        time.sleep(1.0)  # what it does with the held attempt now, it did without workers
+        assert not held.done(), held.result()
+        own_cluster.restart_exited_workers()
+        own_cluster.wait_for_workers(2, timeout=60)
+        done = held.result(timeout=90)
+        assert done.ok and done.worker, done
+        wait_for(lambda: resolved, 30, "the alert to resolve")
+    finally:
+        ex.shutdown()
