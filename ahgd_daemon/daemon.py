@@ -171,9 +171,14 @@ class Daemon:
         self.monitor.resolve_alert("daemon.config_reload_failed",
                                    "the daemon started with a valid configuration")
         limits = self.setup.config.orchestration.resource_limits
+        # without resource_limits the budget is this machine's cores and memory: right for its
+        # own pool, wrong for a Dask cluster, whose workers Dask fills by the resources they
+        # declare.  Charged here, one 32 GB stage on a big worker held every other stage back
+        # on a small daemon host, however idle the cluster
+        budget = None if limits is None and settings.executor.type == "dask" else \
+            ResourceBudget(None if limits is None else limits.as_dict())
         self.runs = RunSupervisor(
-            self.log, self.state_dir, self.executor,
-            ResourceBudget(None if limits is None else limits.as_dict()), lock=self._lock,
+            self.log, self.state_dir, self.executor, budget, lock=self._lock,
             monotonic=self.options.monotonic, wake=self.waker.wake, alert=self.alerts.alert,
             logger=self.logger, keep_finished=None if self.options.once else 200)
         self._start_http(http)  # before recovery: /healthz says 503 until it is done

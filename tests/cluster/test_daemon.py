@@ -134,3 +134,66 @@ def test_ahgd_demo_on_the_cluster_gives_the_rows_and_states_of_the_local_run(clu
         ("sa2_health_profile", "upstream", "COMPLETED")])
     assert tables["dask"] == tables["local"]
     assert len(tables["dask"]["sa2_health_profile"]) == 2293
+
+
+def test_a_big_stage_on_the_cluster_does_not_hold_back_small_ones_on_a_small_daemon_host(
+        s3, tmp_path):
+    """Without ``resource_limits`` the daemon's budget was its own machine's cores and memory,
+    and every stage was charged to it though it ran on a Dask worker: one stage needing more
+    than the daemon's host has (alone on an idle budget, it started) held every other stage of
+    every pipeline back until it ended, however idle the cluster.  Dask places attempts by the
+    resources the workers declare; the daemon's host is no limit on them."""
+    from .processes import DaskCluster
+
+    marker, hold = tmp_path / "marker", tmp_path / "hold"
+    cluster = DaskCluster(tmp_path / "dask", workers=1)
+    try:
+        cluster.add_worker("big", resources="cpu=512,memory=100000000")
+        cluster.wait_for_workers(2)
+        hold.touch()  # the big transform runs until this is removed
+        (tmp_path / "huge.yaml").write_text(textwrap.dedent(f"""\
+            pipeline: {{name: huge}}
+            triggers:
+              - {{type: drop_folder, path: "${{state_dir}}/inbox/huge", pattern: "*.csv", stable_for: PT0.2S}}
+            stages:
+              - {{name: extract, type: extractor, class: tests.daemon.stages.CsvExtractor, retry_attempts: 0}}
+              - name: transform
+                type: transformer
+                class: tests.cluster.stages.MarkedTransformer
+                config: {{marker: "{marker}", hold: "{hold}"}}
+                retry_attempts: 0
+                resource_requirements: {{cpu: 256, memory: 50000000}}   # more than any daemon host
+              - {{name: load, type: loader, class: tests.daemon.stages.CountLoader, retry_attempts: 0}}
+            """))
+        (tmp_path / "small.yaml").write_text(textwrap.dedent("""\
+            pipeline: {name: small}
+            triggers:
+              - {type: drop_folder, path: "${state_dir}/inbox/small", pattern: "*.csv", stable_for: PT0.2S}
+            stages:
+              - {name: extract, type: extractor, class: tests.daemon.stages.CsvExtractor, retry_attempts: 0}
+              - {name: transform, type: transformer, class: tests.daemon.stages.SlowTransformer, retry_attempts: 0}
+              - {name: load, type: loader, class: tests.daemon.stages.CountLoader, retry_attempts: 0}
+            """))
+        master = tmp_path / "master.yaml"
+        master.write_text("pipelines:\n  - {name: huge, config_file: huge.yaml}\n"
+                          "  - {name: small, config_file: small.yaml}\n"
+                          + dask_section(cluster, s3, "budget"))
+        state = tmp_path / "state"
+        d = Daemon(master, state, extra_env=S3_ENV).wait_ready(60)
+        try:
+            drop_csv(state / "inbox" / "huge", "big.csv", rows=3)
+            wait_until(lambda: lines(marker), 60, "the big transform to start on its worker")
+            drop_csv(state / "inbox" / "small", "one.csv", rows=2)
+            wait_until(lambda: query(state, "SELECT state FROM runs WHERE pipeline = 'small'")
+                       == [("COMPLETED",)], 60, "the small run to complete beside the big stage")
+            assert query(state, "SELECT s.state FROM stage_runs s JOIN runs r USING (run_id) "
+                                "WHERE r.pipeline = 'huge' AND s.stage = 'transform'") == [
+                ("RUNNING",)]  # the big stage still held
+            hold.unlink()
+            wait_until(lambda: query(state, "SELECT state FROM runs WHERE pipeline = 'huge'")
+                       == [("COMPLETED",)], 60, "the big run to complete")
+        finally:
+            assert d.stop() == 0, d.output()
+    finally:
+        hold.unlink(missing_ok=True)
+        cluster.stop()
