@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Iterable
 
-from state.errors import AhgdError, did_you_mean
+from state.errors import AhgdError, ObjectStoreError, did_you_mean
 
 from .durations import format_duration, parse_duration
 from .execution.diskfull import disk_full_wait
@@ -124,6 +124,9 @@ def _by_kind(exc: BaseException, name: str) -> Decision:
     if isinstance(exc, StageError):
         retry = bool(getattr(exc, "retryable", True))
         return Decision(retry, f"{name}.retryable is {retry}")
+    if isinstance(exc, ObjectStoreError):  # the bucket's fault, not the stage's: it may be back
+        return Decision(True, f"{name}: the object store could not be reached or refused the "
+                              "request, which may pass")
     if isinstance(exc, AhgdError):
         return Decision(False, f"{name} is a problem a retry would meet again")
     duck = _duckdb_kind(exc)

@@ -65,6 +65,21 @@ class TwoStages(BasePipeline):
                            f"FROM {context.output_table('make')}")
 
 
+class HeldTwoStages(TwoStages):
+    """:class:`TwoStages` whose ``count``, on attempt 1, first marks ``marker`` and waits while
+    the file ``hold`` exists (at most 120 s) before it reads ``make``'s output."""
+
+    def execute_stage(self, stage_name, context):
+        if stage_name == "count":
+            mark(context.params.get("marker"), f"count {context.run_id} a{context.attempt}")
+            hold = context.params.get("hold")
+            held = time.monotonic() + 120
+            while context.attempt == 1 and hold and os.path.exists(hold) \
+                    and time.monotonic() < held:
+                time.sleep(0.05)
+        return super().execute_stage(stage_name, context)
+
+
 def behaving(state_dir: Path, **kw) -> Behaving:
     return Behaving("behaving", state_dir=state_dir, max_retries=0,
                     stage_configs={"work": StageConfig("work", retry_attempts=0, **kw)})

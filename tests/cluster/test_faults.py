@@ -308,3 +308,67 @@ def test_attempts_held_while_the_scheduler_was_lost_wait_for_its_workers_to_join
         wait_for(lambda: resolved, 30, "the alert to resolve")
     finally:
         ex.shutdown()
+
+
+def test_a_stage_that_found_the_object_store_down_is_retried_and_completes_once_it_is_back(
+        cluster, s3, tmp_path):
+    """The README's failure table: "The bucket cannot be reached: the attempt fails saying so
+    (the store's fault, not the stage's); a retry may succeed."  An ObjectStoreError raised
+    where the stage read its upstream output was classed with ahgd's permanent errors ("a
+    problem a retry would meet again"): the stage was not retried, and the run failed for an
+    outage of a few seconds."""
+    import sqlite3
+
+    from pipelines.execution.cluster import DaskExecutor
+
+    from .processes import Gate
+    from .stages import HeldTwoStages
+
+    gate = Gate(s3.port)
+    marker, hold = tmp_path / "marker", tmp_path / "hold"
+    ex = DaskExecutor(cluster.address, object_store={**s3.settings(uuid.uuid4().hex[:8]),
+                                                     "endpoint_url": gate.endpoint},
+                      owner=f"test:{tmp_path}")
+    # make runs on this host: count, on a worker, must fetch make's output from the bucket
+    p = HeldTwoStages("held", state_dir=tmp_path / "state", max_retries=1, stage_configs={
+        "make": StageConfig("make", executor="local"),
+        "count": StageConfig("count", retry_attempts=1, retry_delay=3)})
+    hold.touch()
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("ctx", p.run(
+        params={"marker": str(marker), "hold": str(hold)}, executor=ex)))
+    t.start()
+    try:
+        wait_for(lambda: any(line.startswith("count") for line in lines(marker)), 60,
+                 "count to start")
+        gate.shut()   # the endpoint goes down while count runs, before it reads make's output
+        hold.unlink()
+        history = tmp_path / "state" / "history.db"
+
+        def first_failed() -> bool:
+            con = sqlite3.connect(history)
+            try:
+                return bool(con.execute("SELECT 1 FROM stage_runs WHERE stage = 'count' AND "
+                                        "attempt = 1 AND state = 'FAILED'").fetchall())
+            finally:
+                con.close()
+        wait_for(first_failed, 60, "count's first attempt to fail")
+        gate.open()   # back within the stage's retry delay
+        t.join(timeout=90)
+        assert not t.is_alive()
+        con = sqlite3.connect(history)
+        rows = con.execute("SELECT attempt, state, error FROM stage_timings WHERE stage = "
+                           "'count' ORDER BY attempt").fetchall()
+        why = con.execute("SELECT json_extract(payload, '$.retry.why') FROM events WHERE "
+                          "type = 'stage.failed' AND stage = 'count'").fetchall()
+        con.close()
+        assert result["ctx"].state == "COMPLETED", (rows, why)
+        assert [r[:2] for r in rows] == [(1, "FAILED"), (2, "COMPLETED")], rows
+        assert "object store" in rows[0][2] and gate.endpoint in rows[0][2], rows
+        assert "may pass" in why[0][0], why
+    finally:
+        hold.unlink(missing_ok=True)
+        gate.open() if gate._listener is None else None
+        t.join(timeout=90)
+        ex.shutdown()
+        gate.shut()
