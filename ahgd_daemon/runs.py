@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from state import EventLog, EventType as T, Run, new_event, ops_queries, queries
-from state.errors import AhgdError, DiskFull
+from state.errors import AhgdError, DiskFull, ObjectStoreError
 from state.locks import Locked, is_locked, run_lock_path
 from state.machine import ENDED_RUN_STATES, RunState, StageState
 
@@ -43,6 +43,11 @@ class ActiveRun:
 
 #: after a run's event found the disk full, how long no run starts (each would meet it too)
 DISK_FULL_WAIT_S = 10.0
+#: after a run could not check its outputs in the object store (down, unreachable), how long
+#: no run starts: with a Dask cluster every run puts and reads its data there
+STORE_WAIT_S = 30.0
+_DISK_REASON = ("the disk holding the state directory was full; the run resumes at its first "
+                "unfinished stage")
 
 
 class Finished:
@@ -101,6 +106,8 @@ class RunSupervisor:
         self.disk_full_until: float | None = None
         #: run id -> pipeline, of the runs a full disk stopped, to be resumed
         self.waiting_for_disk: dict[str, str] = {}
+        #: run id -> why it waits, when not for the disk (the object store)
+        self._waiting_why: dict[str, str] = {}
         self.grace_deadline: float | None = None
 
     # ------------------------------------------------------------------ admission and launch
@@ -116,14 +123,14 @@ class RunSupervisor:
         for run_id in list(self.waiting_for_disk):
             try:
                 suspend(self.log, self.state_dir, run_id,
-                        reason="the disk holding the state directory was full; the run resumes "
-                               "at its first unfinished stage")
+                        reason=self._waiting_why.get(run_id, _DISK_REASON))
             except DiskFull:
                 self.disk_full_until = self._monotonic() + DISK_FULL_WAIT_S
                 return
             except AhgdError as exc:  # the recovery check tries again later
                 self._logger.warning("run_resume_failed", run_id=run_id, error=str(exc))
             del self.waiting_for_disk[run_id]
+            self._waiting_why.pop(run_id, None)
 
     def start_pending(self, setup: Setup) -> None:
         """Launch the PENDING runs that may start now, oldest request first."""
@@ -216,6 +223,10 @@ class RunSupervisor:
                     run is not None and run.state in ENDED_RUN_STATES):
                 self._wait_for_disk(run_id, active, active.error)
                 continue
+            if isinstance(active.error, ObjectStoreError) and not (
+                    run is not None and run.state in ENDED_RUN_STATES):
+                self._wait_for_store(run_id, active, active.error)
+                continue
             if active.error is not None and not (run is not None and run.state in ENDED_RUN_STATES):
                 error = f"{type(active.error).__name__}: {active.error}"
                 self._alert("error", f"run.crashed:{run_id}",
@@ -240,6 +251,20 @@ class RunSupervisor:
                              error=str(error),
                              then="it resumes once the disk holding the state directory has "
                                   "room; free some (retention frees what it may)")
+
+    def _wait_for_store(self, run_id: str, active: ActiveRun, error: ObjectStoreError) -> None:
+        """The run could not check the outputs it reads in the object store (down, or not
+        reachable from here) before a stage: the bucket's fault, not the run's.  No run starts
+        for STORE_WAIT_S; then the run is recorded suspended and starts again (checking
+        again), as after a full disk.  It was recorded FAILED ("the thread of run ... failed")."""
+        self.disk_full_until = self._monotonic() + STORE_WAIT_S
+        self.waiting_for_disk[run_id] = active.pipeline
+        self._waiting_why[run_id] = (f"the object store could not be reached ({error}); the run "
+                                     "resumes at its first unfinished stage once it answers")
+        self._logger.warning("run_waits_for_object_store", run_id=run_id,
+                             pipeline=active.pipeline, error=str(error),
+                             then=f"it starts again in {STORE_WAIT_S:g}s, and waits again "
+                                  "while the object store does not answer")
 
     def _record_thread_failure(self, run_id: str, error: BaseException) -> None:
         """A run thread died (the log failed?): leave the run in a state replay understands."""

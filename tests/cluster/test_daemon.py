@@ -197,3 +197,63 @@ def test_a_big_stage_on_the_cluster_does_not_hold_back_small_ones_on_a_small_dae
     finally:
         hold.unlink(missing_ok=True)
         cluster.stop()
+
+
+def test_a_run_that_finds_the_object_store_down_between_stages_waits_for_it_not_fails(
+        cluster, s3, tmp_path):
+    """Before each stage the engine checks the outputs it will read; with the bucket down that
+    check raised ObjectStoreError in the run's thread, which the daemon recorded as a crash:
+    the run FAILED ("the thread of run ... failed"), its retrying stage left RETRYING.  The
+    bucket's outage is not the run's fault: the run is suspended, starts again, and completes
+    once the bucket answers, its rows loaded once."""
+    from .processes import Gate
+
+    marker, hold = tmp_path / "marker", tmp_path / "hold"
+    gate = Gate(s3.port)
+    hold.touch()
+    (tmp_path / "remote.yaml").write_text(textwrap.dedent(f"""\
+        pipeline: {{name: remote}}
+        duckdb: {{inline_tables: false}}   # outputs as files through the bucket
+        triggers:
+          - {{type: drop_folder, path: "${{state_dir}}/inbox/remote", pattern: "*.csv", stable_for: PT0.2S}}
+        stages:
+          - {{name: extract, type: extractor, class: tests.daemon.stages.CsvExtractor, retry_attempts: 0}}
+          - {{name: transform, type: transformer, class: tests.cluster.stages.MarkedTransformer, config: {{marker: "{marker}", hold: "{hold}"}}, retry_attempts: 2, retry_delay: PT1S}}
+          - {{name: load, type: loader, class: tests.daemon.stages.CountLoader, retry_attempts: 0}}
+        """))
+    master = tmp_path / "master.yaml"
+    master.write_text("pipelines:\n  - {name: remote, config_file: remote.yaml}\n"
+                      + dask_section(cluster, s3, "gate").replace(s3.endpoint, gate.endpoint))
+    state = tmp_path / "state"
+    try:
+        d = Daemon(master, state, extra_env=S3_ENV).wait_ready(60)
+        try:
+            drop_csv(state / "inbox" / "remote", "one.csv", rows=4)
+            wait_until(lambda: lines(marker), 60, "the transform to start on a worker")
+            gate.shut()   # the bucket goes down while the transform runs
+            hold.unlink()
+            wait_until(lambda: any(r.get("event") == "run_waits_for_object_store"
+                                   for r in d.records())
+                       or query(state, "SELECT state FROM runs") == [("FAILED",)], 90,
+                       "the run to wait for the bucket (or fail)")
+            assert query(state, "SELECT state, error FROM runs")[0][0] != "FAILED", \
+                query(state, "SELECT error FROM runs")
+            gate.open()
+            wait_until(lambda: query(state, "SELECT state FROM runs") in (
+                [("COMPLETED",)], [("FAILED",)]), 120, "the run to end once the bucket is back")
+            assert query(state, "SELECT state FROM runs") == [("COMPLETED",)], \
+                query(state, "SELECT error FROM runs")
+            reason = query(state, "SELECT json_extract(payload, '$.reason') FROM events "
+                                  "WHERE type = 'run.suspended'")
+            assert reason and "object store could not be reached" in reason[0][0], reason
+        finally:
+            assert d.stop() == 0, d.output()
+    finally:
+        hold.unlink(missing_ok=True)
+        gate.shut()
+    from ..daemon.harness import traces
+
+    assert [t["rows"] for t in traces(state)
+            if t.get("event") == "done" and t["stage"] == "load"] == [4]
+    assert not query(state, "SELECT stage, state FROM stage_runs WHERE state IN "
+                            "('RUNNING', 'RETRYING')")
