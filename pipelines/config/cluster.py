@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .values import ExistingFile, PositiveDuration, ResolvedPath, _choice, _text, fail
+from .values import ExistingFile, PositiveDuration, _choice, _text, fail
 
 ExecutorType = _choice("an executor type", ("process", "dask"))
 LostPolicy = _choice("a policy for a lost scheduler", ("wait", "local"))
@@ -26,6 +26,9 @@ SchedulerAddress = _text(r"^(tcp|tls)://[^\s/]+:[0-9]{1,5}$",
 BucketUrl = _text(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$",
                   "{value} is not a bucket URL; use s3://BUCKET or s3://BUCKET/PREFIX "
                   "(bucket names: lower-case letters, digits, '.' and '-')")
+EndpointUrl = _text(r"^https?://[^\s/]+(/\S*)?$",
+                    "{value} is not an endpoint URL; use https://HOST:PORT (or http:// on a "
+                    "trusted network), as boto3 needs it")
 #: keys that would put a secret into the YAML: refused, with where it goes instead
 _SECRET_KEYS = ("access_key", "secret_key", "aws_access_key_id", "aws_secret_access_key",
                 "session_token", "aws_session_token", "password", "secret")
@@ -97,11 +100,11 @@ class ObjectStoreSettings(_Model):
 
     url: BucketUrl
     #: the service's address for anything but AWS S3, such as https://minio.internal:9000
-    endpoint_url: str | None = None
+    endpoint_url: EndpointUrl | None = None
     region: str | None = None
     #: an AWS-style credentials file (INI: aws_access_key_id, aws_secret_access_key); else
     #: boto3 looks in the environment (AWS_ACCESS_KEY_ID ...), as for any AWS tool
-    credentials_file: ResolvedPath | None = None
+    credentials_file: ExistingFile | None = None
     profile: str | None = None
 
     @model_validator(mode="before")

@@ -42,6 +42,13 @@ def check(tmp_path, daemon: str) -> tuple[int, str]:
      "credentials never go in the YAML; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
     ("daemon:\n  executor: {type: dask, scheduler: 'tcp://h:8786'}\n"
      "  object_store: {url: 'bucket/prefix'}\n", "is not a bucket URL; use s3://BUCKET"),
+    # found only when the daemon first used the bucket: every attempt failed, the daemon up
+    ("daemon:\n  executor: {type: dask, scheduler: 'tcp://h:8786'}\n"
+     "  object_store: {url: 's3://bucket/p', endpoint_url: 'minio.internal:9000'}\n",
+     "'minio.internal:9000' is not an endpoint URL; use https://HOST:PORT"),
+    ("daemon:\n  executor: {type: dask, scheduler: 'tcp://h:8786'}\n"
+     "  object_store: {url: 's3://bucket/p', credentials_file: /nonexistent/s3-credentials}\n",
+     "daemon.object_store.credentials_file: '/nonexistent/s3-credentials' does not exist"),
 ])
 def test_config_check_refuses_a_bad_cluster_setting_saying_what_to_write(tmp_path, daemon, expected):
     code, out = check(tmp_path, daemon)
