@@ -146,7 +146,9 @@ def run_attempt(claim: str, blob: bytes, pipeline_key: str, task: StageTask,
         params = local_input(task.params, base, task.object_store)
     except Exception as exc:  # gone or changed in the store, or the store is down
         return Outcome(ok=False, error_type=type(exc).__name__, **here,
-                       error=f"the run's input file could not be fetched here: {exc}")
+                       error=(f"the run's input file could not be fetched on the Dask worker "
+                              f"{worker.address} on {host} (the daemon's host put it into "
+                              f"the object store): {exc}"))
     # after the input is fetched (or found, and marked used): a resumed run's input, kept
     # here since its extract days ago, must stay the file the extract identified
     _prune(base)
@@ -174,7 +176,8 @@ def run_attempt(claim: str, blob: bytes, pipeline_key: str, task: StageTask,
             outcome = Outcome(ok=False, error_type=type(exc).__name__, **here,
                               wall_s=outcome.wall_s, cpu_s=outcome.cpu_s,
                               error=(f"stage {task.stage!r} finished, but its output could not "
-                                     f"be put into the object store: {exc}"))
+                                     f"be put into the object store from the Dask worker "
+                                     f"{worker.address} on {host}: {exc}"))
     _tell(worker, key, outcome)
     return outcome
 

@@ -88,7 +88,8 @@ class DaskCluster:
 
     def __init__(self, root: Path, workers: int = 2, nthreads: int = 2,
                  resources: str = "cpu=2,memory=4096", port: int | None = None,
-                 tls: dict[str, str] | None = None):
+                 tls: dict[str, str] | None = None, env: dict[str, str] | None = None):
+        self.env = env or {}  # more environment for its processes (a proxy, say)
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -122,8 +123,8 @@ class DaskCluster:
     def _popen(self, argv: list[str], name: str) -> subprocess.Popen:
         log = open(self.root / f"{name}.log", "ab")
         self._logs.append(log)
-        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=child_env(),
-                                cwd=self.root, stdin=subprocess.DEVNULL,
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                env=child_env(self.env), cwd=self.root, stdin=subprocess.DEVNULL,
                                 preexec_fn=die_with_pytest)
 
     def start_scheduler(self) -> None:

@@ -89,11 +89,15 @@ def test_resource_requirements_are_dask_resources(cluster, s3, tmp_path):
 
 
 def big_address(cluster) -> str:
+    return worker_address(cluster, "big")
+
+
+def worker_address(cluster, name: str) -> str:
     from distributed import Client
 
     with Client(cluster.address, timeout=10, set_as_default=False) as client:
         info = client.scheduler_info(n_workers=-1)["workers"]
-    return next(a for a, w in info.items() if w.get("name") == "big")
+    return next(a for a, w in info.items() if w.get("name") == name)
 
 
 def test_an_output_changed_in_the_object_store_is_found_before_it_is_reused(
@@ -179,3 +183,35 @@ def test_a_stage_reading_an_inprocess_output_runs_on_the_daemons_host(cluster, s
     con.close()
     # make's file exists only here (not in the bucket): count ran here too, not on a worker
     assert rows == [("count", None), ("make", None)]
+
+
+def test_a_worker_that_cannot_reach_the_bucket_is_named_in_the_error(s3, tmp_path):
+    """The daemon put the run's input into the bucket; a worker that cannot reach it (here: a
+    proxy nobody listens on) failed the attempt saying the file "could not be fetched here"
+    and to check the store is "reachable from this host", read on the daemon's host, which
+    could reach it.  The error names the Dask worker and its host."""
+    import hashlib
+
+    from .processes import DaskCluster
+
+    cluster = DaskCluster(tmp_path / "dask", workers=1, env={
+        "HTTP_PROXY": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9",
+        "NO_PROXY": "", "no_proxy": ""})
+    data = tmp_path / "in.csv"
+    data.write_text("a,b\n1,2\n")
+    sha = hashlib.sha256(data.read_bytes()).hexdigest()
+    ex = dask_executor(cluster, s3, tmp_path)
+    try:
+        p = Behaving("cut", state_dir=tmp_path / "state", max_retries=0)
+        outcome = ex.submit(p, StageTask(
+            "rc", "cut", "work", 1, str(tmp_path / "state"),
+            {"do": "rows", "input_file": str(data), "input_sha256": sha}, {}, (), {}, None,
+            {}, timeout=60)).result(timeout=60)
+        address = worker_address(cluster, "w0")
+    finally:
+        ex.shutdown()
+        cluster.stop()
+    assert not outcome.ok and outcome.retryable, outcome
+    assert f"could not be fetched on the Dask worker {address} on {outcome.host}" in \
+        outcome.error, outcome.error
+    assert any(k.endswith(f"files/{sha}/in.csv") for k in s3.keys())  # the daemon put it there
