@@ -89,6 +89,28 @@ class _View:
         workers = _mapping(daemon.get("workers"))
         busy = f"workers {_num(workers.get('busy'))}/{_num(workers.get('max'))} busy"
         self.line(Text(self.sep.join([busy, queue_line, f"{_num(daemon.get('files_waiting'))} files waiting"])))
+        self.cluster(_mapping(daemon.get("cluster")))
+
+    def cluster(self, cluster: dict[str, Any]) -> None:
+        """Where attempts run with ``executor: dask``: the scheduler, connected or not, the
+        bucket, and each worker with what it offers and runs (the status page's ``cluster``)."""
+        if not cluster:
+            return
+        workers = _dicts(cluster.get("workers"))
+        line = Text(f"Dask cluster {cluster.get('scheduler') or '?'} ")
+        if cluster.get("connected"):
+            line.append("connected", style="green")
+            line.append(f"{self.sep}{len(workers)} worker{'' if len(workers) == 1 else 's'}")
+        else:
+            line.append("LOST", style="bold red")
+        line.append(f"{self.sep}outputs in {cluster.get('object_store') or '?'}")
+        self.line(line, clip=True)
+        for w in workers:
+            offers = ", ".join(f"{k}={v:g}" if _is_number(v) else f"{k}={v}"
+                               for k, v in _mapping(w.get("resources")).items()) or "no resources"
+            running = ", ".join(str(r) for r in w.get("running") or ()) or "idle"
+            self.line(Text(f"  {w.get('address') or '?'} on {w.get('host') or '?'}: "
+                           f"{_num(w.get('nthreads'))} threads, {offers}; {running}"), clip=True)
 
     def active_runs(self) -> None:
         runs = _dicts(self.doc.get("active_runs"))

@@ -257,3 +257,30 @@ def test_a_run_that_finds_the_object_store_down_between_stages_waits_for_it_not_
             if t.get("event") == "done" and t["stage"] == "load"] == [4]
     assert not query(state, "SELECT stage, state FROM stage_runs WHERE state IN "
                             "('RUNNING', 'RETRYING')")
+
+
+def test_ahgd_status_says_where_attempts_run_the_scheduler_and_its_workers(cluster, s3, tmp_path):
+    """``ahgd status`` showed "workers 0/2 busy" and "workers: none" (this host's pool) with the
+    Dask executor, and nothing of the scheduler, whether it was connected, or its workers: the
+    dashboard document had them (daemon.cluster), the text did not."""
+    (tmp_path / "p.yaml").write_text(textwrap.dedent("""\
+        pipeline: {name: p}
+        stages:
+          - {name: extract, type: extractor, class: tests.daemon.stages.CsvExtractor}
+        """))
+    master = tmp_path / "master.yaml"
+    master.write_text("pipelines:\n  - {name: p, config_file: p.yaml}\n"
+                      + dask_section(cluster, s3, "status"))
+    state = tmp_path / "state"
+    d = Daemon(master, state, extra_env=S3_ENV).wait_ready(60)
+    try:
+        proc = subprocess.run([*ahgd_exe(), "status", "--state-dir", str(state)],
+                              capture_output=True, text=True, timeout=60,
+                              env=child_env({"COLUMNS": "250", "PYTHONIOENCODING": "utf-8"}))
+    finally:
+        assert d.stop() == 0, d.output()
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert f"Dask cluster {cluster.address} connected" in out, out
+    assert "2 workers" in out and "outputs in s3://ahgd-test/status" in out, out
+    assert out.count("2 threads, cpu=2, memory=4096; idle") == 2, out
