@@ -257,7 +257,7 @@ class RunSupervisor:
         reachable from here) before a stage: the bucket's fault, not the run's.  No run starts
         for STORE_WAIT_S; then the run is recorded suspended and starts again (checking
         again), as after a full disk.  It was recorded FAILED ("the thread of run ... failed")."""
-        self.disk_full_until = self._monotonic() + STORE_WAIT_S
+        self.disk_full_until = max(self.disk_full_until or 0.0, self._monotonic() + STORE_WAIT_S)
         self.waiting_for_disk[run_id] = active.pipeline
         self._waiting_why[run_id] = (f"the object store could not be reached ({error}); the run "
                                      "resumes at its first unfinished stage once it answers")

@@ -194,7 +194,7 @@ class ClusterWatch:
                 self._log.info("dask_waiting_for_workers", scheduler=self.scheduler,
                                at_most_s=WORKERS_BACK_S)
                 told = True
-            self._wake.wait(0.25)
+            time.sleep(0.25)  # not _wake: set and left set, it would not wait at all
 
     def _check(self, client: Any) -> None:
         link.check(client, self.scheduler, self._expected, self.owner, self._hosts)
