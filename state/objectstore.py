@@ -66,9 +66,6 @@ class ObjectStore:
         self.bucket, self.prefix = parse_url(self.url)
         self._client: Any = None
         self._client_lock = threading.Lock()
-        #: inputs known to be in the store (sha256 -> uri): put once; forgotten when deleted
-        self._inputs: dict[str, str] = {}
-        self._inputs_lock = threading.Lock()
 
     # -- names ------------------------------------------------------------------------
 
@@ -172,16 +169,10 @@ class ObjectStore:
     def put_input(self, path: Path, sha256: str) -> str:
         """A run's input file, for stages on other machines: ``files/<sha256>/<name>``, put once
         (an object already there with that hash is kept)."""
-        with self._inputs_lock:
-            known = self._inputs.get(sha256)
-        if known is not None:
-            return known
         rel = f"files/{sha256}/{Path(path).name}"
         found = self.head(self.uri_for(rel))
         if found is None or found.get("sha256") != sha256:
             self.put(Path(path), rel, sha256)
-        with self._inputs_lock:
-            self._inputs[sha256] = self.uri_for(rel)
         return self.uri_for(rel)
 
     def fetch_input(self, uri: str, sha256: str, cache_dir: Path) -> Path:
@@ -228,12 +219,8 @@ class ObjectStore:
     def delete_many(self, rels: list[str]) -> None:
         """Delete the objects named (relative), a thousand a request; an
         :class:`ObjectStoreError` when the store cannot be reached or refuses one.  Inputs
-        deleted are put again when a run wants them (:meth:`put_input`)."""
-        with self._inputs_lock:  # before: a put_input meanwhile puts it again
-            for rel in rels:
-                parts = rel.split("/")
-                if len(parts) >= 2 and parts[0] == "files":
-                    self._inputs.pop(parts[1], None)
+        deleted are put again when a run wants them (the executor looks once a run:
+        :meth:`put_input`)."""
         for start in range(0, len(rels), 1000):
             chunk = rels[start:start + 1000]
             try:

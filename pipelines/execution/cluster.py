@@ -37,6 +37,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, Callable, Mapping
@@ -53,6 +54,8 @@ from .executors import Executor
 from .pool import ProcessExecutor
 from .runner import Outcome, StageTask
 
+#: run inputs whose place in the object store is remembered (each checked once a run)
+INPUTS_KEPT = 1024
 
 
 class DaskExecutor(ClusterWatch, Executor):
@@ -91,6 +94,9 @@ class DaskExecutor(ClusterWatch, Executor):
         self._local_futures: set[Future] = set()
         self._inner: dict[Future, Future] = {}  # a parked attempt run here -> the pool's future
         self._hosts: dict[str, str] = {}     # worker address -> host name
+        #: input files put into the store: sha256 -> (uri, the run it was last checked for);
+        #: the latest INPUTS_KEPT only (years of runs of new files must not grow it)
+        self._inputs: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._forget: list[StageTask] = []   # attempts cut off by a lost scheduler
         self._done: list[Job] = []           # settled: their Dask task and claim to release
         self._removed: list[tuple[str, set[str]]] = []  # workers removed, with their tasks
@@ -328,6 +334,8 @@ class DaskExecutor(ClusterWatch, Executor):
             self._done.append(job)  # released after the next submit (_release_done)
         if outcome.error_type == "WorkerDied":
             forget_outputs(self.object_store, job.task)
+        if outcome.error_type == "OutputMissing" and "input file" in (outcome.error or ""):
+            self._inputs.pop(str(job.task.params.get("input_sha256")), None)  # put it again
         settle(job.outer, outcome)
 
     def _with_input(self, task: StageTask) -> StageTask:
@@ -336,9 +344,16 @@ class DaskExecutor(ClusterWatch, Executor):
         path, sha = task.params.get("input_file"), task.params.get("input_sha256")
         if not path or not sha or task.params.get("input_uri"):
             return task
-        # put once (the store remembers it), and again once retention deleted it from there
-        uri = self.object_store.put_input(path, str(sha))
-        return replace(task, params={**task.params, "input_uri": uri})
+        # checked (and put again if gone) once a run, not once a daemon: an object removed
+        # from the bucket (a lifecycle rule, a clean-up) failed every later run of that file,
+        # every retry, until the daemon restarted
+        known = self._inputs.get(sha)
+        if known is None or known[1] != task.run_id:
+            known = self._inputs[sha] = (self.object_store.put_input(path, str(sha)), task.run_id)
+            self._inputs.move_to_end(sha)
+            if len(self._inputs) > INPUTS_KEPT:
+                self._inputs.popitem(last=False)
+        return replace(task, params={**task.params, "input_uri": known[0]})
 
     def _submit_local(self, pipeline: Any, task: StageTask) -> Future:
         task = replace(task, object_store=self.object_store.settings)

@@ -215,3 +215,35 @@ def test_a_worker_that_cannot_reach_the_bucket_is_named_in_the_error(s3, tmp_pat
     assert f"could not be fetched on the Dask worker {address} on {outcome.host}" in \
         outcome.error, outcome.error
     assert any(k.endswith(f"files/{sha}/in.csv") for k in s3.keys())  # the daemon put it there
+
+
+def test_an_input_gone_from_the_bucket_is_put_again_for_the_next_run(cluster, s3, tmp_path):
+    """The daemon remembered, for its whole life, that it had put a run's input into the
+    bucket: once the object was removed (a lifecycle rule, a clean-up), every later run of
+    that file failed every attempt ("... is gone from the object store") until the daemon was
+    restarted, though the file was safe on the daemon's host."""
+    import hashlib
+    import shutil
+
+    data = tmp_path / "in.csv"
+    data.write_text(f"a,b\n1,{uuid.uuid4().hex}\n")  # its own object, not another test's
+    sha = hashlib.sha256(data.read_bytes()).hexdigest()
+    scratch = tmp_path / "scratch"  # the workers' copies: removed below, as a new host has none
+    ex = dask_executor(cluster, s3, tmp_path, scratch_dir=str(scratch))
+    p = Behaving("again", state_dir=tmp_path / "state", max_retries=0)
+
+    def attempt(run_id: str):
+        return ex.submit(p, StageTask(
+            run_id, "again", "work", 1, str(tmp_path / "state"),
+            {"do": "rows", "input_file": str(data), "input_sha256": sha}, {}, (), {}, None, {},
+            timeout=60)).result(timeout=60)
+    try:
+        assert attempt("r1").ok
+        [key] = [k for k in s3.keys() if k.endswith(f"files/{sha}/in.csv")]
+        s3.client().delete_object(Bucket="ahgd-test", Key=key)
+        shutil.rmtree(scratch / "cache", ignore_errors=True)
+        second = attempt("r2")
+        assert second.ok, second.error
+        assert key in s3.keys()  # put there again
+    finally:
+        ex.shutdown()
