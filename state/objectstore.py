@@ -96,8 +96,13 @@ class ObjectStore:
 
     def put(self, path: Path, rel: str, sha256: str) -> str:
         """Upload the finished file ``path`` as ``rel``; its URI."""
-        self.client.upload_file(str(path), self.bucket, self.key_for(rel),
-                                ExtraArgs={"Metadata": {"sha256": sha256}})
+        try:
+            self.client.upload_file(str(path), self.bucket, self.key_for(rel),
+                                    ExtraArgs={"Metadata": {"sha256": sha256}})
+        except ObjectStoreError:
+            raise
+        except Exception as exc:  # boto3's S3UploadFailedError, botocore's: not the file's
+            raise _unreachable(self, self.uri_for(rel), exc) from None
         return self.uri_for(rel)
 
     def head(self, uri: str) -> dict[str, Any] | None:
@@ -368,6 +373,11 @@ def remove_unrecorded(rel_dir: str, keep: set[str]) -> list[str]:
 # --------------------------------------------------------------------------- boto3
 
 
+#: how long a call to the object store may wait to connect, and for each read of its answer
+CONNECT_TIMEOUT_S = 10
+READ_TIMEOUT_S = 30
+
+
 def _make_client(settings: Mapping[str, Any]) -> Any:
     try:
         import boto3
@@ -384,10 +394,14 @@ def _make_client(settings: Mapping[str, Any]) -> Any:
     if settings.get("credentials_file"):
         kwargs.update(read_credentials(Path(settings["credentials_file"]),
                                        str(settings.get("profile") or "default")))
-    elif settings.get("profile"):
+    # botocore's defaults (60 s to connect, 60 s for each read, retried) held a stage RUNNING
+    # on a frozen endpoint for about four minutes a call, saying nothing
+    config = Config(retries={"max_attempts": 3}, connect_timeout=CONNECT_TIMEOUT_S,
+                    read_timeout=READ_TIMEOUT_S)
+    if settings.get("profile") and not settings.get("credentials_file"):
         return boto3.session.Session(profile_name=str(settings["profile"])).client(
-            "s3", config=Config(retries={"max_attempts": 3}), **kwargs)
-    return boto3.session.Session().client("s3", config=Config(retries={"max_attempts": 3}), **kwargs)
+            "s3", config=config, **kwargs)
+    return boto3.session.Session().client("s3", config=config, **kwargs)
 
 
 def read_credentials(path: Path, profile: str) -> dict[str, str]:
@@ -414,15 +428,27 @@ def read_credentials(path: Path, profile: str) -> dict[str, str]:
     return out
 
 
+#: what botocore and S3 call a refusal of the credentials (a missing key is the first two)
+_CREDENTIALS = ("NoCredentialsError", "PartialCredentialsError", "InvalidAccessKeyId",
+                "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "AccessDenied")
+
+
 def _unreachable(store: ObjectStore, uri: str, exc: BaseException) -> ObjectStoreError:
-    """The store could not answer about ``uri``: not the output's fault, nor the stage's."""
-    hint = ("check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the "
-            "environment, or credentials_file) and that they may read the bucket"
-            if _status(exc) == 403 else
-            f"check that the object store at {store.settings.get('endpoint_url') or 'AWS S3'} "
-            "is up and reachable from this host")
-    return ObjectStoreError(f"the object store could not be asked about {uri} "
-                            f"({type(exc).__name__}: {exc}); {hint}")
+    """The store could not answer about ``uri``: not the output's fault, nor the stage's.
+    Says which of the store's settings to look at: the bucket, the credentials, or the
+    endpoint."""
+    where = store.settings.get("endpoint_url") or "AWS S3"
+    text = f"{type(exc).__name__}: {exc}"
+    if "NoSuchBucket" in text:
+        hint = (f"the bucket {store.bucket!r} does not exist at {where}: create it, or fix "
+                "daemon.object_store.url")
+    elif _status(exc) == 403 or any(name in text for name in _CREDENTIALS):
+        hint = ("check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the "
+                "environment of the daemon and of every Dask worker, or credentials_file) and "
+                "that they may read and write the bucket")
+    else:
+        hint = f"check that the object store at {where} is up and reachable from this host"
+    return ObjectStoreError(f"the object store could not be asked about {uri} ({text}); {hint}")
 
 
 def _status(exc: BaseException) -> int | None:
