@@ -73,7 +73,7 @@ def _short(text: str, what: str, value: Any) -> timedelta:
         if m.start() != end:
             break
         unit = _UNITS.get(m.group(2).lower())
-        if unit is None:
+        if unit is None or m.group(2) == "M":  # systemd's month, Prometheus' minute: neither
             raise UnknownUnit(what, value, m.group(2))
         if unit in parts:
             raise ConfigError(_bad(what, value))
@@ -90,7 +90,9 @@ class UnknownUnit(ConfigError):
 
     def __init__(self, what: str, value: Any, unit: str):
         hint = (" (a month or a year has no fixed length: use days, such as 30d)"
-                if unit.lower().startswith(("mo", "y")) else "")
+                if unit.lower().startswith(("mo", "y")) else
+                " (M is a month to some tools and a minute to others: write min for minutes, "
+                "or days such as 30d)" if unit == "M" else "")
         self.detail = (f"{unit!r} is not a unit of time{hint}; use s, m, h, d or w (such as "
                        "30m or 1h30m), or ISO 8601 such as PT30M")
         super().__init__(f"{what} {value!r}: {self.detail}")

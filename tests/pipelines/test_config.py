@@ -459,6 +459,8 @@ def test_a_duration_may_be_a_number_with_a_unit(tmp_path, written, meant):
     ("3 months", "months", " (a month or a year has no fixed length: use days, such as 30d)"),
     ("1y", "y", " (a month or a year has no fixed length: use days, such as 30d)"),
     ("30x", "x", ""),
+    ("6M", "M", " (M is a month to some tools and a minute to others: write min for minutes, "
+                "or days such as 30d)"),
 ])
 def test_a_unit_that_is_not_of_time_is_named(tmp_path, written, unit, hint):
     assert _stage_error(tmp_path, "timeout: PT30M", f"timeout: {written}") == [
