@@ -46,6 +46,8 @@ DISK_FULL_WAIT_S = 10.0
 #: after a run could not check its outputs in the object store (down, unreachable), how long
 #: no run starts: with a Dask cluster every run puts and reads its data there
 STORE_WAIT_S = 30.0
+#: how many times a run waits for the object store before it is recorded FAILED (~10 min)
+STORE_WAITS = 20
 _DISK_REASON = ("the disk holding the state directory was full; the run resumes at its first "
                 "unfinished stage")
 
@@ -108,6 +110,8 @@ class RunSupervisor:
         self.waiting_for_disk: dict[str, str] = {}
         #: run id -> why it waits, when not for the disk (the object store)
         self._waiting_why: dict[str, str] = {}
+        #: run id -> how often it waited for the object store (cleared when it ends)
+        self._store_waits: dict[str, int] = {}
         self.grace_deadline: float | None = None
 
     # ------------------------------------------------------------------ admission and launch
@@ -224,9 +228,11 @@ class RunSupervisor:
                 self._wait_for_disk(run_id, active, active.error)
                 continue
             if isinstance(active.error, ObjectStoreError) and not (
-                    run is not None and run.state in ENDED_RUN_STATES):
+                    run is not None and run.state in ENDED_RUN_STATES) \
+                    and self._may_wait_for_store(run_id, active.error):
                 self._wait_for_store(run_id, active, active.error)
                 continue
+            self._store_waits.pop(run_id, None)
             if active.error is not None and not (run is not None and run.state in ENDED_RUN_STATES):
                 error = f"{type(active.error).__name__}: {active.error}"
                 self._alert("error", f"run.crashed:{run_id}",
@@ -251,6 +257,17 @@ class RunSupervisor:
                              error=str(error),
                              then="it resumes once the disk holding the state directory has "
                                   "room; free some (retention frees what it may)")
+
+    def _may_wait_for_store(self, run_id: str, error: ObjectStoreError) -> bool:
+        """Whether the run waits for the object store (again): not when a setting of it is
+        wrong (a bucket that does not exist, refused credentials: waiting does not mend
+        those), nor after STORE_WAITS waits; the run is then recorded FAILED with the error,
+        which says what to fix, and ``ahgd retry`` takes it up again."""
+        if getattr(error, "setting", None):
+            return False
+        waits = self._store_waits.get(run_id, 0) + 1
+        self._store_waits[run_id] = waits
+        return waits <= STORE_WAITS
 
     def _wait_for_store(self, run_id: str, active: ActiveRun, error: ObjectStoreError) -> None:
         """The run could not check the outputs it reads in the object store (down, or not

@@ -66,7 +66,15 @@ class OutputMissing(StoreError):
 
 
 class ObjectStoreError(StoreError):
-    """The object store holding stage outputs is not configured, not installed or not reachable."""
+    """The object store holding stage outputs is not configured, not installed or not reachable.
+
+    ``setting``: ``"bucket"`` or ``"credentials"`` when one of its settings is wrong (the
+    bucket does not exist, the credentials are missing or refused): waiting for the store
+    does not help, fixing the setting does.  None: the store may be down, or unreachable."""
+
+    def __init__(self, message: str, *, setting: str | None = None):
+        super().__init__(message)
+        self.setting = setting
 
 
 def did_you_mean(word: str, choices: Iterable[str], *, cutoff: float = 0.6,

@@ -439,16 +439,19 @@ def _unreachable(store: ObjectStore, uri: str, exc: BaseException) -> ObjectStor
     endpoint."""
     where = store.settings.get("endpoint_url") or "AWS S3"
     text = f"{type(exc).__name__}: {exc}"
+    setting = None
     if "NoSuchBucket" in text:
-        hint = (f"the bucket {store.bucket!r} does not exist at {where}: create it, or fix "
-                "daemon.object_store.url")
+        setting, hint = "bucket", (f"the bucket {store.bucket!r} does not exist at {where}: "
+                                   "create it, or fix daemon.object_store.url")
     elif _status(exc) == 403 or any(name in text for name in _CREDENTIALS):
-        hint = ("check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the "
-                "environment of the daemon and of every Dask worker, or credentials_file) and "
-                "that they may read and write the bucket")
+        setting, hint = "credentials", (
+            "check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the "
+            "environment of the daemon and of every Dask worker, or credentials_file) and "
+            "that they may read and write the bucket")
     else:
         hint = f"check that the object store at {where} is up and reachable from this host"
-    return ObjectStoreError(f"the object store could not be asked about {uri} ({text}); {hint}")
+    return ObjectStoreError(f"the object store could not be asked about {uri} ({text}); {hint}",
+                            setting=setting)
 
 
 def _status(exc: BaseException) -> int | None:

@@ -143,10 +143,12 @@ class DaskExecutor(ClusterWatch, Executor):
                                             "attributes")))
         try:
             task = self._with_input(task)
-        except Exception as exc:
-            return resolved(Outcome(ok=False, error_type=type(exc).__name__, error=(
-                f"the run's input file could not be put into the object store for the "
-                f"workers: {exc}")))
+        except Exception as exc:  # a wrong setting of the store (no such bucket): not retried
+            return resolved(Outcome(
+                ok=False, retryable=not getattr(exc, "setting", None),
+                error_type=type(exc).__name__, error=(
+                    f"the run's input file could not be put into the object store for the "
+                    f"workers: {exc}")))
         job = Job(replace(task, object_store=self.object_store.settings), blob,
                    f"{id(pipeline)}:{hash(blob)}", Future())
         with self._lock:
@@ -335,7 +337,8 @@ class DaskExecutor(ClusterWatch, Executor):
         if outcome.error_type == "WorkerDied":
             forget_outputs(self.object_store, job.task)
         if outcome.error_type == "OutputMissing" and "input file" in (outcome.error or ""):
-            self._inputs.pop(str(job.task.params.get("input_sha256")), None)  # put it again
+            with self._lock:  # put it again
+                self._inputs.pop(str(job.task.params.get("input_sha256")), None)
         settle(job.outer, outcome)
 
     def _with_input(self, task: StageTask) -> StageTask:
@@ -347,12 +350,15 @@ class DaskExecutor(ClusterWatch, Executor):
         # checked (and put again if gone) once a run, not once a daemon: an object removed
         # from the bucket (a lifecycle rule, a clean-up) failed every later run of that file,
         # every retry, until the daemon restarted
-        known = self._inputs.get(sha)
+        with self._lock:
+            known = self._inputs.get(sha)
         if known is None or known[1] != task.run_id:
-            known = self._inputs[sha] = (self.object_store.put_input(path, str(sha)), task.run_id)
-            self._inputs.move_to_end(sha)
-            if len(self._inputs) > INPUTS_KEPT:
-                self._inputs.popitem(last=False)
+            known = (self.object_store.put_input(path, str(sha)), task.run_id)  # not locked
+            with self._lock:
+                self._inputs[sha] = known
+                self._inputs.move_to_end(sha)
+                if len(self._inputs) > INPUTS_KEPT:
+                    self._inputs.popitem(last=False)
         return replace(task, params={**task.params, "input_uri": known[0]})
 
     def _submit_local(self, pipeline: Any, task: StageTask) -> Future:

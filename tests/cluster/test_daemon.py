@@ -284,3 +284,40 @@ def test_ahgd_status_says_where_attempts_run_the_scheduler_and_its_workers(clust
     assert f"Dask cluster {cluster.address} connected" in out, out
     assert "2 workers" in out and "outputs in s3://ahgd-test/status" in out, out
     assert out.count("2 threads, cpu=2, memory=4096; idle") == 2, out
+
+
+def test_a_bucket_that_does_not_exist_fails_the_run_naming_it_instead_of_waiting(
+        cluster, s3, tmp_path):
+    """A run that met the object store's failure waited for it (suspended, started again)
+    with no end: a bucket that does not exist, or refused credentials, never answer
+    otherwise, so the run went round for ever, its history growing.  Such a setting fails
+    the run at once, the error naming the bucket and the fix; `ahgd retry` takes it up once
+    the setting is mended."""
+    (tmp_path / "remote.yaml").write_text(textwrap.dedent("""\
+        pipeline: {name: remote}
+        triggers:
+          - {type: drop_folder, path: "${state_dir}/inbox/remote", pattern: "*.csv", stable_for: PT0.2S}
+        stages:
+          - {name: extract, type: extractor, class: tests.daemon.stages.CsvExtractor, retry_attempts: 2, retry_delay: PT1S}
+          - {name: load, type: loader, class: tests.daemon.stages.CountLoader, retry_attempts: 0}
+        """))
+    master = tmp_path / "master.yaml"
+    master.write_text("pipelines:\n  - {name: remote, config_file: remote.yaml}\n"
+                      + dask_section(cluster, s3, "nobucket").replace(
+                          "s3://ahgd-test/", "s3://no-such-bucket-ahgd/"))
+    state = tmp_path / "state"
+    d = Daemon(master, state, extra_env=S3_ENV).wait_ready(60)
+    try:
+        drop_csv(state / "inbox" / "remote", "one.csv", rows=4)
+        wait_until(lambda: query(state, "SELECT state FROM runs") == [("FAILED",)], 90,
+                   "the run to fail")
+        [(error,)] = query(state, "SELECT error FROM runs")
+        assert "the bucket 'no-such-bucket-ahgd' does not exist at" in error, error
+        assert "create it, or fix daemon.object_store.url" in error, error
+        assert not query(state, "SELECT seq FROM events WHERE type = 'run.suspended'")
+        # not retried: waiting does not create a bucket (it was tried three times)
+        assert query(state, "SELECT stage, attempt FROM stage_runs") == [("extract", 1)]
+        # the file is good: the bucket's setting failed the run, the file is not quarantined
+        assert not list((state / "quarantine").rglob("*.csv"))
+    finally:
+        assert d.stop() == 0, d.output()

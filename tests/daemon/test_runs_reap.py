@@ -70,3 +70,63 @@ def test_the_reap_of_an_ended_run_does_not_wait_for_the_event_log(tmp_path: Path
     finally:
         executor.shutdown()
         kit.close()
+
+
+def _died(run_id: str, error: BaseException):
+    """An ActiveRun whose thread has ended with ``error`` (what reap looks at)."""
+    from ahgd_daemon.runs import ActiveRun
+
+    thread = threading.Thread(target=lambda: None)
+    thread.start()
+    thread.join()
+    return ActiveRun(run_id, PIPELINE, thread, cancel=None, started=0.0, error=error)
+
+
+def test_a_run_waits_for_the_object_store_a_bounded_number_of_times(tmp_path: Path) -> None:
+    """An object store that stays down (or a wrong setting of it) suspended a run and started
+    it again every 30 s for ever; a wrong setting now fails the run at once, and an outage
+    after STORE_WAITS waits, the error saying what to look at."""
+    from ahgd_daemon import runs as runs_module
+    from state.errors import ObjectStoreError
+
+    kit = Kit(write_configs(tmp_path), tmp_path / "state")
+    alerts: list = []
+    try:
+        src = tmp_path / "in.csv"
+        src.write_text("code,name\n1,a\n")
+        ids = []
+        for _ in range(2):
+            fd = os.open(src, os.O_RDONLY)
+            try:
+                ids.append(request_run(kit.log, kit.state_dir, kit.pipelines, PIPELINE,
+                                       input_fd=fd, input_name=src.name))
+            finally:
+                os.close(fd)
+        down, bucket = ids
+        runs = RunSupervisor(kit.log, kit.state_dir, InProcessExecutor(1), None,
+                             lock=threading.RLock(), monotonic=time.monotonic, wake=lambda: None,
+                             alert=lambda *a, **kw: alerts.append(a), logger=_Quiet())
+        runs._logger.warning = lambda *a, **kw: None
+        outage = ObjectStoreError("the object store could not be asked about s3://b/x; check "
+                                  "that the object store at http://s3 is up")
+        for wait in range(runs_module.STORE_WAITS):
+            runs.active[down] = _died(down, outage)
+            runs.reap(lambda run: None)
+            assert down in runs.waiting_for_disk, wait   # waits, as the store may come back
+            runs.waiting_for_disk.pop(down)
+        assert kit.log.run(down).state == RunState.PENDING
+        runs.active[down] = _died(down, outage)
+        runs.reap(lambda run: None)                       # once too often: it fails
+        assert down not in runs.waiting_for_disk
+        assert kit.log.run(down).state == RunState.FAILED
+        assert "is up" in kit.log.run(down).error
+
+        wrong = ObjectStoreError("the bucket 'b' does not exist at http://s3: create it, or "
+                                 "fix daemon.object_store.url", setting="bucket")
+        runs.active[bucket] = _died(bucket, wrong)
+        runs.reap(lambda run: None)                       # a wrong setting: no wait at all
+        assert bucket not in runs.waiting_for_disk
+        assert kit.log.run(bucket).state == RunState.FAILED
+        assert "create it, or fix daemon.object_store.url" in kit.log.run(bucket).error
+    finally:
+        kit.close()
