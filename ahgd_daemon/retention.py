@@ -459,18 +459,8 @@ class _Planner:
                 self.db, [n[6:] for n in chunk if n.startswith("files/")])
             for name in chunk:
                 objects, uri = folders[name], store.uri_for(name)
-                if uri in recorded and not self._bucket_protected(
-                        name, runs.get(name[5:]), readers.get(name[6:], [])):
-                    # removed before, but not all deleted then (the store went away)
-                    since = parse_ts(recorded[uri]).timestamp()
-                    old = [o for o in objects if o[2] <= since]
-                    objects = [o for o in objects if o[2] > since]
-                    if old:
-                        yield self._bucket_item(name, old, "recorded", "its removal was recorded "
-                                                f"{recorded[uri]}; these objects were left then",
-                                                None, None, {"recorded": recorded[uri]})
-                    if not objects:
-                        continue
+                # judged by the rules of the whole folder, whatever was recorded of it before:
+                # a run reading it since (the newest, one that may still run) keeps it
                 self._where = "bucket: "
                 try:
                     if name.startswith("data/"):
@@ -479,21 +469,18 @@ class _Planner:
                         item = self._bucket_input(name, objects, readers.get(name[6:], []))
                 finally:
                     self._where = ""
-                if item is not None:
-                    yield item
+                if item is None:
+                    continue
+                if uri in recorded and all(o[2] <= parse_ts(recorded[uri]).timestamp()
+                                           for o in objects):
+                    # its removal was recorded, but the store went away before all of it was
+                    # deleted: those objects go now, without a second event
+                    item = self._bucket_item(name, objects, "recorded", "its removal was "
+                                             f"recorded {recorded[uri]}; these objects were "
+                                             "left then", item.pipeline, item.run_id,
+                                             {"recorded": recorded[uri]})
+                yield item
             yield None
-
-    def _bucket_protected(self, name: str, run: dict[str, Any] | None,
-                          readers: list[dict[str, Any]]) -> bool:
-        """Whether a run that may still run needs the folder ``name`` (its objects written
-        since its removal was recorded are judged as new ones, never as its leftovers)."""
-        if name.startswith("data/"):
-            run = run or self._run_of_unsafe(name[5:])
-            return run is None or name in self.protected_dirs or run["pipeline"] in \
-                self.resuming or run["run_id"] in self.protected_runs or \
-                run["state"] in removals.UNFINISHED
-        return any(r["run_id"] in self.protected_runs or r["state"] in removals.UNFINISHED
-                   for r in readers)
 
     def _bucket_item(self, name: str, objects: list[tuple[str, int, float]], rule: str,
                      reason: str, pipeline: str | None, run_id: str | None,

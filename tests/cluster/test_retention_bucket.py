@@ -7,6 +7,7 @@ cluster, a real S3 endpoint (moto's server); only the collector's clock is moved
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -238,8 +239,15 @@ class Link:
 
 
 def test_objects_the_bucket_could_not_delete_after_their_removal_was_recorded_go_next_time(
-        bucket, s3, caplog):
+        bucket, s3, cluster, caplog):
+    """...unless a run has read them since: the same file dropped again reads the input the
+    store could not delete (it is there, with its SHA-256, so it is not put again); that run
+    is now the newest, and its input stays."""
     from concurrent.futures import Future, wait
+
+    from ahgd_daemon.requests import request_run
+    from pipelines.execution.cluster import DaskExecutor
+    from tests.daemon.retention_kit import PIPELINE
 
     kit, store, runs = bucket
     link = Link(s3.port)
@@ -263,9 +271,32 @@ def test_objects_the_bucket_could_not_delete_after_their_removal_was_recorded_go
     assert "could not delete" in (report.walk.bucket_error or "")
     assert any("could not delete" in r.getMessage() for r in caplog.records)
 
+    # the old run's file dropped again, run on the cluster: it reads files/<sha> as it is
+    sha = kit.run_row(runs["old"]).params["input_sha256"]
+    executor = DaskExecutor(cluster.address, object_store=store.settings, max_workers=2,
+                            owner=f"test:{kit.state_dir}:again")
+    kit.pipeline._executor_arg = executor
+    kit.succeed(True)
+    try:
+        fd = os.open(kit.state_dir.parent / "input-1.csv", os.O_RDONLY)
+        try:
+            rerun = request_run(kit.log, kit.state_dir, kit.pipelines, PIPELINE, input_fd=fd,
+                                input_name="input-1.csv")
+        finally:
+            os.close(fd)
+        kit.pipeline.execute_run(rerun, log=kit.log)
+    finally:
+        executor.shutdown()
+    assert kit.run_row(rerun).state == "COMPLETED"
+    assert kit.run_row(rerun).params["input_sha256"] == sha
+
     link.mend()
     again = kit.collector(days(2), store=relayed).run()
     assert store.list(f"data/{runs['old']}/") == []
     assert again.bucket_leftovers >= len(left) and again.walk.bucket_error is None
-    assert len(bucket_removals(kit)) == 2  # no second event for what was recorded
+    paths = [r[3] for r in bucket_removals(kit)]
+    # no second event for what was recorded (the run before the rerun goes now: not newest)
+    assert paths.count(old) == 1 and paths.count(store.uri_for(f"files/{sha}")) == 1
+    assert store.uri_for(f"data/{runs['newest']}") in paths
+    assert store.list(f"files/{sha}/")  # the newest run's input stays
     link.cut()
