@@ -89,8 +89,11 @@ class Workbook:
                                   ) from None
             with files.open_regular(self.path):   # refuses a link or FIFO before reading
                 pass
+            source = self._source()   # a disk's error here is the machine's, not the file's
             try:
-                self._reader = fastexcel.read_excel(self._source())
+                self._reader = fastexcel.read_excel(source)
+            except (OSError, MemoryError):   # the machine's trouble: never a bad file
+                raise
             except Exception as exc:  # fastexcel's own errors: the file is not what it says
                 if self._encrypted():
                     raise InputError(f"{self.label} is a workbook encrypted with a password; "

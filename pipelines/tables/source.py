@@ -348,15 +348,28 @@ def read_source(con: Any, manifest: dict[str, Any], scratch: Path, *,
     # a ZIP member is copied out; Windows-1252 or UTF-16 text (of a file or a member) is
     # copied as UTF-8
     encoding = "utf-8" if transcoded else manifest["encoding"]
-    copy = (files.transcode(manifest["path"], member, scratch / "utf8.csv", transcoded)
-            if transcoded else files.extract_member(manifest["path"], member,
-                                                    scratch / "member.csv"))
     sql, params = read_csv_sql(names, delimiter=manifest["delimiter"], encoding=encoding)
     table = f"temp.{quote(prefix)}"
+    copy = None
     try:
+        try:
+            copy = (files.transcode(manifest["path"], member, scratch / "utf8.csv", transcoded)
+                    if transcoded else files.extract_member(manifest["path"], member,
+                                                            scratch / "member.csv"))
+        except UnicodeDecodeError as exc:   # a byte the encoding has no character for
+            what = f", member {member}" if member else ""
+            raise InputError(
+                f"input file {manifest['path']}{what} is not {_SPELLED[transcoded]} text "
+                f"({exc.reason}: a byte that encoding has no character for, or the file ends "
+                "in the middle of one, as a copy cut short does); save it as \"CSV UTF-8\", "
+                "or set the stage's encoding option to the one it is in") from None
         con.execute(f"CREATE OR REPLACE TEMP TABLE {quote(prefix)} AS SELECT * FROM {sql}",
                     {"path": str(copy), **params})
+    except InputError:
+        raise
     except Exception as exc:
+        if copy is None:   # the copy itself failed (a full disk): not the file's fault
+            raise
         problem = csv_error(exc, input_file=str(copy), path=copy,
                             delimiter=manifest["delimiter"], encoding=encoding)
         if problem is None:

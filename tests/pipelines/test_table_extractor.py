@@ -191,6 +191,26 @@ def test_a_utf16_csv_is_read_from_its_byte_order_mark(tmp_path):
     assert seifa.check_input(abs_names) is None
 
 
+def test_text_its_encoding_cannot_read_is_refused_naming_the_file_and_nothing_is_left(
+        tmp_path):
+    """A UTF-16 file cut short (the copy ended mid-character) failed with Python's bare
+    "'utf-16-le' codec can't decode ... truncated data", naming no file, and left its
+    half-made UTF-8 copy in the state directory's tmp/ for good."""
+    # past the header's first MiB (read at extract): the rest is only read by the copy
+    text = "Area code,Area,Deaths\r\n" + "".join(f"{800 + i:04d},Darwin,{i}\r\n"
+                                                 for i in range(60_000))
+    cut = tmp_path / "cut.csv"
+    cut.write_bytes(text.encode("utf-16")[:-1])
+    yaml = tmp_path / "cut.yaml"
+    yaml.write_text(PIPELINE.format(config="{columns: {area: 1, deaths: 3}}"))
+    state = tmp_path / "cut-state"
+    ctx = load_pipeline(yaml, state_dir=state, executor="inprocess").run(input_file=cut)
+    assert ctx.state == "FAILED"
+    assert f"input file {cut} is not UTF-16 text (truncated data: a byte" in ctx.error, ctx.error
+    assert "save it as \"CSV UTF-8\", or set the stage's encoding option" in ctx.error
+    assert not [p for p in (state / "tmp").rglob("*.csv")]
+
+
 def test_a_csv_with_a_title_line_above_its_header_is_refused_not_loaded_as_one_column(
         tmp_path):
     """AIHW and ABS CSVs saved from a workbook keep its caption: ``Table 1: Deaths ...,,,``
