@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import gzip
 import os
+import re
 import zipfile
 from pathlib import Path
 from typing import BinaryIO
@@ -174,28 +175,45 @@ def guess_encoding(stream: BinaryIO) -> str:
     ``latin-1`` (in which any bytes are text).  Reads the stream to its end, a MiB at a
     time."""
     decoder = codecs.getincrementaldecoder("utf-8")()
-    seen = b""
+    seen, utf8 = b"", False
     try:
         while block := stream.read(_CHUNK):
             seen = block
             decoder.decode(block)
+            utf8 = utf8 or not block.isascii()
         decoder.decode(b"", final=True)
     except UnicodeDecodeError:      # from the block that is not UTF-8 on
-        c1, block = False, seen
+        c1, undefined, block = False, False, seen
         while block:
-            if _undefined(block):
-                return "latin-1"
+            utf8 = utf8 or _utf8_sequence(block)
+            undefined = undefined or _undefined(block)
             c1 = c1 or _has_c1(block)
             block = stream.read(_CHUNK)
-        return "windows-1252" if c1 else "latin-1"
+        return MIXED if utf8 else "latin-1" if undefined or not c1 else "windows-1252"
     return "utf-8"
 
 
 def eight_bit(data: bytes) -> str:
     """``windows-1252`` when ``data`` (text that is not UTF-8) holds a byte Windows-1252
     reads as a character and Latin-1 as a control code, and none it leaves undefined;
-    else ``latin-1``.  (The bytes from 0xA0 up are the same characters in both.)"""
+    else ``latin-1``; :data:`MIXED` when it also holds UTF-8's characters.  (The bytes from
+    0xA0 up are the same characters in Latin-1 and Windows-1252.)"""
+    if _utf8_sequence(data):
+        return MIXED
     return "windows-1252" if _has_c1(data) and not _undefined(data) else "latin-1"
+
+
+#: text that is UTF-8 in places and not in others (a file edited in two programs, two exports
+#: pasted together): read as either, some of it would be garbled
+MIXED = "mixed"
+#: a UTF-8 character of two to four bytes: in Latin-1 or Windows-1252 text, such a run is
+#: mojibake ("Ã©"), not text anybody writes
+_UTF8_SEQUENCE = re.compile(rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|"
+                            rb"[\xf0-\xf4][\x80-\xbf]{3}")
+
+
+def _utf8_sequence(data: bytes) -> bool:
+    return _UTF8_SEQUENCE.search(data) is not None
 
 
 def _has_c1(data: bytes) -> bool:

@@ -162,6 +162,14 @@ def _csv_header(path: Path, member: str | None, encoding: str, delimiter: str,
             except UnicodeDecodeError:
                 codec = files.eight_bit(data)
         guessed = codec != "utf-8"
+        if codec == files.MIXED:
+            where = path.name if member is None else f"{path.name} (member {member})"
+            raise InputError(
+                f"{where} mixes text encodings: some of it is UTF-8 and some is not (Windows-"
+                "1252 or Latin-1), as a file edited in two programs or pasted together from "
+                "two exports is; read as either, part of its text would be garbled. Save it "
+                "again in one encoding (Excel: \"CSV UTF-8\"), or set the stage's encoding "
+                "option if you know which it is")
     codec = ("latin-1" if codec in ("latin-1", "latin1", "iso-8859-1") else
              WINDOWS_1252 if codec in ("windows-1252", "cp1252") else
              "utf-16" if codec in ("utf-16", "utf16") else "utf-8")

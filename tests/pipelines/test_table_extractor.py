@@ -191,6 +191,23 @@ def test_a_utf16_csv_is_read_from_its_byte_order_mark(tmp_path):
     assert seifa.check_input(abs_names) is None
 
 
+@pytest.mark.parametrize("rows", [2, 60_000])   # read whole at once; streamed past 1 MiB
+def test_a_csv_part_utf8_part_windows_1252_is_refused_not_loaded_garbled(tmp_path, rows):
+    """A file mostly UTF-8 with a line saved from Excel on Windows (edited in two programs)
+    was guessed Windows-1252 as a whole, so its UTF-8 names loaded as "CafÃ© â€“ Oâ€™Brien"
+    with only a log line; read as either encoding part of it is garbled, so it is refused."""
+    from pipelines import TableExtractor
+    from pipelines.errors import InputError
+
+    good = "".join(f"{800 + i:04d},Café – O’Brien,{i}\r\n" for i in range(rows))
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_bytes(("Area code,Area,Deaths\r\n" + good).encode("utf-8")
+                      + "0900,Kununurra – East,7\r\n".encode("cp1252"))
+    with pytest.raises(InputError, match=r"mixed\.csv mixes text encodings: some of it is "
+                                         r"UTF-8 and some is not"):
+        TableExtractor().identify(mixed)
+
+
 def test_text_its_encoding_cannot_read_is_refused_naming_the_file_and_nothing_is_left(
         tmp_path):
     """A UTF-16 file cut short (the copy ended mid-character) failed with Python's bare
