@@ -21,7 +21,7 @@ from state import utc_now
 from state.objectstore import ObjectStore
 from tests.daemon.retention_kit import Kit, days, write_configs
 
-from .processes import REPO, child_env, free_port
+from .processes import REPO, Gate, child_env, free_port
 
 RETAIN = "successful_runs: 1, inputs_for: P1D, failed_runs_for: P5D, logs_for: P90D"
 
@@ -171,73 +171,6 @@ def test_gc_dry_run_lists_the_bucket_items_and_removes_nothing(bucket):
     assert store.list("") == before and bucket_removals(kit) == []
 
 
-class Link:
-    """A TCP relay on loopback to moto's server that can be cut (every connection closed,
-    new ones refused) and mended on the same port: the bucket going away mid-collection
-    while its objects stay."""
-
-    def __init__(self, target_port: int):
-        import socket
-        import threading
-
-        self.target, self.port = target_port, free_port()
-        self._socket, self._threading = socket, threading
-        self._open: list = []
-        self._server = None
-        self.mend()
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def mend(self) -> None:
-        server = self._socket.socket()
-        server.setsockopt(self._socket.SOL_SOCKET, self._socket.SO_REUSEADDR, 1)
-        server.bind(("127.0.0.1", self.port))
-        server.listen(16)
-        self._server = server
-        self._threading.Thread(target=self._accept, args=(server,), daemon=True).start()
-
-    def cut(self) -> None:
-        try:  # wakes the accept() under way (close alone leaves it listening)
-            self._server.shutdown(self._socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self._server.close()
-        for conn in self._open:
-            try:
-                conn.shutdown(self._socket.SHUT_RDWR)
-            except OSError:
-                pass
-            conn.close()
-        self._open = []
-
-    def _accept(self, server) -> None:
-        while True:
-            try:
-                client, _ = server.accept()
-            except OSError:
-                return
-            upstream = self._socket.create_connection(("127.0.0.1", self.target), timeout=10)
-            self._open += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                self._threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src, dst) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.close()
-                except OSError:
-                    pass
-
-
 def test_objects_the_bucket_could_not_delete_after_their_removal_was_recorded_go_next_time(
         bucket, s3, cluster, caplog):
     """...unless a run has read them since: the same file dropped again reads the input the
@@ -250,7 +183,7 @@ def test_objects_the_bucket_could_not_delete_after_their_removal_was_recorded_go
     from tests.daemon.retention_kit import PIPELINE
 
     kit, store, runs = bucket
-    link = Link(s3.port)
+    link = Gate(s3.port)  # the bucket can be cut and mended; its objects stay
     relayed = ObjectStore({**store.settings, "endpoint_url": link.endpoint})
     old = store.uri_for(f"data/{runs['old']}")
     left = sorted(n for n in store.list(f"data/{runs['old']}/"))
@@ -260,7 +193,7 @@ def test_objects_the_bucket_could_not_delete_after_their_removal_was_recorded_go
     for step in steps:  # up to the bucket's listing, which the link lets through
         if isinstance(step, Future):
             wait([step])
-            link.cut()  # then the bucket goes away, before anything of it is removed
+            link.shut()  # then the bucket goes away, before anything of it is removed
             break
     for _ in steps:
         pass
@@ -290,7 +223,7 @@ def test_objects_the_bucket_could_not_delete_after_their_removal_was_recorded_go
     assert kit.run_row(rerun).state == "COMPLETED"
     assert kit.run_row(rerun).params["input_sha256"] == sha
 
-    link.mend()
+    link.open()
     again = kit.collector(days(2), store=relayed).run()
     assert store.list(f"data/{runs['old']}/") == []
     assert again.bucket_leftovers >= len(left) and again.walk.bucket_error is None
@@ -299,4 +232,4 @@ def test_objects_the_bucket_could_not_delete_after_their_removal_was_recorded_go
     assert paths.count(old) == 1 and paths.count(store.uri_for(f"files/{sha}")) == 1
     assert store.uri_for(f"data/{runs['newest']}") in paths
     assert store.list(f"files/{sha}/")  # the newest run's input stays
-    link.cut()
+    link.shut()
