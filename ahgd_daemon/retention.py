@@ -282,27 +282,37 @@ class _Planner:
         runs = [r for r in removals.runs_with_input(self.db, pipeline, sha_dir.name)
                 if removals.relative_to_state(self.state_dir, r["params"].get("input_file", ""))
                 .startswith(path + "/")]
-        if not runs:
-            self.walk.keep("unknown: no run in the history read this input")
+        due = self._due_input(runs)
+        if due is None:
             return None
-        newest = self.newest(pipeline)
-        for run in runs:
-            if run["run_id"] in self.protected_runs:
-                self.walk.keep("needed by a run that may still run")
-                return None
-            if newest and run["run_id"] == newest[0]:
-                self.walk.keep("the input of the newest completed run")
-                return None
-        window = self.policy.of(pipeline).inputs_for
-        last = max(runs, key=lambda r: r["ended_at"] or "")
-        if last["ended_at"] is None or parse_ts(last["ended_at"]) + window > self.now:
-            self.walk.keep("not yet due")
-            return None
-        return Item(area, path, size, files, "inputs_for",
-                    f"the last run that read it ({last['run_id']}) ended {last['ended_at']}, "
-                    f"more than retain.inputs_for ({format_duration(window)}) ago",
-                    pipeline, last["run_id"],
+        last, reason = due
+        return Item(area, path, size, files, "inputs_for", reason, pipeline, last["run_id"],
                     {"sha256": sha_dir.name, "runs": [r["run_id"] for r in runs][-20:]})
+
+    def _due_input(self, runs: list[dict[str, Any]]) -> tuple[dict[str, Any], str] | None:
+        """An input the runs ``runs`` read (of one pipeline here; of any in the bucket, which
+        keeps one copy of the bytes for all): ``(the last of them, the reason in words)``
+        when it may go, which is when none of them may still run or is its pipeline's newest
+        completed run and each one's window has passed; else None, and why it stays."""
+        if not runs:
+            self._keep("unknown: no run in the history read this input")
+            return None
+        for run in runs:
+            if run["run_id"] in self.protected_runs or run["state"] in removals.UNFINISHED:
+                self._keep("needed by a run that may still run")
+                return None
+            newest = self.newest(run["pipeline"])
+            if newest and run["run_id"] == newest[0]:
+                self._keep("the input of the newest completed run")
+                return None
+        if any(r["ended_at"] is None or parse_ts(r["ended_at"])
+               + self.policy.of(r["pipeline"]).inputs_for > self.now for r in runs):
+            self._keep("not yet due")
+            return None
+        last = max(runs, key=lambda r: r["ended_at"])
+        window = self.policy.of(last["pipeline"]).inputs_for
+        return last, (f"the last run that read it ({last['run_id']}) ended {last['ended_at']}, "
+                      f"more than retain.inputs_for ({format_duration(window)}) ago")
 
     # -- duplicates/ and quarantine/: files set aside -----------------------------------
 
@@ -471,8 +481,8 @@ class _Planner:
                     self._where = ""
                 if item is None:
                     continue
-                if uri in recorded and all(o[2] <= parse_ts(recorded[uri]).timestamp()
-                                           for o in objects):
+                if uri in recorded and max(o[2] for o in objects) <= parse_ts(
+                        recorded[uri]).timestamp():
                     # its removal was recorded, but the store went away before all of it was
                     # deleted: those objects go now, without a second event
                     item = self._bucket_item(name, objects, "recorded", "its removal was "
@@ -507,35 +517,15 @@ class _Planner:
 
     def _bucket_input(self, name: str, objects: list[tuple[str, int, float]],
                       runs: list[dict[str, Any]]) -> Item | None:
-        if not runs:
-            self._keep("unknown: no run in the history read this input")
+        if runs and self.only is not None and all(r["pipeline"] != self.only for r in runs):
             return None
-        if self.only is not None and all(r["pipeline"] != self.only for r in runs):
+        due = self._due_input(runs)
+        if due is None:
             return None
-        due = None
-        for run in runs:  # one object for every pipeline that read these bytes
-            if run["run_id"] in self.protected_runs or run["state"] in removals.UNFINISHED:
-                self._keep("needed by a run that may still run")
-                return None
-            newest = self.newest(run["pipeline"])
-            if newest and run["run_id"] == newest[0]:
-                self._keep("the input of the newest completed run")
-                return None
-            if run["ended_at"] is None:
-                self._keep("not yet due")
-                return None
-            until = parse_ts(run["ended_at"]) + self.policy.of(run["pipeline"]).inputs_for
-            due = until if due is None else max(due, until)
-        if due is None or due > self.now:
-            self._keep("not yet due")
-            return None
-        last = max(runs, key=lambda r: r["ended_at"] or "")
-        window = self.policy.of(last["pipeline"]).inputs_for
-        return self._bucket_item(
-            name, objects, "inputs_for",
-            f"the last run that read it ({last['run_id']}) ended {last['ended_at']}, more than "
-            f"retain.inputs_for ({format_duration(window)}) ago", last["pipeline"],
-            last["run_id"], {"sha256": name[6:], "runs": [r["run_id"] for r in runs][-20:]})
+        last, reason = due
+        return self._bucket_item(name, objects, "inputs_for", reason, last["pipeline"],
+                                 last["run_id"], {"sha256": name[6:],
+                                                  "runs": [r["run_id"] for r in runs][-20:]})
 
 
 def _subdirs(folder: Path) -> list[Path]:
