@@ -444,11 +444,12 @@ class _Planner:
             data, files = listing.result()
         except Exception as exc:  # noqa: BLE001 - unreachable, refused: nothing planned
             where = store.settings.get("endpoint_url") or "AWS S3"
+            # the error says which setting to look at (the bucket, the credentials, the
+            # endpoint: objectstore._unreachable); a second, general hint here contradicted it
             self.walk.bucket_error = (
                 f"the object store {store.url} (at {where}) could not be listed, so nothing in "
-                f"it was collected this time and nothing was recorded: {exc}. Check that it is "
-                "up and reachable from this host and that the credentials may list and delete "
-                "in the bucket; the next collection tries again")
+                f"it was collected this time and nothing was recorded: {exc}; the next "
+                "collection tries again")
             return
         folders: dict[str, list[tuple[str, int, float]]] = {}
         for rel, size, written in [*data, *files]:

@@ -263,7 +263,7 @@ class RunSupervisor:
         wrong (a bucket that does not exist, refused credentials: waiting does not mend
         those), nor after STORE_WAITS waits; the run is then recorded FAILED with the error,
         which says what to fix, and ``ahgd retry`` takes it up again."""
-        if getattr(error, "setting", None):
+        if error.setting:
             return False
         waits = self._store_waits.get(run_id, 0) + 1
         self._store_waits[run_id] = waits

@@ -124,10 +124,10 @@ def _by_kind(exc: BaseException, name: str) -> Decision:
     if isinstance(exc, StageError):
         retry = bool(getattr(exc, "retryable", True))
         return Decision(retry, f"{name}.retryable is {retry}")
-    if isinstance(exc, ObjectStoreError) and getattr(exc, "setting", None):
-        return Decision(False, f"{name}: the object store's {exc.setting} setting is wrong; fix "
-                               "it, then retry the run")
     if isinstance(exc, ObjectStoreError):  # the bucket's fault, not the stage's: it may be back
+        if exc.setting:                      # unless one of its settings is wrong
+            return Decision(False, f"{name}: the object store's {exc.setting} setting is wrong; "
+                                   "fix it, then retry the run")
         return Decision(True, f"{name}: the object store could not be reached or refused the "
                               "request, which may pass")
     if isinstance(exc, AhgdError):
