@@ -109,13 +109,16 @@ def identify(path: str | Path, columns: Columns, *, sheet: Any = None, member: s
                          "option is for spreadsheets); delete the lines above the header, "
                          "or send the spreadsheet")
     compression = "gzip" if kind == "gzip" or _gzipped_member(path, member) else None
-    markup = _markup(path, member)
+    # the file's first bytes, read once: for markup, the header and a title above it
+    data, whole = files.csv_prefix(path, member, HEADER_LIMIT)
+    markup = _markup(data[:4096])
     if markup:
         raise InputError(f"{label} is {markup}, not a CSV file or a workbook (a web site's "
                          "'Export to Excel' often sends one under an .xls name); open it in "
                          "Excel and save it as .xlsx or as CSV UTF-8, then send that")
-    header, codec, guessed = _csv_header(path, member, encoding, delimiter, whole_file)
-    title = _title_line(path, member, header, codec, delimiter)
+    header, codec, guessed = _csv_header(path, member, label, data, whole, encoding, delimiter,
+                                         whole_file)
+    title = _title_line(data[:64 << 10], header, codec, delimiter)
     if title:
         raise InputError(f"{label}: {title}")
     found = columns.match(header, [])
@@ -142,11 +145,12 @@ def _gzipped_member(path: Path, member: str | None) -> bool:
         return type(s).__name__ == "GzipFile"
 
 
-def _csv_header(path: Path, member: str | None, encoding: str, delimiter: str,
-                whole_file: bool) -> tuple[list[str], str, bool]:
+def _csv_header(path: Path, member: str | None, label: str, data: bytes, whole: bool,
+                encoding: str, delimiter: str, whole_file: bool) -> tuple[list[str], str, bool]:
+    """The header of the CSV whose first HEADER_LIMIT bytes are ``data`` (``whole``: all of
+    it), its encoding and whether that was guessed."""
     from ..csvheader import parse_header
 
-    data, whole = files.csv_prefix(path, member, HEADER_LIMIT)
     guessed = False
     codec = encoding.lower().replace("_", "-")
     if codec in ("auto", "") and data.startswith(_UTF16_BOMS):
@@ -163,9 +167,8 @@ def _csv_header(path: Path, member: str | None, encoding: str, delimiter: str,
                 codec = files.eight_bit(data)
         guessed = codec != "utf-8"
         if codec == files.MIXED:
-            where = path.name if member is None else f"{path.name} (member {member})"
             raise InputError(
-                f"{where} mixes text encodings: some of it is UTF-8 and some is not (Windows-"
+                f"{label} mixes text encodings: some of it is UTF-8 and some is not (Windows-"
                 "1252 or Latin-1), as a file edited in two programs or pasted together from "
                 "two exports is; read as either, part of its text would be garbled. Save it "
                 "again in one encoding (Excel: \"CSV UTF-8\"), or set the stage's encoding "
@@ -173,28 +176,29 @@ def _csv_header(path: Path, member: str | None, encoding: str, delimiter: str,
     codec = ("latin-1" if codec in ("latin-1", "latin1", "iso-8859-1") else
              WINDOWS_1252 if codec in ("windows-1252", "cp1252") else
              "utf-16" if codec in ("utf-16", "utf16") else "utf-8")
-    name = path.name if member is None else f"{path.name} (member {member})"
-    header = parse_header(data, whole, name, encoding={"utf-8": "utf-8-sig",
-                                                       **TRANSCODED}.get(codec, codec),
+    header = parse_header(data, whole, label, encoding=_python_codec(codec),
                           delimiter=delimiter, limit=HEADER_LIMIT)
     return header, codec, guessed
 
 
-def _title_line(path: Path, member: str | None, header: list[str], codec: str,
-                delimiter: str) -> str | None:
+def _python_codec(codec: str) -> str:
+    """Python's name for the text ``codec`` (a manifest's encoding): a UTF-8 byte-order mark
+    is not text."""
+    return {"utf-8": "utf-8-sig", **TRANSCODED}.get(codec, codec)
+
+
+def _title_line(data: bytes, header: list[str], codec: str, delimiter: str) -> str | None:
     """What is wrong when the CSV's first line is a title above its header (``Table 1:
     Deaths by area``, alone or with its other cells empty, as Excel saves a caption row)
     rather than the header: a line below fills columns the first line leaves without a
-    name.  Read from the file's first lines only."""
+    name.  Read from the file's first lines only (``data``, its first bytes)."""
     named = [i for i, h in enumerate(header) if h.strip()]
     if len(named) != 1:
         return None
     import csv
     import io
 
-    data, _whole = files.csv_prefix(path, member, 64 << 10)
-    python = {"utf-8": "utf-8-sig", **TRANSCODED}.get(codec, codec)
-    text = data.decode(python, errors="replace")
+    text = data.decode(_python_codec(codec), errors="replace")
     rows = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         below = [r for _n, r in zip(range(6), rows)][1:]
@@ -212,9 +216,9 @@ def _title_line(path: Path, member: str | None, header: list[str], codec: str,
     return None
 
 
-def _markup(path: Path, member: str | None) -> str | None:
-    """What a text file that is markup is (an HTML table, Excel's 2003 XML), or None."""
-    data, _whole = files.csv_prefix(path, member, 4096)
+def _markup(data: bytes) -> str | None:
+    """What a text file whose first bytes are ``data`` is when it is markup (an HTML table,
+    Excel's 2003 XML), or None."""
     head = data.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     if not head.startswith(b"<"):
         return None
