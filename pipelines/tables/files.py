@@ -172,8 +172,8 @@ _UNDEFINED = b"\x81\x8d\x8f\x90\x9d"
 def guess_encoding(stream: BinaryIO) -> str:
     """``utf-8`` when every byte of ``stream`` is UTF-8 text, else ``windows-1252`` when
     it has bytes that only Windows-1252 reads as text (:func:`eight_bit`), else
-    ``latin-1`` (in which any bytes are text).  Reads the stream to its end, a MiB at a
-    time."""
+    ``latin-1`` (in which any bytes are text); :data:`MIXED` when it is UTF-8 in places
+    only.  Reads the stream to its end, a MiB at a time."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     seen, utf8 = b"", False
     try:
@@ -189,7 +189,7 @@ def guess_encoding(stream: BinaryIO) -> str:
             undefined = undefined or _undefined(block)
             c1 = c1 or _has_c1(block)
             block = stream.read(_CHUNK)
-        return MIXED if utf8 else "latin-1" if undefined or not c1 else "windows-1252"
+        return _eight_bit(utf8, undefined, c1)
     return "utf-8"
 
 
@@ -198,9 +198,13 @@ def eight_bit(data: bytes) -> str:
     reads as a character and Latin-1 as a control code, and none it leaves undefined;
     else ``latin-1``; :data:`MIXED` when it also holds UTF-8's characters.  (The bytes from
     0xA0 up are the same characters in Latin-1 and Windows-1252.)"""
-    if _utf8_sequence(data):
-        return MIXED
-    return "windows-1252" if _has_c1(data) and not _undefined(data) else "latin-1"
+    return _eight_bit(_utf8_sequence(data), _undefined(data), _has_c1(data))
+
+
+def _eight_bit(utf8: bool, undefined: bool, c1: bool) -> str:
+    """The verdict on text that is not UTF-8, from what it holds: UTF-8's characters too
+    (:data:`MIXED`), a byte Windows-1252 leaves undefined, one only Windows-1252 reads."""
+    return MIXED if utf8 else "windows-1252" if c1 and not undefined else "latin-1"
 
 
 #: text that is UTF-8 in places and not in others (a file edited in two programs, two exports
