@@ -15,7 +15,7 @@ with the same payload, made by :func:`expired_payload`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -70,13 +70,18 @@ def removal_of(db: History, path: str) -> dict[str, Any] | None:
                                                    "reason")}}
 
 
+def _chunks(ids: list[str]) -> Iterator[list[str]]:
+    """``ids`` in pieces of _CHUNK: an ``IN (?, ...)`` within SQLite's bound parameters."""
+    for start in range(0, len(ids), _CHUNK):
+        yield ids[start:start + _CHUNK]
+
+
 def removed_at(db: History, paths: Sequence[str]) -> dict[str, str]:
     """``path -> ts`` of the latest recorded removal of each of ``paths`` (exactly: no
     folder holding it) that has one."""
     out: dict[str, str] = {}
     ids = list(paths)
-    for start in range(0, len(ids), _CHUNK):
-        chunk = ids[start:start + _CHUNK]
+    for chunk in _chunks(ids):
         for path, ts in _rows(db, f"SELECT json_extract(payload, '$.path'), MAX(ts) FROM events "
                                   f"WHERE {_REMOVED} AND json_extract(payload, '$.path') IN "
                                   f"({_placeholders(chunk)}) GROUP BY 1", chunk):
@@ -202,8 +207,7 @@ def runs_by_id(db: History, run_ids: Iterable[str]) -> dict[str, dict[str, Any]]
     """``run_id -> {run_id, pipeline, state, requested_at, started_at, ended_at, params}``
     (``params`` decoded) for those of ``run_ids`` the history knows."""
     ids, out = list(run_ids), {}
-    for start in range(0, len(ids), _CHUNK):
-        chunk = ids[start:start + _CHUNK]
+    for chunk in _chunks(ids):
         for row in _dicts(db, f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id IN "
                               f"({_placeholders(chunk)})", chunk):
             out[row["run_id"]] = _decoded(row)
@@ -252,8 +256,7 @@ def output_paths(db: History, run_ids: Sequence[str]) -> dict[str, list[str]]:
     (some in another run's ``data/`` folder: outputs it reused)."""
     out: dict[str, list[str]] = {}
     ids = list(run_ids)
-    for start in range(0, len(ids), _CHUNK):
-        chunk = ids[start:start + _CHUNK]
+    for chunk in _chunks(ids):
         for run_id, text in _rows(db, "SELECT run_id, output FROM stage_runs WHERE state = "
                                       f"'COMPLETED' AND output IS NOT NULL AND run_id IN "
                                       f"({_placeholders(chunk)})", chunk):
@@ -276,8 +279,7 @@ def runs_with_inputs(db: History, sha256s: Sequence[str]) -> dict[str, list[dict
     SHA-256 (an object store holds each input once, by its hash, for every pipeline)."""
     out: dict[str, list[dict[str, Any]]] = {}
     ids = list(sha256s)
-    for start in range(0, len(ids), _CHUNK):
-        chunk = ids[start:start + _CHUNK]
+    for chunk in _chunks(ids):
         for row in _dicts(db, f"SELECT {_RUN_COLUMNS}, json_extract(params, '$.input_sha256') "
                               f"AS sha FROM runs WHERE json_extract(params, '$.input_sha256') "
                               f"IN ({_placeholders(chunk)})", chunk):
