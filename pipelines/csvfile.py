@@ -22,6 +22,7 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
+from .csvheader import WINDOWS_1252_FIX
 from .errors import ConfigError, InputError, StageError
 from .sqltext import sql_literal
 
@@ -197,10 +198,8 @@ def locate_problem(path: str | Path, *, delimiter: str = ",", quote: str = '"',
         except _NotText as bad:
             if label == "latin-1":    # a control code in Latin-1, refused by DuckDB
                 return bad.line, (f"byte 0x{bad.byte:02x} is a control code in Latin-1, "
-                                  "which DuckDB does not read: the file is probably "
-                                  "Windows-1252 (Excel's \"CSV (Comma delimited)\", with its "
-                                  "– ’ “ ” €); save it as \"CSV UTF-8\", or read it with "
-                                  "pipelines.TableExtractor, which reads Windows-1252")
+                                  f"which DuckDB does not read: the file is probably "
+                                  f"{WINDOWS_1252_FIX}")
             return bad.line, (f"the line is not {label} text (byte 0x{bad.byte:02x}); save the "
                               f"file as {label}, or set the encoding it is in")
         except csv.Error as exc:

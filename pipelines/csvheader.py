@@ -23,6 +23,10 @@ from pathlib import Path
 from .errors import InputError
 
 HEADER_LIMIT = 1 << 20
+#: what a file in Windows-1252 (Excel's CSV on Windows) is said to be, and what to do
+WINDOWS_1252_FIX = ("Windows-1252, which Excel's \"CSV (Comma delimited)\" writes on Windows "
+                    "(its – ’ “ ” €); save it as \"CSV UTF-8\", or read it with "
+                    "pipelines.TableExtractor, which reads Windows-1252")
 _FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -50,9 +54,7 @@ def parse_header(data: bytes, whole: bool, name: str, *, encoding: str = "utf-8-
         if label == "utf-8" and 0x80 <= exc.object[exc.start] <= 0x9F:
             raise InputError(
                 f"{name} is not utf-8 text (byte 0x{exc.object[exc.start]:02x} at byte "
-                f"{exc.start}): it looks like Windows-1252, which Excel's \"CSV (Comma "
-                "delimited)\" writes on Windows (its – ’ “ ” €); save it as \"CSV UTF-8\", "
-                "or read it with pipelines.TableExtractor, which reads Windows-1252") from None
+                f"{exc.start}): it looks like {WINDOWS_1252_FIX}") from None
         raise InputError(f"{name} is not {label} text ({exc.reason} at byte {exc.start}); "
                          f"save it as {label}, or set the encoding it is in") from None
     lines = list(io.StringIO(text, newline=""))
