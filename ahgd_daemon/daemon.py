@@ -411,13 +411,13 @@ class Daemon:
         try:
             recover_and_report(self.log, self.state_dir, logger=self.logger,
                                max_recoveries=self.setup.settings.max_recoveries,
-                               skip={*self.runs.active, *self.runs.waiting_for_disk},
+                               skip={*self.runs.active, *self.runs.waiting_to_resume},
                                known=self.setup.pipelines)
         except AhgdError as exc:
             self.logger.warning("recovery_check_failed", error=str(exc))
 
     def _nothing_left(self) -> bool:
-        if self.runs.active or self.runs.waiting_for_disk or not self.intake.idle():
+        if self.runs.active or self.runs.waiting_to_resume or not self.intake.idle():
             return False
         waiting = queries.pipelines_with_pending_runs(self.log) - set(
             ops_queries.pipeline_pauses(self.log))  # a paused pipeline's runs wait for resume
@@ -438,7 +438,7 @@ class Daemon:
         stable = self.intake.next_due_in()
         if stable is not None:
             timeouts.append(stable + 0.01)
-        if self.runs.active or self.runs.waiting_for_disk:
+        if self.runs.active or self.runs.waiting_to_resume:
             timeouts.append(1.0)
         if self.options.progress is not None:
             timeouts.append(0.2)

@@ -104,10 +104,11 @@ class RunSupervisor:
         #: the runs that ended this session (--once keeps every one: its exit code)
         self.finished = Finished(keep_finished)
         self.stop = threading.Event()          # run threads read this: no new stages
-        #: no run starts before this (monotonic): a run's event found the disk full
-        self.disk_full_until: float | None = None
-        #: run id -> pipeline, of the runs a full disk stopped, to be resumed
-        self.waiting_for_disk: dict[str, str] = {}
+        #: no run starts before this (monotonic): a run's event found the disk full, or a run
+        #: could not reach the object store
+        self.no_start_until: float | None = None
+        #: run id -> pipeline, of the runs a full disk or the object store stopped, to be resumed
+        self.waiting_to_resume: dict[str, str] = {}
         #: run id -> why it waits, when not for the disk (the object store)
         self._waiting_why: dict[str, str] = {}
         #: run id -> how often it waited for the object store (cleared when it ends)
@@ -117,23 +118,24 @@ class RunSupervisor:
     # ------------------------------------------------------------------ admission and launch
 
     def resume_waiting(self) -> None:
-        """The runs a full disk stopped, once DISK_FULL_WAIT_S has passed: each the log still
-        has RUNNING is recorded suspended (PENDING again: not a crash, so not counted against
-        max_recoveries); while the disk is still full, they wait DISK_FULL_WAIT_S more."""
-        if self.disk_full_until is not None and self._monotonic() < self.disk_full_until:
+        """The runs a full disk (or the object store) stopped, once their wait has passed
+        (DISK_FULL_WAIT_S, STORE_WAIT_S): each the log still has RUNNING is recorded
+        suspended (PENDING again: not a crash, so not counted against max_recoveries); while
+        the disk is still full, they wait DISK_FULL_WAIT_S more."""
+        if self.no_start_until is not None and self._monotonic() < self.no_start_until:
             return
         from state.orphans import suspend
 
-        for run_id in list(self.waiting_for_disk):
+        for run_id in list(self.waiting_to_resume):
             try:
                 suspend(self.log, self.state_dir, run_id,
                         reason=self._waiting_why.get(run_id, _DISK_REASON))
             except DiskFull:
-                self.disk_full_until = self._monotonic() + DISK_FULL_WAIT_S
+                self.no_start_until = self._monotonic() + DISK_FULL_WAIT_S
                 return
             except AhgdError as exc:  # the recovery check tries again later
                 self._logger.warning("run_resume_failed", run_id=run_id, error=str(exc))
-            del self.waiting_for_disk[run_id]
+            del self.waiting_to_resume[run_id]
             self._waiting_why.pop(run_id, None)
 
     def start_pending(self, setup: Setup) -> None:
@@ -142,7 +144,7 @@ class RunSupervisor:
         limit = max(2, 2 * self.executor.max_workers)
         if len(self.active) >= limit:
             return
-        if self.disk_full_until is not None and self._monotonic() < self.disk_full_until:
+        if self.no_start_until is not None and self._monotonic() < self.no_start_until:
             return  # a run found the disk full just now: nothing could be recorded either
         # pipelines whose dependencies have work in flight wait for it; paused ones wait for
         # `ahgd resume`
@@ -251,8 +253,8 @@ class RunSupervisor:
         No run starts for DISK_FULL_WAIT_S; then the run, if the log has it RUNNING, is
         recorded suspended (:meth:`resume_waiting`) and starts again like any PENDING run.
         It used to be recorded FAILED (once there was room), though nothing was wrong with it."""
-        self.disk_full_until = self._monotonic() + DISK_FULL_WAIT_S
-        self.waiting_for_disk[run_id] = active.pipeline
+        self.no_start_until = self._monotonic() + DISK_FULL_WAIT_S
+        self.waiting_to_resume[run_id] = active.pipeline
         self._logger.warning("run_waits_for_disk", run_id=run_id, pipeline=active.pipeline,
                              error=str(error),
                              then="it resumes once the disk holding the state directory has "
@@ -274,8 +276,8 @@ class RunSupervisor:
         reachable from here) before a stage: the bucket's fault, not the run's.  No run starts
         for STORE_WAIT_S; then the run is recorded suspended and starts again (checking
         again), as after a full disk.  It was recorded FAILED ("the thread of run ... failed")."""
-        self.disk_full_until = max(self.disk_full_until or 0.0, self._monotonic() + STORE_WAIT_S)
-        self.waiting_for_disk[run_id] = active.pipeline
+        self.no_start_until = max(self.no_start_until or 0.0, self._monotonic() + STORE_WAIT_S)
+        self.waiting_to_resume[run_id] = active.pipeline
         self._waiting_why[run_id] = (f"the object store could not be reached ({error}); the run "
                                      "resumes at its first unfinished stage once it answers")
         self._logger.warning("run_waits_for_object_store", run_id=run_id,

@@ -112,12 +112,12 @@ def test_a_run_waits_for_the_object_store_a_bounded_number_of_times(tmp_path: Pa
         for wait in range(runs_module.STORE_WAITS):
             runs.active[down] = _died(down, outage)
             runs.reap(lambda run: None)
-            assert down in runs.waiting_for_disk, wait   # waits, as the store may come back
-            runs.waiting_for_disk.pop(down)
+            assert down in runs.waiting_to_resume, wait   # waits, as the store may come back
+            runs.waiting_to_resume.pop(down)
         assert kit.log.run(down).state == RunState.PENDING
         runs.active[down] = _died(down, outage)
         runs.reap(lambda run: None)                       # once too often: it fails
-        assert down not in runs.waiting_for_disk
+        assert down not in runs.waiting_to_resume
         assert kit.log.run(down).state == RunState.FAILED
         assert "is up" in kit.log.run(down).error
 
@@ -125,7 +125,7 @@ def test_a_run_waits_for_the_object_store_a_bounded_number_of_times(tmp_path: Pa
                                  "fix daemon.object_store.url", setting="bucket")
         runs.active[bucket] = _died(bucket, wrong)
         runs.reap(lambda run: None)                       # a wrong setting: no wait at all
-        assert bucket not in runs.waiting_for_disk
+        assert bucket not in runs.waiting_to_resume
         assert kit.log.run(bucket).state == RunState.FAILED
         assert "create it, or fix daemon.object_store.url" in kit.log.run(bucket).error
     finally:
